@@ -1,0 +1,71 @@
+# mlplatform: every pipeline stage (Jenkins, GitHub Actions, GitLab) calls one of these targets.
+SHELL := /bin/bash
+STACK ?= local
+PYTHON ?= python3
+VENV := .venv
+VENV_ML := .venv-ml
+PY := $(VENV)/bin/python
+PY_ML := $(VENV_ML)/bin/python
+OUT ?= build/synth
+
+.PHONY: help venv venv-ml up preview destroy synth synth-all lint test test-fast test-ml test-slow clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/requirements.txt
+	$(PYTHON) -m venv $(VENV_ML)
+	$(VENV_ML)/bin/pip install -q --upgrade pip
+	$(VENV_ML)/bin/pip install -q -r requirements-ml.txt
+	touch $@
+
+venv: $(VENV)/.installed  ## program + test environment (.venv)
+venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
+
+up: venv  ## set up and deploy STACK (default local): venv, local state backend, stack select, pulumi up
+	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from https://www.pulumi.com/docs/install/"; exit 1; }
+	pulumi whoami >/dev/null 2>&1 || pulumi login --local
+	pulumi stack select --create $(STACK)
+	pulumi up --yes --stack $(STACK)
+
+preview: venv  ## pulumi preview --diff for STACK
+	pulumi preview --diff --stack $(STACK)
+
+destroy: venv  ## destroy STACK's resources
+	pulumi destroy --yes --stack $(STACK)
+
+synth: venv  ## offline render of STACK (no cloud, no Pulumi CLI) into build/synth/STACK
+	$(PY) -m tools.synth --stack $(STACK) --out $(OUT)/$(STACK)
+
+synth-all: venv  ## synth every stack file
+	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m tools.synth --stack $$s --out $(OUT)/$$s || exit 1; done
+
+lint: venv  ## ruff + hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint training/Dockerfile serving/Dockerfile
+
+# Two environments because pulumi pins protobuf<6 and TensorFlow needs >=6: program tests run in
+# .venv, workload tests (training, serving, monitoring end-to-end) in .venv-ml.
+PROGRAM_TESTS := tests/unit tests/stacks
+ML_TESTS := tests/training tests/serving tests/monitoring
+
+test-fast: venv  ## program tests: config, every stack under mocks, synth, policies
+	$(PY) -m pytest -n 2 -m "not slow" -q $(PROGRAM_TESTS)
+
+test-ml: venv-ml  ## training + serving + monitoring tests (fast, on small data)
+	$(PY_ML) -m pytest -m "not slow" -q $(ML_TESTS)
+
+test: lint test-fast test-ml  ## everything fast: lint and both test environments
+
+test-slow: venv venv-ml  ## real-engine lane: full MNIST training, Docker builds, end-to-end alerting
+	$(PY_ML) -m pytest -m slow -q $(ML_TESTS)
+
+clean:
+	rm -rf build .pytest_cache

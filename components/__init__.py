@@ -1,0 +1,1 @@
+"""mlplatform components: one ComponentResource per module, composed by platform.Platform."""

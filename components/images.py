@@ -1,0 +1,145 @@
+"""Images: the training and serving images, built by `pulumi up` and pushed to ECR or a configured registry.
+
+Each image is tagged with a hash of its build context (every file the build can see, by path and
+bytes, minus .dockerignore). An unchanged context gives the same tag, so nothing is rebuilt or
+redeployed; one changed byte gives a new tag, so the workloads always roll to what was built.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker as docker
+
+from components.config import RegistryConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> (build context relative to the project root, pinned default base image)
+IMAGES: dict[str, tuple[str, str]] = {
+    "training": ("training", "tensorflow/tensorflow:2.21.0-gpu"),
+    "serving": ("serving", "python:3.11.14-slim-bookworm"),
+}
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel, f"{p}/*") or rel.startswith(p.rstrip("/") + "/") for p in patterns)
+
+
+def context_hash(context: Path, extra: str = "") -> str:
+    """sha256 over (relative path, bytes) of every file in the build context, plus ``extra`` (build args)."""
+    ignore_file = context / ".dockerignore"
+    patterns = [
+        line.strip()
+        for line in (ignore_file.read_text().splitlines() if ignore_file.exists() else [])
+        if line.strip() and not line.startswith("#")
+    ]
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        rel = path.relative_to(context).as_posix()
+        if _ignored(rel, patterns) or "__pycache__" in rel:
+            continue
+        digest.update(rel.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def image_tag(context: Path, base_image: str) -> str:
+    return "ctx-" + context_hash(context, extra=f"BASE_IMAGE={base_image}")[:16]
+
+
+@dataclass
+class ImagesArgs:
+    registry: RegistryConfig
+    repo_prefix: str  # e.g. "mlplatform-dev"
+    force_delete: bool = False  # ephemeral stacks: destroy removes the repositories with their images
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Images(pulumi.ComponentResource):
+    """``refs[name]`` is the full image reference (registry/repo:ctx-<hash>) the workloads run."""
+
+    refs: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: ImagesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:images:Images", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.refs = {}
+        self.images: dict[str, docker.Image] = {}
+        for image, (context, base) in IMAGES.items():
+            repo_name = f"{args.repo_prefix}/{image}"
+            registry: docker.RegistryArgs | None
+            if args.registry.kind == "ecr":
+                repo = self._ecr_repository(f"{name}-{image}", repo_name, args, child)
+                token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id)
+                repository = repo.repository_url
+                registry = docker.RegistryArgs(
+                    server=repo.repository_url,
+                    username=token.user_name,
+                    password=pulumi.Output.secret(token.password),
+                )
+            else:
+                repository = pulumi.Output.from_input(f"{args.registry.url}/{repo_name}")
+                registry = None
+            tag = image_tag(ROOT / context, base)
+            built = docker.Image(
+                f"{name}-{image}",
+                docker.ImageArgs(
+                    image_name=pulumi.Output.concat(repository, ":", tag),
+                    # Relative to the project root (where `pulumi up` runs): absolute paths would
+                    # differ per machine and show as a diff on every preview.
+                    build=docker.DockerBuildArgs(
+                        context=context,
+                        dockerfile=f"{context}/Dockerfile",
+                        args={"BASE_IMAGE": base},
+                        platform="linux/amd64",
+                    ),
+                    registry=registry,
+                ),
+                opts=child,
+            )
+            self.images[image] = built
+            self.refs[image] = built.image_name
+        self.register_outputs({"refs": self.refs})
+
+    @staticmethod
+    def _ecr_repository(name: str, repo_name: str, args: ImagesArgs, opts: pulumi.ResourceOptions) -> aws.ecr.Repository:
+        repo = aws.ecr.Repository(
+            name,
+            aws.ecr.RepositoryArgs(
+                name=repo_name,
+                image_tag_mutability="IMMUTABLE",
+                image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
+                encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="AES256")],
+                force_delete=args.force_delete,
+                tags=args.tags,
+            ),
+            opts=opts,
+        )
+        aws.ecr.LifecyclePolicy(
+            f"{name}-lifecycle",
+            aws.ecr.LifecyclePolicyArgs(repository=repo.name, policy=lifecycle_policy(args.registry.keep_images)),
+            opts=opts,
+        )
+        return repo
+
+
+def lifecycle_policy(keep: int) -> str:
+    return json.dumps(
+        {
+            "rules": [
+                {
+                    "rulePriority": 1,
+                    "description": f"keep the last {keep} images",
+                    "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep},
+                    "action": {"type": "expire"},
+                }
+            ]
+        },
+        sort_keys=True,
+    )

@@ -1,0 +1,103 @@
+"""Platform: composes every component of one stack from its validated config."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from components.cluster import Cluster, ClusterArgs
+from components.config import Settings
+from components.gpu_addons import GpuAddons, GpuAddonsArgs
+from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from components.images import Images, ImagesArgs
+from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
+
+# role -> (namespace, Pod Security level). monitoring runs node-exporter (host network/PID/paths),
+# which no stricter level admits; jenkins agents need `baseline` for their build tooling.
+NAMESPACES: dict[str, tuple[str, str]] = {
+    "serving": ("ml-serving", "restricted"),
+    "training": ("ml-training", "restricted"),
+    "monitoring": ("monitoring", "privileged"),
+    "jenkins": ("jenkins", "baseline"),
+}
+
+
+class Platform(pulumi.ComponentResource):
+    cluster: Cluster
+    images: Images
+    namespaces: dict[str, PlatformNamespace]
+    gpu_pools: list[GpuNodePool]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:platform:Platform", name, None, opts)
+        cfg, stack = settings.config, settings.stack
+        self.cluster_name = f"{name}-{stack}"
+        tags = {"mlplatform.io/stack": stack, "mlplatform.io/environment": cfg.environment, "managed-by": "pulumi"}
+        providers: list[pulumi.ProviderResource] = []
+        if cfg.is_eks:
+            # One explicit AWS provider, region from the stack config: no ambient aws:region needed.
+            providers.append(
+                aws.Provider(f"{name}-aws", aws.ProviderArgs(region=cfg.cluster.region), opts=pulumi.ResourceOptions(parent=self))
+            )
+        aws_opts = pulumi.ResourceOptions(parent=self, providers=providers)
+
+        self.cluster = Cluster(
+            f"{name}-cluster",
+            ClusterArgs(
+                cluster_name=self.cluster_name,
+                config=cfg.cluster,
+                kubernetes_version=cfg.kubernetes_version,
+                high_availability_nat=cfg.environment == "prod",
+                tags=tags,
+            ),
+            opts=aws_opts,
+        )
+        # Every Kubernetes object goes through the cluster's provider, never an ambient kubeconfig.
+        k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*providers, self.cluster.provider])
+
+        self.namespaces = {
+            role: PlatformNamespace(f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, pod_security=level), opts=k8s_opts)
+            for role, (ns, level) in NAMESPACES.items()
+        }
+
+        self.gpu_pools = []
+        if cfg.is_eks and cfg.gpu_pools:
+            self.gpu_pools = [
+                GpuNodePool(
+                    f"{name}-gpu-{pool.name}",
+                    GpuNodePoolArgs(
+                        pool=pool,
+                        cluster_name=self.cluster_name,
+                        node_role_arn=self.cluster.node_role_arn,
+                        subnet_ids=self.cluster.private_subnet_ids,
+                        tags=tags,
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self, providers=providers, depends_on=[self.cluster]),
+                )
+                for pool in cfg.gpu_pools
+            ]
+            ClusterAutoscaler(
+                f"{name}-autoscaler",
+                ClusterAutoscalerArgs(
+                    cluster_name=self.cluster_name,
+                    region=cfg.cluster.region or "",
+                    oidc_provider_arn=self.cluster.oidc_provider_arn,
+                    oidc_provider_url=self.cluster.oidc_provider_url,
+                ),
+                opts=k8s_opts,
+            )
+        if cfg.has_gpus:
+            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(), opts=k8s_opts)
+
+        self.images = Images(
+            f"{name}-images",
+            ImagesArgs(
+                registry=cfg.registry,
+                repo_prefix=self.cluster_name,
+                force_delete=cfg.environment in ("ephemeral", "local", "dev"),
+                tags=tags,
+            ),
+            opts=aws_opts,
+        )
+        self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs})

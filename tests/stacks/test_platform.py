@@ -1,0 +1,202 @@
+"""Properties of the resource graph, on every stack (each test checks one property)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from components import helm
+from components.gpu_node_pool import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL, autoscaler_tags
+from tests.conftest import ROOT
+from tools import manifests, reference
+
+
+def stack_cfg(stack):
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def test_every_k8s_resource_uses_the_cluster_provider(result):
+    providers = result.of_type("pulumi:providers:kubernetes")
+    assert len(providers) == 1
+    ref = f"{providers[0].urn}::{providers[0].name}-id"
+    for r in result.records:
+        if r.custom and r.type.startswith("kubernetes:"):
+            assert r.provider == ref, f"{r.urn} uses provider {r.provider!r}, not the cluster's"
+
+
+def test_manifests_validate_strictly(result, stack):
+    version = stack_cfg(stack)["mlplatform:kubernetesVersion"]
+    for r in result.k8s_objects():
+        assert manifests.validate(r.inputs, version) == [], r.urn
+
+
+def test_kubeconfig_output_is_secret(result, stack):
+    if stack_cfg(stack)["mlplatform:cluster"]["kind"] == "eks":
+        assert result.outputs["kubeconfig"] == "[secret]"
+        assert json.loads(result.raw_outputs["kubeconfig"])["kind"] == "Config"
+    else:
+        assert result.outputs.get("kubeconfig") is None  # the user's own kubeconfig file: nothing to export
+
+
+def test_kubeconfig_provider_reads_the_users_context(result, stack):
+    cluster = stack_cfg(stack)["mlplatform:cluster"]
+    (provider,) = result.of_type("pulumi:providers:kubernetes")
+    if cluster["kind"] == "kubeconfig":
+        assert provider.inputs.get("context") == cluster.get("context")
+    else:
+        assert provider.inputs["kubeconfig"] == "[secret]"
+
+
+def test_namespaces_are_default_deny(result):
+    namespaces = {r.inputs["metadata"]["name"] for r in result.of_type("kubernetes:core/v1:Namespace")}
+    denies = {
+        r.inputs["metadata"]["namespace"]
+        for r in result.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+        if r.inputs["spec"]["podSelector"] == {}
+        and sorted(r.inputs["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+        and not r.inputs["spec"].get("ingress")
+        and not r.inputs["spec"].get("egress")
+    }
+    assert namespaces and namespaces == denies
+
+
+def test_gpu_pools_exactly_as_configured(result, stack):
+    pools = stack_cfg(stack).get("mlplatform:gpuPools", [])
+    groups = {r.inputs["nodeGroupName"]: r for r in result.of_type("aws:eks/nodeGroup:NodeGroup") if r.inputs["nodeGroupName"] != "system"}
+    assert sorted(groups) == sorted(p["name"] for p in pools)
+    for p in pools:
+        g = groups[p["name"]].inputs
+        assert g["amiType"] == NVIDIA_AMI, g
+        assert g["instanceTypes"] == p["instanceTypes"]
+        assert g["capacityType"] == p["capacityType"]
+        assert g["scalingConfig"] == {"minSize": p["min"], "desiredSize": p["desired"], "maxSize": p["max"]}
+        assert g["labels"][POOL_LABEL] == p["name"]
+        assert g["taints"] == [{"key": GPU_TAINT_KEY, "value": "true", "effect": "NO_SCHEDULE"}]
+        assert g["diskSize"] == p.get("diskGiB", 100)
+
+
+def test_desired_size_is_ignored_after_creation(result):
+    for r in result.of_type("aws:eks/nodeGroup:NodeGroup"):
+        assert "scalingConfig.desiredSize" in r.ignore_changes, r.urn
+
+
+def test_autoscaler_asg_tags_agree_with_labels_and_taints(result):
+    groups = [r for r in result.of_type("aws:eks/nodeGroup:NodeGroup") if r.inputs["nodeGroupName"] != "system"]
+    for g in groups:
+        pool_name = g.inputs["nodeGroupName"]
+        asg_tags = {
+            t.inputs["tag"]["key"]: t.inputs["tag"]["value"] for t in result.of_type("aws:autoscaling/tag:Tag") if t.parent == g.parent
+        }
+        prefix = "k8s.io/cluster-autoscaler/node-template"
+        for k, v in g.inputs["labels"].items():
+            assert asg_tags[f"{prefix}/label/{k}"] == v, (g.urn, k)
+        for taint in g.inputs["taints"]:
+            assert asg_tags[f"{prefix}/taint/{taint['key']}"] == f"{taint['value']}:NoSchedule"
+        gpus = int(asg_tags[f"{prefix}/resources/nvidia.com/gpu"])
+        assert gpus >= 1, pool_name
+        assert asg_tags["k8s.io/cluster-autoscaler/enabled"] == "true"
+
+
+def test_gpu_addons_tolerate_taint_and_select_gpu_nodes(result, stack):
+    releases = {r.inputs["chart"]: r.inputs for r in result.of_type("kubernetes:helm.sh/v3:Release")}
+    cfg = stack_cfg(stack)
+    has_gpus = bool(cfg.get("mlplatform:gpuPools")) or cfg["mlplatform:cluster"].get("hasGpus", False)
+    for chart in ("nvidia-device-plugin", "dcgm-exporter"):
+        if not has_gpus:
+            assert chart not in releases, f"{chart} on a stack without GPUs"
+            continue
+        values = releases[chart]["values"]
+        assert {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
+        terms = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert {"key": POOL_LABEL, "operator": "Exists"} in [e for t in terms for e in t["matchExpressions"]]
+
+
+def test_nothing_gpu_without_pools(result, stack):
+    cfg = stack_cfg(stack)
+    if cfg.get("mlplatform:gpuPools"):
+        pytest.skip("stack has GPU pools")
+    assert not result.of_type("aws:autoscaling/tag:Tag")
+    assert "cluster-autoscaler" not in {r.inputs["chart"] for r in result.of_type("kubernetes:helm.sh/v3:Release")}
+
+
+def test_helm_charts_pinned_to_reference(result):
+    ref = reference.reference_dir()
+    if ref is None:
+        pytest.skip("../shared/reference not present (user checkout): nothing to compare against")
+    for r in result.of_type("kubernetes:helm.sh/v3:Release"):
+        chart, version = r.inputs["chart"], r.inputs["version"]
+        assert (ref / "charts" / chart / version / "values.yaml").exists(), f"{r.urn}: {chart} {version} not the reference version"
+
+
+def test_helm_value_keys_exist_in_chart(result):
+    if reference.reference_dir() is None:
+        pytest.skip("../shared/reference not present (user checkout)")
+    for r in result.of_type("kubernetes:helm.sh/v3:Release"):
+        chart, version = r.inputs["chart"], r.inputs["version"]
+        defaults = reference.chart_values(chart, version)
+        bad = reference.unknown_value_keys(r.raw["values"], defaults, chart)
+        assert bad == [], f"{r.urn}: keys not in {chart} {version} values.yaml: {bad}"
+
+
+def test_chart_pins_cover_every_release(result):
+    for r in result.of_type("kubernetes:helm.sh/v3:Release"):
+        assert helm.CHARTS[r.inputs["chart"]][0] == r.inputs["version"]
+
+
+def test_images_pinned_never_latest(result):
+    images = result.of_type("docker:index/image:Image")
+    assert len(images) == 2
+    for img in images:
+        name = img.inputs["imageName"]
+        assert ":ctx-" in name and not name.endswith(":latest"), name
+        assert img.inputs["build"]["args"]["BASE_IMAGE"].split(":")[-1] not in ("", "latest")
+        assert not img.inputs["build"]["context"].startswith("/"), "absolute context path: differs per machine"
+
+
+def test_ecr_repositories_secure(result, stack):
+    repos = result.of_type("aws:ecr/repository:Repository")
+    if stack_cfg(stack).get("mlplatform:registry", {}).get("kind", "ecr") != "ecr":
+        assert repos == []
+        return
+    assert len(repos) == 2
+    for repo in repos:
+        assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+        assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+
+
+def test_registry_password_is_secret(result):
+    for img in result.of_type("docker:index/image:Image"):
+        registry = img.inputs.get("registry")
+        if registry:
+            assert registry == "[secret]" or registry["password"] == "[secret]", img.urn
+
+
+def test_eks_cluster_hardening(result, stack):
+    clusters = result.of_type("eks:index:Cluster")
+    cfg = stack_cfg(stack)["mlplatform:cluster"]
+    if cfg["kind"] != "eks":
+        assert clusters == []
+        return
+    (c,) = clusters
+    assert c.inputs["version"] == stack_cfg(stack)["mlplatform:kubernetesVersion"]
+    assert c.inputs["createOidcProvider"] is True
+    assert c.inputs["nodeAssociatePublicIpAddress"] is False
+    assert set(c.inputs["enabledClusterLogTypes"]) >= {"api", "audit", "authenticator"}
+    assert c.inputs["publicAccessCidrs"] == cfg["endpointPublicAccessCidrs"]
+    (vpc,) = result.of_type("awsx:ec2:Vpc")
+    assert vpc.inputs["numberOfAvailabilityZones"] >= 2
+
+
+def test_autoscaler_irsa_scoped_to_its_service_account(result, stack):
+    if not stack_cfg(stack).get("mlplatform:gpuPools"):
+        pytest.skip("no GPU pools, no autoscaler")
+    role = result.one("aws:iam/role:Role", "mlplatform-autoscaler-role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    cond = trust["Statement"][0]["Condition"]["StringEquals"]
+    assert "system:serviceaccount:kube-system:cluster-autoscaler" in cond.values()
+    policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-autoscaler-policy").inputs["policy"])
+    scale = next(s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
+    assert scale["Condition"]["StringEquals"] == {f"aws:ResourceTag/k8s.io/cluster-autoscaler/mlplatform-{stack}": "owned"}
+    assert autoscaler_tags  # the tag the condition relies on is the one GpuNodePool writes (checked above)

@@ -1,0 +1,31 @@
+"""Validate Kubernetes manifests offline: kubernetes-validate (strict) for built-in kinds, the
+Prometheus-operator CRD schemas (unknown fields rejected) for monitoring kinds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+
+from tools.reference import crd_schema
+
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:
+    """Problems with ``manifest`` ([] when valid). Custom kinds without a schema at hand are skipped."""
+    kind = manifest.get("kind", "?")
+    if kind in CRD_KINDS:
+        schema = crd_schema(kind)
+        if schema is None:
+            return []
+        validator = jsonschema.Draft7Validator(schema)
+        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(manifest)]
+    try:
+        kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"]
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [e.message]
+    return []

@@ -1,0 +1,292 @@
+"""Run the Pulumi program for one stack under Pulumi's mocks and record every resource.
+
+This is the engine behind ``tools.synth`` and the test harness: no Pulumi CLI, no cloud. Mocks return
+the outputs the program reads (kubeconfig, subnet IDs, ASG names, repository URLs, image digests), all
+derived from names only, so two runs give identical records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pmocks
+from pulumi.runtime import settings as psettings
+from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "mlplatform"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+SIG = "4dabf18193072939515e22adb298388d"
+ACCOUNT = "123456789012"
+
+
+def _h(*parts: str, n: int = 12) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
+
+
+def redact(value: Any) -> Any:
+    """Replace Pulumi secrets by "[secret]" (and unknowns by "[unknown]"), recursively."""
+    if isinstance(value, dict):
+        if value.get(SIG) == SECRET_SIG:
+            return "[secret]"
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if value == UNKNOWN:
+        return "[unknown]"
+    return _number(value)
+
+
+def unwrap(value: Any) -> Any:
+    """The plain value with secret wrappers removed (for assertions on the real content)."""
+    if isinstance(value, dict):
+        if value.get(SIG) == SECRET_SIG:
+            return unwrap(value.get("value"))
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return _number(value)
+
+
+def _number(value: Any) -> Any:
+    # The wire format (protobuf Struct) carries every number as a double; give integers back.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@dataclass
+class Record:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    provider: str
+    inputs: dict[str, Any]  # secrets redacted
+    raw: dict[str, Any]  # secrets unwrapped: for tests only, never written to disk
+    ignore_changes: list[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
+    replace_on_changes: list[str] = field(default_factory=list)
+
+    @property
+    def is_k8s_object(self) -> bool:
+        return self.custom and self.type.startswith("kubernetes:") and not self.type.startswith("kubernetes:helm.sh")
+
+
+@dataclass
+class Result:
+    stack: str
+    records: list[Record]
+    outputs: dict[str, Any]  # stack outputs, secrets redacted
+    raw_outputs: dict[str, Any]
+    sensitive: set[str]  # secret values the mocks handed to the program
+
+    def of_type(self, type_: str) -> list[Record]:
+        return [r for r in self.records if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Record:
+        found = [r for r in self.records if r.type == type_ and r.name == name]
+        assert len(found) == 1, f"expected one {type_} named {name}, found {len(found)}"
+        return found[0]
+
+    def k8s_objects(self) -> list[Record]:
+        return [r for r in self.records if r.is_k8s_object]
+
+
+class PlatformMocks(pulumi.runtime.Mocks):
+    """Outputs for the resources and invokes the program reads, derived from names only.
+
+    ``sensitive`` collects every value these mocks hand out that the program must keep secret
+    (passwords, tokens, kubeconfigs), so tests can assert none of them reaches any output in clear.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.sensitive: set[str] = set()
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        t, name, inputs = args.typ, args.name, dict(args.inputs)
+        outs: dict[str, Any] = {}
+        if t == "eks:index:Cluster":
+            cname = inputs.get("name", name)
+            kubeconfig = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": cname, "cluster": {"server": f"https://{_h(cname)}.gr7.eks.amazonaws.com"}}],
+                "contexts": [{"name": cname, "context": {"cluster": cname, "user": cname}}],
+                "current-context": cname,
+                "users": [{"name": cname, "user": {"exec": {"command": "aws", "args": ["eks", "get-token", "--cluster-name", cname]}}}],
+            }
+            oidc = f"oidc.eks.eu-west-1.amazonaws.com/id/{_h(cname, n=32).upper()}"
+            outs = {
+                "kubeconfig": kubeconfig,
+                "kubeconfigJson": self._sensitive(json.dumps(kubeconfig, sort_keys=True)),
+                "oidcProviderArn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{oidc}",
+                "oidcProviderUrl": oidc,
+                "oidcIssuer": oidc,
+                "clusterSecurityGroupId": f"sg-{_h(cname, 'cluster', n=17)}",
+                "nodeSecurityGroupId": f"sg-{_h(cname, 'node', n=17)}",
+            }
+        elif t == "awsx:ec2:Vpc":
+            outs = {
+                "vpcId": f"vpc-{_h(name, n=17)}",
+                "privateSubnetIds": [f"subnet-{_h(name, 'private', str(i), n=17)}" for i in range(3)],
+                "publicSubnetIds": [f"subnet-{_h(name, 'public', str(i), n=17)}" for i in range(3)],
+            }
+        elif t == "aws:eks/nodeGroup:NodeGroup":
+            asg = f"eks-{inputs.get('nodeGroupName', name)}-{_h(name, n=8)}"
+            outs = {"arn": f"arn:aws:eks:eu-west-1:{ACCOUNT}:nodegroup/{name}", "resources": [{"autoscalingGroups": [{"name": asg}]}]}
+        elif t == "aws:iam/role:Role":
+            rname = inputs.get("name", f"{name}-{_h(name, n=7)}")
+            outs = {"arn": f"arn:aws:iam::{ACCOUNT}:role/{rname}", "name": rname}
+        elif t == "aws:iam/policy:Policy":
+            outs = {"arn": f"arn:aws:iam::{ACCOUNT}:policy/{inputs.get('name', name)}"}
+        elif t == "aws:ecr/repository:Repository":
+            rname = inputs.get("name", name)
+            outs = {
+                "repositoryUrl": f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/{rname}",
+                "registryId": ACCOUNT,
+                "arn": f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/{rname}",
+            }
+        elif t == "docker:index/image:Image":
+            image = inputs["imageName"]
+            outs = {"repoDigest": f"{image.split(':')[0]}@sha256:{_h(image, n=64)}", "baseImageName": image}
+        elif t == "random:index/randomPassword:RandomPassword":
+            outs = {"result": self._sensitive(_h(name, "password", n=int(inputs.get("length", 24))))}
+        elif t == "aws:s3/bucket:Bucket":
+            b = inputs.get("bucket", f"{name}-{_h(name, n=7)}")
+            outs = {"bucket": b, "arn": f"arn:aws:s3:::{b}"}
+        elif t == "kubernetes:core/v1:Service" and inputs.get("spec", {}).get("type") == "LoadBalancer":
+            outs = {"status": {"loadBalancer": {"ingress": [{"hostname": f"{_h(name)}.elb.eu-west-1.amazonaws.com"}]}}}
+        # Remote components (custom=False) have outputs unrelated to their inputs: return only ours.
+        return f"{name}-id", ({**inputs, **outs} if args.custom else outs)
+
+    def _sensitive(self, value: str) -> str:
+        self.sensitive.add(value)
+        return value
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {
+                "userName": "AWS",
+                "password": self._sensitive(f"ecr-token-{_h(str(args.args))}"),
+                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com",
+            }
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "AIDA"}
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+        return {}
+
+
+class RecordingMonitor(pmocks.MockMonitor):
+    """MockMonitor that records each registration with its parent/provider/options.
+
+    It also drops RESOURCE_REFERENCES from the supported features: with it on, passing a resource to a
+    remote component makes the default monitor flaky (event-loop errors, hangs), see design.md.
+    """
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.records: list[Record] = []
+        self.outputs: dict[str, Any] = {}
+
+    def GetDeploymentInfo(self, request):
+        info = super().GetDeploymentInfo(request)
+        feats = [f for f in info.supportedFeatures if f != resource_pb2.RESOURCE_MONITOR_FEATURE_RESOURCE_REFERENCES]
+        return resource_pb2.DeploymentInfo(supportedFeatures=feats)
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            from pulumi.runtime import rpc
+
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            self.records.append(
+                Record(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    custom=request.custom,
+                    provider=request.provider,
+                    inputs=redact(inputs),
+                    raw=unwrap(inputs),
+                    ignore_changes=list(request.ignoreChanges),
+                    depends_on=sorted(request.dependencies),
+                    delete_before_replace=request.deleteBeforeReplace,
+                    replace_on_changes=list(request.replaceOnChanges),
+                )
+            )
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        if request.urn.endswith(f"::pulumi:pulumi:Stack::{PROJECT}-{psettings.get_stack()}"):
+            from pulumi.runtime import rpc
+
+            self.outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+        return super().RegisterResourceOutputs(request)
+
+
+def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The engine's view of ``stacks/Pulumi.<stack>.yaml``: 'ns:key' -> string (objects JSON-encoded).
+
+    ``overrides`` maps 'ns:key' to a value, or to None to delete the key. Encrypted (``secure:``)
+    values cannot be decrypted here; they become the secret placeholder "[secret]".
+    """
+    path = ROOT / "stacks" / f"Pulumi.{stack}.yaml"
+    doc = yaml.safe_load(path.read_text()) or {}
+    values: dict[str, Any] = dict(doc.get("config") or {})
+    for k, v in (overrides or {}).items():
+        if v is None:
+            values.pop(k, None)
+        else:
+            values[k] = v
+    cfg: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            cfg[key], _ = "[secret]", secret_keys.append(key)
+        elif isinstance(value, (dict, list)):
+            cfg[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            cfg[key] = "true" if value else "false"
+        else:
+            cfg[key] = str(value)
+    return cfg, secret_keys
+
+
+def run(stack: str, overrides: dict[str, Any] | None = None) -> Result:
+    """Run ``__main__.py`` for ``stack`` under mocks; return every registered resource (sorted by URN)."""
+    mocks = PlatformMocks()
+    monitor = RecordingMonitor(mocks)
+    psettings.ROOT.set(None)
+    pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    # run_in_stack makes its own root Stack (as the real entry point does) so that pulumi.export
+    # outputs are registered; a fresh root per run keeps runs independent.
+    psettings.ROOT.set(None)
+    cfg, secret_keys = stack_config(stack, overrides)
+    pulumi.runtime.set_all_config(cfg, secret_keys)
+    try:
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    except BaseException as exc:
+        exc.registered = list(monitor.records)  # type: ignore[attr-defined]  # what got registered before the failure
+        raise
+    records = sorted(monitor.records, key=lambda r: r.urn)
+    return Result(
+        stack=stack,
+        records=records,
+        outputs=redact(monitor.outputs),
+        raw_outputs=unwrap(monitor.outputs),
+        sensitive=set(mocks.sensitive),
+    )
