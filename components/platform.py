@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import Settings
@@ -12,6 +13,7 @@ from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
+from components.training_job import TrainingJob, TrainingJobArgs
 
 # role -> (namespace, Pod Security level). monitoring runs node-exporter (host network/PID/paths),
 # which no stricter level admits; jenkins agents need `baseline` for their build tooling.
@@ -100,4 +102,30 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=aws_opts,
         )
-        self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs})
+        ns = {role: n.name for role, n in self.namespaces.items()}
+        ns_ready = pulumi.ResourceOptions(depends_on=list(self.namespaces.values()))
+        self.store = ArtifactStore(
+            f"{name}-store",
+            ArtifactStoreArgs(
+                eks=cfg.is_eks,
+                namespace=ns["training"],
+                client_namespaces=[ns["training"], ns["serving"]],
+                force_destroy=cfg.environment in ("ephemeral", "dev"),
+                oidc_provider_arn=self.cluster.oidc_provider_arn,
+                oidc_provider_url=self.cluster.oidc_provider_url,
+                tags=tags,
+            ),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, ns_ready),
+        )
+        self.training = TrainingJob(
+            f"{name}-training",
+            TrainingJobArgs(
+                namespace=ns["training"],
+                image=self.images.refs["training"],
+                config=cfg.training,
+                store=self.store,
+                gpu_nodes=bool(cfg.gpu_pools),
+            ),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, ns_ready),
+        )
+        self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})

@@ -35,16 +35,28 @@ def _h(*parts: str, n: int = 12) -> str:
 
 
 def redact(value: Any) -> Any:
-    """Replace Pulumi secrets by "[secret]" (and unknowns by "[unknown]"), recursively."""
+    """Replace Pulumi secrets by "[secret]" (and unknowns by "[unknown]"), recursively.
+
+    A secret map or list keeps its shape (keys are not secret, and a manifest must stay a valid
+    object): only its leaves become "[secret]".
+    """
     if isinstance(value, dict):
         if value.get(SIG) == SECRET_SIG:
-            return "[secret]"
+            return _mask(value.get("value"))
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     if value == UNKNOWN:
         return "[unknown]"
     return _number(value)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict) and value.get(SIG) != SECRET_SIG:
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return "[secret]"
 
 
 def unwrap(value: Any) -> Any:

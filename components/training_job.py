@@ -1,0 +1,184 @@
+"""TrainingJob: the training run as a Kubernetes Job (and a CronJob for scheduled retraining).
+
+The Job is named by a hash of the image and the hyperparameters: a no-op `pulumi up` keeps the same
+Job (nothing runs); any change gives a new name, i.e. a new run. `pulumi up` does not wait for
+training (skipAwait); the pipeline waits with `kubectl wait` and reads the exit status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.artifact_store import ArtifactStore, client_env
+from components.config import TrainingConfig
+from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
+from components.security import container_security, pod_security
+
+SERVICE_ACCOUNT = "training"
+LABELS = {"app.kubernetes.io/name": "training", "app.kubernetes.io/part-of": "mlplatform"}
+# training.train exit codes: 2 bad data/arguments, 3 quality gate failed -> retrying cannot help.
+NON_RETRYABLE_EXIT_CODES = [2, 3]
+TTL_SECONDS = 7 * 86400
+
+
+def run_name(image: str, cfg: TrainingConfig) -> str:
+    """``train-<hash>`` of everything that changes what a run produces."""
+    params = cfg.model_dump(mode="json", exclude={"schedule", "active_deadline_seconds"})
+    digest = hashlib.sha256(json.dumps({"image": image, "params": params}, sort_keys=True).encode()).hexdigest()
+    return f"train-{digest[:10]}"
+
+
+def train_env(cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # The run id and checkpoint dir follow the Job that owns the pod (also for CronJob runs).
+        {"name": "JOB_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
+        {"name": "TRAIN_OUTPUT", "value": store_uri},
+        {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/$(JOB_NAME)"},
+        {"name": "TRAIN_ARCH", "value": cfg.arch},
+        {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
+        {"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)},
+        {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)},
+        # Read-only root filesystem: Keras, matplotlib and TF caches go to the scratch volume.
+        {"name": "HOME", "value": "/scratch"},
+        {"name": "KERAS_HOME", "value": "/scratch/.keras"},
+        {"name": "MPLCONFIGDIR", "value": "/scratch/.matplotlib"},
+    ]
+    if cfg.data_uri:
+        env.append({"name": "TRAIN_DATA", "value": cfg.data_uri})
+    if pushgateway:
+        env.append({"name": "TRAIN_PUSHGATEWAY", "value": pushgateway})
+    return env
+
+
+def pod_spec(image: str, cfg: TrainingConfig, store_uri: str, store_env: list, pushgateway: str | None, gpu_nodes: bool) -> dict[str, Any]:
+    gpu = cfg.gpus > 0
+    resources: dict[str, Any] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+    if gpu:
+        resources["limits"][GPU_RESOURCE] = cfg.gpus
+        resources["requests"][GPU_RESOURCE] = cfg.gpus
+    spec: dict[str, Any] = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+        "terminationGracePeriodSeconds": 120,  # SIGTERM -> stop at the next batch, exit 143
+        "securityContext": pod_security(),
+        "containers": [
+            {
+                "name": "train",
+                "image": image,
+                "env": train_env(cfg, store_uri, pushgateway) + store_env,
+                "resources": resources,
+                "securityContext": container_security(),
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "5Gi"}}, {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}}],
+    }
+    if gpu and gpu_nodes:
+        spec["tolerations"] = [GPU_TOLERATION]
+        spec["nodeSelector"] = {GPU_PRESENT_LABEL: "true"}
+    return spec
+
+
+def job_spec(pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
+    return {
+        "backoffLimit": 4,
+        "activeDeadlineSeconds": cfg.active_deadline_seconds,
+        "ttlSecondsAfterFinished": TTL_SECONDS,
+        "podFailurePolicy": {
+            "rules": [
+                # A failed gate or bad data fails the same way on every retry: stop now.
+                {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "In", "values": NON_RETRYABLE_EXIT_CODES}},
+                # Spot reclaim / drain / preemption: retry without counting against backoffLimit;
+                # the new pod resumes from the last epoch checkpoint.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": LABELS}, "spec": pod},
+    }
+
+
+@dataclass
+class TrainingJobArgs:
+    namespace: str
+    image: pulumi.Input[str]
+    config: TrainingConfig
+    store: ArtifactStore
+    gpu_nodes: bool  # the stack has GPU pools (taint + label to target)
+    pushgateway: str | None = None
+
+
+class TrainingJob(pulumi.ComponentResource):
+    job_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: TrainingJobArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:training_job:TrainingJob", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cfg, store = args.config, args.store
+        role_arn = store.irsa_role(f"{name}-store", args.namespace, SERVICE_ACCOUNT, write=True)
+        sa = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=SERVICE_ACCOUNT,
+                namespace=args.namespace,
+                labels=LABELS,
+                annotations={"eks.amazonaws.com/role-arn": role_arn} if role_arn else None,
+            ),
+            # Training never talks to the Kubernetes API.
+            automount_service_account_token=False,
+            opts=child,
+        )
+        store_env = client_env(store)
+        pod = pulumi.Output.all(args.image, store.uri).apply(
+            lambda a: pod_spec(a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)
+        )
+        self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(image, cfg))
+        job = k8s.batch.v1.Job(
+            f"{name}-job",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=self.job_name,
+                namespace=args.namespace,
+                labels=LABELS,
+                annotations={"pulumi.com/skipAwait": "true"},
+            ),
+            spec=pod.apply(lambda p: job_spec(p, cfg)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
+        )
+        if cfg.schedule:
+            k8s.batch.v1.CronJob(
+                f"{name}-cron",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name="train-scheduled", namespace=args.namespace, labels=LABELS),
+                spec=pod.apply(
+                    lambda p: {
+                        "schedule": cfg.schedule,
+                        "concurrencyPolicy": "Forbid",  # never two runs competing for GPUs
+                        "startingDeadlineSeconds": 3600,
+                        "successfulJobsHistoryLimit": 3,
+                        "failedJobsHistoryLimit": 3,
+                        "jobTemplate": {"metadata": {"labels": LABELS}, "spec": job_spec(p, cfg)},
+                    }
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
+            )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-egress",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="training-egress", namespace=args.namespace),
+            spec={
+                "podSelector": {"matchLabels": LABELS},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    # S3 / Keras' dataset download over HTTPS, but not the node's metadata service.
+                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                    # In-cluster: the model store (MinIO) and the Pushgateway.
+                    {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}, {"protocol": "TCP", "port": 9091}]},
+                ],
+            },
+            opts=child,
+        )
+        self.job = job
+        self.register_outputs({"job_name": self.job_name})

@@ -1,0 +1,208 @@
+"""API conformance, validation and metrics, against a tiny real Keras model, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from serving import metrics as m
+from serving.app import ModelServer, Settings
+from tests.serving.conftest import run
+
+IMAGE = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28)
+
+
+async def with_client(store, fn, **settings_kw):
+    server = ModelServer(Settings(model_uri=str(store), poll_seconds=0, **settings_kw), registry=CollectorRegistry())
+    await server.startup()
+    try:
+        for _ in range(600):
+            if server.model is not None:
+                break
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server), base_url="http://test") as client:
+            return await fn(client, server)
+    finally:
+        await server.shutdown()
+
+
+def call(store, method, path, **kw):
+    async def fn(client, server):
+        return await client.request(method, path, **kw), server
+
+    return run(with_client(store, fn))
+
+
+def test_model_status(store):
+    r, _ = call(store, "GET", "/v1/models/mnist")
+    assert r.status_code == 200
+    assert r.json() == {"model_version_status": [{"version": "v1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [IMAGE.tolist()]},
+        {"instances": [IMAGE[..., None].tolist()]},
+        {"inputs": [IMAGE.tolist()]},
+        {"inputs": {"images": [IMAGE.tolist()]}},
+    ],
+    ids=["instances-28x28", "instances-28x28x1", "inputs-list", "inputs-named"],
+)
+def test_predict_formats(store, body):
+    r, server = call(store, "POST", "/v1/models/mnist:predict", json=body)
+    assert r.status_code == 200, r.text
+    preds = np.array(r.json()["predictions"])
+    assert preds.shape == (1, 10)
+    expected = server.model(IMAGE[None, ..., None])
+    np.testing.assert_allclose(preds, expected, rtol=1e-5)
+    assert abs(preds.sum() - 1) < 1e-4
+
+
+def test_batch_request_keeps_order(store):
+    images = np.stack([IMAGE, 1 - IMAGE, IMAGE * 0.5])
+
+    async def fn(client, server):
+        r = await client.post("/v1/models/mnist:predict", json={"instances": images.tolist()})
+        return r, server.model(images[..., None])
+
+    r, expected = run(with_client(store, fn))
+    np.testing.assert_allclose(np.array(r.json()["predictions"]), expected, rtol=1e-5)
+
+
+def test_concurrent_requests_are_batched(store):
+    async def fn(client, server):
+        rs = await asyncio.gather(*[client.post("/v1/models/mnist:predict", json={"instances": [IMAGE.tolist()]}) for _ in range(32)])
+        return rs, server
+
+    rs, server = run(with_client(store, fn, batch_timeout_ms=50))
+    assert all(r.status_code == 200 for r in rs)
+    reg = server.registry
+    calls = reg.get_sample_value(m.BATCH_SIZE + "_count")
+    assert reg.get_sample_value(m.BATCH_SIZE + "_sum") == 32
+    assert calls < 32  # merged into fewer model calls than requests
+
+
+def test_health_and_readiness(store):
+    async def fn(client, server):
+        ok = (await client.get("/healthz")).status_code, (await client.get("/readyz")).status_code
+        server.draining = True
+        return ok, (await client.get("/readyz")).status_code
+
+    (health, ready), draining = run(with_client(store, fn))
+    assert (health, ready, draining) == (200, 200, 503)
+
+
+def test_metrics_exact(store):
+    async def fn(client, server):
+        await client.post("/v1/models/mnist:predict", json={"instances": [IMAGE.tolist(), IMAGE.tolist()]})
+        await client.post("/v1/models/mnist:predict", json={"instances": "nope"})
+        await client.get("/v1/models/mnist")
+        text = (await client.get("/metrics")).text
+        return server.registry, text
+
+    reg, text = run(with_client(store, fn))
+    assert reg.get_sample_value(m.REQUESTS, {"route": "predict", "code": "200"}) == 1
+    assert reg.get_sample_value(m.REQUESTS, {"route": "predict", "code": "400"}) == 1
+    assert reg.get_sample_value(m.REQUESTS, {"route": "status", "code": "200"}) == 1
+    assert reg.get_sample_value(m.REQUEST_SECONDS + "_count") == 2
+    assert reg.get_sample_value(m.BATCH_SIZE + "_sum") == 2
+    assert reg.get_sample_value(m.INFERENCE_SECONDS + "_count") >= 1
+    assert reg.get_sample_value(m.QUEUE_DEPTH) == 0
+    assert reg.get_sample_value(m.MODEL_INFO, {"model": "mnist", "version": "v1"}) == 1
+    assert reg.get_sample_value(m.MODEL_READY) == 1
+    assert reg.get_sample_value(m.MODEL_LOAD_FAILURES, {"reason": "load"}) == 0
+    assert "mlplatform_serving_requests_total" in text and "_created" not in text
+
+
+BIG = [[[0.0] * 28] * 28] * 65
+MALFORMED = [
+    ("not json", b"{", "not valid JSON"),
+    ("json array", b"[1,2]", "JSON object"),
+    ("json string", b'"hi"', "JSON object"),
+    ("no instances", b'{"foo": 1}', 'exactly one of "instances"'),
+    ("both keys", orjson.dumps({"instances": [IMAGE.tolist()], "inputs": [IMAGE.tolist()]}), "exactly one of"),
+    ("instances not a list", b'{"instances": "x"}', "non-empty list"),
+    ("empty instances", b'{"instances": []}', "non-empty list"),
+    ("scalar instance", b'{"instances": [1]}', "28x28 or 28x28x1, got a scalar"),
+    ("wrong width", orjson.dumps({"instances": [[[0.0] * 27] * 28]}), "got 28x27"),
+    ("3 channels", orjson.dumps({"instances": [[[[0.0] * 3] * 28] * 28]}), "got 28x28x3"),
+    ("ragged rows", orjson.dumps({"instances": [[[0.0] * 28] * 27 + [[0.0] * 5]]}), "same shape"),
+    ("ragged batch", orjson.dumps({"instances": [IMAGE.tolist(), [[0.0] * 28] * 20]}), "same shape"),
+    ("strings", orjson.dumps({"instances": [[["a"] * 28] * 28]}), "only numbers"),
+    ("booleans", orjson.dumps({"instances": [[[True] * 28] * 28]}), "only numbers"),
+    ("nulls", orjson.dumps({"instances": [[[None] * 28] * 28]}), "only numbers"),
+    ("above 1", orjson.dumps({"instances": [[[2.0] * 28] * 28]}), "must be in [0, 1]"),
+    ("negative", orjson.dumps({"instances": [[[-0.1] * 28] * 28]}), "must be in [0, 1]"),
+    ("too many instances", orjson.dumps({"instances": BIG}), "65 instances exceed the limit of 64"),
+    ("inputs with two names", orjson.dumps({"inputs": {"a": [IMAGE.tolist()], "b": [IMAGE.tolist()]}}), "exactly one input"),
+    ("huge exponent", b'{"instances": [[[1e999]]]}', ""),
+]
+
+
+@pytest.mark.parametrize("what,body,reason", MALFORMED, ids=[x[0] for x in MALFORMED])
+def test_malformed_request_is_400_with_reason(store, what, body, reason):
+    r, _ = call(store, "POST", "/v1/models/mnist:predict", content=body)
+    assert r.status_code == 400, (what, r.status_code, r.text)
+    assert reason in r.json()["error"]
+
+
+def test_oversized_body_is_413(store):
+    async def fn(client, server):
+        return await client.post("/v1/models/mnist:predict", content=b" " * 2048)
+
+    r = run(with_client(store, fn, max_body_bytes=1024))
+    assert r.status_code == 413 and "exceeds the limit of 1024 bytes" in r.json()["error"]
+
+
+@pytest.mark.parametrize("method,path,code", [("GET", "/v1/models/mnist:predict", 405), ("GET", "/v1/models/other", 404), ("POST", "/v1/models/other:predict", 404), ("GET", "/nope", 404)])
+def test_wrong_route(store, method, path, code):
+    r, _ = call(store, method, path)
+    assert r.status_code == code and "error" in r.json()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.sampled_from(["instances", "inputs", "x"]), inner, max_size=3),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(JSON.map(lambda d: json.dumps(d).encode()), st.binary(max_size=300)))
+def test_fuzzed_bodies_never_5xx(store, body):
+    async def fn(client, server):
+        return await client.post("/v1/models/mnist:predict", content=body)
+
+    r = run(with_client(store, fn))
+    assert r.status_code < 500, (body[:200], r.status_code, r.text)
+
+
+def test_model_from_s3(tmp_path, monkeypatch):
+    from moto import mock_aws
+
+    from tests.serving.conftest import make_model_dir
+    from training import artifacts
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="models")
+        artifacts.publish(make_model_dir(tmp_path / "v7", "v7"), "s3://models/root", "mnist", "v7")
+
+        async def fn(client, server):
+            return await client.post("/v1/models/mnist:predict", json={"instances": [IMAGE.tolist()]})
+
+        r = run(with_client("s3://models/root", fn))
+    assert r.status_code == 200 and r.json()["model_version"] == "v7"

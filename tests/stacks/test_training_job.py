@@ -1,0 +1,103 @@
+"""TrainingJob and ArtifactStore on every stack."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from components.config import TrainingConfig
+from components.gpu_node_pool import GPU_RESOURCE, GPU_TOLERATION
+from components.training_job import NON_RETRYABLE_EXIT_CODES, run_name
+from tests.conftest import ROOT
+from tools import mock_engine
+
+
+def cfg(stack):
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def job(result):
+    (j,) = result.of_type("kubernetes:batch/v1:Job")
+    return j.raw
+
+
+def test_job_named_by_image_and_hyperparameters():
+    a = run_name("img:ctx-1", TrainingConfig(epochs=10))
+    assert a == run_name("img:ctx-1", TrainingConfig(epochs=10))
+    assert a != run_name("img:ctx-2", TrainingConfig(epochs=10))
+    assert a != run_name("img:ctx-1", TrainingConfig(epochs=11))
+    assert a == run_name("img:ctx-1", TrainingConfig(epochs=10, schedule="0 3 * * *"))  # the schedule is not a hyperparameter
+
+
+def test_noop_up_keeps_the_job_and_a_change_starts_a_new_run(stack, result):
+    again = mock_engine.run(stack)
+    assert job(again)["metadata"]["name"] == job(result)["metadata"]["name"]
+    training = dict(cfg(stack)["mlplatform:training"], epochs=cfg(stack)["mlplatform:training"].get("epochs", 10) + 1)
+    changed = mock_engine.run(stack, overrides={"mlplatform:training": training})
+    assert job(changed)["metadata"]["name"] != job(result)["metadata"]["name"]
+
+
+def test_up_does_not_block_on_training(result):
+    assert job(result)["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+
+
+def test_failure_policy_retries_disruptions_not_a_failed_gate(result):
+    spec = job(result)["spec"]
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")
+    assert fail["onExitCodes"]["values"] == NON_RETRYABLE_EXIT_CODES and 3 in fail["onExitCodes"]["values"]
+    assert any(r["action"] == "Ignore" and r["onPodConditions"][0]["type"] == "DisruptionTarget" for r in rules)
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1
+
+
+def test_gpu_scheduling_matches_the_stack(stack, result):
+    c = cfg(stack)
+    pod = job(result)["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    gpus = c["mlplatform:training"].get("gpus", 1)
+    if gpus:
+        assert limits[GPU_RESOURCE] == gpus
+        assert GPU_TOLERATION in pod["tolerations"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    else:
+        assert GPU_RESOURCE not in limits and "tolerations" not in pod
+
+
+def test_training_pod_is_locked_down(result):
+    pod = job(result)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    c = pod["containers"][0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert ":ctx-" in c["image"]
+
+
+def test_cronjob_only_when_scheduled(stack, result):
+    crons = result.of_type("kubernetes:batch/v1:CronJob")
+    schedule = cfg(stack)["mlplatform:training"].get("schedule")
+    assert len(crons) == (1 if schedule else 0)
+    if schedule:
+        spec = crons[0].raw["spec"]
+        assert spec["schedule"] == schedule and spec["concurrencyPolicy"] == "Forbid"
+
+
+def test_bucket_hardened_and_role_scoped(stack, result):
+    if cfg(stack)["mlplatform:cluster"]["kind"] != "eks":
+        assert result.of_type("aws:s3/bucket:Bucket") == []
+        (minio,) = [d for d in result.of_type("kubernetes:apps/v1:Deployment") if d.raw["metadata"]["name"] == "minio"]
+        assert ":" in minio.raw["spec"]["template"]["spec"]["containers"][0]["image"]
+        return
+    (bucket,) = result.of_type("aws:s3/bucket:Bucket")
+    (pab,) = result.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(pab.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    (ver,) = result.of_type("aws:s3/bucketVersioning:BucketVersioning")
+    assert ver.inputs["versioningConfiguration"]["status"] == "Enabled"
+    assert result.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-training-store-policy").inputs["policy"])
+    resources = {s["Resource"] for s in policy["Statement"]}
+    assert all(r.startswith(bucket.raw["arn"]) for r in resources), resources
+    trust = json.loads(result.one("aws:iam/role:Role", "mlplatform-training-store-role").inputs["assumeRolePolicy"])
+    assert "system:serviceaccount:ml-training:training" in trust["Statement"][0]["Condition"]["StringEquals"].values()

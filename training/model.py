@@ -1,0 +1,117 @@
+"""The models (Keras 3) and the input pipeline (tf.data)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+ARCHS = ("seed", "strong")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: float16 math on a GPU; bfloat16 math on CPUs with native bf16 (AVX512-BF16 / AMX),
+    about 2x faster there (tools/bench_training.py); float32 elsewhere (emulated bf16 is slower).
+    Variables stay float32 in every mixed policy."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def seed_model() -> keras.Model:
+    """Exactly the seed's CNN: Conv2D(32, 5x5, relu) -> MaxPooling2D(2x2) -> Flatten -> Dense(10, softmax)."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (5, 5), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax", dtype="float32"),
+        ],
+        name="seed",
+    )
+
+
+def strong_model() -> keras.Model:
+    """A second conv block and a regularised head. Chosen by measurement on 2 CPU cores
+    (tools/bench_training.py): batch norm and XLA both cost more wall time than they buy on CPU."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (5, 5), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dropout(0.25),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.25),
+            layers.Dense(10, activation="softmax", dtype="float32"),  # probabilities in float32 under any policy
+        ],
+        name="strong",
+    )
+
+
+def architecture(arch: str) -> keras.Model:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {ARCHS}")
+    return seed_model() if arch == "seed" else strong_model()
+
+
+def for_inference(model: keras.Model, arch: str) -> keras.Model:
+    """The same weights in a float32 model: what we publish, so servers without bf16/fp16 hardware
+    run it at full speed and precision."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clone = architecture(arch)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | None = None, precision: str = "float32") -> keras.Model:
+    """A compiled model. ``seed`` keeps the seed's recipe (adam defaults, categorical cross-entropy on
+    one-hot labels); ``strong`` anneals the learning rate over the whole run (cosine)."""
+    keras.mixed_precision.set_global_policy(resolve_precision(precision))
+    if arch == "seed":
+        model = seed_model()
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate or 1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+    if arch != "strong":
+        raise ValueError(f"unknown arch {arch!r}: choose one of {ARCHS}")
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate or 2e-3, decay_steps=max(1, steps_per_epoch * epochs), alpha=0.01)
+    model = strong_model()
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _prep(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(x, tf.float32)[..., None] / 255.0, tf.one_hot(tf.cast(y, tf.int32), 10)
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """uint8 images cached in memory (4x smaller than floats), reshuffled each epoch with a fixed
+    seed, converted per batch (vectorised), prefetched so the model never waits."""
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .cache()
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(_prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).map(_prep).cache().prefetch(tf.data.AUTOTUNE)
