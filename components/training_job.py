@@ -173,7 +173,10 @@ class TrainingJob(pulumi.ComponentResource):
                 "policyTypes": ["Egress"],
                 "egress": [
                     # S3 / Keras' dataset download over HTTPS, but not the node's metadata service.
-                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                    {
+                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
+                        "ports": [{"protocol": "TCP", "port": 443}],
+                    },
                     # In-cluster: the model store (MinIO) and the Pushgateway.
                     {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}, {"protocol": "TCP", "port": 9091}]},
                 ],

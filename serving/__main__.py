@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("serving").info("signal %s: draining for %.1fs, then shutting down", sig, args.drain_seconds)
             loop = getattr(self, "_loop", None)
             if loop is not None:
-                loop.call_soon_threadsafe(loop.call_later, args.drain_seconds, super().handle_exit, sig, frame)
+                loop.call_soon_threadsafe(loop.call_later, args.drain_seconds, self._drained, sig, frame)
+
+        def _drained(self, sig, frame):
+            super().handle_exit(sig, frame)
+            # A drained, graceful shutdown exits 0 (uvicorn would re-raise the signal at the end).
+            self._captured_signals.clear()
 
         async def serve(self, sockets=None):
             import asyncio

@@ -94,7 +94,9 @@ class ModelServer:
         self.model: model_lib.LoadedModel | None = None
         self.draining = False
         self._failed_versions: set[str] = set()
-        self.batcher = Batcher(lambda: self.model, settings.max_batch_size, settings.batch_timeout_ms / 1000, settings.max_queue, self.metrics)
+        self.batcher = Batcher(
+            lambda: self.model, settings.max_batch_size, settings.batch_timeout_ms / 1000, settings.max_queue, self.metrics
+        )
         self._tasks: list[asyncio.Task] = []
         prefix = f"/v1/models/{settings.model_name}"
         self._predict_path, self._status_path = f"{prefix}:predict", prefix
@@ -133,7 +135,13 @@ class ModelServer:
         except model_lib.ModelLoadError as exc:
             self._failed_versions.add(version)
             self.metrics.load_failures.labels(reason=exc.reason).inc()
-            log.error("refusing model version %s (%s): %s; still serving %s", version, exc.reason, exc, self.model.version if self.model else "nothing")
+            log.error(
+                "refusing model version %s (%s): %s; still serving %s",
+                version,
+                exc.reason,
+                exc,
+                self.model.version if self.model else "nothing",
+            )
             return False
         old, self.model = self.model, loaded  # one reference assignment: the next batch uses it
         if old:
@@ -171,8 +179,16 @@ class ModelServer:
 
     def _status(self) -> dict:
         if self.model is None:
-            return {"model_version_status": [{"version": "", "state": "LOADING", "status": {"error_code": "UNAVAILABLE", "error_message": "loading"}}]}
-        return {"model_version_status": [{"version": self.model.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+            return {
+                "model_version_status": [
+                    {"version": "", "state": "LOADING", "status": {"error_code": "UNAVAILABLE", "error_message": "loading"}}
+                ]
+            }
+        return {
+            "model_version_status": [
+                {"version": self.model.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
 
     async def _simple(self, send, route: str, status: int, doc: dict) -> None:
         self.metrics.requests.labels(route=route, code=str(status)).inc()

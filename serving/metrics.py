@@ -24,15 +24,28 @@ ROUTES = ("predict", "status", "health", "metrics", "other")
 class ServingMetrics:
     def __init__(self, registry: CollectorRegistry, max_batch_size: int):
         self.registry = registry
-        self.requests = Counter(REQUESTS.removesuffix("_total"), "HTTP requests by route and status code.", ["route", "code"], registry=registry)
-        self.request_seconds = Histogram(REQUEST_SECONDS, "Latency of :predict requests, receipt to response.", buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = Counter(
+            REQUESTS.removesuffix("_total"), "HTTP requests by route and status code.", ["route", "code"], registry=registry
+        )
+        self.request_seconds = Histogram(
+            REQUEST_SECONDS, "Latency of :predict requests, receipt to response.", buckets=LATENCY_BUCKETS, registry=registry
+        )
         buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, max_batch_size})
-        self.batch_size = Histogram(BATCH_SIZE, "Instances per model call (dynamic batching).", buckets=[b for b in buckets if b <= max_batch_size], registry=registry)
+        self.batch_size = Histogram(
+            BATCH_SIZE,
+            "Instances per model call (dynamic batching).",
+            buckets=[b for b in buckets if b <= max_batch_size],
+            registry=registry,
+        )
         self.queue_depth = Gauge(QUEUE_DEPTH, "Instances waiting for a model call.", registry=registry)
         self.queue_capacity = Gauge(QUEUE_CAPACITY, "Instances the queue holds before answering 429.", registry=registry)
-        self.inference_seconds = Histogram(INFERENCE_SECONDS, "Wall time of one batched model call.", buckets=LATENCY_BUCKETS, registry=registry)
+        self.inference_seconds = Histogram(
+            INFERENCE_SECONDS, "Wall time of one batched model call.", buckets=LATENCY_BUCKETS, registry=registry
+        )
         self.model_info = Gauge(MODEL_INFO, "1 for the model version being served.", ["model", "version"], registry=registry)
-        self.load_failures = Counter(MODEL_LOAD_FAILURES.removesuffix("_total"), "Model versions refused (corrupt or incompatible).", ["reason"], registry=registry)
+        self.load_failures = Counter(
+            MODEL_LOAD_FAILURES.removesuffix("_total"), "Model versions refused (corrupt or incompatible).", ["reason"], registry=registry
+        )
         self.model_ready = Gauge(MODEL_READY, "1 once a model is loaded and warmed up.", registry=registry)
         # Pre-create the label sets dashboards rely on, so they read 0 rather than 'no data'.
         for reason in ("download", "load", "incompatible", "warmup"):

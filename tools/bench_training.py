@@ -109,7 +109,9 @@ def main() -> None:
     import tensorflow as tf
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     a = _run(seed_recipe, args.data)
     from training.model import resolve_precision
 

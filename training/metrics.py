@@ -36,7 +36,9 @@ class TrainingMetrics:
             DURATION_SECONDS: Gauge(DURATION_SECONDS, "Wall time of the last run, data loading to publish.", names, registry=self.registry),
             EPOCHS: Gauge(EPOCHS, "Epochs completed by the last run (resumed epochs included).", names, registry=self.registry),
             GATE_PASSED: Gauge(GATE_PASSED, "1 when the last run passed the quality gate, else 0.", names, registry=self.registry),
-            LAST_SUCCESS: Gauge(LAST_SUCCESS, "Unix time of the last run that passed the gate and published.", names, registry=self.registry),
+            LAST_SUCCESS: Gauge(
+                LAST_SUCCESS, "Unix time of the last run that passed the gate and published.", names, registry=self.registry
+            ),
             LAST_RUN: Gauge(LAST_RUN, "Unix time the last run finished (pass or fail).", names, registry=self.registry),
         }
 

@@ -41,7 +41,12 @@ def parser() -> argparse.ArgumentParser:
     flag("--batch-size", type=int, default=128, help="minibatch size")
     flag("--learning-rate", type=float, help="peak learning rate (default: 1e-3 seed, 2e-3 strong)")
     flag("--min-accuracy", type=float, default=0.9842, help="quality gate: minimum held-out test accuracy to publish")
-    flag("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="math precision; auto: fp16 on GPU, bf16 on CPUs with native bf16, else float32")
+    flag(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        help="math precision; auto: fp16 on GPU, bf16 on CPUs with native bf16, else float32",
+    )
     flag("--seed", type=int, default=42, help="random seed (weights, shuffling): same seed + data + code -> same model")
     flag("--checkpoint-dir", help="where to checkpoint each epoch (path or s3://); a restart resumes from the last complete epoch")
     flag("--pushgateway", help="Prometheus Pushgateway URL (host:port) for training metrics")
@@ -228,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
             "version": version,
             "arch": args.arch,
             "metrics": {"test_accuracy": accuracy, "test_loss": loss},
-            "params": {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "seed", "min_accuracy")} | {"precision": precision},
+            "params": {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "seed", "min_accuracy")}
+            | {"precision": precision},
             "data": {"uri": args.data or "keras:mnist.npz", "sha256": mnist.sha256, "train": len(mnist.x_train), "test": len(mnist.x_test)},
             "history": state.history,
             "code_version": os.environ.get("MLPLATFORM_CODE_VERSION", "unknown"),

@@ -44,7 +44,9 @@ def call(store, method, path, **kw):
 def test_model_status(store):
     r, _ = call(store, "GET", "/v1/models/mnist")
     assert r.status_code == 200
-    assert r.json() == {"model_version_status": [{"version": "v1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert r.json() == {
+        "model_version_status": [{"version": "v1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,7 +165,15 @@ def test_oversized_body_is_413(store):
     assert r.status_code == 413 and "exceeds the limit of 1024 bytes" in r.json()["error"]
 
 
-@pytest.mark.parametrize("method,path,code", [("GET", "/v1/models/mnist:predict", 405), ("GET", "/v1/models/other", 404), ("POST", "/v1/models/other:predict", 404), ("GET", "/nope", 404)])
+@pytest.mark.parametrize(
+    "method,path,code",
+    [
+        ("GET", "/v1/models/mnist:predict", 405),
+        ("GET", "/v1/models/other", 404),
+        ("POST", "/v1/models/other:predict", 404),
+        ("GET", "/nope", 404),
+    ],
+)
 def test_wrong_route(store, method, path, code):
     r, _ = call(store, method, path)
     assert r.status_code == code and "error" in r.json()

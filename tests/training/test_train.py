@@ -32,7 +32,17 @@ def train(*args, env=None, **kw):
 
 def test_help_documents_every_flag():
     out = train("--help").stdout
-    for flag in ("--data", "--output", "--arch", "--epochs", "--batch-size", "--min-accuracy", "--seed", "--checkpoint-dir", "--pushgateway"):
+    for flag in (
+        "--data",
+        "--output",
+        "--arch",
+        "--epochs",
+        "--batch-size",
+        "--min-accuracy",
+        "--seed",
+        "--checkpoint-dir",
+        "--pushgateway",
+    ):
         assert flag in out
     assert "TRAIN_EPOCHS" in out
 
@@ -57,7 +67,9 @@ def test_trains_gates_and_publishes(tmp_path, small_mnist):
 
 def test_env_vars_configure_flags(tmp_path, small_mnist):
     store = f"file://{tmp_path}/store"
-    proc = train(env={"TRAIN_DATA": str(small_mnist), "TRAIN_OUTPUT": store, "TRAIN_EPOCHS": "1", "TRAIN_MIN_ACCURACY": "0.3", "TRAIN_ARCH": "seed"})
+    proc = train(
+        env={"TRAIN_DATA": str(small_mnist), "TRAIN_OUTPUT": store, "TRAIN_EPOCHS": "1", "TRAIN_MIN_ACCURACY": "0.3", "TRAIN_ARCH": "seed"}
+    )
     assert proc.returncode == 0, proc.stderr
     meta = artifacts.read_metadata(store, "mnist", artifacts.latest(store, "mnist"))
     assert meta["arch"] == "seed" and meta["params"]["epochs"] == 1
@@ -92,8 +104,21 @@ def _wait_for_epoch(ckpt: Path, epoch: int, proc, timeout=300):
 
 def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
     ckpt = tmp_path / "ckpt"
-    args = ["--data", str(small_mnist), "--output", str(tmp_path / "store"), "--epochs", "4", "--min-accuracy", "0.3", "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "--data",
+        str(small_mnist),
+        "--output",
+        str(tmp_path / "store"),
+        "--epochs",
+        "4",
+        "--min-accuracy",
+        "0.3",
+        "--checkpoint-dir",
+        str(ckpt),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     _wait_for_epoch(ckpt, 2, proc)
     proc.kill()  # SIGKILL: no chance to clean up, like a lost node
     proc.wait()
@@ -109,8 +134,21 @@ def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
 
 def test_sigterm_stops_cleanly_and_resumes(tmp_path, small_mnist):
     ckpt = tmp_path / "ckpt"
-    args = ["--data", str(small_mnist), "--output", str(tmp_path / "store"), "--epochs", "30", "--min-accuracy", "0.3", "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "--data",
+        str(small_mnist),
+        "--output",
+        str(tmp_path / "store"),
+        "--epochs",
+        "30",
+        "--min-accuracy",
+        "0.3",
+        "--checkpoint-dir",
+        str(ckpt),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     _wait_for_epoch(ckpt, 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -135,7 +173,9 @@ def test_same_seed_same_model(tmp_path, small_mnist):
 def test_seed_model_reaches_reference_accuracy(tmp_path, mnist_file):
     """The seed recipe (batch 128, 10 epochs) on the full real MNIST reaches the published 98.42 %."""
     store = f"file://{tmp_path}/store"
-    proc = train("--data", str(mnist_file), "--output", store, "--arch", "seed", "--epochs", "10", "--batch-size", "128", "--min-accuracy", "0.9842")
+    proc = train(
+        "--data", str(mnist_file), "--output", store, "--arch", "seed", "--epochs", "10", "--batch-size", "128", "--min-accuracy", "0.9842"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = artifacts.read_metadata(store, "mnist", artifacts.latest(store, "mnist"))
     assert meta["metrics"]["test_accuracy"] >= 0.9842

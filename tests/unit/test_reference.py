@@ -15,3 +15,16 @@ def test_unknown_value_keys_allows_free_form_maps():
     assert unknown_value_keys(values, ref) == []
     assert unknown_value_keys({"extraArgs": {"expander": "x"}}, ref, "cluster-autoscaler") == []
     assert unknown_value_keys({"extraArgs": {"expander": "x"}}, ref, "other-chart") == ["extraArgs.expander"]
+
+
+def test_grafana_subchart_keys_checked_against_grafana_chart():
+    from tools import reference
+
+    if reference.reference_dir() is None:
+        import pytest
+
+        pytest.skip("../shared/reference not present")
+    kps = reference.chart_values("kube-prometheus-stack", "88.5.3")
+    assert unknown_value_keys({"grafana": {"resources": {}, "admin": {"existingSecret": "x"}}}, kps) == []
+    assert unknown_value_keys({"grafana": {"adminPasswrd": "x"}}, kps) == ["grafana.adminPasswrd"]
+    assert kps["grafana"]["sidecar"]["dashboards"]["labelValue"] == "1"  # the parent's override wins

@@ -1,0 +1,205 @@
+"""ModelService: the model server behind a load balancer, autoscaled, safe to roll, scraped.
+
+Deployment (maxUnavailable 0, spread across zones/nodes, graceful drain), Service type LoadBalancer
+(an NLB on EKS, restricted to serving.allowedCidrs), HPA, PDB, NetworkPolicy, ServiceMonitor, and an
+IRSA role that can only read the model bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.artifact_store import ArtifactStore, client_env
+from components.config import ServingConfig
+from components.security import container_security, pod_security
+
+NAME = "model-server"
+PORT = 8501
+PORT_NAME = "http"
+LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "mlplatform"}
+DRAIN_SECONDS = 5
+GRACEFUL_SHUTDOWN_SECONDS = 30
+NLB_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+    "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+}
+
+
+def server_env(cfg: ServingConfig, model_uri: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "SERVING_MODEL_URI", "value": model_uri},
+        {"name": "SERVING_PORT", "value": str(PORT)},
+        {"name": "SERVING_MAX_BATCH_SIZE", "value": str(cfg.max_batch_size)},
+        {"name": "SERVING_BATCH_TIMEOUT_MS", "value": str(cfg.batch_timeout_ms)},
+        {"name": "SERVING_MAX_QUEUE", "value": str(cfg.max_queue)},
+        {"name": "SERVING_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+
+
+def deployment_spec(image: str, cfg: ServingConfig, model_uri: str, store_env: list) -> dict[str, Any]:
+    r = cfg.resources
+    probe = {"httpGet": {"path": "/healthz", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    return {
+        "replicas": cfg.replicas,
+        "revisionHistoryLimit": 5,
+        "selector": {"matchLabels": LABELS},
+        # Never below the desired capacity during a rollout: a new pod must be ready (model loaded
+        # and warmed) before an old one is taken away.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": LABELS},
+            "spec": {
+                "serviceAccountName": NAME,
+                "automountServiceAccountToken": False,
+                # drain (not ready, still serving) + graceful shutdown of in-flight requests + margin
+                "terminationGracePeriodSeconds": DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS + 10,
+                "securityContext": pod_security(),
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": LABELS}}
+                    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+                ],
+                "containers": [
+                    {
+                        "name": NAME,
+                        "image": image,
+                        "ports": [{"name": PORT_NAME, "containerPort": PORT}],
+                        "env": server_env(cfg, model_uri) + store_env,
+                        "resources": {
+                            "requests": {"cpu": r.requests.cpu, "memory": r.requests.memory},
+                            "limits": {"cpu": r.limits.cpu, "memory": r.limits.memory},
+                        },
+                        "livenessProbe": probe,
+                        "readinessProbe": {
+                            **probe,
+                            "httpGet": {"path": "/readyz", "port": PORT_NAME},
+                            "periodSeconds": 2,
+                            "failureThreshold": 1,
+                        },
+                        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
+                        "securityContext": container_security(),
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }
+                ],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+            },
+        },
+    }
+
+
+@dataclass
+class ModelServiceArgs:
+    namespace: str
+    image: pulumi.Input[str]
+    config: ServingConfig
+    store: ArtifactStore
+    eks: bool
+    monitoring_namespace: str
+    # The kube-prometheus-stack release: it installs the ServiceMonitor CRD, so the ServiceMonitor
+    # must wait for it (a CR applied before its CRD fails the first `up`).
+    monitoring_release: pulumi.Resource | None = None
+    service_monitor_labels: dict[str, str] | None = None
+
+
+class ModelService(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ModelServiceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:model_service:ModelService", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cfg, ns = args.config, args.namespace
+        meta = lambda n, **kw: k8s.meta.v1.ObjectMetaArgs(name=n, namespace=ns, labels=LABELS, **kw)  # noqa: E731
+        role_arn = args.store.irsa_role(f"{name}-store", ns, NAME, write=False)
+        sa = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=meta(NAME, annotations={"eks.amazonaws.com/role-arn": role_arn} if role_arn else None),
+            automount_service_account_token=False,
+            opts=child,
+        )
+        store_env = client_env(args.store)
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=meta(NAME),
+            spec=pulumi.Output.all(args.image, args.store.uri).apply(lambda a: deployment_spec(a[0], cfg, a[1], store_env)),
+            # The HPA owns replicas once running; re-applying the configured count on every `up`
+            # would undo its scaling (and show as a diff).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa], ignore_changes=["spec.replicas"]),
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=meta(NAME, annotations=NLB_ANNOTATIONS if args.eks else None),
+            spec={
+                "type": "LoadBalancer",
+                "selector": LABELS,
+                "ports": [{"name": PORT_NAME, "port": 80, "targetPort": PORT_NAME, "protocol": "TCP"}],
+                **({"loadBalancerSourceRanges": list(cfg.allowed_cidrs)} if cfg.allowed_cidrs else {}),
+            },
+            opts=child,
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta(NAME),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME},
+                "minReplicas": cfg.min_replicas,
+                "maxReplicas": cfg.max_replicas,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cfg.target_cpu_utilization}},
+                    }
+                ],
+                # Scale up fast, down slowly: a flapping fleet re-warms models for nothing.
+                "behavior": {
+                    "scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta(NAME),
+            # maxUnavailable (not minAvailable) so a single-replica dev stack never blocks node drains.
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": LABELS}},
+            opts=child,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=meta(NAME),
+            spec={
+                "podSelector": {"matchLabels": LABELS},
+                "policyTypes": ["Ingress", "Egress"],
+                # Only the service port: clients through the load balancer and Prometheus (which
+                # scrapes /metrics on the same port). Nothing else reaches the pods.
+                "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+                "egress": [
+                    {
+                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
+                        "ports": [{"protocol": "TCP", "port": 443}],
+                    },
+                    {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]},
+                ],
+            },
+            opts=child,
+        )
+        if args.monitoring_release is not None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-servicemonitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="ServiceMonitor",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=NAME, namespace=ns, labels={**LABELS, **(args.service_monitor_labels or {})}),
+                spec={
+                    # Must match the Service's labels and its port *name*: a mismatch scrapes nothing, silently.
+                    "selector": {"matchLabels": LABELS},
+                    "namespaceSelector": {"matchNames": [ns]},
+                    "endpoints": [{"port": PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}],
+                },
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
+            )
+        ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
+        self.url = ingress.apply(lambda i: f"http://{(i.hostname or i.ip) if i else 'pending'}/v1/models/mnist")
+        self.register_outputs({"url": self.url})

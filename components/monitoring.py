@@ -1,0 +1,181 @@
+"""Monitoring: kube-prometheus-stack (Prometheus, Alertmanager, Grafana), the Pushgateway for training
+metrics, our alert rules (monitoring/rules/) and dashboards (monitoring/dashboards/).
+
+Secrets never enter Helm values: Grafana's admin password and Alertmanager's receiver credentials are
+Kubernetes Secrets made from Pulumi secrets, referenced by name (existingSecret) or mounted as files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components import helm
+from components.config import AlertingConfig, MonitoringConfig
+from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
+
+PUSHGATEWAY_RELEASE = "pushgateway"
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+LABELS = {"app.kubernetes.io/part-of": "mlplatform"}
+
+
+def pushgateway_url(namespace: str) -> str:
+    return f"{PUSHGATEWAY_RELEASE}-prometheus-pushgateway.{namespace}.svc.cluster.local:9091"
+
+
+def stack_values(
+    cfg: MonitoringConfig, alerting: AlertingConfig, has_slack: bool, has_smtp_password: bool, storage: bool
+) -> dict[str, Any]:
+    prometheus_spec: dict[str, Any] = {
+        # Select our rules/monitors in every namespace, not only those carrying the release label
+        # (the chart's default): without this, our PrometheusRules and ServiceMonitors are ignored.
+        "ruleSelectorNilUsesHelmValues": False,
+        "serviceMonitorSelectorNilUsesHelmValues": False,
+        "podMonitorSelectorNilUsesHelmValues": False,
+        "probeSelectorNilUsesHelmValues": False,
+        "retention": cfg.retention,
+        "retentionSize": f"{int(cfg.storage_gi_b * 0.9)}GB",
+        "resources": {"requests": {"cpu": "200m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+    }
+    if storage:
+        prometheus_spec["storageSpec"] = {
+            "volumeClaimTemplate": {
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{cfg.storage_gi_b}Gi"}}}
+            }
+        }
+    return {
+        "fullnameOverride": RELEASE,
+        "prometheus": {"prometheusSpec": prometheus_spec},
+        "alertmanager": {
+            "enabled": True,
+            "config": alertmanager_config(alerting, has_slack, has_smtp_password),
+            "alertmanagerSpec": {
+                "secrets": [CREDENTIALS_SECRET],  # mounted at /etc/alertmanager/secrets/<name>/
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            },
+        },
+        "grafana": {
+            "enabled": True,
+            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1", "searchNamespace": "ALL"}},
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        },
+    }
+
+
+def pushgateway_values() -> dict[str, Any]:
+    return {
+        "serviceMonitor": {"enabled": True, "honorLabels": True},  # keep the job/model labels training pushes
+        "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534},
+    }
+
+
+@dataclass
+class MonitoringArgs:
+    namespace: str
+    config: MonitoringConfig
+    alerting: AlertingConfig
+    secrets: dict[str, pulumi.Output[str]]
+    client_namespaces: list[str]  # namespaces allowed to push to the Pushgateway (training)
+    persistent_storage: bool = True
+
+
+class Monitoring(pulumi.ComponentResource):
+    release: k8s.helm.v3.Release
+    pushgateway_url: str
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:monitoring:Monitoring", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns, cfg = args.namespace, args.config
+        meta = lambda n, **kw: k8s.meta.v1.ObjectMetaArgs(name=n, namespace=ns, **kw)  # noqa: E731
+
+        password = random.RandomPassword(f"{name}-grafana-password", random.RandomPasswordArgs(length=24, special=False), opts=child)
+        grafana_secret = k8s.core.v1.Secret(
+            f"{name}-grafana-admin",
+            metadata=meta(GRAFANA_ADMIN_SECRET, labels=LABELS),
+            string_data={"admin-user": "admin", "admin-password": password.result},
+            opts=child,
+        )
+        creds: dict[str, pulumi.Input[str]] = {}
+        if "alertingSlackWebhookUrl" in args.secrets:
+            creds["slack-webhook-url"] = args.secrets["alertingSlackWebhookUrl"]
+        if "alertingSmtpPassword" in args.secrets:
+            creds["smtp-password"] = args.secrets["alertingSmtpPassword"]
+        am_secret = k8s.core.v1.Secret(
+            f"{name}-alertmanager-credentials",
+            metadata=meta(CREDENTIALS_SECRET, labels=LABELS),
+            string_data=pulumi.Output.secret(creds) if creds else {},
+            opts=child,
+        )
+        values = stack_values(cfg, args.alerting, "slack-webhook-url" in creds, "smtp-password" in creds, args.persistent_storage)
+        self.release = helm.release(
+            f"{name}-stack",
+            "kube-prometheus-stack",
+            ns,
+            values,
+            pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret, am_secret]),
+            timeout_s=900,
+            release_name=RELEASE,
+        )
+        self.grafana_password = password.result
+        self.pushgateway = helm.release(
+            f"{name}-pushgateway",
+            "prometheus-pushgateway",
+            ns,
+            pushgateway_values(),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.release]),  # its ServiceMonitor needs the CRD
+            release_name=PUSHGATEWAY_RELEASE,
+        )
+        self.pushgateway_url = pushgateway_url(ns)
+        after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
+        groups = [threshold_rules(cfg.latency_slo_ms, cfg.error_ratio_slo, cfg.training_stale_days)] + [
+            g for gs in rule_groups().values() for g in gs
+        ]
+        for group in groups:
+            k8s.apiextensions.CustomResource(
+                f"{name}-rules-{group['name']}",
+                api_version="monitoring.coreos.com/v1",
+                kind="PrometheusRule",
+                metadata=meta(group["name"], labels=LABELS),
+                spec={"groups": [group]},
+                opts=after_crds,
+            )
+        for stem, body in dashboards().items():
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{stem}",
+                # The Grafana sidecar loads every ConfigMap with this label (kube-prometheus-stack's setting).
+                metadata=meta(f"dashboard-{stem}", labels={**LABELS, "grafana_dashboard": "1"}),
+                data={f"{stem}.json": body},
+                opts=child,
+            )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=meta("monitoring", labels=LABELS),
+            spec={
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                # Inside the namespace, anything; the operator's admission webhook from the API server;
+                # training pods push to the Pushgateway. Egress: Prometheus scrapes every namespace,
+                # Alertmanager calls out to Slack/e-mail/webhooks.
+                "ingress": [
+                    {"from": [{"podSelector": {}}]},
+                    {"ports": [{"protocol": "TCP", "port": 10250}]},
+                    {
+                        "from": [
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}}
+                            for n in sorted(args.client_namespaces)
+                        ],
+                        "ports": [{"protocol": "TCP", "port": 9091}],
+                    },
+                ],
+                "egress": [{}],
+            },
+            opts=child,
+        )
+        self.register_outputs({"pushgateway_url": self.pushgateway_url})

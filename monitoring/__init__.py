@@ -1,0 +1,1 @@
+"""Alert rules, dashboards and the pure monitoring spec (monitoring.spec)."""
