@@ -140,7 +140,7 @@ class ArtifactStore(pulumi.ComponentResource):
     def _minio(self, name: str, args: ArtifactStoreArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
         password = random.RandomPassword(f"{name}-password", random.RandomPasswordArgs(length=32, special=False), opts=child)
-        creds = {"AWS_ACCESS_KEY_ID": "mlplatform", "AWS_SECRET_ACCESS_KEY": password.result}
+        creds = {"AWS_ACCESS_KEY_ID": "mlplatform", "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(password.result)}
         # One Secret per namespace that uses the store (a Secret cannot be mounted across namespaces).
         for ns in sorted({args.namespace, *args.client_namespaces}):
             k8s.core.v1.Secret(

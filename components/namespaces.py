@@ -17,6 +17,7 @@ PodSecurity = Literal["restricted", "baseline", "privileged"]
 @dataclass
 class PlatformNamespaceArgs:
     namespace: str
+    environment: str = ""
     pod_security: PodSecurity = "restricted"
     labels: dict[str, str] | None = None
 
@@ -30,6 +31,8 @@ class PlatformNamespace(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         labels = {
             "app.kubernetes.io/part-of": "mlplatform",
+            # Policies (prod-only rules) read the environment from here.
+            "mlplatform.io/environment": args.environment,
             "pod-security.kubernetes.io/enforce": args.pod_security,
             # Warn/audit at `restricted` everywhere so drift towards privilege is visible.
             "pod-security.kubernetes.io/warn": "restricted",
