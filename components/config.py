@@ -116,6 +116,7 @@ class RegistryConfig(_Model):
     kind: Literal["ecr", "external"] = "ecr"
     url: str | None = None
     keep_images: int = Field(default=20, ge=1, le=1000)
+    builder: str | None = None  # a buildx builder (e.g. remote rootless BuildKit in CI); unset: local Docker
 
 
 class JenkinsConfig(_Model):

@@ -1,5 +1,8 @@
 """Images: the training and serving images, built by `pulumi up` and pushed to ECR or a configured registry.
 
+Built with Pulumi's docker-build provider (BuildKit): on a laptop it uses the local Docker; in CI it
+uses a remote, rootless BuildKit (``registry.builder``), so no privileged Docker daemon is needed.
+
 Each image is tagged with a hash of its build context (every file the build can see, by path and
 bytes, minus .dockerignore). An unchanged context gives the same tag, so nothing is rebuilt or
 redeployed; one changed byte gives a new tag, so the workloads always roll to what was built.
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
-import pulumi_docker as docker
+import pulumi_docker_build as docker_build
 
 from components.config import RegistryConfig
 
@@ -62,7 +65,9 @@ class ImagesArgs:
 
 
 class Images(pulumi.ComponentResource):
-    """``refs[name]`` is the full image reference (registry/repo:ctx-<hash>) the workloads run."""
+    """``refs[name]`` is the full image reference (registry/repo:ctx-<hash>) the workloads run; it
+    is known at preview (so a PR's preview shows exactly which runs and rollouts it causes) and
+    resolves only after the image is pushed (so nothing deploys an image that is not there)."""
 
     refs: dict[str, pulumi.Output[str]]
 
@@ -70,41 +75,40 @@ class Images(pulumi.ComponentResource):
         super().__init__("mlplatform:images:Images", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.refs = {}
-        self.images: dict[str, docker.Image] = {}
+        self.images: dict[str, docker_build.Image] = {}
         for image, (context, base) in IMAGES.items():
             repo_name = f"{args.repo_prefix}/{image}"
-            registry: docker.RegistryArgs | None
+            registries: list[docker_build.RegistryArgs] | None = None
             if args.registry.kind == "ecr":
                 repo = self._ecr_repository(f"{name}-{image}", repo_name, args, child)
                 token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id)
                 repository = repo.repository_url
-                registry = docker.RegistryArgs(
-                    server=repo.repository_url,
-                    username=token.user_name,
-                    password=pulumi.Output.secret(token.password),
-                )
+                registries = [
+                    docker_build.RegistryArgs(
+                        address=repo.repository_url,
+                        username=token.user_name,
+                        password=pulumi.Output.secret(token.password),
+                    )
+                ]
             else:
                 repository = pulumi.Output.from_input(f"{args.registry.url}/{repo_name}")
-                registry = None
             tag = image_tag(ROOT / context, base)
-            built = docker.Image(
+            built = docker_build.Image(
                 f"{name}-{image}",
-                docker.ImageArgs(
-                    image_name=pulumi.Output.concat(repository, ":", tag),
-                    # Relative to the project root (where `pulumi up` runs): absolute paths would
-                    # differ per machine and show as a diff on every preview.
-                    build=docker.DockerBuildArgs(
-                        context=context,
-                        dockerfile=f"{context}/Dockerfile",
-                        args={"BASE_IMAGE": base},
-                        platform="linux/amd64",
-                    ),
-                    registry=registry,
-                ),
+                tags=[pulumi.Output.concat(repository, ":", tag)],
+                # Relative to the project root (where `pulumi up` runs): absolute paths would
+                # differ per machine and show as a diff on every preview.
+                context=docker_build.BuildContextArgs(location=context),
+                dockerfile=docker_build.DockerfileArgs(location=f"{context}/Dockerfile"),
+                build_args={"BASE_IMAGE": base},
+                platforms=[docker_build.Platform.LINUX_AMD64],
+                push=True,
+                registries=registries,
+                builder=docker_build.BuilderConfigArgs(name=args.registry.builder) if args.registry.builder else None,
                 opts=child,
             )
             self.images[image] = built
-            self.refs[image] = built.image_name
+            self.refs[image] = built.tags.apply(lambda tags: tags[0])
         self.register_outputs({"refs": self.refs})
 
     @staticmethod

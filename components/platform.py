@@ -61,7 +61,9 @@ class Platform(pulumi.ComponentResource):
         k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*providers, self.cluster.provider])
 
         self.namespaces = {
-            role: PlatformNamespace(f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level), opts=k8s_opts)
+            role: PlatformNamespace(
+                f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level), opts=k8s_opts
+            )
             for role, (ns, level) in NAMESPACES.items()
         }
 

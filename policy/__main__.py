@@ -36,12 +36,17 @@ def _resource_policy(name, rule, why):
 
 
 def _stack_resources(args) -> list[rules.Res]:
-    return [rules.Res(type=r.resource_type, props=r.props, urn=r.urn, name=r.name, parent=r.parent.urn if r.parent else "") for r in args.resources]
+    return [
+        rules.Res(type=r.resource_type, props=r.props, urn=r.urn, name=r.name, parent=r.parent.urn if r.parent else "")
+        for r in args.resources
+    ]
 
 
 def _stack_policy(name, rule, why, level=EnforcementLevel.MANDATORY, config_schema=None):
     def validate(args, report_violation):
-        for urn, message in rule(_stack_resources(args), args.get_config() if config_schema else None) if config_schema else rule(_stack_resources(args)):
+        for urn, message in (
+            rule(_stack_resources(args), args.get_config() if config_schema else None) if config_schema else rule(_stack_resources(args))
+        ):
             report_violation(message, None if urn == "stack" else urn)
 
     return StackValidationPolicy(name=name, description=why, validate=validate, enforcement_level=level, config_schema=config_schema)
@@ -64,6 +69,8 @@ PolicyPack(
         *(_resource_policy(name, rule, why) for name, (rule, why) in rules.RESOURCE_RULES.items()),
         *(_stack_policy(name, rule, why) for name, (rule, why) in rules.STACK_RULES.items()),
         _stack_policy("gpu-ceiling", _ceiling(prod=False), "a typo in max must not buy a fleet of GPUs", config_schema=GPU_CONFIG),
-        _stack_policy("gpu-ceiling-prod", _ceiling(prod=True), "prod may exceed the ceiling, but says so", EnforcementLevel.ADVISORY, GPU_CONFIG),
+        _stack_policy(
+            "gpu-ceiling-prod", _ceiling(prod=True), "prod may exceed the ceiling, but says so", EnforcementLevel.ADVISORY, GPU_CONFIG
+        ),
     ],
 )

@@ -19,10 +19,15 @@ DEFAULT_MAX_TOTAL_GPUS = 16
 
 
 def load(out_dir: Path) -> list[rules.Res]:
-    return [rules.Res(type=r["type"], props=r["inputs"], urn=r["urn"], name=r["name"], parent=r["parent"]) for r in json.loads((out_dir / "resources.json").read_text())]
+    return [
+        rules.Res(type=r["type"], props=r["inputs"], urn=r["urn"], name=r["name"], parent=r["parent"])
+        for r in json.loads((out_dir / "resources.json").read_text())
+    ]
 
 
-def violations(resources: list[rules.Res], max_total_gpus: int = DEFAULT_MAX_TOTAL_GPUS) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+def violations(
+    resources: list[rules.Res], max_total_gpus: int = DEFAULT_MAX_TOTAL_GPUS
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     """(mandatory, advisory) violations as (policy, urn, message)."""
     mandatory = [(name, r.urn, m) for r in resources for name, (rule, _) in rules.RESOURCE_RULES.items() for m in rule(r)]
     mandatory += [(name, urn, m) for name, (rule, _) in rules.STACK_RULES.items() for urn, m in rule(resources)]

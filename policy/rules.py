@@ -28,9 +28,13 @@ HOST_ACCESS_ALLOWED = {
 }
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"}
-CREDENTIAL_VALUE = re.compile(r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|xox[baprs]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|hooks\.slack\.com/services/)")
+CREDENTIAL_VALUE = re.compile(
+    r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|xox[baprs]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|hooks\.slack\.com/services/)"
+)
 CREDENTIAL_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credentials?)$", re.I)
-REFERENCE_KEYS = re.compile(r"(existingsecret|secretname|secretkeyref|passwordkey|userkey|tokenkey|secretref|secret_?key_?ref|_file|file)$", re.I)
+REFERENCE_KEYS = re.compile(
+    r"(existingsecret|secretname|secretkeyref|passwordkey|userkey|tokenkey|secretref|secret_?key_?ref|_file|file)$", re.I
+)
 
 
 @dataclass
@@ -153,7 +157,11 @@ def images_pinned(r: Res) -> list[str]:
     pod = pod_spec(r)
     if pod is None:
         return []
-    return [f"container {c.get('name')!r} image {c.get('image')!r} is not pinned (tag or digest, never latest)" for c in containers(pod) if not image_pinned(str(c.get("image", "")))]
+    return [
+        f"container {c.get('name')!r} image {c.get('image')!r} is not pinned (tag or digest, never latest)"
+        for c in containers(pod)
+        if not image_pinned(str(c.get("image", "")))
+    ]
 
 
 def gpu_pods_target_gpu_nodes(r: Res) -> list[str]:
@@ -242,7 +250,10 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "drop-all-capabilities": (drop_all_capabilities, "no container needs Linux capabilities here"),
     "requests-and-limits": (requests_and_limits, "without them one pod starves the node, and the autoscaler cannot size pools"),
     "images-pinned": (images_pinned, "latest is not a version: rollouts and rollbacks become guesses"),
-    "gpu-pods-target-gpu-nodes": (gpu_pods_target_gpu_nodes, "a GPU pod without toleration/selector never schedules or scales the wrong pool"),
+    "gpu-pods-target-gpu-nodes": (
+        gpu_pods_target_gpu_nodes,
+        "a GPU pod without toleration/selector never schedules or scales the wrong pool",
+    ),
     "no-credentials-in-clear": (no_credentials_in_clear, "clear-text credentials leak through state, previews and kubectl describe"),
     "rbac-least-privilege": (rbac_least_privilege, "cluster-admin or */* turns any compromised pod into a cluster takeover"),
     "ecr-scan-and-immutable-tags": (ecr_hardened, "scan images for CVEs; an immutable tag always means the same image"),
@@ -253,15 +264,26 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
 
 
 def namespaces_default_deny(resources: list[Res]) -> list[tuple[str, str]]:
-    ours = [r for r in resources if r.kind == "Namespace" and (r.props.get("metadata") or {}).get("labels", {}).get(PART_OF[0]) == PART_OF[1]]
+    ours = [
+        r for r in resources if r.kind == "Namespace" and (r.props.get("metadata") or {}).get("labels", {}).get(PART_OF[0]) == PART_OF[1]
+    ]
     denied = set()
     for r in resources:
         if r.kind != "NetworkPolicy":
             continue
         spec = r.props.get("spec") or {}
-        if spec.get("podSelector") == {} and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"} and not spec.get("ingress") and not spec.get("egress"):
+        if (
+            spec.get("podSelector") == {}
+            and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"}
+            and not spec.get("ingress")
+            and not spec.get("egress")
+        ):
             denied.add((r.props.get("metadata") or {}).get("namespace"))
-    return [(r.urn, f"namespace {r.props['metadata']['name']!r} has no default-deny NetworkPolicy") for r in ours if r.props["metadata"]["name"] not in denied]
+    return [
+        (r.urn, f"namespace {r.props['metadata']['name']!r} has no default-deny NetworkPolicy")
+        for r in ours
+        if r.props["metadata"]["name"] not in denied
+    ]
 
 
 def prod_load_balancers_restricted(resources: list[Res]) -> list[tuple[str, str]]:
@@ -292,9 +314,16 @@ def s3_buckets_hardened(resources: list[Res]) -> list[tuple[str, str]]:
     for b in (r for r in resources if r.type == "aws:s3/bucket:Bucket"):
         siblings = [r for r in resources if r.parent == b.parent]
         pab = [s for s in siblings if s.type == "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"]
-        if not any(all(s.props.get(k) is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")) for s in pab):
+        if not any(
+            all(s.props.get(k) is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+            for s in pab
+        ):
             out.append((b.urn, "bucket without a full public-access block"))
-        if not any(s.type == "aws:s3/bucketVersioning:BucketVersioning" and (s.props.get("versioningConfiguration") or {}).get("status") == "Enabled" for s in siblings):
+        if not any(
+            s.type == "aws:s3/bucketVersioning:BucketVersioning"
+            and (s.props.get("versioningConfiguration") or {}).get("status") == "Enabled"
+            for s in siblings
+        ):
             out.append((b.urn, "bucket without versioning"))
         if not any(s.type == "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration" for s in siblings):
             out.append((b.urn, "bucket without default encryption"))
@@ -316,14 +345,21 @@ def gpu_ceiling(resources: list[Res], ceiling: int, gpu_counts: dict[str, int], 
     total, env = total_gpu_max(resources, gpu_counts)
     if (env == "prod") != prod or total <= ceiling:
         return []
-    return [("stack", f"GPU pools may scale to {total} GPUs, above the ceiling of {ceiling} (raise maxTotalGpus in the policy config deliberately)")]
+    return [
+        (
+            "stack",
+            f"GPU pools may scale to {total} GPUs, above the ceiling of {ceiling} (raise maxTotalGpus in the policy config deliberately)",
+        )
+    ]
 
 
 def kubeconfig_secret(resources: list[Res]) -> list[tuple[str, str]]:
     return [
         (r.urn, "the Kubernetes provider's kubeconfig is not a secret")
         for r in resources
-        if r.type == "pulumi:providers:kubernetes" and isinstance(r.props.get("kubeconfig"), str) and r.props["kubeconfig"].lstrip().startswith(("{", "apiVersion"))
+        if r.type == "pulumi:providers:kubernetes"
+        and isinstance(r.props.get("kubeconfig"), str)
+        and r.props["kubeconfig"].lstrip().startswith(("{", "apiVersion"))
     ]
 
 

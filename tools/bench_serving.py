@@ -100,8 +100,28 @@ def main() -> None:
     model_dir = args.model_dir
     if model_dir is None:
         print("training the seed model (1 epoch) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "training.train", "--data", args.data, "--arch", "seed", "--epochs", "1", "--min-accuracy", "0.9",
-                        "--output", f"file://{tmp}/store", "--run-id", "bench"], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training.train",
+                "--data",
+                args.data,
+                "--arch",
+                "seed",
+                "--epochs",
+                "1",
+                "--min-accuracy",
+                "0.9",
+                "--output",
+                f"file://{tmp}/store",
+                "--run-id",
+                "bench",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         version = (tmp / "store/models/mnist/LATEST").read_text().strip()
         model_dir = tmp / "store/models/mnist" / version
 
@@ -117,13 +137,31 @@ def main() -> None:
     import tensorflow as tf
 
     cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}; "
-          f"load: wrk -t2 -c{args.connections} -d{args.duration}s, single-image requests ({body.stat().st_size} bytes)", flush=True)
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}; "
+        f"load: wrk -t2 -c{args.connections} -d{args.duration}s, single-image requests ({body.stat().st_size} bytes)",
+        flush=True,
+    )
 
     results = {}
     for name, cmd in [
         ("naive", [sys.executable, "-m", "tools.naive_server", str(model_dir)]),
-        ("ours", [sys.executable, "-m", "serving", "--model-uri", str(model_dir), "--host", "127.0.0.1", "--poll-seconds", "0", "--log-level", "warning"]),
+        (
+            "ours",
+            [
+                sys.executable,
+                "-m",
+                "serving",
+                "--model-uri",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--poll-seconds",
+                "0",
+                "--log-level",
+                "warning",
+            ],
+        ),
     ]:
         port = free_port()
         full = cmd + ([str(port)] if name == "naive" else ["--port", str(port)])
@@ -139,7 +177,10 @@ def main() -> None:
             proc.terminate()
             proc.wait(60)
         r = results[name]
-        print(f"({'a' if name == 'naive' else 'b'}) {name:5s}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}  {r['socket_errors']}", flush=True)
+        print(
+            f"({'a' if name == 'naive' else 'b'}) {name:5s}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}  {r['socket_errors']}",
+            flush=True,
+        )
     c = results["ceiling"]
     print(f"load generator ceiling (same server, trivial /healthz): {c['rps']:.1f} req/s, p99 {c['p99_ms']:.2f} ms", flush=True)
     limit = in_process_limit(model_dir)
@@ -154,8 +195,10 @@ def main() -> None:
         "ratio_vs_naive": round(ours["rps"] / naive["rps"], 1),
         "fraction_of_limit": round(ours["rps"] / limit, 3),
     }
-    print(f"ratio vs naive {out['ratio_vs_naive']}x (target >= 200x), p99 {out['ours_p99_ms']} ms (target <= 25), "
-          f"{out['fraction_of_limit']:.1%} of the in-process limit (target >= 10%)")
+    print(
+        f"ratio vs naive {out['ratio_vs_naive']}x (target >= 200x), p99 {out['ours_p99_ms']} ms (target <= 25), "
+        f"{out['fraction_of_limit']:.1%} of the in-process limit (target >= 10%)"
+    )
     print(json.dumps(out))
     shutil.rmtree(tmp, ignore_errors=True)
 

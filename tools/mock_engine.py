@@ -170,9 +170,10 @@ class PlatformMocks(pulumi.runtime.Mocks):
                 "registryId": ACCOUNT,
                 "arn": f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/{rname}",
             }
-        elif t == "docker:index/image:Image":
-            image = inputs["imageName"]
-            outs = {"repoDigest": f"{image.split(':')[0]}@sha256:{_h(image, n=64)}", "baseImageName": image}
+        elif t == "docker-build:index:Image":
+            tag = inputs["tags"][0]
+            digest = f"sha256:{_h(tag, n=64)}"
+            outs = {"digest": digest, "ref": f"{tag}@{digest}"}
         elif t == "random:index/randomPassword:RandomPassword":
             outs = {"result": self._sensitive(_h(name, "password", n=int(inputs.get("length", 24))))}
         elif t == "aws:s3/bucket:Bucket":

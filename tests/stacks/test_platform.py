@@ -146,13 +146,22 @@ def test_chart_pins_cover_every_release(result):
 
 
 def test_images_pinned_never_latest(result):
-    images = result.of_type("docker:index/image:Image")
+    images = result.of_type("docker-build:index:Image")
     assert len(images) == 2
     for img in images:
-        name = img.inputs["imageName"]
+        (name,) = img.inputs["tags"]
         assert ":ctx-" in name and not name.endswith(":latest"), name
-        assert img.inputs["build"]["args"]["BASE_IMAGE"].split(":")[-1] not in ("", "latest")
-        assert not img.inputs["build"]["context"].startswith("/"), "absolute context path: differs per machine"
+        assert img.inputs["push"] is True
+        assert img.inputs["buildArgs"]["BASE_IMAGE"].split(":")[-1] not in ("", "latest")
+        assert not img.inputs["context"]["location"].startswith("/"), "absolute context path: differs per machine"
+
+
+def test_workloads_run_the_built_images(result):
+    tags = {img.inputs["tags"][0] for img in result.of_type("docker-build:index:Image")}
+    used = set()
+    for r in result.of_type("kubernetes:apps/v1:Deployment") + result.of_type("kubernetes:batch/v1:Job"):
+        used |= {c["image"] for c in r.raw["spec"]["template"]["spec"]["containers"]}
+    assert tags <= used, f"built but not deployed: {tags - used}"
 
 
 def test_ecr_repositories_secure(result, stack):
@@ -167,9 +176,8 @@ def test_ecr_repositories_secure(result, stack):
 
 
 def test_registry_password_is_secret(result):
-    for img in result.of_type("docker:index/image:Image"):
-        registry = img.inputs.get("registry")
-        if registry:
+    for img in result.of_type("docker-build:index:Image"):
+        for registry in img.inputs.get("registries") or []:
             assert registry == "[secret]" or registry["password"] == "[secret]", img.urn
 
 

@@ -13,5 +13,9 @@ def test_every_mandatory_policy_passes(result):
 
 def test_policies_actually_inspect_the_workloads(result):
     """Guard against a vacuous pass: the pod-spec rules see our Deployment and Job."""
-    kinds = {rules.Res(type=r.type, props=r.inputs).kind for r in result.records if rules.pod_spec(rules.Res(type=r.type, props=r.inputs)) is not None}
+    kinds = {
+        rules.Res(type=r.type, props=r.inputs).kind
+        for r in result.records
+        if rules.pod_spec(rules.Res(type=r.type, props=r.inputs)) is not None
+    }
     assert {"Deployment", "Job"} <= kinds

@@ -23,7 +23,11 @@ GOOD_POD = {"securityContext": {"runAsNonRoot": True}, "containers": [GOOD_CONTA
 def deployment(pod=None, **container_changes):
     pod = copy.deepcopy(pod or GOOD_POD)
     pod["containers"][0].update(container_changes)
-    return Res("kubernetes:apps/v1:Deployment", {"kind": "Deployment", "metadata": {"name": "d", "namespace": "ml-serving"}, "spec": {"template": {"spec": pod}}}, urn="urn:d")
+    return Res(
+        "kubernetes:apps/v1:Deployment",
+        {"kind": "Deployment", "metadata": {"name": "d", "namespace": "ml-serving"}, "spec": {"template": {"spec": pod}}},
+        urn="urn:d",
+    )
 
 
 def with_pod(**pod_changes):
@@ -36,21 +40,72 @@ CASES = [
     ("no-privileged-containers", deployment(securityContext={**GOOD_CONTAINER["securityContext"], "privileged": True}), "is privileged"),
     ("no-host-namespaces-or-paths", with_pod(hostNetwork=True), "hostNetwork"),
     ("no-host-namespaces-or-paths", with_pod(volumes=[{"name": "root", "hostPath": {"path": "/"}}]), "hostPath"),
-    ("run-as-non-root", deployment({"containers": [{**GOOD_CONTAINER, "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}), "may run as root"),
-    ("no-privilege-escalation", deployment(securityContext={"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}), "privilege escalation"),
+    (
+        "run-as-non-root",
+        deployment(
+            {"containers": [{**GOOD_CONTAINER, "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}
+        ),
+        "may run as root",
+    ),
+    (
+        "no-privilege-escalation",
+        deployment(securityContext={"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}),
+        "privilege escalation",
+    ),
     ("drop-all-capabilities", deployment(securityContext={"allowPrivilegeEscalation": False, "runAsNonRoot": True}), "ALL capabilities"),
     ("requests-and-limits", deployment(resources={"requests": {"cpu": "1"}}), "requests.memory, limits.memory"),
     ("images-pinned", deployment(image="nginx:latest"), "not pinned"),
     ("images-pinned", deployment(image="nginx"), "not pinned"),
-    ("gpu-pods-target-gpu-nodes", deployment(resources={"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi", "nvidia.com/gpu": 1}}), "does not tolerate"),
+    (
+        "gpu-pods-target-gpu-nodes",
+        deployment(resources={"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi", "nvidia.com/gpu": 1}}),
+        "does not tolerate",
+    ),
     ("no-credentials-in-clear", deployment(env=[{"name": "DB_PASSWORD", "value": "hunter2"}]), "DB_PASSWORD"),
-    ("no-credentials-in-clear", Res("kubernetes:core/v1:ConfigMap", {"kind": "ConfigMap", "data": {"cfg": "key=AKIAABCDEFGHIJKLMNOP"}}), "looks like a credential"),
-    ("no-credentials-in-clear", Res("kubernetes:helm.sh/v3:Release", {"chart": "grafana", "values": {"grafana": {"adminPassword": "s3cret"}}}), "grafana.adminPassword"),
-    ("rbac-least-privilege", Res("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", {"kind": "ClusterRoleBinding", "roleRef": {"name": "cluster-admin"}}), "cluster-admin"),
-    ("rbac-least-privilege", Res("kubernetes:rbac.authorization.k8s.io/v1:Role", {"kind": "Role", "rules": [{"verbs": ["*"], "resources": ["*"], "apiGroups": ["*"]}]}), "every verb"),
-    ("ecr-scan-and-immutable-tags", Res("aws:ecr/repository:Repository", {"imageTagMutability": "MUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}), "mutable"),
-    ("gpu-pools-scale-to-zero", Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 2}}), "set min: 0"),
-    ("helm-host-access-allow-list", Res("kubernetes:helm.sh/v3:Release", {"chart": "random-chart", "values": {"hostNetwork": True}}), "allow-list"),
+    (
+        "no-credentials-in-clear",
+        Res("kubernetes:core/v1:ConfigMap", {"kind": "ConfigMap", "data": {"cfg": "key=AKIAABCDEFGHIJKLMNOP"}}),
+        "looks like a credential",
+    ),
+    (
+        "no-credentials-in-clear",
+        Res("kubernetes:helm.sh/v3:Release", {"chart": "grafana", "values": {"grafana": {"adminPassword": "s3cret"}}}),
+        "grafana.adminPassword",
+    ),
+    (
+        "rbac-least-privilege",
+        Res(
+            "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding",
+            {"kind": "ClusterRoleBinding", "roleRef": {"name": "cluster-admin"}},
+        ),
+        "cluster-admin",
+    ),
+    (
+        "rbac-least-privilege",
+        Res(
+            "kubernetes:rbac.authorization.k8s.io/v1:Role",
+            {"kind": "Role", "rules": [{"verbs": ["*"], "resources": ["*"], "apiGroups": ["*"]}]},
+        ),
+        "every verb",
+    ),
+    (
+        "ecr-scan-and-immutable-tags",
+        Res("aws:ecr/repository:Repository", {"imageTagMutability": "MUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}),
+        "mutable",
+    ),
+    (
+        "gpu-pools-scale-to-zero",
+        Res(
+            "aws:eks/nodeGroup:NodeGroup",
+            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 2}},
+        ),
+        "set min: 0",
+    ),
+    (
+        "helm-host-access-allow-list",
+        Res("kubernetes:helm.sh/v3:Release", {"chart": "random-chart", "values": {"hostNetwork": True}}),
+        "allow-list",
+    ),
 ]
 
 
@@ -66,34 +121,62 @@ def test_policy_lets_compliant_resources_through(policy):
     rule, _ = rules.RESOURCE_RULES[policy]
     gpu_pod = copy.deepcopy(GOOD_POD)
     gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 1
-    gpu_pod |= {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], "nodeSelector": {"nvidia.com/gpu.present": "true"}}
+    gpu_pod |= {
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+    }
     compliant = [
         deployment(),
         deployment(gpu_pod),
         deployment(image="registry/app@sha256:" + "a" * 64),
         deployment(env=[{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]),
-        Res("kubernetes:helm.sh/v3:Release", {"chart": "grafana", "values": {"admin": {"existingSecret": "grafana-admin", "passwordKey": "admin-password"}}}),
+        Res(
+            "kubernetes:helm.sh/v3:Release",
+            {"chart": "grafana", "values": {"admin": {"existingSecret": "grafana-admin", "passwordKey": "admin-password"}}},
+        ),
         Res("kubernetes:helm.sh/v3:Release", {"chart": "nvidia-device-plugin", "values": {"hostNetwork": True}}),
         Res("kubernetes:rbac.authorization.k8s.io/v1:Role", {"kind": "Role", "rules": [{"verbs": ["get", "list"], "resources": ["pods"]}]}),
         Res("aws:ecr/repository:Repository", {"imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}),
-        Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 0}}),
-        Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "prod"}, "scalingConfig": {"minSize": 2}}),
+        Res(
+            "aws:eks/nodeGroup:NodeGroup",
+            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 0}},
+        ),
+        Res(
+            "aws:eks/nodeGroup:NodeGroup",
+            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "prod"}, "scalingConfig": {"minSize": 2}},
+        ),
     ]
     for res in compliant:
         assert rule(res) == [], (policy, res)
 
 
 def ns(name, env="dev"):
-    return Res("kubernetes:core/v1:Namespace", {"kind": "Namespace", "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "mlplatform", "mlplatform.io/environment": env}}}, urn=f"urn:ns:{name}")
+    return Res(
+        "kubernetes:core/v1:Namespace",
+        {
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "mlplatform", "mlplatform.io/environment": env}},
+        },
+        urn=f"urn:ns:{name}",
+    )
 
 
 def deny(namespace):
-    return Res("kubernetes:networking.k8s.io/v1:NetworkPolicy", {"kind": "NetworkPolicy", "metadata": {"name": "default-deny", "namespace": namespace}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+    return Res(
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "default-deny", "namespace": namespace},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        },
+    )
 
 
 def lb(namespace, ranges):
     spec = {"type": "LoadBalancer", **({"loadBalancerSourceRanges": ranges} if ranges is not None else {})}
-    return Res("kubernetes:core/v1:Service", {"kind": "Service", "metadata": {"name": "s", "namespace": namespace}, "spec": spec}, urn="urn:svc")
+    return Res(
+        "kubernetes:core/v1:Service", {"kind": "Service", "metadata": {"name": "s", "namespace": namespace}, "spec": spec}, urn="urn:svc"
+    )
 
 
 def test_default_deny_per_namespace():
@@ -102,15 +185,23 @@ def test_default_deny_per_namespace():
 
 
 def test_prod_load_balancers_restricted():
-    assert rules.prod_load_balancers_restricted([ns("p", "prod"), lb("p", None)]) == [("urn:svc", "prod LoadBalancer without loadBalancerSourceRanges")]
-    assert rules.prod_load_balancers_restricted([ns("p", "prod"), lb("p", ["0.0.0.0/0"])]) == [("urn:svc", "prod LoadBalancer open to 0.0.0.0/0")]
+    assert rules.prod_load_balancers_restricted([ns("p", "prod"), lb("p", None)]) == [
+        ("urn:svc", "prod LoadBalancer without loadBalancerSourceRanges")
+    ]
+    assert rules.prod_load_balancers_restricted([ns("p", "prod"), lb("p", ["0.0.0.0/0"])]) == [
+        ("urn:svc", "prod LoadBalancer open to 0.0.0.0/0")
+    ]
     assert rules.prod_load_balancers_restricted([ns("p", "prod"), lb("p", ["203.0.113.0/24"])]) == []
     assert rules.prod_load_balancers_restricted([ns("d", "dev"), lb("d", None)]) == []
 
 
 def test_s3_bucket_hardening():
     bucket = Res("aws:s3/bucket:Bucket", {}, urn="urn:b", parent="urn:store")
-    pab = Res("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", dict.fromkeys(("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"), True), parent="urn:store")
+    pab = Res(
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        dict.fromkeys(("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"), True),
+        parent="urn:store",
+    )
     ver = Res("aws:s3/bucketVersioning:BucketVersioning", {"versioningConfiguration": {"status": "Enabled"}}, parent="urn:store")
     sse = Res("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", {}, parent="urn:store")
     assert rules.s3_buckets_hardened([bucket, pab, ver, sse]) == []
@@ -119,7 +210,15 @@ def test_s3_bucket_hardening():
 
 
 def pool(env, max_size, types=("g5.12xlarge",)):
-    return Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_NVIDIA", "instanceTypes": list(types), "tags": {"mlplatform.io/environment": env}, "scalingConfig": {"minSize": 0, "maxSize": max_size}})
+    return Res(
+        "aws:eks/nodeGroup:NodeGroup",
+        {
+            "amiType": "AL2023_x86_64_NVIDIA",
+            "instanceTypes": list(types),
+            "tags": {"mlplatform.io/environment": env},
+            "scalingConfig": {"minSize": 0, "maxSize": max_size},
+        },
+    )
 
 
 def test_gpu_ceiling_mandatory_off_prod_advisory_on_prod():
