@@ -185,6 +185,10 @@ class AlertingConfig(_Model):
     smtp_from: str | None = None
 
 
+class EphemeralConfig(_Model):
+    ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+
+
 class PlatformConfig(_Model):
     environment: Literal["local", "dev", "staging", "prod", "ephemeral"]
     kubernetes_version: str = Field(default="1.33", pattern=r"^1\.[0-9]{2}$")
@@ -196,6 +200,7 @@ class PlatformConfig(_Model):
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     alerting: AlertingConfig = AlertingConfig()
+    ephemeral: EphemeralConfig = EphemeralConfig()  # PR stacks made from this stack (tools/ephemeral.py)
 
     @property
     def is_eks(self) -> bool:

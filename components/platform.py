@@ -12,6 +12,7 @@ from components.config import Settings
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
+from components.jenkins import Jenkins, JenkinsArgs
 from components.model_service import ModelService, ModelServiceArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
@@ -24,6 +25,8 @@ NAMESPACES: dict[str, tuple[str, str]] = {
     "training": ("ml-training", "restricted"),
     "monitoring": ("monitoring", "privileged"),
     "jenkins": ("jenkins", "baseline"),
+    # Image builds (rootless BuildKit needs setuid newuidmap): isolated from everything else.
+    "builds": ("jenkins-builds", "baseline"),
 }
 
 
@@ -162,4 +165,17 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=in_namespaces,
         )
+        self.jenkins: Jenkins | None = None
+        if cfg.jenkins.enabled:
+            self.jenkins = Jenkins(
+                f"{name}-jenkins",
+                JenkinsArgs(
+                    namespace=ns["jenkins"],
+                    build_namespace=ns["builds"],
+                    config=cfg.jenkins,
+                    training_namespace=ns["training"],
+                    monitoring_release=monitoring_release,
+                ),
+                opts=in_namespaces,
+            )
         self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})

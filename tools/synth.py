@@ -29,9 +29,10 @@ def manifest_filename(obj: dict) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", "_".join(parts).lower()) + ".yaml"
 
 
-def synth(stack: str, out: Path) -> tuple[int, int]:
-    """Render ``stack`` into ``out``; returns (resources, manifests). Raises ConfigError / ValueError."""
-    result = mock_engine.run(stack)
+def synth(stack: str, out: Path, overrides: dict | None = None) -> tuple[int, int]:
+    """Render ``stack`` into ``out``; returns (resources, manifests). Raises ConfigError / ValueError.
+    ``overrides`` replaces stack-config keys ('mlplatform:training': {...}), as mock_engine.run does."""
+    result = mock_engine.run(stack, overrides)
     k8s_version = next((r.inputs.get("version") for r in result.records if r.type == "eks:index:Cluster"), None) or _stack_k8s_version(
         stack
     )

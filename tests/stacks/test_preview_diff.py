@@ -1,0 +1,75 @@
+"""tools.preview_diff on synth outputs: add / remove / change / replace, secrets never printed."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.conftest import ROOT
+from tools import mock_engine, preview_diff, synth
+
+
+def write(d, resources):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "resources.json").write_text(json.dumps(resources))
+    return d
+
+
+def res(urn_name, type_="kubernetes:core/v1:ConfigMap", **inputs):
+    return {"type": type_, "name": urn_name, "urn": f"urn:pulumi:dev::mlplatform::{type_}::{urn_name}", "parent": "", "inputs": inputs}
+
+
+def test_add_remove_change_replace(tmp_path):
+    base = write(tmp_path / "a", [
+        res("keep", data={"a": "1"}),
+        res("gone", data={}),
+        res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-aaa"}, spec={"backoffLimit": 4}),
+        res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 2}),
+    ])
+    head = write(tmp_path / "b", [
+        res("keep", data={"a": "2"}),
+        res("new", data={}),
+        res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-bbb"}, spec={"backoffLimit": 4}),
+        res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 4}),
+    ])
+    md = preview_diff.render(preview_diff.load(base), preview_diff.load(head))
+    assert "**1 to add, 2 to update, 1 to replace, 1 to delete**" in md
+    assert "- `+` `kubernetes:core/v1:ConfigMap::new`" in md
+    assert "- `-` `kubernetes:core/v1:ConfigMap::gone`" in md
+    assert "#### `~` `kubernetes:batch/v1:Job::job` (**replace**)" in md
+    assert "| `metadata.name` (forces replacement) | `train-aaa` | `train-bbb` |" in md
+    assert "A new training run starts: Job `train-aaa` is replaced by `train-bbb`." in md
+    assert "| `data.a` | `1` | `2` |" in md
+    assert "max size 2 -> 4" in md
+
+
+def test_no_changes(tmp_path):
+    d = write(tmp_path / "a", [res("x", data={"a": "1"})])
+    assert "No changes." in preview_diff.render(preview_diff.load(d), preview_diff.load(d))
+
+
+def test_secrets_are_not_printed(tmp_path):
+    base = write(tmp_path / "a", [res("s", "kubernetes:core/v1:Secret", stringData={"password": "[secret]"}, metadata={"labels": {"v": "1"}})])
+    head = write(tmp_path / "b", [res("s", "kubernetes:core/v1:Secret", stringData="[secret]", metadata={"labels": {"v": "2"}})])
+    md = preview_diff.render(preview_diff.load(base), preview_diff.load(head))
+    assert "(secret)" in md and "[secret]" not in md
+
+
+def test_real_synth_pair(tmp_path):
+    """dev vs dev with one more epoch and a bigger GPU pool: a new training run, a pool update."""
+    dev = yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    synth.synth("dev", tmp_path / "base")
+    training = dict(dev["mlplatform:training"], epochs=dev["mlplatform:training"]["epochs"] + 1)
+    pools = [dict(dev["mlplatform:gpuPools"][0], max=3)]
+    synth.synth("dev", tmp_path / "head", overrides={"mlplatform:training": training, "mlplatform:gpuPools": pools})
+    md = preview_diff.render(preview_diff.load(tmp_path / "base"), preview_diff.load(tmp_path / "head"))
+    assert "A new training run starts" in md
+    assert "max size 2 -> 3" in md
+    assert "to delete**" in md and "0 to delete" in md
+    assert not any(s in md for s in mock_engine.run("dev").sensitive)
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    assert preview_diff.main([str(tmp_path), str(tmp_path)]) == 2
+    assert "no resources.json" in capsys.readouterr().err

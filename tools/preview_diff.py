@@ -1,0 +1,140 @@
+"""Offline preview diff between two synth outputs, as Markdown for a PR comment:
+
+    python -m tools.preview_diff BASE_DIR HEAD_DIR > diff.md
+
+Resources added / removed / changed by URN, field by field; changes that make Pulumi replace the
+resource are flagged (a new Job name is a new training run). Secrets are "[secret]" in synth output
+already and are never printed: a changed secret shows as "changed (secret)". Needs no cloud
+credentials, so it works for PRs from forks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Fields whose change replaces the resource (create-before-delete or delete-then-create).
+REPLACE_FIELDS: dict[str, tuple[str, ...]] = {
+    "kubernetes:": ("metadata.name", "metadata.namespace"),
+    "kubernetes:batch/v1:Job": ("spec.template", "spec.selector"),
+    "kubernetes:apps/v1:Deployment": ("spec.selector",),
+    "kubernetes:core/v1:PersistentVolumeClaim": ("spec.storageClassName", "spec.accessModes"),
+    "aws:eks/nodeGroup:NodeGroup": ("nodeGroupName", "instanceTypes", "amiType", "capacityType", "diskSize", "subnetIds", "clusterName"),
+    "aws:ecr/repository:Repository": ("name",),
+    "aws:s3/bucket:Bucket": ("bucket",),
+    "eks:index:Cluster": ("name", "vpcId", "privateSubnetIds"),
+    "awsx:ec2:Vpc": ("cidrBlock", "numberOfAvailabilityZones"),
+}
+MAX_VALUE = 120
+
+
+def load(synth_dir: Path) -> dict[str, dict[str, Any]]:
+    return {r["urn"]: r for r in json.loads((synth_dir / "resources.json").read_text())}
+
+
+def flatten(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{path}.{k}" if path else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{path}[{i}]"))
+        return out
+    return {path: value}
+
+
+def changes(base: dict, head: dict) -> list[tuple[str, Any, Any]]:
+    a, b = flatten(base.get("inputs", {})), flatten(head.get("inputs", {}))
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def replaces(type_: str, path: str) -> bool:
+    for prefix, fields in REPLACE_FIELDS.items():
+        if type_ == prefix or (prefix.endswith(":") and type_.startswith(prefix)):
+            if any(path == f or path.startswith(f + ".") or path.startswith(f + "[") for f in fields):
+                return True
+    return False
+
+
+def show(value: Any) -> str:
+    if value == "[secret]":
+        return "(secret)"
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    text = text.replace("|", "\\|").replace("\n", "\\n")
+    return f"`{text[:MAX_VALUE]}{'...' if len(text) > MAX_VALUE else ''}`" if value is not None else "_(unset)_"
+
+
+def short(urn: str) -> str:
+    """type::name part of a URN (the stack/project prefix is the same everywhere)."""
+    return "::".join(urn.split("::")[2:])
+
+
+def render(base: dict[str, dict], head: dict[str, dict]) -> str:
+    added = sorted(head.keys() - base.keys())
+    removed = sorted(base.keys() - head.keys())
+    changed = {u: changes(base[u], head[u]) for u in sorted(base.keys() & head.keys())}
+    changed = {u: c for u, c in changed.items() if c}
+    replaced = {u for u, c in changed.items() if any(replaces(head[u]["type"], p) for p, _, _ in c)}
+    lines = [
+        "### Preview (offline synth)",
+        "",
+        f"**{len(added)} to add, {len(changed) - len(replaced)} to update, {len(replaced)} to replace, {len(removed)} to delete** "
+        f"({len(head)} resources after this change)",
+    ]
+    if not (added or removed or changed):
+        lines += ["", "No changes."]
+        return "\n".join(lines) + "\n"
+    notes = _notes(base, head, changed)
+    if notes:
+        lines += ["", *[f"> {n}" for n in notes]]
+    if added:
+        lines += ["", "#### Added", *[f"- `+` `{short(u)}`" for u in added]]
+    if removed:
+        lines += ["", "#### Deleted", *[f"- `-` `{short(u)}`" for u in removed]]
+    for u, cs in changed.items():
+        mark = "**replace**" if u in replaced else "update"
+        lines += ["", f"#### `~` `{short(u)}` ({mark})", "", "| field | before | after |", "|---|---|---|"]
+        for path, old, new in cs:
+            flag = " (forces replacement)" if replaces(head[u]["type"], path) else ""
+            if old == "[secret]" or new == "[secret]":
+                lines.append(f"| `{path}`{flag} | (secret) | (secret) |")
+            else:
+                lines.append(f"| `{path}`{flag} | {show(old)} | {show(new)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _notes(base: dict, head: dict, changed: dict) -> list[str]:
+    notes = []
+    for u, cs in changed.items():
+        t = head[u]["type"]
+        for path, old, new in cs:
+            if t == "kubernetes:batch/v1:Job" and path == "metadata.name":
+                notes.append(f"A new training run starts: Job `{old}` is replaced by `{new}`.")
+            if t == "kubernetes:apps/v1:Deployment" and path.endswith(".image"):
+                notes.append(f"The model service rolls out a new image: {show(new)}.")
+            if t == "aws:eks/nodeGroup:NodeGroup" and path == "scalingConfig.maxSize":
+                notes.append(f"GPU/system pool `{head[u]['name']}` max size {old} -> {new}.")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    base_dir, head_dir = Path(argv[0]), Path(argv[1])
+    for d in (base_dir, head_dir):
+        if not (d / "resources.json").exists():
+            print(f"{d}: no resources.json (make it with: python -m tools.synth --stack NAME --out {d})", file=sys.stderr)
+            return 2
+    sys.stdout.write(render(load(base_dir), load(head_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
