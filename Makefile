@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
-.PHONY: help venv venv-ml data up preview destroy synth synth-all lint test test-fast test-ml test-slow bench clean
+.PHONY: help venv venv-ml data up up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
+	ephemeral-up ephemeral-destroy reap train-wait smoke notify bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,8 +43,45 @@ up: venv  ## set up and deploy STACK (default local): venv, local state backend,
 	pulumi stack select --create $(STACK)
 	pulumi up --yes --stack $(STACK)
 
-preview: venv  ## pulumi preview --diff for STACK
-	pulumi preview --diff --stack $(STACK)
+up-ci: venv  ## CI deploy of STACK: policy pack enforced, non-interactive
+	pulumi up --yes --non-interactive --stack $(STACK) --policy-pack policy
+
+preview: venv  ## pulumi preview --diff for STACK (with the policy pack)
+	pulumi preview --diff --non-interactive --stack $(STACK) --policy-pack policy
+
+BASE_REF ?= origin/main
+preview-diff: venv  ## offline preview of STACK: synth BASE_REF and the work tree, diff as Markdown -> build/preview.md
+	rm -rf build/base-src && git worktree add --force --detach build/base-src $(BASE_REF)
+	cd build/base-src && ../../$(PY) -m tools.synth --stack $(STACK) --out ../synth-base/$(STACK) || mkdir -p ../synth-base/$(STACK)
+	git worktree remove --force build/base-src
+	test -f build/synth-base/$(STACK)/resources.json || echo '[]' > build/synth-base/$(STACK)/resources.json
+	$(PY) -m tools.synth --stack $(STACK) --out build/synth-head/$(STACK)
+	$(PY) -m tools.preview_diff build/synth-base/$(STACK) build/synth-head/$(STACK) > build/preview.md
+	cat build/preview.md
+
+policy: synth  ## run the policy pack on the synth of STACK (offline)
+	$(PY) -m policy.check $(OUT)/$(STACK)
+
+policy-all: synth-all  ## run the policy pack on every stack
+	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m policy.check $(OUT)/$$s || exit 1; done
+
+ephemeral-up: venv  ## create/update the ephemeral stack pr-PR (from the dev config)
+	$(PY) -m tools.ephemeral up --pr $(PR)
+
+ephemeral-destroy: venv  ## destroy and remove the ephemeral stack pr-PR
+	$(PY) -m tools.ephemeral destroy --pr $(PR)
+
+reap: venv  ## destroy every expired ephemeral stack
+	$(PY) -m tools.ephemeral reap
+
+train-wait: venv  ## wait for STACK's training Job; fails on a failed run or quality gate
+	$(PY) -m tools.train_wait $$(pulumi stack output trainingJob --stack $(STACK))
+
+smoke: venv-ml data  ## smoke test STACK's model service URL (real predictions)
+	$(PY_ML) -m tools.smoke $$(pulumi stack output serviceUrl --stack $(STACK))
+
+notify:  ## pipeline notification: make notify STATUS=success MESSAGE=...
+	$(PYTHON) -m tools.notify $(STATUS) "$(MESSAGE)"
 
 destroy: venv  ## destroy STACK's resources
 	pulumi destroy --yes --stack $(STACK)

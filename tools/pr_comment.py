@@ -1,0 +1,69 @@
+"""Post (or update) the preview as a comment on the pull/merge request:
+
+    python -m tools.pr_comment build/preview.md --forge github --repo owner/name --pr 12     # GITHUB_TOKEN
+    python -m tools.pr_comment build/preview.md --forge gitlab --repo 1234 --pr 7            # GITLAB_TOKEN
+
+One comment per PR, found by a hidden marker and edited in place on every push (no comment flood).
+API roots: GITHUB_API_URL (default https://api.github.com), CI_API_V4_URL (default https://gitlab.com/api/v4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+MARKER = "<!-- mlplatform-preview -->"
+
+
+def _call(method: str, url: str, headers: dict[str, str], body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - the forge API root
+        return json.loads(r.read() or b"null")
+
+
+def post(text: str, forge: str, repo: str, pr: int, token: str, api: str | None = None) -> str:
+    body = f"{MARKER}\n{text}"
+    if forge == "github":
+        api = (api or os.environ.get("GITHUB_API_URL", "https://api.github.com")).rstrip("/")
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
+        comments = _call("GET", f"{api}/repos/{repo}/issues/{pr}/comments?per_page=100", headers)
+        mine = next((c for c in comments if MARKER in (c.get("body") or "")), None)
+        if mine:
+            _call("PATCH", f"{api}/repos/{repo}/issues/comments/{mine['id']}", headers, {"body": body})
+            return "updated"
+        _call("POST", f"{api}/repos/{repo}/issues/{pr}/comments", headers, {"body": body})
+        return "created"
+    api = (api or os.environ.get("CI_API_V4_URL", "https://gitlab.com/api/v4")).rstrip("/")
+    headers = {"PRIVATE-TOKEN": token}
+    project = urllib.request.quote(repo, safe="")
+    notes = _call("GET", f"{api}/projects/{project}/merge_requests/{pr}/notes?per_page=100", headers)
+    mine = next((n for n in notes if MARKER in (n.get("body") or "")), None)
+    if mine:
+        _call("PUT", f"{api}/projects/{project}/merge_requests/{pr}/notes/{mine['id']}", headers, {"body": body})
+        return "updated"
+    _call("POST", f"{api}/projects/{project}/merge_requests/{pr}/notes", headers, {"body": body})
+    return "created"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.pr_comment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", type=Path)
+    p.add_argument("--forge", choices=["github", "gitlab"], default="github")
+    p.add_argument("--repo", required=True, help="owner/name (GitHub) or project id/path (GitLab)")
+    p.add_argument("--pr", type=int, required=True)
+    args = p.parse_args(argv)
+    token = os.environ.get("GITHUB_TOKEN" if args.forge == "github" else "GITLAB_TOKEN")
+    if not token:
+        print(f"set {'GITHUB_TOKEN' if args.forge == 'github' else 'GITLAB_TOKEN'} to comment on the {'pull' if args.forge == 'github' else 'merge'} request", file=sys.stderr)
+        return 2
+    print(f"preview comment {post(args.file.read_text(), args.forge, args.repo, args.pr, token)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

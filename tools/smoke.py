@@ -1,0 +1,76 @@
+"""Smoke test of a deployed model service:  python -m tools.smoke URL [--images 200] [--min-accuracy 0.95]
+
+URL is the service URL (http://host or the stack's `serviceUrl` output). Checks the model status is
+AVAILABLE, then predicts real MNIST test images (data/mnist.npz) and requires the accuracy to reach
+--min-accuracy. Exit 0 ok, 1 failed (with the reason), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+
+def _get(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) URL given by the operator
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict, timeout: float = 30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+def base_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url.split("/v1/models/")[0]
+
+
+def smoke(url: str, data: Path, images: int, min_accuracy: float, model: str = "mnist", wait_s: float = 300) -> tuple[bool, str]:
+    base = base_url(url)
+    deadline = time.time() + wait_s
+    while True:  # a fresh LoadBalancer takes a while to answer
+        try:
+            status = _get(f"{base}/v1/models/{model}")
+            break
+        except (urllib.error.URLError, OSError) as exc:
+            if time.time() > deadline:
+                return False, f"{base}: unreachable for {wait_s:.0f}s ({exc})"
+            time.sleep(5)
+    state = status["model_version_status"][0]
+    if state["state"] != "AVAILABLE":
+        return False, f"model {model} is {state['state']}: {state['status']}"
+    with np.load(data) as d:
+        x, y = d["x_test"][:images] / 255.0, d["y_test"][:images]
+    correct = 0
+    for i in range(0, len(x), 32):
+        preds = _post(f"{base}/v1/models/{model}:predict", {"instances": x[i : i + 32].round(4).tolist()})["predictions"]
+        correct += int((np.argmax(preds, axis=1) == y[i : i + 32]).sum())
+    accuracy = correct / len(x)
+    ok = accuracy >= min_accuracy
+    return ok, f"version {state['version']}: accuracy {accuracy:.4f} on {len(x)} test images (required {min_accuracy:.4f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url")
+    p.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--min-accuracy", type=float, default=0.95)
+    p.add_argument("--wait", type=float, default=300, help="seconds to wait for the endpoint to answer")
+    args = p.parse_args(argv)
+    ok, message = smoke(args.url, args.data, args.images, args.min_accuracy, wait_s=args.wait)
+    print(("smoke ok: " if ok else "smoke FAILED: ") + message)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

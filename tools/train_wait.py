@@ -1,0 +1,81 @@
+"""Wait for a training Job and report how it ended:  python -m tools.train_wait JOB [--namespace ml-training]
+
+Exit 0 when the Job succeeded (a model was published), 3 when the quality gate failed (the training
+container exited 3: nothing published), 1 for any other failure, with the last log lines. Uses kubectl
+with the current context (the pipeline's agent service account may only read training Jobs and pods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+GATE_EXIT_CODE = 3
+
+
+def kubectl(*args: str) -> str:
+    return subprocess.run(["kubectl", *args], capture_output=True, text=True, check=True).stdout
+
+
+def outcome(job: dict) -> str | None:
+    """'succeeded', 'failed' or None (still running), from the Job's conditions."""
+    for c in job.get("status", {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") == "Complete":
+            return "succeeded"
+        if c.get("status") == "True" and c.get("type") == "Failed":
+            return "failed"
+    return None
+
+
+def gate_failed(pods: dict) -> bool:
+    for pod in pods.get("items", []):
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            if (cs.get("state", {}).get("terminated") or {}).get("exitCode") == GATE_EXIT_CODE:
+                return True
+    return False
+
+
+def wait(job: str, namespace: str, timeout_s: float, poll_s: float = 10) -> int:
+    deadline = time.time() + timeout_s
+    while True:
+        state = outcome(json.loads(kubectl("-n", namespace, "get", "job", job, "-o", "json")))
+        if state == "succeeded":
+            print(f"training job {job} succeeded: model published")
+            return 0
+        if state == "failed":
+            pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", f"batch.kubernetes.io/job-name={job}", "-o", "json"))
+            logs = kubectl("-n", namespace, "logs", f"job/{job}", "--tail", "30")
+            print(logs)
+            if gate_failed(pods):
+                print(f"training job {job}: quality gate failed, nothing published", file=sys.stderr)
+                return GATE_EXIT_CODE
+            print(f"training job {job} failed", file=sys.stderr)
+            return 1
+        if time.time() > deadline:
+            print(f"training job {job} still running after {timeout_s:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(poll_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job")
+    p.add_argument("--namespace", default="ml-training")
+    p.add_argument("--timeout", type=float, default=7200)
+    p.add_argument("--poll", type=float, default=10)
+    args = p.parse_args(argv)
+    try:
+        return wait(args.job, args.namespace, args.timeout, args.poll)
+    except FileNotFoundError:
+        print("kubectl not found on PATH", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"kubectl failed: {exc.stderr.strip()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
