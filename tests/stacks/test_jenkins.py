@@ -20,7 +20,12 @@ def release(result):
 def test_admin_password_from_a_secret_not_values(result):
     values = release(result)
     admin = values["controller"]["admin"]
-    assert admin == {"createSecret": False, "existingSecret": ADMIN_SECRET, "userKey": "jenkins-admin-user", "passwordKey": "jenkins-admin-password"}
+    assert admin == {
+        "createSecret": False,
+        "existingSecret": ADMIN_SECRET,
+        "userKey": "jenkins-admin-user",
+        "passwordKey": "jenkins-admin-password",
+    }
     (secret,) = [s for s in result.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == ADMIN_SECRET]
     assert secret.inputs["stringData"]["jenkins-admin-password"] == "[secret]"
 

@@ -21,18 +21,24 @@ def res(urn_name, type_="kubernetes:core/v1:ConfigMap", **inputs):
 
 
 def test_add_remove_change_replace(tmp_path):
-    base = write(tmp_path / "a", [
-        res("keep", data={"a": "1"}),
-        res("gone", data={}),
-        res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-aaa"}, spec={"backoffLimit": 4}),
-        res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 2}),
-    ])
-    head = write(tmp_path / "b", [
-        res("keep", data={"a": "2"}),
-        res("new", data={}),
-        res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-bbb"}, spec={"backoffLimit": 4}),
-        res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 4}),
-    ])
+    base = write(
+        tmp_path / "a",
+        [
+            res("keep", data={"a": "1"}),
+            res("gone", data={}),
+            res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-aaa"}, spec={"backoffLimit": 4}),
+            res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 2}),
+        ],
+    )
+    head = write(
+        tmp_path / "b",
+        [
+            res("keep", data={"a": "2"}),
+            res("new", data={}),
+            res("job", "kubernetes:batch/v1:Job", metadata={"name": "train-bbb"}, spec={"backoffLimit": 4}),
+            res("pool", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["g5.xlarge"], scalingConfig={"maxSize": 4}),
+        ],
+    )
     md = preview_diff.render(preview_diff.load(base), preview_diff.load(head))
     assert "**1 to add, 2 to update, 1 to replace, 1 to delete**" in md
     assert "- `+` `kubernetes:core/v1:ConfigMap::new`" in md
@@ -50,7 +56,9 @@ def test_no_changes(tmp_path):
 
 
 def test_secrets_are_not_printed(tmp_path):
-    base = write(tmp_path / "a", [res("s", "kubernetes:core/v1:Secret", stringData={"password": "[secret]"}, metadata={"labels": {"v": "1"}})])
+    base = write(
+        tmp_path / "a", [res("s", "kubernetes:core/v1:Secret", stringData={"password": "[secret]"}, metadata={"labels": {"v": "1"}})]
+    )
     head = write(tmp_path / "b", [res("s", "kubernetes:core/v1:Secret", stringData="[secret]", metadata={"labels": {"v": "2"}})])
     md = preview_diff.render(preview_diff.load(base), preview_diff.load(head))
     assert "(secret)" in md and "[secret]" not in md

@@ -1,0 +1,20 @@
+"""tools.smoke against the real server (a tiny random model: its accuracy is chance level)."""
+
+from __future__ import annotations
+
+from tests.serving.conftest import ROOT
+from tools import smoke
+
+
+def test_smoke_passes_and_fails_on_accuracy(store, server_factory, small_mnist):
+    s = server_factory(str(store))
+    ok, message = smoke.smoke(f"{s.url}/v1/models/mnist", small_mnist, images=64, min_accuracy=0.0, wait_s=5)
+    assert ok and message.startswith("version v1: accuracy") and "on 64 test images" in message
+    ok, message = smoke.smoke(s.url, small_mnist, images=64, min_accuracy=0.99, wait_s=5)
+    assert not ok and "(required 0.9900)" in message
+
+
+def test_smoke_unreachable(small_mnist):
+    ok, message = smoke.smoke("http://127.0.0.1:9", small_mnist, images=8, min_accuracy=0.5, wait_s=0)
+    assert not ok and "unreachable" in message
+    assert ROOT.exists()
