@@ -91,7 +91,9 @@ pipelineJob('reap-ephemeral-stacks') {{
 def env_jcasc(repo_url: str) -> str:
     """Global environment for pipelines: the GitHub owner/name the PR comments go to."""
     repo = repo_url.removesuffix(".git").split("github.com/")[-1].split("github.com:")[-1]
-    return yaml.safe_dump({"jenkins": {"globalNodeProperties": [{"envVars": {"env": [{"key": "GITHUB_REPOSITORY", "value": repo}]}}]}}, sort_keys=False)
+    return yaml.safe_dump(
+        {"jenkins": {"globalNodeProperties": [{"envVars": {"env": [{"key": "GITHUB_REPOSITORY", "value": repo}]}}]}}, sort_keys=False
+    )
 
 
 def _restricted_container(name: str, image: str, cpu: str, memory: str, **extra: Any) -> dict[str, Any]:
@@ -142,7 +144,16 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
 
     def template(name: str, namespace: str, pod: dict) -> str:
         return yaml.safe_dump(
-            [{"name": name, "label": name, "namespace": namespace, "serviceAccount": AGENT_SA, "yamlMergeStrategy": "merge", "yaml": yaml.safe_dump(pod, sort_keys=False)}],
+            [
+                {
+                    "name": name,
+                    "label": name,
+                    "namespace": namespace,
+                    "serviceAccount": AGENT_SA,
+                    "yamlMergeStrategy": "merge",
+                    "yaml": yaml.safe_dump(pod, sort_keys=False),
+                }
+            ],
             sort_keys=False,
         )
 
@@ -151,14 +162,25 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
 
 def jenkins_values(cfg: JenkinsConfig, namespace: str, metrics: bool) -> dict[str, Any]:
     controller: dict[str, Any] = {
-        "admin": {"createSecret": False, "existingSecret": ADMIN_SECRET, "userKey": "jenkins-admin-user", "passwordKey": "jenkins-admin-password"},
+        "admin": {
+            "createSecret": False,
+            "existingSecret": ADMIN_SECRET,
+            "userKey": "jenkins-admin-user",
+            "passwordKey": "jenkins-admin-password",
+        },
         "installPlugins": PLUGINS,
         "installLatestPlugins": False,
         "overwritePlugins": True,
         "serviceType": cfg.service_type,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
         "prometheus": {"enabled": metrics, "scrapeInterval": "60s"},
-        "JCasC": {"defaultConfig": True, "configScripts": {"mlplatform-jobs": jobs_jcasc(cfg.repo_url or "", cfg.branch), "mlplatform-env": env_jcasc(cfg.repo_url or "")}},
+        "JCasC": {
+            "defaultConfig": True,
+            "configScripts": {
+                "mlplatform-jobs": jobs_jcasc(cfg.repo_url or "", cfg.branch),
+                "mlplatform-env": env_jcasc(cfg.repo_url or ""),
+            },
+        },
     }
     if cfg.service_type == "LoadBalancer":
         controller["loadBalancerSourceRanges"] = list(cfg.allowed_cidrs)
@@ -199,18 +221,38 @@ class Jenkins(pulumi.ComponentResource):
         )
         deps = [secret, *args.depends_on] + ([args.monitoring_release] if args.monitoring_release else [])
         self.release = helm.release(
-            f"{name}-chart", "jenkins", ns, jenkins_values(args.config, ns, metrics=args.monitoring_release is not None), pulumi.ResourceOptions(parent=self, depends_on=deps)
+            f"{name}-chart",
+            "jenkins",
+            ns,
+            jenkins_values(args.config, ns, metrics=args.monitoring_release is not None),
+            pulumi.ResourceOptions(parent=self, depends_on=deps),
         )
         # The controller starts agent pods in the build namespace (the chart covers its own namespace).
-        self._role(f"{name}-builds-agents", args.build_namespace, CONTROLLER_SA, ns, [
-            {"apiGroups": [""], "resources": ["pods", "pods/exec"], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
-            {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
-        ])
+        self._role(
+            f"{name}-builds-agents",
+            args.build_namespace,
+            CONTROLLER_SA,
+            ns,
+            [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "pods/exec"],
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                },
+                {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
+            ],
+        )
         # The pipeline's agents wait for training Jobs and read their logs, nothing else.
-        self._role(f"{name}-watch-training", args.training_namespace, AGENT_SA, ns, [
-            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
-        ])
+        self._role(
+            f"{name}-watch-training",
+            args.training_namespace,
+            AGENT_SA,
+            ns,
+            [
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+            ],
+        )
         k8s.core.v1.ServiceAccount(
             f"{name}-builds-agent-sa",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=AGENT_SA, namespace=args.build_namespace),
@@ -258,7 +300,10 @@ class Jenkins(pulumi.ComponentResource):
                     {"to": [in_ns(ns)], "ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 50000}]},
                     # HTTPS: registries, package indexes, the Pulumi backend and cloud/Kubernetes APIs;
                     # never the node's metadata service. No in-cluster workload listens on 443.
-                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                    {
+                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
+                        "ports": [{"protocol": "TCP", "port": 443}],
+                    },
                 ],
             },
             opts=child,

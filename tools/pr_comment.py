@@ -21,7 +21,7 @@ MARKER = "<!-- mlplatform-preview -->"
 
 def _call(method: str, url: str, headers: dict[str, str], body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **headers})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **headers})  # noqa: S310 - URL given by the operator
     with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - the forge API root
         return json.loads(r.read() or b"null")
 
@@ -51,7 +51,9 @@ def post(text: str, forge: str, repo: str, pr: int, token: str, api: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.pr_comment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tools.pr_comment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--forge", choices=["github", "gitlab"], default="github")
     p.add_argument("--repo", required=True, help="owner/name (GitHub) or project id/path (GitLab)")
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     token = os.environ.get("GITHUB_TOKEN" if args.forge == "github" else "GITLAB_TOKEN")
     if not token:
-        print(f"set {'GITHUB_TOKEN' if args.forge == 'github' else 'GITLAB_TOKEN'} to comment on the {'pull' if args.forge == 'github' else 'merge'} request", file=sys.stderr)
+        print(
+            f"set {'GITHUB_TOKEN' if args.forge == 'github' else 'GITLAB_TOKEN'} to comment on the {'pull' if args.forge == 'github' else 'merge'} request",
+            file=sys.stderr,
+        )
         return 2
     print(f"preview comment {post(args.file.read_text(), args.forge, args.repo, args.pr, token)}")
     return 0

@@ -61,7 +61,9 @@ def wait(job: str, namespace: str, timeout_s: float, poll_s: float = 10) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tools.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("job")
     p.add_argument("--namespace", default="ml-training")
     p.add_argument("--timeout", type=float, default=7200)
