@@ -232,6 +232,22 @@ def _secret_ref(key: str) -> k8s.core.v1.EnvVarSourceArgs:
     return k8s.core.v1.EnvVarSourceArgs(secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=CREDENTIALS_SECRET, key=key))
 
 
+def store_service_account(
+    parent: pulumi.Resource, name: str, store: ArtifactStore, namespace: str, account: str, labels: dict[str, str], write: bool
+) -> k8s.core.v1.ServiceAccount:
+    """The workload's ServiceAccount: on EKS annotated with an IRSA role limited to the store's bucket
+    (read, or read-write); never mounting an API token (our workloads do not talk to Kubernetes)."""
+    role_arn = store.irsa_role(f"{name}-store", namespace, account, write=write)
+    return k8s.core.v1.ServiceAccount(
+        f"{name}-sa",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=account, namespace=namespace, labels=labels, annotations={"eks.amazonaws.com/role-arn": role_arn} if role_arn else None
+        ),
+        automount_service_account_token=False,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
 def client_env(store: ArtifactStore) -> list[k8s.core.v1.EnvVarArgs]:
     """Environment a workload needs to reach the store (credentials only for the in-cluster MinIO;
     on EKS the pod's IRSA role provides them)."""

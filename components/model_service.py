@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.artifact_store import ArtifactStore, client_env
+from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import ServingConfig
 from components.security import container_security, pod_security
 
@@ -113,13 +113,7 @@ class ModelService(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         cfg, ns = args.config, args.namespace
         meta = lambda n, **kw: k8s.meta.v1.ObjectMetaArgs(name=n, namespace=ns, labels=LABELS, **kw)  # noqa: E731
-        role_arn = args.store.irsa_role(f"{name}-store", ns, NAME, write=False)
-        sa = k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata=meta(NAME, annotations={"eks.amazonaws.com/role-arn": role_arn} if role_arn else None),
-            automount_service_account_token=False,
-            opts=child,
-        )
+        sa = store_service_account(self, name, args.store, ns, NAME, LABELS, write=False)
         store_env = client_env(args.store)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",

@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.artifact_store import ArtifactStore, client_env
+from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import TrainingConfig
 from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from components.security import container_security, pod_security
@@ -120,19 +120,8 @@ class TrainingJob(pulumi.ComponentResource):
         super().__init__("mlplatform:training_job:TrainingJob", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg, store = args.config, args.store
-        role_arn = store.irsa_role(f"{name}-store", args.namespace, SERVICE_ACCOUNT, write=True)
-        sa = k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=SERVICE_ACCOUNT,
-                namespace=args.namespace,
-                labels=LABELS,
-                annotations={"eks.amazonaws.com/role-arn": role_arn} if role_arn else None,
-            ),
-            # Training never talks to the Kubernetes API.
-            automount_service_account_token=False,
-            opts=child,
-        )
+        # Training never talks to the Kubernetes API; it writes models and checkpoints to the store.
+        sa = store_service_account(self, name, store, args.namespace, SERVICE_ACCOUNT, LABELS, write=True)
         store_env = client_env(store)
         pod = pulumi.Output.all(args.image, store.uri).apply(
             lambda a: pod_spec(a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)

@@ -91,6 +91,12 @@ def test_bad_data_exits_2_with_reason(tmp_path):
     assert "not an .npz file" in proc.stdout + proc.stderr
 
 
+def start_training(args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def _wait_for_epoch(ckpt: Path, epoch: int, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -116,9 +122,7 @@ def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
         "--checkpoint-dir",
         str(ckpt),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_training(args)
     _wait_for_epoch(ckpt, 2, proc)
     proc.kill()  # SIGKILL: no chance to clean up, like a lost node
     proc.wait()
@@ -146,9 +150,7 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path, small_mnist):
         "--checkpoint-dir",
         str(ckpt),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_training(args)
     _wait_for_epoch(ckpt, 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
