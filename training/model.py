@@ -9,6 +9,9 @@ from keras import layers
 
 ARCHS = ("seed", "strong")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# Several optimizer steps per compiled call: less Python per step (-13 % epoch time on 2 CPU cores,
+# measured). Batch-level callbacks (the SIGTERM check) then run every 8 steps.
+STEPS_PER_EXECUTION = 8
 
 
 def resolve_precision(precision: str) -> str:
@@ -86,13 +89,23 @@ def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | N
     keras.mixed_precision.set_global_policy(resolve_precision(precision))
     if arch == "seed":
         model = seed_model()
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate or 1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate or 1e-3),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=STEPS_PER_EXECUTION,
+        )
         return model
     if arch != "strong":
         raise ValueError(f"unknown arch {arch!r}: choose one of {ARCHS}")
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate or 2e-3, decay_steps=max(1, steps_per_epoch * epochs), alpha=0.01)
     model = strong_model()
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=STEPS_PER_EXECUTION,
+    )
     return model
 
 
