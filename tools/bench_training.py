@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=4e-3, help="(b) and (c) peak learning rate (cosine decay)")
     parser.add_argument("--fast-epochs", type=int, default=1, help="(b): epochs of the cosine schedule when racing to 98.42 %%")
     parser.add_argument("--fast-fraction", type=float, default=1.0, help="(b): fraction of an epoch per epoch (schedule and data)")
-    parser.add_argument("--strong-epochs", type=int, default=12, help="(c): epochs that fit the 120 s budget with margin for a noisy machine")
+    parser.add_argument(
+        "--strong-epochs", type=int, default=12, help="(c): epochs that fit the 120 s budget with margin for a noisy machine"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf

@@ -3,9 +3,8 @@ Prometheus-operator CRD schemas (unknown fields rejected) for monitoring kinds."
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
