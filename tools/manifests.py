@@ -10,11 +10,11 @@ import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils
 
+from tools.reference import crd_schema
+
 # kubernetes-validate re-reads and re-parses the (large) schema files for every manifest; the files
 # never change within a run, so parse each once.
 kubernetes_validate.utils.schema_contents = functools.cache(kubernetes_validate.utils.schema_contents)
-
-from tools.reference import crd_schema
 
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
