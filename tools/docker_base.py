@@ -19,7 +19,20 @@ PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-def build(tag: str, rootfs: Path, mirror: str = "http://deb.debian.org/debian") -> str:
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt uses (the one known to be reachable here)."""
+    import re
+
+    for path in sorted(Path("/etc/apt").glob("sources.list.d/*.sources")) + [Path("/etc/apt/sources.list")]:
+        text = path.read_text() if path.exists() else ""
+        m = re.search(r"^URIs:\s*(\S+)", text, re.M) or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+        if m and "security" not in m.group(1):
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def build(tag: str, rootfs: Path, mirror: str | None = None) -> str:
+    mirror = mirror or apt_mirror()
     if not (rootfs / "usr" / "bin" / "python3").exists():
         if shutil.which("debootstrap") is None:
             raise SystemExit("debootstrap not found: apt-get install debootstrap")
