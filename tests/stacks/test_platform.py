@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from components import helm
-from components.gpu_node_pool import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL, autoscaler_tags
+from components.gpu_node_pool import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL
 from tests.conftest import ROOT
 from tools import manifests, reference
 
@@ -207,4 +207,6 @@ def test_autoscaler_irsa_scoped_to_its_service_account(result, stack):
     policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-autoscaler-policy").inputs["policy"])
     scale = next(s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
     assert scale["Condition"]["StringEquals"] == {f"aws:ResourceTag/k8s.io/cluster-autoscaler/mlplatform-{stack}": "owned"}
-    assert autoscaler_tags  # the tag the condition relies on is the one GpuNodePool writes (checked above)
+    # ... and that tag is the one every GPU pool's ASG carries
+    owned = {t.inputs["tag"]["key"] for t in result.of_type("aws:autoscaling/tag:Tag") if t.inputs["tag"]["value"] == "owned"}
+    assert owned == {f"k8s.io/cluster-autoscaler/mlplatform-{stack}"}
