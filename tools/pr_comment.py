@@ -27,26 +27,23 @@ def _call(method: str, url: str, headers: dict[str, str], body: dict | None = No
 
 
 def post(text: str, forge: str, repo: str, pr: int, token: str, api: str | None = None) -> str:
-    body = f"{MARKER}\n{text}"
+    """Create the marked comment, or update it in place when it exists. Returns 'created'/'updated'."""
     if forge == "github":
         api = (api or os.environ.get("GITHUB_API_URL", "https://api.github.com")).rstrip("/")
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
-        comments = _call("GET", f"{api}/repos/{repo}/issues/{pr}/comments?per_page=100", headers)
-        mine = next((c for c in comments if MARKER in (c.get("body") or "")), None)
-        if mine:
-            _call("PATCH", f"{api}/repos/{repo}/issues/comments/{mine['id']}", headers, {"body": body})
-            return "updated"
-        _call("POST", f"{api}/repos/{repo}/issues/{pr}/comments", headers, {"body": body})
-        return "created"
-    api = (api or os.environ.get("CI_API_V4_URL", "https://gitlab.com/api/v4")).rstrip("/")
-    headers = {"PRIVATE-TOKEN": token}
-    project = urllib.request.quote(repo, safe="")
-    notes = _call("GET", f"{api}/projects/{project}/merge_requests/{pr}/notes?per_page=100", headers)
-    mine = next((n for n in notes if MARKER in (n.get("body") or "")), None)
+        listing, edit_method = f"{api}/repos/{repo}/issues/{pr}/comments", "PATCH"
+        edit = f"{api}/repos/{repo}/issues/comments/{{id}}"
+    else:
+        api = (api or os.environ.get("CI_API_V4_URL", "https://gitlab.com/api/v4")).rstrip("/")
+        headers = {"PRIVATE-TOKEN": token}
+        listing = f"{api}/projects/{urllib.request.quote(repo, safe='')}/merge_requests/{pr}/notes"
+        edit_method, edit = "PUT", f"{listing}/{{id}}"
+    body = {"body": f"{MARKER}\n{text}"}
+    mine = next((c for c in _call("GET", f"{listing}?per_page=100", headers) if MARKER in (c.get("body") or "")), None)
     if mine:
-        _call("PUT", f"{api}/projects/{project}/merge_requests/{pr}/notes/{mine['id']}", headers, {"body": body})
+        _call(edit_method, edit.format(id=mine["id"]), headers, body)
         return "updated"
-    _call("POST", f"{api}/projects/{project}/merge_requests/{pr}/notes", headers, {"body": body})
+    _call("POST", listing, headers, body)
     return "created"
 
 

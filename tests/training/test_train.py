@@ -91,6 +91,21 @@ def test_bad_data_exits_2_with_reason(tmp_path):
     assert "not an .npz file" in proc.stdout + proc.stderr
 
 
+def checkpointed_args(data, tmp_path, ckpt, epochs):
+    return [
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "store"),
+        "--epochs",
+        str(epochs),
+        "--min-accuracy",
+        "0.3",
+        "--checkpoint-dir",
+        str(ckpt),
+    ]
+
+
 def start_training(args):
     return subprocess.Popen(
         [sys.executable, "-m", "training.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -110,18 +125,7 @@ def _wait_for_epoch(ckpt: Path, epoch: int, proc, timeout=300):
 
 def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
     ckpt = tmp_path / "ckpt"
-    args = [
-        "--data",
-        str(small_mnist),
-        "--output",
-        str(tmp_path / "store"),
-        "--epochs",
-        "4",
-        "--min-accuracy",
-        "0.3",
-        "--checkpoint-dir",
-        str(ckpt),
-    ]
+    args = checkpointed_args(small_mnist, tmp_path, ckpt, epochs=4)
     proc = start_training(args)
     _wait_for_epoch(ckpt, 2, proc)
     proc.kill()  # SIGKILL: no chance to clean up, like a lost node
@@ -138,18 +142,7 @@ def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
 
 def test_sigterm_stops_cleanly_and_resumes(tmp_path, small_mnist):
     ckpt = tmp_path / "ckpt"
-    args = [
-        "--data",
-        str(small_mnist),
-        "--output",
-        str(tmp_path / "store"),
-        "--epochs",
-        "30",
-        "--min-accuracy",
-        "0.3",
-        "--checkpoint-dir",
-        str(ckpt),
-    ]
+    args = checkpointed_args(small_mnist, tmp_path, ckpt, epochs=30)
     proc = start_training(args)
     _wait_for_epoch(ckpt, 1, proc)
     proc.send_signal(signal.SIGTERM)
