@@ -131,7 +131,7 @@ class JenkinsConfig(_Model):
 class TrainingConfig(_Model):
     arch: Literal["seed", "strong"] = "strong"
     epochs: int = Field(default=10, ge=1, le=1000)
-    batch_size: int = Field(default=128, ge=1, le=65536)
+    batch_size: int | None = Field(default=None, ge=1, le=65536)  # None: the arch's own (seed 128, strong 256)
     min_accuracy: float = Field(default=0.9842, gt=0, le=1)
     schedule: str | None = None
     gpus: int = Field(default=1, ge=0, le=8)

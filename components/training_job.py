@@ -42,13 +42,14 @@ def train_env(cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> l
         {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/$(JOB_NAME)"},
         {"name": "TRAIN_ARCH", "value": cfg.arch},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
-        {"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)},
         {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)},
         # Read-only root filesystem: Keras, matplotlib and TF caches go to the scratch volume.
         {"name": "HOME", "value": "/scratch"},
         {"name": "KERAS_HOME", "value": "/scratch/.keras"},
         {"name": "MPLCONFIGDIR", "value": "/scratch/.matplotlib"},
     ]
+    if cfg.batch_size:
+        env.append({"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)})
     if cfg.data_uri:
         env.append({"name": "TRAIN_DATA", "value": cfg.data_uri})
     if pushgateway:

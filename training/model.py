@@ -83,14 +83,32 @@ def for_inference(model: keras.Model, arch: str) -> keras.Model:
     return clone
 
 
+# The strong recipe's peak learning rate and warm-up, chosen by measurement (tools/bench_training.py,
+# 3 seeds): Adam at 1.2e-2 after a short linear warm-up learns much faster than at 2e-3..4e-3
+# (98.5 % test accuracy after half an epoch instead of three quarters; 99.4 % sooner too), and
+# without the warm-up that peak is unstable in the first steps.
+STRONG_LEARNING_RATE = 1.2e-2
+WARMUP_FRACTION = 1 / 16  # of the first epoch (15 steps at batch 256)
+# Defaults per arch: the seed's own recipe, and the batch size the strong recipe was tuned at.
+DEFAULT_BATCH_SIZE = {"seed": 128, "strong": 256}
+DEFAULT_LEARNING_RATE = {"seed": 1e-3, "strong": STRONG_LEARNING_RATE}
+
+
+def strong_schedule(peak: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up to ``peak`` over the first 1/16 epoch, then cosine decay to 1 % of it at the end of the run."""
+    total = max(2, steps_per_epoch * epochs)
+    warmup = max(1, min(int(steps_per_epoch * WARMUP_FRACTION), total // 10))
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, alpha=0.01, warmup_target=peak, warmup_steps=warmup)
+
+
 def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | None = None, precision: str = "float32") -> keras.Model:
     """A compiled model. ``seed`` keeps the seed's recipe (adam defaults, categorical cross-entropy on
-    one-hot labels); ``strong`` anneals the learning rate over the whole run (cosine)."""
+    one-hot labels); ``strong`` warms up, then anneals the learning rate over the whole run (cosine)."""
     keras.mixed_precision.set_global_policy(resolve_precision(precision))
     if arch == "seed":
         model = seed_model()
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate or 1e-3),
+            optimizer=keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE["seed"]),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
             steps_per_execution=STEPS_PER_EXECUTION,
@@ -98,10 +116,9 @@ def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | N
         return model
     if arch != "strong":
         raise ValueError(f"unknown arch {arch!r}: choose one of {ARCHS}")
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate or 2e-3, decay_steps=max(1, steps_per_epoch * epochs), alpha=0.01)
     model = strong_model()
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(strong_schedule(learning_rate or DEFAULT_LEARNING_RATE["strong"], steps_per_epoch, epochs)),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=STEPS_PER_EXECUTION,

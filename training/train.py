@@ -38,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
     flag("--output", default="file://./artifacts", help="artifact store root: models go to <output>/models/<name>/<version>/")
     flag("--arch", default="strong", choices=["seed", "strong"], help="seed: the reference CNN; strong: the default, more accurate")
     flag("--epochs", type=int, default=10, help="training epochs")
-    flag("--batch-size", type=int, default=128, help="minibatch size")
-    flag("--learning-rate", type=float, help="peak learning rate (default: 1e-3 seed, 2e-3 strong)")
+    flag("--batch-size", type=int, help="minibatch size (default: 128 seed, 256 strong)")
+    flag("--learning-rate", type=float, help="peak learning rate (default: 1e-3 seed, 1.2e-2 strong after a warm-up)")
     flag("--min-accuracy", type=float, default=0.9842, help="quality gate: minimum held-out test accuracy to publish")
     flag(
         "--precision",
@@ -170,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
 
     from training import artifacts, data
     from training.metrics import ACCURACY, DURATION_SECONDS, GATE_PASSED, LAST_RUN, LAST_SUCCESS, LOSS, TrainingMetrics
-    from training.model import build, eval_dataset, for_inference, resolve_precision, train_dataset
+    from training.model import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, build, eval_dataset, for_inference, resolve_precision, train_dataset
 
+    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.arch]
+    args.learning_rate = args.learning_rate or DEFAULT_LEARNING_RATE[args.arch]
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
     metrics = TrainingMetrics(args.model_name, args.arch)
@@ -260,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.min_accuracy <= 1:
         print(f"--min-accuracy must be in (0, 1], got {args.min_accuracy}", file=sys.stderr)
         return EXIT_USAGE
+    for name in ("epochs", "batch_size", "learning_rate"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            print(f"--{name.replace('_', '-')} must be > 0, got {value}", file=sys.stderr)
+            return EXIT_USAGE
     Stop.install()
     return run(args)
 

@@ -30,6 +30,17 @@ def test_job_named_by_image_and_hyperparameters():
     assert a == run_name("img:ctx-1", TrainingConfig(epochs=10, schedule="0 3 * * *"))  # the schedule is not a hyperparameter
 
 
+def test_batch_size_left_to_the_arch_unless_configured():
+    from components.training_job import train_env
+
+    def env(c):
+        return {e["name"]: e.get("value") for e in train_env(c, "s3://b", None)}
+
+    assert "TRAIN_BATCH_SIZE" not in env(TrainingConfig())  # the trainer's per-arch default (seed 128, strong 256)
+    assert env(TrainingConfig(batchSize=512))["TRAIN_BATCH_SIZE"] == "512"
+    assert run_name("img:ctx-1", TrainingConfig()) != run_name("img:ctx-1", TrainingConfig(batchSize=512))
+
+
 def test_noop_up_keeps_the_job_and_a_change_starts_a_new_run(stack, result):
     again = mock_engine.run(stack)
     assert job(again)["metadata"]["name"] == job(result)["metadata"]["name"]

@@ -61,6 +61,7 @@ def test_trains_gates_and_publishes(tmp_path, small_mnist):
     assert 0.5 <= meta["metrics"]["test_accuracy"] <= 1
     assert meta["data"]["train"] == 1000 and len(meta["data"]["sha256"]) == 64
     assert len(meta["history"]["loss"]) == 2
+    assert meta["params"]["batch_size"] == 256 and meta["params"]["learning_rate"] == 1.2e-2  # the strong recipe's defaults
     assert (vdir / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "Epoch 2/2" in proc.stdout  # Keras progress on stdout
 
@@ -73,6 +74,7 @@ def test_env_vars_configure_flags(tmp_path, small_mnist):
     assert proc.returncode == 0, proc.stderr
     meta = artifacts.read_metadata(store, "mnist", artifacts.latest(store, "mnist"))
     assert meta["arch"] == "seed" and meta["params"]["epochs"] == 1
+    assert meta["params"]["batch_size"] == 128 and meta["params"]["learning_rate"] == 1e-3  # the seed's own recipe
 
 
 def test_quality_gate_fails_and_publishes_nothing(tmp_path, small_mnist):
@@ -89,6 +91,13 @@ def test_bad_data_exits_2_with_reason(tmp_path):
     proc = train("--data", str(bad), "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert "not an .npz file" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--learning-rate"])
+def test_non_positive_hyperparameter_exits_2_before_training(tmp_path, flag):
+    proc = train("--data", str(tmp_path / "unused.npz"), "--output", str(tmp_path / "o"), flag, "0")
+    assert proc.returncode == 2
+    assert f"{flag} must be > 0, got 0" in proc.stderr
 
 
 def checkpointed_args(data, tmp_path, ckpt, epochs):

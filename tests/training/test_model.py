@@ -1,0 +1,32 @@
+"""The strong recipe's learning-rate schedule and the per-arch defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import model
+
+
+def test_defaults_cover_every_arch():
+    assert set(model.DEFAULT_BATCH_SIZE) == set(model.ARCHS) == set(model.DEFAULT_LEARNING_RATE)
+
+
+@pytest.mark.parametrize("steps_per_epoch,epochs", [(235, 1), (235, 10), (4, 2)])
+def test_strong_schedule_warms_up_then_anneals_to_one_percent(steps_per_epoch, epochs):
+    peak = 1.2e-2
+    schedule = model.strong_schedule(peak, steps_per_epoch, epochs)
+    total = steps_per_epoch * epochs
+    lr = np.array([float(schedule(step)) for step in range(total + 1)])
+    top = int(lr.argmax())
+    assert 1 <= top <= max(1, total // 10)  # a short warm-up, never longer than a tenth of the run
+    assert lr[0] < peak / 2 and np.all(np.diff(lr[: top + 1]) > 0)  # rises from (near) zero
+    assert lr[top] == pytest.approx(peak)
+    assert np.all(np.diff(lr[top:]) <= 1e-12)  # then only decays
+    assert lr[-1] == pytest.approx(0.01 * peak, rel=1e-3)  # to 1 % of the peak at the last step
+
+
+def test_strong_model_compiles_with_the_schedule():
+    m = model.build("strong", 10, 2, precision="float32")
+    assert m.optimizer.learning_rate is not None
+    assert float(m.optimizer.learning_rate) == pytest.approx(0.0)  # step 0: the warm-up starts at zero
