@@ -128,7 +128,7 @@ def main() -> None:
 
     print(
         f"ours: strong arch, batch {args.batch_size}, peak lr {args.learning_rate or STRONG_LEARNING_RATE}, precision {resolve_precision('auto')}, "
-        f"(b) cosine schedule over {args.fast_epochs} x {args.fast_fraction:g} epoch"
+        f"(b) warm-up + cosine schedule over {args.fast_epochs} x {args.fast_fraction:g} epoch"
     )
     # (a) and (b) interleaved, --repeats times each, round i with random seed i for both: this
     # machine is shared and noisy, and where the target is crossed depends on the seed; medians count.
@@ -140,7 +140,7 @@ def main() -> None:
     a = sorted(runs_a, key=lambda r: r["seconds"])[len(runs_a) // 2]
     b = sorted(runs_b, key=lambda r: r["seconds"])[len(runs_b) // 2]
     print(f"(a) runs: {[round(r['seconds'], 1) for r in runs_a]}  (b) runs: {[round(r['seconds'], 1) for r in runs_b]}")
-    print(f"per-seed ratios (b)/(a): {[round(rb['seconds'] / ra['seconds'], 3) for ra, rb in zip(runs_a, runs_b)]}")
+    print(f"per-seed ratios (b)/(a): {[round(rb['seconds'] / ra['seconds'], 3) for ra, rb in zip(runs_a, runs_b, strict=True)]}")
     c = _run(ours, args.data, args.strong_epochs, False, args.batch_size, args.learning_rate)
     ratio = b["seconds"] / a["seconds"]
     if not all(r["reached"] for r in runs_a + runs_b):

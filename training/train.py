@@ -170,7 +170,15 @@ def run(args: argparse.Namespace) -> int:
 
     from training import artifacts, data
     from training.metrics import ACCURACY, DURATION_SECONDS, GATE_PASSED, LAST_RUN, LAST_SUCCESS, LOSS, TrainingMetrics
-    from training.model import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, build, eval_dataset, for_inference, resolve_precision, train_dataset
+    from training.model import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_LEARNING_RATE,
+        build,
+        eval_dataset,
+        for_inference,
+        resolve_precision,
+        train_dataset,
+    )
 
     args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.arch]
     args.learning_rate = args.learning_rate or DEFAULT_LEARNING_RATE[args.arch]
