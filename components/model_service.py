@@ -98,7 +98,6 @@ class ModelServiceArgs:
     config: ServingConfig
     store: ArtifactStore
     eks: bool
-    monitoring_namespace: str
     # The kube-prometheus-stack release: it installs the ServiceMonitor CRD, so the ServiceMonitor
     # must wait for it (a CR applied before its CRD fails the first `up`).
     monitoring_release: pulumi.Resource | None = None

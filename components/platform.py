@@ -63,11 +63,15 @@ class Platform(pulumi.ComponentResource):
         # Every Kubernetes object goes through the cluster's provider, never an ambient kubeconfig.
         k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*providers, self.cluster.provider])
 
+        # A namespace only for what runs there: no empty privileged/baseline namespaces where
+        # monitoring or Jenkins is off (ephemeral PR stacks run without Jenkins).
+        wanted = {"monitoring": cfg.monitoring.enabled, "jenkins": cfg.jenkins.enabled, "builds": cfg.jenkins.enabled}
         self.namespaces = {
             role: PlatformNamespace(
                 f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level), opts=k8s_opts
             )
             for role, (ns, level) in NAMESPACES.items()
+            if wanted.get(role, True)
         }
 
         ns = {role: n.name for role, n in self.namespaces.items()}
@@ -160,7 +164,6 @@ class Platform(pulumi.ComponentResource):
                 config=cfg.serving,
                 store=self.store,
                 eks=cfg.is_eks,
-                monitoring_namespace=ns["monitoring"],
                 monitoring_release=monitoring_release,
             ),
             opts=in_namespaces,

@@ -8,17 +8,40 @@ import pytest
 import yaml
 
 from components.jenkins import ADMIN_SECRET, BUILD_NAMESPACE, PLUGINS
+from tests.conftest import ROOT
 
 
-def release(result):
+def jenkins_enabled(stack: str) -> bool:
+    config = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return config.get("mlplatform:jenkins", {}).get("enabled", True)
+
+
+def release(stack, result):
+    """The Jenkins release's values; skips only where the stack file turns Jenkins off, and fails
+    where it is on but no release was registered."""
     found = [r for r in result.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "jenkins"]
-    if not found:
-        pytest.skip("jenkins disabled on this stack")
+    if not jenkins_enabled(stack):
+        assert not found, "jenkins.enabled is false but a Jenkins release was registered"
+        pytest.skip("jenkins.enabled is false in this stack file")
+    assert len(found) == 1, f"jenkins is enabled on {stack} but {len(found)} Jenkins releases were registered"
     return found[0].raw["values"]
 
 
-def test_admin_password_from_a_secret_not_values(result):
-    values = release(result)
+def test_disabled_jenkins_registers_nothing(stack, result):
+    from tools import mock_engine
+
+    def jenkins_parts(res):
+        metas = [r.inputs.get("metadata") or {} for r in res.k8s_objects()]
+        releases = [r for r in res.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "jenkins"]
+        return releases + [m for m in metas if BUILD_NAMESPACE in (m.get("name"), m.get("namespace"))]
+
+    assert jenkins_parts(result)  # the stack as filed has them, so the check below can fail
+    off = mock_engine.run(stack, overrides={"mlplatform:jenkins": {"enabled": False}})
+    assert jenkins_parts(off) == []
+
+
+def test_admin_password_from_a_secret_not_values(stack, result):
+    values = release(stack, result)
     admin = values["controller"]["admin"]
     assert admin == {
         "createSecret": False,
@@ -30,23 +53,23 @@ def test_admin_password_from_a_secret_not_values(result):
     assert secret.inputs["stringData"]["jenkins-admin-password"] == "[secret]"
 
 
-def test_plugins_pinned(result):
-    values = release(result)
+def test_plugins_pinned(stack, result):
+    values = release(stack, result)
     assert values["controller"]["installPlugins"] == PLUGINS
     assert all(re.fullmatch(r"[a-z0-9-]+:[0-9][\w.]*", p) for p in PLUGINS)
     assert values["controller"]["installLatestPlugins"] is False
 
 
-def test_jcasc_defines_pipeline_and_reaper(result):
-    jobs = yaml.safe_load(release(result)["controller"]["JCasC"]["configScripts"]["mlplatform-jobs"])
+def test_jcasc_defines_pipeline_and_reaper(stack, result):
+    jobs = yaml.safe_load(release(stack, result)["controller"]["JCasC"]["configScripts"]["mlplatform-jobs"])
     script = jobs["jobs"][0]["script"]
     assert "multibranchPipelineJob('mlplatform')" in script and "scriptPath('Jenkinsfile')" in script
     assert "pipelineJob('reap-ephemeral-stacks')" in script and "cron { spec('H * * * *') }" in script
     assert "remote('https://github.com/mlplatform/mlplatform.git')" in script
 
 
-def test_kubernetes_cloud_pod_templates(result):
-    templates = release(result)["agent"]["podTemplates"]
+def test_kubernetes_cloud_pod_templates(stack, result):
+    templates = release(stack, result)["agent"]["podTemplates"]
     assert set(templates) == {"python", "builder"}
     builder = yaml.safe_load(templates["builder"])[0]
     assert builder["namespace"] == BUILD_NAMESPACE
@@ -59,16 +82,16 @@ def test_kubernetes_cloud_pod_templates(result):
     assert python["spec"]["containers"][0]["image"].startswith("pulumi/pulumi-python")
 
 
-def test_build_namespace_isolated(result):
-    release(result)
+def test_build_namespace_isolated(stack, result):
+    release(stack, result)
     ns = [n for n in result.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == BUILD_NAMESPACE]
     assert ns and ns[0].inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
     (builds,) = [p for p in result.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") if p.inputs["metadata"]["name"] == "builds"]
     assert builds.inputs["spec"]["policyTypes"] == ["Egress"] and "ingress" not in builds.inputs["spec"]
 
 
-def test_rbac_is_namespaced_and_small(result):
-    release(result)
+def test_rbac_is_namespaced_and_small(stack, result):
+    release(stack, result)
     assert result.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding") == []
     for role in result.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role"):
         for rule in role.inputs["rules"]:
@@ -76,8 +99,8 @@ def test_rbac_is_namespaced_and_small(result):
             assert "secrets" not in rule["resources"], role.urn
 
 
-def test_exposure_follows_config(result, stack):
-    values = release(result)["controller"]
+def test_exposure_follows_config(stack, result):
+    values = release(stack, result)["controller"]
     assert values["serviceType"] in ("ClusterIP", "LoadBalancer")
     if values["serviceType"] == "LoadBalancer":
         assert values["loadBalancerSourceRanges"]

@@ -9,7 +9,7 @@ import yaml
 
 from components import helm
 from components.gpu_node_pool import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unavailable
 from tools import manifests, reference
 
 
@@ -124,7 +124,7 @@ def test_nothing_gpu_without_pools(result, stack):
 def test_helm_charts_pinned_to_reference(result):
     ref = reference.reference_dir()
     if ref is None:
-        pytest.skip("../shared/reference not present (user checkout): nothing to compare against")
+        unavailable("../shared/reference not present (user checkout): nothing to compare against")
     for r in result.of_type("kubernetes:helm.sh/v3:Release"):
         chart, version = r.inputs["chart"], r.inputs["version"]
         assert (ref / "charts" / chart / version / "values.yaml").exists(), f"{r.urn}: {chart} {version} not the reference version"
@@ -132,7 +132,7 @@ def test_helm_charts_pinned_to_reference(result):
 
 def test_helm_value_keys_exist_in_chart(result):
     if reference.reference_dir() is None:
-        pytest.skip("../shared/reference not present (user checkout)")
+        unavailable("../shared/reference not present (user checkout)")
     for r in result.of_type("kubernetes:helm.sh/v3:Release"):
         chart, version = r.inputs["chart"], r.inputs["version"]
         defaults = reference.chart_values(chart, version)
@@ -210,3 +210,17 @@ def test_autoscaler_irsa_scoped_to_its_service_account(result, stack):
     # ... and that tag is the one every GPU pool's ASG carries
     owned = {t.inputs["tag"]["key"] for t in result.of_type("aws:autoscaling/tag:Tag") if t.inputs["tag"]["value"] == "owned"}
     assert owned == {f"k8s.io/cluster-autoscaler/mlplatform-{stack}"}
+
+
+def namespace_names(res) -> set[str]:
+    return {r.inputs["metadata"]["name"] for r in res.of_type("kubernetes:core/v1:Namespace")}
+
+
+def test_no_namespace_for_a_component_that_is_off(stack, result):
+    """Monitoring's namespace is privileged and Jenkins' two are baseline: none of them exists
+    where nothing runs in it (ephemeral PR stacks turn Jenkins off)."""
+    from tools import mock_engine
+
+    assert {"monitoring", "jenkins", "jenkins-builds"} <= namespace_names(result)
+    off = mock_engine.run(stack, overrides={"mlplatform:monitoring": {"enabled": False}, "mlplatform:jenkins": {"enabled": False}})
+    assert namespace_names(off) == {"ml-serving", "ml-training"}
