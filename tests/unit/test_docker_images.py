@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unavailable
 from tools import docker_base
 
 pytestmark = pytest.mark.slow
@@ -28,8 +28,11 @@ def engine():
     if docker("info", check=False).returncode != 0:
         if shutil.which("dockerd") is None:
             pytest.fail("no Docker engine running and no dockerd to start")
+        log = ROOT / "build" / "dockerd.log"
+        log.parent.mkdir(exist_ok=True)
         for extra in ([], ["--storage-driver", "vfs"]):  # overlay2 first; vfs where overlayfs is unavailable
-            started = subprocess.Popen(["dockerd", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with log.open("w") as out:
+                started = subprocess.Popen(["dockerd", *extra], stdout=out, stderr=subprocess.STDOUT)
             for _ in range(60):
                 if docker("info", check=False).returncode == 0 or started.poll() is not None:
                     break
@@ -40,7 +43,8 @@ def engine():
             started.wait(30)
         else:
             # An environment limit (no cgroups/overlay/privileges for a daemon), not a product fault.
-            pytest.skip("a Docker engine cannot run on this machine: dockerd did not start with overlay2 or vfs")
+            last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
+            unavailable(f"a Docker engine cannot run on this machine: dockerd did not start with overlay2 or vfs; it said: {last[-300:]}")
     yield
     if started:
         started.terminate()
