@@ -19,7 +19,14 @@ CHARTS: dict[str, tuple[str, str]] = {
     "kube-prometheus-stack": ("88.5.3", "https://prometheus-community.github.io/helm-charts"),
     "prometheus-pushgateway": ("3.8.0", "https://prometheus-community.github.io/helm-charts"),
     "jenkins": ("5.9.53", "https://charts.jenkins.io"),
+    # Published only as an OCI artifact (kubernetes-sigs/kueue README, "Install with Helm").
+    "kueue": ("0.19.2", "oci://registry.k8s.io/kueue/charts"),
 }
+
+
+def chart_name(chart: str) -> str:
+    """The chart's own name from a Release's ``chart`` input (an OCI reference ends with it)."""
+    return chart.rsplit("/", 1)[-1]
 
 
 def release(
@@ -32,14 +39,16 @@ def release(
     release_name: str | None = None,
 ) -> k8s.helm.v3.Release:
     version, repo = CHARTS[chart]
+    # An OCI registry is not a chart repository: Helm takes the full reference as the chart name.
+    oci = repo.startswith("oci://")
     return k8s.helm.v3.Release(
         name,
         k8s.helm.v3.ReleaseArgs(
             # A fixed release name (not auto-named): object names stay readable and stable.
             name=release_name or chart,
-            chart=chart,
+            chart=f"{repo}/{chart}" if oci else chart,
             version=version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
+            repository_opts=None if oci else k8s.helm.v3.RepositoryOptsArgs(repo=repo),
             namespace=namespace,
             values=values,
             # atomic: a failed install/upgrade rolls back instead of leaving a half-applied release

@@ -100,7 +100,7 @@ def test_autoscaler_asg_tags_agree_with_labels_and_taints(result):
 
 
 def test_gpu_addons_tolerate_taint_and_select_gpu_nodes(result, stack):
-    releases = {r.inputs["chart"]: r.inputs for r in result.of_type("kubernetes:helm.sh/v3:Release")}
+    releases = {helm.chart_name(r.inputs["chart"]): r.inputs for r in result.of_type("kubernetes:helm.sh/v3:Release")}
     cfg = stack_cfg(stack)
     has_gpus = bool(cfg.get("mlplatform:gpuPools")) or cfg["mlplatform:cluster"].get("hasGpus", False)
     for chart in ("nvidia-device-plugin", "dcgm-exporter"):
@@ -126,7 +126,7 @@ def test_helm_charts_pinned_to_reference(result):
     if ref is None:
         unavailable("../shared/reference not present (user checkout): nothing to compare against")
     for r in result.of_type("kubernetes:helm.sh/v3:Release"):
-        chart, version = r.inputs["chart"], r.inputs["version"]
+        chart, version = helm.chart_name(r.inputs["chart"]), r.inputs["version"]
         assert (ref / "charts" / chart / version / "values.yaml").exists(), f"{r.urn}: {chart} {version} not the reference version"
 
 
@@ -134,7 +134,7 @@ def test_helm_value_keys_exist_in_chart(result):
     if reference.reference_dir() is None:
         unavailable("../shared/reference not present (user checkout)")
     for r in result.of_type("kubernetes:helm.sh/v3:Release"):
-        chart, version = r.inputs["chart"], r.inputs["version"]
+        chart, version = helm.chart_name(r.inputs["chart"]), r.inputs["version"]
         defaults = reference.chart_values(chart, version)
         bad = reference.unknown_value_keys(r.raw["values"], defaults, chart)
         assert bad == [], f"{r.urn}: keys not in {chart} {version} values.yaml: {bad}"
@@ -142,7 +142,7 @@ def test_helm_value_keys_exist_in_chart(result):
 
 def test_chart_pins_cover_every_release(result):
     for r in result.of_type("kubernetes:helm.sh/v3:Release"):
-        assert helm.CHARTS[r.inputs["chart"]][0] == r.inputs["version"]
+        assert helm.CHARTS[helm.chart_name(r.inputs["chart"])][0] == r.inputs["version"]
 
 
 def test_images_pinned_never_latest(result):
