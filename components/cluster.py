@@ -17,11 +17,25 @@ from components import aws_iam
 from components.config import ClusterConfig
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+# The node role carries no CNI policy: the VPC CNI (aws-node) gets it through IRSA instead, so a pod
+# that reached the node's credentials could not rewire pod networking.
 NODE_POLICIES = {
     "worker": "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
-    "cni": "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "ecr": "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
 }
+# EKS add-ons that act on AWS APIs, each with its own IRSA role: name -> (namespace, service account,
+# managed policy). vpc-cni assigns pod IPs; aws-ebs-csi-driver provisions the volumes Prometheus and
+# Alertmanager claim (without it a PersistentVolumeClaim stays Pending on EKS >= 1.23).
+IRSA_ADDONS: dict[str, tuple[str, str, str]] = {
+    "vpc-cni": ("kube-system", "aws-node", "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"),
+    "aws-ebs-csi-driver": ("kube-system", "ebs-csi-controller-sa", "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"),
+}
+# IMDSv2 only, and a response hop limit of 1: the token reply cannot cross the extra hop into a pod's
+# network namespace, so pods (host-network ones aside) cannot read the node role's credentials.
+METADATA_HOP_LIMIT = 1
+# Zone-aware storage: a volume is created in the zone of the pod that first claims it (not in a
+# zone picked before scheduling), so replicas spread over zones each get a volume in their own zone.
+STORAGE_CLASS = "gp3-zonal"
 
 
 @dataclass
@@ -33,6 +47,39 @@ class ClusterArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def launch_template(name: str, tags: dict[str, str], opts: pulumi.ResourceOptions, disk_gib: int = 20) -> aws.ec2.LaunchTemplate:
+    """The launch template every node group uses (instead of EKS's default one, whose hop limit is 2):
+    IMDSv2 required, hop limit 1, an encrypted gp3 root volume. It names no AMI or instance type, so
+    the node group's amiType/instanceTypes still choose them."""
+    return aws.ec2.LaunchTemplate(
+        name,
+        aws.ec2.LaunchTemplateArgs(
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=METADATA_HOP_LIMIT,
+                instance_metadata_tags="disabled",
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",  # the root device of the AL2023 EKS AMIs
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=disk_gib, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                    ),
+                )
+            ],
+            update_default_version=True,
+            tags=tags,
+        ),
+        opts=opts,
+    )
+
+
+def node_group_launch_template(lt: aws.ec2.LaunchTemplate) -> aws.eks.NodeGroupLaunchTemplateArgs:
+    # A version number, not "$Latest": EKS stores the number and "$Latest" would diff on every preview.
+    return aws.eks.NodeGroupLaunchTemplateArgs(id=lt.id, version=lt.latest_version.apply(str))
+
+
 class Cluster(pulumi.ComponentResource):
     provider: k8s.Provider
     kubeconfig: pulumi.Output[str] | None
@@ -42,6 +89,8 @@ class Cluster(pulumi.ComponentResource):
     node_role_arn: pulumi.Output[str] | None = None
     private_subnet_ids: pulumi.Output[list[str]] | None = None
     eks: eks.Cluster | None = None
+    # The StorageClass stateful workloads claim (None: the existing cluster's default).
+    storage_class: str | None = None
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:cluster:Cluster", name, None, opts)
@@ -105,6 +154,9 @@ class Cluster(pulumi.ComponentResource):
                 create_oidc_provider=True,
                 authentication_mode=eks.AuthenticationMode.API,
                 instance_roles=[node_role],
+                # EKS's own aws-node, adopted below by the vpc-cni add-on with its IRSA role (that role
+                # needs this cluster's OIDC provider, so it cannot be passed in here).
+                use_default_vpc_cni=True,
                 endpoint_private_access=True,
                 endpoint_public_access=True,
                 public_access_cidrs=c.endpoint_public_access_cidrs or None,
@@ -113,8 +165,13 @@ class Cluster(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        addons = {
+            addon: self._irsa_addon(name, addon, namespace, sa, policy, args)
+            for addon, (namespace, sa, policy) in IRSA_ADDONS.items()
+            if addon == "vpc-cni"
+        }
         s = c.system_nodes
-        aws.eks.NodeGroup(
+        system = aws.eks.NodeGroup(
             f"{name}-system",
             aws.eks.NodeGroupArgs(
                 cluster_name=args.cluster_name,
@@ -124,14 +181,22 @@ class Cluster(pulumi.ComponentResource):
                 instance_types=[s.instance_type],
                 capacity_type="ON_DEMAND",
                 ami_type="AL2023_x86_64_STANDARD",
+                launch_template=node_group_launch_template(launch_template(f"{name}-system-lt", args.tags, child)),
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=s.min, desired_size=s.desired, max_size=s.max),
                 update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
                 labels={"mlplatform.io/node-role": "system"},
                 tags=args.tags,
             ),
             # desiredSize belongs to the autoscaler after creation; re-applying it would fight it.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.eks], ignore_changes=["scalingConfig.desiredSize"]),
+            # Nodes join only once aws-node runs with its own role (the node role has no CNI policy).
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.eks, addons["vpc-cni"]], ignore_changes=["scalingConfig.desiredSize"]
+            ),
         )
+        # The EBS CSI controller is a Deployment: it needs nodes to become ACTIVE.
+        namespace, sa, policy = IRSA_ADDONS["aws-ebs-csi-driver"]
+        addons["aws-ebs-csi-driver"] = self._irsa_addon(name, "aws-ebs-csi-driver", namespace, sa, policy, args, after=[system])
+        self.addons = addons
         self.oidc_provider_arn = self.eks.oidc_provider_arn
         self.oidc_provider_url = self.eks.oidc_provider_url
         self.node_role_arn = node_role.arn
@@ -144,4 +209,48 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-k8s",
             k8s.ProviderArgs(kubeconfig=self.kubeconfig),
             opts=pulumi.ResourceOptions(parent=self),
+        )
+        k8s.storage.v1.StorageClass(
+            f"{name}-storage-class",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS),
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[addons["aws-ebs-csi-driver"]]),
+        )
+        self.storage_class = STORAGE_CLASS
+
+    def _irsa_addon(
+        self, name: str, addon: str, namespace: str, sa: str, policy_arn: str, args: ClusterArgs, after: list[pulumi.Resource] | None = None
+    ) -> aws.eks.Addon:
+        """An EKS add-on whose service account assumes its own role (IRSA), not the node role."""
+        assert self.eks is not None
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-{addon}-role",
+            aws.iam.RoleArgs(
+                assume_role_policy=pulumi.Output.all(self.eks.oidc_provider_arn, self.eks.oidc_provider_url).apply(
+                    lambda a: aws_iam.irsa_trust_policy(a[0], a[1], namespace, sa)
+                ),
+                tags=args.tags,
+            ),
+            opts=child,
+        )
+        attachment = aws.iam.RolePolicyAttachment(
+            f"{name}-{addon}-policy", aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=policy_arn), opts=child
+        )
+        return aws.eks.Addon(
+            f"{name}-{addon}",
+            aws.eks.AddonArgs(
+                cluster_name=args.cluster_name,
+                addon_name=addon,
+                service_account_role_arn=role.arn,
+                # Adopt what EKS installed at creation (aws-node) instead of failing on it.
+                resolve_conflicts_on_create="OVERWRITE",
+                resolve_conflicts_on_update="OVERWRITE",
+                tags=args.tags,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.eks, attachment, *(after or [])]),
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components.cluster import launch_template, node_group_launch_template
 from components.config import GpuPool
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -62,6 +63,8 @@ class GpuNodePool(pulumi.ComponentResource):
         super().__init__("mlplatform:gpu_node_pool:GpuNodePool", name, None, opts)
         p = args.pool
         scaler_tags = autoscaler_tags(args.cluster_name, p)
+        # The disk size lives in the launch template (EKS refuses diskSize next to one).
+        lt = launch_template(f"{name}-lt", args.tags, pulumi.ResourceOptions(parent=self), disk_gib=p.disk_gi_b)
         self.node_group = aws.eks.NodeGroup(
             f"{name}-ng",
             aws.eks.NodeGroupArgs(
@@ -72,7 +75,7 @@ class GpuNodePool(pulumi.ComponentResource):
                 ami_type=NVIDIA_AMI,
                 instance_types=p.instance_types,
                 capacity_type=p.capacity_type,
-                disk_size=p.disk_gi_b,
+                launch_template=node_group_launch_template(lt),
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=p.min, desired_size=p.desired, max_size=p.max),
                 update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
                 labels=node_labels(p),

@@ -29,6 +29,7 @@ import yaml
 
 from components import helm
 from components.config import JenkinsConfig
+from components.namespaces import IN_CLUSTER, egress_except_metadata
 
 RELEASE = "jenkins"
 ADMIN_SECRET = "jenkins-admin"
@@ -286,7 +287,9 @@ class Jenkins(pulumi.ComponentResource):
                     {"ports": [{"protocol": "TCP", "port": 8080}]},  # UI, webhooks, Prometheus (exposure per jenkins.serviceType)
                     {"from": [in_ns(ns), in_ns(build_ns)], "ports": [{"protocol": "TCP", "port": 50000}]},  # agents
                 ],
-                "egress": [{}],  # git, Pulumi backends, cloud APIs, the Kubernetes API
+                # git, Pulumi backends, cloud APIs, the Kubernetes API, on any port; in-cluster peers;
+                # never the node's metadata service.
+                "egress": [IN_CLUSTER, egress_except_metadata()],
             },
             opts=child,
         )
@@ -300,10 +303,7 @@ class Jenkins(pulumi.ComponentResource):
                     {"to": [in_ns(ns)], "ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 50000}]},
                     # HTTPS: registries, package indexes, the Pulumi backend and cloud/Kubernetes APIs;
                     # never the node's metadata service. No in-cluster workload listens on 443.
-                    {
-                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
-                        "ports": [{"protocol": "TCP", "port": 443}],
-                    },
+                    egress_except_metadata(443),
                 ],
             },
             opts=child,

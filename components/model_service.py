@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import ServingConfig
+from components.namespaces import egress_except_metadata
 from components.security import container_security, pod_security
 
 NAME = "model-server"
@@ -170,10 +171,7 @@ class ModelService(pulumi.ComponentResource):
                 # scrapes /metrics on the same port). Nothing else reaches the pods.
                 "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
                 "egress": [
-                    {
-                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
-                        "ports": [{"protocol": "TCP", "port": 443}],
-                    },
+                    egress_except_metadata(443),
                     {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]},
                 ],
             },

@@ -16,6 +16,7 @@ import pulumi_random as random
 
 from components import helm
 from components.config import AlertingConfig, MonitoringConfig
+from components.namespaces import IN_CLUSTER, egress_except_metadata
 from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
 
 PUSHGATEWAY_RELEASE = "pushgateway"
@@ -176,7 +177,9 @@ class Monitoring(pulumi.ComponentResource):
                         "ports": [{"protocol": "TCP", "port": 9091}],
                     },
                 ],
-                "egress": [{}],
+                # Prometheus scrapes kubelets and node-exporter on node IPs, Alertmanager reaches
+                # Slack/SMTP/webhooks: any port, but never the node's metadata service.
+                "egress": [IN_CLUSTER, egress_except_metadata()],
             },
             opts=child,
         )

@@ -6,12 +6,30 @@ Everything a workload may talk to is then opened explicitly by the component tha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 PodSecurity = Literal["restricted", "baseline", "privileged"]
+
+# The EC2 instance metadata service: it hands out the node role's credentials to whoever asks.
+METADATA_CIDR = "169.254.169.254/32"
+
+
+def egress_except_metadata(*ports: int) -> dict[str, Any]:
+    """The one NetworkPolicy egress rule for "out of the cluster, but never the metadata service":
+    every IPv4 address except 169.254.169.254, on ``ports`` (TCP; none given: every port). Together
+    with IMDSv2 hop limit 1 on the nodes, this keeps pods from the node role's credentials.
+    ``policy.rules.no_metadata_egress`` refuses any other egress rule that could reach it."""
+    rule: dict[str, Any] = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_CIDR]}}]}
+    if ports:
+        rule["ports"] = [{"protocol": "TCP", "port": p} for p in ports]
+    return rule
+
+
+# Every pod of the cluster, in any namespace (peers by selector never match the metadata service).
+IN_CLUSTER = {"to": [{"namespaceSelector": {}}]}
 
 
 @dataclass
@@ -19,7 +37,6 @@ class PlatformNamespaceArgs:
     namespace: str
     environment: str = ""
     pod_security: PodSecurity = "restricted"
-    labels: dict[str, str] | None = None
 
 
 class PlatformNamespace(pulumi.ComponentResource):
@@ -37,7 +54,6 @@ class PlatformNamespace(pulumi.ComponentResource):
             # Warn/audit at `restricted` everywhere so drift towards privilege is visible.
             "pod-security.kubernetes.io/warn": "restricted",
             "pod-security.kubernetes.io/audit": "restricted",
-            **(args.labels or {}),
         }
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-ns",

@@ -18,6 +18,7 @@ import pulumi_kubernetes as k8s
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import TrainingConfig
 from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
+from components.namespaces import egress_except_metadata
 from components.security import container_security, pod_security
 
 SERVICE_ACCOUNT = "training"
@@ -163,10 +164,7 @@ class TrainingJob(pulumi.ComponentResource):
                 "policyTypes": ["Egress"],
                 "egress": [
                     # S3 / Keras' dataset download over HTTPS, but not the node's metadata service.
-                    {
-                        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
-                        "ports": [{"protocol": "TCP", "port": 443}],
-                    },
+                    egress_except_metadata(443),
                     # In-cluster: the model store (MinIO) and the Pushgateway.
                     {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}, {"protocol": "TCP", "port": 9091}]},
                 ],

@@ -9,6 +9,7 @@ returns (urn, message) pairs.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ GPU_LABELS = ("nvidia.com/gpu.present", "mlplatform.io/gpu-pool")
 ENV_LABEL = "mlplatform.io/environment"
 PART_OF = ("app.kubernetes.io/part-of", "mlplatform")
 ANY = {"0.0.0.0/0", "::/0"}
+METADATA_IP = ipaddress.ip_address("169.254.169.254")
 
 # Charts whose pods legitimately need host access, and why. Everything else may not have it.
 HOST_ACCESS_ALLOWED = {
@@ -241,6 +243,56 @@ def gpu_pool_scales_to_zero(r: Res) -> list[str]:
     return []
 
 
+def _covers(cidr: str, ip: ipaddress.IPv4Address) -> bool:
+    try:
+        return ip in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return True  # unparsable: assume the worst
+
+
+def no_metadata_egress(r: Res) -> list[str]:
+    """No NetworkPolicy egress rule may reach the instance metadata service: a rule with no ``to``
+    reaches everything, an ipBlock that contains 169.254.169.254 must list it in ``except``."""
+    if r.kind != "NetworkPolicy":
+        return []
+    spec = r.props.get("spec") or {}
+    out = []
+    for i, rule in enumerate(spec.get("egress") or []):
+        peers = rule.get("to") or []
+        if not peers:
+            out.append(f"egress rule {i} allows every destination, the metadata service {METADATA_IP} included")
+            continue
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if (
+                block
+                and _covers(block.get("cidr", ""), METADATA_IP)
+                and not any(_covers(e, METADATA_IP) for e in block.get("except") or [])
+            ):
+                out.append(f"egress rule {i} allows {block.get('cidr')} without excepting the metadata service {METADATA_IP}/32")
+    return out
+
+
+def launch_template_imds_locked(r: Res) -> list[str]:
+    """Node launch templates: IMDSv2 only, response hop limit 1 (the reply cannot reach a pod)."""
+    if r.type != "aws:ec2/launchTemplate:LaunchTemplate":
+        return []
+    md = r.props.get("metadataOptions") or {}
+    out = []
+    if md.get("httpTokens") != "required":
+        out.append("launch template does not require IMDSv2 (metadataOptions.httpTokens: required)")
+    if md.get("httpPutResponseHopLimit") != 1:
+        out.append(f"launch template IMDS hop limit is {md.get('httpPutResponseHopLimit')!r}, not 1: pods can reach the node role")
+    return out
+
+
+def node_group_uses_launch_template(r: Res) -> list[str]:
+    """Without a launch template EKS uses its default one (IMDS hop limit 2: pods reach the node role)."""
+    if r.type != "aws:eks/nodeGroup:NodeGroup":
+        return []
+    return [] if r.props.get("launchTemplate") else ["node group has no launch template (EKS's default allows IMDS from pods)"]
+
+
 RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "no-privileged-containers": (no_privileged, "a privileged container owns the node"),
     "no-host-namespaces-or-paths": (no_host_access, "host network/PID/IPC and hostPath escape the pod sandbox"),
@@ -258,6 +310,9 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "rbac-least-privilege": (rbac_least_privilege, "cluster-admin or */* turns any compromised pod into a cluster takeover"),
     "ecr-scan-and-immutable-tags": (ecr_hardened, "scan images for CVEs; an immutable tag always means the same image"),
     "gpu-pools-scale-to-zero": (gpu_pool_scales_to_zero, "idle GPUs are the largest avoidable bill"),
+    "no-metadata-egress": (no_metadata_egress, "the metadata service hands the node role's credentials to any pod that asks"),
+    "launch-template-imds-locked": (launch_template_imds_locked, "IMDSv2 with hop limit 1 keeps the node role out of pods"),
+    "node-group-launch-template": (node_group_uses_launch_template, "only our launch template locks the metadata service"),
 }
 
 # ---------------------------------------------------------------- stack rules

@@ -158,6 +158,8 @@ class PlatformMocks(pulumi.runtime.Mocks):
         elif t == "aws:eks/nodeGroup:NodeGroup":
             asg = f"eks-{inputs.get('nodeGroupName', name)}-{_h(name, n=8)}"
             outs = {"arn": f"arn:aws:eks:eu-west-1:{ACCOUNT}:nodegroup/{name}", "resources": [{"autoscalingGroups": [{"name": asg}]}]}
+        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
+            outs = {"latestVersion": 1, "defaultVersion": 1}
         elif t == "aws:iam/role:Role":
             rname = inputs.get("name", f"{name}-{_h(name, n=7)}")
             outs = {"arn": f"arn:aws:iam::{ACCOUNT}:role/{rname}", "name": rname}

@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from components.config import GPU_COUNT
+from components.namespaces import IN_CLUSTER, egress_except_metadata
 from policy import rules
 from policy.rules import Res
 
@@ -17,6 +18,7 @@ GOOD_CONTAINER = {
     "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     "env": [{"name": "LOG_LEVEL", "value": "info"}],
 }
+LT = {"launchTemplate": {"id": "lt-1", "version": "1"}}
 GOOD_POD = {"securityContext": {"runAsNonRoot": True}, "containers": [GOOD_CONTAINER]}
 
 
@@ -27,6 +29,13 @@ def deployment(pod=None, **container_changes):
         "kubernetes:apps/v1:Deployment",
         {"kind": "Deployment", "metadata": {"name": "d", "namespace": "ml-serving"}, "spec": {"template": {"spec": pod}}},
         urn="urn:d",
+    )
+
+
+def netpol(egress):
+    return Res(
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        {"kind": "NetworkPolicy", "metadata": {"name": "n", "namespace": "x"}, "spec": {"podSelector": {}, "egress": egress}},
     )
 
 
@@ -106,6 +115,17 @@ CASES = [
         Res("kubernetes:helm.sh/v3:Release", {"chart": "random-chart", "values": {"hostNetwork": True}}),
         "allow-list",
     ),
+    # What jenkins/monitoring had before issue 13: egress to anywhere, the metadata service included.
+    ("no-metadata-egress", netpol([{}]), "every destination"),
+    ("no-metadata-egress", netpol([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}]), "without excepting"),
+    ("no-metadata-egress", netpol([{"to": [{"ipBlock": {"cidr": "169.254.0.0/16", "except": ["169.254.1.0/24"]}}]}]), "169.254.0.0/16"),
+    ("launch-template-imds-locked", Res("aws:ec2/launchTemplate:LaunchTemplate", {}), "IMDSv2"),
+    (
+        "launch-template-imds-locked",
+        Res("aws:ec2/launchTemplate:LaunchTemplate", {"metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 2}}),
+        "hop limit is 2",
+    ),
+    ("node-group-launch-template", Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_STANDARD"}), "no launch template"),
 ]
 
 
@@ -139,12 +159,15 @@ def test_policy_lets_compliant_resources_through(policy):
         Res("aws:ecr/repository:Repository", {"imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}),
         Res(
             "aws:eks/nodeGroup:NodeGroup",
-            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 0}},
+            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "dev"}, "scalingConfig": {"minSize": 0}, **LT},
         ),
         Res(
             "aws:eks/nodeGroup:NodeGroup",
-            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "prod"}, "scalingConfig": {"minSize": 2}},
+            {"amiType": "AL2023_x86_64_NVIDIA", "tags": {"mlplatform.io/environment": "prod"}, "scalingConfig": {"minSize": 2}, **LT},
         ),
+        netpol([egress_except_metadata(443), egress_except_metadata(), IN_CLUSTER]),
+        netpol([{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]),
+        Res("aws:ec2/launchTemplate:LaunchTemplate", {"metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1}}),
     ]
     for res in compliant:
         assert rule(res) == [], (policy, res)
