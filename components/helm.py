@@ -21,6 +21,7 @@ CHARTS: dict[str, tuple[str, str]] = {
     "jenkins": ("5.9.53", "https://charts.jenkins.io"),
     # Published only as an OCI artifact (kubernetes-sigs/kueue README, "Install with Helm").
     "kueue": ("0.19.2", "oci://registry.k8s.io/kueue/charts"),
+    "keda": ("2.20.2", "https://kedacore.github.io/charts"),
 }
 
 
