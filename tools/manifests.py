@@ -16,7 +16,16 @@ from tools.reference import crd_schema
 # never change within a run, so parse each once.
 kubernetes_validate.utils.schema_contents = functools.cache(kubernetes_validate.utils.schema_contents)
 
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# Custom kinds the program renders, each validated against its upstream CRD schema in
+# ../shared/reference/crds/<kind>.json (see its README for versions and provenance).
+CRD_KINDS = {
+    *("ServiceMonitor", "PodMonitor", "PrometheusRule"),  # prometheus-operator
+    *("ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"),  # Kueue
+    "JobSet",
+    *("Gateway", "GatewayClass", "HTTPRoute", "ReferenceGrant"),  # Gateway API
+    *("ScaledObject", "ScaledJob", "TriggerAuthentication"),  # KEDA
+    *("Rollout", "AnalysisTemplate", "ClusterAnalysisTemplate", "AnalysisRun", "Experiment"),  # Argo Rollouts
+}
 
 
 def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:

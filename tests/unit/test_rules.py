@@ -97,6 +97,8 @@ def _emitted() -> set[str]:
         "kube_pod_container_status_restarts_total",
         "up",
     }
+    # Kueue (kubernetes-sigs/kueue site/content/en/docs/reference/metrics.md, v0.19)
+    names |= {"kueue_pending_workloads", "kueue_admitted_workloads_total"}
     # our recording rules
     names |= {r["record"] for r in spec.threshold_rules()["rules"]}
     return names
