@@ -236,7 +236,9 @@ class Kueue(pulumi.ComponentResource):
     def __init__(self, name: str, args: KueueArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:kueue:Kueue", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.namespace = PlatformNamespace(f"{name}-ns", PlatformNamespaceArgs(namespace=NAMESPACE, environment=args.environment), opts=child)
+        self.namespace = PlatformNamespace(
+            f"{name}-ns", PlatformNamespaceArgs(namespace=NAMESPACE, environment=args.environment), opts=child
+        )
         mon = args.monitoring_release
         self.release = helm.release(
             f"{name}-release",

@@ -20,7 +20,8 @@ def need_reference():
         unavailable("../shared/reference not present (user checkout): Kueue CRD schemas and chart values")
 
 
-def objects(pools, quota=kueue.QueueQuota()):
+def objects(pools):
+    quota = kueue.QueueQuota()
     return [
         *kueue.resource_flavors(pools),
         *kueue.priority_classes(),
