@@ -1,0 +1,457 @@
+"""The training contract: what the platform gives a model's training code at run time.
+
+A model's training folder holds its code (an entrypoint script or module) and, optionally, a
+Dockerfile. The TrainingJob runs ``python -m training`` which runs ``TRAIN_ENTRYPOINT``; the code
+reads its run from the environment through this library and hands its result back to it::
+
+    from training import contract
+
+    run = contract.Run.from_env("diabetes", gate=contract.Gate("test_r2", 0.40, label="test R^2"))
+    with run.strategy.scope():                        # all local devices, and all workers
+        model, state = run.restore(build_model)       # resumes from the last complete epoch
+    model.fit(data.batch(run.global_batch_size), epochs=run.epochs, initial_epoch=state.epoch,
+              callbacks=run.callbacks(state))
+    if not run.gate_passes({"test_r2": r2}):
+        return contract.EXIT_GATE                     # nothing published, exit 3 fails the Job at once
+    run.publish(write_files, metadata={...})          # the chief alone; LATEST moves last
+
+Environment (the platform sets these; a local run may set any of them by hand):
+
+==========================  ================================================================
+``TRAIN_DATA``              data location (path, file:// or s3://); its format is the model's
+``TRAIN_OUTPUT``            model store root: versions go to <output>/models/<name>/<version>/
+``TRAIN_CHECKPOINT_DIR``    per-run checkpoint directory (path or s3://); a restart resumes
+``TRAIN_MODEL_NAME``        the model's name in the store (default: the code's own)
+``TRAIN_EPOCHS``            hyperparameters common to all models ...
+``TRAIN_BATCH_SIZE``        ... per device: the global batch is this x replicas
+``TRAIN_LEARNING_RATE``     ... the peak at one replica, scaled by sqrt(replicas)
+``TRAIN_SEED``              ... same seed + data + code -> same model (single device)
+``TRAIN_PARAMS``            a JSON object of the model's own hyperparameters
+``TRAIN_GATE_MIN``          the quality gate: minimum of the model's gate metric
+``TRAIN_PUSHGATEWAY``       Prometheus Pushgateway host:port for the run's metrics
+``TRAIN_RUN_ID``/``JOB_NAME``  names the version (default: the Job's name, else random)
+``TRAIN_WORKERS`` ...       multi-worker runs: see training/cluster.py
+``TRAIN_CPU_DEVICES``       split the CPU into N logical devices (tests, CPU-only data parallel)
+==========================  ================================================================
+
+Exit codes: 0 published (or gate passed on a non-chief worker); 2 bad data or arguments; 3 quality
+gate failed; 143 stopped by SIGTERM (resumable from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training import cluster as clusters
+
+EXIT_OK, EXIT_USAGE, EXIT_GATE, EXIT_PREEMPTED = 0, 2, 3, 143
+log = logging.getLogger("training")
+
+
+class ContractError(ValueError):
+    """A contract variable is malformed; the message names it."""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint records next to the model file."""
+
+    epoch: int = 0  # epochs completed
+    history: dict[str, list[float]] = field(default_factory=dict)
+    checkpoint: str = ""
+
+
+class Stop:
+    """SIGTERM (spot reclaim, node drain, preemption) asks training to stop at the next batch boundary."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, _frame):
+            log.warning("received signal %s: stopping after the current batch (the last complete epoch is checkpointed)", signum)
+            cls.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+class Checkpoint:
+    """``epoch-NNNN.keras`` (weights + optimizer state) then ``state.json`` naming it: the state file
+    is written last, so it always names a complete model file. In a multi-worker run every worker
+    reads it and only the chief writes it (the variables are mirrored: the chief's copy is everyone's)."""
+
+    def __init__(self, uri: str, writer: bool = True):
+        self.uri = uri
+        self.writer = writer
+
+    def state(self) -> RunState | None:
+        from training import storage
+
+        try:
+            return RunState(**json.loads(storage.read_text(storage.join(self.uri, "state.json"))))
+        except FileNotFoundError:
+            return None
+
+    def load(self):
+        import keras
+
+        from training import storage
+
+        state = self.state()
+        if state is None:
+            return None, RunState()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(storage.read_bytes(storage.join(self.uri, state.checkpoint)))
+            model = keras.models.load_model(path)
+        return model, state
+
+    def save(self, model, state: RunState) -> None:
+        from training import storage
+
+        name = f"epoch-{state.epoch:04d}.keras"
+        state.checkpoint = name
+        if not self.writer:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            model.save(path)
+            storage.write_bytes(storage.join(self.uri, name), path.read_bytes())
+        storage.write_bytes(storage.join(self.uri, "state.json"), json.dumps(state.__dict__).encode())
+        log.info("checkpoint: epoch %d -> %s", state.epoch, storage.join(self.uri, name))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The model's quality gate: its metric, and the threshold a run must reach to publish."""
+
+    metric: str  # a key of the metrics the code hands to Run.gate_passes
+    threshold: float
+    higher_is_better: bool = True
+    label: str = ""  # how the failure message names the metric (default: the key)
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+    def failure(self, value: float) -> str:
+        op = "<" if self.higher_is_better else ">"
+        word = "required" if self.higher_is_better else "allowed"
+        return f"quality gate failed: {self.label or self.metric} {value:.4f} {op} {word} {self.threshold:.4f}; nothing published"
+
+
+def scaled(batch_size: int, learning_rate: float, replicas: int) -> tuple[int, float]:
+    """Data-parallel recipe: each replica keeps the batch the recipe was tuned at (global batch =
+    batch x replicas) and the peak learning rate grows with the square root of the replica count,
+    the rule for Adam-family optimizers (Malladi et al., "On the SDEs and Scaling Rules for Adaptive
+    Gradient Algorithms", NeurIPS 2022); the recipes' warm-up absorbs the larger early steps."""
+    return batch_size * replicas, learning_rate * math.sqrt(replicas)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ContractError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ContractError(f"{name} must be a number, got {raw!r}") from None
+
+
+def configure_devices(cpu_devices: int | None) -> None:
+    """Split the CPU into ``cpu_devices`` logical devices (before TensorFlow starts its runtime), so
+    the multi-device path runs for real on a machine without accelerators."""
+    if not cpu_devices or cpu_devices < 2:
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+
+
+def make_strategy(cluster: clusters.Cluster, cpu_devices: int | None = None):
+    """MultiWorkerMirroredStrategy across workers (each with all its local GPUs); MirroredStrategy
+    over every local GPU (or logical CPU) when there are several; else the default strategy."""
+    import tensorflow as tf
+
+    clusters.export(cluster)
+    if cluster.tf_config is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    configure_devices(cpu_devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    if not gpus and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    return tf.distribute.get_strategy()
+
+
+class Run:
+    """One training run: its configuration and the platform's services (devices, checkpoints, gate,
+    metrics, publish). Build it with :meth:`from_env` (user code) or directly (the MNIST CLI)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        gate: Gate,
+        output: str,
+        data: str | None = None,
+        checkpoint_dir: str | None = None,
+        pushgateway: str | None = None,
+        run_id: str | None = None,
+        epochs: int = 10,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        seed: int = 42,
+        params: dict[str, Any] | None = None,
+        variant: str = "default",
+        cluster: clusters.Cluster | None = None,
+        cpu_devices: int | None = None,
+    ):
+        self.started = time.time()
+        self.model_name = model_name
+        self.gate = gate
+        self.output = output
+        self.data = data
+        self.pushgateway = pushgateway
+        self.run_id = run_id or os.environ.get("JOB_NAME") or uuid.uuid4().hex
+        self.epochs = epochs
+        self.batch_size = batch_size  # per replica
+        self.base_learning_rate = learning_rate  # at one replica
+        self.seed = seed
+        self.params = dict(params or {})
+        self.variant = variant
+        self.cluster = cluster or clusters.from_env()
+        self.cpu_devices = cpu_devices
+        self._strategy = None
+        self.checkpoint = Checkpoint(checkpoint_dir, writer=self.cluster.is_chief) if checkpoint_dir else None
+        from training.metrics import TrainingMetrics
+
+        self.metrics = TrainingMetrics(model_name, variant)
+
+    @classmethod
+    def from_env(
+        cls,
+        model_name: str,
+        *,
+        gate: Gate,
+        epochs: int = 10,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        env: Mapping[str, str] | None = None,
+        **kw,
+    ) -> Run:
+        """The run the platform described in the environment; the arguments are the code's defaults."""
+        env = os.environ if env is None else env
+        raw_params = env.get("TRAIN_PARAMS", "") or "{}"
+        try:
+            params = json.loads(raw_params)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"TRAIN_PARAMS must be a JSON object: {exc}") from None
+        if not isinstance(params, dict):
+            raise ContractError(f"TRAIN_PARAMS must be a JSON object, got {type(params).__name__}")
+        threshold = _env_float(env, "TRAIN_GATE_MIN", gate.threshold)
+        values = {
+            "epochs": _env_int(env, "TRAIN_EPOCHS", epochs),
+            "batch_size": _env_int(env, "TRAIN_BATCH_SIZE", batch_size),
+            "learning_rate": _env_float(env, "TRAIN_LEARNING_RATE", learning_rate),
+        }
+        for name, value in values.items():
+            if value <= 0:
+                raise ContractError(f"TRAIN_{name.upper()} must be > 0, got {value}")
+        return cls(
+            env.get("TRAIN_MODEL_NAME") or model_name,
+            gate=Gate(gate.metric, threshold, gate.higher_is_better, gate.label),
+            output=env.get("TRAIN_OUTPUT") or "file://./artifacts",
+            data=env.get("TRAIN_DATA") or None,
+            checkpoint_dir=env.get("TRAIN_CHECKPOINT_DIR") or None,
+            pushgateway=env.get("TRAIN_PUSHGATEWAY") or None,
+            run_id=env.get("TRAIN_RUN_ID") or env.get("JOB_NAME") or None,
+            seed=_env_int(env, "TRAIN_SEED", 42),
+            params=params,
+            cluster=clusters.from_env(env),
+            cpu_devices=_env_int(env, "TRAIN_CPU_DEVICES", None),
+            **values,
+            **kw,
+        )
+
+    # ---- devices ----
+
+    @property
+    def strategy(self):
+        """Created on first use, before any model or dataset: the device layout is fixed then."""
+        if self._strategy is None:
+            self._strategy = make_strategy(self.cluster, self.cpu_devices)
+            log.info(
+                "devices: %d replica(s) in sync (%s, worker %d of %d)",
+                self.replicas,
+                type(self._strategy).__name__,
+                self.cluster.index,
+                self.cluster.workers,
+            )
+        return self._strategy
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster.is_chief
+
+    @property
+    def global_batch_size(self) -> int:
+        return scaled(self.batch_size, self.base_learning_rate, self.replicas)[0]
+
+    @property
+    def learning_rate(self) -> float:
+        return scaled(self.batch_size, self.base_learning_rate, self.replicas)[1]
+
+    def seed_everything(self) -> None:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(self.seed)
+        if self.replicas == 1:
+            # Cross-replica reductions sum in arrival order: determinism is a single-replica promise.
+            tf.config.experimental.enable_op_determinism()
+
+    # ---- checkpoints ----
+
+    def restore(self, build: Callable[[], Any]):
+        """(model, state): the last complete checkpoint, or ``build()`` and a fresh state. Call it
+        inside ``strategy.scope()`` so the variables are mirrored."""
+        model, state = self.checkpoint.load() if self.checkpoint else (None, RunState())
+        if model is None:
+            return build(), state
+        log.info("resuming from %s after epoch %d", self.checkpoint.uri, state.epoch)
+        return model, state
+
+    def callbacks(self, state: RunState) -> list:
+        """Per-epoch history, checkpoint and metrics; SIGTERM stops at the next batch boundary."""
+        import keras
+
+        from training.metrics import EPOCH_SECONDS, EPOCHS
+
+        run = self
+
+        class EpochEnd(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if Stop.requested:
+                    self.model.stop_training = True
+
+            def on_epoch_end(self, epoch, logs=None):
+                if Stop.requested:
+                    return  # a partial epoch: not a checkpoint
+                for k, v in (logs or {}).items():
+                    state.history.setdefault(k, []).append(float(v))
+                state.epoch = epoch + 1
+                run.metrics.set(EPOCH_SECONDS, time.perf_counter() - self.start)
+                run.metrics.set(EPOCHS, state.epoch)
+                if run.checkpoint:
+                    run.checkpoint.save(self.model, state)
+                run.push()
+
+        return [EpochEnd()]
+
+    # ---- gate, metrics, publish ----
+
+    def push(self) -> None:
+        # One series per run: the chief speaks for it (workers' copies of the metrics are identical).
+        if self.is_chief:
+            self.metrics.push(self.pushgateway)
+
+    def gate_passes(self, results: Mapping[str, float]) -> bool:
+        """Record the held-out results and apply the gate. On failure it says why on stderr."""
+        import sys
+
+        from training.metrics import ACCURACY, DURATION_SECONDS, GATE_PASSED, LAST_RUN, LOSS
+
+        if self.gate.metric not in results:
+            raise ContractError(f"the gate's metric {self.gate.metric!r} is not among the results {sorted(results)}")
+        for key, gauge in (("test_accuracy", ACCURACY), ("test_loss", LOSS)):
+            if key in results:
+                self.metrics.set(gauge, results[key])
+        self.metrics.set(LAST_RUN, time.time())
+        value = float(results[self.gate.metric])
+        op = ">=" if self.gate.higher_is_better else "<="
+        log.info("%s %.4f (gate: %s %.4f)", self.gate.metric, value, op, self.gate.threshold)
+        if self.gate.passes(value):
+            return True
+        self.metrics.set(GATE_PASSED, 0)
+        self.metrics.set(DURATION_SECONDS, time.time() - self.started)
+        self.push()
+        print(self.gate.failure(value), file=sys.stderr)
+        return False
+
+    def publish(self, write: Callable[[Path], None], results: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> str | None:
+        """The chief writes the version's files with ``write(dir)`` (a SavedModel under
+        ``saved_model/`` and ``model.keras`` at least), then uploads them and moves ``LATEST``
+        (artifacts.publish). Other workers publish nothing and get None."""
+        from training import artifacts
+        from training.metrics import DURATION_SECONDS, GATE_PASSED, LAST_SUCCESS
+
+        if not self.is_chief:
+            log.info("worker %d: the chief publishes", self.cluster.index)
+            return None
+        version = artifacts.new_version(self.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            write(out)
+            meta = {
+                "model": self.model_name,
+                "version": version,
+                "metrics": dict(results),
+                "gate": {"metric": self.gate.metric, "threshold": self.gate.threshold, "higher_is_better": self.gate.higher_is_better},
+                "params": {
+                    "epochs": self.epochs,
+                    "batch_size": self.batch_size,
+                    "learning_rate": self.base_learning_rate,
+                    "seed": self.seed,
+                    **self.params,
+                },
+                "distribution": {
+                    "workers": self.cluster.workers,
+                    "replicas": self.replicas,
+                    "global_batch_size": self.global_batch_size,
+                    "learning_rate": self.learning_rate,
+                },
+                "code_version": os.environ.get("MLPLATFORM_CODE_VERSION", "unknown"),
+                "started_at": self.started,
+            }
+            meta.update(metadata or {})
+            meta["finished_at"] = time.time()
+            (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            uri = artifacts.publish(out, self.output, self.model_name, version)
+        self.metrics.set(GATE_PASSED, 1)
+        self.metrics.set(LAST_SUCCESS, time.time())
+        self.metrics.set(DURATION_SECONDS, time.time() - self.started)
+        self.push()
+        log.info("published %s", uri)
+        print(json.dumps({"published": uri, "version": version, **{k: float(v) for k, v in results.items()}}))
+        return uri
