@@ -130,7 +130,12 @@ class Local:
             return exe
         pin = self.pins[name].get(self.platform_key())
         if pin is None:
-            raise Stop(f"no pinned {name} {VERSIONS[name]} for {self.platform_key()}: install it yourself and put it on PATH")
+            if found := shutil.which(name):
+                print(f"no pinned {name} build for {self.platform_key()}: using {found}")
+                return Path(found)
+            raise Stop(
+                f"no pinned {name} {VERSIONS[name]} for {self.platform_key()}: install {name} yourself (on PATH), then run make up again"
+            )
         print(f"downloading {name} {VERSIONS[name]} ...", flush=True)
         with tempfile.TemporaryDirectory(dir=self.tools if self.tools.exists() else None) as tmp:
             file = Path(tmp) / Path(pin["url"]).name

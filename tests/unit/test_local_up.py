@@ -342,6 +342,19 @@ def test_no_internet_is_one_line(laptop):
     assert line.startswith("make up STACK=local: cannot download http://127.0.0.1:") and "check the internet connection" in line
 
 
+def test_a_platform_without_pins_uses_the_tool_on_path_or_says_so(laptop):
+    pins = json.loads(laptop.pins.read_text())
+    pins["kind"] = {}
+    laptop.pins.write_text(json.dumps(pins))
+    proc = laptop.run("up")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[0].startswith("make up STACK=local: no pinned kind v0.29.0 for ")
+    _exe(laptop.bin / "kind", FAKE_KIND)
+    proc = laptop.run("up")
+    assert proc.returncode == 0, proc.stderr
+    assert f"using {laptop.bin / 'kind'}" in proc.stdout and laptop.server.requests == ["/pulumi.tar.gz"]
+
+
 def test_pins_are_sha256_of_official_release_urls():
     for name, per_platform in local_up.PINS.items():
         assert "linux-amd64" in per_platform, name
