@@ -1,0 +1,141 @@
+"""Stack config of a model served by vLLM (``runtime: vllm``): typed, validated with the rest of the
+stack config by components/config.py (which imports this module; it reads no ``pulumi.Config``).
+
+Every vLLM option here maps to a ``vllm serve`` flag of the pinned version (components/llm_service.py
+``VLLM_VERSION``); tests/unit/test_llm_service.py checks each rendered flag against the list derived
+from vLLM 0.33.0's own argument parser (../shared/reference/vllm/0.33.0/serve-flags.txt).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+# A Hugging Face repo id ("org/name"), or weights in an S3 prefix (the stack's model store).
+HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+CRON_FIELD = re.compile(r"^[0-9*,/-]+$")
+
+
+class _Strict(BaseModel):
+    # Same conventions as components/config.py: camelCase keys, unknown keys rejected, immutable.
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class AwakeSchedule(_Strict):
+    """When a non-prod GPU model runs; outside this window it scales to zero (KEDA cron trigger)."""
+
+    timezone: str = "UTC"
+    start: str = "0 8 * * 1-5"
+    end: str = "0 20 * * 1-5"
+    replicas: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        parts = v.split()
+        if len(parts) != 5 or not all(CRON_FIELD.match(p) for p in parts):
+            raise ValueError(f"must be a 5-field cron expression like '0 8 * * 1-5' (got {v!r})")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"must be an IANA time zone like 'Europe/Paris' (got {v!r})") from None
+        return v
+
+
+class LlmResources(_Strict):
+    cpu: str = Field(default="3", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="10Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    memory_limit: str = Field(default="13Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+
+
+class LlmConfig(_Strict):
+    """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
+
+    source: str  # Hugging Face id ("Qwen/Qwen2.5-1.5B-Instruct") or s3://bucket/prefix/ with the weights
+    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$")  # HF branch/tag/commit to pin
+    served_model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    pool: str | None = None  # GPU pool to run on (default: the first whose nodes have enough GPUs)
+    gpus: int = Field(default=1, ge=1, le=8)  # per replica; > 1 is tensor parallelism within one node
+    max_model_len: int = Field(default=4096, ge=256, le=1_048_576)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = "auto"
+    # A subset of vLLM 0.33.0's QuantizationMethods (vllm/model_executor/layers/quantization/__init__.py).
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors"] | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # skip CUDA-graph capture: faster start, slower decode
+    replicas: int = Field(default=1, ge=0, le=100)
+    min_replicas: int = Field(default=1, ge=0, le=100)
+    max_replicas: int = Field(default=2, ge=1, le=100)
+    waiting_per_replica: int = Field(default=4, ge=1, le=10_000)  # KEDA target: queued requests per replica
+    awake: AwakeSchedule | None = None  # non-prod: scale to zero outside this window
+    cache_gi_b: int = Field(default=50, ge=5, le=16384, alias="cacheGiB")  # per-replica weights volume
+    startup_seconds: int = Field(default=1800, ge=60, le=7200)  # download + load + CUDA graphs
+    resources: LlmResources = LlmResources()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if not (HF_ID.match(v) or S3_URI.match(v)):
+            raise ValueError(f"must be a Hugging Face id like 'Qwen/Qwen2.5-1.5B-Instruct' or an s3:// prefix (got {v!r})")
+        return v
+
+    @property
+    def from_store(self) -> bool:
+        return self.source.startswith("s3://")
+
+
+def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, environment: str) -> Iterator[tuple[str, str]]:
+    """Cross-field rules; ``pools`` are config.GpuPool (``name``, ``gpus_per_node``). Yields (key
+    path, what is expected). No GPU request is accepted that no node of the stack can satisfy."""
+    if not has_gpus:
+        yield f"{key}.runtime", "a vllm model needs GPUs: add a gpuPools entry (EKS) or set cluster.hasGpus"
+        return
+    if llm.min_replicas > llm.max_replicas:
+        yield f"{key}.llm.minReplicas", f"must be <= maxReplicas (got {llm.min_replicas} > {llm.max_replicas})"
+    if not llm.min_replicas <= llm.replicas <= llm.max_replicas:
+        yield f"{key}.llm.replicas", f"must be between minReplicas and maxReplicas (got {llm.replicas})"
+    if environment == "prod" and llm.awake is not None:
+        yield f"{key}.llm.awake", "prod models do not sleep: remove the schedule"
+    if environment == "prod" and llm.min_replicas < 1:
+        yield f"{key}.llm.minReplicas", "prod needs >= 1 replica at all times"
+    if pools:
+        names = [p.name for p in pools]
+        if llm.pool is not None and llm.pool not in names:
+            yield f"{key}.llm.pool", f"no GPU pool named {llm.pool!r} (pools: {', '.join(names)})"
+            return
+        chosen = choose_pool(llm, pools)
+        if chosen is None:
+            counts = {p.name: p.gpus_per_node for p in pools if llm.pool in (None, p.name)}
+            yield (
+                f"{key}.llm.gpus",
+                f"{llm.gpus} GPUs per replica fit no node of the GPU pools {counts} (tensor parallelism stays within one node)",
+            )
+        elif llm.max_replicas * llm.gpus > chosen.max * chosen.gpus_per_node:
+            capacity = chosen.max * chosen.gpus_per_node
+            yield (
+                f"{key}.llm.maxReplicas",
+                f"{llm.max_replicas} replicas x {llm.gpus} GPUs exceed GPU pool {chosen.name!r} ({capacity} GPUs at its max): they could never schedule",
+            )
+    elif llm.pool is not None:
+        yield f"{key}.llm.pool", "no gpuPools on this stack (cluster.hasGpus): leave pool unset"
+
+
+def choose_pool(llm: LlmConfig, pools: list[Any]) -> Any | None:
+    """The pool a model runs on: the named one, else the first with enough GPUs per node."""
+    for p in pools:
+        if llm.pool in (None, p.name) and p.gpus_per_node >= llm.gpus:
+            return p
+    return None

@@ -1,0 +1,190 @@
+"""The vLLM runtime's pure parts: every `vllm serve` flag exists in the pinned vLLM, the rendered
+objects are valid (Kubernetes strict, Gateway API and KEDA CRD schemas with unknown fields rejected),
+GPU placement and /dev/shm, and the config rules that refuse GPU requests no node can satisfy."""
+
+from __future__ import annotations
+
+import pytest
+
+from components import llm_service
+from components.config import GpuPool
+from components.gpu_node_pool import GPU_TOLERATION, POOL_LABEL
+from components.llm_config import AwakeSchedule, LlmConfig, choose_pool, llm_rules
+from tests.conftest import unavailable
+from tools import manifests, reference
+
+SMALL = GpuPool(name="gpu-spot", instanceTypes=["g5.xlarge", "g6.xlarge"], max=2)
+BIG = GpuPool(name="gpu-big", instanceTypes=["g5.12xlarge"], capacityType="ON_DEMAND", max=2)
+# Every option on, so every flag the program can emit is rendered.
+FULL = LlmConfig(
+    source="Qwen/Qwen2.5-7B-Instruct",
+    revision="main",
+    servedModelName="qwen-7b",
+    gpus=4,
+    maxModelLen=8192,
+    maxNumSeqs=64,
+    quantization="awq",
+    enablePrefixCaching=False,
+    enforceEager=True,
+)
+STORE = LlmConfig(source="s3://mlplatform-dev-models/llm/qwen/")
+
+
+def need_reference():
+    if reference.reference_dir() is None:
+        unavailable("../shared/reference not present (user checkout): vLLM flags, CRD schemas")
+
+
+def serve_flags() -> set[str]:
+    path = reference.reference_dir() / "vllm" / llm_service.VLLM_VERSION / "serve-flags.txt"
+    if not path.exists():
+        unavailable(f"{path} missing: no flag list for vLLM {llm_service.VLLM_VERSION}")
+    return set(path.read_text().split())
+
+
+@pytest.mark.parametrize("llm", [FULL, STORE, LlmConfig(source="org/m")], ids=["all-options", "from-store", "defaults"])
+def test_every_flag_exists_in_the_pinned_vllm(llm):
+    need_reference()
+    used = set(llm_service.flags(llm_service.vllm_args("m", llm)))
+    assert used and used - serve_flags() == set()
+
+
+def test_flag_check_catches_a_removed_flag():
+    need_reference()
+    assert "--swap-space" not in serve_flags()  # removed before 0.33.0: rendering it would crash vLLM
+
+
+def test_image_pinned_to_the_checked_version():
+    assert llm_service.VLLM_IMAGE.endswith(f":v{llm_service.VLLM_VERSION}")
+
+
+def sts(llm=FULL, pool="gpu-big", ref="llm-m-hf-credentials"):
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "llm-m", "namespace": "ml-serving"},
+        "spec": llm_service.statefulset_spec("m", llm, pool, ref, [], "gp3-zonal"),
+    }
+
+
+def test_statefulset_valid_for_kubernetes():
+    for llm in (FULL, STORE):
+        assert manifests.validate(sts(llm), "1.33") == []
+
+
+def test_gpu_placement_and_limits():
+    pod = sts()["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {POOL_LABEL: "gpu-big"} and GPU_TOLERATION in pod["tolerations"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 == c["resources"]["requests"]["nvidia.com/gpu"]
+    args = c["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"
+
+
+def test_shm_is_memory_backed_and_sized_per_gpu():
+    pod = sts()["spec"]["template"]["spec"]
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_probes_on_health_with_a_startup_allowance():
+    c = sts()["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    allowance = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+    assert allowance >= FULL.startup_seconds
+
+
+def test_weights_cached_on_a_volume_kept_across_scale_to_zero():
+    spec = sts()["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Delete"}
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "gp3-zonal"
+    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_HOME"].startswith(llm_service.CACHE_DIR + "/")
+
+
+def test_token_only_from_a_secret():
+    c = sts()["spec"]["template"]["spec"]["containers"][0]
+    (tok,) = [e for e in c["env"] if e["name"] == "HF_TOKEN"]
+    assert tok == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "llm-m-hf-credentials", "key": "token"}}}
+    assert not any("token" in a.lower() for a in c["args"])
+    no_token = sts(ref=None)["spec"]["template"]["spec"]["containers"][0]
+    assert "HF_TOKEN" not in {e["name"] for e in no_token["env"]}
+
+
+def test_no_service_links_and_no_vllm_named_service():
+    # a Service called "vllm" would inject VLLM_PORT=tcp://..., which vLLM refuses (vllm/envs.py)
+    assert sts()["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert llm_service.object_name("vllm") != "vllm"
+
+
+def test_store_weights_streamed_from_s3():
+    args = llm_service.vllm_args("m", STORE)
+    assert args[0] == STORE.source and args[args.index("--load-format") + 1] == "runai_streamer"
+
+
+def test_http_route_exposes_only_the_openai_routes():
+    need_reference()
+    spec = llm_service.http_route_spec("qwen", {"name": "mlplatform", "namespace": "gateway"})
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "llm-qwen"}, "spec": spec}
+    assert manifests.validate(route, "1.33") == []
+    paths = {r["matches"][0]["path"]["value"]: r["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] for r in spec["rules"]}
+    assert paths == {f"/llm/qwen{p}": p for p in llm_service.OPENAI_ROUTES}
+    assert all(r["backendRefs"] == [{"name": "llm-qwen", "port": 8000}] for r in spec["rules"])
+
+
+def test_scaled_object_targets_the_statefulset_on_waiting_requests():
+    need_reference()
+    llm = LlmConfig(source="org/m", minReplicas=1, maxReplicas=3, waitingPerReplica=8, awake=AwakeSchedule())
+    spec = llm_service.scaled_object_spec("qwen", llm, "ml-serving")
+    so = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "llm-qwen"}, "spec": spec}
+    assert manifests.validate(so, "1.33") == []
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "llm-qwen"}
+    prom = spec["triggers"][0]["metadata"]
+    assert prom["threshold"] == "8" and 'model_name="qwen"' in prom["query"]
+    assert spec["minReplicaCount"] == 0  # the awake window lets it sleep
+
+
+def test_queue_metric_is_a_vllm_metric():
+    need_reference()
+    names = set((reference.reference_dir() / "vllm" / llm_service.VLLM_VERSION / "metrics.txt").read_text().split())
+    assert "vllm:num_requests_waiting" in names
+
+
+def errors(llm, pools=(SMALL,), has_gpus=True, env="dev"):
+    return dict(llm_rules(llm, "models.qwen", list(pools), has_gpus, env))
+
+
+def test_tensor_parallel_must_fit_one_node():
+    assert "models.qwen.llm.gpus" in errors(LlmConfig(source="o/m", gpus=4))
+    assert errors(LlmConfig(source="o/m", gpus=4), pools=(SMALL, BIG)) == {}
+    assert choose_pool(LlmConfig(source="o/m", gpus=4), [SMALL, BIG]).name == "gpu-big"
+
+
+def test_no_gpu_request_without_gpus():
+    assert "models.qwen.runtime" in errors(LlmConfig(source="o/m"), pools=(), has_gpus=False)
+
+
+def test_replicas_bounded_by_pool_capacity():
+    msg = errors(LlmConfig(source="o/m", maxReplicas=3))["models.qwen.llm.maxReplicas"]
+    assert "could never schedule" in msg
+
+
+def test_prod_never_sleeps():
+    bad = errors(LlmConfig(source="o/m", awake=AwakeSchedule(), minReplicas=0, replicas=0), env="prod")
+    assert {"models.qwen.llm.awake", "models.qwen.llm.minReplicas"} <= set(bad)
+
+
+def test_unknown_pool_named():
+    assert "no GPU pool named 'gpu-x'" in errors(LlmConfig(source="o/m", pool="gpu-x"))["models.qwen.llm.pool"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"source": "not a model"}, {"source": "o/m", "awake": {"start": "8am"}}, {"source": "o/m", "awake": {"timezone": "Mars/Base"}}],
+)
+def test_bad_values_refused(bad):
+    with pytest.raises(ValueError):
+        LlmConfig.model_validate(bad)
