@@ -1,7 +1,8 @@
 """Versioned model store: ``<root>/models/<name>/<version>/`` plus a ``LATEST`` pointer.
 
-``publish`` uploads every file of a version first and writes ``LATEST`` last, so a reader that
-follows ``LATEST`` only ever finds complete versions. Versions sort by time (``YYYYmmddTHHMMSSZ-<id>``).
+``publish`` goes through the registry (training/registry.py): every file of a version first, its
+manifest next, then the aliases and ``LATEST`` (moved forward only, by compare-and-swap), so a reader
+that follows ``LATEST`` only ever finds complete versions. Versions sort by time (``YYYYmmddTHHMMSSZ-<id>``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from training import storage
+from training import registry, storage
 
-REQUIRED = ("metadata.json", "model.keras", "saved_model/saved_model.pb")
+REQUIRED = registry.REQUIRED
 
 
 def model_root(root: str, name: str) -> str:
@@ -23,16 +24,13 @@ def new_version(run_id: str, now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{run_id[:12]}"
 
 
-def publish(local_dir: Path, root: str, name: str, version: str) -> str:
-    """Upload ``local_dir`` as ``version`` of model ``name``, then point LATEST at it. Returns its URI."""
+def publish(local_dir: Path, root: str, name: str, version: str, reason: str = "published by training", champion: bool = True) -> str:
+    """Upload ``local_dir`` as ``version`` of model ``name`` and make it the candidate and (with
+    ``champion``) the champion, which LATEST follows; the champion only moves forward. Returns its URI."""
     missing = [f for f in REQUIRED if not (local_dir / f).exists()]
     if missing:
         raise ValueError(f"refusing to publish an incomplete model: missing {missing} in {local_dir}")
-    dest = storage.join(model_root(root, name), version)
-    storage.upload_dir(local_dir, dest)
-    # Written last: the pointer flips only once every file of the version is in place.
-    storage.write_bytes(storage.join(model_root(root, name), "LATEST"), version.encode())
-    return dest
+    return registry.publish(local_dir, root, name, version, reason=reason, champion=champion).uri
 
 
 def latest(root: str, name: str) -> str | None:

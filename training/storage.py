@@ -2,14 +2,27 @@
 
 Local writes go to a temporary file then ``os.replace``, and an S3 PUT is atomic per object, so a
 reader never sees half an object.
+
+Pointers that several writers may move (the registry's aliases, ``LATEST``) use compare-and-swap:
+``read_versioned`` returns the object with a token (S3: its ETag; local: the SHA-256 of its bytes),
+``write_if`` writes only if the object still has that token (S3 conditional PUT, ``If-Match`` /
+``If-None-Match: *``; local: an exclusive ``flock`` held across compare and replace). A writer that
+lost the race gets ``Conflict``, never a silent overwrite.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
+
+
+class Conflict(Exception):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
 def _s3():
@@ -58,6 +71,78 @@ def write_bytes(uri: str, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def read_versioned(uri: str) -> tuple[bytes | None, str | None]:
+    """(bytes, token) of ``uri``; (None, None) when it does not exist. Pass the token to ``write_if``."""
+    scheme, bucket, key = parse(uri)
+    if scheme == "s3":
+        s3 = _s3()
+        try:
+            obj = s3.get_object(Bucket=bucket, Key=key)
+        except s3.exceptions.NoSuchKey:
+            return None, None
+        return obj["Body"].read(), obj["ETag"]
+    try:
+        data = Path(key).read_bytes()
+    except FileNotFoundError:
+        return None, None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+# S3 answers a lost condition with 412 PreconditionFailed, a concurrent conditional write with 409
+# ConditionalRequestConflict, and If-Match on a deleted object with 404 NoSuchKey.
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"}
+
+
+def write_if(uri: str, data: bytes, token: str | None) -> None:
+    """Write ``data`` only if ``uri`` still has ``token`` (None: only if it does not exist yet)."""
+    scheme, bucket, key = parse(uri)
+    if scheme == "s3":
+        from botocore.exceptions import ClientError
+
+        cond = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        try:
+            _s3().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _CONFLICT_CODES:
+                raise Conflict(f"{uri} changed since it was read") from None
+            raise
+        return
+    path = Path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        current, current_token = read_versioned(str(path))
+        if current_token != token:
+            raise Conflict(f"{uri} changed since it was read" if token else f"{uri} already exists")
+        write_bytes(str(path), data)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    # A sidecar lock file: the pointer itself is replaced (os.replace), so it cannot carry the lock.
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def list_names(uri: str) -> list[str]:
+    """Relative names of every object under ``uri`` (a "directory"), sorted; [] when there is none."""
+    scheme, bucket, key = parse(uri)
+    if scheme == "s3":
+        prefix = key.rstrip("/") + "/"
+        names = []
+        for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+        return sorted(names)
+    root = Path(key)
+    if not root.is_dir():
+        return []
+    # Dot-files here are ours and not objects: lock files, and temporary files of a write in progress.
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def exists(uri: str) -> bool:

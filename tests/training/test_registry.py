@@ -1,0 +1,307 @@
+"""The model registry on S3 (moto) and the local file store: immutable versions with manifests, aliases
+moved by compare-and-swap, a complete audit log, forward-only automated moves, promotion between stores.
+No training: versions are small directories with the files a model version has."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from training import artifacts, registry, storage
+
+
+def _version_dir(tmp_path, i):
+    d = tmp_path / f"src-v{i}"
+    (d / "saved_model").mkdir(parents=True)
+    (d / "saved_model" / "saved_model.pb").write_bytes(b"pb" * 1000 + bytes([i % 256]))
+    (d / "model.keras").write_bytes(b"k" * 5000 + bytes([i % 256]))
+    (d / "metadata.json").write_text(json.dumps({"version": f"v{i:04d}"}))
+    return d
+
+
+def v(i):
+    return f"v{i:04d}"
+
+
+@pytest.fixture(params=["s3", "file"])
+def root(request, tmp_path):
+    if request.param == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        return f"s3://{bucket}/store"
+    return f"file://{tmp_path}/store"
+
+
+def _add(tmp_path, root, *ids):
+    for i in ids:
+        registry.add_version(_version_dir(tmp_path, i), root, "mnist", v(i))
+
+
+def test_publish_writes_a_manifest_moves_aliases_and_latest(tmp_path, root, monkeypatch):
+    monkeypatch.setenv("MLPLATFORM_ACTOR", "pipeline/main#7")
+    d = _version_dir(tmp_path, 1)
+    out = registry.publish(d, root, "mnist", v(1), reason="nightly retrain")
+    assert out.champion and out.uri.endswith("/models/mnist/v0001")
+    manifest = registry.read_manifest(root, "mnist", v(1))
+    assert set(manifest["files"]) == {"metadata.json", "model.keras", "saved_model/saved_model.pb"}
+    import hashlib
+
+    assert manifest["files"]["model.keras"] == {"sha256": hashlib.sha256((d / "model.keras").read_bytes()).hexdigest(), "size": 5001}
+    registry.verify(root, "mnist", v(1))
+    assert registry.versions(root, "mnist") == [v(1)]
+    assert {a: doc["version"] for a, doc in registry.aliases(root, "mnist").items()} == {"champion": v(1), "candidate": v(1)}
+    assert artifacts.latest(root, "mnist") == v(1)  # what the model server follows today
+    champ = registry.get_alias(root, "mnist", "champion")
+    assert champ["by"] == "pipeline/main#7" and champ["reason"] == "nightly retrain" and champ["from"] is None
+
+
+def test_versions_are_immutable(tmp_path, root):
+    _add(tmp_path, root, 1)
+    with pytest.raises(registry.RegistryError, match="already exists: versions are immutable"):
+        registry.add_version(_version_dir(tmp_path, 2), root, "mnist", v(1))
+    registry.verify(root, "mnist", v(1))  # the first upload is untouched
+
+
+@pytest.mark.parametrize("tamper", ["modify", "delete", "add"])
+def test_a_tampered_version_fails_verify_and_cannot_be_aliased(tmp_path, root, tamper):
+    _add(tmp_path, root, 1)
+    target = storage.join(registry.model_root(root, "mnist"), v(1), "model.keras")
+    if tamper == "modify":
+        storage.write_bytes(target, b"k" * 4999 + b"X" + b"\x01")
+    elif tamper == "delete":
+        scheme, bucket, key = storage.parse(target)
+        if scheme == "s3":
+            storage._s3().delete_object(Bucket=bucket, Key=key)
+        else:
+            Path(key).unlink()
+    else:
+        storage.write_bytes(storage.join(registry.model_root(root, "mnist"), v(1), "extra.py"), b"import os")
+    want = {"modify": "model.keras sha256", "delete": "model.keras missing", "add": "extra.py not in the manifest"}[tamper]
+    with pytest.raises(registry.VerifyError, match=want):
+        registry.verify(root, "mnist", v(1))
+    with pytest.raises(registry.VerifyError):
+        registry.move(root, "mnist", "champion", v(1), reason="try")
+    assert registry.get_alias(root, "mnist", "champion") is None
+
+
+def test_an_interrupted_upload_is_not_a_version_and_cannot_be_aliased(tmp_path, root, monkeypatch):
+    _add(tmp_path, root, 1)
+    registry.move(root, "mnist", "champion", v(1), reason="first")
+    real, calls = storage.write_bytes, []
+
+    def dying(uri, data):  # the uploader dies after its second file
+        calls.append(uri)
+        if len(calls) > 2:
+            raise ConnectionError("pod evicted")
+        real(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", dying)
+    with pytest.raises(ConnectionError):
+        registry.publish(_version_dir(tmp_path, 2), root, "mnist", v(2), reason="run")
+    monkeypatch.setattr(storage, "write_bytes", real)
+    assert registry.versions(root, "mnist") == [v(1)]
+    with pytest.raises(registry.RegistryError, match="no such complete version"):
+        registry.move(root, "mnist", "champion", v(2), reason="try")
+    assert registry.get_alias(root, "mnist", "champion")["version"] == v(1)
+    assert artifacts.latest(root, "mnist") == v(1)
+
+
+def _atomic_moto_puts(root, monkeypatch):
+    """moto checks If-Match and stores in two Python steps (S3 does both atomically): serialise the
+    conditional PUTs so moto behaves like S3. Each writer still holds the token it read earlier."""
+    if not root.startswith("s3://"):
+        return  # the local store's flock is the real thing
+    lock, real_write = threading.Lock(), storage.write_if
+
+    def atomic_write(*a):
+        with lock:
+            return real_write(*a)
+
+    monkeypatch.setattr(storage, "write_if", atomic_write)
+
+
+def test_concurrent_promotions_one_wins_the_other_gets_a_conflict(tmp_path, root, monkeypatch):
+    """Both promoters read the champion before either writes (a barrier forces the overlap)."""
+    _add(tmp_path, root, 1, 2, 3)
+    registry.move(root, "mnist", "champion", v(1), reason="first")
+    barrier, waited = threading.Barrier(2, timeout=30), threading.local()
+    real_read = registry._read_alias
+
+    def read_then_wait(r, name, alias):
+        out = real_read(r, name, alias)
+        if alias == "champion" and threading.current_thread() is not threading.main_thread() and not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+        return out
+
+    monkeypatch.setattr(registry, "_read_alias", read_then_wait)
+    _atomic_moto_puts(root, monkeypatch)
+    results = {}
+
+    def promote(i):
+        try:
+            results[i] = registry.move(root, "mnist", "champion", v(i), reason=f"promote {i}")
+        except registry.RegistryError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=promote, args=(i,)) for i in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [i for i, r in results.items() if isinstance(r, dict)]
+    lost = [r for r in results.values() if isinstance(r, registry.AliasConflict)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert "was moved concurrently" in str(lost[0]) and "nothing changed" in str(lost[0]) and "\n" not in str(lost[0])
+    monkeypatch.setattr(registry, "_read_alias", real_read)
+    champ = registry.get_alias(root, "mnist", "champion")
+    assert champ["version"] == v(won[0]) and champ["generation"] == 2
+    assert artifacts.latest(root, "mnist") == v(won[0])
+    assert registry.get_alias(root, "mnist", "previous")["version"] == v(1)
+    assert [(r["generation"], r["version"]) for r in registry.history(root, "mnist", "champion")] == [(1, v(1)), (2, v(won[0]))]
+
+
+def test_racing_promotions_converge_latest_and_previous_on_the_champion(tmp_path, root, monkeypatch):
+    _add(tmp_path, root, *range(1, 7))
+    _atomic_moto_puts(root, monkeypatch)
+    errors = []
+
+    def promote(i):
+        try:
+            registry.move(root, "mnist", "champion", v(i), reason="race")
+        except registry.AliasConflict as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(i,)) for i in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    champ = registry.get_alias(root, "mnist", "champion")
+    assert artifacts.latest(root, "mnist") == champ["version"]
+    assert champ["generation"] == 6 - len(errors)
+    if champ["from"]:
+        assert registry.get_alias(root, "mnist", "previous")["version"] == champ["from"]
+    gens = [r["generation"] for r in registry.history(root, "mnist", "champion")]
+    assert gens == list(range(1, champ["generation"] + 1))  # every successful move recorded, once
+
+
+def test_audit_records_every_move_completely(tmp_path, root, monkeypatch):
+    _add(tmp_path, root, 1, 2, 3)
+    monkeypatch.setenv("MLPLATFORM_ACTOR", "jenkins/main#12")
+    registry.move(root, "mnist", "champion", v(1), reason="first")
+    registry.move(root, "mnist", "champion", v(2), reason="better", forward_only=True)
+    monkeypatch.setenv("MLPLATFORM_ACTOR", "alice")
+    registry.rollback(root, "mnist", reason="p99 doubled")
+    # a writer that dies between its alias write and its audit write: the next move records it
+    real_record = registry._record
+    monkeypatch.setattr(registry, "_record", lambda *a: (_ for _ in ()).throw(ConnectionError("killed")))
+    with pytest.raises(ConnectionError):
+        registry.move(root, "mnist", "candidate", v(3), reason="crashes before its record")
+    monkeypatch.setattr(registry, "_record", real_record)
+    assert [r["version"] for r in registry.history(root, "mnist", "candidate")] == [v(3)]  # still visible
+    registry.move(root, "mnist", "candidate", v(2), reason="next")
+    audit_names = storage.list_names(storage.join(registry.model_root(root, "mnist"), "audit"))
+    assert "candidate/0000000001.json" in audit_names and "candidate/0000000002.json" in audit_names
+
+    moves = [(r["alias"], r["from"], r["version"], r["by"]) for r in registry.history(root, "mnist") if r["alias"] == "champion"]
+    assert moves == [
+        ("champion", None, v(1), "jenkins/main#12"),
+        ("champion", v(1), v(2), "jenkins/main#12"),
+        ("champion", v(2), v(1), "alice"),
+    ]
+    for r in registry.history(root, "mnist"):
+        assert set(r) == {"alias", "version", "generation", "from", "at", "by", "reason"}
+        assert r["at"] > 1.7e9 and r["by"] and r["reason"]
+    rb = registry.history(root, "mnist", "champion")[-1]
+    assert rb["reason"] == f"rollback from {v(2)}: p99 doubled"
+    assert registry.get_alias(root, "mnist", "previous")["version"] == v(2)
+    assert artifacts.latest(root, "mnist") == v(1)
+
+
+def test_a_move_needs_a_reason_and_a_known_alias(tmp_path, root):
+    _add(tmp_path, root, 1)
+    with pytest.raises(registry.RegistryError, match="a reason is required"):
+        registry.move(root, "mnist", "champion", v(1), reason=" ")
+    with pytest.raises(registry.RegistryError, match="unknown alias 'prod'"):
+        registry.move(root, "mnist", "prod", v(1), reason="x")
+
+
+def test_expected_value_is_checked(tmp_path, root):
+    _add(tmp_path, root, 1, 2)
+    registry.move(root, "mnist", "champion", v(1), reason="first")
+    with pytest.raises(registry.AliasConflict, match="is v0001, not v0002 as expected"):
+        registry.move(root, "mnist", "champion", v(2), reason="x", expect=v(2))
+
+
+# ---- issue 13 item 10: the pointer only moves forward ----
+
+
+def test_an_older_run_publishing_late_does_not_move_the_pointer_back(tmp_path, root):
+    artifacts.publish(_version_dir(tmp_path, 2), root, "mnist", "20260102T000000Z-new")
+    artifacts.publish(_version_dir(tmp_path, 1), root, "mnist", "20260101T000000Z-old")  # an old run finishing late
+    assert artifacts.latest(root, "mnist") == "20260102T000000Z-new"
+    assert registry.get_alias(root, "mnist", "champion")["version"] == "20260102T000000Z-new"
+    assert registry.versions(root, "mnist") == ["20260101T000000Z-old", "20260102T000000Z-new"]  # kept, not served
+
+
+def test_latest_written_by_older_code_is_respected(tmp_path, root):
+    """A store whose LATEST was written directly (before the registry) is not moved back either."""
+    storage.write_bytes(storage.join(registry.model_root(root, "mnist"), "LATEST"), b"20260105T000000Z-legacy")
+    out = registry.publish(_version_dir(tmp_path, 1), root, "mnist", "20260101T000000Z-old", reason="run")
+    assert not out.champion and "stays at 20260105T000000Z-legacy" in out.note
+    assert artifacts.latest(root, "mnist") == "20260105T000000Z-legacy"
+
+
+# ---- issue 15 item 3: promotion copies the exact artifact between stores ----
+
+
+@pytest.fixture
+def two_stores(tmp_path, s3_bucket):
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="prod-models")
+    return f"s3://{s3_bucket}/staging", "s3://prod-models/store"
+
+
+def test_promotion_copies_the_exact_bytes_and_verifies_them(tmp_path, two_stores):
+    src, dst = two_stores
+    registry.publish(_version_dir(tmp_path, 1), src, "mnist", v(1), reason="trained in staging")
+    registry.publish(_version_dir(tmp_path, 2), src, "mnist", v(2), reason="trained in staging")
+    doc = registry.promote_between(src, dst, "mnist", reason="canary passed")
+    assert doc["version"] == v(2) and artifacts.latest(dst, "mnist") == v(2)
+    for rel in registry.read_manifest(src, "mnist", v(2))["files"]:
+        a = storage.read_bytes(storage.join(registry.model_root(src, "mnist"), v(2), rel))
+        b = storage.read_bytes(storage.join(registry.model_root(dst, "mnist"), v(2), rel))
+        assert a == b
+    assert registry.read_manifest(dst, "mnist", v(2))["copied_from"].endswith("/staging/models/mnist/v0002")
+    assert registry.versions(dst, "mnist") == [v(2)]  # only what was promoted travels
+    registry.promote_between(src, dst, "mnist", reason="again")  # idempotent: the same version again is not a move
+    assert registry.get_alias(dst, "mnist", "champion")["generation"] == 1
+
+
+@pytest.mark.parametrize("where", ["in-transit", "at-source"])
+def test_a_corrupted_copy_is_refused_and_the_target_keeps_its_champion(tmp_path, two_stores, monkeypatch, where):
+    src, dst = two_stores
+    registry.publish(_version_dir(tmp_path, 1), src, "mnist", v(1), reason="r")
+    registry.promote_between(src, dst, "mnist", reason="r")
+    registry.publish(_version_dir(tmp_path, 2), src, "mnist", v(2), reason="r")
+    if where == "at-source":
+        storage.write_bytes(storage.join(registry.model_root(src, "mnist"), v(2), "model.keras"), b"tampered")
+    real = storage.write_bytes
+    if where == "in-transit":
+
+        def flip(uri, data):
+            if uri.startswith(dst) and uri.endswith("model.keras"):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            real(uri, data)
+
+        monkeypatch.setattr(storage, "write_bytes", flip)
+    with pytest.raises(registry.VerifyError, match="refused: 1 problem.*model.keras"):
+        registry.promote_between(src, dst, "mnist", reason="r")
+    monkeypatch.setattr(storage, "write_bytes", real)
+    assert registry.get_alias(dst, "mnist", "champion")["version"] == v(1)
+    assert artifacts.latest(dst, "mnist") == v(1)
+    assert registry.versions(dst, "mnist") == [v(1)]  # the bad copy is not a version there

@@ -1,0 +1,412 @@
+"""The model registry, kept in the artifact store itself (no extra service to run or secure).
+
+Layout under ``<root>/models/<name>/``::
+
+    <version>/...                      the files of a version (model.keras, saved_model/, metadata.json, ...)
+    <version>/MANIFEST.json            SHA-256 and size of every other file; written last and only once
+    aliases/<alias>.json               {"alias", "version", "generation", "from", "at", "by", "reason"}
+    audit/<alias>/<generation>.json    one record per alias move (the same fields)
+    LATEST                             the champion's version name, for readers that follow LATEST
+
+A version is complete once its manifest exists; the manifest is written with ``If-None-Match: *``, so a
+version can never be replaced, and an alias can only name a complete version whose files match it.
+Aliases move by compare-and-swap (``storage.write_if``): of two concurrent moves one wins, the other
+gets ``AliasConflict`` and nothing changes. Every move is recorded: the alias document carries the
+record of its last move and ``audit/`` keeps each one; a move first makes sure the record of the move
+before it is in ``audit/``, so a writer that dies between its alias write and its audit write loses
+nothing.
+
+Version names sort by time (``YYYYmmddTHHMMSSZ-<run>``): "forward" means a later name. Automated paths
+(training, promotion between stores) only move ``champion``/``candidate`` forward; only ``rollback``
+moves the champion back, explicitly.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from training import storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+ALIASES = ("champion", "candidate", "previous")
+REQUIRED = ("metadata.json", "model.keras", "saved_model/saved_model.pb")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SYNC_ATTEMPTS = 20
+
+
+class RegistryError(Exception):
+    """A refused registry operation; the message is one line, for people and pipeline logs."""
+
+
+class AliasConflict(RegistryError):
+    """Someone else moved the alias between our read and our write; nothing was changed."""
+
+
+class VerifyError(RegistryError):
+    def __init__(self, where: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{where}: {len(problems)} problem(s): {'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}")
+
+
+def actor() -> str:
+    """Who or what is moving an alias: MLPLATFORM_ACTOR (the pipeline sets it), else the Kubernetes
+    Job, else user@host."""
+    if who := os.environ.get("MLPLATFORM_ACTOR"):
+        return who
+    if job := os.environ.get("JOB_NAME"):
+        return f"job/{job}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def model_root(root: str, name: str) -> str:
+    return storage.join(root, "models", name)
+
+
+def _check_version(version: str) -> str:
+    if not _VERSION_RE.match(version or ""):
+        raise RegistryError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-' only")
+    return version
+
+
+def _check_alias(alias: str) -> str:
+    if alias not in ALIASES:
+        raise RegistryError(f"unknown alias {alias!r}: use one of {', '.join(ALIASES)}")
+    return alias
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- versions ----
+
+
+def manifest_of(local_dir: Path, name: str, version: str) -> dict:
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {
+        "model": name,
+        "version": version,
+        "files": {p.relative_to(local_dir).as_posix(): {"sha256": _sha256(p.read_bytes()), "size": p.stat().st_size} for p in files},
+        "created_at": time.time(),
+        "created_by": actor(),
+    }
+
+
+def _write_manifest(root: str, name: str, version: str, manifest: dict) -> None:
+    uri = storage.join(model_root(root, name), version, MANIFEST)
+    try:
+        storage.write_if(uri, json.dumps(manifest, indent=2, sort_keys=True).encode(), None)
+    except storage.Conflict:
+        raise RegistryError(f"{name}/{version} already exists: versions are immutable, publish under a new version name") from None
+
+
+def add_version(local_dir: Path, root: str, name: str, version: str) -> str:
+    """Upload ``local_dir`` as an immutable ``version``: every file first, the manifest last. Returns its URI."""
+    _check_version(version)
+    missing = [f for f in REQUIRED if not (local_dir / f).exists()]
+    if missing:
+        raise RegistryError(f"refusing to publish an incomplete model: missing {missing} in {local_dir}")
+    if storage.exists(storage.join(model_root(root, name), version, MANIFEST)):
+        raise RegistryError(f"{name}/{version} already exists: versions are immutable, publish under a new version name")
+    manifest = manifest_of(local_dir, name, version)
+    dest = storage.join(model_root(root, name), version)
+    for rel in manifest["files"]:
+        storage.write_bytes(storage.join(dest, rel), (local_dir / rel).read_bytes())
+    _write_manifest(root, name, version, manifest)
+    return dest
+
+
+def read_manifest(root: str, name: str, version: str) -> dict:
+    _check_version(version)
+    try:
+        return json.loads(storage.read_text(storage.join(model_root(root, name), version, MANIFEST)))
+    except FileNotFoundError:
+        raise RegistryError(f"{name}/{version}: no such complete version in {root} (no {MANIFEST})") from None
+
+
+def versions(root: str, name: str) -> list[str]:
+    """Complete versions (those with a manifest), oldest first."""
+    found = []
+    for rel in storage.list_names(model_root(root, name)):
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST:
+            found.append(parts[0])
+    return sorted(found)
+
+
+def verify(root: str, name: str, version: str) -> None:
+    """Every file of ``version`` is present with its manifest digest, and nothing was added. Raises VerifyError."""
+    manifest = read_manifest(root, name, version)
+    base = storage.join(model_root(root, name), version)
+    problems = []
+    for rel, want in manifest["files"].items():
+        try:
+            data = storage.read_bytes(storage.join(base, rel))
+        except FileNotFoundError:
+            problems.append(f"{rel} missing")
+            continue
+        if _sha256(data) != want["sha256"]:
+            problems.append(f"{rel} sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
+    extra = sorted(set(storage.list_names(base)) - set(manifest["files"]) - {MANIFEST})
+    problems += [f"{rel} not in the manifest" for rel in extra]
+    if problems:
+        raise VerifyError(f"{name}/{version}", problems)
+
+
+# ---- aliases ----
+
+
+def _alias_uri(root: str, name: str, alias: str) -> str:
+    return storage.join(model_root(root, name), "aliases", f"{alias}.json")
+
+
+def _audit_uri(root: str, name: str, alias: str, generation: int) -> str:
+    return storage.join(model_root(root, name), "audit", alias, f"{generation:010d}.json")
+
+
+def _read_alias(root: str, name: str, alias: str) -> tuple[dict | None, str | None]:
+    data, token = storage.read_versioned(_alias_uri(root, name, _check_alias(alias)))
+    return (json.loads(data) if data is not None else None), token
+
+
+def get_alias(root: str, name: str, alias: str) -> dict | None:
+    """The alias document (``version``, ``generation``, and its last move), or None when unset."""
+    return _read_alias(root, name, alias)[0]
+
+
+def aliases(root: str, name: str) -> dict[str, dict]:
+    return {a: doc for a in ALIASES if (doc := get_alias(root, name, a))}
+
+
+def _record(root: str, name: str, doc: dict) -> None:
+    """Write ``doc``'s audit record unless it is already there (records are written once)."""
+    try:
+        storage.write_if(_audit_uri(root, name, doc["alias"], doc["generation"]), json.dumps(doc, sort_keys=True).encode(), None)
+    except storage.Conflict:
+        pass
+
+
+def history(root: str, name: str, alias: str | None = None) -> list[dict]:
+    """Every recorded move (of ``alias``, or of all aliases), oldest first."""
+    records = []
+    for rel in storage.list_names(storage.join(model_root(root, name), "audit")):
+        if alias is None or rel.startswith(f"{alias}/"):
+            records.append(json.loads(storage.read_text(storage.join(model_root(root, name), "audit", rel))))
+    # A move whose writer died before its audit write is still recorded in its alias document.
+    for doc in aliases(root, name).values():
+        if (alias is None or doc["alias"] == alias) and not any(
+            r["alias"] == doc["alias"] and r["generation"] == doc["generation"] for r in records
+        ):
+            records.append(doc)
+    return sorted(records, key=lambda r: (r["at"], r["alias"], r["generation"]))
+
+
+def latest(root: str, name: str) -> str | None:
+    try:
+        return storage.read_text(storage.join(model_root(root, name), "LATEST")).strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def move(
+    root: str,
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    reason: str,
+    forward_only: bool = False,
+    expect: str | None | bool = False,
+) -> dict:
+    """Point ``alias`` at ``version`` (complete and verified) by compare-and-swap; returns the new alias document.
+
+    ``forward_only``: refuse a version that does not sort after the alias's current one (for the
+    champion, nor after LATEST, which older code wrote directly). ``expect``: the version the caller
+    believes the alias holds (None: unset); a different current value is a conflict. The default
+    (False) accepts whatever the alias holds at the moment it is read.
+    """
+    _check_alias(alias)
+    if not reason or not reason.strip():
+        raise RegistryError("a reason is required for every alias move (it goes to the audit log)")
+    verify(root, name, _check_version(version))
+    current, token = _read_alias(root, name, alias)
+    was = current["version"] if current else None
+    if expect is not False and was != expect:
+        raise AliasConflict(f"{name}:{alias} is {was or 'unset'}, not {expect or 'unset'} as expected: nothing changed")
+    if was == version:
+        return current  # already there: not a move, nothing to record
+    if forward_only:
+        floor = max(filter(None, [was, latest(root, name) if alias == "champion" else None]), default=None)
+        if floor is not None and version <= floor:
+            raise RegistryError(f"{name}:{alias} stays at {floor}: {version} is not newer (only a rollback moves it back)")
+    if current:
+        _record(root, name, current)  # the move before ours, in case its writer died before recording it
+    doc = {
+        "alias": alias,
+        "version": version,
+        "generation": (current["generation"] + 1) if current else 1,
+        "from": was,
+        "at": time.time(),
+        "by": actor(),
+        "reason": reason.strip(),
+    }
+    try:
+        storage.write_if(_alias_uri(root, name, alias), json.dumps(doc, sort_keys=True).encode(), token)
+    except storage.Conflict:
+        now = get_alias(root, name, alias) or {}
+        raise AliasConflict(
+            f"{name}:{alias} was moved concurrently (now {now.get('version', 'unset')} by {now.get('by', '?')}): nothing changed; re-read and retry"
+        ) from None
+    _record(root, name, doc)
+    log.info("%s:%s %s -> %s (%s, by %s)", name, alias, was or "unset", version, doc["reason"], doc["by"])
+    if alias == "champion":
+        _sync(root, name)
+    return doc
+
+
+def _sync(root: str, name: str) -> None:
+    """Make ``previous`` and LATEST follow the champion (``previous`` = what the champion's last move
+    replaced). Each write is conditional and re-checks the champion afterwards, so concurrent
+    promotions converge on the last champion instead of the last writer."""
+    for _ in range(_SYNC_ATTEMPTS):
+        champ = get_alias(root, name, "champion")
+        if champ is None:
+            return
+        prev, prev_token = _read_alias(root, name, "previous")
+        if champ["from"] and (prev is None or prev["version"] != champ["from"]):
+            doc = {
+                "alias": "previous",
+                "version": champ["from"],
+                "generation": (prev["generation"] + 1) if prev else 1,
+                "from": prev["version"] if prev else None,
+                "at": time.time(),
+                "by": champ["by"],
+                "reason": f"champion moved {champ['from']} -> {champ['version']}",
+            }
+            try:
+                if prev:
+                    _record(root, name, prev)
+                storage.write_if(_alias_uri(root, name, "previous"), json.dumps(doc, sort_keys=True).encode(), prev_token)
+                _record(root, name, doc)
+            except storage.Conflict:
+                continue
+        latest_uri = storage.join(model_root(root, name), "LATEST")
+        data, token = storage.read_versioned(latest_uri)
+        if data is None or data.decode().strip() != champ["version"]:
+            try:
+                storage.write_if(latest_uri, champ["version"].encode(), token)
+            except storage.Conflict:
+                continue
+        if (get_alias(root, name, "champion") or {}).get("generation") == champ["generation"]:
+            return
+    raise RegistryError(f"{name}: champion kept moving while LATEST/previous were synced; run `python -m tools.models verify` to repair")
+
+
+def sync(root: str, name: str) -> None:
+    """Repair LATEST and ``previous`` after a writer died between its champion move and its sync."""
+    _sync(root, name)
+
+
+@dataclass
+class Published:
+    uri: str
+    version: str
+    champion: bool  # the champion alias (and LATEST) moved to this version
+    note: str = ""
+
+
+def publish(local_dir: Path, root: str, name: str, version: str, *, reason: str, champion: bool = True) -> Published:
+    """Add ``version``, make it the candidate and, with ``champion``, the champion (forward only: a
+    run that finishes after a newer version was published leaves the champion where it is)."""
+    uri = add_version(local_dir, root, name, version)
+    try:
+        move(root, name, "candidate", version, reason=reason, forward_only=True)
+    except RegistryError as exc:
+        log.warning("%s", exc)
+    if not champion:
+        return Published(uri, version, False, "published as candidate only")
+    try:
+        move(root, name, "champion", version, reason=reason, forward_only=True)
+    except RegistryError as exc:
+        log.warning("%s", exc)
+        return Published(uri, version, False, str(exc))
+    return Published(uri, version, True)
+
+
+# ---- promotion between stores ----
+
+
+def copy_version(src_root: str, dst_root: str, name: str, version: str) -> str:
+    """Copy ``version`` byte for byte from one store to another, checking every file against the
+    source manifest as it is read and again as it lands; the target manifest is written only when
+    every file matches, so a corrupted copy never becomes a complete version there. Idempotent."""
+    manifest = read_manifest(src_root, name, version)
+    try:
+        existing = read_manifest(dst_root, name, version)
+    except RegistryError:
+        existing = None
+    if existing is not None:
+        if existing["files"] != manifest["files"]:
+            raise RegistryError(f"{name}/{version} exists in {dst_root} with different files: refusing to overwrite an immutable version")
+        verify(dst_root, name, version)
+        return storage.join(model_root(dst_root, name), version)
+    src = storage.join(model_root(src_root, name), version)
+    dst = storage.join(model_root(dst_root, name), version)
+    problems = []
+    for rel, want in manifest["files"].items():
+        data = storage.read_bytes(storage.join(src, rel))
+        if _sha256(data) != want["sha256"]:
+            problems.append(f"{rel}: source sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
+            continue
+        storage.write_bytes(storage.join(dst, rel), data)
+        landed = storage.read_bytes(storage.join(dst, rel))
+        if _sha256(landed) != want["sha256"]:
+            problems.append(f"{rel}: arrived with sha256 {_sha256(landed)[:12]} != manifest {want['sha256'][:12]}")
+    if problems:
+        raise VerifyError(f"copy of {name}/{version} to {dst_root} refused", problems)
+    _write_manifest(dst_root, name, version, manifest | {"copied_from": src, "copied_at": time.time(), "copied_by": actor()})
+    return dst
+
+
+def promote_between(src_root: str, dst_root: str, name: str, version: str | None = None, *, reason: str) -> dict:
+    """Promotion, not retraining: copy the source's ``version`` (default: its champion) to the target
+    and make it the target's candidate, then its champion (forward only)."""
+    if version is None:
+        champ = get_alias(src_root, name, "champion")
+        if champ is None:
+            raise RegistryError(f"{name}: {src_root} has no champion to promote; name a version")
+        version = champ["version"]
+    copy_version(src_root, dst_root, name, version)
+    why = f"{reason} (promoted from {src_root})"
+    move(dst_root, name, "candidate", version, reason=why)
+    return move(dst_root, name, "champion", version, reason=why, forward_only=True)
+
+
+def rollback(root: str, name: str, to: str | None = None, *, reason: str) -> dict:
+    """Move the champion back to ``to`` (default: ``previous``), explicitly; LATEST follows."""
+    champ = get_alias(root, name, "champion")
+    if champ is None:
+        raise RegistryError(f"{name}: no champion in {root}: nothing to roll back")
+    if to is None:
+        prev = get_alias(root, name, "previous")
+        if prev is None:
+            raise RegistryError(f"{name}: no previous version recorded: name the version to roll back to (--to)")
+        to = prev["version"]
+    if to == champ["version"]:
+        raise RegistryError(f"{name}: champion is already {to}")
+    return move(root, name, "champion", to, reason=f"rollback from {champ['version']}: {reason}", expect=champ["version"])
