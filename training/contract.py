@@ -207,6 +207,56 @@ def make_strategy(cluster: clusters.Cluster, cpu_devices: int | None = None):
     return tf.distribute.get_strategy()
 
 
+def keras_multi_worker_fit(model, strategy) -> None:
+    """Make ``model.fit``/``evaluate`` work under MultiWorkerMirroredStrategy with Keras 3.
+
+    Two bugs of Keras 3 (3.15, TF backend) in its multi-worker path (keras-team/keras#20585,
+    tensorflow/tensorflow#72388: "Does Keras 3 work with MultiWorkerMirroredStrategy?"), both only
+    hit when the strategy spans workers:
+
+    - the symbolic build takes the first batch with ``strategy.reduce("MEAN", batch)``, which
+      cannot reduce a PerReplica of images ("Attempt to convert a value (PerReplica...)"); the
+      build only needs the batch's structure and shapes, which this worker's replica has;
+    - each step's logs (scalar loss and metrics) are reduced with ``axis=0`` ("Invalid reduction
+      dimension 0 for input with 0 dimensions"); scalars need ``axis=None``.
+
+    The multi-worker tests (tests/training/test_distributed.py) run this for real, so a Keras
+    upgrade that changes these internals fails there, not in a cluster."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def local(x):
+        return strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strat, reduction):
+        if reduction not in ("auto", "mean") or not tf_trainer._collective_all_reduce_multi_worker(strat):
+            return original(values, strat, reduction)
+
+        def mean(v):
+            rank = local(v).shape.rank
+            return strat.reduce("MEAN", v, axis=0 if rank else None)
+
+        return tree.map_structure(mean, values)
+
+    reduce_per_replica.__wrapped__ = original
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 class Run:
     """One training run: its configuration and the platform's services (devices, checkpoints, gate,
     metrics, publish). Build it with :meth:`from_env` (user code) or directly (the MNIST CLI)."""
@@ -345,8 +395,10 @@ class Run:
         inside ``strategy.scope()`` so the variables are mirrored."""
         model, state = self.checkpoint.load() if self.checkpoint else (None, RunState())
         if model is None:
-            return build(), state
-        log.info("resuming from %s after epoch %d", self.checkpoint.uri, state.epoch)
+            model = build()
+        else:
+            log.info("resuming from %s after epoch %d", self.checkpoint.uri, state.epoch)
+        keras_multi_worker_fit(model, self.strategy)
         return model, state
 
     def callbacks(self, state: RunState) -> list:

@@ -105,7 +105,14 @@ def strong_schedule(peak: float, steps_per_epoch: int, epochs: int) -> keras.opt
     return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, alpha=0.01, warmup_target=peak, warmup_steps=warmup)
 
 
-def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | None = None, precision: str = "float32") -> keras.Model:
+def build(
+    arch: str,
+    steps_per_epoch: int,
+    epochs: int,
+    learning_rate: float | None = None,
+    precision: str = "float32",
+    steps_per_execution: int = STEPS_PER_EXECUTION,
+) -> keras.Model:
     """A compiled model. ``seed`` keeps the seed's recipe (adam defaults, categorical cross-entropy on
     one-hot labels); ``strong`` warms up, then anneals the learning rate over the whole run (cosine),
     with label smoothing."""
@@ -116,7 +123,7 @@ def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | N
             optimizer=keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE["seed"]),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
-            steps_per_execution=STEPS_PER_EXECUTION,
+            steps_per_execution=steps_per_execution,
         )
         return model
     if arch != "strong":
@@ -126,7 +133,7 @@ def build(arch: str, steps_per_epoch: int, epochs: int, learning_rate: float | N
         optimizer=keras.optimizers.Adam(strong_schedule(learning_rate or DEFAULT_LEARNING_RATE["strong"], steps_per_epoch, epochs)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=STRONG_LABEL_SMOOTHING),
         metrics=["accuracy"],
-        steps_per_execution=STEPS_PER_EXECUTION,
+        steps_per_execution=steps_per_execution,
     )
     return model
 

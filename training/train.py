@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from training.model import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_LEARNING_RATE,
+        STEPS_PER_EXECUTION,
         build,
         eval_dataset,
         for_inference,
@@ -135,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     steps = -(-len(mnist.x_train) // run.global_batch_size)
     with strategy.scope():
-        model, state = run.restore(lambda: build(args.arch, steps, args.epochs, run.learning_rate, precision))
+        # Keras' multi-step loop fails under a distribution strategy (TF 2.21 / Keras 3.15: "You must
+        # feed a value for placeholder tensor" in has_next): one step per call there.
+        spe = STEPS_PER_EXECUTION if run.replicas == 1 else 1
+        model, state = run.restore(lambda: build(args.arch, steps, args.epochs, run.learning_rate, precision, spe))
     train = train_dataset(mnist.x_train, mnist.y_train, run.global_batch_size, args.seed)
     test = eval_dataset(mnist.x_test, mnist.y_test)
     if run.replicas > 1:
