@@ -1,8 +1,7 @@
 """Stack config of a model served by vLLM (``runtime: vllm``): typed, validated with the rest of the
 stack config by components/config.py (which imports this module; it reads no ``pulumi.Config``).
 
-Every vLLM option here maps to a ``vllm serve`` flag of the pinned version (components/llm_service.py
-``VLLM_VERSION``); tests/unit/test_llm_service.py checks each rendered flag against the list derived
+Every vLLM option here maps to a ``vllm serve`` flag of the pinned version (``VLLM_VERSION``); tests/unit/test_llm_service.py checks each rendered flag against the list derived
 from vLLM 0.33.0's own argument parser (../shared/reference/vllm/0.33.0/serve-flags.txt).
 """
 
@@ -14,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+# The vLLM release the runtime pins (image tag) and every flag/metric name is checked against.
+VLLM_VERSION = "0.33.0"
 
 # A Hugging Face repo id ("org/name"), or weights in an S3 prefix (the stack's model store).
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -37,10 +37,9 @@ import pulumi_kubernetes as k8s
 from components import autoscaling
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
-from components.llm_config import LlmConfig
+from components.llm_config import VLLM_VERSION, LlmConfig
 from components.namespaces import egress_except_metadata
 
-VLLM_VERSION = "0.33.0"
 # Pinned tag of the image vLLM publishes per release (docker.io/vllm/vllm-openai:v<version>).
 VLLM_IMAGE = f"docker.io/vllm/vllm-openai:v{VLLM_VERSION}"
 PORT = 8000  # vLLM's default --port (vllm/entrypoints/common/cli_args.py: FrontendArgs.port)

@@ -3,6 +3,7 @@ and every PromQL metric name is one our code or the named exporters really emit.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -73,6 +74,31 @@ def test_alert_is_actionable(stem, rule):
     assert f"## {rule['alert']}" in runbooks and anchor == rule["alert"].lower(), f"no runbook section for {rule['alert']}"
 
 
+@functools.cache
+def vllm_exposed() -> set[str] | None:
+    """vLLM's series names as scraped: the registered names of the pinned vLLM (the list derived from
+    vllm/v1/metrics/loggers.py and two helpers, ../shared/reference/vllm/<version>/metrics.tsv) with
+    prometheus_client's exposition suffixes: counters ``_total`` (not doubled), histograms
+    ``_bucket``/``_sum``/``_count``, gauges as they are. None when the reference is absent."""
+    from components.llm_config import VLLM_VERSION
+    from tools import reference
+
+    ref = reference.reference_dir()
+    path = ref / "vllm" / VLLM_VERSION / "metrics.tsv" if ref else None
+    if path is None or not path.exists():
+        return None
+    names: set[str] = set()
+    for line in path.read_text().splitlines()[1:]:
+        name, kind = line.split("\t")[:2]
+        if kind == "counter":
+            names.add(name if name.endswith("_total") else f"{name}_total")
+        elif kind == "histogram":
+            names |= {f"{name}_{s}" for s in ("bucket", "sum", "count")}
+        else:
+            names.add(name)
+    return names
+
+
 # Metric names our code emits, and those of the exporters the rules and dashboards rely on.
 def _emitted() -> set[str]:
     names: set[str] = set()
@@ -99,6 +125,8 @@ def _emitted() -> set[str]:
     }
     # Kueue (kubernetes-sigs/kueue site/content/en/docs/reference/metrics.md, v0.19)
     names |= {"kueue_pending_workloads", "kueue_admitted_workloads_total"}
+    names |= {"kube_pod_status_ready", "kube_statefulset_status_replicas_ready"}  # kube-state-metrics
+    names |= vllm_exposed() or set()
     # our recording rules
     names |= {r["record"] for r in spec.threshold_rules()["rules"]}
     return names
@@ -123,6 +151,7 @@ FUNCS = {
     "and",
     "unless",
     "avg_over_time",
+    "max_over_time",
     "offset",
     "le",
     "bool",
@@ -156,6 +185,10 @@ def _exprs():
 
 @pytest.mark.parametrize("where,expr", list(_exprs()), ids=[w for w, _ in _exprs()])
 def test_promql_uses_real_metric_names(where, expr):
+    if "vllm:" in expr and vllm_exposed() is None:
+        from tests.conftest import unavailable
+
+        unavailable("../shared/reference/vllm not present: no vLLM metric list to check against")
     unknown = metric_names(expr) - _emitted()
     assert unknown == set(), f"{where}: {unknown} is emitted by nothing we run"
 
@@ -166,11 +199,25 @@ def test_metric_name_extraction_catches_typos():
     }
 
 
+def test_vllm_names_are_the_exposed_ones():
+    exposed = vllm_exposed()
+    if exposed is None:
+        from tests.conftest import unavailable
+
+        unavailable("../shared/reference/vllm not present")
+    # a counter is scraped as <name>_total, a histogram as <name>_bucket/_sum/_count: the registered
+    # names themselves are no series, so a rule using them would silently match nothing
+    assert {"vllm:num_preemptions_total", "vllm:time_to_first_token_seconds_bucket", "vllm:num_requests_waiting"} <= exposed
+    assert {"vllm:num_preemptions", "vllm:time_to_first_token_seconds"} & exposed == set()
+    assert "vllm:estimated_flops_per_gpu_total_total" not in exposed
+    assert metric_names("rate(vllm:num_preemptions[5m])") - _emitted() == {"vllm:num_preemptions"}
+
+
 def test_dashboards_are_grafana_json():
     import json
 
     boards = spec.dashboards()
-    assert set(boards) == {"model-service", "training", "gpus"}
+    assert set(boards) == {"model-service", "training", "gpus", "llm"}
     for stem, body in boards.items():
         d = json.loads(body)
         assert d["uid"].startswith("mlplatform-") and d["panels"], stem
