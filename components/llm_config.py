@@ -109,6 +109,9 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
         yield f"{key}.llm.minReplicas", f"must be <= maxReplicas (got {llm.min_replicas} > {llm.max_replicas})"
     if not llm.min_replicas <= llm.replicas <= llm.max_replicas:
         yield f"{key}.llm.replicas", f"must be between minReplicas and maxReplicas (got {llm.replicas})"
+    if llm.min_replicas == 0 and llm.awake is None:
+        # At zero replicas there is no vLLM to report its queue: nothing but a schedule wakes it.
+        yield f"{key}.llm.minReplicas", "0 needs an awake schedule (llm.awake), or the model never starts again"
     if environment == "prod" and llm.awake is not None:
         yield f"{key}.llm.awake", "prod models do not sleep: remove the schedule"
     if environment == "prod" and llm.min_replicas < 1:

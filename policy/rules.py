@@ -418,11 +418,49 @@ def kubeconfig_secret(resources: list[Res]) -> list[tuple[str, str]]:
     ]
 
 
+SERVING_KINDS = {"Deployment", "StatefulSet", "Rollout"}
+
+
+def gpu_serving_sleeps_off_prod(resources: list[Res]) -> list[tuple[str, str]]:
+    """Outside prod, a long-running GPU workload (a model server) is scaled by a KEDA ScaledObject
+    that can take it to zero: ``minReplicaCount`` 0 (KEDA's default) or an awake-window cron trigger.
+    Otherwise a dev GPU idles through nights and weekends: 120 of the week's 168 hours."""
+    env_of = {
+        (r.props.get("metadata") or {}).get("name"): ((r.props.get("metadata") or {}).get("labels") or {}).get(ENV_LABEL)
+        for r in resources
+        if r.kind == "Namespace"
+    }
+    scalers: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in resources:
+        if r.type.startswith("kubernetes:") and r.props.get("kind") == "ScaledObject":
+            spec = r.props.get("spec") or {}
+            ref = spec.get("scaleTargetRef") or {}
+            scalers[((r.props.get("metadata") or {}).get("namespace"), ref.get("kind", "Deployment"), ref.get("name"))] = spec
+    out = []
+    for r in resources:
+        if not r.type.startswith("kubernetes:") or r.props.get("kind") not in SERVING_KINDS:
+            continue
+        pod = ((r.props.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in containers(pod)):
+            continue
+        meta = r.props.get("metadata") or {}
+        if env_of.get(meta.get("namespace")) == "prod":
+            continue
+        spec = scalers.get((meta.get("namespace"), r.props["kind"], meta.get("name")))
+        what = f"GPU serving {r.props['kind']} {meta.get('name')!r} outside prod"
+        if spec is None:
+            out.append((r.urn, f"{what} has no KEDA ScaledObject: it can never scale to zero"))
+        elif spec.get("minReplicaCount", 0) != 0 and not any(t.get("type") == "cron" for t in spec.get("triggers") or []):
+            out.append((r.urn, f"{what} keeps {spec['minReplicaCount']} replicas day and night: set minReplicas 0 or an awake schedule"))
+    return out
+
+
 STACK_RULES: dict[str, tuple[Callable[[list[Res]], list[tuple[str, str]]], str]] = {
     "namespaces-default-deny": (namespaces_default_deny, "a new workload is reachable only through the policies written for it"),
     "prod-load-balancers-restricted": (prod_load_balancers_restricted, "prod endpoints face the internet only from known networks"),
     "s3-buckets-hardened": (s3_buckets_hardened, "model artifacts: no public access, recoverable, encrypted at rest"),
     "kubeconfig-is-secret": (kubeconfig_secret, "a kubeconfig is a cluster credential"),
+    "gpu-serving-sleeps-off-prod": (gpu_serving_sleeps_off_prod, "a non-prod GPU must not idle through nights and weekends"),
 }
 
 

@@ -177,6 +177,11 @@ def test_prod_never_sleeps():
     assert {"models.qwen.llm.awake", "models.qwen.llm.minReplicas"} <= set(bad)
 
 
+def test_zero_replicas_need_a_schedule_to_wake_up():
+    assert "never starts again" in errors(LlmConfig(source="o/m", minReplicas=0, replicas=0))["models.qwen.llm.minReplicas"]
+    assert errors(LlmConfig(source="o/m", minReplicas=0, replicas=0, awake=AwakeSchedule())) == {}
+
+
 def test_unknown_pool_named():
     assert "no GPU pool named 'gpu-x'" in errors(LlmConfig(source="o/m", pool="gpu-x"))["models.qwen.llm.pool"]
 
