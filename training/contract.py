@@ -35,7 +35,8 @@ Environment (the platform sets these; a local run may set any of them by hand):
 ==========================  ================================================================
 
 Exit codes: 0 published (or gate passed on a non-chief worker); 2 bad data or arguments; 3 quality
-gate failed; 143 stopped by SIGTERM (resumable from the checkpoint).
+gate failed; 75 a peer worker was lost (multi-worker; retry: the run resumes from the last
+checkpoint); 143 stopped by SIGTERM (resumable from the checkpoint).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from typing import Any
 from training import cluster as clusters
 
 EXIT_OK, EXIT_USAGE, EXIT_GATE, EXIT_PREEMPTED = 0, 2, 3, 143
+# A multi-worker run lost a peer (its collectives abort): retry; every worker resumes from the
+# last complete checkpoint. EX_TEMPFAIL from sysexits.h.
+EXIT_PEER_LOST = 75
 log = logging.getLogger("training")
 
 
@@ -255,6 +259,13 @@ def keras_multi_worker_fit(model, strategy) -> None:
 
     reduce_per_replica.__wrapped__ = original
     tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """A collective failed because another worker went away (killed, evicted, OOM)."""
+    import tensorflow as tf
+
+    return isinstance(exc, (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.DeadlineExceededError))
 
 
 class Run:

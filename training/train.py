@@ -3,7 +3,8 @@ use of the training contract (training/contract.py), with a CLI on top.
 
 Every flag can also be set by an environment variable (TRAIN_<FLAG>, e.g. TRAIN_EPOCHS=12), which is
 how the Kubernetes Job configures it. Exit codes: 0 published; 2 bad arguments or data;
-3 quality gate failed (nothing published); 143 stopped by SIGTERM (resumable from the checkpoint).
+3 quality gate failed (nothing published); 75 a peer worker was lost (multi-worker: retry, it resumes);
+143 stopped by SIGTERM (resumable from the checkpoint).
 """
 
 from __future__ import annotations
@@ -148,13 +149,20 @@ def run(args: argparse.Namespace) -> int:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train, test = train.with_options(options), test.with_options(options)
 
-    if state.epoch < args.epochs:
-        model.fit(train, epochs=args.epochs, initial_epoch=state.epoch, verbose=2, callbacks=run.callbacks(state))
-    if contract.Stop.requested:
-        log.warning("stopped by SIGTERM after %d complete epochs; a restart resumes from the checkpoint", state.epoch)
-        return EXIT_PREEMPTED
-
-    loss, accuracy = model.evaluate(test, verbose=0)
+    try:
+        if state.epoch < args.epochs:
+            model.fit(train, epochs=args.epochs, initial_epoch=state.epoch, verbose=2, callbacks=run.callbacks(state))
+        if contract.Stop.requested:
+            log.warning("stopped by SIGTERM after %d complete epochs; a restart resumes from the checkpoint", state.epoch)
+            return EXIT_PREEMPTED
+        loss, accuracy = model.evaluate(test, verbose=0)
+    except Exception as exc:
+        if run.cluster.workers > 1 and contract.peer_lost(exc):
+            log.error(
+                "a peer worker was lost (%s): exiting for a restart from the checkpoint after epoch %d", type(exc).__name__, state.epoch
+            )
+            return contract.EXIT_PEER_LOST
+        raise
     results = {"test_accuracy": float(accuracy), "test_loss": float(loss)}
     if not run.gate_passes(results):
         return EXIT_GATE
