@@ -20,6 +20,7 @@ from components.namespaces import IN_CLUSTER, egress_except_metadata
 from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
 
 PUSHGATEWAY_RELEASE = "pushgateway"
+PUSHGATEWAY_PERSISTENCE_FILE = "/data/pushgateway.data"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 LABELS = {"app.kubernetes.io/part-of": "mlplatform"}
 
@@ -73,6 +74,11 @@ def pushgateway_values() -> dict[str, Any]:
         "serviceMonitor": {"enabled": True, "honorLabels": True},  # keep the job/model labels training pushes
         "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534},
+        # Pushed values live only in memory unless persisted: a restarted Pushgateway would forget the
+        # last training success, and TrainingStale could not fire (issue 13 item 8). The chart mounts
+        # the volume at /data but passes no persistence flag itself.
+        "persistentVolume": {"enabled": True, "size": "1Gi", "mountPath": "/data"},
+        "extraArgs": [f"--persistence.file={PUSHGATEWAY_PERSISTENCE_FILE}", "--persistence.interval=1m"],
     }
 
 

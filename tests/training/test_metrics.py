@@ -70,3 +70,39 @@ def test_push_reaches_a_real_pushgateway(pushgateway):
     body = urllib.request.urlopen(f"http://{pushgateway}/metrics", timeout=5).read().decode()
     line = next(x for x in body.splitlines() if x.startswith(metrics.ACCURACY + "{"))
     assert 'job="mlplatform-training"' in line and 'arch="strong"' in line and line.endswith(" 0.991")
+
+
+def _series(gateway, name):
+    body = urllib.request.urlopen(f"http://{gateway}/metrics", timeout=5).read().decode()
+    return [x for x in body.splitlines() if x.startswith(name + "{")]
+
+
+def test_last_success_survives_later_runs_that_fail(pushgateway):
+    """Issue 13 item 8: a push replaces its whole group, so the last success must not share a group
+    with what every run pushes (epoch progress, a failed gate)."""
+    ok = metrics.TrainingMetrics("mnist", "strong")
+    ok.set(metrics.GATE_PASSED, 1)
+    ok.set(metrics.LAST_SUCCESS, 1700000000)
+    ok.push(pushgateway)
+    nxt = metrics.TrainingMetrics("mnist", "strong")  # the next run: an epoch push, then a failed gate
+    nxt.set(metrics.EPOCHS, 1)
+    nxt.push(pushgateway)
+    nxt.set(metrics.GATE_PASSED, 0)
+    nxt.push(pushgateway)
+    (line,) = _series(pushgateway, metrics.LAST_SUCCESS)
+    assert 'model="mnist"' in line and 'job="mlplatform-training-success"' in line and line.endswith(" 1.7e+09")
+    (gate,) = _series(pushgateway, metrics.GATE_PASSED)
+    assert gate.endswith(" 0")
+
+
+def test_a_run_with_another_arch_replaces_the_old_arch_series(pushgateway):
+    """With a persistent Pushgateway, series keyed by an old arch would otherwise stay forever (and a
+    failed gate of the old arch would keep TrainingQualityGateFailed firing)."""
+    old = metrics.TrainingMetrics("mnist", "seed")
+    old.set(metrics.GATE_PASSED, 0)
+    old.push(pushgateway)
+    new = metrics.TrainingMetrics("mnist", "strong")
+    new.set(metrics.GATE_PASSED, 1)
+    new.push(pushgateway)
+    (gate,) = _series(pushgateway, metrics.GATE_PASSED)
+    assert 'arch="strong"' in gate and gate.endswith(" 1")

@@ -126,6 +126,7 @@ def _emitted() -> set[str]:
     # Kueue (kubernetes-sigs/kueue site/content/en/docs/reference/metrics.md, v0.19)
     names |= {"kueue_pending_workloads", "kueue_admitted_workloads_total"}
     names |= {"kube_pod_status_ready", "kube_statefulset_status_replicas_ready"}  # kube-state-metrics
+    names |= {"kube_job_created", "kube_cronjob_created"}  # kube-state-metrics docs/metrics/workload (STABLE)
     names |= vllm_exposed() or set()
     # our recording rules
     names |= {r["record"] for r in spec.threshold_rules()["rules"]}
