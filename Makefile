@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/requirements.txt
+$(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/requirements.txt models/diabetes/requirements.txt
 	$(PYTHON) -m venv $(VENV_ML)
 	$(VENV_ML)/bin/pip install -q --upgrade pip
 	$(VENV_ML)/bin/pip install -q -r requirements-ml.txt
