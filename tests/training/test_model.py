@@ -34,3 +34,10 @@ def test_strong_model_compiles_with_the_recipe():
     assert m.loss.get_config()["label_smoothing"] == model.STRONG_LABEL_SMOOTHING
     seed = model.build("seed", 160, 2)
     assert float(seed.optimizer.learning_rate) == pytest.approx(1e-3) and seed.loss == "categorical_crossentropy"
+
+
+def test_steps_per_execution_default_and_override():
+    """Several steps per call by default; one under a distribution strategy (Keras' multi-step loop
+    fails there, see training/train.py)."""
+    assert model.build("seed", 10, 1).steps_per_execution == model.STEPS_PER_EXECUTION > 1
+    assert model.build("strong", 10, 1, steps_per_execution=1).steps_per_execution == 1

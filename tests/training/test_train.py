@@ -47,6 +47,21 @@ def test_help_documents_every_flag():
     assert "TRAIN_EPOCHS" in out
 
 
+def test_gate_threshold_from_the_contract_variable(monkeypatch):
+    """The platform sets one gate variable for every model (TRAIN_GATE_MIN); MNIST's own
+    TRAIN_MIN_ACCURACY still wins where it is set."""
+    from training.train import parser
+
+    monkeypatch.delenv("TRAIN_MIN_ACCURACY", raising=False)
+    monkeypatch.setenv("TRAIN_GATE_MIN", "0.97")
+    assert parser().parse_args([]).min_accuracy == 0.97
+    monkeypatch.setenv("TRAIN_MIN_ACCURACY", "0.95")
+    assert parser().parse_args([]).min_accuracy == 0.95
+    monkeypatch.delenv("TRAIN_GATE_MIN")
+    monkeypatch.delenv("TRAIN_MIN_ACCURACY")
+    assert parser().parse_args([]).min_accuracy == 0.9842
+
+
 def test_trains_gates_and_publishes(tmp_path, small_mnist):
     store = f"file://{tmp_path}/store"
     proc = train("--data", str(small_mnist), "--output", store, "--epochs", "2", "--min-accuracy", "0.5", "--run-id", "test1")
