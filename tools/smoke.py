@@ -1,5 +1,8 @@
 """Smoke test of a deployed model service:  python -m tools.smoke URL [--images 200] [--min-accuracy 0.95]
 
+An OpenAI-compatible model (a vLLM model's base URL, ending in /v1, or --openai) is handed to
+tools/smoke_openai.py: one short chat completion, its shape and latency.
+
 URL is the service URL (http://host or the stack's `serviceUrl` output). Checks the model status is
 AVAILABLE, then predicts real MNIST test images (data/mnist.npz) and requires the accuracy to reach
 --min-accuracy. Exit 0 ok, 1 failed (with the reason), 2 usage.
@@ -59,7 +62,17 @@ def smoke(url: str, data: Path, images: int, min_accuracy: float, model: str = "
     return ok, f"version {state['version']}: accuracy {accuracy:.4f} on {len(x)} test images (required {min_accuracy:.4f})"
 
 
+def is_openai(url: str) -> bool:
+    """An OpenAI base URL (``.../v1``), not a TF-Serving model URL (``.../v1/models/<name>``)."""
+    return url.rstrip("/").endswith("/v1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
+        from tools import smoke_openai
+
+        return smoke_openai.main([a for a in argv if a != "--openai"])
     p = argparse.ArgumentParser(prog="python -m tools.smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url")
     p.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
