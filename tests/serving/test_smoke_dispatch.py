@@ -1,0 +1,20 @@
+"""tools.smoke (the pipeline's smoke step) hands an OpenAI base URL to tools/smoke_openai.py. Runs in
+the ML venv (tools/smoke.py imports numpy); the OpenAI side is the stand-in for vLLM of
+tests/unit/test_smoke_openai.py (see there what that does and does not prove)."""
+
+from __future__ import annotations
+
+from tests.unit.test_smoke_openai import StandIn
+from tools import smoke
+
+
+def test_openai_urls_go_to_the_openai_smoke_test(capsys):
+    s = StandIn("--model", "qwen")
+    try:
+        assert smoke.main([s.url, "--wait", "20"]) == 0  # a base URL ending in /v1
+        assert capsys.readouterr().out.startswith("smoke ok: qwen: chat completion in ")
+        assert smoke.main(["--openai", s.url.removesuffix("/v1"), "--model", "llama", "--wait", "20"]) == 1
+        assert "model 'llama' not served here" in capsys.readouterr().out
+    finally:
+        s.stop()
+    assert not smoke.is_openai("http://lb/v1/models/mnist") and smoke.is_openai("http://gw/llm/qwen/v1/")
