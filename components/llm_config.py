@@ -31,10 +31,10 @@ class _Strict(BaseModel):
 class AwakeSchedule(_Strict):
     """When a non-prod GPU model runs; outside this window it scales to zero (KEDA cron trigger)."""
 
-    timezone: str = "UTC"
-    start: str = "0 8 * * 1-5"
-    end: str = "0 20 * * 1-5"
-    replicas: int = Field(default=1, ge=1, le=100)
+    timezone: str = Field(default="UTC", description="IANA time zone of `start`/`end`, e.g. `Europe/Paris`")
+    start: str = Field(default="0 8 * * 1-5", description="5-field cron: when the model wakes up")
+    end: str = Field(default="0 20 * * 1-5", description="5-field cron: when it goes back to zero replicas")
+    replicas: int = Field(default=1, ge=1, le=100, description="replicas while awake (the queue trigger may add more)")
 
     @field_validator("start", "end")
     @classmethod
@@ -57,35 +57,45 @@ class AwakeSchedule(_Strict):
 
 
 class LlmResources(_Strict):
-    cpu: str = Field(default="3", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
-    memory: str = Field(default="10Gi", pattern=r"^[0-9]+(Mi|Gi)$")
-    memory_limit: str = Field(default="13Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    cpu: str = Field(default="3", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request")
+    memory: str = Field(default="10Gi", pattern=r"^[0-9]+(Mi|Gi)$", description="memory request (weights are staged through RAM)")
+    memory_limit: str = Field(default="13Gi", pattern=r"^[0-9]+(Mi|Gi)$", description="memory limit, including `/dev/shm` (2 GiB per GPU)")
 
 
 class LlmConfig(_Strict):
     """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
 
-    source: str  # Hugging Face id ("Qwen/Qwen2.5-1.5B-Instruct") or s3://bucket/prefix/ with the weights
-    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$")  # HF branch/tag/commit to pin
-    served_model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-    pool: str | None = None  # GPU pool to run on (default: the first whose nodes have enough GPUs)
-    gpus: int = Field(default=1, ge=1, le=8)  # per replica; > 1 is tensor parallelism within one node
-    max_model_len: int = Field(default=4096, ge=256, le=1_048_576)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98)
-    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = "auto"
+    source: str = Field(
+        description="Hugging Face id (`Qwen/Qwen2.5-1.5B-Instruct`) or `s3://bucket/prefix/` with the weights (streamed by vLLM)"
+    )
+    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$", description="Hugging Face branch, tag or commit to pin")
+    served_model_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="the `model` clients send; unset: the catalogue name"
+    )
+    pool: str | None = Field(default=None, description="GPU pool to run on; unset: the first whose nodes have `gpus` GPUs")
+    gpus: int = Field(default=1, ge=1, le=8, description="GPUs per replica; > 1 is tensor parallelism, within one node of the pool")
+    max_model_len: int = Field(
+        default=4096, ge=256, le=1_048_576, description="context length (prompt + output tokens), vLLM `--max-model-len`"
+    )
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98, description="share of GPU memory for weights + KV cache")
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096, description="concurrent sequences per replica; unset: vLLM's default")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = Field(default="auto", description="weights/activations dtype")
     # A subset of vLLM 0.33.0's QuantizationMethods (vllm/model_executor/layers/quantization/__init__.py).
-    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors"] | None = None
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False  # skip CUDA-graph capture: faster start, slower decode
-    replicas: int = Field(default=1, ge=0, le=100)
-    min_replicas: int = Field(default=1, ge=0, le=100)
-    max_replicas: int = Field(default=2, ge=1, le=100)
-    waiting_per_replica: int = Field(default=4, ge=1, le=10_000)  # KEDA target: queued requests per replica
-    awake: AwakeSchedule | None = None  # non-prod: scale to zero outside this window
-    cache_gi_b: int = Field(default=50, ge=5, le=16384, alias="cacheGiB")  # per-replica weights volume
-    startup_seconds: int = Field(default=1800, ge=60, le=7200)  # download + load + CUDA graphs
-    resources: LlmResources = LlmResources()
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors"] | None = Field(
+        default=None, description="quantization of a quantized checkpoint; unset: from the model's config"
+    )
+    enable_prefix_caching: bool = Field(default=True, description="reuse the KV cache of shared prompt prefixes")
+    enforce_eager: bool = Field(default=False, description="skip CUDA-graph capture: faster start, slower decode")
+    replicas: int = Field(default=1, ge=0, le=100, description="replicas at creation (KEDA owns the count afterwards)")
+    min_replicas: int = Field(default=1, ge=0, le=100, description="KEDA lower bound; 0 only with `awake`")
+    max_replicas: int = Field(default=2, ge=1, le=100, description="KEDA upper bound; must fit the pool's GPUs at its max")
+    waiting_per_replica: int = Field(default=4, ge=1, le=10_000, description="KEDA target: requests waiting per replica")
+    awake: AwakeSchedule | None = Field(default=None, description="non-prod: the model runs only in this window, zero replicas outside")
+    cache_gi_b: int = Field(default=50, ge=5, le=16384, alias="cacheGiB", description="per-replica volume caching the weights (GiB)")
+    startup_seconds: int = Field(
+        default=1800, ge=60, le=7200, description="allowance for download + load + CUDA graphs before liveness counts"
+    )
+    resources: LlmResources = Field(default=LlmResources(), description="container CPU/memory (GPUs: `gpus`)")
 
     @field_validator("source")
     @classmethod
