@@ -9,7 +9,7 @@ PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
 .PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
-	ephemeral-up ephemeral-destroy reap train-wait smoke pr-comment notify bench clean
+	ephemeral-up ephemeral-destroy reap train-wait smoke rollback pr-comment notify bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -91,6 +91,11 @@ train-wait: venv  ## wait for STACK's training Job; fails on a failed run or qua
 
 smoke: venv-ml data  ## smoke test STACK's model service URL (real predictions)
 	$(PY_ML) -m tools.smoke $$(pulumi stack output serviceUrl --stack $(STACK))
+
+MODEL ?= mnist
+rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows
+	@test -n "$(REASON)" || { echo "REASON is required (it goes to the audit log): make rollback MODEL=$(MODEL) STACK=$(STACK) REASON='...'"; exit 2; }
+	$(PY_ML) -m tools.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"
 
 pr-comment: venv  ## post build/preview.md on the PR/MR: make pr-comment FORGE=github REPO=owner/name PR=12
 	$(PY) -m tools.pr_comment build/preview.md --forge $(FORGE) --repo $(REPO) --pr $(PR)

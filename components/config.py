@@ -175,6 +175,9 @@ class MonitoringConfig(_Model):
     latency_slo_ms: float = Field(default=100, gt=0)
     error_ratio_slo: float = Field(default=0.01, gt=0, lt=1)
     training_stale_days: int = Field(default=7, ge=1, le=365)
+    prometheus_replicas: int = Field(default=1, ge=1, le=5)
+    alertmanager_replicas: int = Field(default=1, ge=1, le=5)
+    gpu_profiling_metrics: bool = Field(default=False)
 
 
 class AlertingConfig(_Model):
@@ -219,6 +222,19 @@ TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in PlatformConfig.model_fields.item
 def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
     """Cross-field and per-environment rules; yields (key path, what is expected)."""
     c = cfg.cluster
+    # Every EKS stack's API endpoint (dev's, which PR stacks copy, too) answers only known networks.
+    if c.kind == "eks":
+        if not c.endpoint_public_access_cidrs:
+            yield "cluster.endpointPublicAccessCidrs", "required on EKS: the networks (office, CI runners) that may reach the API endpoint"
+        for j, cidr in enumerate(c.endpoint_public_access_cidrs):
+            if cidr in ANY_CIDRS:
+                yield f"cluster.endpointPublicAccessCidrs[{j}]", "the API endpoint must not be open to the world (0.0.0.0/0)"
+    m = cfg.monitoring
+    if cfg.environment == "prod" and m.enabled and (m.prometheus_replicas < 2 or m.alertmanager_replicas < 3):
+        yield "monitoring", (
+            "prod needs prometheusReplicas >= 2 and alertmanagerReplicas >= 3 to survive a node or zone loss"
+            f" (got {m.prometheus_replicas} and {m.alertmanager_replicas})"
+        )
     if cfg.environment == "local" and c.kind != "kubeconfig":
         yield "cluster.kind", f"the local stack runs on an existing cluster: must be 'kubeconfig' (got {c.kind!r})"
     if c.kind == "eks" and not c.region:
@@ -266,11 +282,6 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         for j, cidr in enumerate(sv.allowed_cidrs):
             if cidr in ANY_CIDRS:
                 yield f"serving.allowedCidrs[{j}]", "prod load balancers must not be open to the world (0.0.0.0/0)"
-        for j, cidr in enumerate(c.endpoint_public_access_cidrs):
-            if cidr in ANY_CIDRS:
-                yield f"cluster.endpointPublicAccessCidrs[{j}]", "prod API endpoint must not be open to the world"
-        if c.kind == "eks" and not c.endpoint_public_access_cidrs:
-            yield "cluster.endpointPublicAccessCidrs", "prod must restrict the API endpoint: set at least one CIDR"
     if cfg.jenkins.service_type == "LoadBalancer":
         if not cfg.jenkins.allowed_cidrs:
             yield "jenkins.allowedCidrs", "required when jenkins.serviceType is 'LoadBalancer'"

@@ -39,6 +39,32 @@ BUILD_NAMESPACE = "jenkins-builds"
 BUILDER = "mlplatform-buildkit"  # buildx builder name the builder agent registers (registry.builder)
 AGENT_IMAGE = "pulumi/pulumi-python-3.11:3.272.0"
 BUILDKIT_IMAGE = "moby/buildkit:v0.23.2-rootless"
+# Rootless BuildKit as upstream runs it on Kubernetes (moby/buildkit examples/kubernetes/pod.rootless.yaml
+# and deployment+service.rootless.yaml: uid/gid 1000, --oci-worker-no-process-sandbox, seccomp and
+# AppArmor Unconfined; docs/rootless.md: seccomp for unshare/mount, AppArmor for mount), minus every
+# capability but the two the setuid newuidmap/newgidmap keep to map the build's user namespace
+# (inside it, rootlesskit gets a full set of its own). allowPrivilegeEscalation stays on, as upstream
+# has it: no_new_privs would switch off those setuid helpers. Unconfined profiles are beyond Pod
+# Security `baseline`, so the build namespace is `privileged` (platform.NAMESPACES) and holds
+# nothing else; the policy pack excuses exactly these three settings for this one container.
+CONTROLLER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+BUILDKITD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "privileged": False,
+    "allowPrivilegeEscalation": True,
+    "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
+    "seccompProfile": {"type": "Unconfined"},
+    "appArmorProfile": {"type": "Unconfined"},
+}
 PLUGINS = [
     # the chart's own pins
     "kubernetes:4540.v612369217f87",
@@ -133,9 +159,7 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
                     "image": BUILDKIT_IMAGE,
                     "args": ["--addr", "tcp://127.0.0.1:1234", "--oci-worker-no-process-sandbox"],
                     "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
-                    # Rootless: uid 1000, no privileged flag, no added capabilities. newuidmap is
-                    # setuid, hence allowPrivilegeEscalation (Pod Security baseline, not restricted).
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": True},
+                    "securityContext": BUILDKITD_SECURITY,
                     "volumeMounts": [{"name": "buildkit", "mountPath": "/home/user/.local/share/buildkit"}],
                 },
             ],
@@ -174,6 +198,8 @@ def jenkins_values(cfg: JenkinsConfig, namespace: str, metrics: bool) -> dict[st
         "overwritePlugins": True,
         "serviceType": cfg.service_type,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
+        # The chart's default keeps every capability and does not say non-root: explicit, checked by the pack.
+        "containerSecurityContext": CONTROLLER_SECURITY,
         "prometheus": {"enabled": metrics, "scrapeInterval": "60s"},
         "JCasC": {
             "defaultConfig": True,

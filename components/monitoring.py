@@ -23,14 +23,37 @@ PUSHGATEWAY_RELEASE = "pushgateway"
 PUSHGATEWAY_PERSISTENCE_FILE = "/data/pushgateway.data"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 LABELS = {"app.kubernetes.io/part-of": "mlplatform"}
+NODE_EXPORTER_NAMESPACE = "node-exporter"
+ZONE_KEY = "topology.kubernetes.io/zone"
 
 
 def pushgateway_url(namespace: str) -> str:
     return f"{PUSHGATEWAY_RELEASE}-prometheus-pushgateway.{namespace}.svc.cluster.local:9091"
 
 
+def _volume(size: str, storage_class: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {"volumeClaimTemplate": {"spec": spec}}
+
+
+def _spread(replicas: int) -> dict[str, Any]:
+    """Replicas of an HA set go to different zones (the chart builds the pod selector), and each
+    claims its own volume, which a WaitForFirstConsumer StorageClass creates in that pod's zone: a
+    zone outage takes one replica and its disk, never the whole set."""
+    if replicas < 2:
+        return {}
+    return {"podAntiAffinity": "hard", "podAntiAffinityTopologyKey": ZONE_KEY}
+
+
 def stack_values(
-    cfg: MonitoringConfig, alerting: AlertingConfig, has_slack: bool, has_smtp_password: bool, storage: bool
+    cfg: MonitoringConfig,
+    alerting: AlertingConfig,
+    has_slack: bool,
+    has_smtp_password: bool,
+    storage_class: str | None = None,
+    node_exporter_namespace: str = NODE_EXPORTER_NAMESPACE,
 ) -> dict[str, Any]:
     prometheus_spec: dict[str, Any] = {
         # Select our rules/monitors in every namespace, not only those carrying the release label
@@ -42,24 +65,36 @@ def stack_values(
         "retention": cfg.retention,
         "retentionSize": f"{int(cfg.storage_gi_b * 0.9)}GB",
         "resources": {"requests": {"cpu": "200m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        # Two replicas scrape the same targets independently (an HA pair); Alertmanager deduplicates
+        # what both fire.
+        "replicas": cfg.prometheus_replicas,
+        "storageSpec": _volume(f"{cfg.storage_gi_b}Gi", storage_class),
+        **_spread(cfg.prometheus_replicas),
     }
-    if storage:
-        prometheus_spec["storageSpec"] = {
-            "volumeClaimTemplate": {
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{cfg.storage_gi_b}Gi"}}}
-            }
-        }
+    am_replicas = cfg.alertmanager_replicas
     return {
         "fullnameOverride": RELEASE,
-        "prometheus": {"prometheusSpec": prometheus_spec},
+        "prometheus": {
+            "prometheusSpec": prometheus_spec,
+            "podDisruptionBudget": {"enabled": cfg.prometheus_replicas > 1, "minAvailable": 1},
+        },
         "alertmanager": {
             "enabled": True,
             "config": alertmanager_config(alerting, has_slack, has_smtp_password),
             "alertmanagerSpec": {
                 "secrets": [CREDENTIALS_SECRET],  # mounted at /etc/alertmanager/secrets/<name>/
                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                # Replicas gossip alerts, silences and the notification log; a quorum survives one loss.
+                "replicas": am_replicas,
+                # Silences and the notification log survive a restart of the whole set.
+                "storage": _volume("1Gi", storage_class),
+                **_spread(am_replicas),
             },
+            "podDisruptionBudget": {"enabled": am_replicas > 1, "minAvailable": max(1, am_replicas - 1)},
         },
+        # node-exporter needs the host's network, PID namespace and /proc, /sys: it gets its own
+        # `privileged` namespace so that `monitoring` can enforce Pod Security `restricted`.
+        "prometheus-node-exporter": {"namespaceOverride": node_exporter_namespace},
         "grafana": {
             "enabled": True,
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
@@ -73,7 +108,9 @@ def pushgateway_values() -> dict[str, Any]:
     return {
         "serviceMonitor": {"enabled": True, "honorLabels": True},  # keep the job/model labels training pushes
         "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+        # The chart's default is {}: without this the pod is refused by `restricted` Pod Security.
+        "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
         # Pushed values live only in memory unless persisted: a restarted Pushgateway would forget the
         # last training success, and TrainingStale could not fire (issue 13 item 8). The chart mounts
         # the volume at /data but passes no persistence flag itself.
@@ -89,7 +126,8 @@ class MonitoringArgs:
     alerting: AlertingConfig
     secrets: dict[str, pulumi.Output[str]]
     client_namespaces: list[str]  # namespaces allowed to push to the Pushgateway (training)
-    persistent_storage: bool = True
+    storage_class: str | None = None  # None: the cluster's default StorageClass
+    node_exporter_namespace: str = NODE_EXPORTER_NAMESPACE
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -120,7 +158,9 @@ class Monitoring(pulumi.ComponentResource):
             string_data=pulumi.Output.secret(creds) if creds else {},
             opts=child,
         )
-        values = stack_values(cfg, args.alerting, "slack-webhook-url" in creds, "smtp-password" in creds, args.persistent_storage)
+        values = stack_values(
+            cfg, args.alerting, "slack-webhook-url" in creds, "smtp-password" in creds, args.storage_class, args.node_exporter_namespace
+        )
         self.release = helm.release(
             f"{name}-stack",
             "kube-prometheus-stack",

@@ -14,19 +14,22 @@ from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
 from components.jenkins import Jenkins, JenkinsArgs
 from components.model_service import ModelService, ModelServiceArgs
-from components.monitoring import Monitoring, MonitoringArgs
+from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
 from components.training_job import TrainingJob, TrainingJobArgs
 
-# role -> (namespace, Pod Security level). monitoring runs node-exporter (host network/PID/paths),
-# which no stricter level admits; jenkins agents need `baseline` for their build tooling.
+# role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
+# that no stricter level admits (policy.rules.PRIVILEGED_NAMESPACES holds the reasons):
+# node-exporter (host network/PID, /proc and /sys) and the image builds (rootless BuildKit:
+# Unconfined seccomp/AppArmor, setuid newuidmap; jenkins.BUILDKITD_SECURITY).
 NAMESPACES: dict[str, tuple[str, str]] = {
     "serving": ("ml-serving", "restricted"),
     "training": ("ml-training", "restricted"),
-    "monitoring": ("monitoring", "privileged"),
+    "monitoring": ("monitoring", "restricted"),
+    "node-exporter": (NODE_EXPORTER_NAMESPACE, "privileged"),
     "jenkins": ("jenkins", "baseline"),
-    # Image builds (rootless BuildKit needs setuid newuidmap): isolated from everything else.
-    "builds": ("jenkins-builds", "baseline"),
+    # Image builds: isolated from everything else (default-deny, no Secrets, no service account token).
+    "builds": ("jenkins-builds", "privileged"),
 }
 
 
@@ -65,7 +68,12 @@ class Platform(pulumi.ComponentResource):
 
         # A namespace only for what runs there: no empty privileged/baseline namespaces where
         # monitoring or Jenkins is off (ephemeral PR stacks run without Jenkins).
-        wanted = {"monitoring": cfg.monitoring.enabled, "jenkins": cfg.jenkins.enabled, "builds": cfg.jenkins.enabled}
+        wanted = {
+            "monitoring": cfg.monitoring.enabled,
+            "node-exporter": cfg.monitoring.enabled,
+            "jenkins": cfg.jenkins.enabled,
+            "builds": cfg.jenkins.enabled,
+        }
         self.namespaces = {
             role: PlatformNamespace(
                 f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level), opts=k8s_opts
@@ -87,6 +95,8 @@ class Platform(pulumi.ComponentResource):
                     alerting=cfg.alerting,
                     secrets=settings.secrets,
                     client_namespaces=[ns["training"]],
+                    storage_class=self.cluster.storage_class,
+                    node_exporter_namespace=ns["node-exporter"],
                 ),
                 opts=in_namespaces,
             )
@@ -119,7 +129,7 @@ class Platform(pulumi.ComponentResource):
                 opts=k8s_opts,
             )
         if cfg.has_gpus:
-            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(monitoring_release=monitoring_release), opts=k8s_opts)
+            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(monitoring_release=monitoring_release, profiling_metrics=cfg.monitoring.gpu_profiling_metrics), opts=k8s_opts)
 
         self.images = Images(
             f"{name}-images",

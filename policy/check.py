@@ -19,10 +19,25 @@ DEFAULT_MAX_TOTAL_GPUS = 16
 
 
 def load(out_dir: Path) -> list[rules.Res]:
-    return [
-        rules.Res(type=r["type"], props=r["inputs"], urn=r["urn"], name=r["name"], parent=r["parent"])
-        for r in json.loads((out_dir / "resources.json").read_text())
-    ]
+    return with_chart_defaults(
+        [
+            rules.Res(type=r["type"], props=r["inputs"], urn=r["urn"], name=r["name"], parent=r["parent"])
+            for r in json.loads((out_dir / "resources.json").read_text())
+        ]
+    )
+
+
+def with_chart_defaults(resources: list[rules.Res]) -> list[rules.Res]:
+    """Attach each Helm release's chart defaults (../shared/reference, where present) so that the
+    chart-pod rules judge the values Helm will render, not only those the program sets."""
+    from tools import reference
+
+    for r in resources:
+        if r.type == "kubernetes:helm.sh/v3:Release":
+            defaults = reference.chart_values(str(r.props.get("chart", "")), str(r.props.get("version", "")))
+            if defaults is not None:
+                r.extra["chart_defaults"] = defaults
+    return resources
 
 
 def violations(

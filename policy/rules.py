@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABELS = ("nvidia.com/gpu.present", "mlplatform.io/gpu-pool")
 ENV_LABEL = "mlplatform.io/environment"
@@ -104,11 +106,12 @@ def run_as_non_root(r: Res) -> list[str]:
     pod = pod_spec(r)
     if pod is None:
         return []
-    pod_level = (pod.get("securityContext") or {}).get("runAsNonRoot") is True
+    pod_level = (pod.get("securityContext") or {}).get("runAsNonRoot")
+    # A container's own setting overrides the pod's (runAsNonRoot: false there undoes the pod's true).
     return [
         f"container {c.get('name')!r} may run as root (set runAsNonRoot: true)"
         for c in containers(pod)
-        if not (pod_level or (c.get("securityContext") or {}).get("runAsNonRoot") is True)
+        if (c.get("securityContext") or {}).get("runAsNonRoot", pod_level) is not True
     ]
 
 
@@ -293,6 +296,204 @@ def node_group_uses_launch_template(r: Res) -> list[str]:
     return [] if r.props.get("launchTemplate") else ["node group has no launch template (EKS's default allows IMDS from pods)"]
 
 
+def no_added_capabilities(r: Res) -> list[str]:
+    pod = pod_spec(r)
+    if pod is None:
+        return []
+    return [
+        f"container {c.get('name')!r} adds capabilities {added}"
+        for c in containers(pod)
+        if (added := (((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []))
+    ]
+
+
+def no_unconfined_profiles(r: Res) -> list[str]:
+    """seccomp/AppArmor Unconfined (pod or container level) switch off the kernel's syscall filter."""
+    pod = pod_spec(r)
+    if pod is None:
+        return []
+    out = []
+    pod_ctx = pod.get("securityContext") or {}
+    for where, ctx in [("pod", pod_ctx)] + [(f"container {c.get('name')!r}", c.get("securityContext") or {}) for c in containers(pod)]:
+        for key in ("seccompProfile", "appArmorProfile"):
+            if (ctx.get(key) or {}).get("type") == "Unconfined":
+                out.append(f"{where} sets {key} Unconfined")
+    return out
+
+
+# ---------------------------------------------------------------- pods inside Helm values
+#
+# A helm.v3.Release's pods are rendered by the chart, out of the engine's sight; what the program
+# decides about them is in the values. The pack rebuilds each workload's pod from the values paths
+# the chart reads (pod/container securityContext, resources) and runs the pod rules on it, and it
+# runs them on every pod template the program writes into values (Jenkins agents). Where the chart's
+# default values are at hand (the offline checker and the tests, from ../shared/reference), they are
+# merged under the program's values as Helm merges them; without them (the CrossGuard pack) only what
+# the program sets is checked.
+
+
+@dataclass(frozen=True)
+class ChartPod:
+    """Where a chart reads one workload's pod settings from (dotted values paths)."""
+
+    container: str  # container name, for messages and exceptions
+    container_security: str
+    resources: str
+    pod_security: str | None = None
+
+
+CHART_PODS: dict[str, dict[str, ChartPod]] = {
+    "dcgm-exporter": {"dcgm-exporter": ChartPod("exporter", "securityContext", "resources", "podSecurityContext")},
+    "nvidia-device-plugin": {"device-plugin": ChartPod("nvidia-device-plugin-ctr", "securityContext", "resources", "podSecurityContext")},
+    "cluster-autoscaler": {
+        "cluster-autoscaler": ChartPod("cluster-autoscaler", "containerSecurityContext", "resources", "securityContext")
+    },
+    "prometheus-pushgateway": {"pushgateway": ChartPod("pushgateway", "containerSecurityContext", "resources", "securityContext")},
+    "kube-prometheus-stack": {
+        "grafana": ChartPod("grafana", "grafana.containerSecurityContext", "grafana.resources", "grafana.securityContext"),
+    },
+    "jenkins": {
+        "controller": ChartPod(
+            "jenkins", "controller.containerSecurityContext", "controller.resources", "controller.podSecurityContextOverride"
+        )
+    },
+}
+
+# Pod rules run on chart pods, and which values each needs to say anything (rules whose inputs the
+# program leaves to an unseen chart default are skipped, not failed).
+_SECURITY, _RESOURCES = "security", "resources"
+CHART_POD_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
+    "no-privileged-containers": (no_privileged, _SECURITY),
+    "run-as-non-root": (run_as_non_root, _SECURITY),
+    "no-privilege-escalation": (no_privilege_escalation, _SECURITY),
+    "drop-all-capabilities": (drop_all_capabilities, _SECURITY),
+    "no-added-capabilities": (no_added_capabilities, _SECURITY),
+    "no-unconfined-profiles": (no_unconfined_profiles, _SECURITY),
+    "no-host-namespaces-or-paths": (no_host_access, _SECURITY),
+    "requests-and-limits": (requests_and_limits, _RESOURCES),
+}
+
+# (chart, workload or pod template, container) -> rule -> why the exception is needed. Nothing else
+# in a chart pod may break a pod rule.
+CHART_POD_EXCEPTIONS: dict[tuple[str, str, str], dict[str, str]] = {
+    ("jenkins", "builder", "buildkitd"): {
+        "no-privilege-escalation": "rootlesskit maps the build's user namespace with the setuid newuidmap/newgidmap "
+        "(no_new_privs would disable them); moby/buildkit examples/kubernetes/*.rootless.yaml leave it on",
+        "no-added-capabilities": "SETUID and SETGID only, the two capabilities newuidmap/newgidmap keep (shadow's "
+        "idmapping drops every other one); everything else is dropped",
+        "no-unconfined-profiles": "the runtime's default seccomp profile refuses unshare/mount and AppArmor refuses mount, "
+        "both of which rootlesskit needs (moby/buildkit docs/rootless.md; examples/kubernetes/pod.rootless.yaml sets "
+        "seccompProfile and appArmorProfile Unconfined)",
+    },
+    ("nvidia-device-plugin", "device-plugin", "nvidia-device-plugin-ctr"): {
+        "run-as-non-root": "creates its socket in the kubelet's root-owned /var/lib/kubelet/device-plugins (no capability needed: "
+        "it owns the directory as uid 0)",
+    },
+}
+
+
+# DCGM's profiling metrics (DCGM_FI_PROF_*) need root and SYS_ADMIN; they are off unless the stack turns
+# them on (monitoring.gpuProfilingMetrics), and only then is the exporter let off these two rules.
+DCGM_PROFILING_COUNTERS = "/etc/dcgm-exporter/dcp-metrics-included.csv"
+DCGM_PROFILING_EXCEPTIONS = {
+    "run-as-non-root": "profiling metrics read the GPUs' performance counters, which DCGM opens as root",
+    "no-added-capabilities": "SYS_ADMIN, required by DCGM for profiling metrics (DCGM_FI_PROF_*) only",
+}
+
+
+# The only capabilities an excused container may add back.
+ALLOWED_ADDED_CAPABILITIES: dict[tuple[str, str, str], set[str]] = {
+    ("jenkins", "builder", "buildkitd"): {"SETUID", "SETGID"},
+    ("dcgm-exporter", "dcgm-exporter", "exporter"): {"SYS_ADMIN"},
+}
+
+
+def _adds_only_allowed(pod: dict[str, Any], chart: str, workload: str, container: str) -> bool:
+    allowed = ALLOWED_ADDED_CAPABILITIES.get((chart, workload, container), set())
+    return all(
+        set(((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []) <= allowed
+        for c in containers(pod)
+        if c.get("name") == container
+    )
+
+
+def _exceptions(r: Res, chart: str, workload: str, container: str) -> dict[str, str]:
+    """The rules a chart pod's container (or, with container "", the pod) is excused from, and why."""
+    out = {**CHART_POD_EXCEPTIONS.get((chart, workload, ""), {}), **CHART_POD_EXCEPTIONS.get((chart, workload, container), {})}
+    if chart == "dcgm-exporter" and DCGM_PROFILING_COUNTERS in ((r.props.get("values") or {}).get("arguments") or []):
+        out |= DCGM_PROFILING_EXCEPTIONS
+    return out
+
+
+def _get(values: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values
+
+
+def helm_merge(defaults: Any, values: Any) -> Any:
+    """Helm's coalescing of user values over chart defaults: maps merge key by key, anything else
+    (lists included) is replaced."""
+    if isinstance(defaults, dict) and isinstance(values, dict):
+        return {**defaults, **{k: helm_merge(defaults.get(k), v) for k, v in values.items()}}
+    return defaults if values is None else values
+
+
+def chart_pods(r: Res) -> Iterator[tuple[str, dict[str, Any], set[str]]]:
+    """(workload, pod spec, which rule families it can be judged on) for every pod of a Helm release
+    that the program configures. ``r.extra["chart_defaults"]``, when present, are merged under the values."""
+    if r.type != "kubernetes:helm.sh/v3:Release":
+        return
+    chart = r.props.get("chart", "")
+    values = r.props.get("values") or {}
+    defaults = r.extra.get("chart_defaults")
+    merged = helm_merge(defaults, values) if defaults else values
+    for workload, where in CHART_PODS.get(chart, {}).items():
+        # Judged on what is there (set by the program, or a chart default when known), {} included.
+        families = {
+            f for f, path in ((_SECURITY, where.container_security), (_RESOURCES, where.resources)) if _get(merged, path) is not None
+        }
+        if not families:
+            continue
+        pod: dict[str, Any] = {
+            "securityContext": (_get(merged, where.pod_security) if where.pod_security else None) or {},
+            "containers": [
+                {
+                    "name": where.container,
+                    "securityContext": _get(merged, where.container_security) or {},
+                    "resources": _get(merged, where.resources) or {},
+                }
+            ],
+        }
+        yield workload, pod, families
+    # Pod templates the program writes into values verbatim: the Jenkins Kubernetes plugin's agents.
+    if chart == "jenkins":
+        for key, text in ((values.get("agent") or {}).get("podTemplates") or {}).items():
+            for template in yaml.safe_load(text) or []:
+                spec = (yaml.safe_load(template.get("yaml") or "") or {}).get("spec") or {}
+                yield template.get("name", key), spec, {_SECURITY, _RESOURCES}
+
+
+def chart_pods_hardened(r: Res) -> list[str]:
+    """The pod rules, applied to the pods a chart renders from the program's values."""
+    chart = r.props.get("chart", "")
+    out = []
+    for workload, pod, families in chart_pods(r):
+        res = Res("kubernetes:core/v1:Pod", {"kind": "Pod", "spec": pod})
+        for name, (rule, family) in CHART_POD_RULES.items():
+            if family not in families:
+                continue
+            for message in rule(res):
+                container = message.split("'")[1] if message.startswith("container '") else ""
+                if name in _exceptions(r, chart, workload, container):
+                    if name != "no-added-capabilities" or _adds_only_allowed(pod, chart, workload, container):
+                        continue
+                out.append(f"{chart} {workload}: {name}: {message}")
+    return out
+
+
 RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "no-privileged-containers": (no_privileged, "a privileged container owns the node"),
     "no-host-namespaces-or-paths": (no_host_access, "host network/PID/IPC and hostPath escape the pod sandbox"),
@@ -313,6 +514,9 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "no-metadata-egress": (no_metadata_egress, "the metadata service hands the node role's credentials to any pod that asks"),
     "launch-template-imds-locked": (launch_template_imds_locked, "IMDSv2 with hop limit 1 keeps the node role out of pods"),
     "node-group-launch-template": (node_group_uses_launch_template, "only our launch template locks the metadata service"),
+    "no-added-capabilities": (no_added_capabilities, "every capability widens what a compromised process can do to the node"),
+    "no-unconfined-profiles": (no_unconfined_profiles, "seccomp/AppArmor are the kernel's last filter between a container and the node"),
+    "chart-pods-hardened": (chart_pods_hardened, "the pods charts render (and agent pod templates) are pods too"),
 }
 
 # ---------------------------------------------------------------- stack rules
@@ -455,11 +659,72 @@ def gpu_serving_sleeps_off_prod(resources: list[Res]) -> list[tuple[str, str]]:
     return out
 
 
+# Our namespaces that may enforce Pod Security `privileged`, and why. Everything else is `restricted`
+# or `baseline`.
+PRIVILEGED_NAMESPACES = {
+    "node-exporter": "node-exporter alone: host network and PID namespace, /proc and /sys of the node",
+    "jenkins-builds": "rootless BuildKit alone: Unconfined seccomp/AppArmor for its user namespace (see jenkins.BUILDKITD_SECURITY)",
+}
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+
+
+def privileged_namespaces_allow_listed(resources: list[Res]) -> list[tuple[str, str]]:
+    out = []
+    for r in resources:
+        meta = r.props.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if r.kind == "Namespace" and labels.get(PART_OF[0]) == PART_OF[1] and labels.get(PSA_ENFORCE) == "privileged":
+            if meta.get("name") not in PRIVILEGED_NAMESPACES:
+                out.append((r.urn, f"namespace {meta.get('name')!r} enforces Pod Security `privileged` but is not on the allow-list"))
+    return out
+
+
+SERVING_KINDS = {"Deployment", "StatefulSet", "Rollout"}
+
+
+def gpu_serving_sleeps_off_prod(resources: list[Res]) -> list[tuple[str, str]]:
+    """Outside prod, a long-running GPU workload (a model server) is scaled by a KEDA ScaledObject
+    that can take it to zero: ``minReplicaCount`` 0 (KEDA's default) or an awake-window cron trigger.
+    Otherwise a dev GPU idles through nights and weekends: 120 of the week's 168 hours."""
+    env_of = {
+        (r.props.get("metadata") or {}).get("name"): ((r.props.get("metadata") or {}).get("labels") or {}).get(ENV_LABEL)
+        for r in resources
+        if r.kind == "Namespace"
+    }
+    scalers: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in resources:
+        if r.type.startswith("kubernetes:") and r.props.get("kind") == "ScaledObject":
+            spec = r.props.get("spec") or {}
+            ref = spec.get("scaleTargetRef") or {}
+            scalers[((r.props.get("metadata") or {}).get("namespace"), ref.get("kind", "Deployment"), ref.get("name"))] = spec
+    out = []
+    for r in resources:
+        if not r.type.startswith("kubernetes:") or r.props.get("kind") not in SERVING_KINDS:
+            continue
+        pod = ((r.props.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in containers(pod)):
+            continue
+        meta = r.props.get("metadata") or {}
+        if env_of.get(meta.get("namespace")) == "prod":
+            continue
+        spec = scalers.get((meta.get("namespace"), r.props["kind"], meta.get("name")))
+        what = f"GPU serving {r.props['kind']} {meta.get('name')!r} outside prod"
+        if spec is None:
+            out.append((r.urn, f"{what} has no KEDA ScaledObject: it can never scale to zero"))
+        elif spec.get("minReplicaCount", 0) != 0 and not any(t.get("type") == "cron" for t in spec.get("triggers") or []):
+            out.append((r.urn, f"{what} keeps {spec['minReplicaCount']} replicas day and night: set minReplicas 0 or an awake schedule"))
+    return out
+
+
 STACK_RULES: dict[str, tuple[Callable[[list[Res]], list[tuple[str, str]]], str]] = {
     "namespaces-default-deny": (namespaces_default_deny, "a new workload is reachable only through the policies written for it"),
     "prod-load-balancers-restricted": (prod_load_balancers_restricted, "prod endpoints face the internet only from known networks"),
     "s3-buckets-hardened": (s3_buckets_hardened, "model artifacts: no public access, recoverable, encrypted at rest"),
     "kubeconfig-is-secret": (kubeconfig_secret, "a kubeconfig is a cluster credential"),
+    "privileged-namespaces-allow-listed": (
+        privileged_namespaces_allow_listed,
+        "a `privileged` namespace admits any pod: only the one workload that needs it gets one",
+    ),
     "gpu-serving-sleeps-off-prod": (gpu_serving_sleeps_off_prod, "a non-prod GPU must not idle through nights and weekends"),
 }
 

@@ -74,8 +74,12 @@ def crd_schema(kind: str) -> dict[str, Any] | None:
 
 
 # Maps a chart passes through verbatim (e.g. command-line flags): any key is valid below them.
+# Kubernetes SecurityContext objects the chart renders verbatim (toYaml): any field of the Kubernetes
+# schema is valid there, not only those the chart's default happens to list.
 FREE_FORM = {
     "cluster-autoscaler": {"extraArgs"},
+    "jenkins": {"controller.containerSecurityContext"},
+    "prometheus-pushgateway": {"securityContext", "containerSecurityContext"},
 }
 
 

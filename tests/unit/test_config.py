@@ -106,7 +106,7 @@ def test_non_prod_gpu_pools_may_scale_to_zero():
     cfg = validate(
         {
             "environment": "dev",
-            "cluster": {"kind": "eks", "region": "eu-west-1"},
+            "cluster": {"kind": "eks", "region": "eu-west-1", "endpointPublicAccessCidrs": ["203.0.113.0/24"]},
             "jenkins": {"enabled": False},
             "gpuPools": [{"name": "g", "instanceTypes": ["g5.xlarge"], "min": 0, "desired": 0, "max": 1}],
         },
@@ -147,3 +147,27 @@ def test_synth_bad_config_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "stacks/Pulumi.zz-bad-test.yaml: mlplatform:gpuPools[0].min: must be <= max (got min=5, max=2)"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("environment", ["dev", "staging", "ephemeral"])
+@pytest.mark.parametrize("cidrs,message", [(None, "required on EKS"), (["0.0.0.0/0"], "must not be open to the world")])
+def test_every_eks_stack_restricts_its_api_endpoint(environment, cidrs, message):
+    """Issue 13 item 4: dev (and the PR stacks copied from it) had its API endpoint open to 0.0.0.0/0."""
+    cluster = {"kind": "eks", "region": "eu-west-1", **({"endpointPublicAccessCidrs": cidrs} if cidrs else {})}
+    raw = {"environment": environment, "cluster": cluster, "jenkins": {"enabled": False}}
+    with pytest.raises(ConfigError, match=f"cluster.endpointPublicAccessCidrs.*{message}"):
+        validate(raw, "x.yaml")
+
+
+def test_prod_monitoring_is_highly_available():
+    """Issue 13 item 11: prod needs an HA pair of Prometheus and three Alertmanagers."""
+    import json
+
+    from tools import mock_engine
+
+    cfg, _ = mock_engine.stack_config("prod")
+    monitoring = json.loads(cfg["mlplatform:monitoring"])
+    assert monitoring["prometheusReplicas"] >= 2 and monitoring["alertmanagerReplicas"] >= 3
+    low = {**monitoring, "alertmanagerReplicas": 1}
+    with pytest.raises(ConfigError, match="alertmanagerReplicas >= 3"):
+        mock_engine.run("prod", overrides={"mlplatform:monitoring": low})
