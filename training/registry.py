@@ -168,6 +168,28 @@ def verify(root: str, name: str, version: str) -> None:
         raise VerifyError(f"{name}/{version}", problems)
 
 
+def fetch(root: str, name: str, version: str, dest: Path) -> Path:
+    """Download ``version`` into ``dest`` and check every file against its manifest there (what
+    arrives is what was published). Returns ``dest``; raises VerifyError."""
+    manifest = read_manifest(root, name, version)
+    base = storage.join(model_root(root, name), version)
+    problems = []
+    for rel, want in manifest["files"].items():
+        try:
+            data = storage.read_bytes(storage.join(base, rel))
+        except FileNotFoundError:
+            problems.append(f"{rel} missing")
+            continue
+        if _sha256(data) != want["sha256"]:
+            problems.append(f"{rel} sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+    if problems:
+        raise VerifyError(f"{name}/{version}", problems)
+    return dest
+
+
 # ---- aliases ----
 
 

@@ -1,0 +1,148 @@
+"""`python -m tools.models`: list/show/promote/rollback/verify on S3 (moto, in process) and on the
+local store (a real subprocess), with one-line errors and distinct exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import models
+from training import artifacts, registry, storage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _publish(tmp_path, root, version, accuracy=0.99):
+    d = tmp_path / f"src-{version}"
+    (d / "saved_model").mkdir(parents=True)
+    (d / "saved_model" / "saved_model.pb").write_bytes(b"pb" + version.encode())
+    (d / "model.keras").write_bytes(b"k" + version.encode())
+    (d / "metadata.json").write_text(
+        json.dumps({"version": version, "metrics": {"test_accuracy": accuracy}, "gate": {"metric": "test_accuracy"}})
+    )
+    registry.publish(d, root, "mnist", version, reason="trained")
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tools.models", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_the_cli_end_to_end_on_the_local_store(tmp_path):
+    store = f"file://{tmp_path}/store"
+    for i, acc in ((1, 0.991), (2, 0.993)):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}", acc)
+    out = cli("--store", store, "list")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert [r[:4] for r in rows] == [
+        ["mnist", "20260101T000000Z-run1", "previous", "test_accuracy=0.9910"],
+        ["mnist", "20260102T000000Z-run2", "candidate,champion,LATEST", "test_accuracy=0.9930"],
+    ]
+    out = cli("--store", store, "rollback", "--model", "mnist", "--reason", "p99 doubled", env={"MLPLATFORM_ACTOR": "alice"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "mnist:champion rolled back 20260102T000000Z-run2 -> 20260101T000000Z-run1 (LATEST follows)"
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
+    shown = json.loads(cli("--store", store, "show", "--model", "mnist").stdout)
+    assert shown["version"] == "20260101T000000Z-run1" and shown["aliases"] == ["champion"]
+    last = [r for r in shown["history"] if r["alias"] == "champion"][-1]
+    assert last["by"] == "alice" and last["reason"] == "rollback from 20260102T000000Z-run2: p99 doubled"
+    assert set(shown["manifest"]["files"]) == {"metadata.json", "model.keras", "saved_model/saved_model.pb"}
+    # promote forward again
+    out = cli("--store", store, "promote", "--model", "mnist", "20260102T000000Z-run2", "--reason", "fixed")
+    assert out.returncode == 0 and artifacts.latest(store, "mnist") == "20260102T000000Z-run2"
+    assert cli("--store", store, "verify", "--model", "mnist", "--all").returncode == 0
+
+
+def test_errors_are_one_line_with_distinct_exit_codes(tmp_path):
+    store = f"file://{tmp_path}/store"
+    _publish(tmp_path, store, "20260102T000000Z-new")
+    _publish(tmp_path, store, "20260101T000000Z-old")  # published late: stays a non-champion version
+    cases = [
+        (("promote", "--model", "mnist", "20260101T000000Z-old", "--reason", "x"), 1, "stays at 20260102T000000Z-new"),
+        (("promote", "--model", "mnist", "nope", "--reason", "x"), 1, "no such complete version"),
+        (("rollback", "--model", "mnist", "--reason", "x"), 1, "no previous version recorded"),
+        (("show", "--model", "mnist", "previous"), 1, "alias previous is not set"),
+    ]
+    for args, code, text in cases:
+        out = cli("--store", store, *args)
+        assert out.returncode == code and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    out = cli("rollback", "--model", "mnist", "--reason", "x", env={"MLPLATFORM_MODEL_STORE": ""})
+    assert out.returncode == 2 and out.stderr.strip() == "models: error: no store: pass --store or set MLPLATFORM_MODEL_STORE"
+    storage.write_bytes(storage.join(registry.model_root(store, "mnist"), "20260101T000000Z-old", "model.keras"), b"evil")
+    out = cli("--store", store, "verify", "--model", "mnist", "--all")
+    assert out.returncode == 4
+    assert "mnist/20260101T000000Z-old: model.keras sha256" in out.stderr and "verify failed: 1 of 2 version(s)" in out.stderr
+
+
+def test_promotion_between_stores_and_conflict_exit_code_on_s3(tmp_path, s3_bucket, capsys, monkeypatch):
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="prod")
+    staging, prod = f"s3://{s3_bucket}/staging", "s3://prod/store"
+    _publish(tmp_path, staging, "20260101T000000Z-a")
+    assert models.main(["promote", "--from", staging, "--to", prod, "--model", "mnist", "--reason", "canary passed"]) == 0
+    assert "copied to s3://prod/store (digests verified) and is its champion (was unset)" in capsys.readouterr().out
+    assert artifacts.latest(prod, "mnist") == "20260101T000000Z-a"
+    # a concurrent promoter got in between our read and our write: exit 3, nothing changed by us
+    _publish(tmp_path, prod, "20260102T000000Z-b")
+    real = registry._read_alias
+
+    def stale(root, name, alias):
+        doc, token = real(root, name, alias)
+        if alias == "champion":
+            storage.write_bytes(registry._alias_uri(root, name, "champion"), json.dumps({**doc, "generation": 99, "by": "bob"}).encode())
+        return doc, token
+
+    _publish(tmp_path, staging, "20260103T000000Z-c")
+    monkeypatch.setattr(registry, "_read_alias", stale)
+    code = models.main(["promote", "--from", staging, "--to", prod, "--model", "mnist", "--reason", "x"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("models: conflict: mnist:champion was moved concurrently") and "by bob" in err
+
+
+@pytest.mark.parametrize("argv", [["promote", "--from", "s3://a", "--model", "mnist", "--reason", "x"]])
+def test_half_a_promotion_between_stores_is_refused(argv, capsys):
+    assert models.main(argv) == 1
+    assert capsys.readouterr().err.strip() == "models: error: promotion between stores needs both --from and --to"
+
+
+def test_make_rollback(tmp_path):
+    """`make rollback MODEL=... STACK=...` reads the stack's modelStore output (a stand-in `pulumi`
+    on PATH answers it) and rolls back there."""
+    store = f"file://{tmp_path}/store"
+    _publish(tmp_path, store, "20260101T000000Z-a")
+    _publish(tmp_path, store, "20260102T000000Z-b")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pulumi").write_text(f'#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "stack output modelStore --stack staging" ] && echo "{store}"\n')
+    (bin_dir / "pulumi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MLPLATFORM_ACTOR": "carol"}
+    make = [
+        "make",
+        "--no-print-directory",
+        "-o",
+        ".venv-ml/.installed",
+        "rollback",
+        "MODEL=mnist",
+        "STACK=staging",
+    ]  # never reinstall the venv
+    refused = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode != 0 and "REASON is required" in refused.stdout
+    done = subprocess.run([*make, "REASON=canary failed"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-a"
+    last = registry.history(store, "mnist", "champion")[-1]
+    assert last["by"] == "carol" and last["reason"] == "rollback from 20260102T000000Z-b: canary failed"

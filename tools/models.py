@@ -1,0 +1,197 @@
+"""The model registry for people and the pipeline (training/registry.py does the work).
+
+    python -m tools.models --store s3://bucket list
+    python -m tools.models --store s3://bucket show --model mnist [VERSION|ALIAS]
+    python -m tools.models --store s3://bucket promote --model mnist VERSION [--alias candidate] --reason "..."
+    python -m tools.models promote --from s3://staging --to s3://prod --model mnist [VERSION] --reason "..."
+    python -m tools.models --store s3://bucket rollback --model mnist [--to VERSION] --reason "..."
+    python -m tools.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
+
+--store defaults to $MLPLATFORM_MODEL_STORE; who moved an alias is $MLPLATFORM_ACTOR, else the user.
+Exit codes: 0 done; 1 refused or failed (one line on stderr); 2 usage; 3 conflict (someone else moved
+the alias first: nothing changed, look and retry); 4 verification failed (a file differs from its
+manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from training import registry, storage
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_VERIFY = 0, 1, 2, 3, 4
+
+
+def _resolve(root: str, model: str, ref: str | None) -> str:
+    """A version name, or an alias name resolved to its version (default: the champion)."""
+    ref = ref or "champion"
+    if ref in registry.ALIASES:
+        doc = registry.get_alias(root, model, ref)
+        if doc is None:
+            raise registry.RegistryError(f"{model}: alias {ref} is not set in {root}")
+        return doc["version"]
+    return ref
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+
+
+def cmd_list(args) -> int:
+    models = [args.model] if args.model else sorted({n.split("/", 1)[0] for n in storage.list_names(storage.join(args.store, "models"))})
+    for model in models:
+        by_version: dict[str, list[str]] = {}
+        for alias, doc in registry.aliases(args.store, model).items():
+            by_version.setdefault(doc["version"], []).append(alias)
+        latest = registry.latest(args.store, model)
+        for version in registry.versions(args.store, model):
+            manifest = registry.read_manifest(args.store, model, version)
+            try:
+                meta = json.loads(storage.read_text(storage.join(registry.model_root(args.store, model), version, "metadata.json")))
+            except (FileNotFoundError, ValueError):
+                meta = {}
+            metric = meta.get("gate", {}).get("metric") or "test_accuracy"
+            value = meta.get("metrics", {}).get(metric)
+            tags = ",".join(sorted(by_version.get(version, [])) + (["LATEST"] if version == latest else [])) or "-"
+            figure = f"{metric}={value:.4f}" if isinstance(value, int | float) else "-"
+            print(f"{model}\t{version}\t{tags}\t{figure}\t{_when(manifest.get('created_at'))}\t{manifest.get('created_by', '-')}")
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    version = _resolve(args.store, args.model, args.ref)
+    manifest = registry.read_manifest(args.store, args.model, version)
+    try:
+        meta = json.loads(storage.read_text(storage.join(registry.model_root(args.store, args.model), version, "metadata.json")))
+    except FileNotFoundError:
+        meta = None
+    out = {
+        "model": args.model,
+        "version": version,
+        "aliases": sorted(a for a, d in registry.aliases(args.store, args.model).items() if d["version"] == version),
+        "latest": registry.latest(args.store, args.model),
+        "manifest": manifest,
+        "metrics": (meta or {}).get("metrics"),
+        "gate": (meta or {}).get("gate"),
+        "history": [r for r in registry.history(args.store, args.model) if version in (r["version"], r["from"])],
+    }
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_promote(args) -> int:
+    if args.source or args.target:
+        if not (args.source and args.target):
+            raise registry.RegistryError("promotion between stores needs both --from and --to")
+        if args.alias != "champion":
+            raise registry.RegistryError("promotion between stores moves the target's candidate and champion: drop --alias")
+        doc = registry.promote_between(args.source, args.target, args.model, args.version, reason=args.reason)
+        print(
+            f"{args.model}: {doc['version']} copied to {args.target} (digests verified) and is its champion (was {doc['from'] or 'unset'})"
+        )
+        return EXIT_OK
+    if not args.store:
+        raise registry.RegistryError("no store: pass --store or set MLPLATFORM_MODEL_STORE")
+    if not args.version:
+        raise registry.RegistryError("name the version to promote")
+    # forward only: going back is a rollback, which says so in the audit log
+    doc = registry.move(args.store, args.model, args.alias, args.version, reason=args.reason, forward_only=True)
+    print(f"{args.model}:{args.alias} -> {doc['version']} (was {doc['from'] or 'unset'}, generation {doc['generation']})")
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    doc = registry.rollback(args.store, args.model, args.to, reason=args.reason)
+    print(f"{args.model}:champion rolled back {doc['from']} -> {doc['version']} (LATEST follows)")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    targets = registry.versions(args.store, args.model) if args.all else [_resolve(args.store, args.model, args.ref)]
+    failed = []
+    for version in targets:
+        try:
+            registry.verify(args.store, args.model, version)
+            print(f"{args.model}/{version}: ok ({len(registry.read_manifest(args.store, args.model, version)['files'])} files)")
+        except registry.VerifyError as exc:
+            failed.append(version)
+            for problem in exc.problems:
+                print(f"{args.model}/{version}: {problem}", file=sys.stderr)
+    champ = registry.get_alias(args.store, args.model, "champion")
+    if champ and registry.latest(args.store, args.model) != champ["version"]:
+        # a promoter that died between its champion write and LATEST: finish its work
+        registry.sync(args.store, args.model)
+        print(f"{args.model}: LATEST repaired to follow the champion ({champ['version']})")
+    if failed:
+        print(f"verify failed: {len(failed)} of {len(targets)} version(s) of {args.model} differ from their manifest", file=sys.stderr)
+        return EXIT_VERIFY
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default=os.environ.get("MLPLATFORM_MODEL_STORE"), help="model store root (path, file:// or s3://)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("list", help="versions with their aliases and gate figure")
+    s.add_argument("--model", help="one model (default: every model in the store)")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("show", help="one version: manifest, metrics, aliases, history")
+    s.add_argument("--model", required=True)
+    s.add_argument("ref", nargs="?", help="version or alias (default: champion)")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("promote", help="move an alias forward, or copy a version to another store and make it champion there")
+    s.add_argument("--model", required=True)
+    s.add_argument("version", nargs="?", help="version (between stores, default: the source's champion)")
+    s.add_argument("--alias", default="champion", choices=["champion", "candidate"])
+    s.add_argument("--from", dest="source", help="source store (promotion between stores)")
+    s.add_argument("--to", dest="target", help="target store (promotion between stores)")
+    s.add_argument("--reason", required=True, help="why: recorded in the audit log")
+    s.set_defaults(fn=cmd_promote, needs_store=False)
+
+    s = sub.add_parser("rollback", help="move the champion back (default: to previous); LATEST follows")
+    s.add_argument("--model", required=True)
+    s.add_argument("--to", help="version to roll back to (default: the previous champion)")
+    s.add_argument("--reason", required=True, help="why: recorded in the audit log")
+    s.set_defaults(fn=cmd_rollback)
+
+    s = sub.add_parser("verify", help="check files against their manifest (and repair LATEST if it lags the champion)")
+    s.add_argument("--model", required=True)
+    s.add_argument("ref", nargs="?", help="version or alias (default: champion)")
+    s.add_argument("--all", action="store_true", help="every version of the model")
+    s.set_defaults(fn=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "needs_store", True) and not args.store:
+        print("models: error: no store: pass --store or set MLPLATFORM_MODEL_STORE", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.fn(args)
+    except registry.AliasConflict as exc:
+        print(f"models: conflict: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except registry.VerifyError as exc:
+        print(f"models: error: {exc}", file=sys.stderr)
+        return EXIT_VERIFY
+    except (registry.RegistryError, storage.Conflict, ValueError) as exc:
+        print(f"models: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # store unreachable, no credentials, ...: one line, not a traceback
+        if type(exc).__module__.split(".")[0] in ("botocore", "boto3", "urllib3") or isinstance(exc, OSError):
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"models: error: store {args.store or args.source or ''}: {type(exc).__name__}: {first}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
