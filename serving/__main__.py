@@ -1,67 +1,61 @@
-"""Run the model server:  python -m serving --model-uri URI [--host H] [--port P] ...
-
-Every flag can be set by an environment variable SERVING_<FLAG> (e.g. SERVING_MODEL_URI).
-
-Shutdown: on SIGTERM the server reports not-ready (/readyz 503) and keeps serving for
---drain-seconds, so load balancers stop sending traffic first; then it stops accepting connections,
-finishes in-flight requests and exits 0. A second signal exits at once.
-"""
+"""python -m serving: see serving/cli.py for the flags (python -m serving --help)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def flag(name: str, **kw):
-        env = "SERVING_" + name.lstrip("-").upper().replace("-", "_")
-        kw["default"] = os.environ.get(env, kw.get("default"))
-        kw["help"] = f"{kw['help']} [env {env}; default: %(default)s]"
-        p.add_argument(name, **kw)
-
-    flag("--model-uri", help="artifact store root (follows models/<name>/LATEST) or a model directory; path, file:// or s3://")
-    flag("--model-name", default="mnist", help="the model's name in the API (/v1/models/<name>)")
-    flag("--host", default="0.0.0.0", help="listen address")
-    flag("--port", type=int, default=8501, help="listen port (TF-Serving's REST port)")
-    flag("--max-batch-size", type=int, default=64, help="instances per model call and per request")
-    flag("--batch-timeout-ms", type=float, default=2.0, help="longest wait for more requests to fill a batch")
-    flag("--max-queue", type=int, default=1024, help="instances waiting before the server answers 429")
-    flag("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (413 beyond)")
-    flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
-    flag("--drain-seconds", type=float, default=5.0, help="after SIGTERM, keep serving (not ready) this long before closing")
-    flag("--log-level", default="info", help="debug, info, warning, error")
-    return p
+from serving.cli import parse_models, parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if not args.model_uri:
-        print("--model-uri (or SERVING_MODEL_URI) is required", file=sys.stderr)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        models = parse_models(args)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.api_keys_file and not os.path.isfile(args.api_keys_file):
+        print(
+            f"--api-keys-file {args.api_keys_file}: no such file (authentication was asked for: refusing to start without keys)",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import uvicorn
+    import asyncio
 
-    from serving.app import ModelServer, Settings
+    import uvicorn
+    from prometheus_client import start_http_server
+
+    from serving.app import ModelServer, ServerSettings
+    from serving.http import guarded_protocol
     from serving.model import configure_threads
 
     configure_threads()
     app = ModelServer(
-        Settings(
-            model_uri=args.model_uri,
-            model_name=args.model_name,
+        ServerSettings(
+            models=models,
             max_batch_size=args.max_batch_size,
             batch_timeout_ms=args.batch_timeout_ms,
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
+            max_inflight_body_bytes=args.max_inflight_body_bytes,
+            request_timeout_s=args.request_timeout_s,
             poll_seconds=args.poll_seconds,
+            allow_signature_change=args.allow_signature_change,
+            api_keys_file=args.api_keys_file,
+            parse_workers=args.parse_workers,
+            offload_body_bytes=args.offload_body_bytes,
         )
     )
+    if args.metrics_port:
+        # A plain threaded HTTP server on its own port: scrapes never queue behind API traffic, and the
+        # public Service, which exposes only the API port, cannot reach it.
+        start_http_server(args.metrics_port, addr=args.host, registry=app.registry)
+    closed = app.metrics.connections_closed
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
@@ -79,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             self._captured_signals.clear()
 
         async def serve(self, sockets=None):
-            import asyncio
-
             self._loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
@@ -91,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=False,  # per-request logging would cost more than the request; metrics count them
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=args.keep_alive_s,
         lifespan="on",
         loop="auto",
-        http="auto",
+        http=guarded_protocol(
+            args.header_timeout_s, args.body_timeout_s, args.max_connections, lambda reason: closed.labels(reason=reason).inc()
+        ),
     )
     server = DrainingServer(config)
     server.run()

@@ -1,13 +1,19 @@
-"""The model server: a thin ASGI app, TF-Serving compatible REST API.
+"""The model server: a raw ASGI app serving one or more models, contract from their signatures.
 
-    GET  /v1/models/{name}            model status (TF-Serving shape)
-    POST /v1/models/{name}:predict    {"instances": [...]} or {"inputs": [...]} -> {"predictions": [...]}
-    GET  /healthz                     liveness (the process is up)
-    GET  /readyz                      readiness (a model is loaded and we are not draining)
-    GET  /metrics                     Prometheus
+TF-Serving REST (https://www.tensorflow.org/tfx/serving/api_rest):
+    GET  /v1/models/{name}[/versions/{v}]                 status
+    GET  /v1/models/{name}[/versions/{v}]/metadata        signatures
+    POST /v1/models/{name}[/versions/{v}]:predict         row ("instances") or columnar ("inputs")
+Open Inference Protocol v2 REST (KServe, Triton):
+    GET  /v2/health/live   /v2/health/ready   /v2
+    GET  /v2/models/{name}[/versions/{v}]                 metadata (datatypes, shapes)
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer
+Kubernetes: GET /healthz (liveness), GET /readyz (every model loaded and not draining).
+/metrics is served on its own port (serving/__main__.py), never on this app.
 
-Nothing a client sends produces a 5xx: malformed input is a 400 with a JSON reason, an oversized
-body a 413, a full queue a 429 with Retry-After. A raw ASGI app (no framework) keeps the hot path short.
+Nothing a client sends produces a 5xx other than 503 (overloaded/not ready): malformed input is a 400
+naming the input and what was expected; each error type maps to its status in serving/errors.py.
 """
 
 from __future__ import annotations
@@ -15,138 +21,113 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
-import numpy as np
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
+from serving import codec
 from serving import model as model_lib
-from serving.batcher import Batcher, QueueFull
+from serving.auth import ApiKeys
+from serving.batcher import Batcher
+from serving.errors import MethodNotAllowed, NotFound, PayloadTooLarge, ServingError, Unavailable, status_of
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger("serving")
 
 
 @dataclass
-class Settings:
-    model_uri: str
-    model_name: str = "mnist"
+class ServerSettings:
+    models: dict[str, str]  # name -> store root or model directory
     max_batch_size: int = 64  # instances per model call, and per request
     batch_timeout_ms: float = 2.0
-    max_queue: int = 1024  # instances waiting before 429
+    max_queue: int = 1024  # instances waiting per model before 429
     max_body_bytes: int = 4 * 1024 * 1024
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 10.0
-    poll_seconds: float = 30.0  # how often to look for a new LATEST (0: never)
+    poll_seconds: float = 30.0  # how often to look for a new version (0: never, once one is loaded)
+    allow_signature_change: bool = False
+    api_keys_file: str | None = None
+    parse_workers: int = 1  # processes for large bodies (0: a thread)
+    offload_body_bytes: int = 256 * 1024
+    retry_base_s: float = 1.0  # backoff for transient load failures: base * 2**attempt, capped
+    retry_max_s: float = 300.0
+    extra: dict = field(default_factory=dict)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, headers: list | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or []
+class ServedModel:
+    """One model name: its current version, its batcher, and the loop that follows its store."""
 
-
-def parse_instances(body: bytes, max_batch: int) -> np.ndarray:
-    """Request body -> float32 array (n, 28, 28, 1), or BadRequest with the reason."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(400, 'body must be a JSON object with "instances" or "inputs"')
-    keys = {"instances", "inputs"} & doc.keys()
-    if len(keys) != 1:
-        raise BadRequest(400, 'body must have exactly one of "instances" (row format) or "inputs" (columnar format)')
-    key = keys.pop()
-    data = doc[key]
-    if key == "inputs" and isinstance(data, dict):  # columnar with a named input
-        if len(data) != 1:
-            raise BadRequest(400, f'"inputs" must name exactly one input, got {sorted(data)}')
-        data = next(iter(data.values()))
-    if not isinstance(data, list) or not data:
-        raise BadRequest(400, f'"{key}" must be a non-empty list of 28x28 images')
-    if len(data) > max_batch:
-        raise BadRequest(400, f"{len(data)} instances exceed the limit of {max_batch} per request: split the batch")
-    try:
-        arr = np.asarray(data)
-    except ValueError:
-        raise BadRequest(400, "instances must all have the same shape, 28x28 or 28x28x1") from None
-    if arr.dtype.kind not in "iuf":
-        raise BadRequest(400, f"instances must contain only numbers (got {arr.dtype.kind!r} data)")
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.shape[1:] != model_lib.INPUT_SHAPE:
-        raise BadRequest(400, f"each instance must be 28x28 or 28x28x1, got {'x'.join(map(str, arr.shape[1:])) or 'a scalar'}")
-    arr = arr.astype(np.float32, copy=False)
-    lo, hi = float(arr.min()), float(arr.max())
-    if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
-        raise BadRequest(400, f"pixel values must be in [0, 1] (got min {lo}, max {hi})")
-    return arr
-
-
-class ModelServer:
-    """The ASGI callable plus the model lifecycle (load, hot-swap, drain)."""
-
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
-        self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = ServingMetrics(self.registry, settings.max_batch_size)
+    def __init__(self, name: str, uri: str, server: ModelServer):
+        self.name, self.uri, self.server = name, uri, server
+        s = server.settings
+        self.source = model_lib.Source(uri, name)
         self.model: model_lib.LoadedModel | None = None
-        self.draining = False
-        self._failed_versions: set[str] = set()
-        self.batcher = Batcher(
-            lambda: self.model, settings.max_batch_size, settings.batch_timeout_ms / 1000, settings.max_queue, self.metrics
-        )
-        self._tasks: list[asyncio.Task] = []
-        prefix = f"/v1/models/{settings.model_name}"
-        self._predict_path, self._status_path = f"{prefix}:predict", prefix
+        self.refused: dict[str, str] = {}  # version -> reason; only versions that failed their checks
+        self._retry: dict[str, tuple[int, float]] = {}  # version -> (failed attempts, monotonic time of next try)
+        self.batcher = Batcher(lambda: self.model, s.max_batch_size, s.batch_timeout_ms / 1000, s.max_queue, server.metrics, name)
+        m = server.metrics
+        self.m_predict_seconds = m.request_seconds.labels(model=name)
+        self.m_ok = m.requests.labels(model=name, route="predict", code="200")
 
-    # ---- lifecycle ----
-
-    async def startup(self) -> None:
-        await self.batcher.start()
-        self._tasks.append(asyncio.create_task(self._watch()))
-
-    async def shutdown(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await self.batcher.stop()
-
-    async def _watch(self) -> None:
-        """Load the current version, then keep following LATEST (hot swap)."""
+    async def watch(self) -> None:
+        """Load a version, then keep following the store (hot swap)."""
+        s = self.server.settings
         while True:
             try:
                 await self.refresh()
             except Exception:  # noqa: BLE001 - a broken store must not kill the server; keep serving
-                log.exception("model refresh failed")
-            if self.settings.poll_seconds <= 0 and self.model is not None:
+                log.exception("model %s: refresh failed", self.name)
+            if s.poll_seconds <= 0 and self.model is not None:
                 return
-            await asyncio.sleep(self.settings.poll_seconds if self.model else min(5.0, self.settings.poll_seconds or 5.0))
+            await asyncio.sleep(s.poll_seconds if self.model else min(s.retry_base_s, s.poll_seconds or s.retry_base_s))
 
     async def refresh(self) -> bool:
-        """Load, check and warm a new version in a worker thread, then switch to it atomically.
-        A version that fails is refused (logged, counted) and the current one keeps serving."""
-        s = self.settings
-        version, uri = await asyncio.to_thread(model_lib.resolve, s.model_uri, s.model_name)
-        if (self.model and version == self.model.version) or version in self._failed_versions:
-            return False
+        """Try the version the pointer names; a pod with nothing loaded falls back to the newest older
+        version that loads. Returns True when it switched."""
+        candidates = await asyncio.to_thread(self.source.candidates)
+        if self.model is not None:
+            candidates = candidates[:1]  # serving already: only the pointer's version replaces it
+        for version, uri in candidates:
+            if self.model is not None and version == self.model.version:
+                return False
+            if version in self.refused or self._retry.get(version, (0, 0.0))[1] > time.monotonic():
+                continue
+            if await self._try(version, uri):
+                return True
+        return False
+
+    async def _try(self, version: str, uri: str) -> bool:
+        s, m = self.server.settings, self.server.metrics
         try:
             loaded = await asyncio.to_thread(model_lib.load, version, uri, (1, s.max_batch_size))
+            if self.model is not None and not s.allow_signature_change:
+                problems = _signature_problems(self.model.specs, loaded.specs)
+                if problems:
+                    raise model_lib.ModelLoadError(
+                        "incompatible",
+                        f"signature not compatible with version {self.model.version}: {'; '.join(problems)} "
+                        "(serve it under a new model name, or pass --allow-signature-change)",
+                    )
         except model_lib.ModelLoadError as exc:
-            self._failed_versions.add(version)
-            self.metrics.load_failures.labels(reason=exc.reason).inc()
-            log.error(
-                "refusing model version %s (%s): %s; still serving %s",
-                version,
-                exc.reason,
-                exc,
-                self.model.version if self.model else "nothing",
-            )
+            m.load_failures.labels(model=self.name, reason=exc.reason).inc()
+            current = self.model.version if self.model else "nothing"
+            if exc.transient:
+                attempts = self._retry.get(version, (0, 0.0))[0] + 1
+                delay = min(s.retry_base_s * 2 ** (attempts - 1), s.retry_max_s)
+                self._retry[version] = (attempts, time.monotonic() + delay)
+                log.warning("model %s version %s not available (%s), retry in %.0fs; serving %s", self.name, version, exc, delay, current)
+            else:
+                self.refused[version] = exc.reason
+                log.error("refusing model %s version %s (%s): %s; serving %s", self.name, version, exc.reason, exc, current)
             return False
+        self._retry.pop(version, None)
         old, self.model = self.model, loaded  # one reference assignment: the next batch uses it
         if old:
-            self.metrics.model_info.remove(s.model_name, old.version)
+            m.model_info.remove(self.name, old.version)
         # TensorFlow/Keras leave hundreds of thousands of long-lived objects; a full GC pass over
         # them stalls the event loop for tens of ms (the p99). Collect once (the old model's cycles
         # included), then freeze the survivors out of the collector's reach.
@@ -154,10 +135,63 @@ class ModelServer:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self.metrics.model_info.labels(model=s.model_name, version=version).set(1)
-        self.metrics.model_ready.set(1)
-        log.info("serving model %s version %s from %s", s.model_name, version, uri)
+        m.model_info.labels(model=self.name, version=version).set(1)
+        m.model_ready.labels(model=self.name).set(1)
+        log.info("serving model %s version %s from %s", self.name, version, uri)
         return True
+
+
+def _signature_problems(old: dict[str, codec.SignatureSpec], new: dict[str, codec.SignatureSpec]) -> list[str]:
+    problems = []
+    for name, spec in old.items():
+        if name not in new:
+            problems.append(f"signature {name!r} is gone")
+        else:
+            problems += [f"{name}: {p}" for p in codec.incompatibilities(spec, new[name])]
+    return problems
+
+
+class ModelServer:
+    """The ASGI callable plus the models' lifecycle (load, hot-swap, drain)."""
+
+    def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None):
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ServingMetrics(self.registry, settings.max_batch_size, list(settings.models))
+        self.models = {name: ServedModel(name, uri, self) for name, uri in settings.models.items()}
+        self.api_keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+        self.draining = False
+        self._inflight_bytes = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def model(self) -> model_lib.LoadedModel | None:
+        """The only model's loaded version (one-model servers and tests)."""
+        return next(iter(self.models.values())).model
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and all(m.model is not None for m in self.models.values())
+
+    # ---- lifecycle ----
+
+    async def startup(self) -> None:
+        if self.settings.parse_workers > 0:
+            # spawn, not fork: the parent holds TensorFlow's threads; the worker imports only numpy/orjson.
+            self._pool = ProcessPoolExecutor(self.settings.parse_workers, mp_context=multiprocessing.get_context("spawn"))
+            await asyncio.get_running_loop().run_in_executor(self._pool, codec.DTYPES.get, "float32")  # start it now
+        for served in self.models.values():
+            await served.batcher.start()
+            self._tasks.append(asyncio.create_task(served.watch()))
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for served in self.models.values():
+            await served.batcher.stop()
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- ASGI ----
 
@@ -168,66 +202,193 @@ class ModelServer:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        if path == self._predict_path:
-            await self._predict(scope, receive, send, method)
-        elif path == "/healthz":
-            await self._simple(send, "health", 200, {"status": "ok"})
-        elif path == "/readyz":
-            ready = self.model is not None and not self.draining
-            await self._simple(send, "health", 200 if ready else 503, {"ready": ready, "draining": self.draining})
-        elif path == "/metrics":
-            self.metrics.requests.labels(route="metrics", code="200").inc()
-            await _respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
-        elif path == self._status_path and method == "GET":
-            await self._simple(send, "status", 200 if self.model else 503, self._status())
-        elif path.startswith("/v1/models/"):
-            await self._simple(send, "other", 404, {"error": f"unknown model or endpoint {path!r}: this server serves {self._status_path}"})
+        if path.startswith("/v1/models/"):
+            await self._v1(scope, receive, send, method, path[len("/v1/models/") :])
+        elif path.startswith("/v2/models/"):
+            await self._v2(scope, receive, send, method, path[len("/v2/models/") :])
+        elif path in ("/healthz", "/v2/health/live"):
+            await self._json(send, "", "health", 200, {"status": "ok"} if path == "/healthz" else {"live": True})
+        elif path in ("/readyz", "/v2/health/ready"):
+            ready = self.ready
+            doc = {"ready": ready, "draining": self.draining}
+            if path == "/readyz":
+                doc["models"] = {n: (m.model.version if m.model else None) for n, m in self.models.items()}
+            await self._json(send, "", "health", 200 if ready else 503, doc)
+        elif path == "/v2":
+            await self._json(send, "", "metadata", 200, {"name": "mlplatform-serving", "version": "2", "extensions": []})
         else:
-            await self._simple(send, "other", 404, {"error": f"not found: {path!r}"})
+            hint = " (metrics are on the metrics port)" if path == "/metrics" else ""
+            await self._json(send, "", "other", 404, {"error": f"not found: {path!r}{hint}"})
 
-    def _status(self) -> dict:
-        if self.model is None:
-            return {
-                "model_version_status": [
-                    {"version": "", "state": "LOADING", "status": {"error_code": "UNAVAILABLE", "error_message": "loading"}}
-                ]
-            }
-        return {
-            "model_version_status": [
-                {"version": self.model.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            ]
-        }
+    async def _json(self, send, model: str, route: str, status: int, doc: dict, headers=()) -> None:
+        self.metrics.requests.labels(model=model, route=route, code=str(status)).inc()
+        await _respond(send, status, orjson.dumps(doc), extra=headers)
 
-    async def _simple(self, send, route: str, status: int, doc: dict) -> None:
-        self.metrics.requests.labels(route=route, code=str(status)).inc()
-        await _respond(send, status, orjson.dumps(doc))
+    async def _error(self, send, model: str, route: str, exc: ServingError) -> None:
+        status, headers = status_of(exc)
+        await self._json(send, model, route, status, {"error": exc.message}, headers)
 
-    async def _predict(self, scope, receive, send, method: str) -> None:
+    def _served(self, name: str, version: str | None) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise NotFound(f"unknown model {name!r}: this server serves {sorted(self.models)}")
+        if version is not None:
+            current = served.model.version if served.model else None
+            if version != current:
+                raise NotFound(f"model {name!r} version {version!r} is not served (serving {current!r})")
+        return served
+
+    async def _v1(self, scope, receive, send, method: str, rest: str) -> None:
+        verb = None
+        if ":" in rest:
+            rest, verb = rest.rsplit(":", 1)
+        parts = rest.split("/")
+        name, version = parts[0], None
+        if len(parts) >= 3 and parts[1] == "versions":
+            version, parts = parts[2], parts[3:]
+        else:
+            parts = parts[1:]
+        sub = "/".join(parts)
+        label = name if name in self.models else ""
+        try:
+            if verb == "predict" and not sub:
+                await self._predict(scope, receive, send, method, name, version, v2=False)
+                return
+            if verb is not None:
+                raise NotFound(f"unsupported method :{verb} (this server implements :predict)")
+            served = self._served(name, version)
+            if method != "GET":
+                raise MethodNotAllowed(f"{scope['path']} takes GET", "GET")
+            if sub == "":
+                await self._json(send, label, "status", 200 if served.model else 503, _tfs_status(served.model))
+            elif sub == "metadata":
+                if served.model is None:
+                    raise Unavailable(f"model {name!r} is not loaded yet")
+                await self._json(send, label, "metadata", 200, codec.tfs_metadata(name, served.model.version, served.model.specs))
+            else:
+                raise NotFound(f"unknown endpoint {scope['path']!r}")
+        except ServingError as exc:
+            await self._error(send, label, "status" if verb is None else "predict", exc)
+
+    async def _v2(self, scope, receive, send, method: str, rest: str) -> None:
+        parts = rest.split("/")
+        name, version = parts[0], None
+        if len(parts) >= 3 and parts[1] == "versions":
+            version, parts = parts[2], parts[3:]
+        else:
+            parts = parts[1:]
+        sub = "/".join(parts)
+        label = name if name in self.models else ""
+        try:
+            if sub == "infer":
+                await self._predict(scope, receive, send, method, name, version, v2=True)
+                return
+            served = self._served(name, version)
+            if method != "GET":
+                raise MethodNotAllowed(f"{scope['path']} takes GET", "GET")
+            if sub == "ready":
+                ready = served.model is not None and not self.draining
+                await self._json(send, label, "health", 200 if ready else 503, {"name": name, "ready": ready})
+            elif sub == "":
+                if served.model is None:
+                    raise Unavailable(f"model {name!r} is not loaded yet")
+                doc = codec.v2_metadata(name, served.model.version, served.model.default.spec)
+                await self._json(send, label, "metadata", 200, doc)
+            else:
+                raise NotFound(f"unknown endpoint {scope['path']!r}")
+        except ServingError as exc:
+            await self._error(send, label, "status", exc)
+
+    async def _predict(self, scope, receive, send, method: str, name: str, version: str | None, v2: bool) -> None:
         start = time.perf_counter()
+        served = self.models.get(name)
+        label = name if served else ""
         try:
             if method != "POST":
-                raise BadRequest(405, ":predict takes POST", [(b"allow", b"POST")])
-            if self.model is None:
-                raise BadRequest(503, "model not loaded yet", [(b"retry-after", b"1")])
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            x = parse_instances(body, self.settings.max_batch_size)
+                raise MethodNotAllowed(f"{scope['path']} takes POST")
+            if self.api_keys is not None:
+                self.api_keys.check(scope["headers"])
+            served = self._served(name, version)
+            loaded = served.model
+            if loaded is None:
+                raise Unavailable(f"model {name!r} is not loaded yet")
+            body, reserved = await self._read_body(scope, receive)
             try:
-                y, version = await asyncio.wait_for(self.batcher.submit(x), self.settings.request_timeout_s)
-            except QueueFull as exc:
-                raise BadRequest(429, f"{exc}: retry later", [(b"retry-after", b"1")]) from None
+                decoded = await self._decode(body, loaded.specs, v2)
+            finally:
+                del body
+                self._inflight_bytes -= reserved
+            try:
+                outputs, used = await asyncio.wait_for(
+                    served.batcher.submit(decoded.signature, decoded.inputs, decoded.n), self.settings.request_timeout_s
+                )
             except TimeoutError:
-                raise BadRequest(503, "prediction timed out: server overloaded", [(b"retry-after", b"1")]) from None
-            status = 200
-            payload = orjson.dumps({"predictions": y, "model_version": version}, option=orjson.OPT_SERIALIZE_NUMPY)
-            headers: list = []
-        except BadRequest as exc:
-            status, payload, headers = exc.status, orjson.dumps({"error": exc.message}), exc.headers
+                raise Unavailable("prediction timed out: server overloaded") from None
+            if v2:
+                if decoded.outputs:
+                    outputs = {k: outputs[k] for k in decoded.outputs}
+                payload = codec.encode_v2(name, used, outputs, decoded.request_id)
+            else:
+                payload = codec.encode_tfs(outputs, decoded.row_format, used)
+            served.m_ok.inc()
+            served.m_predict_seconds.observe(time.perf_counter() - start)
+            await _respond(send, 200, payload)
+            return
+        except ServingError as exc:
+            status, headers = status_of(exc)
+            payload = orjson.dumps({"error": exc.message})
         except Exception:  # noqa: BLE001 - our bug, not the client's: log it and answer 500, never crash
             log.exception("predict failed")
             status, payload, headers = 500, b'{"error":"internal error"}', []
-        self.metrics.requests.labels(route="predict", code=str(status)).inc()
-        self.metrics.request_seconds.observe(time.perf_counter() - start)
+        self.metrics.requests.labels(model=label, route="predict", code=str(status)).inc()
+        if served is not None:
+            served.m_predict_seconds.observe(time.perf_counter() - start)
         await _respond(send, status, payload, extra=headers)
+
+    async def _read_body(self, scope, receive) -> tuple[bytes, int]:
+        """The body, within the per-request cap (checked from Content-Length before reading) and the
+        budget of bytes all requests may hold at once (so many unfinished bodies cannot exhaust memory)."""
+        limit = self.settings.max_body_bytes
+        declared = None
+        for hname, value in scope.get("headers", ()):
+            if hname == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise codec.BadRequest("invalid Content-Length") from None
+                if declared > limit:
+                    raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+                break
+        reserve = limit if declared is None else declared
+        if self._inflight_bytes + reserve > self.settings.max_inflight_body_bytes:
+            raise Unavailable(f"server busy: {self._inflight_bytes} bytes of request bodies in flight; retry later")
+        self._inflight_bytes += reserve
+        try:
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise codec.BadRequest("client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks), reserve
+        except BaseException:
+            self._inflight_bytes -= reserve
+            raise
+
+    async def _decode(self, body: bytes, specs: dict, v2: bool) -> codec.Decoded:
+        parse = codec.parse_v2 if v2 else codec.parse_tfs
+        max_batch = self.settings.max_batch_size
+        if len(body) < self.settings.offload_body_bytes:
+            return parse(body, specs, max_batch)
+        # Decoding megabytes of JSON holds the GIL for hundreds of ms: in another process, the event
+        # loop (health checks, small requests) keeps running.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, parse, body, specs, max_batch)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -241,31 +402,19 @@ class ModelServer:
                 return
 
 
-async def _read_body(scope, receive, limit: int) -> bytes:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise BadRequest(400, "invalid Content-Length") from None
-            if declared > limit:
-                raise BadRequest(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
-            break
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest(400, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+def _tfs_status(loaded: model_lib.LoadedModel | None) -> dict:
+    if loaded is None:
+        return {
+            "model_version_status": [
+                {"version": "", "state": "LOADING", "status": {"error_code": "UNAVAILABLE", "error_message": "loading"}}
+            ]
+        }
+    return {
+        "model_version_status": [{"version": loaded.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
 
 
-async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json", extra: list | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
+async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json", extra=()) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,9 +1,13 @@
-"""Dynamic batching: concurrent requests are merged into one model call.
+"""Dynamic batching per model: concurrent requests to one model are merged into one model call.
 
-Requests wait in a bounded queue (counted in instances). One worker takes everything queued, up to
-``max_batch_size`` instances, waiting at most ``max_wait_s`` for more when the queue runs dry, and
-runs the model in a dedicated thread so the event loop keeps accepting requests meanwhile. While a
-batch runs, the next one accumulates: under load, batches fill without any waiting.
+Requests wait in a bounded queue (counted in instances). One worker per model takes what is queued,
+up to ``max_batch_size`` instances, waiting at most ``max_wait_s`` for more when the queue runs dry,
+and runs the model in a dedicated thread so the event loop keeps accepting requests meanwhile. While
+a batch runs, the next one accumulates: under load, batches fill without any waiting.
+
+A batch only merges requests for the same signature whose inputs have the same per-instance shapes
+(a signature with variable non-batch dimensions is batched only among equal shapes); a model
+whose signature has no batch dimension is called once per request. Models never share a batcher.
 """
 
 from __future__ import annotations
@@ -12,29 +16,40 @@ import asyncio
 import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
-from serving.metrics import ServingMetrics
+from serving.errors import Overloaded
 
 
-class QueueFull(Exception):
-    """Back-pressure: the caller answers 429 with Retry-After."""
+@dataclass
+class _Item:
+    signature: str
+    inputs: dict[str, np.ndarray]
+    n: int
+    future: asyncio.Future
+
+    def key(self):
+        return self.signature, tuple((k, v.shape[1:]) for k, v in self.inputs.items())
 
 
 class Batcher:
-    def __init__(self, get_model, max_batch_size: int, max_wait_s: float, max_queue: int, metrics: ServingMetrics):
+    def __init__(self, get_model, max_batch_size: int, max_wait_s: float, max_queue: int, metrics, model_name: str):
         self._get_model = get_model  # the current LoadedModel (hot-swapped atomically)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
-        self.metrics = metrics
-        self._pending: collections.deque[tuple[np.ndarray, asyncio.Future]] = collections.deque()
+        self.model_name = model_name
+        self._m_queue = metrics.queue_depth.labels(model=model_name)
+        self._m_infer = metrics.inference_seconds.labels(model=model_name)
+        self._m_batch = metrics.batch_size.labels(model=model_name)
+        metrics.queue_capacity.labels(model=model_name).set(max_queue)
+        self._pending: collections.deque[_Item] = collections.deque()
         self._queued = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        metrics.queue_capacity.set(max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"inference-{model_name}")
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -56,32 +71,36 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, str]:
-        """Predictions for ``x`` (n, 28, 28, 1) and the model version that produced them."""
-        n = len(x)
+    async def submit(self, signature: str, inputs: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], str]:
+        """Outputs for ``inputs`` (``n`` instances) and the model version that produced them."""
         if self._queued + n > self.max_queue:
-            raise QueueFull(f"queue full ({self._queued}/{self.max_queue} instances waiting)")
+            raise Overloaded(f"queue full ({self._queued}/{self.max_queue} instances waiting): retry later")
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((x, fut))
+        self._pending.append(_Item(signature, inputs, n, fut))
         self._queued += n
-        self.metrics.queue_depth.set(self._queued)
+        self._m_queue.set(self._queued)
         self._wakeup.set()
         return await fut
 
-    async def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+    async def _take(self) -> list[_Item]:
         while not self._pending:
             self._wakeup.clear()
             await self._wakeup.wait()
-        batch, size = [], 0
+        model = self._get_model()
+        first = self._pending.popleft()
+        batch, size = [first], first.n
+        if model is None or not model.signatures[first.signature].spec.batched:
+            return batch
+        key = first.key()
         deadline = time.monotonic() + self.max_wait_s
         while True:
-            while self._pending and size + len(self._pending[0][0]) <= self.max_batch_size:
+            while self._pending and size + self._pending[0].n <= self.max_batch_size and self._pending[0].key() == key:
                 item = self._pending.popleft()
                 batch.append(item)
-                size += len(item[0])
+                size += item.n
             remaining = deadline - time.monotonic()
-            if size >= self.max_batch_size or remaining <= 0 or (self._pending and batch):
-                break  # full, out of time, or the next request does not fit
+            if size >= self.max_batch_size or remaining <= 0 or self._pending:
+                break  # full, out of time, or the next request does not fit this batch
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
@@ -93,23 +112,29 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._take()
-            sizes = [len(x) for x, _ in batch]
-            self._queued -= sum(sizes)
-            self.metrics.queue_depth.set(self._queued)
+            self._queued -= sum(i.n for i in batch)
+            self._m_queue.set(self._queued)
             model = self._get_model()
-            x = batch[0][0] if len(batch) == 1 else np.concatenate([x for x, _ in batch])
+            first = batch[0]
+            if len(batch) == 1:
+                x = first.inputs
+            else:
+                x = {k: np.concatenate([i.inputs[k] for i in batch]) for k in first.inputs}
             start = time.perf_counter()
             try:
-                y = await loop.run_in_executor(self._executor, model, x)
+                y = await loop.run_in_executor(self._executor, model.signatures[first.signature], x)
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting request as a 500
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                for i in batch:
+                    if not i.future.done():
+                        i.future.set_exception(exc)
                 continue
-            self.metrics.inference_seconds.observe(time.perf_counter() - start)
-            self.metrics.batch_size.observe(len(x))
+            self._m_infer.observe(time.perf_counter() - start)
+            self._m_batch.observe(sum(i.n for i in batch))
             offset = 0
-            for (_, fut), n in zip(batch, sizes, strict=True):
-                if not fut.done():  # the client may have gone away
-                    fut.set_result((y[offset : offset + n], model.version))
-                offset += n
+            for i in batch:
+                if not i.future.done():  # the client may have gone away
+                    if len(batch) == 1:
+                        i.future.set_result((y, model.version))
+                    else:
+                        i.future.set_result(({k: v[offset : offset + i.n] for k, v in y.items()}, model.version))
+                offset += i.n

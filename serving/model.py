@@ -1,8 +1,13 @@
-"""Find, load, check and warm up a model version.
+"""Find, load, check and warm up a model version; its contract comes from its serving signatures.
 
-``--model-uri`` is either the artifact store root the training job publishes to (we follow
-``<root>/models/<name>/LATEST``) or a model directory (``model.keras`` and/or ``saved_model/``).
-Local paths, file:// and s3:// are accepted.
+A model URI is either the artifact store root the training job publishes to (we follow
+``<root>/models/<name>/LATEST``) or a model directory (``saved_model/`` and/or ``model.keras``, or a
+SavedModel directory itself). Local paths, file:// and s3:// are accepted.
+
+Failures come in two kinds. *Transient* ones (the version is not there yet, the store does not
+answer) are retried with backoff. A version that is there but fails its checks (does not load, has
+no usable signature, breaks the served signature, outputs non-finite values on warm-up) is refused
+for the life of the process.
 """
 
 from __future__ import annotations
@@ -11,23 +16,24 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
+from serving.codec import DEFAULT_SIGNATURE, DTYPES, SignatureSpec, TensorSpec
+
 log = logging.getLogger(__name__)
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
 
 
 class ModelLoadError(Exception):
-    """A version that cannot be served; ``reason`` is a bounded metric label."""
+    """A version that cannot be served now; ``reason`` is a bounded metric label; ``transient`` errors are retried."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, transient: bool = False):
         super().__init__(message)
         self.reason = reason
+        self.transient = transient
 
 
 # ---- storage (read side of training/storage.py: serving ships without the training package) ----
@@ -60,34 +66,74 @@ def read_text(uri: str) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def list_versions(model_root: str) -> list[str]:
+    """Version names under ``<root>/models/<name>/``, newest first (names sort by time)."""
+    scheme, bucket, key = _split(model_root)
+    if scheme == "file":
+        p = Path(key)
+        names = [c.name for c in p.iterdir() if c.is_dir()] if p.is_dir() else []
+    else:
+        names = []
+        for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/", Delimiter="/"):
+            names += [c["Prefix"][len(key) + 1 :].rstrip("/") for c in page.get("CommonPrefixes", [])]
+    return sorted(names, reverse=True)
+
+
 def fetch_dir(uri: str, dest: Path) -> Path:
     """A local directory with the model files of ``uri`` (downloaded when remote)."""
     scheme, bucket, key = _split(uri)
     if scheme == "file":
         if not Path(key).is_dir():
-            raise ModelLoadError("download", f"{uri}: no such directory")
+            raise ModelLoadError("download", f"{uri}: no such directory", transient=True)
         return Path(key)
     s3 = _s3()
     prefix = key + "/"
     found = False
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            found = True
-            target = dest / obj["Key"][len(prefix) :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(target))
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found = True
+                target = dest / obj["Key"][len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(target))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network and store errors are worth another try
+        raise ModelLoadError("download", f"{uri}: {type(exc).__name__}: {exc}", transient=True) from None
     if not found:
-        raise ModelLoadError("download", f"{uri}: no objects")
+        raise ModelLoadError("download", f"{uri}: no objects", transient=True)
     return dest
 
 
-def resolve(model_uri: str, name: str) -> tuple[str, str]:
-    """(version, uri of that version's directory). A store root follows LATEST; a model directory
-    is served as is (its version is metadata.json's, else the directory name)."""
-    base = model_uri.rstrip("/")
-    latest = read_text(f"{base}/models/{name}/LATEST")
-    if latest:
-        return latest, f"{base}/models/{name}/{latest}"
+@dataclass
+class Source:
+    """Where a model's versions come from: a store root (follows LATEST) or one directory."""
+
+    uri: str
+    name: str
+
+    @property
+    def model_root(self) -> str:
+        return f"{self.uri.rstrip('/')}/models/{self.name}"
+
+    def is_store(self) -> bool:
+        return read_text(f"{self.model_root}/LATEST") is not None or bool(list_versions(self.model_root))
+
+    def candidates(self) -> list[tuple[str, str]]:
+        """(version, uri) to try, best first: LATEST, then older versions newest first (a fallback for
+        a pointer that names a missing or broken version). Versions newer than LATEST may still be
+        uploading (publish writes LATEST last), so they are never candidates."""
+        latest = read_text(f"{self.model_root}/LATEST")
+        versions = list_versions(self.model_root)
+        if latest is None and not versions:
+            return [_single(self.uri)]
+        out = [(latest, f"{self.model_root}/{latest}")] if latest else []
+        out += [(v, f"{self.model_root}/{v}") for v in versions if v != latest and (latest is None or v < latest)]
+        return out
+
+
+def _single(uri: str) -> tuple[str, str]:
+    base = uri.rstrip("/")
     meta = read_text(f"{base}/metadata.json")
     if meta:
         import json
@@ -99,76 +145,164 @@ def resolve(model_uri: str, name: str) -> tuple[str, str]:
     return Path(_split(base)[2]).name or "unversioned", base
 
 
+def resolve(model_uri: str, name: str) -> tuple[str, str]:
+    """(version, uri) the pointer names (kept for tools that want the current version)."""
+    return Source(model_uri, name).candidates()[0]
+
+
 # ---- the loaded model ----
+
+
+@dataclass
+class Signature:
+    spec: SignatureSpec
+    fn: object  # concrete function: keyword tensors -> dict of tensors
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self.fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {t.name: out[t.name].numpy() for t in self.spec.outputs}
 
 
 @dataclass
 class LoadedModel:
     version: str
-    predict: object  # callable: float32 array (n, 28, 28, 1) -> float32 array (n, 10)
     source: str
+    signatures: dict[str, Signature] = field(default_factory=dict)
+
+    @property
+    def specs(self) -> dict[str, SignatureSpec]:
+        return {k: s.spec for k, s in self.signatures.items()}
+
+    @property
+    def default(self) -> Signature:
+        return self.signatures[DEFAULT_SIGNATURE]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.predict(x)
+        """The default signature on its single input, first output (for tools and tests)."""
+        sig = self.default
+        return sig({sig.spec.inputs[0].name: x})[sig.spec.outputs[0].name]
+
+
+def _dtype_name(tf_dtype) -> str | None:
+    name = "string" if tf_dtype.name == "string" else tf_dtype.name
+    return name if name in DTYPES else None
+
+
+def _spec_of(name: str, fn) -> SignatureSpec:
+    args, kwargs = fn.structured_input_signature
+    if args:
+        raise ModelLoadError("incompatible", f"signature {name!r} takes positional inputs; only named inputs can be served")
+
+    def tensor(key, ts) -> TensorSpec:
+        dtype = _dtype_name(ts.dtype)
+        if dtype is None:
+            raise ModelLoadError("incompatible", f"signature {name!r}: {key!r} has dtype {ts.dtype.name}, which JSON cannot carry")
+        if ts.shape.rank is None:
+            raise ModelLoadError("incompatible", f"signature {name!r}: {key!r} has an unknown rank")
+        return TensorSpec(key, dtype, tuple(ts.shape.as_list()))
+
+    outputs = fn.structured_outputs
+    if not isinstance(outputs, dict):
+        raise ModelLoadError("incompatible", f"signature {name!r} does not return named outputs")
+    return SignatureSpec(
+        name, tuple(tensor(k, v) for k, v in sorted(kwargs.items())), tuple(tensor(k, v) for k, v in sorted(outputs.items()))
+    )
+
+
+def _sample(spec: TensorSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(n if i == 0 and d is None else (d if d is not None else 1) for i, d in enumerate(spec.shape))
+    if spec.dtype == "string":
+        return np.full(shape, b"warm up", dtype=object)
+    if spec.dtype == "bool":
+        return np.zeros(shape, dtype=bool)
+    dt = np.dtype(spec.dtype)
+    if dt.kind == "f":
+        return rng.random(shape).astype(dt)
+    return np.zeros(shape, dtype=dt)
 
 
 def load(version: str, uri: str, warmup_batch_sizes: tuple[int, ...] = (1, 64)) -> LoadedModel:
-    """Load ``uri``, check it is an MNIST classifier, compile and warm it up (first calls are slow)."""
-    import tensorflow as tf
-
+    """Load ``uri``, read its signatures, call each on sample batches (first calls are slow) and check the outputs."""
     tmp = Path(tempfile.mkdtemp(prefix="model-"))
     try:
         local = fetch_dir(uri, tmp)
-        predict = _compile(local)
-        for n in warmup_batch_sizes:
-            x = np.random.default_rng(0).random((n, *INPUT_SHAPE), dtype=np.float32)
-            try:
-                y = predict(x)
-            except (tf.errors.OpError, ValueError, TypeError) as exc:
-                raise ModelLoadError("incompatible", f"{uri}: model rejects a ({n}, 28, 28, 1) float32 batch: {exc}") from None
-            if y.shape != (n, NUM_CLASSES):
-                raise ModelLoadError("incompatible", f"{uri}: expected output shape ({n}, {NUM_CLASSES}), got {y.shape}")
-            if not np.all(np.isfinite(y)):
-                raise ModelLoadError("warmup", f"{uri}: model outputs non-finite values")
-        return LoadedModel(version=version, predict=predict, source=uri)
+        signatures = _load_signatures(local)
+        rng = np.random.default_rng(0)
+        for sig in signatures.values():
+            sizes = warmup_batch_sizes if sig.spec.batched else (1,)
+            for n in sizes:
+                x = {t.name: _sample(t, n, rng) for t in sig.spec.inputs}
+                try:
+                    y = sig(x)
+                except Exception as exc:  # noqa: BLE001 - a model that fails on well-formed input is broken
+                    raise ModelLoadError("warmup", f"{uri}: signature {sig.spec.name!r} fails on a sample batch of {n}: {exc}") from None
+                for t in sig.spec.outputs:
+                    arr = y[t.name]
+                    if sig.spec.batched and (arr.ndim == 0 or len(arr) != n):
+                        raise ModelLoadError("incompatible", f"{uri}: output {t.name!r} does not have one row per instance")
+                    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                        raise ModelLoadError("warmup", f"{uri}: output {t.name!r} is not finite on a sample batch")
+        return LoadedModel(version=version, source=uri, signatures=signatures)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _compile(local: Path):
-    """A graph-compiled predict function with a fixed input signature (no retracing per batch size)."""
+def _load_signatures(local: Path) -> dict[str, Signature]:
     import tensorflow as tf
 
-    signature = [tf.TensorSpec([None, *INPUT_SHAPE], tf.float32)]
-    keras_file = local / "model.keras"
     saved = local / "saved_model" if (local / "saved_model").is_dir() else local
     try:
-        if keras_file.exists():
-            import keras
-
-            model = keras.models.load_model(keras_file, compile=False)
-            fn = tf.function(lambda x: model(x, training=False), input_signature=signature, reduce_retracing=True)
-        elif (saved / "saved_model.pb").exists():
+        if (saved / "saved_model.pb").exists():
             loaded = tf.saved_model.load(str(saved))
-            serve = getattr(loaded, "serve", None) or loaded.signatures["serving_default"]
-
-            def call(x, _serve=serve):
-                out = _serve(x)
-                return next(iter(out.values())) if isinstance(out, dict) else out
-
-            fn = tf.function(call, input_signature=signature)
+            fns = dict(loaded.signatures)
+            keep = loaded  # the signatures' variables live as long as the loaded object
+        elif (local / "model.keras").exists():
+            keep, fns = _keras_signature(local / "model.keras")
         else:
-            raise ModelLoadError("load", f"{local}: neither model.keras nor saved_model/saved_model.pb")
-        fn.get_concrete_function()
+            raise ModelLoadError("load", f"{local}: neither saved_model/saved_model.pb nor model.keras")
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to deserialize means this version is unusable
         raise ModelLoadError("load", f"{local}: cannot load model: {type(exc).__name__}: {exc}") from None
+    if DEFAULT_SIGNATURE not in fns:
+        raise ModelLoadError("incompatible", f"{local}: no {DEFAULT_SIGNATURE!r} signature (has {sorted(fns)})")
+    out = {}
+    for name, fn in fns.items():
+        fn._mlplatform_keep = keep  # noqa: SLF001 - keep the owner alive with the function
+        out[name] = Signature(_spec_of(name, fn), fn)
+    return out
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return fn(tf.constant(x)).numpy()
 
-    return predict
+def _keras_signature(path: Path):
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(path, compile=False)
+    names = [t.name.split(":")[0] for t in model.inputs]
+    specs = {n: tf.TensorSpec(t.shape, t.dtype, name=n) for n, t in zip(names, model.inputs, strict=True)}
+    out_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+
+    @tf.function(input_signature=[specs])
+    def serve(inputs):
+        y = model([inputs[n] for n in names] if len(names) > 1 else inputs[names[0]], training=False)
+        ys = y if isinstance(y, (list, tuple)) else [y]
+        return dict(zip(out_names, ys, strict=True))
+
+    def call(**kw):
+        return serve(kw)
+
+    concrete = serve.get_concrete_function()
+
+    class Fn:
+        structured_input_signature = ((), specs)
+        structured_outputs = concrete.structured_outputs
+
+        def __call__(self, **kw):
+            return serve(kw)
+
+    return model, {DEFAULT_SIGNATURE: Fn()}
 
 
 def configure_threads() -> None:

@@ -76,7 +76,7 @@ def test_overload_gives_429_then_recovers(store, server_factory):
     assert status == 200
     _, _, h429 = next((post(s.url, big) for _ in range(1)), (None, None, {}))
     assert s.proc.poll() is None
-    assert metric(s.url, "mlplatform_serving_requests_total", '{code="429",route="predict"}') >= 1
+    assert metric(s.metrics_url, "mlplatform_serving_requests_total", '{code="429",model="mnist",route="predict"}') >= 1
 
 
 def test_429_carries_retry_after(store, server_factory):
@@ -123,7 +123,7 @@ def test_hot_swap_under_load_has_no_errors(tmp_path, server_factory):
     assert "v1" in versions and "v2" in versions
     first_v2 = versions.index("v2")
     assert "v1" not in versions[first_v2 + 30 :]  # switched, and stays switched
-    assert metric(s.url, "mlplatform_serving_model_info", '{model="mnist",version="v2"}') == 1
+    assert metric(s.metrics_url, "mlplatform_serving_model_info", '{model="mnist",version="v2"}') == 1
 
 
 def test_corrupt_version_is_refused_and_old_keeps_serving(tmp_path, server_factory):
@@ -137,16 +137,22 @@ def test_corrupt_version_is_refused_and_old_keeps_serving(tmp_path, server_facto
     (vdir / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     # The first version the server sees is v1 (already loaded); give the poller time to see v2.
     deadline = time.time() + 30
-    while time.time() < deadline and (metric(s.url, "mlplatform_serving_model_load_failures_total", '{reason="load"}') or 0) < 1:
+    while (
+        time.time() < deadline
+        and (metric(s.metrics_url, "mlplatform_serving_model_load_failures_total", '{model="mnist",reason="load"}') or 0) < 1
+    ):
         time.sleep(0.2)
-    assert metric(s.url, "mlplatform_serving_model_load_failures_total", '{reason="load"}') == 1
+    assert metric(s.metrics_url, "mlplatform_serving_model_load_failures_total", '{model="mnist",reason="load"}') == 1
     status, doc, _ = post(s.url)
     assert status == 200 and doc["model_version"] == "v1"
     # an incompatible model (3 classes) is refused too, with its own reason
     publish(root, "v3", seed=3, kind="wrong-output")
     deadline = time.time() + 30
-    while time.time() < deadline and (metric(s.url, "mlplatform_serving_model_load_failures_total", '{reason="incompatible"}') or 0) < 1:
+    while (
+        time.time() < deadline
+        and (metric(s.metrics_url, "mlplatform_serving_model_load_failures_total", '{model="mnist",reason="incompatible"}') or 0) < 1
+    ):
         time.sleep(0.2)
-    assert metric(s.url, "mlplatform_serving_model_load_failures_total", '{reason="incompatible"}') == 1
+    assert metric(s.metrics_url, "mlplatform_serving_model_load_failures_total", '{model="mnist",reason="incompatible"}') == 1
     assert post(s.url)[1]["model_version"] == "v1"
-    assert "refusing model version v2" in s.stop()
+    assert "refusing model mnist version v2" in s.stop()

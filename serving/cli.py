@@ -1,0 +1,124 @@
+"""The server's command line (importable without TensorFlow, for the program's contract tests).
+
+    python -m serving --model NAME=URI [--model NAME2=URI2 ...] [--host H] [--port P] ...
+    python -m serving --model-uri URI [--model-name NAME]          (the one-model form)
+
+URI is an artifact store root (the server follows models/<NAME>/LATEST) or a model directory;
+path, file:// or s3://. Every flag can be set by an environment variable SERVING_<FLAG>
+(e.g. SERVING_MODEL_URI); SERVING_MODELS takes comma-separated NAME=URI pairs.
+
+Ports: the API on --port (8501, TF-Serving's REST port); Prometheus /metrics on --metrics-port (9091)
+only, so a public Service exposes the API without the metrics.
+
+Shutdown: on SIGTERM the server reports not-ready (/readyz 503) and keeps serving for
+--drain-seconds, so load balancers stop sending traffic first; then it stops accepting connections,
+finishes in-flight requests and exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+ENV_PREFIX = "SERVING_"
+MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(env_names=[])
+
+    def flag(name: str, **kw):
+        var = ENV_PREFIX + name.lstrip("-").upper().replace("-", "_")
+        p.get_default("env_names").append(var)
+        if var in env:
+            conv = kw.get("type", str)
+            try:
+                kw["default"] = conv(env[var])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                p.error(f"{var}={env[var]!r}: {exc}")
+        kw["help"] = f"{kw['help']} [env {var}; default: %(default)s]"
+        p.add_argument(name, **kw)
+
+    flag("--model-uri", help="one-model form: artifact store root (follows models/<name>/LATEST) or a model directory")
+    flag("--model-name", default="mnist", help="one-model form: the model's name in the API (/v1/models/<name>)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME=URI",
+        help="a model to serve (repeatable) [env SERVING_MODELS: comma-separated NAME=URI]",
+    )
+    p.get_default("env_names").append("SERVING_MODELS")
+    flag("--host", default="0.0.0.0", help="listen address")
+    flag("--port", type=int, default=8501, help="API port (TF-Serving's REST port)")
+    flag("--metrics-port", type=int, default=9091, help="Prometheus /metrics port (0: off); the API port answers 404 on /metrics")
+    flag(
+        "--api-keys-file",
+        default=None,
+        help="file with one API key per line (a mounted Secret; reloaded when it changes): predict routes then need a key",
+    )
+    flag("--max-batch-size", type=int, default=64, help="instances per model call and per request")
+    flag("--batch-timeout-ms", type=float, default=2.0, help="longest wait for more requests to fill a batch")
+    flag("--max-queue", type=int, default=1024, help="instances waiting per model before the server answers 429")
+    flag("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (413 beyond, checked from Content-Length)")
+    flag("--max-inflight-body-bytes", type=int, default=64 * 1024 * 1024, help="request bytes being read or decoded at once (503 beyond)")
+    flag("--max-connections", type=int, default=1000, help="open connections; more are answered 503 and closed")
+    flag(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="time to send the request line and headers, from connect or from the first byte",
+    )
+    flag("--body-timeout-s", type=float, default=30.0, help="time to send the whole body once the headers are in")
+    flag("--keep-alive-s", type=float, default=5.0, help="idle time between requests on a keep-alive connection")
+    flag("--request-timeout-s", type=float, default=10.0, help="longest wait for a prediction (503 beyond)")
+    flag("--parse-workers", type=int, default=1, help="processes decoding large JSON bodies off the event loop (0: decode in a thread)")
+    flag("--offload-body-bytes", type=int, default=256 * 1024, help="bodies at least this large are decoded by a parse worker")
+    flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
+    flag(
+        "--allow-signature-change", type=_bool, default=False, help="hot-swap to a version whose signature breaks the served one's clients"
+    )
+    flag("--drain-seconds", type=float, default=5.0, help="after SIGTERM, keep serving (not ready) this long before closing")
+    flag("--log-level", default="info", help="debug, info, warning, error")
+    return p
+
+
+def parse_models(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """{name: uri} from --model, SERVING_MODELS, or the one-model --model-uri/--model-name; ValueError says why not."""
+    env = os.environ if environ is None else environ
+    pairs = list(args.model or [])
+    if not pairs and env.get("SERVING_MODELS"):
+        pairs = [x.strip() for x in env["SERVING_MODELS"].split(",") if x.strip()]
+    models: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, uri = pair.partition("=")
+        if not sep or not uri:
+            raise ValueError(f"--model {pair!r}: expected NAME=URI")
+        if not MODEL_NAME.match(name):
+            raise ValueError(f"--model {pair!r}: the name must be a DNS-1123 label (lowercase letters, digits, '-')")
+        if name in models:
+            raise ValueError(f"--model {name!r} given twice")
+        models[name] = uri
+    if args.model_uri:
+        if args.model_name in models:
+            raise ValueError(f"model {args.model_name!r} given by both --model and --model-uri")
+        models[args.model_name] = args.model_uri
+    if not models:
+        raise ValueError("no model: give --model NAME=URI (or SERVING_MODELS), or --model-uri (SERVING_MODEL_URI)")
+    return models
+
+
+def accepted_env() -> set[str]:
+    """Every SERVING_* variable the server reads (for the program's contract test)."""
+    return set(parser({}).get_default("env_names")) | {"SERVING_TF_THREADS"}

@@ -1,0 +1,451 @@
+"""Request decoding and response encoding against a model's signature (no TensorFlow here).
+
+This module is imported by the parser worker process too (large bodies are decoded there, off the
+event loop), so it depends only on numpy and orjson, and everything it takes and returns pickles.
+
+Formats (https://www.tensorflow.org/tfx/serving/api_rest and the Open Inference Protocol,
+https://github.com/kserve/open-inference-protocol/blob/main/specification/protocol/inference_rest.md):
+
+* TF-Serving row format: ``{"instances": [v, ...]}`` (one input) or ``{"instances": [{name: v}, ...]}``;
+  answered ``{"predictions": [...]}`` (an object per row when the signature has several outputs).
+* TF-Serving columnar format: ``{"inputs": v}`` or ``{"inputs": {name: v}}``; answered ``{"outputs": ...}``.
+* Open Inference Protocol v2: ``{"inputs": [{"name", "shape", "datatype", "data"}]}`` -> ``{"outputs": [...]}``.
+
+Strings follow TF-Serving's JSON rules: a JSON string is its UTF-8 bytes, ``{"b64": "..."}`` is binary.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from serving.errors import BadRequest, NotFound
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# numpy dtype name -> (TF DataType enum name, Open Inference Protocol datatype)
+DTYPES = {
+    "float16": ("DT_HALF", "FP16"),
+    "float32": ("DT_FLOAT", "FP32"),
+    "float64": ("DT_DOUBLE", "FP64"),
+    "int8": ("DT_INT8", "INT8"),
+    "int16": ("DT_INT16", "INT16"),
+    "int32": ("DT_INT32", "INT32"),
+    "int64": ("DT_INT64", "INT64"),
+    "uint8": ("DT_UINT8", "UINT8"),
+    "uint16": ("DT_UINT16", "UINT16"),
+    "uint32": ("DT_UINT32", "UINT32"),
+    "uint64": ("DT_UINT64", "UINT64"),
+    "bool": ("DT_BOOL", "BOOL"),
+    "string": ("DT_STRING", "BYTES"),
+}
+V2_TO_DTYPE = {v2: name for name, (_, v2) in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # a key of DTYPES
+    shape: tuple[int | None, ...]  # None: any size; the first dimension is the batch when batched
+
+    def shape_text(self) -> str:
+        return "[" + ", ".join("-1" if d is None else str(d) for d in self.shape) + "]"
+
+    def describe(self) -> str:
+        return f"{self.dtype} with shape {self.shape_text()}"
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def batched(self) -> bool:
+        """Every input and output has a leading dimension of any size: requests can be merged."""
+        return all(t.shape and t.shape[0] is None for t in (*self.inputs, *self.outputs))
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise BadRequest(f"signature {self.name!r} has no input {name!r}; its inputs are {self.input_names()}")
+
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+
+def incompatibilities(old: SignatureSpec, new: SignatureSpec) -> list[str]:
+    """Why clients of ``old`` would break on ``new`` (empty: a safe hot swap)."""
+    problems = []
+    for kind, a, b in (("input", old.inputs, new.inputs), ("output", old.outputs, new.outputs)):
+        bmap = {t.name: t for t in b}
+        if {t.name for t in a} != set(bmap):
+            problems.append(f"{kind}s {sorted(t.name for t in a)} became {sorted(bmap)}")
+            continue
+        for t in a:
+            n = bmap[t.name]
+            if n.dtype != t.dtype:
+                problems.append(f"{kind} {t.name!r} dtype {t.dtype} became {n.dtype}")
+            elif len(n.shape) != len(t.shape) or any(nd is not None and nd != od for od, nd in zip(t.shape, n.shape, strict=False)):
+                problems.append(f"{kind} {t.name!r} shape {t.shape_text()} became {n.shape_text()}")
+    return problems
+
+
+# ---- value -> array ----
+
+
+def _strings(value, where: str) -> np.ndarray:
+    def conv(v):
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, str):
+            return v.encode()
+        if isinstance(v, dict) and v.keys() == {"b64"} and isinstance(v["b64"], str):
+            try:
+                return base64.b64decode(v["b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest(f"{where}: invalid base64 in {{'b64': ...}}") from None
+        raise BadRequest(f'{where}: expected strings (or {{"b64": "..."}} for binary), got {type(v).__name__}')
+
+    converted = conv(value)
+    try:
+        arr = np.array(converted, dtype=object)
+    except ValueError:
+        raise BadRequest(f"{where}: ragged: all rows must have the same length") from None
+    if arr.dtype != object or any(not isinstance(x, bytes) for x in arr.reshape(-1)[:1]):
+        raise BadRequest(f"{where}: ragged: all rows must have the same length")
+    _check_rectangular(converted, arr.shape, where)
+    return arr
+
+
+def _check_rectangular(value, shape, where) -> None:
+    # np.array(dtype=object) silently builds arrays of lists from ragged input; walk it once.
+    def walk(v, depth):
+        if depth == len(shape):
+            if isinstance(v, list):
+                raise BadRequest(f"{where}: ragged: all rows must have the same length")
+            return
+        if not isinstance(v, list) or len(v) != shape[depth]:
+            raise BadRequest(f"{where}: ragged: all rows must have the same length")
+        for x in v:
+            walk(x, depth + 1)
+
+    walk(value, 0)
+
+
+def to_array(value, spec: TensorSpec, where: str, batched: bool) -> np.ndarray:
+    """A JSON value -> an array of ``spec``'s dtype and rank, or BadRequest naming what was expected."""
+    if spec.dtype == "string":
+        arr = _strings(value, where)
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, OverflowError):
+            raise BadRequest(f"{where}: ragged: all rows must have the same length (expected {spec.describe()})") from None
+        kind = arr.dtype.kind
+        want = np.dtype(spec.dtype)
+        if kind == "O":
+            raise BadRequest(f"{where}: expected {spec.dtype} numbers, got mixed or out-of-range values")
+        if want.kind == "b":
+            if kind != "b":
+                raise BadRequest(f"{where}: expected bool (true/false), got {_kind_name(kind)}")
+        elif want.kind in "iu":
+            if kind not in "iu":
+                raise BadRequest(f"{where}: expected {spec.dtype} integers, got {_kind_name(kind)}")
+            info = np.iinfo(want)
+            if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+                raise BadRequest(f"{where}: values out of range for {spec.dtype} [{info.min}, {info.max}]")
+        else:  # float
+            if kind not in "iuf":
+                raise BadRequest(f"{where}: expected {spec.dtype} numbers, got {_kind_name(kind)}")
+        if arr.dtype != want:
+            arr = arr.astype(want)
+        if want.kind == "f" and arr.size and not np.isfinite(arr).all():
+            raise BadRequest(f"{where}: values out of range for {spec.dtype}")
+    rank = len(spec.shape)
+    if arr.ndim == rank - 1 and spec.shape[-1] == 1:
+        arr = arr[..., None]  # a trailing dimension of size 1 may be left out (28x28 for 28x28x1)
+    if arr.ndim != rank:
+        got = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
+        raise BadRequest(f"{where}: expected {spec.describe()}, got {got}")
+    for i, (want_dim, got_dim) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+        if want_dim is not None and want_dim != got_dim:
+            raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)} (dimension {i} must be {want_dim})")
+    if batched and arr.shape[0] == 0:
+        raise BadRequest(f"{where}: empty batch")
+    return arr
+
+
+def _kind_name(kind: str) -> str:
+    return {"b": "booleans", "U": "strings", "S": "strings", "f": "floats", "i": "integers", "u": "integers"}.get(kind, "other values")
+
+
+def _loads(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+# ---- TF-Serving REST ----
+
+
+@dataclass
+class Decoded:
+    signature: str
+    inputs: dict[str, np.ndarray]
+    n: int  # rows (the batch size)
+    row_format: bool = True
+    outputs: tuple[str, ...] = ()  # v2: the outputs asked for (empty: all)
+    request_id: str | None = None
+
+
+def parse_tfs(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) -> Decoded:
+    """A TF-Serving :predict body -> arrays per input name, validated against the signature."""
+    doc = _loads(body)
+    if not isinstance(doc, dict):
+        raise BadRequest('body must be a JSON object with "instances" (row format) or "inputs" (columnar format)')
+    unknown = doc.keys() - {"instances", "inputs", "signature_name"}
+    if unknown:
+        raise BadRequest(f'unknown keys {sorted(unknown)}: expected exactly one of "instances" or "inputs" and optional "signature_name"')
+    keys = {"instances", "inputs"} & doc.keys()
+    if len(keys) != 1:
+        raise BadRequest('body must have exactly one of "instances" (row format) or "inputs" (columnar format)')
+    sig_name = doc.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(sig_name, str) or sig_name not in signatures:
+        raise BadRequest(f"unknown signature_name {sig_name!r}: this model has {sorted(signatures)}")
+    sig = signatures[sig_name]
+    names = sig.input_names()
+    if "instances" in doc:
+        rows = doc["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise BadRequest('"instances" must be a non-empty list (one entry per instance)')
+        if sig.batched and len(rows) > max_batch:
+            raise BadRequest(f"{len(rows)} instances exceed the limit of {max_batch} per request: split the batch")
+        if all(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
+            columns = {}
+            for i, r in enumerate(rows):
+                if r.keys() != set(names):
+                    missing, extra = sorted(set(names) - r.keys()), sorted(r.keys() - set(names))
+                    raise BadRequest(
+                        f"instance {i}: "
+                        + "; ".join(filter(None, [missing and f"missing inputs {missing}", extra and f"unknown inputs {extra}"]))
+                        + f" (signature {sig.name!r} takes {names})"
+                    )
+            for name in names:
+                columns[name] = [r[name] for r in rows]
+        elif any(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
+            raise BadRequest('"instances" must be all objects keyed by input name or all values, not a mix')
+        elif len(names) == 1:
+            columns = {names[0]: rows}
+        else:
+            raise BadRequest(f"signature {sig.name!r} has several inputs {names}: each instance must be an object keyed by input name")
+        inputs = {name: to_array(v, sig.input(name), f"input {name!r}", sig.batched) for name, v in columns.items()}
+        row_format = True
+    else:
+        data = doc["inputs"]
+        if isinstance(data, dict) and not (data.keys() == {"b64"}):
+            missing, extra = sorted(set(names) - data.keys()), sorted(data.keys() - set(names))
+            if extra:
+                raise BadRequest(f"unknown inputs {extra}: signature {sig.name!r} takes {names}")
+            if missing:
+                raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
+        elif len(names) == 1:
+            data = {names[0]: data}
+        else:
+            raise BadRequest(f'signature {sig.name!r} has several inputs {names}: "inputs" must be an object keyed by input name')
+        for name, v in data.items():
+            if sig.batched and isinstance(v, list) and len(v) > max_batch:
+                raise BadRequest(f"input {name!r}: {len(v)} instances exceed the limit of {max_batch} per request: split the batch")
+        inputs = {name: to_array(v, sig.input(name), f"input {name!r}", sig.batched) for name, v in data.items()}
+        row_format = False
+    n = _batch_size(inputs, sig)
+    return Decoded(sig_name, inputs, n, row_format)
+
+
+def _batch_size(inputs: dict[str, np.ndarray], sig: SignatureSpec) -> int:
+    if not sig.batched:
+        return 1
+    sizes = {name: len(a) for name, a in inputs.items()}
+    if len(set(sizes.values())) > 1:
+        raise BadRequest(f"inputs have different batch sizes {sizes}: every input needs one entry per instance")
+    return next(iter(sizes.values()))
+
+
+def _jsonable(arr: np.ndarray, name: str):
+    if arr.dtype == object:  # strings: TF-Serving answers UTF-8 text, binary (or *_bytes outputs) as {"b64"}
+        flat = [_string_out(x, name) for x in arr.reshape(-1)]
+        return np.array(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
+    return arr
+
+
+def _string_out(x: bytes, name: str):
+    if not name.endswith("_bytes"):
+        try:
+            return x.decode()
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(x).decode()}
+
+
+def encode_tfs(outputs: dict[str, np.ndarray], row_format: bool, version: str) -> bytes:
+    names = list(outputs)
+    if not row_format:
+        doc = {"outputs": _jsonable(outputs[names[0]], names[0]) if len(names) == 1 else {k: _jsonable(v, k) for k, v in outputs.items()}}
+    elif len(names) == 1:
+        doc = {"predictions": _jsonable(outputs[names[0]], names[0])}
+    else:
+        cols = {k: _jsonable(v, k) for k, v in outputs.items()}
+        n = len(next(iter(outputs.values())))
+        doc = {"predictions": [{k: c[i] for k, c in cols.items()} for i in range(n)]}
+    doc["model_version"] = version
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---- Open Inference Protocol v2 ----
+
+
+def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) -> Decoded:
+    doc = _loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise BadRequest('body must be a JSON object with "inputs": [{"name", "shape", "datatype", "data"}, ...]')
+    params = doc.get("parameters") or {}
+    sig_name = params.get("signature_name", DEFAULT_SIGNATURE) if isinstance(params, dict) else DEFAULT_SIGNATURE
+    if not isinstance(sig_name, str) or sig_name not in signatures:
+        raise BadRequest(f"unknown signature_name {sig_name!r}: this model has {sorted(signatures)}")
+    sig = signatures[sig_name]
+    names = sig.input_names()
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(doc["inputs"]):
+        if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= t.keys():
+            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+        if not isinstance(name, str):
+            raise BadRequest(f"inputs[{i}].name must be a string")
+        if name in inputs:
+            raise BadRequest(f"input {name!r} given twice")
+        spec = sig.input(name)
+        where = f"input {name!r}"
+        want_v2 = DTYPES[spec.dtype][1]
+        if datatype != want_v2:
+            raise BadRequest(f"{where}: datatype {datatype!r} does not match the signature's {want_v2}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise BadRequest(f"{where}: shape must be a list of non-negative integers")
+        if sig.batched and shape and shape[0] > max_batch:
+            raise BadRequest(f"{where}: {shape[0]} instances exceed the limit of {max_batch} per request: split the batch")
+        if not isinstance(data, list):
+            data = [data]
+        flat = _flatten(data, where)
+        if len(flat) != math.prod(shape):
+            raise BadRequest(f"{where}: {len(flat)} data elements do not fill shape {shape}")
+        arr = to_array(flat, TensorSpec(name, spec.dtype, (None,)), where, batched=False).reshape(shape)
+        inputs[name] = _check(arr, spec, where)
+        if sig.batched and arr.shape[0] == 0:
+            raise BadRequest(f"{where}: empty batch")
+    missing = sorted(set(names) - inputs.keys())
+    if missing:
+        raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
+    wanted = ()
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in doc["outputs"]):
+            raise BadRequest('"outputs" must be a list of {"name": ...}')
+        out_names = [o.name for o in sig.outputs]
+        wanted = tuple(o["name"] for o in doc["outputs"])
+        for o in wanted:
+            if o not in out_names:
+                raise BadRequest(f"unknown output {o!r}: signature {sig.name!r} has outputs {out_names}")
+    rid = doc.get("id")
+    return Decoded(
+        sig_name, inputs, _batch_size(inputs, sig), row_format=False, outputs=wanted, request_id=rid if isinstance(rid, str) else None
+    )
+
+
+def _check(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    rank = len(spec.shape)
+    if arr.ndim != rank:
+        raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)}")
+    for i, (w, g) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+        if w is not None and w != g:
+            raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)} (dimension {i} must be {w})")
+    return arr
+
+
+def _flatten(data: list, where: str) -> list:
+    if not any(isinstance(x, list) for x in data):
+        return data
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+def encode_v2(model: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
+    outs = []
+    for name, arr in outputs.items():
+        dtype = "string" if arr.dtype == object else arr.dtype.name
+        data = [x.decode(errors="replace") for x in arr.reshape(-1)] if arr.dtype == object else arr.reshape(-1)
+        outs.append({"name": name, "datatype": DTYPES[dtype][1], "shape": list(arr.shape), "data": data})
+    doc = {"model_name": model, "model_version": version, "outputs": outs}
+    if request_id is not None:
+        doc["id"] = request_id
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---- metadata documents ----
+
+
+def tfs_metadata(model: str, version: str, signatures: dict[str, SignatureSpec]) -> dict:
+    def tensors(ts):
+        return {
+            t.name: {
+                "dtype": DTYPES[t.dtype][0],
+                "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""} for d in t.shape], "unknown_rank": False},
+                "name": t.name,
+            }
+            for t in ts
+        }
+
+    return {
+        "model_spec": {"name": model, "signature_name": "", "version": version},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    s.name: {"inputs": tensors(s.inputs), "outputs": tensors(s.outputs), "method_name": "tensorflow/serving/predict"}
+                    for s in signatures.values()
+                }
+            }
+        },
+    }
+
+
+def v2_metadata(model: str, version: str, sig: SignatureSpec) -> dict:
+    def tensors(ts):
+        return [{"name": t.name, "datatype": DTYPES[t.dtype][1], "shape": [-1 if d is None else d for d in t.shape]} for t in ts]
+
+    return {
+        "name": model,
+        "versions": [version],
+        "platform": "tensorflow_savedmodel",
+        "inputs": tensors(sig.inputs),
+        "outputs": tensors(sig.outputs),
+    }
+
+
+def select_signature(signatures: dict[str, SignatureSpec], name: str) -> SignatureSpec:
+    if name not in signatures:
+        raise NotFound(f"unknown signature {name!r}: this model has {sorted(signatures)}")
+    return signatures[name]

@@ -1,0 +1,109 @@
+"""Connection-level defences uvicorn's HTTP protocol does not have: read deadlines and a connection cap.
+
+* Header deadline: the request line and headers must arrive within ``header_timeout_s`` of the
+  connection opening (or of the first byte of a later request on a keep-alive connection): idle and
+  slow-header (slowloris) connections are answered 408 and closed.
+* Body deadline: once the headers are in, the whole body must arrive within ``body_timeout_s``;
+  a slow body is closed (the app sees a disconnect).
+* Header size cap (``MAX_HEADER_BYTES``): 431 and close beyond it.
+* Connection cap: beyond ``max_connections`` a new connection is answered 503 and closed at once,
+  before anything is read, so idle sockets cannot pin memory or file descriptors.
+
+Between requests, uvicorn's own keep-alive timeout applies. The app bounds what it buffers itself
+(body cap from Content-Length, a budget for bodies in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _response(status: str, text: str) -> bytes:
+    body = b'{"error":"' + text.encode() + b'"}'
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+    )
+
+
+def guarded_protocol(
+    header_timeout_s: float, body_timeout_s: float, max_connections: int, on_close: Callable[[str], None] = lambda reason: None
+) -> type[HttpToolsProtocol]:
+    """A uvicorn protocol class with the limits above; ``on_close(reason)`` counts each forced close."""
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+        _in_body = False
+
+        def _arm(self, seconds: float, what: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expired, what)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self, what: str) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            on_close(what)
+            if what == "header_timeout":
+                self.transport.write(_response("408 Request Timeout", "request headers not received in time"))
+            # body_timeout: the app owns the response; closing makes its receive() see a disconnect.
+            self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                on_close("connection_limit")
+                transport.write(_response("503 Service Unavailable", "too many connections"))
+                transport.close()
+                return
+            self._arm(header_timeout_s, "header_timeout")
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and not self._in_body and (self.cycle is None or self.cycle.response_complete):
+                self._arm(header_timeout_s, "header_timeout")  # the first byte of a request on a kept-alive connection
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            self._header_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                on_close("header_too_large")
+                self.transport.write(_response("431 Request Header Fields Too Large", "request line and headers exceed 64 KiB"))
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._in_body = True
+            self._arm(body_timeout_s, "body_timeout")
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            self._disarm()
+            super().on_message_complete()
+
+    return GuardedProtocol
