@@ -10,6 +10,8 @@ import difflib
 import ipaddress
 import json
 import re
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -20,6 +22,8 @@ from pydantic.alias_generators import to_camel
 
 NAMESPACE = "mlplatform"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Model names end up in object names (`model-server-<name>-metrics`, `train-<name>-<hash>`), which must stay <= 63.
+MODEL_NAME_MAX = 30
 
 # GPUs per node for the instance types we accept in GPU pools. cluster-autoscaler needs this number to
 # scale a pool up from zero (it cannot read it from a node that does not exist yet).
@@ -52,9 +56,16 @@ ANY_CIDRS = {"0.0.0.0/0", "::/0"}
 class ConfigError(pulumi.RunError):
     """A stack-config mistake. ``pulumi.RunError`` makes the engine print the message without a traceback."""
 
-    def __init__(self, stack_file: str, key: str, message: str):
+    def __init__(self, stack_file: str, key: str, message: str, more: list[tuple[str, str]] | None = None):
         self.stack_file, self.key, self.message = stack_file, key, message
-        super().__init__(f"{stack_file}: {NAMESPACE}:{key}: {message}")
+        self.problems = [(key, message), *(more or [])]
+        super().__init__("\n".join(f"{stack_file}: {NAMESPACE}:{k}: {m}" for k, m in self.problems))
+
+    @classmethod
+    def many(cls, stack_file: str, problems: list[tuple[str, str]]) -> ConfigError:
+        """One error for all problems of a stack file: one line each, the first one first."""
+        (key, message), *rest = problems
+        return cls(stack_file, key, message, rest)
 
 
 class _Model(BaseModel):
@@ -73,32 +84,34 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")]
 
 
 class NodeGroupSize(_Model):
-    instance_type: str = "m6i.large"
-    min: int = Field(default=2, ge=1, le=100)
-    desired: int = Field(default=2, ge=1, le=100)
-    max: int = Field(default=4, ge=1, le=100)
+    instance_type: str = Field(default="m6i.large", description="EC2 instance type of the system nodes")
+    min: int = Field(default=2, ge=1, le=100, description="smallest node count")
+    desired: int = Field(default=2, ge=1, le=100, description="node count at creation (`min <= desired <= max`)")
+    max: int = Field(default=4, ge=1, le=100, description="largest node count")
 
 
 class ClusterConfig(_Model):
-    kind: Literal["eks", "kubeconfig"]
-    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
-    kubeconfig: str | None = None
-    context: str | None = None
-    system_nodes: NodeGroupSize = NodeGroupSize()
-    endpoint_public_access_cidrs: list[Cidr] = []
-    availability_zones: int = Field(default=2, ge=2, le=6)
-    vpc_cidr: Cidr = "10.0.0.0/16"
-    has_gpus: bool = False
+    kind: Literal["eks", "kubeconfig"] = Field(description="create an EKS cluster, or use an existing one from a kubeconfig")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$", description="AWS region; required for `eks`")
+    kubeconfig: str | None = Field(default=None, description="kubeconfig path (unset: `KUBECONFIG` or `~/.kube/config`)")
+    context: str | None = Field(default=None, description="kubeconfig context (unset: the current one)")
+    system_nodes: NodeGroupSize = Field(default=NodeGroupSize(), description="the on-demand system node group")
+    endpoint_public_access_cidrs: list[Cidr] = Field(
+        default=[], description="who may reach the EKS API; required on every EKS stack, never 0.0.0.0/0"
+    )
+    availability_zones: int = Field(default=2, ge=2, le=6, description="AZs of the VPC's private/public subnets")
+    vpc_cidr: Cidr = Field(default="10.0.0.0/16", description="VPC CIDR")
+    has_gpus: bool = Field(default=False, description="existing cluster with NVIDIA GPUs: install the device plugin and DCGM exporter")
 
 
 class GpuPool(_Model):
-    name: str = Field(max_length=40)
-    instance_types: list[str] = Field(min_length=1)
-    capacity_type: Literal["SPOT", "ON_DEMAND"] = "SPOT"
-    min: int = Field(default=0, ge=0, le=100)
-    desired: int = Field(default=0, ge=0, le=100)
-    max: int = Field(default=2, ge=1, le=100)
-    disk_gi_b: int = Field(default=100, ge=20, le=16384, alias="diskGiB")
+    name: str = Field(max_length=40, description="DNS-1123 label; node label `mlplatform.io/gpu-pool=<name>`")
+    instance_types: list[str] = Field(min_length=1, description="g4dn/g5/g6/g6e/p3/p4d/p5 types, all with the same GPU count")
+    capacity_type: Literal["SPOT", "ON_DEMAND"] = Field(default="SPOT", description="spot or on-demand capacity")
+    min: int = Field(default=0, ge=0, le=100, description="smallest node count (0: scale to zero)")
+    desired: int = Field(default=0, ge=0, le=100, description="node count at creation; ignored afterwards (the autoscaler owns it)")
+    max: int = Field(default=2, ge=1, le=100, description="largest node count")
+    disk_gi_b: int = Field(default=100, ge=20, le=16384, alias="diskGiB", description="node root volume, GiB")
 
     @field_validator("name")
     @classmethod
@@ -113,30 +126,69 @@ class GpuPool(_Model):
 
 
 class RegistryConfig(_Model):
-    kind: Literal["ecr", "external"] = "ecr"
-    url: str | None = None
-    keep_images: int = Field(default=20, ge=1, le=1000)
-    builder: str | None = None  # a buildx builder (e.g. remote rootless BuildKit in CI); unset: local Docker
+    kind: Literal["ecr", "external"] = Field(default="ecr", description="`ecr` (EKS stacks) or an `external` registry")
+    url: str | None = Field(default=None, description="the external registry, e.g. `localhost:5001`")
+    keep_images: int = Field(default=20, ge=1, le=1000, description="ECR lifecycle: images kept per repository")
+    builder: str | None = Field(
+        default=None, description="buildx builder for the image builds (e.g. remote rootless BuildKit in CI); unset: local Docker"
+    )
+
+
+# The one stack (by environment) that runs Jenkins: it deploys every environment with that environment's
+# credentials (README "CI/CD"). Not prod: PR code runs on Jenkins agents and must never run in prod's
+# cluster. Not dev: its API endpoint is the least restricted and every PR stack copies its config.
+JENKINS_ENVIRONMENT = "staging"
+# Pasted into job-dsl Groovy (components/jenkins.py): nothing that can end a literal or interpolate.
+GITHUB_REPO_URL = re.compile(r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
+GIT_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+JENKINS_PRINCIPAL = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 
 
 class JenkinsConfig(_Model):
-    enabled: bool = True
-    repo_url: str | None = None
-    branch: str = "main"
-    service_type: Literal["ClusterIP", "LoadBalancer"] = "ClusterIP"
-    allowed_cidrs: list[Cidr] = []
-    storage_gi_b: int = Field(default=20, ge=1, le=1000, alias="storageGiB")
+    enabled: bool = Field(default=False, description=f"run the one Jenkins here (only on the `{JENKINS_ENVIRONMENT}` stack)")
+    repo_url: str | None = Field(
+        default=None, description="`https://github.com/OWNER/NAME[.git]` of this repository; required when enabled"
+    )
+    branch: str = Field(default="main", description="the protected branch the `deploy/main` job builds and rolls out")
+    prod_approvers: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
+        default=[], description="Jenkins users/groups who may approve the prod deploy (`input` submitter); required when enabled"
+    )
+    service_type: Literal["ClusterIP", "LoadBalancer"] = Field(default="ClusterIP", description="`LoadBalancer` requires `allowedCidrs`")
+    allowed_cidrs: list[Cidr] = Field(default=[], description="sources allowed to the Jenkins load balancer")
+    storage_gi_b: int = Field(default=20, ge=1, le=1000, alias="storageGiB", description="Jenkins home volume, GiB")
+
+    @field_validator("repo_url")
+    @classmethod
+    def _github_https(cls, v: str | None) -> str | None:
+        if v is not None and not GITHUB_REPO_URL.match(v.removesuffix(".git")):
+            raise ValueError(f"must be https://github.com/OWNER/NAME[.git] (the GitHub branch source builds its PRs) (got {v!r})")
+        return v
+
+    @field_validator("branch")
+    @classmethod
+    def _git_branch(cls, v: str) -> str:
+        if not GIT_BRANCH.match(v) or ".." in v or "//" in v or v.endswith(("/", ".", ".lock")):
+            raise ValueError(f"must be a plain branch name (letters, digits, '.', '_', '-', '/') (got {v!r})")
+        return v
 
 
 class TrainingConfig(_Model):
-    arch: Literal["seed", "strong"] = "strong"
-    epochs: int = Field(default=10, ge=1, le=1000)
-    batch_size: int | None = Field(default=None, ge=1, le=65536)  # None: the arch's own (seed 128, strong 256)
-    min_accuracy: float = Field(default=0.9842, gt=0, le=1)
-    schedule: str | None = None
-    gpus: int = Field(default=1, ge=0, le=8)
-    data_uri: str | None = None
-    active_deadline_seconds: int = Field(default=7200, ge=60, le=7 * 86400)
+    """One model's training run (a Job, and a CronJob when scheduled)."""
+
+    arch: Literal["seed", "strong"] = Field(default="strong", description="`seed` (the reference CNN) or `strong`")
+    epochs: int = Field(default=10, ge=1, le=1000, description="training epochs (a change starts a new run)")
+    batch_size: int | None = Field(default=None, ge=1, le=65536, description="minibatch size; unset: the arch's own (seed 128, strong 256)")
+    min_accuracy: float = Field(default=0.9842, gt=0, le=1, description="quality gate: minimum held-out accuracy to publish, in (0, 1]")
+    champion_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a new version must not fall more than this below the published one; unset: the trainer's default",
+    )
+    schedule: str | None = Field(default=None, description="cron for scheduled retraining (a CronJob); unset: none")
+    gpus: int = Field(default=1, ge=0, le=8, description="GPUs per run; must be 0 on a stack without GPUs")
+    data_uri: str | None = Field(default=None, description="training data URI (s3:// or path); unset: the trainer's download")
+    active_deadline_seconds: int = Field(default=7200, ge=60, le=7 * 86400, description="hard time limit per run")
 
     @field_validator("schedule")
     @classmethod
@@ -147,63 +199,96 @@ class TrainingConfig(_Model):
 
 
 class ResourceAmounts(_Model):
-    cpu: Quantity
-    memory: Quantity
+    cpu: Quantity = Field(description="CPU, e.g. `500m`")
+    memory: Quantity = Field(description="memory, e.g. `1Gi`")
 
 
 class Resources(_Model):
-    requests: ResourceAmounts = ResourceAmounts(cpu="500m", memory="1Gi")
-    limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
+    requests: ResourceAmounts = Field(default=ResourceAmounts(cpu="500m", memory="1Gi"), description="container requests")
+    limits: ResourceAmounts = Field(default=ResourceAmounts(cpu="2", memory="2Gi"), description="container limits")
 
 
 class ServingConfig(_Model):
-    replicas: int = Field(default=2, ge=1, le=100)
-    min_replicas: int = Field(default=2, ge=1, le=100)
-    max_replicas: int = Field(default=6, ge=1, le=1000)
-    allowed_cidrs: list[Cidr] = []
-    max_batch_size: int = Field(default=64, ge=1, le=4096)
-    batch_timeout_ms: float = Field(default=2.0, ge=0, le=1000)
-    max_queue: int = Field(default=1024, ge=1, le=1_000_000)
-    target_cpu_utilization: int = Field(default=70, ge=10, le=100)
-    resources: Resources = Resources()
+    """One model's server: Deployment, HPA, PDB, routes at the stack's entry point."""
+
+    replicas: int = Field(default=2, ge=1, le=100, description="initial replicas (`minReplicas <= replicas <= maxReplicas`)")
+    min_replicas: int = Field(default=2, ge=1, le=100, description="HPA lower bound")
+    max_replicas: int = Field(default=6, ge=1, le=1000, description="HPA upper bound")
+    allowed_cidrs: list[Cidr] = Field(
+        default=[],
+        description="client sources allowed to this model's routes at the entry point; required in prod (unless `gateway.internal`)",
+    )
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="instances per model call and per request")
+    batch_timeout_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")
+    max_queue: int = Field(default=1024, ge=1, le=1_000_000, description="queued instances before 429")
+    target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent")
+    resources: Resources = Field(default=Resources(), description="container resources")
+    api_key: bool = Field(default=False, description="require an API key on predict routes (a generated key in a Secret)")
+
+
+class ModelConfig(_Model):
+    """One catalogue entry: a model the stack trains, gates, publishes and serves."""
+
+    runtime: Literal["tensorflow"] = Field(default="tensorflow", description="serving runtime (the SavedModel server)")
+    training: TrainingConfig = Field(default=TrainingConfig(), description="training run")
+    serving: ServingConfig = Field(default=ServingConfig(), description="model server")
+
+
+class TlsConfig(_Model):
+    certificate_secret: str = Field(description="a `kubernetes.io/tls` Secret in the gateway namespace (e.g. from cert-manager)")
+    hostname: str | None = Field(default=None, description="the certificate's host name; unset: any")
+
+
+class GatewayConfig(_Model):
+    internal: bool = Field(default=False, description="internal load balancer: reachable only from inside the VPC")
+    tls: TlsConfig | None = Field(default=None, description="serve HTTPS on 443 with this certificate; unset: plain HTTP on 80")
 
 
 class MonitoringConfig(_Model):
-    enabled: bool = True
-    retention: str = Field(default="15d", pattern=r"^[0-9]+(h|d|w|y)$")
-    storage_gi_b: int = Field(default=50, ge=1, le=10000, alias="storageGiB")
-    latency_slo_ms: float = Field(default=100, gt=0)
-    error_ratio_slo: float = Field(default=0.01, gt=0, lt=1)
-    training_stale_days: int = Field(default=7, ge=1, le=365)
-    prometheus_replicas: int = Field(default=1, ge=1, le=5)
-    alertmanager_replicas: int = Field(default=1, ge=1, le=5)
-    gpu_profiling_metrics: bool = Field(default=False)
+    enabled: bool = Field(default=True, description="kube-prometheus-stack, Pushgateway, rules and dashboards")
+    retention: str = Field(default="15d", pattern=r"^[0-9]+(h|d|w|y)$", description="Prometheus retention")
+    storage_gi_b: int = Field(default=50, ge=1, le=10000, alias="storageGiB", description="Prometheus volume, GiB")
+    latency_slo_ms: float = Field(default=100, gt=0, description="p99 latency alert threshold")
+    error_ratio_slo: float = Field(default=0.01, gt=0, lt=1, description="5xx ratio alert threshold")
+    training_stale_days: int = Field(default=7, ge=1, le=365, description="alert when no model was published for this long")
+    prometheus_replicas: int = Field(default=1, ge=1, le=5, description="Prometheus replicas: 2 is an HA pair (prod requires it)")
+    alertmanager_replicas: int = Field(default=1, ge=1, le=5, description="Alertmanager replicas (prod requires 3)")
+    gpu_profiling_metrics: bool = Field(
+        default=False, description="DCGM profiling metrics (DCGM_FI_PROF_*): the exporter then runs as root with SYS_ADMIN"
+    )
 
 
 class AlertingConfig(_Model):
-    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
-    slack_channel: str | None = None
-    email_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
-    smtp_smarthost: str | None = None
-    smtp_from: str | None = None
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://", description="generic webhook receiver")
+    slack_channel: str | None = Field(default=None, description="Slack channel (webhook URL: secret `alertingSlackWebhookUrl`)")
+    email_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$", description="e-mail receiver")
+    smtp_smarthost: str | None = Field(default=None, description="SMTP server `host:port`")
+    smtp_from: str | None = Field(default=None, description="sender address")
 
 
 class EphemeralConfig(_Model):
-    ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+    ttl_hours: float = Field(default=24, gt=0, le=24 * 30, description="lifetime of PR stacks made from this stack (tools/ephemeral.py)")
 
 
 class PlatformConfig(_Model):
-    environment: Literal["local", "dev", "staging", "prod", "ephemeral"]
-    kubernetes_version: str = Field(default="1.33", pattern=r"^1\.[0-9]{2}$")
-    cluster: ClusterConfig
-    gpu_pools: list[GpuPool] = []
-    registry: RegistryConfig = RegistryConfig()
-    jenkins: JenkinsConfig = JenkinsConfig()
-    training: TrainingConfig = TrainingConfig()
-    serving: ServingConfig = ServingConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
-    alerting: AlertingConfig = AlertingConfig()
-    ephemeral: EphemeralConfig = EphemeralConfig()  # PR stacks made from this stack (tools/ephemeral.py)
+    environment: Literal["local", "dev", "staging", "prod", "ephemeral"] = Field(
+        description=(
+            "per-environment rules: prod needs >= 2 replicas per model, restricted `allowedCidrs` (not 0.0.0.0/0) and API endpoint; "
+            "non-prod needs `allowedCidrs` or `gateway.internal`; `local` must use `cluster.kind: kubeconfig`"
+        )
+    )
+    kubernetes_version: str = Field(
+        default="1.33", pattern=r"^1\.[0-9]{2}$", description="Kubernetes minor version; manifests are validated against its schemas"
+    )
+    cluster: ClusterConfig = Field(description="where the platform runs")
+    gpu_pools: list[GpuPool] = Field(default=[], description="EKS GPU node groups")
+    registry: RegistryConfig = Field(default=RegistryConfig(), description="image registry")
+    jenkins: JenkinsConfig = Field(default=JenkinsConfig(), description="CI/CD")
+    models: dict[str, ModelConfig] = Field(default={}, description="the model catalogue: model name (DNS-1123) -> its settings")
+    gateway: GatewayConfig = Field(default=GatewayConfig(), description="the stack's one public entry point for every model")
+    monitoring: MonitoringConfig = Field(default=MonitoringConfig(), description="metrics, alerts, dashboards")
+    alerting: AlertingConfig = Field(default=AlertingConfig(), description="Alertmanager receivers")
+    ephemeral: EphemeralConfig = Field(default=EphemeralConfig(), description="PR stacks made from this stack")
 
     @property
     def is_eks(self) -> bool:
@@ -215,8 +300,14 @@ class PlatformConfig(_Model):
 
 
 # Secret keys are read with require/get_secret and never enter the (plain) model.
-SECRET_KEYS = ("alertingSlackWebhookUrl", "alertingSmtpPassword")
+# jenkinsCredentials: a JSON object of the CI credentials (components/jenkins.py CREDENTIAL_KEYS).
+SECRET_KEYS = ("alertingSlackWebhookUrl", "alertingSmtpPassword", "jenkinsCredentials")
 TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in PlatformConfig.model_fields.items())
+# Keys that existed before the model catalogue: one line says where they went.
+MOVED_KEYS = {
+    "training": "moved to models.<name>.training (one entry per model, e.g. models.mnist.training)",
+    "serving": "moved to models.<name>.serving (one entry per model, e.g. models.mnist.serving)",
+}
 
 
 def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
@@ -229,11 +320,22 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         for j, cidr in enumerate(c.endpoint_public_access_cidrs):
             if cidr in ANY_CIDRS:
                 yield f"cluster.endpointPublicAccessCidrs[{j}]", "the API endpoint must not be open to the world (0.0.0.0/0)"
+    if c.kind == "eks" and cfg.gpu_pools:
+        from components.autoscaler import IMAGE_TAGS
+
+        if cfg.kubernetes_version not in IMAGE_TAGS:
+            yield "kubernetesVersion", (
+                f"no cluster-autoscaler release is pinned for {cfg.kubernetes_version} (it must match the cluster's minor;"
+                f" pinned: {', '.join(IMAGE_TAGS)} in components/autoscaler.py)"
+            )
     m = cfg.monitoring
     if cfg.environment == "prod" and m.enabled and (m.prometheus_replicas < 2 or m.alertmanager_replicas < 3):
-        yield "monitoring", (
-            "prod needs prometheusReplicas >= 2 and alertmanagerReplicas >= 3 to survive a node or zone loss"
-            f" (got {m.prometheus_replicas} and {m.alertmanager_replicas})"
+        yield (
+            "monitoring",
+            (
+                "prod needs prometheusReplicas >= 2 and alertmanagerReplicas >= 3 to survive a node or zone loss"
+                f" (got {m.prometheus_replicas} and {m.alertmanager_replicas})"
+            ),
         )
     if cfg.environment == "local" and c.kind != "kubeconfig":
         yield "cluster.kind", f"the local stack runs on an existing cluster: must be 'kubeconfig' (got {c.kind!r})"
@@ -265,29 +367,49 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         yield "registry.kind", "'ecr' needs an EKS stack; use kind 'external' with a url (e.g. localhost:5001)"
     if r.kind == "external" and not r.url:
         yield "registry.url", "required when registry.kind is 'external' (e.g. 'localhost:5001')"
-    if cfg.jenkins.enabled and not cfg.jenkins.repo_url:
+    if cfg.jenkins.enabled and cfg.environment != JENKINS_ENVIRONMENT:
+        where = f"runs on the {JENKINS_ENVIRONMENT} stack only"
+        yield "jenkins.enabled", f'one Jenkins deploys every environment and {where} (README "CI/CD"): remove it here'
+    elif cfg.jenkins.enabled and not cfg.jenkins.repo_url:
         yield "jenkins.repoUrl", "required when jenkins.enabled (the Git URL of this repository)"
-    if cfg.training.gpus > 0 and not cfg.has_gpus:
-        yield "training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
-    sv = cfg.serving
-    if sv.min_replicas > sv.max_replicas:
-        yield "serving.minReplicas", f"must be <= maxReplicas (got minReplicas={sv.min_replicas}, maxReplicas={sv.max_replicas})"
-    elif not sv.min_replicas <= sv.replicas <= sv.max_replicas:
-        yield "serving.replicas", f"must be between minReplicas and maxReplicas (got {sv.replicas})"
-    if cfg.environment == "prod":
-        if sv.replicas < 2 or sv.min_replicas < 2:
-            yield "serving.replicas", "prod needs >= 2 replicas and minReplicas >= 2 to survive a node loss"
-        if not sv.allowed_cidrs:
-            yield "serving.allowedCidrs", "prod load balancers must be restricted: set at least one CIDR"
-        for j, cidr in enumerate(sv.allowed_cidrs):
-            if cidr in ANY_CIDRS:
-                yield f"serving.allowedCidrs[{j}]", "prod load balancers must not be open to the world (0.0.0.0/0)"
+    if cfg.jenkins.enabled and cfg.environment == JENKINS_ENVIRONMENT and not cfg.jenkins.prod_approvers:
+        yield "jenkins.prodApprovers", "required when jenkins.enabled: the Jenkins users or groups who may approve a prod deploy"
+    for name, model in cfg.models.items():
+        yield from model_rules(cfg, name, model)
     if cfg.jenkins.service_type == "LoadBalancer":
         if not cfg.jenkins.allowed_cidrs:
             yield "jenkins.allowedCidrs", "required when jenkins.serviceType is 'LoadBalancer'"
         for j, cidr in enumerate(cfg.jenkins.allowed_cidrs):
             if cidr in ANY_CIDRS:
                 yield f"jenkins.allowedCidrs[{j}]", "Jenkins must not be open to the world (0.0.0.0/0)"
+
+
+def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[tuple[str, str]]:
+    """The rules of one catalogue entry (key paths start at ``models.<name>``)."""
+    key = f"models.{name}"
+    if not DNS1123_LABEL.match(name) or len(name) > MODEL_NAME_MAX:
+        yield (
+            key,
+            f"a model name must be a DNS-1123 label (lowercase letters, digits, '-'), at most {MODEL_NAME_MAX} characters (got {name!r})",
+        )
+    if model.training.gpus > 0 and not cfg.has_gpus:
+        yield f"{key}.training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
+    sv = model.serving
+    if sv.min_replicas > sv.max_replicas:
+        yield f"{key}.serving.minReplicas", f"must be <= maxReplicas (got minReplicas={sv.min_replicas}, maxReplicas={sv.max_replicas})"
+    elif not sv.min_replicas <= sv.replicas <= sv.max_replicas:
+        yield f"{key}.serving.replicas", f"must be between minReplicas and maxReplicas (got {sv.replicas})"
+    if cfg.environment == "prod" and (sv.replicas < 2 or sv.min_replicas < 2):
+        yield f"{key}.serving.replicas", "prod needs >= 2 replicas and minReplicas >= 2 to survive a node loss"
+    open_ = cfg.environment == "prod" or not cfg.gateway.internal
+    if open_ and not sv.allowed_cidrs:
+        if cfg.environment == "prod":
+            yield f"{key}.serving.allowedCidrs", "prod entry points must be restricted: set at least one CIDR"
+        else:
+            yield f"{key}.serving.allowedCidrs", "a public entry point must be restricted: set at least one CIDR, or gateway.internal: true"
+    for j, cidr in enumerate(sv.allowed_cidrs):
+        if cidr in ANY_CIDRS and cfg.environment == "prod":
+            yield f"{key}.serving.allowedCidrs[{j}]", "prod entry points must not be open to the world (0.0.0.0/0)"
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -300,20 +422,35 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _submodel(ann: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model type inside a field annotation (``X``, ``X | None``, ``list[X]``, ``dict[str, X]``),
+    and whether a path part (a dict key) comes before it."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is dict:
+        return _submodel(args[1])[0], True
+    if origin is list or origin in (typing.Union, types.UnionType):
+        for arg in args:
+            found, keyed = _submodel(arg)
+            if found is not None:
+                return found, keyed
+        return None, False
+    return (ann, False) if isinstance(ann, type) and issubclass(ann, BaseModel) else (None, False)
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The camelCase keys allowed at ``loc`` (walks the model along the path)."""
     m: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
+    parts = [p for p in loc if not isinstance(p, int)]
+    while parts:
+        part = parts.pop(0)
         field = next((f for n, f in m.model_fields.items() if (f.alias or n) == part), None)
         if field is None:
             return []
-        ann = field.annotation
-        ann = getattr(ann, "__args__", (ann,))[0] if getattr(ann, "__origin__", None) is list else ann
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        m, keyed = _submodel(field.annotation)
+        if m is None:
             return []
-        m = ann
+        if keyed and parts:
+            parts.pop(0)  # the dict key (a model name)
     return [f.alias or n for n, f in m.model_fields.items()]
 
 
@@ -332,21 +469,51 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{msg[0].lower()}{msg[1:]} (got {json.dumps(got, default=str)})"
 
 
-def validate(raw: dict[str, Any], stack_file: str) -> PlatformConfig:
-    """Validate the raw camelCase config; raise ConfigError naming the first problem."""
+def problems(raw: dict[str, Any]) -> tuple[PlatformConfig | None, list[tuple[str, str]]]:
+    """Every problem of the raw camelCase config as (key path, what is expected); the validated
+    config when there is none.
+
+    Sections with type errors are reported as such; the cross-field rules still run on the other
+    sections (with the broken ones at their defaults, and no rule reported against those), except
+    when ``environment`` or ``cluster`` is broken: every rule reads them.
+    """
+    found: list[tuple[str, str]] = []
     for key in raw:
-        if key not in TOP_LEVEL_KEYS and key not in SECRET_KEYS:
+        if key in MOVED_KEYS:
+            found.append((key, MOVED_KEYS[key]))
+        elif key not in TOP_LEVEL_KEYS and key not in SECRET_KEYS:
             hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS + SECRET_KEYS, n=1)
             did = f"did you mean {hint[0]!r}? " if hint else ""
-            raise ConfigError(stack_file, key, f"unknown key ({did}allowed: {', '.join(TOP_LEVEL_KEYS)})")
-    plain = {k: v for k, v in raw.items() if k not in SECRET_KEYS}
+            found.append((key, f"unknown key ({did}allowed: {', '.join(TOP_LEVEL_KEYS)})"))
+    plain = {k: v for k, v in raw.items() if k in TOP_LEVEL_KEYS}
     try:
         cfg = PlatformConfig.model_validate(plain)
+        broken: set[str] = set()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(stack_file, _key_path(err["loc"]), _describe(err)) from None
+        errors = exc.errors()
+        found += [(_key_path(e["loc"]), _describe(e)) for e in errors]
+        # A catalogue entry is its own section: one broken model does not hide the others' rules.
+        broken = {".".join(map(str, e["loc"][: 2 if e["loc"][0] == "models" else 1])) for e in errors if e["loc"]}
+        if broken & {"environment", "cluster"}:
+            return None, found
+        partial = {k: v for k, v in plain.items() if k not in broken}
+        if isinstance(partial.get("models"), dict):
+            partial["models"] = {n: m for n, m in partial["models"].items() if f"models.{n}" not in broken}
+        cfg = PlatformConfig.model_validate(partial)
     for key, message in rules(cfg):
-        raise ConfigError(stack_file, key, message)
+        section = key.split("[")[0].split(".")
+        # A defaulted gpuPools would make every GPU training look unschedulable.
+        if section[0] in broken or ".".join(section[:2]) in broken or ("gpuPools" in broken and key.endswith(".training.gpus")):
+            continue
+        found.append((key, message))
+    return (None if found else cfg), found
+
+
+def validate(raw: dict[str, Any], stack_file: str) -> PlatformConfig:
+    """Validate the raw camelCase config; raise ConfigError naming every problem, one line each."""
+    cfg, found = problems(raw)
+    if found or cfg is None:
+        raise ConfigError.many(stack_file, found)
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""Platform: composes every component of one stack from its validated config."""
+"""Platform: composes every component of one stack from its validated config: cluster -> shared services -> models."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
 from components.jenkins import Jenkins, JenkinsArgs
-from components.model_service import ModelService, ModelServiceArgs
+from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
-from components.training_job import TrainingJob, TrainingJobArgs
 
 # role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
 # that no stricter level admits (policy.rules.PRIVILEGED_NAMESPACES holds the reasons):
@@ -34,24 +33,36 @@ NAMESPACES: dict[str, tuple[str, str]] = {
 
 
 class Platform(pulumi.ComponentResource):
+    """One stack: the cluster, then the services every model shares, then one Model per catalogue entry."""
+
     cluster: Cluster
     images: Images
     namespaces: dict[str, PlatformNamespace]
     gpu_pools: list[GpuNodePool]
+    models: dict[str, Model]
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        if LEGACY_MODEL in settings.config.models:
+            legacy_aliases(name)
         super().__init__("mlplatform:platform:Platform", name, None, opts)
-        cfg, stack = settings.config, settings.stack
-        self.cluster_name = f"{name}-{stack}"
-        tags = {"mlplatform.io/stack": stack, "mlplatform.io/environment": cfg.environment, "managed-by": "pulumi"}
-        providers: list[pulumi.ProviderResource] = []
+        self.name, self.settings, cfg = name, settings, settings.config
+        self.cluster_name = f"{name}-{settings.stack}"
+        self.tags = {"mlplatform.io/stack": settings.stack, "mlplatform.io/environment": cfg.environment, "managed-by": "pulumi"}
+        self._cluster()
+        self._shared_services()
+        self._models()
+        self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})
+
+    def _cluster(self) -> None:
+        """The cluster, its providers, the platform namespaces and the GPU node pools."""
+        name, cfg = self.name, self.settings.config
+        self.providers: list[pulumi.ProviderResource] = []
         if cfg.is_eks:
             # One explicit AWS provider, region from the stack config: no ambient aws:region needed.
-            providers.append(
+            self.providers.append(
                 aws.Provider(f"{name}-aws", aws.ProviderArgs(region=cfg.cluster.region), opts=pulumi.ResourceOptions(parent=self))
             )
-        aws_opts = pulumi.ResourceOptions(parent=self, providers=providers)
-
+        self.aws_opts = pulumi.ResourceOptions(parent=self, providers=self.providers)
         self.cluster = Cluster(
             f"{name}-cluster",
             ClusterArgs(
@@ -59,12 +70,12 @@ class Platform(pulumi.ComponentResource):
                 config=cfg.cluster,
                 kubernetes_version=cfg.kubernetes_version,
                 high_availability_nat=cfg.environment == "prod",
-                tags=tags,
+                tags=self.tags,
             ),
-            opts=aws_opts,
+            opts=self.aws_opts,
         )
         # Every Kubernetes object goes through the cluster's provider, never an ambient kubeconfig.
-        k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*providers, self.cluster.provider])
+        self.k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*self.providers, self.cluster.provider])
 
         # A namespace only for what runs there: no empty privileged/baseline namespaces where
         # monitoring or Jenkins is off (ephemeral PR stacks run without Jenkins).
@@ -76,31 +87,15 @@ class Platform(pulumi.ComponentResource):
         }
         self.namespaces = {
             role: PlatformNamespace(
-                f"{name}-ns-{role}", PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level), opts=k8s_opts
+                f"{name}-ns-{role}",
+                PlatformNamespaceArgs(namespace=ns, environment=cfg.environment, pod_security=level),
+                opts=self.k8s_opts,
             )
             for role, (ns, level) in NAMESPACES.items()
             if wanted.get(role, True)
         }
-
-        ns = {role: n.name for role, n in self.namespaces.items()}
-        ns_ready = pulumi.ResourceOptions(depends_on=list(self.namespaces.values()))
-        in_namespaces = pulumi.ResourceOptions.merge(k8s_opts, ns_ready)
-        self.monitoring: Monitoring | None = None
-        if cfg.monitoring.enabled:
-            self.monitoring = Monitoring(
-                f"{name}-monitoring",
-                MonitoringArgs(
-                    namespace=ns["monitoring"],
-                    config=cfg.monitoring,
-                    alerting=cfg.alerting,
-                    secrets=settings.secrets,
-                    client_namespaces=[ns["training"]],
-                    storage_class=self.cluster.storage_class,
-                    node_exporter_namespace=ns["node-exporter"],
-                ),
-                opts=in_namespaces,
-            )
-        monitoring_release = self.monitoring.release if self.monitoring else None
+        self.ns = {role: n.name for role, n in self.namespaces.items()}
+        self.in_namespaces = pulumi.ResourceOptions.merge(self.k8s_opts, pulumi.ResourceOptions(depends_on=list(self.namespaces.values())))
 
         self.gpu_pools = []
         if cfg.is_eks and cfg.gpu_pools:
@@ -112,9 +107,9 @@ class Platform(pulumi.ComponentResource):
                         cluster_name=self.cluster_name,
                         node_role_arn=self.cluster.node_role_arn,
                         subnet_ids=self.cluster.private_subnet_ids,
-                        tags=tags,
+                        tags=self.tags,
                     ),
-                    opts=pulumi.ResourceOptions(parent=self, providers=providers, depends_on=[self.cluster]),
+                    opts=pulumi.ResourceOptions(parent=self, providers=self.providers, depends_on=[self.cluster]),
                 )
                 for pool in cfg.gpu_pools
             ]
@@ -125,21 +120,45 @@ class Platform(pulumi.ComponentResource):
                     region=cfg.cluster.region or "",
                     oidc_provider_arn=self.cluster.oidc_provider_arn,
                     oidc_provider_url=self.cluster.oidc_provider_url,
+                    kubernetes_version=cfg.kubernetes_version,
                 ),
-                opts=k8s_opts,
+                opts=self.k8s_opts,
             )
-        if cfg.has_gpus:
-            GpuAddons(f"{name}-gpu-addons", GpuAddonsArgs(monitoring_release=monitoring_release, profiling_metrics=cfg.monitoring.gpu_profiling_metrics), opts=k8s_opts)
 
+    def _shared_services(self) -> None:
+        """What every model uses: monitoring, GPU add-ons, images, the model store, CI/CD."""
+        name, cfg, ns = self.name, self.settings.config, self.ns
+        self.monitoring: Monitoring | None = None
+        if cfg.monitoring.enabled:
+            self.monitoring = Monitoring(
+                f"{name}-monitoring",
+                MonitoringArgs(
+                    namespace=ns["monitoring"],
+                    config=cfg.monitoring,
+                    alerting=cfg.alerting,
+                    secrets=self.settings.secrets,
+                    client_namespaces=[ns["training"]],
+                    storage_class=self.cluster.storage_class,
+                    node_exporter_namespace=ns["node-exporter"],
+                ),
+                opts=self.in_namespaces,
+            )
+        self.monitoring_release = self.monitoring.release if self.monitoring else None
+        if cfg.has_gpus:
+            GpuAddons(
+                f"{name}-gpu-addons",
+                GpuAddonsArgs(monitoring_release=self.monitoring_release, profiling_metrics=cfg.monitoring.gpu_profiling_metrics),
+                opts=self.k8s_opts,
+            )
         self.images = Images(
             f"{name}-images",
             ImagesArgs(
                 registry=cfg.registry,
                 repo_prefix=self.cluster_name,
                 force_delete=cfg.environment in ("ephemeral", "local", "dev"),
-                tags=tags,
+                tags=self.tags,
             ),
-            opts=aws_opts,
+            opts=self.aws_opts,
         )
         self.store = ArtifactStore(
             f"{name}-store",
@@ -150,33 +169,9 @@ class Platform(pulumi.ComponentResource):
                 force_destroy=cfg.environment in ("ephemeral", "dev"),
                 oidc_provider_arn=self.cluster.oidc_provider_arn,
                 oidc_provider_url=self.cluster.oidc_provider_url,
-                tags=tags,
+                tags=self.tags,
             ),
-            opts=in_namespaces,
-        )
-        self.training = TrainingJob(
-            f"{name}-training",
-            TrainingJobArgs(
-                namespace=ns["training"],
-                image=self.images.refs["training"],
-                config=cfg.training,
-                store=self.store,
-                gpu_nodes=bool(cfg.gpu_pools),
-                pushgateway=self.monitoring.pushgateway_url if self.monitoring else None,
-            ),
-            opts=in_namespaces,
-        )
-        self.model_service = ModelService(
-            f"{name}-serving",
-            ModelServiceArgs(
-                namespace=ns["serving"],
-                image=self.images.refs["serving"],
-                config=cfg.serving,
-                store=self.store,
-                eks=cfg.is_eks,
-                monitoring_release=monitoring_release,
-            ),
-            opts=in_namespaces,
+            opts=self.in_namespaces,
         )
         self.jenkins: Jenkins | None = None
         if cfg.jenkins.enabled:
@@ -186,9 +181,32 @@ class Platform(pulumi.ComponentResource):
                     namespace=ns["jenkins"],
                     build_namespace=ns["builds"],
                     config=cfg.jenkins,
-                    training_namespace=ns["training"],
-                    monitoring_release=monitoring_release,
+                    monitoring_release=self.monitoring_release,
+                    credentials=self.settings.secrets.get("jenkinsCredentials"),
                 ),
-                opts=in_namespaces,
+                opts=self.in_namespaces,
             )
-        self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})
+
+    def _models(self) -> None:
+        """One Model per catalogue entry, in catalogue order."""
+        cfg = self.settings.config
+        self.models = {
+            model: Model(
+                f"{self.name}-{model}",
+                ModelArgs(
+                    model=model,
+                    config=entry,
+                    training_namespace=self.ns["training"],
+                    serving_namespace=self.ns["serving"],
+                    training_image=self.images.refs["training"],
+                    serving_image=self.images.refs["serving"],
+                    store=self.store,
+                    eks=cfg.is_eks,
+                    gpu_nodes=bool(cfg.gpu_pools),
+                    pushgateway=self.monitoring.pushgateway_url if self.monitoring else None,
+                    monitoring_release=self.monitoring_release,
+                ),
+                opts=self.in_namespaces,
+            )
+            for model, entry in cfg.models.items()
+        }

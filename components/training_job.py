@@ -1,6 +1,6 @@
-"""TrainingJob: the training run as a Kubernetes Job (and a CronJob for scheduled retraining).
+"""TrainingJob: one model's training run as a Kubernetes Job (and a CronJob for scheduled retraining).
 
-The Job is named by a hash of the image and the hyperparameters: a no-op `pulumi up` keeps the same
+The Job is named ``train-<model>-<hash>``, the hash of the image and the hyperparameters: a no-op `pulumi up` keeps the same
 Job (nothing runs); any change gives a new name, i.e. a new run. `pulumi up` does not wait for
 training (skipAwait); the pipeline waits with `kubectl wait` and reads the exit status.
 """
@@ -21,25 +21,41 @@ from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERA
 from components.namespaces import egress_except_metadata
 from components.security import container_security, pod_security
 
-SERVICE_ACCOUNT = "training"
-LABELS = {"app.kubernetes.io/name": "training", "app.kubernetes.io/part-of": "mlplatform"}
+APP = "training"
+MODEL_LABEL = "mlplatform.io/model"
 # training.train exit codes: 2 bad data/arguments, 3 quality gate failed -> retrying cannot help.
 NON_RETRYABLE_EXIT_CODES = [2, 3]
 TTL_SECONDS = 7 * 86400
 
 
-def run_name(image: str, cfg: TrainingConfig) -> str:
-    """``train-<hash>`` of everything that changes what a run produces."""
+def object_name(model: str) -> str:
+    """The ServiceAccount, CronJob and NetworkPolicy of ``model``'s training."""
+    return f"train-{model}"
+
+
+def labels(model: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/instance": model,
+        "app.kubernetes.io/part-of": "mlplatform",
+        MODEL_LABEL: model,
+    }
+
+
+def run_name(model: str, image: str, cfg: TrainingConfig) -> str:
+    """``train-<model>-<hash>`` of everything that changes what a run produces."""
     params = cfg.model_dump(mode="json", exclude={"schedule", "active_deadline_seconds"})
     digest = hashlib.sha256(json.dumps({"image": image, "params": params}, sort_keys=True).encode()).hexdigest()
-    return f"train-{digest[:10]}"
+    return f"{object_name(model)}-{digest[:10]}"
 
 
-def train_env(cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> list[dict[str, Any]]:
+def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # The run id and checkpoint dir follow the Job that owns the pod (also for CronJob runs).
         {"name": "JOB_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
+        # The store root; the trainer publishes under <root>/models/<model name>/ (the model's prefix).
         {"name": "TRAIN_OUTPUT", "value": store_uri},
+        {"name": "TRAIN_MODEL_NAME", "value": model},
         {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/$(JOB_NAME)"},
         {"name": "TRAIN_ARCH", "value": cfg.arch},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
@@ -51,6 +67,8 @@ def train_env(cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> l
     ]
     if cfg.batch_size:
         env.append({"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)})
+    if cfg.champion_margin is not None:
+        env.append({"name": "TRAIN_CHAMPION_MARGIN", "value": str(cfg.champion_margin)})
     if cfg.data_uri:
         env.append({"name": "TRAIN_DATA", "value": cfg.data_uri})
     if pushgateway:
@@ -58,14 +76,16 @@ def train_env(cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> l
     return env
 
 
-def pod_spec(image: str, cfg: TrainingConfig, store_uri: str, store_env: list, pushgateway: str | None, gpu_nodes: bool) -> dict[str, Any]:
+def pod_spec(
+    model: str, image: str, cfg: TrainingConfig, store_uri: str, store_env: list, pushgateway: str | None, gpu_nodes: bool
+) -> dict[str, Any]:
     gpu = cfg.gpus > 0
     resources: dict[str, Any] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
     if gpu:
         resources["limits"][GPU_RESOURCE] = cfg.gpus
         resources["requests"][GPU_RESOURCE] = cfg.gpus
     spec: dict[str, Any] = {
-        "serviceAccountName": SERVICE_ACCOUNT,
+        "serviceAccountName": object_name(model),
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
         "terminationGracePeriodSeconds": 120,  # SIGTERM -> stop at the next batch, exit 143
         "securityContext": pod_security(),
@@ -73,7 +93,7 @@ def pod_spec(image: str, cfg: TrainingConfig, store_uri: str, store_env: list, p
             {
                 "name": "train",
                 "image": image,
-                "env": train_env(cfg, store_uri, pushgateway) + store_env,
+                "env": train_env(model, cfg, store_uri, pushgateway) + store_env,
                 "resources": resources,
                 "securityContext": container_security(),
                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -87,7 +107,7 @@ def pod_spec(image: str, cfg: TrainingConfig, store_uri: str, store_env: list, p
     return spec
 
 
-def job_spec(pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
+def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
     return {
         "backoffLimit": 4,
         "activeDeadlineSeconds": cfg.active_deadline_seconds,
@@ -101,12 +121,13 @@ def job_spec(pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": LABELS}, "spec": pod},
+        "template": {"metadata": {"labels": labels(model)}, "spec": pod},
     }
 
 
 @dataclass
 class TrainingJobArgs:
+    model: str  # the catalogue name: object names, labels, the store prefix
     namespace: str
     image: pulumi.Input[str]
     config: TrainingConfig
@@ -121,14 +142,15 @@ class TrainingJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: TrainingJobArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:training_job:TrainingJob", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        cfg, store = args.config, args.store
+        cfg, store, model = args.config, args.store, args.model
+        obj, LABELS = object_name(model), labels(model)  # noqa: N806
         # Training never talks to the Kubernetes API; it writes models and checkpoints to the store.
-        sa = store_service_account(self, name, store, args.namespace, SERVICE_ACCOUNT, LABELS, write=True)
+        sa = store_service_account(self, name, store, args.namespace, obj, LABELS, write=True)
         store_env = client_env(store)
         pod = pulumi.Output.all(args.image, store.uri).apply(
-            lambda a: pod_spec(a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)
+            lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)
         )
-        self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(image, cfg))
+        self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(model, image, cfg))
         job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -137,13 +159,13 @@ class TrainingJob(pulumi.ComponentResource):
                 labels=LABELS,
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
-            spec=pod.apply(lambda p: job_spec(p, cfg)),
+            spec=pod.apply(lambda p: job_spec(model, p, cfg)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
         )
         if cfg.schedule:
             k8s.batch.v1.CronJob(
                 f"{name}-cron",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name="train-scheduled", namespace=args.namespace, labels=LABELS),
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=obj, namespace=args.namespace, labels=LABELS),
                 spec=pod.apply(
                     lambda p: {
                         "schedule": cfg.schedule,
@@ -151,14 +173,14 @@ class TrainingJob(pulumi.ComponentResource):
                         "startingDeadlineSeconds": 3600,
                         "successfulJobsHistoryLimit": 3,
                         "failedJobsHistoryLimit": 3,
-                        "jobTemplate": {"metadata": {"labels": LABELS}, "spec": job_spec(p, cfg)},
+                        "jobTemplate": {"metadata": {"labels": LABELS}, "spec": job_spec(model, p, cfg)},
                     }
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
             )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-egress",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="training-egress", namespace=args.namespace),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{obj}-egress", namespace=args.namespace, labels=LABELS),
             spec={
                 "podSelector": {"matchLabels": LABELS},
                 "policyTypes": ["Egress"],

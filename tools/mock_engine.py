@@ -89,6 +89,7 @@ class Record:
     depends_on: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
     replace_on_changes: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # URNs this resource was known by (Pulumi aliases)
 
     @property
     def is_k8s_object(self) -> bool:
@@ -241,6 +242,7 @@ class RecordingMonitor(pmocks.MockMonitor):
                     depends_on=sorted(request.dependencies),
                     delete_before_replace=request.deleteBeforeReplace,
                     replace_on_changes=list(request.replaceOnChanges),
+                    aliases=alias_urns(request),
                 )
             )
         return response
@@ -253,6 +255,42 @@ class RecordingMonitor(pmocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
+def alias_urns(request: Any) -> list[str]:
+    """The URNs a registration's aliases stand for, computed as the engine does from alias specs
+    (unset name/type/parent: the resource's own; the root Stack adds nothing to the type chain)."""
+    urns = list(request.aliasURNs)
+    for alias in request.aliases:
+        if alias.urn:
+            urns.append(alias.urn)
+            continue
+        spec = alias.spec
+        parent = "" if spec.noParent else (spec.parentUrn or request.parent)
+        chain = parent.split("::")[2] if parent else ""
+        chain = "" if chain == "pulumi:pulumi:Stack" else chain
+        type_ = spec.type or request.type
+        stack, project = spec.stack or psettings.get_stack(), spec.project or PROJECT
+        urns.append(f"urn:pulumi:{stack}::{project}::{chain + '$' if chain else ''}{type_}::{spec.name or request.name}")
+    return sorted(set(urns))
+
+
+def duplicate_keys(node: Any, path: str = "") -> list[tuple[str, int]]:
+    """(key path, line) of every mapping key defined twice. YAML loaders here keep the last one
+    silently; the Pulumi CLI refuses the file, so the synth must not render it either."""
+    found: list[tuple[str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            sub = f"{path}.{k.value}" if path else str(k.value)
+            if k.value in seen:
+                found.append((sub, k.start_mark.line + 1))
+            seen.add(k.value)
+            found += duplicate_keys(v, sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found += duplicate_keys(v, f"{path}[{i}]")
+    return found
+
+
 def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> tuple[dict[str, str], list[str]]:
     """The engine's view of ``stacks/Pulumi.<stack>.yaml``: 'ns:key' -> string (objects JSON-encoded).
 
@@ -260,7 +298,14 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> tuple[d
     values cannot be decrypted here; they become the secret placeholder "[secret]".
     """
     path = ROOT / "stacks" / f"Pulumi.{stack}.yaml"
-    doc = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    duplicate = duplicate_keys(yaml.compose(text))
+    if duplicate:
+        from components.config import ConfigError
+
+        key, line = duplicate[0]
+        raise ConfigError(f"stacks/Pulumi.{stack}.yaml", key.removeprefix("config.mlplatform:"), f"defined twice (line {line})")
+    doc = yaml.safe_load(text) or {}
     values: dict[str, Any] = dict(doc.get("config") or {})
     for k, v in (overrides or {}).items():
         if v is None:

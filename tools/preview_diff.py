@@ -3,7 +3,8 @@
     python -m tools.preview_diff BASE_DIR HEAD_DIR > diff.md
 
 Resources added / removed / changed by URN, field by field; changes that make Pulumi replace the
-resource are flagged (a new Job name is a new training run). Secrets are "[secret]" in synth output
+resource are flagged (a new Job name is a new training run). A resource whose new URN carries an
+alias of an old one is the same resource renamed (Pulumi keeps its state), not a delete and a create. Secrets are "[secret]" in synth output
 already and are never printed: a changed secret shows as "changed (secret)". Needs no cloud
 credentials, so it works for PRs from forks.
 """
@@ -74,17 +75,30 @@ def short(urn: str) -> str:
     return "::".join(urn.split("::")[2:])
 
 
+def renames(base: dict[str, dict], head: dict[str, dict]) -> dict[str, str]:
+    """new URN -> old URN, for head resources that are a base resource under an alias."""
+    out = {}
+    for u, r in head.items():
+        if u not in base:
+            old = next((a for a in r.get("aliases") or [] if a in base and a not in head), None)
+            if old:
+                out[u] = old
+    return out
+
+
 def render(base: dict[str, dict], head: dict[str, dict]) -> str:
+    renamed = renames(base, head)
+    base = {**{k: v for k, v in base.items() if k not in renamed.values()}, **{new: base[old] for new, old in renamed.items()}}
     added = sorted(head.keys() - base.keys())
     removed = sorted(base.keys() - head.keys())
     changed = {u: changes(base[u], head[u]) for u in sorted(base.keys() & head.keys())}
-    changed = {u: c for u, c in changed.items() if c}
+    changed = {u: c for u, c in changed.items() if c or u in renamed}
     replaced = {u for u, c in changed.items() if any(replaces(head[u]["type"], p) for p, _, _ in c)}
     lines = [
         "### Preview (offline synth)",
         "",
         f"**{len(added)} to add, {len(changed) - len(replaced)} to update, {len(replaced)} to replace, {len(removed)} to delete** "
-        f"({len(head)} resources after this change)",
+        f"({len(head)} resources after this change" + (f"; {len(renamed)} renamed with an alias, state kept" if renamed else "") + ")",
     ]
     if not (added or removed or changed):
         lines += ["", "No changes."]
@@ -98,7 +112,12 @@ def render(base: dict[str, dict], head: dict[str, dict]) -> str:
         lines += ["", "#### Deleted", *[f"- `-` `{short(u)}`" for u in removed]]
     for u, cs in changed.items():
         mark = "**replace**" if u in replaced else "update"
-        lines += ["", f"#### `~` `{short(u)}` ({mark})", "", "| field | before | after |", "|---|---|---|"]
+        lines += ["", f"#### `~` `{short(u)}` ({mark})"]
+        if u in renamed:
+            lines += ["", f"Renamed from `{short(renamed[u])}` (alias: same resource)." + ("" if cs else " No other change.")]
+        if not cs:
+            continue
+        lines += ["", "| field | before | after |", "|---|---|---|"]
         for path, old, new in cs:
             flag = " (forces replacement)" if replaces(head[u]["type"], path) else ""
             if old == "[secret]" or new == "[secret]":

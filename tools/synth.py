@@ -2,7 +2,7 @@
 
     python -m tools.synth --stack dev --out build/synth/dev
 
-writes ``resources.json`` (type, name, urn, parent, inputs; secrets as "[secret]") and
+writes ``resources.json`` (type, name, urn, parent, aliases, inputs; secrets as "[secret]") and
 ``manifests/*.yaml`` (every Kubernetes object, validated strictly for the stack's kubernetesVersion).
 Two runs give byte-identical output. Exit 2 with one line on a bad config or an invalid manifest.
 """
@@ -36,7 +36,9 @@ def synth(stack: str, out: Path, overrides: dict | None = None) -> tuple[int, in
     k8s_version = next((r.inputs.get("version") for r in result.records if r.type == "eks:index:Cluster"), None) or _stack_k8s_version(
         stack
     )
-    resources = [{"type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "inputs": r.inputs} for r in result.records]
+    resources = [
+        {"type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "aliases": r.aliases, "inputs": r.inputs} for r in result.records
+    ]
     objects = [r.inputs for r in result.k8s_objects()]
     problems = [f"{manifest_filename(o)}: {p}" for o in objects for p in manifests.validate(o, k8s_version)]
     if problems:

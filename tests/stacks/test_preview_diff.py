@@ -68,14 +68,23 @@ def test_real_synth_pair(tmp_path):
     """dev vs dev with one more epoch and a bigger GPU pool: a new training run, a pool update."""
     dev = yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
     synth.synth("dev", tmp_path / "base")
-    training = dict(dev["mlplatform:training"], epochs=dev["mlplatform:training"]["epochs"] + 1)
+    mnist = dev["mlplatform:models"]["mnist"]
+    mnist = dict(mnist, training=dict(mnist["training"], epochs=mnist["training"]["epochs"] + 1))
     pools = [dict(dev["mlplatform:gpuPools"][0], max=3)]
-    synth.synth("dev", tmp_path / "head", overrides={"mlplatform:training": training, "mlplatform:gpuPools": pools})
+    synth.synth("dev", tmp_path / "head", overrides={"mlplatform:models": {"mnist": mnist}, "mlplatform:gpuPools": pools})
     md = preview_diff.render(preview_diff.load(tmp_path / "base"), preview_diff.load(tmp_path / "head"))
     assert "A new training run starts" in md
     assert "max size 2 -> 3" in md
     assert "to delete**" in md and "0 to delete" in md
     assert not any(s in md for s in mock_engine.run("dev").sensitive)
+
+
+def test_alias_is_a_rename_not_a_delete_and_a_create(tmp_path):
+    old = res("mlplatform-training-job", "kubernetes:batch/v1:Job", metadata={"name": "train-aaa"})
+    new = dict(res("mlplatform-mnist-training-job", "kubernetes:batch/v1:Job", metadata={"name": "train-aaa"}), aliases=[old["urn"]])
+    md = preview_diff.render(preview_diff.load(write(tmp_path / "a", [old])), preview_diff.load(write(tmp_path / "b", [new])))
+    assert "**0 to add, 1 to update, 0 to replace, 0 to delete**" in md and "1 renamed with an alias" in md
+    assert "Renamed from `kubernetes:batch/v1:Job::mlplatform-training-job` (alias: same resource). No other change." in md
 
 
 def test_cli_usage_errors(tmp_path, capsys):

@@ -35,7 +35,7 @@ def test_synth_twice_is_byte_identical(stack, tmp_path):
 def test_synth_contract(stack, tmp_path):
     _synth(stack, tmp_path)
     resources = json.loads((tmp_path / "resources.json").read_text())
-    assert resources and all(set(r) == {"type", "name", "urn", "parent", "inputs"} for r in resources)
+    assert resources and all(set(r) == {"type", "name", "urn", "parent", "aliases", "inputs"} for r in resources)
     manifests = sorted((tmp_path / "manifests").glob("*.yaml"))
     k8s = [r for r in resources if r["type"].startswith("kubernetes:") and "helm.sh" not in r["type"]]
     assert len(manifests) == len(k8s)

@@ -17,35 +17,47 @@ def cfg(stack):
     return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
 
 
+def training(stack):
+    """The first model's training config as written in the stack file (every stack has MNIST first)."""
+    return next(iter(cfg(stack)["mlplatform:models"].values())).get("training", {})
+
+
 def job(result):
     (j,) = result.of_type("kubernetes:batch/v1:Job")
     return j.raw
 
 
-def test_job_named_by_image_and_hyperparameters():
-    a = run_name("img:ctx-1", TrainingConfig(epochs=10))
-    assert a == run_name("img:ctx-1", TrainingConfig(epochs=10))
-    assert a != run_name("img:ctx-2", TrainingConfig(epochs=10))
-    assert a != run_name("img:ctx-1", TrainingConfig(epochs=11))
-    assert a == run_name("img:ctx-1", TrainingConfig(epochs=10, schedule="0 3 * * *"))  # the schedule is not a hyperparameter
+def test_job_named_by_model_image_and_hyperparameters():
+    a = run_name("mnist", "img:ctx-1", TrainingConfig(epochs=10))
+    assert a.startswith("train-mnist-")
+    assert a == run_name("mnist", "img:ctx-1", TrainingConfig(epochs=10))
+    assert a != run_name("mnist", "img:ctx-2", TrainingConfig(epochs=10))
+    assert a != run_name("mnist", "img:ctx-1", TrainingConfig(epochs=11))
+    assert a != run_name("fraud", "img:ctx-1", TrainingConfig(epochs=10))
+    # the schedule is not a hyperparameter
+    assert a == run_name("mnist", "img:ctx-1", TrainingConfig(epochs=10, schedule="0 3 * * *"))
 
 
 def test_batch_size_left_to_the_arch_unless_configured():
     from components.training_job import train_env
 
     def env(c):
-        return {e["name"]: e.get("value") for e in train_env(c, "s3://b", None)}
+        return {e["name"]: e.get("value") for e in train_env("mnist", c, "s3://b", None)}
 
     assert "TRAIN_BATCH_SIZE" not in env(TrainingConfig())  # the trainer's per-arch default (seed 128, strong 256)
     assert env(TrainingConfig(batchSize=512))["TRAIN_BATCH_SIZE"] == "512"
-    assert run_name("img:ctx-1", TrainingConfig()) != run_name("img:ctx-1", TrainingConfig(batchSize=512))
+    assert run_name("mnist", "img:ctx-1", TrainingConfig()) != run_name("mnist", "img:ctx-1", TrainingConfig(batchSize=512))
+    assert "TRAIN_CHAMPION_MARGIN" not in env(TrainingConfig())  # the trainer's default
+    assert env(TrainingConfig(championMargin=0.002))["TRAIN_CHAMPION_MARGIN"] == "0.002"
+    assert env(TrainingConfig())["TRAIN_MODEL_NAME"] == "mnist"  # the store prefix: <root>/models/mnist/
 
 
 def test_noop_up_keeps_the_job_and_a_change_starts_a_new_run(stack, result):
     again = mock_engine.run(stack)
     assert job(again)["metadata"]["name"] == job(result)["metadata"]["name"]
-    training = dict(cfg(stack)["mlplatform:training"], epochs=cfg(stack)["mlplatform:training"].get("epochs", 10) + 1)
-    changed = mock_engine.run(stack, overrides={"mlplatform:training": training})
+    catalogue = cfg(stack)["mlplatform:models"]
+    mnist = dict(catalogue["mnist"], training=dict(training(stack), epochs=training(stack).get("epochs", 10) + 1))
+    changed = mock_engine.run(stack, overrides={"mlplatform:models": {**catalogue, "mnist": mnist}})
     assert job(changed)["metadata"]["name"] != job(result)["metadata"]["name"]
 
 
@@ -64,10 +76,9 @@ def test_failure_policy_retries_disruptions_not_a_failed_gate(result):
 
 
 def test_gpu_scheduling_matches_the_stack(stack, result):
-    c = cfg(stack)
     pod = job(result)["spec"]["template"]["spec"]
     limits = pod["containers"][0]["resources"]["limits"]
-    gpus = c["mlplatform:training"].get("gpus", 1)
+    gpus = training(stack).get("gpus", 1)
     if gpus:
         assert limits[GPU_RESOURCE] == gpus
         assert GPU_TOLERATION in pod["tolerations"]
@@ -88,7 +99,7 @@ def test_training_pod_is_locked_down(result):
 
 def test_cronjob_only_when_scheduled(stack, result):
     crons = result.of_type("kubernetes:batch/v1:CronJob")
-    schedule = cfg(stack)["mlplatform:training"].get("schedule")
+    schedule = training(stack).get("schedule")
     assert len(crons) == (1 if schedule else 0)
     if schedule:
         spec = crons[0].raw["spec"]
@@ -107,8 +118,8 @@ def test_bucket_hardened_and_role_scoped(stack, result):
     (ver,) = result.of_type("aws:s3/bucketVersioning:BucketVersioning")
     assert ver.inputs["versioningConfiguration"]["status"] == "Enabled"
     assert result.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
-    policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-training-store-policy").inputs["policy"])
+    policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-mnist-training-store-policy").inputs["policy"])
     resources = {s["Resource"] for s in policy["Statement"]}
     assert all(r.startswith(f"arn:aws:s3:::{bucket.name}-") for r in resources), resources  # this bucket, nothing else
-    trust = json.loads(result.one("aws:iam/role:Role", "mlplatform-training-store-role").inputs["assumeRolePolicy"])
-    assert "system:serviceaccount:ml-training:training" in trust["Statement"][0]["Condition"]["StringEquals"].values()
+    trust = json.loads(result.one("aws:iam/role:Role", "mlplatform-mnist-training-store-role").inputs["assumeRolePolicy"])
+    assert "system:serviceaccount:ml-training:train-mnist" in trust["Statement"][0]["Condition"]["StringEquals"].values()

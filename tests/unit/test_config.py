@@ -25,7 +25,7 @@ def prod_with(**changes):
         top = f"mlplatform:{path[0]}"
         keys = [top, *path[1:]]
         for k in keys[:-1]:
-            node = node[int(k)] if isinstance(node, list) else node[k]
+            node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
         last = keys[-1]
         if isinstance(node, list):
             node[int(last)] = value
@@ -41,7 +41,12 @@ DELETE = object()
 # (what is wrong, overrides to prod, expected key path in the message, a phrase of the expectation)
 CASES = [
     ("typo in a top-level key", {"gpuPool": []}, "mlplatform:gpuPool:", "did you mean 'gpuPools'"),
-    ("typo in a nested key", {"serving.maxReplica": 4}, "mlplatform:serving.maxReplica:", "did you mean 'maxReplicas'"),
+    (
+        "typo in a nested key",
+        {"models.mnist.serving.maxReplica": 4},
+        "mlplatform:models.mnist.serving.maxReplica:",
+        "did you mean 'maxReplicas'",
+    ),
     ("min > max", {"gpuPools[0].min": 3, "gpuPools[0].max": 2}, "mlplatform:gpuPools[0].min:", "must be <= max (got min=3, max=2)"),
     ("desired outside min..max", {"gpuPools[1].desired": 5}, "mlplatform:gpuPools[1].desired:", "between min and max"),
     (
@@ -53,23 +58,43 @@ CASES = [
     ("pool name not DNS-1123", {"gpuPools[0].name": "GPU_Pool"}, "mlplatform:gpuPools[0].name:", "DNS-1123"),
     ("capacity type enum", {"gpuPools[0].capacityType": "spot"}, "mlplatform:gpuPools[0].capacityType:", "'SPOT' or 'ON_DEMAND'"),
     ("environment enum", {"environment": "production"}, "mlplatform:environment:", "'local', 'dev', 'staging', 'prod' or 'ephemeral'"),
-    ("accuracy above 1", {"training.minAccuracy": 98.42}, "mlplatform:training.minAccuracy:", "less than or equal to 1"),
-    ("accuracy zero", {"training.minAccuracy": 0}, "mlplatform:training.minAccuracy:", "greater than 0"),
+    (
+        "accuracy above 1",
+        {"models.mnist.training.minAccuracy": 98.42},
+        "mlplatform:models.mnist.training.minAccuracy:",
+        "less than or equal to 1",
+    ),
+    ("accuracy zero", {"models.mnist.training.minAccuracy": 0}, "mlplatform:models.mnist.training.minAccuracy:", "greater than 0"),
     (
         "minReplicas > maxReplicas",
-        {"serving.minReplicas": 8, "serving.maxReplicas": 4, "serving.replicas": 4},
-        "mlplatform:serving.minReplicas:",
+        {"models.mnist.serving.minReplicas": 8, "models.mnist.serving.maxReplicas": 4, "models.mnist.serving.replicas": 4},
+        "mlplatform:models.mnist.serving.minReplicas:",
         "<= maxReplicas",
     ),
-    ("prod with one replica", {"serving.replicas": 1, "serving.minReplicas": 1}, "mlplatform:serving.replicas:", ">= 2 replicas"),
+    (
+        "prod with one replica",
+        {"models.mnist.serving.replicas": 1, "models.mnist.serving.minReplicas": 1},
+        "mlplatform:models.mnist.serving.replicas:",
+        ">= 2 replicas",
+    ),
     (
         "prod LB open to the world",
-        {"serving.allowedCidrs": ["0.0.0.0/0"]},
-        "mlplatform:serving.allowedCidrs[0]:",
+        {"models.mnist.serving.allowedCidrs": ["0.0.0.0/0"]},
+        "mlplatform:models.mnist.serving.allowedCidrs[0]:",
         "not be open to the world",
     ),
-    ("prod LB unrestricted", {"serving.allowedCidrs": []}, "mlplatform:serving.allowedCidrs:", "set at least one CIDR"),
-    ("not a CIDR", {"serving.allowedCidrs": ["10.0.0.300/24"]}, "mlplatform:serving.allowedCidrs[0]:", "must be a CIDR block"),
+    (
+        "prod LB unrestricted",
+        {"models.mnist.serving.allowedCidrs": []},
+        "mlplatform:models.mnist.serving.allowedCidrs:",
+        "set at least one CIDR",
+    ),
+    (
+        "not a CIDR",
+        {"models.mnist.serving.allowedCidrs": ["10.0.0.300/24"]},
+        "mlplatform:models.mnist.serving.allowedCidrs[0]:",
+        "must be a CIDR block",
+    ),
     ("missing cluster kind", {"cluster.kind": DELETE}, "mlplatform:cluster.kind:", "required key is missing"),
     ("eks without region", {"cluster.region": DELETE}, "mlplatform:cluster.region:", "required when cluster.kind is 'eks'"),
     ("duplicate pool names", {"gpuPools[1].name": "gpu-train"}, "mlplatform:gpuPools[1].name:", "must be unique"),
@@ -79,9 +104,43 @@ CASES = [
         "mlplatform:gpuPools[0].instanceTypes:",
         "same GPU count",
     ),
-    ("bad cron schedule", {"training.schedule": "every day"}, "mlplatform:training.schedule:", "5-field cron"),
-    ("wrong type", {"training.epochs": "many"}, "mlplatform:training.epochs:", "valid integer"),
-    ("ecr on a kubeconfig cluster", {"cluster.kind": "kubeconfig", "gpuPools": []}, "mlplatform:registry.kind:", "needs an EKS stack"),
+    ("bad cron schedule", {"models.mnist.training.schedule": "every day"}, "mlplatform:models.mnist.training.schedule:", "5-field cron"),
+    ("wrong type", {"models.mnist.training.epochs": "many"}, "mlplatform:models.mnist.training.epochs:", "valid integer"),
+    # The model catalogue
+    ("old top-level training key", {"training": {"epochs": 3}}, "mlplatform:training:", "moved to models.<name>.training"),
+    ("old top-level serving key", {"serving": {"replicas": 3}}, "mlplatform:serving:", "moved to models.<name>.serving"),
+    (
+        "model name not DNS-1123",
+        {"models.Fraud_Model": {"serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        "mlplatform:models.Fraud_Model:",
+        "DNS-1123",
+    ),
+    (
+        "model name too long",
+        {"models." + "m" * 31: {"serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        "mlplatform:models." + "m" * 31 + ":",
+        "at most 30",
+    ),
+    (
+        "per-model rule on a second model",
+        {"models.fraud": {"serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]}}},
+        "mlplatform:models.fraud.serving.minReplicas:",
+        "<= maxReplicas",
+    ),
+    ("unknown key in an entry", {"models.fraud": {"servng": {}}}, "mlplatform:models.fraud.servng:", "did you mean 'serving'"),
+    ("unknown runtime", {"models.mnist.runtime": "onnx"}, "mlplatform:models.mnist.runtime:", "'tensorflow'"),
+    (
+        "champion margin above 1",
+        {"models.mnist.training.championMargin": 2},
+        "mlplatform:models.mnist.training.championMargin:",
+        "less than or equal to 1",
+    ),
+    (
+        "ecr on a kubeconfig cluster",
+        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.mnist.training.gpus": 0},
+        "mlplatform:registry.kind:",
+        "needs an EKS stack",
+    ),
 ]
 
 
@@ -115,18 +174,68 @@ def test_non_prod_gpu_pools_may_scale_to_zero():
     assert cfg.gpu_pools[0].min == 0
 
 
+LOCAL = {
+    "environment": "local",
+    "cluster": {"kind": "kubeconfig"},
+    "registry": {"kind": "external", "url": "localhost:5001"},
+    "jenkins": {"enabled": False},
+    "gateway": {"internal": True},
+}
+
+
 def test_training_gpus_need_gpu_nodes():
-    with pytest.raises(ConfigError, match=r"x.yaml: mlplatform:training.gpus: must be 0"):
-        validate(
-            {
-                "environment": "local",
-                "cluster": {"kind": "kubeconfig"},
-                "registry": {"kind": "external", "url": "localhost:5001"},
-                "jenkins": {"enabled": False},
-                "training": {"gpus": 1},
-            },
-            "x.yaml",
-        )
+    with pytest.raises(ConfigError, match=r"x.yaml: mlplatform:models.mnist.training.gpus: must be 0"):
+        validate({**LOCAL, "models": {"mnist": {"training": {"gpus": 1}}}}, "x.yaml")
+
+
+def test_every_problem_reported_at_once_one_line_each():
+    """Type errors, unknown keys, moved keys and rule violations of one file, in one error."""
+    cfg = prod_with(
+        **{
+            "training": {},
+            "models.mnist.serving.maxReplica": 3,
+            "monitoring.retention": "forever",
+            "gpuPools[0].min": 9,
+            "models.fraud": {"serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]}},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        mock_engine.run("prod", overrides=cfg)
+    lines = str(info.value).splitlines()
+    keys = [line.split(": ")[1] for line in lines]
+    assert keys == [
+        "mlplatform:training",
+        "mlplatform:models.mnist.serving.maxReplica",
+        "mlplatform:monitoring.retention",
+        "mlplatform:gpuPools[0].min",
+        "mlplatform:models.fraud.serving.minReplicas",
+    ], lines
+    assert all(line.startswith("stacks/Pulumi.prod.yaml: mlplatform:") for line in lines)
+    assert info.value.registered == []
+
+
+def test_public_entry_point_needs_cidrs_or_internal():
+    """Issue 13 item 4: a non-prod entry point open to the internet is refused; internal is fine."""
+    open_dev = {**LOCAL, "gateway": {}, "models": {"mnist": {"training": {"gpus": 0}}}}
+    with pytest.raises(ConfigError, match=r"mlplatform:models.mnist.serving.allowedCidrs: a public entry point must be restricted"):
+        validate(open_dev, "x.yaml")
+    assert validate({**open_dev, "gateway": {"internal": True}}, "x.yaml").gateway.internal
+    restricted = {"mnist": {"training": {"gpus": 0}, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}}
+    assert validate({**open_dev, "models": restricted}, "x.yaml").models["mnist"].serving.allowed_cidrs == ["203.0.113.0/24"]
+
+
+def test_duplicate_model_name_in_the_stack_file(tmp_path):
+    """YAML keeps the last of two equal keys silently; the Pulumi CLI refuses the file, and so do we."""
+    text = (ROOT / "stacks" / "Pulumi.dev.yaml").read_text()
+    entry = text[text.index("    mnist:\n") : text.index("  mlplatform:monitoring:")]
+    bad = text.replace(entry, entry + entry)
+    stack_file = ROOT / "stacks" / "Pulumi.zz-dup-test.yaml"
+    stack_file.write_text(bad)
+    try:
+        with pytest.raises(ConfigError, match=r"^stacks/Pulumi.zz-dup-test.yaml: mlplatform:models.mnist: defined twice \(line \d+\)$"):
+            mock_engine.stack_config("zz-dup-test")
+    finally:
+        stack_file.unlink()
 
 
 def test_synth_bad_config_exits_2_with_one_line(tmp_path):
@@ -171,3 +280,19 @@ def test_prod_monitoring_is_highly_available():
     low = {**monitoring, "alertmanagerReplicas": 1}
     with pytest.raises(ConfigError, match="alertmanagerReplicas >= 3"):
         mock_engine.run("prod", overrides={"mlplatform:monitoring": low})
+
+
+def test_every_config_field_is_described():
+    from tools import config_doc
+
+    assert [key for key, _, _, meaning in config_doc.rows() if not meaning.strip()] == []
+
+
+def test_readme_config_table_is_generated_from_the_model():
+    from tools import config_doc
+
+    readme = config_doc.readme_table((ROOT / "README.md").read_text())
+    assert readme is not None, "README.md lost its config-table markers"
+    assert readme == config_doc.table(), "README config table is stale: run `python -m tools.config_doc --write`"
+    for key in ("registry.builder", "ephemeral.ttlHours", "models.<name>.serving.maxReplicas"):  # once missing from the table
+        assert f"| `{key}` |" in readme

@@ -1,0 +1,109 @@
+"""Model: one catalogue entry's parts (its TrainingJob, store prefix and ModelService).
+
+A model's store prefix is ``<store root>/models/<name>/``: the trainer publishes there and the server
+follows that prefix's LATEST pointer (training/artifacts.py), so two models never share one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.artifact_store import ArtifactStore
+from components.config import ModelConfig
+from components.model_service import ModelService, ModelServiceArgs
+from components.training_job import TrainingJob, TrainingJobArgs
+
+# Stacks made before the catalogue had one model, MNIST, whose parts were children of the Platform
+# (`<platform>-training`, `<platform>-serving`). Aliases keep that model's state under the new names,
+# so migrating a stack updates its resources in place instead of deleting and recreating them.
+LEGACY_MODEL = "mnist"
+LEGACY_PARTS = {"training": "mlplatform:training_job:TrainingJob", "serving": "mlplatform:model_service:ModelService"}
+
+
+@dataclass
+class ModelArgs:
+    model: str  # the catalogue name
+    config: ModelConfig
+    training_namespace: str
+    serving_namespace: str
+    training_image: pulumi.Input[str]
+    serving_image: pulumi.Input[str]
+    store: ArtifactStore
+    eks: bool
+    gpu_nodes: bool  # the stack has GPU pools (taint + label to target)
+    pushgateway: str | None = None
+    monitoring_release: pulumi.Resource | None = None
+
+
+class Model(pulumi.ComponentResource):
+    training: TrainingJob
+    service: ModelService
+
+    def __init__(self, name: str, args: ModelArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:model:Model", name, None, opts)
+        # Children keep the platform's providers and wait for the namespaces, as the Model does.
+        child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(parent=self))
+        self.training, self.service = build(name, args, child)
+        self.register_outputs({"training_job": self.training.job_name, "url": self.service.url})
+
+
+def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob, ModelService]:
+    """What a catalogue entry is made of, by runtime (``tensorflow``: the SavedModel server)."""
+    cfg = args.config
+    training = TrainingJob(
+        f"{name}-training",
+        TrainingJobArgs(
+            model=args.model,
+            namespace=args.training_namespace,
+            image=args.training_image,
+            config=cfg.training,
+            store=args.store,
+            gpu_nodes=args.gpu_nodes,
+            pushgateway=args.pushgateway,
+        ),
+        opts=opts,
+    )
+    service = ModelService(
+        f"{name}-serving",
+        ModelServiceArgs(
+            model=args.model,
+            namespace=args.serving_namespace,
+            image=args.serving_image,
+            config=cfg.serving,
+            store=args.store,
+            eks=args.eks,
+            monitoring_release=args.monitoring_release,
+        ),
+        opts=opts,
+    )
+    return training, service
+
+
+def legacy_aliases(platform_name: str) -> None:
+    """Alias every resource of the legacy model to its pre-catalogue URN (see LEGACY_MODEL).
+
+    A stack transformation, registered before the Platform exists (a resource copies its parent's
+    transformations when it is made): the IRSA roles of the model's ServiceAccounts are children of
+    the ArtifactStore, outside the Model's subtree, and were renamed too.
+    """
+    new_prefix, old_prefix = f"{platform_name}-{LEGACY_MODEL}-", f"{platform_name}-"
+    platform_urn = f"urn:pulumi:{pulumi.get_stack()}::{pulumi.get_project()}::mlplatform:platform:Platform"
+
+    def alias(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        part = next((p for p in LEGACY_PARTS if args.name == f"{new_prefix}{p}" or args.name.startswith(f"{new_prefix}{p}-")), None)
+        if part is None:
+            return None
+        old_name = old_prefix + args.name.removeprefix(new_prefix)
+        if args.name == f"{new_prefix}{part}":
+            old = pulumi.Alias(name=old_name, parent=f"{platform_urn}::{platform_name}")  # the part itself: was the Platform's child
+        elif isinstance(args.opts.parent, (TrainingJob, ModelService)):
+            old = pulumi.Alias(name=old_name, parent=f"{platform_urn}${LEGACY_PARTS[part]}::{old_prefix}{part}")
+        else:
+            old = pulumi.Alias(name=old_name)  # same parent as before (the store's IRSA roles)
+        return pulumi.ResourceTransformationResult(
+            args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(aliases=[old]))
+        )
+
+    pulumi.runtime.register_stack_transformation(alias)
