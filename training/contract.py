@@ -28,6 +28,7 @@ Environment (the platform sets these; a local run may set any of them by hand):
 ``TRAIN_SEED``              ... same seed + data + code -> same model (single device)
 ``TRAIN_PARAMS``            a JSON object of the model's own hyperparameters
 ``TRAIN_GATE_MIN``          the quality gate: minimum of the model's gate metric
+``TRAIN_CHAMPION_MARGIN``   ... and how much worse than the serving champion it may be (default 0.002)
 ``TRAIN_PUSHGATEWAY``       Prometheus Pushgateway host:port for the run's metrics
 ``TRAIN_RUN_ID``/``JOB_NAME``  names the version (default: the Job's name, else random)
 ``TRAIN_WORKERS`` ...       multi-worker runs: see training/cluster.py
@@ -144,6 +145,7 @@ class Gate:
     threshold: float
     higher_is_better: bool = True
     label: str = ""  # how the failure message names the metric (default: the key)
+    champion_margin: float = 0.002  # how much worse than the champion a candidate may be (training/gate.py)
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
@@ -308,6 +310,7 @@ class Run:
         self.cpu_devices = cpu_devices
         self._strategy = None
         self.checkpoint = Checkpoint(checkpoint_dir, writer=self.cluster.is_chief) if checkpoint_dir else None
+        self.verdict = None  # the gate's decision (training/gate.py), once gate_passes ran
         from training.metrics import TrainingMetrics
 
         self.metrics = TrainingMetrics(model_name, variant)
@@ -344,7 +347,9 @@ class Run:
                 raise ContractError(f"TRAIN_{name.upper()} must be > 0, got {value}")
         return cls(
             env.get("TRAIN_MODEL_NAME") or model_name,
-            gate=Gate(gate.metric, threshold, gate.higher_is_better, gate.label),
+            gate=Gate(
+                gate.metric, threshold, gate.higher_is_better, gate.label, _env_float(env, "TRAIN_CHAMPION_MARGIN", gate.champion_margin)
+            ),
             output=env.get("TRAIN_OUTPUT") or "file://./artifacts",
             data=env.get("TRAIN_DATA") or None,
             checkpoint_dir=env.get("TRAIN_CHECKPOINT_DIR") or None,
@@ -449,11 +454,14 @@ class Run:
         if self.is_chief:
             self.metrics.push(self.pushgateway)
 
-    def gate_passes(self, results: Mapping[str, float]) -> bool:
-        """Record the held-out results and apply the gate. On failure it says why on stderr."""
+    def gate_passes(self, results: Mapping[str, float], evaluate: Callable[[Path], Mapping[str, float]] | None = None) -> bool:
+        """Record the held-out results and apply the gate: the threshold, then (given ``evaluate``,
+        which computes the same results for a stored model directory) the champion on the same data
+        (training/gate.py). On failure it says why on stderr."""
         import sys
 
-        from training.metrics import ACCURACY, DURATION_SECONDS, GATE_PASSED, LAST_RUN, LOSS
+        from training import gate as gates
+        from training.metrics import ACCURACY, CHAMPION_ACCURACY, DURATION_SECONDS, GATE_PASSED, LAST_RUN, LOSS
 
         if self.gate.metric not in results:
             raise ContractError(f"the gate's metric {self.gate.metric!r} is not among the results {sorted(results)}")
@@ -462,14 +470,28 @@ class Run:
                 self.metrics.set(gauge, results[key])
         self.metrics.set(LAST_RUN, time.time())
         value = float(results[self.gate.metric])
-        op = ">=" if self.gate.higher_is_better else "<="
-        log.info("%s %.4f (gate: %s %.4f)", self.gate.metric, value, op, self.gate.threshold)
-        if self.gate.passes(value):
+        g = self.gate
+        self.verdict = gates.check(
+            g.metric,
+            value,
+            g.threshold,
+            root=self.output,
+            name=self.model_name,
+            evaluate=evaluate,
+            higher_is_better=g.higher_is_better,
+            margin=g.champion_margin,
+        )
+        log.info("%s", self.verdict.line())
+        if self.verdict.champion_value is not None and g.metric == "test_accuracy":
+            self.metrics.set(CHAMPION_ACCURACY, self.verdict.champion_value)
+        if self.verdict.passed:
             return True
         self.metrics.set(GATE_PASSED, 0)
         self.metrics.set(DURATION_SECONDS, time.time() - self.started)
         self.push()
-        print(self.gate.failure(value), file=sys.stderr)
+        print(
+            g.failure(value) if not g.passes(value) else f"quality gate failed: {self.verdict.reason}; nothing published", file=sys.stderr
+        )
         return False
 
     def publish(self, write: Callable[[Path], None], results: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> str | None:
@@ -508,6 +530,8 @@ class Run:
                 "started_at": self.started,
             }
             meta.update(metadata or {})
+            if self.verdict:  # both figures of the gate: this run's and the champion's
+                meta["gate"] |= self.verdict.metadata()
             meta["finished_at"] = time.time()
             (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             uri = artifacts.publish(out, self.output, self.model_name, version)

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
         help="math precision; auto: fp16 on GPU, bf16 on CPUs with native bf16, else float32",
     )
+    flag(
+        "--champion-margin",
+        type=float,
+        default=0.002,
+        help="quality gate: how much lower than the serving champion's accuracy (re-evaluated on the same test data) a candidate may be",
+    )
     flag("--seed", type=int, default=42, help="random seed (weights, shuffling): same seed + data + code -> same model")
     flag("--checkpoint-dir", help="where to checkpoint each epoch (path or s3://); a restart resumes from the last complete epoch")
     flag("--pushgateway", help="Prometheus Pushgateway URL (host:port) for training metrics")
@@ -85,7 +91,7 @@ def _curve_png(history: dict[str, list[float]]) -> bytes:
 def run(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
-    from training import data
+    from training import data, gate
     from training.model import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_LEARNING_RATE,
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     run = contract.Run(
         args.model_name,
-        gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy"),
+        gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy", champion_margin=args.champion_margin),
         output=args.output,
         data=args.data,
         checkpoint_dir=args.checkpoint_dir,
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             return contract.EXIT_PEER_LOST
         raise
     results = {"test_accuracy": float(accuracy), "test_loss": float(loss)}
-    if not run.gate_passes(results):
+    if not run.gate_passes(results, evaluate=gate.keras_classifier_evaluator(test)):
         return EXIT_GATE
 
     def write(out: Path) -> None:
@@ -190,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
+    if not 0 <= args.champion_margin < 1:
+        print(f"--champion-margin must be in [0, 1), got {args.champion_margin}", file=sys.stderr)
+        return EXIT_USAGE
     if not 0 < args.min_accuracy <= 1:
         print(f"--min-accuracy must be in (0, 1], got {args.min_accuracy}", file=sys.stderr)
         return EXIT_USAGE
