@@ -242,7 +242,7 @@ class RecordingMonitor(pmocks.MockMonitor):
                     depends_on=sorted(request.dependencies),
                     delete_before_replace=request.deleteBeforeReplace,
                     replace_on_changes=list(request.replaceOnChanges),
-                    aliases=alias_urns(request),
+                    aliases=alias_urns(request, self.make_urn),
                 )
             )
         return response
@@ -255,9 +255,11 @@ class RecordingMonitor(pmocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-def alias_urns(request: Any) -> list[str]:
-    """The URNs a registration's aliases stand for, computed as the engine does from alias specs
-    (unset name/type/parent: the resource's own; the root Stack adds nothing to the type chain)."""
+def alias_urns(request: Any, make_urn: Any) -> list[str]:
+    """The URNs a registration's aliases stand for (unset name/type/parent: the resource's own),
+    built by ``make_urn``, the mock monitor's own URN scheme, so they compare with the URNs it gives
+    out. (That scheme puts only the parent's own type before a child's type; the engine puts the
+    parent's whole type chain. Both see an alias the same way relative to its parent's URN.)"""
     urns = list(request.aliasURNs)
     for alias in request.aliases:
         if alias.urn:
@@ -265,11 +267,9 @@ def alias_urns(request: Any) -> list[str]:
             continue
         spec = alias.spec
         parent = "" if spec.noParent else (spec.parentUrn or request.parent)
-        chain = parent.split("::")[2] if parent else ""
-        chain = "" if chain == "pulumi:pulumi:Stack" else chain
-        type_ = spec.type or request.type
-        stack, project = spec.stack or psettings.get_stack(), spec.project or PROJECT
-        urns.append(f"urn:pulumi:{stack}::{project}::{chain + '$' if chain else ''}{type_}::{spec.name or request.name}")
+        if parent.split("::")[2:3] == ["pulumi:pulumi:Stack"]:
+            parent = ""
+        urns.append(make_urn(parent, spec.type or request.type, spec.name or request.name))
     return sorted(set(urns))
 
 

@@ -157,11 +157,14 @@ def test_images_pinned_never_latest(result):
 
 
 def test_workloads_run_the_built_images(result):
-    tags = {img.inputs["tags"][0] for img in result.of_type("docker-build:index:Image")}
+    """By digest (issue 13 item 6): ``<tag>@sha256:<digest of the pushed image>``."""
+    from tools.mock_engine import _h
+
+    refs = {f"{t}@sha256:{_h(t, n=64)}" for img in result.of_type("docker-build:index:Image") for t in img.inputs["tags"][:1]}
     used = set()
     for r in result.of_type("kubernetes:apps/v1:Deployment") + result.of_type("kubernetes:batch/v1:Job"):
         used |= {c["image"] for c in r.raw["spec"]["template"]["spec"]["containers"]}
-    assert tags <= used, f"built but not deployed: {tags - used}"
+    assert refs <= used, f"built but not deployed by digest: {refs - used}"
 
 
 def test_ecr_repositories_secure(result, stack):
@@ -227,19 +230,20 @@ def test_no_namespace_for_a_component_that_is_off(stack, result):
     assert namespace_names(off) == {"ml-serving", "ml-training"}
 
 
-# URNs of the MNIST resources before the model catalogue (commit 297a651): migrating a stack must find
+# URNs of the MNIST resources before the model catalogue (commit 297a651), as the mock monitor
+# writes them (it puts only the parent's own type before a child's type): migrating a stack must find
 # them again through aliases, or `pulumi up` deletes and recreates them.
 PRE_CATALOGUE = [
     "mlplatform:platform:Platform$mlplatform:training_job:TrainingJob::mlplatform-training",
-    "mlplatform:platform:Platform$mlplatform:training_job:TrainingJob$kubernetes:batch/v1:Job::mlplatform-training-job",
-    "mlplatform:platform:Platform$mlplatform:training_job:TrainingJob$kubernetes:core/v1:ServiceAccount::mlplatform-training-sa",
+    "mlplatform:training_job:TrainingJob$kubernetes:batch/v1:Job::mlplatform-training-job",
+    "mlplatform:training_job:TrainingJob$kubernetes:core/v1:ServiceAccount::mlplatform-training-sa",
     "mlplatform:platform:Platform$mlplatform:model_service:ModelService::mlplatform-serving",
-    "mlplatform:platform:Platform$mlplatform:model_service:ModelService$kubernetes:apps/v1:Deployment::mlplatform-serving-deployment",
-    "mlplatform:platform:Platform$mlplatform:model_service:ModelService$kubernetes:policy/v1:PodDisruptionBudget::mlplatform-serving-pdb",
+    "mlplatform:model_service:ModelService$kubernetes:apps/v1:Deployment::mlplatform-serving-deployment",
+    "mlplatform:model_service:ModelService$kubernetes:policy/v1:PodDisruptionBudget::mlplatform-serving-pdb",
 ]
 PRE_CATALOGUE_EKS = [
-    "mlplatform:platform:Platform$mlplatform:artifact_store:ArtifactStore$aws:iam/role:Role::mlplatform-training-store-role",
-    "mlplatform:platform:Platform$mlplatform:artifact_store:ArtifactStore$aws:iam/role:Role::mlplatform-serving-store-role",
+    "mlplatform:artifact_store:ArtifactStore$aws:iam/role:Role::mlplatform-training-store-role",
+    "mlplatform:artifact_store:ArtifactStore$aws:iam/role:Role::mlplatform-serving-store-role",
 ]
 
 
