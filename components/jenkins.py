@@ -1,25 +1,39 @@
-"""Jenkins: the jenkinsci chart configured entirely as code (JCasC), running this repository's Jenkinsfile.
+"""Jenkins: the one CI/CD controller (on the stack whose config enables it: see ``config.JENKINS_ENVIRONMENT``),
+the jenkinsci chart configured entirely as code (JCasC).
 
+Trust model (README "CI/CD"): whoever can push a branch or open a pull request controls what the
+root ``Jenkinsfile`` does, so nothing that file can reach may deploy a shared environment.
+
+- Folder ``preview``: the multibranch job ``preview/mlplatform`` (GitHub branch source: branches and
+  pull requests, fork PRs from users without write access run the target branch's Jenkinsfile) and the
+  hourly reaper. Its folder credentials are only what a preview of an ephemeral stack needs: the
+  ``ephemeral`` AWS identity and Pulumi passphrase, and the GitHub token for PR comments.
+- Folder ``deploy``: one pipeline job, ``deploy/main``, that builds ``jenkins.branch`` (main) and nothing
+  else, from ``ci/deploy.Jenkinsfile`` as merged there (branch protection on GitHub is the review gate).
+  Its folder credentials are one AWS identity and one Pulumi passphrase per environment; each stage
+  binds only its own environment's. The prod ``input`` names its approvers (``jenkins.prodApprovers``).
+  Folder credentials are invisible to jobs outside the folder, so no PR build can name them.
+- Agents: every agent pod runs in the build namespace (Pod Security ``privileged`` for rootless BuildKit, no Secrets in it,
+  agents' service account without a token or any RBAC). The chart grants the controller pod rights in
+  the agent namespace only, so a pipeline-defined pod template cannot land next to the controller's
+  home volume or Secrets. ``python`` (tests, Pulumi CLI) and ``builder`` (plus a rootless BuildKit
+  daemon: uid 1000, not privileged, capabilities SETUID/SETGID only, see ``BUILDKITD_SECURITY``; Pulumi's docker-build provider
+  sends builds there through a buildx ``remote`` builder, so no Docker socket and no privileged pod).
+  The namespace may only talk to the controller, DNS and HTTP(S) outside the cluster.
+- Other clusters: the deploy stages reach each environment with that environment's credentials, and
+  ``make train-wait`` uses that stack's ``kubeconfig`` output, never the in-cluster context.
+- Credential values come from the Pulumi secret config key ``jenkinsCredentials`` (a JSON object with
+  the keys in ``CREDENTIAL_KEYS``), put in a Kubernetes Secret the controller reads at start (JCasC).
+  Without it the folders carry no credentials and every stage that needs one fails closed.
 - Admin credentials: a generated password in a Kubernetes Secret (existingSecret), never in values.
-- Plugins pinned (and their dependencies at the minimum versions they declare: reproducible).
-- Jobs: a multibranch pipeline over ``jenkins.repoUrl`` (Jenkinsfile) and an hourly job that reaps
-  expired ephemeral stacks (ci/reap.Jenkinsfile).
-- Agents (Kubernetes cloud): ``python`` (tests, Pulumi CLI) in the `jenkins` namespace, and
-  ``builder`` in a dedicated `jenkins-builds` namespace: the same Python/Pulumi container plus a
-  rootless BuildKit daemon (uid 1000, not privileged, `--oci-worker-no-process-sandbox` so it needs no
-  unconfined seccomp/AppArmor). Pulumi's docker-build provider sends builds there through a buildx
-  `remote` builder, so no Docker socket and no privileged pod exist anywhere. The build namespace is
-  Pod-Security `baseline` (rootlesskit needs setuid newuidmap), default-deny, and may only talk to
-  the Jenkins controller, DNS and HTTPS (registries, package indexes): a malicious Dockerfile
-  cannot reach other workloads.
-- RBAC: the controller manages agent pods in its two namespaces only; the agents' service account may
-  only watch training Jobs and read their pods/logs (the pipeline's "wait for training" step).
-  Nothing is bound to cluster-admin; Pulumi itself deploys with the stack's cloud credentials.
+  Plugins pinned (and their dependencies at the minimum versions they declare: reproducible).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -31,11 +45,9 @@ from components import helm
 from components.config import JenkinsConfig
 from components.namespaces import IN_CLUSTER, egress_except_metadata
 
-RELEASE = "jenkins"
 ADMIN_SECRET = "jenkins-admin"
 AGENT_SA = "jenkins-agent"
 CONTROLLER_SA = "jenkins"
-BUILD_NAMESPACE = "jenkins-builds"
 BUILDER = "mlplatform-buildkit"  # buildx builder name the builder agent registers (registry.builder)
 AGENT_IMAGE = "pulumi/pulumi-python-3.11:3.272.0"
 BUILDKIT_IMAGE = "moby/buildkit:v0.23.2-rootless"
@@ -80,19 +92,123 @@ PLUGINS = [
     "prometheus:860.v532442b_44e9a_",
 ]
 
+# The stacks deploy/main rolls out, in order (ci/deploy.Jenkinsfile); PR builds get `ephemeral` only.
+ENVIRONMENTS = ("dev", "staging", "prod")
+PREVIEW_FOLDER = "preview"
+DEPLOY_FOLDER = "deploy"
+CREDENTIALS_SECRET = "jenkins-ci-credentials"
+SECRETS_DIR = "/run/secrets/additional"  # where the chart mounts controller.additionalExistingSecrets
 
-def jobs_jcasc(repo_url: str, branch: str) -> str:
-    """JCasC (job-dsl) for the pipeline and the reaper, as the chart's configScripts entry."""
-    script = f"""
-multibranchPipelineJob('mlplatform') {{
-  description('Tests, previews PRs, deploys main: see the Jenkinsfile')
+
+@dataclass(frozen=True)
+class Credential:
+    """A username/password credential in a folder's store. Every value is read from a key of
+    ``CREDENTIALS_SECRET``; credentials with nothing to call a username get a fixed label instead."""
+
+    id: str
+    secret_key: str
+    description: str
+    user_key: str | None = None
+    username: str = ""
+
+
+def _aws(env: str) -> Credential:
+    return Credential(
+        f"aws-{env}", f"aws-{env}-secret-access-key", f"AWS identity of the {env} stack(s)", user_key=f"aws-{env}-access-key-id"
+    )
+
+
+def _passphrase(env: str) -> Credential:
+    return Credential(f"pulumi-{env}", f"pulumi-passphrase-{env}", f"Pulumi passphrase of the {env} stack(s)", username="pulumi")
+
+
+GITHUB = Credential("github", "github-token", "GitHub user + token: repository scan, clone, PR comments", user_key="github-user")
+NOTIFY = Credential("notify-webhook", "notify-webhook-url", "pipeline notifications", username="webhook")
+FOLDER_CREDENTIALS: dict[str, tuple[Credential, ...]] = {
+    PREVIEW_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB),
+    DEPLOY_FOLDER: (*(c for env in ENVIRONMENTS for c in (_aws(env), _passphrase(env))), GITHUB, NOTIFY),
+}
+CREDENTIAL_KEYS = sorted({k for creds in FOLDER_CREDENTIALS.values() for c in creds for k in (c.user_key, c.secret_key) if k})
+
+_GROOVY_SAFE = re.compile(r"^[A-Za-z0-9 ._:/@,+=()-]*$")
+
+
+def _q(value: str) -> str:
+    """A single-quoted Groovy literal. Config validation already restricts these values; this refuses
+    anything that could end the literal or start an interpolation (JCasC's ``${``) all the same."""
+    if not _GROOVY_SAFE.match(value):
+        raise ValueError(f"refusing to paste {value!r} into job-dsl Groovy")
+    return f"'{value}'"
+
+
+def _secret_value(key: str) -> str:
+    # JCasC reads the mounted file base64-encoded (readFileBase64), so no character of the value can
+    # break out of the Groovy literal; job-dsl decodes it.
+    return "new String('${readFileBase64:" + f"{SECRETS_DIR}/{CREDENTIALS_SECRET}-{key}" + "}'.decodeBase64(), 'UTF-8')"
+
+
+def _folder(name: str, description: str, with_credentials: bool) -> str:
+    lines = [f"folder({_q(name)}) {{", f"  description({_q(description)})"]
+    if with_credentials:
+        lines += [
+            "  properties {",
+            "    folderCredentialsProperty {",
+            "      domainCredentials {",
+            "        domainCredentials {",
+            "          domain { name(''); description('') }",
+            "          credentials {",
+        ]
+        for c in FOLDER_CREDENTIALS[name]:
+            username = _secret_value(c.user_key) if c.user_key else _q(c.username)
+            lines += [
+                "            usernamePassword {",
+                f"              scope('GLOBAL'); id({_q(c.id)}); description({_q(c.description)})",
+                f"              username({username}); usernameSecret({'true' if c.user_key else 'false'})",
+                f"              password({_secret_value(c.secret_key)})",
+                "            }",
+            ]
+        lines += ["          }", "        }", "      }", "    }", "  }"]
+    return "\n".join([*lines, "}"])
+
+
+def github_repo(repo_url: str) -> tuple[str, str]:
+    """(owner, name) of a GitHub URL (config validation admits only https://github.com/OWNER/NAME[.git])."""
+    owner, name = repo_url.removesuffix(".git").removeprefix("https://github.com/").split("/")
+    return owner, name
+
+
+def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool) -> str:
+    """JCasC (job-dsl): the two folders with their credentials, the PR/branch job, the deploy job
+    and the reaper, as the chart's configScripts entry."""
+    owner, name = github_repo(repo_url)
+    https = f"https://github.com/{owner}/{name}"
+    script = "\n".join(
+        [
+            _folder(
+                PREVIEW_FOLDER,
+                "Branches and pull requests: tests, previews, ephemeral stacks. Ephemeral credentials only.",
+                with_credentials,
+            ),
+            _folder(
+                DEPLOY_FOLDER, f"Deploys {branch} to every environment. Only jobs in this folder see its credentials.", with_credentials
+            ),
+            f"""
+multibranchPipelineJob('{PREVIEW_FOLDER}/mlplatform') {{
+  description('Tests every branch and pull request, previews PRs on an ephemeral stack: see the Jenkinsfile')
   branchSources {{
     branchSource {{
       source {{
-        git {{
+        github {{
           id('mlplatform')
-          remote('{repo_url}')
-          traits {{ gitBranchDiscovery() }}
+          credentialsId('{GITHUB.id}')
+          repoOwner({_q(owner)})
+          repository({_q(name)})
+          repositoryUrl({_q(https)})
+          configuredByUrl(true)
+          traits {{
+            gitHubBranchDiscovery {{ strategyId(1) }}
+            gitHubPullRequestDiscovery {{ strategyId(1) }}
+          }}
         }}
       }}
     }}
@@ -100,27 +216,69 @@ multibranchPipelineJob('mlplatform') {{
   factory {{ workflowBranchProjectFactory {{ scriptPath('Jenkinsfile') }} }}
   orphanedItemStrategy {{ discardOldItems {{ numToKeep(20) }} }}
   triggers {{ periodicFolderTrigger {{ interval('5m') }} }}
+  configure {{ node ->
+    def traits = node / 'sources' / 'data' / 'jenkins.branch.BranchSource' / 'source' / 'traits'
+    // Fork PRs: built, but with the target branch's Jenkinsfile unless the author has write access.
+    traits << 'org.jenkinsci.plugins.github__branch__source.ForkPullRequestDiscoveryTrait' {{
+      strategyId(1)
+      trust(class: 'org.jenkinsci.plugins.github_branch_source.ForkPullRequestDiscoveryTrait$TrustPermission')
+    }}
+  }}
 }}
-pipelineJob('reap-ephemeral-stacks') {{
+pipelineJob('{DEPLOY_FOLDER}/main') {{
+  description({_q(f"Deploys {branch} to {', '.join(ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only.")})
+  properties {{ pipelineTriggers {{ triggers {{ pollSCM {{ scmpoll_spec('H/5 * * * *') }} }} }} }}
+  definition {{
+    cpsScm {{
+      scm {{ git {{ remote {{ url({_q(https + ".git")}); credentials('{GITHUB.id}') }}; branch({_q("refs/heads/" + branch)}) }} }}
+      scriptPath('ci/deploy.Jenkinsfile')
+      lightweight(true)
+    }}
+  }}
+}}
+pipelineJob('{PREVIEW_FOLDER}/reap-ephemeral-stacks') {{
   description('Destroys ephemeral pr-N stacks past their expiry')
   properties {{ pipelineTriggers {{ triggers {{ cron {{ spec('H * * * *') }} }} }} }}
   definition {{
     cpsScm {{
-      scm {{ git {{ remote {{ url('{repo_url}') }}; branch('{branch}') }} }}
+      scm {{ git {{ remote {{ url({_q(https + ".git")}); credentials('{GITHUB.id}') }}; branch({_q("refs/heads/" + branch)}) }} }}
       scriptPath('ci/reap.Jenkinsfile')
+      lightweight(true)
     }}
   }}
-}}
-""".strip()
+}}""".strip(),
+        ]
+    )
     return yaml.safe_dump({"jobs": [{"script": script}]}, sort_keys=False)
 
 
-def env_jcasc(repo_url: str) -> str:
-    """Global environment for pipelines: the GitHub owner/name the PR comments go to."""
-    repo = repo_url.removesuffix(".git").split("github.com/")[-1].split("github.com:")[-1]
-    return yaml.safe_dump(
-        {"jenkins": {"globalNodeProperties": [{"envVars": {"env": [{"key": "GITHUB_REPOSITORY", "value": repo}]}}]}}, sort_keys=False
-    )
+def env_jcasc(repo_url: str, prod_approvers: list[str]) -> str:
+    """Global environment for pipelines: the GitHub owner/name the PR comments go to, and who may
+    approve the prod deploy (the ``submitter`` of its ``input``)."""
+    owner, name = github_repo(repo_url)
+    env = [
+        {"key": "GITHUB_REPOSITORY", "value": f"{owner}/{name}"},
+        {"key": "MLPLATFORM_PROD_APPROVERS", "value": ",".join(prod_approvers)},
+    ]
+    return yaml.safe_dump({"jenkins": {"globalNodeProperties": [{"envVars": {"env": env}}]}}, sort_keys=False)
+
+
+def credentials_data(raw: str) -> dict[str, str]:
+    """The Secret's data from the ``jenkinsCredentials`` secret config value; names missing or unknown
+    keys (never values)."""
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"jenkinsCredentials: must be a JSON object ({exc.msg})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("jenkinsCredentials: must be a JSON object")
+    missing, unknown = sorted(set(CREDENTIAL_KEYS) - set(doc)), sorted(set(doc) - set(CREDENTIAL_KEYS))
+    if missing or unknown:
+        raise ValueError(f"jenkinsCredentials: missing keys {missing}, unknown keys {unknown} (expected: {', '.join(CREDENTIAL_KEYS)})")
+    empty = sorted(k for k, v in doc.items() if not isinstance(v, str) or not v)
+    if empty:
+        raise ValueError(f"jenkinsCredentials: keys {empty} must be non-empty strings")
+    return dict(doc)
 
 
 def _restricted_container(name: str, image: str, cpu: str, memory: str, **extra: Any) -> dict[str, Any]:
@@ -135,13 +293,15 @@ def _restricted_container(name: str, image: str, cpu: str, memory: str, **extra:
     }
 
 
-def pod_templates(jenkins_namespace: str) -> dict[str, str]:
-    """Kubernetes-plugin pod templates (JCasC YAML), keyed as the chart's agent.podTemplates expects."""
+def pod_templates(build_namespace: str) -> dict[str, str]:
+    """Kubernetes-plugin pod templates (JCasC YAML), keyed as the chart's agent.podTemplates expects.
+    Both run in the build namespace: the only one where the controller may create pods."""
     python_pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "spec": {
             "serviceAccountName": AGENT_SA,
+            "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [_restricted_container("python", AGENT_IMAGE, "1", "4Gi")],
         },
@@ -151,6 +311,7 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
         "kind": "Pod",
         "spec": {
             "serviceAccountName": AGENT_SA,
+            "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [
                 _restricted_container("python", AGENT_IMAGE, "1", "4Gi", env=[{"name": "BUILDX_BUILDER", "value": BUILDER}]),
@@ -167,13 +328,13 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
         },
     }
 
-    def template(name: str, namespace: str, pod: dict) -> str:
+    def template(name: str, pod: dict) -> str:
         return yaml.safe_dump(
             [
                 {
                     "name": name,
                     "label": name,
-                    "namespace": namespace,
+                    "namespace": build_namespace,
                     "serviceAccount": AGENT_SA,
                     "yamlMergeStrategy": "merge",
                     "yaml": yaml.safe_dump(pod, sort_keys=False),
@@ -182,10 +343,76 @@ def pod_templates(jenkins_namespace: str) -> dict[str, str]:
             sort_keys=False,
         )
 
-    return {"python": template("python", jenkins_namespace, python_pod), "builder": template("builder", BUILD_NAMESPACE, builder_pod)}
+    return {"python": template("python", python_pod), "builder": template("builder", builder_pod)}
 
 
-def jenkins_values(cfg: JenkinsConfig, namespace: str, metrics: bool) -> dict[str, Any]:
+def build_pod_policy(build_namespace: str) -> dict[str, Any]:
+    """ValidatingAdmissionPolicy spec for every pod in the build namespace. A Jenkinsfile may define its
+    own pod template, and the namespace is Pod Security ``privileged`` (rootless BuildKit's Unconfined
+    profiles), so this is what keeps a branch from starting a privileged pod beside a deploy agent:
+    Pod Security ``baseline``, except ``BUILDKITD_SECURITY`` for a ``buildkitd`` container running
+    ``BUILDKIT_IMAGE``, and no service account but the agents' (which has no rights)."""
+    unconfined = (
+        "(has({p}.seccompProfile) && {p}.seccompProfile.type == 'Unconfined') || "
+        "(has({p}.appArmorProfile) && {p}.appArmorProfile.type == 'Unconfined')"
+    )
+    flag = "(has(object.spec.{f}) && object.spec.{f})"
+    return {
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": build_namespace}},
+            "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}],
+        },
+        "variables": [
+            {
+                "name": "containers",
+                "expression": "object.spec.containers"
+                " + (has(object.spec.initContainers) ? object.spec.initContainers : [])"
+                " + (has(object.spec.ephemeralContainers) ? object.spec.ephemeralContainers : [])",
+            }
+        ],
+        "validations": [
+            {
+                "expression": " || ".join(flag.format(f=f) for f in ("hostNetwork", "hostPID", "hostIPC")).join(("!(", ")")),
+                "message": "build pods may not share the node's network, PID or IPC namespace",
+            },
+            {
+                "expression": "!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.hostPath))",
+                "message": "build pods may not mount host paths",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged)",
+                "message": "build pods may not run privileged containers",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.capabilities)"
+                " || !has(c.securityContext.capabilities.add) || c.securityContext.capabilities.add.all(x, x in ['SETUID', 'SETGID']))",
+                "message": "build pods may add no capability but SETUID/SETGID (rootless BuildKit's newuidmap)",
+            },
+            {
+                "expression": "variables.containers.all(c, (c.name == 'buildkitd' && c.image == '"
+                + BUILDKIT_IMAGE
+                + "') || !has(c.securityContext) || !("
+                + unconfined.format(p="c.securityContext")
+                + ")) && (!has(object.spec.securityContext) || !("
+                + unconfined.format(p="object.spec.securityContext")
+                + "))",
+                "message": f"only the buildkitd container ({BUILDKIT_IMAGE}) may run without seccomp/AppArmor confinement",
+            },
+            {
+                "expression": "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
+                "message": "build pods may not use host ports",
+            },
+            {
+                "expression": f"!has(object.spec.serviceAccountName) || object.spec.serviceAccountName in ['{AGENT_SA}', 'default']",
+                "message": f"build pods run as {AGENT_SA} (no rights), never another service account",
+            },
+        ],
+    }
+
+
+def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with_credentials: bool = False) -> dict[str, Any]:
+    repo_url = cfg.repo_url or ""
     controller: dict[str, Any] = {
         "admin": {
             "createSecret": False,
@@ -204,20 +431,28 @@ def jenkins_values(cfg: JenkinsConfig, namespace: str, metrics: bool) -> dict[st
         "JCasC": {
             "defaultConfig": True,
             "configScripts": {
-                "mlplatform-jobs": jobs_jcasc(cfg.repo_url or "", cfg.branch),
-                "mlplatform-env": env_jcasc(cfg.repo_url or ""),
+                "mlplatform-jobs": jobs_jcasc(repo_url, cfg.branch, with_credentials),
+                "mlplatform-env": env_jcasc(repo_url, list(cfg.prod_approvers)),
             },
         },
     }
+    if with_credentials:
+        controller["additionalExistingSecrets"] = [{"name": CREDENTIALS_SECRET, "keyName": k} for k in CREDENTIAL_KEYS]
     if cfg.service_type == "LoadBalancer":
         controller["loadBalancerSourceRanges"] = list(cfg.allowed_cidrs)
     return {
         "controller": controller,
-        "agent": {"enabled": True, "namespace": namespace, "restrictedPssSecurityContext": True, "podTemplates": pod_templates(namespace)},
+        # agent.namespace is also where the chart grants the controller its pod rights (and nowhere else).
+        "agent": {
+            "enabled": True,
+            "namespace": build_namespace,
+            "restrictedPssSecurityContext": True,
+            "podTemplates": pod_templates(build_namespace),
+        },
         "persistence": {"enabled": True, "size": f"{cfg.storage_gi_b}Gi"},
         "rbac": {"create": True, "readSecrets": False},
         "serviceAccount": {"create": True, "name": CONTROLLER_SA},
-        "serviceAccountAgent": {"create": True, "name": AGENT_SA},
+        "serviceAccountAgent": {"create": True, "name": AGENT_SA, "automountServiceAccountToken": False},
     }
 
 
@@ -226,9 +461,9 @@ class JenkinsArgs:
     namespace: str
     build_namespace: str
     config: JenkinsConfig
-    training_namespace: str
     monitoring_release: pulumi.Resource | None = None
-    depends_on: list[pulumi.Resource] = field(default_factory=list)
+    # The ``jenkinsCredentials`` secret config value (JSON); None: the folders carry no credentials.
+    credentials: pulumi.Output[str] | None = None
 
 
 class Jenkins(pulumi.ComponentResource):
@@ -240,65 +475,43 @@ class Jenkins(pulumi.ComponentResource):
         ns = args.namespace
         password = random.RandomPassword(f"{name}-admin-password", random.RandomPasswordArgs(length=24, special=False), opts=child)
         self.admin_password = pulumi.Output.secret(password.result)
-        secret = k8s.core.v1.Secret(
-            f"{name}-admin",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=ADMIN_SECRET, namespace=ns),
-            string_data={"jenkins-admin-user": "admin", "jenkins-admin-password": self.admin_password},
-            opts=child,
+        deps: list[pulumi.Resource] = [
+            k8s.core.v1.Secret(
+                f"{name}-admin",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=ADMIN_SECRET, namespace=ns),
+                string_data={"jenkins-admin-user": "admin", "jenkins-admin-password": self.admin_password},
+                opts=child,
+            )
+        ]
+        if args.credentials is not None:
+            deps.append(
+                k8s.core.v1.Secret(
+                    f"{name}-ci-credentials",
+                    metadata=k8s.meta.v1.ObjectMetaArgs(name=CREDENTIALS_SECRET, namespace=ns),
+                    string_data=pulumi.Output.secret(args.credentials).apply(credentials_data),
+                    opts=child,
+                )
+            )
+        if args.monitoring_release:
+            deps.append(args.monitoring_release)
+        values = jenkins_values(
+            args.config, args.build_namespace, metrics=args.monitoring_release is not None, with_credentials=args.credentials is not None
         )
-        deps = [secret, *args.depends_on] + ([args.monitoring_release] if args.monitoring_release else [])
-        self.release = helm.release(
-            f"{name}-chart",
-            "jenkins",
-            ns,
-            jenkins_values(args.config, ns, metrics=args.monitoring_release is not None),
-            pulumi.ResourceOptions(parent=self, depends_on=deps),
-        )
-        # The controller starts agent pods in the build namespace (the chart covers its own namespace).
-        self._role(
-            f"{name}-builds-agents",
-            args.build_namespace,
-            CONTROLLER_SA,
-            ns,
-            [
-                {
-                    "apiGroups": [""],
-                    "resources": ["pods", "pods/exec"],
-                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                },
-                {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
-            ],
-        )
-        # The pipeline's agents wait for training Jobs and read their logs, nothing else.
-        self._role(
-            f"{name}-watch-training",
-            args.training_namespace,
-            AGENT_SA,
-            ns,
-            [
-                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
-            ],
-        )
-        k8s.core.v1.ServiceAccount(
-            f"{name}-builds-agent-sa",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=AGENT_SA, namespace=args.build_namespace),
-            automount_service_account_token=False,
-            opts=child,
-        )
+        self.release = helm.release(f"{name}-chart", "jenkins", ns, values, pulumi.ResourceOptions(parent=self, depends_on=deps))
         self._network_policies(name, ns, args.build_namespace)
-        self.register_outputs({})
-
-    def _role(self, name: str, namespace: str, sa: str, sa_namespace: str, rules: list[dict]) -> None:
-        child = pulumi.ResourceOptions(parent=self)
-        role = k8s.rbac.v1.Role(name, metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace), rules=rules, opts=child)
-        k8s.rbac.v1.RoleBinding(
-            f"{name}-binding",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace),
-            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=name),
-            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa, namespace=sa_namespace)],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
+        policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
+            f"{name}-build-pods",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="jenkins-build-pods"),
+            spec=build_pod_policy(args.build_namespace),
+            opts=child,
         )
+        k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
+            f"{name}-build-pods",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="jenkins-build-pods"),
+            spec={"policyName": "jenkins-build-pods", "validationActions": ["Deny"]},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+        )
+        self.register_outputs({})
 
     def _network_policies(self, name: str, ns: str, build_ns: str) -> None:
         child = pulumi.ResourceOptions(parent=self)
@@ -327,9 +540,10 @@ class Jenkins(pulumi.ComponentResource):
                 "policyTypes": ["Egress"],
                 "egress": [
                     {"to": [in_ns(ns)], "ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 50000}]},
-                    # HTTPS: registries, package indexes, the Pulumi backend and cloud/Kubernetes APIs;
-                    # never the node's metadata service. No in-cluster workload listens on 443.
-                    egress_except_metadata(443),
+                    # HTTPS: registries, package indexes, the Pulumi backend, cloud and Kubernetes APIs;
+                    # HTTP: the smoke test against a stack's model service URL. Never the node's
+                    # metadata service. No in-cluster workload listens on 443 or 80.
+                    egress_except_metadata(443, 80),
                 ],
             },
             opts=child,

@@ -63,8 +63,13 @@ VERSIONS = {"kind": KIND, "pulumi": PULUMI}
 # Names the program gives (components/platform.py NAMESPACES, model_service.object_name, the
 # kube-prometheus-stack release in monitoring/spec.py, components/jenkins.py); a test keeps them in step.
 NAMESPACES = {"serving": "ml-serving", "monitoring": "monitoring", "jenkins": "jenkins"}
-MODEL = "mnist"
-SERVING_SVC = f"model-server-{MODEL}"
+MODEL = "mnist"  # the catalogue's first model, where the stack has no `models` output yet
+
+
+def serving_service(model: str) -> str:
+    return f"model-server-{model}"
+
+
 GRAFANA_SVC = "kps-grafana"
 JENKINS_SVC = "jenkins"
 
@@ -87,6 +92,22 @@ data:
     host: "localhost:{REGISTRY_PORT}"
     help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
 """
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Only plain files and directories inside ``dest``. Python 3.11.4+ has this as filter="data";
+    Debian 12's python3 is 3.11.2, so the same rule is spelled out where the filter is missing."""
+    bad = f"{Path(str(tar.name)).name}: unexpected member in the release archive; nothing was installed"
+    if hasattr(tarfile, "data_filter"):
+        try:
+            tar.extractall(dest, filter="data")
+        except tarfile.TarError as e:
+            raise Stop(f"{bad} ({e})") from e
+        return
+    for m in tar.getmembers():
+        if not (m.isfile() or m.isdir()) or not (dest / m.name).resolve().is_relative_to(dest.resolve()):
+            raise Stop(f"{bad} ({m.name!r})")
+    tar.extractall(dest)  # noqa: S202 (every member checked above)
 
 
 class Stop(Exception):
@@ -151,7 +172,7 @@ class Local:
             staging.mkdir()
             if file.name.endswith(".tar.gz"):
                 with tarfile.open(file) as tar:
-                    tar.extractall(staging, filter="data")
+                    safe_extract(tar, staging)
                 # the release tarball holds pulumi/ with the CLI and its language hosts side by side
                 shutil.move(str(staging / name), str(home))
             else:
@@ -272,16 +293,26 @@ class Local:
         ns = {**NAMESPACES, **(outputs.get("namespaces") or {})}
         forward = f"kubectl --context kind-{CLUSTER} -n"
         body = """python3 -c 'import json; print(json.dumps({"instances": [[[0.0] * 28] * 28]}))'"""
+        models = outputs.get("models") or {MODEL: {"url": outputs.get("serviceUrl")}}
+        serving = "".join(
+            f"  model service {model}: {(entry or {}).get('url') or '(kind gives LoadBalancers no address without cloud-provider-kind)'}\n"
+            f"    {forward} {ns['serving']} port-forward svc/{serving_service(model)} {8501 + i}:80\n"
+            f"    one prediction: {body} | curl -s -d @- http://localhost:{8501 + i}/v1/models/{model}:predict\n"
+            for i, (model, entry) in enumerate(models.items())
+        )
         print(
             "\nThe local platform is up. Next:\n"
-            f"  model service: {outputs.get('serviceUrl') or '(kind gives LoadBalancers no address without cloud-provider-kind)'}\n"
-            f"    {forward} {ns['serving']} port-forward svc/{SERVING_SVC} 8501:80\n"
-            f"    one prediction: {body} | curl -s -d @- http://localhost:8501/v1/models/{MODEL}:predict\n"
-            f"  Grafana: {forward} {ns['monitoring']} port-forward svc/{GRAFANA_SVC} 3000:80 -> http://localhost:3000\n"
+            + serving
+            + f"  Grafana: {forward} {ns['monitoring']} port-forward svc/{GRAFANA_SVC} 3000:80 -> http://localhost:3000\n"
             "    user admin, password: pulumi stack output grafanaAdminPassword --show-secrets --stack local\n"
-            f"  Jenkins: {forward} {ns['jenkins']} port-forward svc/{JENKINS_SVC} 8080:8080 -> http://localhost:8080\n"
-            "    user admin, password: pulumi stack output jenkinsAdminPassword --show-secrets --stack local\n"
-            "  this pulumi and kind: export PATH=$PWD/.tools/bin:$PATH (state: .pulumi-state/, passphrase: .pulumi-passphrase)\n"
+            # Jenkins runs on one stack only (README "CI/CD"); its lines only where this one has it.
+            + (
+                f"  Jenkins: {forward} {ns['jenkins']} port-forward svc/{JENKINS_SVC} 8080:8080 -> http://localhost:8080\n"
+                "    user admin, password: pulumi stack output jenkinsAdminPassword --show-secrets --stack local\n"
+                if outputs.get("jenkinsAdminPassword")
+                else ""
+            )
+            + "  this pulumi and kind: export PATH=$PWD/.tools/bin:$PATH (state: .pulumi-state/, passphrase: .pulumi-passphrase)\n"
             "  tear it all down: make down STACK=local"
         )
 

@@ -92,7 +92,8 @@ if args[:3] == ["stack", "select", "--create"]:
 if args[:1] in (["up"], ["destroy"]):
     done()
 if args[:2] == ["stack", "output"]:
-    done(json.dumps({"serviceUrl": "", "namespaces": {"serving": "ml-serving", "monitoring": "monitoring", "jenkins": "jenkins"}}))
+    done(json.dumps({"serviceUrl": "", "models": {"mnist": {"url": ""}, "digits": {"url": "http://1.2.3.4"}},
+                     "namespaces": {"serving": "ml-serving", "monitoring": "monitoring", "jenkins": "jenkins"}}))
 done("unexpected\\n", 2)
 """
 )
@@ -259,6 +260,8 @@ def test_up_creates_once_then_down_removes_what_it_created(laptop):
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600 and len(passphrase.read_text().strip()) >= 32
     assert "created .pulumi-passphrase" in proc.stdout
     assert "port-forward svc/model-server-mnist 8501:80" in proc.stdout and "make down STACK=local" in proc.stdout
+    assert "svc/model-server-digits 8502:80" in proc.stdout and "model service digits: http://1.2.3.4" in proc.stdout
+    assert "Jenkins:" not in proc.stdout  # no jenkinsAdminPassword output: the local stack runs no Jenkins
     assert (laptop.project / ".tools" / "bin" / "pulumi-language-python").exists()  # the CLI's language host beside it
 
     # a second `make up`: no download, nothing created, only `pulumi up` again
@@ -355,6 +358,35 @@ def test_a_platform_without_pins_uses_the_tool_on_path_or_says_so(laptop):
     assert f"using {laptop.bin / 'kind'}" in proc.stdout and laptop.server.requests == ["/pulumi.tar.gz"]
 
 
+@pytest.mark.parametrize("has_data_filter", [True, False], ids=["python>=3.11.4", "debian-python-3.11.2"])
+@pytest.mark.parametrize("member", ["../escape", "/abs", "link"])
+def test_release_archive_members_stay_inside(tmp_path, monkeypatch, has_data_filter, member):
+    if not has_data_filter:
+        monkeypatch.delattr(local_up.tarfile, "data_filter", raising=False)
+    elif not hasattr(local_up.tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "x.tar.gz").write_bytes(buf.getvalue())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with tarfile.open(tmp_path / "x.tar.gz") as tar:
+        if member == "link" and has_data_filter:
+            local_up.safe_extract(tar, dest)  # the data filter allows a link, but only one that stays inside
+            assert not (dest / "link").exists() or (dest / "link").resolve().is_relative_to(dest)
+            return
+        with pytest.raises(local_up.Stop, match="unexpected member in the release archive; nothing was installed"):
+            local_up.safe_extract(tar, dest)
+    good = _tarball({"pulumi/pulumi": "x"})
+    with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+        local_up.safe_extract(tar, dest)
+    assert (dest / "pulumi" / "pulumi").read_text() == "x"
+
+
 def test_pins_are_sha256_of_official_release_urls():
     for name, per_platform in local_up.PINS.items():
         assert "linux-amd64" in per_platform, name
@@ -370,7 +402,8 @@ def test_printed_names_are_the_programs():
     from components import model_service, platform
     from monitoring import spec
 
-    assert local_up.SERVING_SVC == model_service.object_name(local_up.MODEL)
+    assert local_up.serving_service("mnist") == model_service.object_name("mnist")
+    assert local_up.serving_service("fraud-v2") == model_service.object_name("fraud-v2")
     assert local_up.GRAFANA_SVC == f"{spec.RELEASE}-grafana"
     assert {k: platform.NAMESPACES[k][0] for k in local_up.NAMESPACES} == local_up.NAMESPACES
     assert "context: kind-mlplatform" in (ROOT / "stacks" / "Pulumi.local.yaml").read_text()

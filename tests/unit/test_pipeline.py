@@ -18,10 +18,22 @@ from tools import notify, pr_comment, train_wait
 TARGETS = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
 PIPELINES = [
     ROOT / "Jenkinsfile",
-    ROOT / "ci" / "reap.Jenkinsfile",
+    *sorted((ROOT / "ci").glob("*.Jenkinsfile")),
     ROOT / ".gitlab-ci.yml",
     *sorted((ROOT / ".github" / "workflows").glob("*.yml")),
 ]
+WORKFLOWS = {p.name: yaml.safe_load(p.read_text()) for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))}
+
+
+class GitLabLoader(yaml.SafeLoader):
+    """YAML with GitLab's !reference tag (kept as ("!reference", [job, key]))."""
+
+
+GitLabLoader.add_constructor("!reference", lambda loader, node: ("!reference", loader.construct_sequence(node)))
+
+
+def gitlab_ci() -> dict:
+    return yaml.load((ROOT / ".gitlab-ci.yml").read_text(), Loader=GitLabLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
@@ -34,7 +46,7 @@ def test_pipelines_call_only_existing_make_targets(path):
 
 
 def test_gitlab_ci_parses_and_stops_environments():
-    doc = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    doc = gitlab_ci()
     up, down = doc["ephemeral:up"], doc["ephemeral:destroy"]
     assert up["environment"]["on_stop"] == "ephemeral:destroy" and up["environment"]["auto_stop_in"]
     assert down["environment"]["action"] == "stop" and down["environment"]["name"] == up["environment"]["name"]
@@ -44,21 +56,88 @@ def test_gitlab_ci_parses_and_stops_environments():
 def test_jenkinsfile_stages_in_order():
     text = (ROOT / "Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", text)]
-    assert order == [
-        "Set up",
-        "Lint + tests",
-        "Policy",
-        "PR preview",
-        "Ephemeral stack",
-        "Deploy dev",
-        "Train + quality gate",
-        "Smoke dev",
-        "Promote to staging",
-        "Approve prod",
-        "Deploy prod",
-    ]
-    assert 'post {\n        always { sh "make ephemeral-destroy' in text
-    assert "input message:" in text
+    assert order == ["Set up", "Lint + tests", "Policy", "PR preview", "Ephemeral stack"]
+    assert "post {\n        always {" in text and 'sh "make ephemeral-destroy' in text
+    deploy = (ROOT / "ci" / "deploy.Jenkinsfile").read_text()
+    order = [m for m in re.findall(r"stage\('([^']+)'\)", deploy)]
+    assert order == ["Lint + tests", "Deploy dev", "Deploy staging", "Approve prod", "Deploy prod"]
+    assert "input message:" in deploy
+
+
+# ---- GitHub/GitLab: OIDC to a per-environment role, no AWS keys ----
+
+
+def test_no_long_lived_aws_keys_in_any_pipeline():
+    for path in PIPELINES:
+        text = path.read_text()
+        assert "AWS_ACCESS_KEY_ID }}" not in text and "secrets.AWS_SECRET_ACCESS_KEY" not in text, path.name
+        assert "AWS_SECRET_ACCESS_KEY:" not in text, path.name
+
+
+def _jobs_assuming_roles():
+    for name, doc in WORKFLOWS.items():
+        for job_name, job in doc["jobs"].items():
+            steps = job.get("steps", [])
+            if any(str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in steps):
+                yield name, job_name, job, next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/"))
+
+
+def test_github_jobs_assume_their_environments_role_by_oidc():
+    found = list(_jobs_assuming_roles())
+    assert {(n, j) for n, j, *_ in found} == {
+        ("deploy.yml", "deploy"),
+        ("ephemeral.yml", "up"),
+        ("ephemeral.yml", "destroy"),
+        ("ephemeral.yml", "reap"),
+    }
+    for name, job_name, job, step in found:
+        assert job["permissions"] == {"contents": "read", "id-token": "write"}, (name, job_name)
+        assert job["environment"], (name, job_name)  # the role trusts repo:OWNER/NAME:environment:<env> only
+        assert step["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
+    # ephemeral jobs: the preview environment, never a deploy one
+    assert {WORKFLOWS["ephemeral.yml"]["jobs"][j]["environment"] for j in ("up", "destroy", "reap")} == {"preview"}
+    # id-token is granted nowhere else
+    for name, doc in WORKFLOWS.items():
+        assert "id-token" not in (doc.get("permissions") or {}), name
+
+
+def test_github_deploys_each_environment_in_its_own_environment_from_main_only():
+    ci = WORKFLOWS["ci.yml"]["jobs"]
+    chain = [(j, ci[j]["with"]["stack"], ci[j].get("needs")) for j in ("deploy-dev", "deploy-staging", "deploy-prod")]
+    assert chain == [("deploy-dev", "dev", "test"), ("deploy-staging", "staging", "deploy-dev"), ("deploy-prod", "prod", "deploy-staging")]
+    assert all(ci[j]["uses"] == "./.github/workflows/deploy.yml" for j, *_ in chain)
+    assert ci["deploy-dev"]["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    deploy = WORKFLOWS["deploy.yml"]["jobs"]["deploy"]
+    assert deploy["environment"] == "${{ inputs.stack }}"
+    # PR jobs of ci.yml carry no stack credentials at all
+    assert "secrets.PULUMI" not in yaml.safe_dump(ci["preview"]) and "aws-actions" not in yaml.safe_dump(ci["preview"])
+
+
+def test_gitlab_jobs_assume_roles_by_oidc_per_environment():
+    doc = gitlab_ci()
+    assert doc[".aws-oidc"]["id_tokens"] == {"AWS_ID_TOKEN": {"aud": "sts.amazonaws.com"}}
+    assume = "\n".join(doc[".assume-role"]["script"])
+    assert 'AWS_ROLE_ARN="$AWS_DEPLOY_ROLE_ARN"' in assume and "AWS_WEB_IDENTITY_TOKEN_FILE=" in assume
+
+    def resolved(job: dict) -> dict:
+        parent = job.get("extends")
+        return {**resolved(doc[parent]), **job} if parent else job
+
+    jobs = {k: resolved(v) for k, v in doc.items() if not k.startswith(".") and isinstance(v, dict) and "script" in resolved(v)}
+    needs_aws = {k for k, j in jobs.items() if re.search(r"make (up-ci|ephemeral-|reap)", str(j["script"]))}
+    with_token = {k for k, j in jobs.items() if "id_tokens" in j}
+    assert needs_aws == with_token == {"ephemeral:up", "ephemeral:destroy", "deploy:dev", "deploy:staging", "deploy:prod"}
+    assert all(j["script"][0] == ("!reference", [".assume-role", "script"]) for k, j in jobs.items() if k in with_token)
+    deploy = doc[".deploy"]
+    assert deploy["extends"] == ".aws-oidc"
+    for env in ("dev", "staging", "prod"):
+        job = doc[f"deploy:{env}"]
+        assert job["environment"]["name"] == env and job["resource_group"] == env
+        assert job["rules"][0]["if"] == "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
+    assert doc["deploy:prod"]["rules"][0]["when"] == "manual" and doc["deploy:prod"]["needs"] == ["deploy:staging"]
+    for name in ("ephemeral:up", "ephemeral:destroy"):
+        assert doc[name]["extends"] == ".aws-oidc" and doc[name]["environment"]["name"].startswith("review/")
+    assert "preview" in jobs and "id_tokens" not in jobs["preview"]  # the MR preview gets no AWS token
 
 
 def _job(state):
@@ -176,9 +255,12 @@ def test_notify_without_webhook_only_prints(monkeypatch, capsys):
     assert "pipeline success: ok" in capsys.readouterr().out
 
 
-def test_jenkins_pipeline_env_names_the_github_repo():
+def test_jenkins_pipeline_env_names_the_github_repo_and_prod_approvers():
     from components.jenkins import env_jcasc
 
-    doc = yaml.safe_load(env_jcasc("https://github.com/acme/mlplatform.git"))
-    assert doc["jenkins"]["globalNodeProperties"][0]["envVars"]["env"] == [{"key": "GITHUB_REPOSITORY", "value": "acme/mlplatform"}]
+    doc = yaml.safe_load(env_jcasc("https://github.com/acme/mlplatform.git", ["release-managers", "alice"]))
+    assert doc["jenkins"]["globalNodeProperties"][0]["envVars"]["env"] == [
+        {"key": "GITHUB_REPOSITORY", "value": "acme/mlplatform"},
+        {"key": "MLPLATFORM_PROD_APPROVERS", "value": "release-managers,alice"},
+    ]
     assert Path(ROOT / "ci" / "reap.Jenkinsfile").exists()

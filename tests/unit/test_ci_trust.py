@@ -1,0 +1,322 @@
+"""CI/CD trust model (issue 13 items 1, 2, 6): one Jenkins, per-environment credentials that only the
+main-branch deploy job can reach, PR builds with ephemeral credentials only, OIDC in GitHub/GitLab."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from components import jenkins
+from components.config import JENKINS_ENVIRONMENT, ConfigError, validate
+from tests.conftest import ROOT
+
+DEPLOY_IDS = {c.id for c in jenkins.FOLDER_CREDENTIALS[jenkins.DEPLOY_FOLDER]} - {jenkins.GITHUB.id}
+PREVIEW_IDS = {c.id for c in jenkins.FOLDER_CREDENTIALS[jenkins.PREVIEW_FOLDER]}
+
+
+def stack_raw(stack: str) -> dict:
+    doc = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {k.removeprefix("mlplatform:"): v for k, v in doc.items()}
+
+
+def with_jenkins(stack: str, **jenkins_cfg) -> dict:
+    raw = stack_raw(stack)
+    raw["jenkins"] = jenkins_cfg
+    return raw
+
+
+JENKINS_ON = {"enabled": True, "repoUrl": "https://github.com/acme/mlplatform.git", "prodApprovers": ["release-managers"]}
+
+
+# ---- config: one controller, safe job-dsl inputs, an approver for prod ----
+
+
+def test_exactly_one_stack_file_runs_jenkins_and_it_is_the_designated_one():
+    on = []
+    for path in sorted((ROOT / "stacks").glob("Pulumi.*.yaml")):
+        raw = {k.removeprefix("mlplatform:"): v for k, v in yaml.safe_load(path.read_text())["config"].items()}
+        if validate(raw, path.name).jenkins.enabled:
+            on.append(raw["environment"])
+    assert on == [JENKINS_ENVIRONMENT]
+
+
+@pytest.mark.parametrize("name", ["dev", "prod", "local"])
+def test_jenkins_refused_on_any_other_stack_in_one_line(name):
+    with pytest.raises(ConfigError) as info:
+        validate(with_jenkins(name, **JENKINS_ON), f"stacks/Pulumi.{name}.yaml")
+    lines = [ln for ln in str(info.value).splitlines() if "jenkins" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"stacks/Pulumi.{name}.yaml: mlplatform:jenkins.enabled: "), str(info.value)
+    assert JENKINS_ENVIRONMENT in lines[0]
+
+
+def test_jenkins_is_off_unless_a_stack_turns_it_on():
+    raw = stack_raw("dev")
+    raw.pop("jenkins", None)
+    assert validate(raw, "stacks/Pulumi.dev.yaml").jenkins.enabled is False
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("repoUrl", "https://github.com/acme/ml'); Jenkins.instance.doSafeExit(null); //"),
+        ("repoUrl", "https://github.com/acme/${jenkins-admin}.git"),
+        ("repoUrl", "git@github.com:acme/mlplatform.git"),
+        ("repoUrl", "https://gitlab.com/acme/mlplatform.git"),
+        ("branch", "main'); evil(); //"),
+        ("branch", "feature/../main"),
+        ("branch", "-main"),
+        ("branch", "ma${x}in"),
+        ("branch", "main\nx"),
+    ],
+)
+def test_job_dsl_inputs_are_validated(key, value):
+    with pytest.raises(ConfigError, match=rf"stacks/Pulumi.staging.yaml: mlplatform:jenkins.{key}: "):
+        validate(with_jenkins("staging", **{**JENKINS_ON, key: value}), "stacks/Pulumi.staging.yaml")
+
+
+def test_good_job_dsl_inputs_pass():
+    cfg = validate(with_jenkins("staging", **{**JENKINS_ON, "branch": "release/v1.2_x"}), "x").jenkins
+    assert (cfg.repo_url, cfg.branch) == ("https://github.com/acme/mlplatform.git", "release/v1.2_x")
+
+
+def test_prod_approvers_required_and_well_formed():
+    with pytest.raises(ConfigError, match=r"mlplatform:jenkins.prodApprovers: required"):
+        validate(with_jenkins("staging", enabled=True, repoUrl=JENKINS_ON["repoUrl"]), "x")
+    with pytest.raises(ConfigError, match=r"mlplatform:jenkins.prodApprovers\[0\]"):
+        validate(with_jenkins("staging", **{**JENKINS_ON, "prodApprovers": ["a,b"]}), "x")
+
+
+def test_groovy_literals_refuse_what_validation_would_refuse():
+    assert jenkins._q("https://github.com/a/b.git") == "'https://github.com/a/b.git'"
+    for bad in ("a'b", "a\\b", "${x}", "a\nb"):
+        with pytest.raises(ValueError):
+            jenkins._q(bad)
+
+
+# ---- Jenkins jobs: who sees which credentials ----
+
+
+def _dsl(with_credentials=True) -> str:
+    return yaml.safe_load(jenkins.jobs_jcasc("https://github.com/acme/mlplatform.git", "main", with_credentials))["jobs"][0]["script"]
+
+
+def _folder_block(script: str, folder: str) -> str:
+    start = script.index(f"folder('{folder}')")
+    end = script.index("\n}\n", start)
+    return script[start:end]
+
+
+def test_deploy_credentials_live_only_in_the_deploy_folder():
+    script = _dsl()
+    ids = lambda block: set(re.findall(r"id\('([^']+)'\)", block))  # noqa: E731
+    deploy, preview = ids(_folder_block(script, "deploy")), ids(_folder_block(script, "preview"))
+    assert {f"aws-{e}" for e in ("dev", "staging", "prod")} | {f"pulumi-{e}" for e in ("dev", "staging", "prod")} <= deploy
+    assert preview == {"aws-ephemeral", "pulumi-ephemeral", "github"}
+    # nothing is defined outside a folder (the root store would be visible to every job)
+    assert "credentials:" not in jenkins.env_jcasc("https://github.com/acme/mlplatform.git", ["x"])
+    assert script.count("folderCredentialsProperty") == 2
+
+
+def test_credential_values_come_base64_from_the_mounted_secret():
+    script = _dsl()
+    values = re.findall(r"(?:username|password)\((new String[^\n]*)\)", script)
+    assert values and all(v.startswith("new String('${readFileBase64:/run/secrets/additional/jenkins-ci-credentials-") for v in values)
+    keys = set(re.findall(r"jenkins-ci-credentials-([a-z0-9-]+)\}", script))
+    assert keys == set(jenkins.CREDENTIAL_KEYS)
+    # the only JCasC interpolations are those reads: repo, branch and descriptions cannot add any
+    assert script.count("${") == len(values)
+    assert "folderCredentialsProperty" not in _dsl(with_credentials=False)
+
+
+def test_deploy_job_builds_main_only_from_the_trusted_pipeline():
+    script = _dsl()
+    deploy = script[script.index("pipelineJob('deploy/main')") :]
+    deploy = deploy[: deploy.index("\n}\n")]
+    assert "branch('refs/heads/main')" in deploy and "scriptPath('ci/deploy.Jenkinsfile')" in deploy
+    assert "multibranch" not in deploy.lower()
+
+
+def test_pr_job_discovers_pull_requests_from_github():
+    script = _dsl()
+    pr = script[script.index("multibranchPipelineJob('preview/mlplatform')") :]
+    assert "github {" in pr and "repoOwner('acme')" in pr and "repository('mlplatform')" in pr
+    assert "gitHubPullRequestDiscovery" in pr and "ForkPullRequestDiscoveryTrait$TrustPermission" in pr
+    assert "scriptPath('Jenkinsfile')" in pr
+
+
+def test_credentials_secret_names_missing_keys_not_values():
+    good = {k: "v" for k in jenkins.CREDENTIAL_KEYS}
+    assert jenkins.credentials_data(json.dumps(good)) == good
+    with pytest.raises(ValueError, match=r"missing keys \['aws-prod-access-key-id'\]") as info:
+        jenkins.credentials_data(json.dumps({k: v for k, v in good.items() if k != "aws-prod-access-key-id"} | {"x": "hunter2"}))
+    assert "hunter2" not in str(info.value) and "unknown keys ['x']" in str(info.value)
+    with pytest.raises(ValueError, match="JSON object"):
+        jenkins.credentials_data("[1]")
+
+
+# ---- pipelines: the PR Jenkinsfile cannot deploy; the deploy one binds one environment per stage ----
+
+
+def _groovy(path: str) -> str:
+    # code only: comments may name what they explain
+    return "\n".join(line.split("//")[0] for line in (ROOT / path).read_text().splitlines())
+
+
+def test_pr_jenkinsfile_reaches_no_deploy_credential_and_deploys_nothing():
+    text = _groovy("Jenkinsfile")
+    used = set(re.findall(r"credentials(?:Id)?\W+'?([a-z0-9-]+)'", text))
+    assert used and used <= PREVIEW_IDS, used
+    assert not re.search(r"aws-(dev|staging|prod)|pulumi-(dev|staging|prod)|up-ci|train-wait", text)
+    # dev is named only by the offline synth diff (no credentials)
+    assert [ln.strip() for ln in text.splitlines() if re.search(r"STACK=(dev|staging|prod)\b", ln)] == [
+        'sh "make preview-diff STACK=dev BASE_REF=origin/${env.CHANGE_TARGET}"'
+    ]
+
+
+def test_deploy_jenkinsfile_binds_each_environment_only_in_its_stage():
+    text = _groovy("ci/deploy.Jenkinsfile")
+    for env in ("dev", "staging", "prod"):
+        assert f"deployTo('{env}')" in text
+    # credentials ids are built from the stack the stage deploys, nothing else
+    assert re.findall(r"credentialsId: \"([^\"]+)\"", text) == ["aws-${stack}", "pulumi-${stack}"]
+    assert "submitter: approvers" in text and "env.MLPLATFORM_PROD_APPROVERS" in text
+    order = re.findall(r"stage\('([^']+)'\)", text)
+    assert order.index("Deploy staging") < order.index("Approve prod") < order.index("Deploy prod")
+
+
+def test_prod_approvers_reach_the_input_from_config():
+    cfg = validate(stack_raw(JENKINS_ENVIRONMENT), "x").jenkins
+    env = yaml.safe_load(jenkins.env_jcasc(cfg.repo_url, list(cfg.prod_approvers)))["jenkins"]["globalNodeProperties"][0]["envVars"]["env"]
+    assert {"key": "MLPLATFORM_PROD_APPROVERS", "value": ",".join(cfg.prod_approvers)} in env and cfg.prod_approvers
+
+
+# ---- train-wait looks in the stack's own cluster ----
+
+
+def _script(path, body):
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_train_wait_uses_the_stacks_kubeconfig_output(tmp_path):
+    _script(
+        tmp_path / "pulumi",
+        "import sys\nargs = sys.argv[1:]\n"
+        'print({\'kubeconfig\': \'{"apiVersion": "v1", "clusters": [{"name": "prod-cluster"}]}\', \'trainingJob\': \'train-abc\'}[args[2]])\n',
+    )
+    _script(
+        tmp_path / "kubectl",
+        "import json, os, sys\n"
+        f"open({str(tmp_path / 'calls.jsonl')!r}, 'a').write(json.dumps([os.environ.get('KUBECONFIG'), open(os.environ['KUBECONFIG']).read() if os.environ.get('KUBECONFIG') else None, sys.argv[1:]]) + '\\n')\n"
+        "print(json.dumps({'status': {'conditions': [{'type': 'Complete', 'status': 'True'}]}}))\n",
+    )
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("KUBECONFIG", None)
+    proc = subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", "train-wait", "STACK=prod", f"PY={sys.executable}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kubeconfig, content, args = json.loads((tmp_path / "calls.jsonl").read_text().splitlines()[0])
+    assert kubeconfig and "prod-cluster" in content, "kubectl ran with the ambient (in-cluster) context"
+    assert args[:4] == ["-n", "ml-training", "get", "job"]
+    assert stat.S_IMODE(os.stat(kubeconfig).st_mode) == 0o600
+
+
+# ---- the build namespace admits the agents' pods and nothing more privileged ----
+# A Jenkinsfile may define its own pod template, and the build namespace is Pod Security `privileged`
+# (rootless BuildKit's Unconfined profiles), so an admission policy is what keeps a PR from starting a
+# privileged pod next to a deploy agent. Its CEL runs here on cel-python, against the real templates.
+
+
+@functools.cache
+def _policy_programs():
+    import celpy
+
+    spec = jenkins.build_pod_policy("jenkins-builds")
+    env = celpy.Environment()
+    compiled = lambda e: env.program(env.compile(e))  # noqa: E731
+    return [(v["name"], compiled(v["expression"])) for v in spec["variables"]], [
+        (v["message"], compiled(v["expression"])) for v in spec["validations"]
+    ]
+
+
+def _admits(pod: dict) -> list[str]:
+    """The messages of the policy's validations that refuse ``pod`` (empty: admitted)."""
+    import celpy
+
+    variables, validations = _policy_programs()
+    activation = celpy.json_to_cel({"object": pod})
+    values = celpy.celtypes.MapType({celpy.celtypes.StringType(n): p.evaluate(activation) for n, p in variables})
+    return [message for message, p in validations if not p.evaluate({**activation, "variables": values})]
+
+
+def _template_pods() -> dict[str, dict]:
+    pods = {}
+    for name, text in jenkins.pod_templates("jenkins-builds").items():
+        (template,) = yaml.safe_load(text)
+        pod = yaml.safe_load(template["yaml"])
+        # what the Kubernetes plugin adds: the jnlp container (restricted context, as restrictedPssSecurityContext sets)
+        pod["spec"]["containers"].append(
+            {
+                "name": "jnlp",
+                "image": "jenkins/inbound-agent:3327.v868139a_d00e0-6",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+            }
+        )
+        pods[name] = {"metadata": {"name": f"{name}-abc", "namespace": "jenkins-builds"}, **pod}
+    return pods
+
+
+def test_admission_admits_the_agent_templates():
+    pods = _template_pods()
+    assert set(pods) == {"python", "builder"}
+    for name, pod in pods.items():
+        assert _admits(pod) == [], name
+
+
+def _with(pod: dict, change) -> dict:
+    pod = json.loads(json.dumps(pod))
+    change(pod["spec"])
+    return pod
+
+
+@pytest.mark.parametrize(
+    "what, change",
+    [
+        ("privileged", lambda s: s["containers"][0].setdefault("securityContext", {}).update(privileged=True)),
+        ("host PID", lambda s: s.update(hostPID=True)),
+        ("host network", lambda s: s.update(hostNetwork=True)),
+        ("hostPath", lambda s: s.setdefault("volumes", []).append({"name": "root", "hostPath": {"path": "/"}})),
+        ("SYS_ADMIN", lambda s: s["containers"][0]["securityContext"].update(capabilities={"add": ["SYS_ADMIN"]})),
+        ("unconfined seccomp elsewhere", lambda s: s["containers"][0]["securityContext"].update(seccompProfile={"type": "Unconfined"})),
+        ("unconfined pod seccomp", lambda s: s["securityContext"].update(seccompProfile={"type": "Unconfined"})),
+        ("buildkitd's name on another image", lambda s: s["containers"][1].update(image="alpine:3")),
+        ("a service account with rights", lambda s: s.update(serviceAccountName="jenkins")),
+        ("a host port", lambda s: s["containers"][0].update(ports=[{"containerPort": 22, "hostPort": 22}])),
+        (
+            "privileged init container",
+            lambda s: s.update(initContainers=[{"name": "x", "image": "alpine:3", "securityContext": {"privileged": True}}]),
+        ),
+    ],
+)
+def test_admission_refuses_more_than_the_builder_needs(what, change):
+    builder = _template_pods()["builder"]
+    assert _admits(_with(builder, change)), f"{what} was admitted"
