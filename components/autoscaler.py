@@ -10,6 +10,17 @@ import pulumi_aws as aws
 from components import aws_iam, helm
 
 SERVICE_ACCOUNT = "cluster-autoscaler"
+IMAGE = "registry.k8s.io/autoscaling/cluster-autoscaler"
+# cluster-autoscaler is built and tested against one Kubernetes minor and "should be run with the
+# matching version" (kubernetes/autoscaler FAQ); the chart's default image follows the newest minor
+# (v1.35.0 in chart 9.59.0), so each cluster minor gets its own release: the latest patch published
+# (kubernetes/autoscaler releases cluster-autoscaler-1.33.6 and -1.34.5, 2026-07-23).
+IMAGE_TAGS: dict[str, str] = {
+    "1.32": "v1.32.3",
+    "1.33": "v1.33.6",
+    "1.34": "v1.34.5",
+    "1.35": "v1.35.0",
+}
 
 
 @dataclass
@@ -18,11 +29,15 @@ class ClusterAutoscalerArgs:
     region: str
     oidc_provider_arn: pulumi.Input[str]
     oidc_provider_url: pulumi.Input[str]
+    kubernetes_version: str  # the cluster's minor ("1.33"): picks the matching autoscaler release
     namespace: str = "kube-system"
 
 
-def autoscaler_values(cluster_name: str, region: str, role_arn: pulumi.Input[str]) -> dict:
+def autoscaler_values(cluster_name: str, region: str, role_arn: pulumi.Input[str], kubernetes_version: str) -> dict:
+    if kubernetes_version not in IMAGE_TAGS:  # config validation refuses it first (config.rules)
+        raise ValueError(f"no cluster-autoscaler release known for Kubernetes {kubernetes_version} (known: {', '.join(IMAGE_TAGS)})")
     return {
+        "image": {"repository": IMAGE, "tag": IMAGE_TAGS[kubernetes_version]},
         "cloudProvider": "aws",
         "awsRegion": region,
         # Auto-discovery by the two tags every GpuNodePool ASG carries.
@@ -64,6 +79,10 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         )
         self.role_arn = role.arn
         self.release = helm.release(
-            f"{name}-chart", "cluster-autoscaler", args.namespace, autoscaler_values(args.cluster_name, args.region, role.arn), child
+            f"{name}-chart",
+            "cluster-autoscaler",
+            args.namespace,
+            autoscaler_values(args.cluster_name, args.region, role.arn, args.kubernetes_version),
+            child,
         )
         self.register_outputs({"role_arn": self.role_arn})

@@ -64,17 +64,28 @@ class ImagesArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def digest_ref(tag: str, digest: str) -> str:
+    """``registry/repo:ctx-<hash>@sha256:...``: the kubelet pulls by the digest (the tag only names it),
+    so what runs is byte for byte what was built and pushed, whatever later happens to the tag."""
+    if not digest.startswith("sha256:"):
+        raise ValueError(f"{tag}: the build pushed no image (digest {digest!r}); refusing to deploy it by tag")
+    return f"{tag}@{digest}"
+
+
 class Images(pulumi.ComponentResource):
-    """``refs[name]`` is the full image reference (registry/repo:ctx-<hash>) the workloads run; it
-    is known at preview (so a PR's preview shows exactly which runs and rollouts it causes) and
-    resolves only after the image is pushed (so nothing deploys an image that is not there)."""
+    """``refs[name]`` is what the workloads run: the pushed image by digest
+    (registry/repo:ctx-<hash>@sha256:...), known only once the image is pushed, so nothing deploys an
+    image that is not there. ``tags[name]`` (registry/repo:ctx-<hash>) is known at preview: the build
+    context's hash, for names and previews."""
 
     refs: dict[str, pulumi.Output[str]]
+    tags: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: ImagesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:images:Images", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.refs = {}
+        self.tags = {}
         self.images: dict[str, docker_build.Image] = {}
         for image, (context, base) in IMAGES.items():
             repo_name = f"{args.repo_prefix}/{image}"
@@ -108,7 +119,8 @@ class Images(pulumi.ComponentResource):
                 opts=child,
             )
             self.images[image] = built
-            self.refs[image] = built.tags.apply(lambda tags: tags[0])
+            self.tags[image] = built.tags.apply(lambda tags: tags[0])
+            self.refs[image] = pulumi.Output.all(built.tags, built.digest).apply(lambda a: digest_ref(a[0][0], a[1]))
         self.register_outputs({"refs": self.refs})
 
     @staticmethod

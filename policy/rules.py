@@ -679,40 +679,16 @@ def privileged_namespaces_allow_listed(resources: list[Res]) -> list[tuple[str, 
     return out
 
 
-SERVING_KINDS = {"Deployment", "StatefulSet", "Rollout"}
-
-
-def gpu_serving_sleeps_off_prod(resources: list[Res]) -> list[tuple[str, str]]:
-    """Outside prod, a long-running GPU workload (a model server) is scaled by a KEDA ScaledObject
-    that can take it to zero: ``minReplicaCount`` 0 (KEDA's default) or an awake-window cron trigger.
-    Otherwise a dev GPU idles through nights and weekends: 120 of the week's 168 hours."""
-    env_of = {
-        (r.props.get("metadata") or {}).get("name"): ((r.props.get("metadata") or {}).get("labels") or {}).get(ENV_LABEL)
-        for r in resources
-        if r.kind == "Namespace"
-    }
-    scalers: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for r in resources:
-        if r.type.startswith("kubernetes:") and r.props.get("kind") == "ScaledObject":
-            spec = r.props.get("spec") or {}
-            ref = spec.get("scaleTargetRef") or {}
-            scalers[((r.props.get("metadata") or {}).get("namespace"), ref.get("kind", "Deployment"), ref.get("name"))] = spec
+def built_images_by_digest(resources: list[Res]) -> list[tuple[str, str]]:
+    """Every container that runs an image this stack builds names it by digest: a tag can be moved
+    (or re-pushed where the registry allows), a digest is the bytes that were built."""
+    repos = {str(t).rsplit(":", 1)[0] for r in resources if r.type == "docker-build:index:Image" for t in r.props.get("tags") or [] if t}
     out = []
     for r in resources:
-        if not r.type.startswith("kubernetes:") or r.props.get("kind") not in SERVING_KINDS:
-            continue
-        pod = ((r.props.get("spec") or {}).get("template") or {}).get("spec") or {}
-        if not any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in containers(pod)):
-            continue
-        meta = r.props.get("metadata") or {}
-        if env_of.get(meta.get("namespace")) == "prod":
-            continue
-        spec = scalers.get((meta.get("namespace"), r.props["kind"], meta.get("name")))
-        what = f"GPU serving {r.props['kind']} {meta.get('name')!r} outside prod"
-        if spec is None:
-            out.append((r.urn, f"{what} has no KEDA ScaledObject: it can never scale to zero"))
-        elif spec.get("minReplicaCount", 0) != 0 and not any(t.get("type") == "cron" for t in spec.get("triggers") or []):
-            out.append((r.urn, f"{what} keeps {spec['minReplicaCount']} replicas day and night: set minReplicas 0 or an awake schedule"))
+        for c in containers(pod_spec(r) or {}):
+            image = str(c.get("image", ""))
+            if image.split("@", 1)[0].rsplit(":", 1)[0] in repos and not re.search(r"@sha256:[0-9a-f]{64}$", image):
+                out.append((r.urn, f"container {c.get('name')!r} runs our image {image!r} by tag, not by digest"))
     return out
 
 
@@ -725,6 +701,7 @@ STACK_RULES: dict[str, tuple[Callable[[list[Res]], list[tuple[str, str]]], str]]
         privileged_namespaces_allow_listed,
         "a `privileged` namespace admits any pod: only the one workload that needs it gets one",
     ),
+    "built-images-by-digest": (built_images_by_digest, "what runs is exactly what was built, whatever happens to its tag"),
     "gpu-serving-sleeps-off-prod": (gpu_serving_sleeps_off_prod, "a non-prod GPU must not idle through nights and weekends"),
 }
 

@@ -81,3 +81,16 @@ def test_no_platform_namespace_can_reach_the_metadata_service(result):
     for p in policies:
         res = rules.Res(type=p.type, props=p.raw)
         assert rules.no_metadata_egress(res) == [], p.urn
+
+
+def test_autoscaler_runs_the_release_of_the_clusters_minor(result):
+    """Issue 13 item 6: the chart's default image (v1.35) on a 1.33 cluster."""
+    from components.autoscaler import IMAGE_TAGS
+    from tests.stacks.test_platform import stack_cfg
+
+    releases = [r for r in result.of_type("kubernetes:helm.sh/v3:Release") if r.raw["chart"] == "cluster-autoscaler"]
+    if not releases:
+        pytest.skip("no GPU pools, no autoscaler")
+    minor = stack_cfg(result.stack)["mlplatform:kubernetesVersion"]
+    assert releases[0].raw["values"]["image"]["tag"] == IMAGE_TAGS[minor]
+    assert IMAGE_TAGS[minor].startswith(f"v{minor}.")
