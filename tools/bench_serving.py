@@ -160,6 +160,8 @@ def main() -> None:
                 "0",
                 "--log-level",
                 "warning",
+                "--metrics-port",
+                str(free_port()),
             ],
         ),
     ]:

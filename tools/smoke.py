@@ -5,13 +5,15 @@ tools/smoke_openai.py: one short chat completion, its shape and latency.
 
 URL is the service URL (http://host or the stack's `serviceUrl` output). Checks the model status is
 AVAILABLE, then predicts real MNIST test images (data/mnist.npz) and requires the accuracy to reach
---min-accuracy. Exit 0 ok, 1 failed (with the reason), 2 usage.
+--min-accuracy. Where the service requires an API key, pass it with --api-key or SMOKE_API_KEY.
+Exit 0 ok, 1 failed (with the reason), 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -26,8 +28,9 @@ def _get(url: str, timeout: float = 10):
         return json.loads(r.read())
 
 
-def _post(url: str, body: dict, timeout: float = 30):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})  # noqa: S310 - URL given by the operator
+def _post(url: str, body: dict, timeout: float = 30, api_key: str | None = None):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)  # noqa: S310 - URL given by the operator
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
         return json.loads(r.read())
 
@@ -37,7 +40,9 @@ def base_url(url: str) -> str:
     return url.split("/v1/models/")[0]
 
 
-def smoke(url: str, data: Path, images: int, min_accuracy: float, model: str = "mnist", wait_s: float = 300) -> tuple[bool, str]:
+def smoke(
+    url: str, data: Path, images: int, min_accuracy: float, model: str = "mnist", wait_s: float = 300, api_key: str | None = None
+) -> tuple[bool, str]:
     base = base_url(url)
     deadline = time.time() + wait_s
     while True:  # a fresh LoadBalancer takes a while to answer
@@ -55,7 +60,12 @@ def smoke(url: str, data: Path, images: int, min_accuracy: float, model: str = "
         x, y = d["x_test"][:images] / 255.0, d["y_test"][:images]
     correct = 0
     for i in range(0, len(x), 32):
-        preds = _post(f"{base}/v1/models/{model}:predict", {"instances": x[i : i + 32].round(4).tolist()})["predictions"]
+        try:
+            preds = _post(f"{base}/v1/models/{model}:predict", {"instances": x[i : i + 32].round(4).tolist()}, api_key=api_key)[
+                "predictions"
+            ]
+        except urllib.error.HTTPError as exc:
+            return False, f"predict answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
         correct += int((np.argmax(preds, axis=1) == y[i : i + 32]).sum())
     accuracy = correct / len(x)
     ok = accuracy >= min_accuracy
@@ -79,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--min-accuracy", type=float, default=0.95)
     p.add_argument("--wait", type=float, default=300, help="seconds to wait for the endpoint to answer")
+    p.add_argument("--model", default="mnist", help="the model's name in the API")
+    p.add_argument("--api-key", default=os.environ.get("SMOKE_API_KEY"), help="API key for the predict route [env SMOKE_API_KEY]")
     args = p.parse_args(argv)
-    ok, message = smoke(args.url, args.data, args.images, args.min_accuracy, wait_s=args.wait)
+    ok, message = smoke(args.url, args.data, args.images, args.min_accuracy, model=args.model, wait_s=args.wait, api_key=args.api_key)
     print(("smoke ok: " if ok else "smoke FAILED: ") + message)
     return 0 if ok else 1
 

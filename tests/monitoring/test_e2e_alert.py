@@ -123,7 +123,8 @@ def observed(tmp_path):
                 # as the ServiceMonitor makes it in the cluster: job = the Service's name
                 "job_name": "model-server",
                 "static_configs": [
-                    {"targets": [f"127.0.0.1:{server.port}"], "labels": {"namespace": "ml-serving", "pod": "model-server-0"}}
+                    # /metrics is on the metrics port (the ServiceMonitor's port), not the API port
+                    {"targets": [f"127.0.0.1:{server.metrics_port}"], "labels": {"namespace": "ml-serving", "pod": "model-server-0"}}
                 ],
             }
         ],
@@ -165,8 +166,8 @@ def test_server_down_pages_and_resolves(observed):
     assert query(stack.prom, 'up{job="model-server"} == 1'), "Prometheus never scraped the server"
     assert query(stack.prom, "mlplatform_serving_model_ready") and query(stack.prom, "mlplatform:serving_latency_slo_seconds")
 
-    port = stack.server.port
-    stack.server.proc.kill()  # the fault: the model server dies
+    port, metrics_port = stack.server.port, stack.server.metrics_port
+    stack.server.stop()  # the fault: the model server dies
     stack.server.proc.wait()
     fired_at = time.time()
     alert = stack.receiver.wait_for("ModelServerDown", "firing", timeout=60)
@@ -177,7 +178,7 @@ def test_server_down_pages_and_resolves(observed):
         "job": "model-server",
         "namespace": "ml-serving",
         "pod": "model-server-0",
-        "instance": f"127.0.0.1:{port}",
+        "instance": f"127.0.0.1:{metrics_port}",
     }
     assert alert["annotations"]["summary"] == "Model server model-server-0 is down"
     assert alert["annotations"]["runbook_url"].endswith("#modelserverdown")
@@ -185,18 +186,31 @@ def test_server_down_pages_and_resolves(observed):
 
     # recovery: the server comes back on the same address
     back = ServerProcess.__new__(ServerProcess)
-    back.port, back.url = port, f"http://127.0.0.1:{port}"
+    back.port, back.url, back.metrics_port = port, f"http://127.0.0.1:{port}", metrics_port
     import subprocess as sp
     import sys
 
     from tests.serving.conftest import ROOT
 
     back.proc = sp.Popen(
-        [sys.executable, "-m", "serving", "--model-uri", f"file://{stack.root}", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model-uri",
+            f"file://{stack.root}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
         cwd=ROOT,
         stdout=sp.PIPE,
         stderr=sp.STDOUT,
         text=True,
+        start_new_session=True,
     )
     stack.server = back
     back.wait_ready()

@@ -171,6 +171,8 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.proc.poll() is None:  # started outside its own group
+            self.proc.kill()
         out, _ = self.proc.communicate(timeout=30)
         return out
 

@@ -13,6 +13,16 @@ def test_smoke_passes_and_fails_on_accuracy(store, server_factory, small_mnist):
     assert not ok and "(required 0.9900)" in message
 
 
+def test_smoke_with_api_key(store, server_factory, small_mnist, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("s3cret\n")
+    s = server_factory(str(store), "--api-keys-file", str(keys))
+    ok, message = smoke.smoke(s.url, small_mnist, images=32, min_accuracy=0.0, wait_s=5)
+    assert not ok and "predict answered 401" in message and "missing API key" in message
+    ok, message = smoke.smoke(s.url, small_mnist, images=32, min_accuracy=0.0, wait_s=5, api_key="s3cret")
+    assert ok, message
+
+
 def test_smoke_unreachable(small_mnist):
     ok, message = smoke.smoke("http://127.0.0.1:9", small_mnist, images=8, min_accuracy=0.5, wait_s=0)
     assert not ok and "unreachable" in message
