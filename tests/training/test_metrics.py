@@ -43,12 +43,18 @@ def _free_port():
 
 
 @pytest.fixture
-def pushgateway():
+def pushgateway(tmp_path):
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if binary is None:
         pytest.fail("prometheus-pushgateway not installed (apt-get install prometheus-pushgateway; .ci/run does)")
     port = _free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Debian's build defaults --persistence.file to /var/lib/prometheus/pushgateway.data: without a
+    # file of its own, every test (and every other run on the machine) would share pushed groups.
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway.data'}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
