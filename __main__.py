@@ -21,3 +21,5 @@ pulumi.export("trainingJob", first.training.job_name if first else None)
 pulumi.export("serviceUrl", first.service.url if first else None)
 pulumi.export("grafanaAdminPassword", platform.monitoring.grafana_password if platform.monitoring else None)
 pulumi.export("jenkinsAdminPassword", platform.jenkins.admin_password if platform.jenkins else None)
+# The role GitHub/GitLab deploy this stack with (their AWS_DEPLOY_ROLE_ARN); None without `ci`.
+pulumi.export("ciDeployRoleArn", platform.ci_role.arn if platform.ci_role else None)

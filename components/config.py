@@ -172,6 +172,47 @@ class JenkinsConfig(_Model):
         return v
 
 
+GITHUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$"
+GITLAB_PROJECT = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$"
+OIDC_PROVIDER_ARN = r"^arn:aws:iam::[0-9]{12}:oidc-provider/[a-z0-9.-]+(/[A-Za-z0-9._/-]+)?$"
+GITHUB_ISSUER = "token.actions.githubusercontent.com"
+# The stacks GitHub Actions / GitLab CI deploy, each with its own role (components/ci_identity.py).
+CI_DEPLOY_ENVIRONMENTS = ("dev", "staging", "prod")
+
+
+class CiConfig(_Model):
+    """This stack's deploy role for GitHub Actions / GitLab CI: trusts their OIDC tokens, for this
+    environment only (README "CI/CD"). The account's IAM OIDC providers are referenced, not created:
+    there is one per issuer and account, shared by every stack in it."""
+
+    github_repo: str | None = Field(
+        default=None,
+        pattern=GITHUB_REPO,
+        description="`OWNER/NAME`: its jobs in the GitHub environment named like this stack may deploy it",
+    )
+    github_oidc_provider: str | None = Field(
+        default=None, pattern=OIDC_PROVIDER_ARN, description=f"ARN of the account's IAM OIDC provider for `{GITHUB_ISSUER}`"
+    )
+    gitlab_project: str | None = Field(
+        default=None, pattern=GITLAB_PROJECT, description="`GROUP/[SUBGROUP/]NAME`: its pipelines on `deployBranch` may deploy this stack"
+    )
+    gitlab_oidc_provider: str | None = Field(
+        default=None,
+        pattern=OIDC_PROVIDER_ARN,
+        description="ARN of the account's IAM OIDC provider for the GitLab host (e.g. `gitlab.com`)",
+    )
+    deploy_branch: str = Field(default="main", description="the protected branch whose GitLab pipelines may deploy")
+
+    @field_validator("deploy_branch")
+    @classmethod
+    def _git_branch(cls, v: str) -> str:
+        return JenkinsConfig._git_branch(v)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.github_repo or self.gitlab_project or self.github_oidc_provider or self.gitlab_oidc_provider)
+
+
 class TrainingConfig(_Model):
     """One model's training run (a Job, and a CronJob when scheduled)."""
 
@@ -284,6 +325,7 @@ class PlatformConfig(_Model):
     gpu_pools: list[GpuPool] = Field(default=[], description="EKS GPU node groups")
     registry: RegistryConfig = Field(default=RegistryConfig(), description="image registry")
     jenkins: JenkinsConfig = Field(default=JenkinsConfig(), description="CI/CD")
+    ci: CiConfig = Field(default=CiConfig(), description="GitHub Actions / GitLab CI deploy role of this stack")
     models: dict[str, ModelConfig] = Field(default={}, description="the model catalogue: model name (DNS-1123) -> its settings")
     gateway: GatewayConfig = Field(default=GatewayConfig(), description="the stack's one public entry point for every model")
     monitoring: MonitoringConfig = Field(default=MonitoringConfig(), description="metrics, alerts, dashboards")
@@ -374,6 +416,7 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         yield "jenkins.repoUrl", "required when jenkins.enabled (the Git URL of this repository)"
     if cfg.jenkins.enabled and cfg.environment == JENKINS_ENVIRONMENT and not cfg.jenkins.prod_approvers:
         yield "jenkins.prodApprovers", "required when jenkins.enabled: the Jenkins users or groups who may approve a prod deploy"
+    yield from ci_rules(cfg)
     for name, model in cfg.models.items():
         yield from model_rules(cfg, name, model)
     if cfg.jenkins.service_type == "LoadBalancer":
@@ -382,6 +425,25 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         for j, cidr in enumerate(cfg.jenkins.allowed_cidrs):
             if cidr in ANY_CIDRS:
                 yield f"jenkins.allowedCidrs[{j}]", "Jenkins must not be open to the world (0.0.0.0/0)"
+
+
+def ci_rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
+    ci = cfg.ci
+    if not ci.enabled:
+        return
+    if cfg.environment not in CI_DEPLOY_ENVIRONMENTS or not cfg.is_eks:
+        where = ", ".join(CI_DEPLOY_ENVIRONMENTS)
+        yield "ci", f"deploy roles are for the EKS stacks of {where} (ephemeral stacks: a sandbox account's role)"
+        return
+    forges = (("githubRepo", ci.github_repo, "githubOidcProvider", ci.github_oidc_provider),)
+    forges += (("gitlabProject", ci.gitlab_project, "gitlabOidcProvider", ci.gitlab_oidc_provider),)
+    for repo_key, repo, provider_key, provider in forges:
+        if repo and not provider:
+            yield f"ci.{provider_key}", f"required with ci.{repo_key} (the account's IAM OIDC provider ARN)"
+        elif provider and not repo:
+            yield f"ci.{repo_key}", f"required with ci.{provider_key}"
+    if ci.github_oidc_provider and not ci.github_oidc_provider.endswith(f"/{GITHUB_ISSUER}"):
+        yield "ci.githubOidcProvider", f"must be the provider for {GITHUB_ISSUER} (got {ci.github_oidc_provider!r})"
 
 
 def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[tuple[str, str]]:

@@ -7,6 +7,7 @@ import pulumi_aws as aws
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import Settings
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
@@ -76,6 +77,14 @@ class Platform(pulumi.ComponentResource):
         )
         # Every Kubernetes object goes through the cluster's provider, never an ambient kubeconfig.
         self.k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*self.providers, self.cluster.provider])
+        # GitHub Actions / GitLab CI deploy this stack through its own role (README "CI/CD").
+        self.ci_role: CiDeployRole | None = None
+        if cfg.is_eks and cfg.ci.enabled:
+            self.ci_role = CiDeployRole(
+                f"{name}-ci-deploy",
+                CiDeployRoleArgs(stack=self.settings.stack, config=cfg.ci, cluster_name=self.cluster_name, tags=self.tags),
+                opts=pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(depends_on=[self.cluster])),
+            )
 
         # A namespace only for what runs there: no empty privileged/baseline namespaces where
         # monitoring or Jenkins is off (ephemeral PR stacks run without Jenkins).

@@ -39,7 +39,7 @@ def test_incomplete_model_is_refused(tmp_path, s3_bucket):
 @pytest.mark.parametrize("where", ["s3", "file"])
 def test_reader_racing_publishes_never_sees_a_partial_version(tmp_path, s3_bucket, where):
     root = f"s3://{s3_bucket}/store" if where == "s3" else f"file://{tmp_path}/store"
-    dirs = [_version_dir(tmp_path, i) for i in range(6)]
+    dirs = [_version_dir(tmp_path, i) for i in range(4)]
     done = threading.Event()
     seen, problems = set(), []
 
@@ -72,4 +72,4 @@ def test_reader_racing_publishes_never_sees_a_partial_version(tmp_path, s3_bucke
         t.join()
     assert problems == []
     assert len(seen) >= 2  # the reader really raced the publisher
-    assert artifacts.latest(root, "mnist") == "v0005"
+    assert artifacts.latest(root, "mnist") == "v0003"

@@ -163,9 +163,10 @@ def test_concurrent_promotions_one_wins_the_other_gets_a_conflict(tmp_path, root
     assert [(r["generation"], r["version"]) for r in registry.history(root, "mnist", "champion")] == [(1, v(1)), (2, v(won[0]))]
 
 
-def test_racing_promotions_converge_latest_and_previous_on_the_champion(tmp_path, root, monkeypatch):
+def test_racing_promotions_converge_latest_and_previous_on_the_champion(tmp_path):
+    """Six promoters at once on the local store (real flock, no serialisation by the test)."""
+    root = f"file://{tmp_path}/store"
     _add(tmp_path, root, *range(1, 7))
-    _atomic_moto_puts(root, monkeypatch)
     errors = []
 
     def promote(i):

@@ -1,0 +1,94 @@
+"""CiDeployRole: the role GitHub Actions / GitLab CI assume to deploy this stack (README "CI/CD").
+
+No long-lived key: a job trades its OIDC token (AssumeRoleWithWebIdentity) for this role, and the trust
+policy admits exactly one subject per forge, this environment's:
+- GitHub: ``repo:OWNER/NAME:environment:<stack>``, the subject GitHub issues to a job that runs in the
+  GitHub environment of that name (whose branch policy and reviewers gate it);
+- GitLab: ``project_path:GROUP/NAME:ref_type:branch:ref:<deployBranch>`` (protected branch; GitLab's
+  per-environment separation is its protected, environment-scoped variables).
+The role administers the account because ``pulumi up`` creates VPCs, clusters and IAM roles; one
+account (or at least one role) per environment is what keeps dev's pipeline away from prod. It is
+also an admin of this stack's cluster (an EKS access entry), so ``make train-wait`` works with the
+stack's kubeconfig output whoever bootstrapped the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.config import GITHUB_ISSUER, CiConfig
+
+ADMIN_POLICY = "arn:aws:iam::aws:policy/AdministratorAccess"
+CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+AUDIENCE = "sts.amazonaws.com"
+
+
+def trust_policy(config: CiConfig, stack: str) -> dict:
+    """One statement per configured forge, exact ``aud`` and ``sub`` (StringEquals, no wildcard)."""
+
+    def statement(provider_arn: str, subject: str) -> dict:
+        issuer = provider_arn.split(":oidc-provider/", 1)[1]
+        return {
+            "Effect": "Allow",
+            "Principal": {"Federated": provider_arn},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {f"{issuer}:aud": AUDIENCE, f"{issuer}:sub": subject}},
+        }
+
+    statements = []
+    if config.github_repo and config.github_oidc_provider:
+        assert config.github_oidc_provider.endswith(f"/{GITHUB_ISSUER}")  # config validation says so in one line
+        statements.append(statement(config.github_oidc_provider, f"repo:{config.github_repo}:environment:{stack}"))
+    if config.gitlab_project and config.gitlab_oidc_provider:
+        subject = f"project_path:{config.gitlab_project}:ref_type:branch:ref:{config.deploy_branch}"
+        statements.append(statement(config.gitlab_oidc_provider, subject))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+@dataclass
+class CiDeployRoleArgs:
+    stack: str
+    config: CiConfig
+    cluster_name: str
+    tags: dict[str, str]
+
+
+class CiDeployRole(pulumi.ComponentResource):
+    arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: CiDeployRoleArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:ci:CiDeployRole", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role_name = f"mlplatform-{args.stack}-ci-deploy"
+        role = aws.iam.Role(
+            name,
+            aws.iam.RoleArgs(
+                name=role_name,
+                assume_role_policy=json.dumps(trust_policy(args.config, args.stack)),
+                max_session_duration=4 * 3600,  # a prod deploy with training and smoke test fits
+                tags=args.tags,
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(f"{name}-admin", aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=ADMIN_POLICY), opts=child)
+        entry = aws.eks.AccessEntry(
+            f"{name}-cluster",
+            aws.eks.AccessEntryArgs(cluster_name=args.cluster_name, principal_arn=role.arn, tags=args.tags),
+            opts=child,
+        )
+        aws.eks.AccessPolicyAssociation(
+            f"{name}-cluster-admin",
+            aws.eks.AccessPolicyAssociationArgs(
+                cluster_name=args.cluster_name,
+                principal_arn=role.arn,
+                policy_arn=CLUSTER_ADMIN,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+        )
+        self.arn = role.arn
+        self.register_outputs({"arn": role.arn})
