@@ -28,6 +28,7 @@ within [start, end)). A dev GPU then does not idle for the 108 hours a week nobo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +101,18 @@ def vllm_queue_query(namespace: str, served_model_name: str) -> str:
     return f'sum(vllm:num_requests_waiting{{namespace="{namespace}", model_name="{served_model_name}"}})'
 
 
-def tf_queue_query(namespace: str, job: str, window: str = QUEUE_WINDOW) -> str:
-    """Instances waiting in every replica of our TF server (``job`` = its Service, as the
-    ServiceMonitor labels it), each replica's gauge averaged over ``window``."""
-    return f'sum(avg_over_time(mlplatform_serving_queue_depth{{namespace="{namespace}", job="{job}"}}[{window}]))'
+def target_label(service_label: str) -> str:
+    """The Prometheus label a ServiceMonitor's ``targetLabels`` entry becomes: prometheus-operator
+    sanitizes the Service label's name (pkg/prometheus/promcfg.go: ``sanitizeLabelName``, every
+    character outside [a-zA-Z0-9_] becomes '_'), e.g. ``mlplatform.io/model`` -> ``mlplatform_io_model``."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", service_label)
+
+
+def tf_queue_query(namespace: str, job: str, labels: dict[str, str] | None = None, window: str = QUEUE_WINDOW) -> str:
+    """Instances waiting in every replica of one model's TF server (``job`` and ``labels`` as its
+    ServiceMonitor labels the targets), each replica's gauge averaged over ``window``."""
+    matchers = ", ".join(f'{k}="{v}"' for k, v in {"namespace": namespace, "job": job, **(labels or {})}.items())
+    return f"sum(avg_over_time(mlplatform_serving_queue_depth{{{matchers}}}[{window}]))"
 
 
 def prometheus_trigger(query: str, threshold: float, activation: float = 0, url: str = PROMETHEUS_URL) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from components import autoscaling, helm
+from components import autoscaling, helm, scaling
 from tests.conftest import unavailable
 from tools import manifests, reference
 
@@ -77,8 +77,11 @@ def test_bounds_checked():
 def test_queries_select_one_model_and_return_one_series():
     q = autoscaling.vllm_queue_query("ml-serving", "qwen")
     assert q == 'sum(vllm:num_requests_waiting{namespace="ml-serving", model_name="qwen"})'
-    q = autoscaling.tf_queue_query("ml-serving", "model-server")
-    assert q.startswith("sum(avg_over_time(mlplatform_serving_queue_depth{") and 'job="model-server"' in q
+    q = autoscaling.tf_queue_query("ml-serving", "model-server", {scaling.target_label("mlplatform.io/model"): "mnist"})
+    assert (
+        q
+        == 'sum(avg_over_time(mlplatform_serving_queue_depth{namespace="ml-serving", job="model-server", mlplatform_io_model="mnist"}[30s]))'
+    )
 
 
 @pytest.mark.parametrize(
