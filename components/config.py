@@ -20,6 +20,8 @@ import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from monitoring.spec import DEFAULT_RUNBOOKS_URL
+
 NAMESPACE = "mlplatform"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Model names end up in object names (`model-server-<name>-metrics`, `train-<name>-<hash>`), which must stay <= 63.
@@ -305,6 +307,11 @@ class AlertingConfig(_Model):
     email_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$", description="e-mail receiver")
     smtp_smarthost: str | None = Field(default=None, description="SMTP server `host:port`")
     smtp_from: str | None = Field(default=None, description="sender address")
+    runbooks_url: str = Field(
+        default=DEFAULT_RUNBOOKS_URL,
+        pattern=r"^https?://",
+        description="the runbooks page every alert links to (`#<alert name, lowercased>` appended): your fork's docs/runbooks.md",
+    )
 
 
 class EphemeralConfig(_Model):

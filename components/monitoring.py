@@ -184,7 +184,7 @@ class Monitoring(pulumi.ComponentResource):
         self.pushgateway_url = pushgateway_url(ns)
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
         groups = [threshold_rules(cfg.latency_slo_ms, cfg.error_ratio_slo, cfg.training_stale_days)] + [
-            g for gs in rule_groups().values() for g in gs
+            g for gs in rule_groups(args.alerting.runbooks_url).values() for g in gs
         ]
         for group in groups:
             k8s.apiextensions.CustomResource(

@@ -16,6 +16,8 @@ DASHBOARDS_DIR = HERE / "dashboards"
 RELEASE = "kps"  # kube-prometheus-stack release name (short: the chart prefixes object names with it)
 CREDENTIALS_SECRET = "alertmanager-credentials"
 CREDENTIALS_DIR = f"/etc/alertmanager/secrets/{CREDENTIALS_SECRET}"
+# Where alerts link their runbooks by default; a stack points it at its own fork (alerting.runbooksUrl).
+DEFAULT_RUNBOOKS_URL = "https://github.com/mlplatform/mlplatform/blob/main/docs/runbooks.md"
 
 
 def threshold_rules(latency_slo_ms: float = 100, error_ratio_slo: float = 0.01, training_stale_days: int = 7) -> dict[str, Any]:
@@ -31,9 +33,25 @@ def threshold_rules(latency_slo_ms: float = 100, error_ratio_slo: float = 0.01, 
     }
 
 
-def rule_groups() -> dict[str, list[dict[str, Any]]]:
-    """file stem -> rule groups, from monitoring/rules/*.yaml (PrometheusRule objects)."""
-    return {p.stem: yaml.safe_load(p.read_text())["spec"]["groups"] for p in sorted(RULES_DIR.glob("*.yaml"))}
+def runbook_url(alert: str, runbooks_url: str = DEFAULT_RUNBOOKS_URL) -> str:
+    """The one pattern for every alert's runbook link: the runbooks page (``alerting.runbooksUrl``) and
+    the section anchor GitHub derives from ``## <AlertName>`` in docs/runbooks.md."""
+    return f"{runbooks_url}#{alert.lower()}"
+
+
+def rule_groups(runbooks_url: str = DEFAULT_RUNBOOKS_URL) -> dict[str, list[dict[str, Any]]]:
+    """file stem -> rule groups, from monitoring/rules/*.yaml (PrometheusRule objects), with every
+    alert's ``runbook_url`` annotation set here (rule files carry none: no hand-copied links)."""
+    out = {}
+    for path in sorted(RULES_DIR.glob("*.yaml")):
+        groups = yaml.safe_load(path.read_text())["spec"]["groups"]
+        for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+            annotations = rule.setdefault("annotations", {})
+            if "runbook_url" in annotations:
+                raise ValueError(f"{path.name}: {rule['alert']} sets runbook_url itself; monitoring/spec.py:runbook_url sets every one")
+            annotations["runbook_url"] = runbook_url(rule["alert"], runbooks_url)
+        out[path.stem] = groups
+    return out
 
 
 def alertmanager_config(alerting: Any, has_slack: bool, has_smtp_password: bool) -> dict[str, Any]:

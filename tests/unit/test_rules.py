@@ -34,8 +34,18 @@ def rules_dir(tmp_path_factory) -> Path:
         (d / f"{stem}.yaml").write_text(yaml.safe_dump({"groups": groups}))
     (d / "thresholds.yaml").write_text(yaml.safe_dump({"groups": [spec.threshold_rules()]}))
     for t in TESTS_DIR.glob("*.test.yaml"):
-        shutil.copy(t, d / t.name)
+        (d / t.name).write_text(yaml.safe_dump(with_runbook_urls(yaml.safe_load(t.read_text()))))
     return d
+
+
+def with_runbook_urls(tests: dict) -> dict:
+    """The expected annotations of every firing alert plus the runbook link, in the one pattern
+    spec.runbook_url applies to every rule (so the test files carry no copies of it either)."""
+    for case in tests["tests"]:
+        for a in case.get("alert_rule_test", []):
+            for exp in a.get("exp_alerts") or []:
+                exp.setdefault("exp_annotations", {})["runbook_url"] = spec.runbook_url(a["alertname"])
+    return tests
 
 
 def test_promtool_check_rules(rules_dir):
@@ -66,6 +76,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
 
 @pytest.mark.parametrize("stem,rule", ALERTS, ids=[r["alert"] for _, r in ALERTS])
 def test_alert_is_actionable(stem, rule):
+    assert rule["annotations"]["runbook_url"] == spec.runbook_url(rule["alert"]), "one pattern for every runbook link"
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     for key in ("summary", "description", "runbook_url"):
         assert rule["annotations"].get(key), f"{rule['alert']}: no {key}"
@@ -243,3 +254,42 @@ def test_alertmanager_config_is_valid(tmp_path, slack, smtp):
     (tmp_path / "am.yaml").write_text(yaml.safe_dump(spec.alertmanager_config(alerting, slack, smtp)))
     proc = subprocess.run([amtool, "check-config", str(tmp_path / "am.yaml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runbook_links_are_set_in_one_place():
+    """No rule or test file hand-copies a runbook URL (33 did); a stack's alerting.runbooksUrl moves them all."""
+    copies = [p.name for p in sorted((ROOT / "monitoring").rglob("*.yaml")) if "runbook_url" in p.read_text()]
+    assert copies == []
+    moved = spec.rule_groups("https://git.example.com/ops/ml/-/blob/main/docs/runbooks.md")
+    urls = {r["annotations"]["runbook_url"] for gs in moved.values() for g in gs for r in g["rules"] if "alert" in r}
+    assert urls and all(u.startswith("https://git.example.com/ops/ml/-/blob/main/docs/runbooks.md#") for u in urls)
+
+
+def test_a_rule_file_cannot_bring_its_own_runbook_link(tmp_path, monkeypatch):
+    rule = {"alert": "X", "expr": "vector(1)", "annotations": {"runbook_url": "https://elsewhere/#x"}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump({"spec": {"groups": [{"name": "g", "rules": [rule]}]}}))
+    monkeypatch.setattr(spec, "RULES_DIR", tmp_path)
+    with pytest.raises(ValueError, match="x.yaml: X sets runbook_url itself"):
+        spec.rule_groups()
+
+
+# Repository paths the comments of rule and test files point at (upstream paths such as vLLM's are
+# not under these prefixes).
+REPO_PREFIXES = ("components/", "monitoring/", "tests/", "tools/", "serving/", "training/", "docs/", "policy/")
+
+
+def test_comments_point_at_files_that_exist():
+    """Comments in monitoring/**/*.yaml named tests/monitoring/test_rules.py and
+    components/monitoring.py:threshold_rules after both had moved."""
+    stale = []
+    for path in sorted((ROOT / "monitoring").rglob("*.yaml")):
+        for line in path.read_text().splitlines():
+            if not line.lstrip().startswith("#"):
+                continue
+            for ref in re.findall(r"[\w./-]+\.(?:py|yaml|md|json)", line):
+                if ref.startswith(REPO_PREFIXES) and not (ROOT / ref).exists():
+                    stale.append(f"{path.relative_to(ROOT)}: {ref}")
+            for module, func in re.findall(r"([\w/]+\.py): (\w+)", line):
+                if module.startswith(REPO_PREFIXES) and (ROOT / module).exists() and f"def {func}(" not in (ROOT / module).read_text():
+                    stale.append(f"{path.relative_to(ROOT)}: {module}: {func}")
+    assert stale == []
