@@ -20,10 +20,9 @@ import yaml
 from components import helm
 from components.config import GpuPool
 from components.gpu_node_pool import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL
-from components.namespaces import PlatformNamespace, PlatformNamespaceArgs, egress_except_metadata
+from components.namespaces import egress_except_metadata
 
 API_VERSION = "kueue.x-k8s.io/v1beta2"
-NAMESPACE = "kueue-system"
 VERSION = "v0.19.2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -194,13 +193,13 @@ def chart_values(monitoring: bool) -> dict[str, Any]:
     }
 
 
-def network_policy() -> dict[str, Any]:
+def network_policy(namespace: str) -> dict[str, Any]:
     """The controller: its webhook is called by the API server (from outside the pod network on EKS),
     Prometheus scrapes :8443, and it talks to the API server."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": "kueue-controller", "namespace": NAMESPACE},
+        "metadata": {"name": "kueue-controller", "namespace": namespace},
         "spec": {
             "podSelector": {"matchLabels": {"control-plane": "controller-manager"}},
             "policyTypes": ["Ingress", "Egress"],
@@ -219,10 +218,10 @@ def kubernetes_object(name: str, obj: dict[str, Any], opts: pulumi.ResourceOptio
 
 @dataclass
 class KueueArgs:
+    namespace: str  # Kueue's own (platform.NAMESPACES["queue"])
     training_namespace: str
     gpu_pools: list[GpuPool] = field(default_factory=list)
     quota: QueueQuota = field(default_factory=QueueQuota)
-    environment: str = ""
     # The kube-prometheus-stack release (the ServiceMonitor CRD), when monitoring is on.
     monitoring_release: pulumi.Resource | None = None
 
@@ -236,24 +235,16 @@ class Kueue(pulumi.ComponentResource):
     def __init__(self, name: str, args: KueueArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:kueue:Kueue", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.namespace = PlatformNamespace(
-            f"{name}-ns", PlatformNamespaceArgs(namespace=NAMESPACE, environment=args.environment), opts=child
-        )
         mon = args.monitoring_release
         self.release = helm.release(
             f"{name}-release",
             "kueue",
-            NAMESPACE,
+            args.namespace,
             chart_values(monitoring=mon is not None),
-            pulumi.ResourceOptions(parent=self, depends_on=[self.namespace, *([mon] if mon else [])]),
+            pulumi.ResourceOptions(parent=self, depends_on=[mon] if mon else []),
         )
-        policy = network_policy()
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata=policy["metadata"],
-            spec=policy["spec"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace]),
-        )
+        policy = network_policy(args.namespace)
+        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata=policy["metadata"], spec=policy["spec"], opts=child)
         self.cluster_queue_name = CLUSTER_QUEUE
         objs = [
             *resource_flavors(args.gpu_pools),
