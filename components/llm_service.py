@@ -225,12 +225,16 @@ def http_route_spec(model: str, gateway: dict[str, str], prefix: str | None = No
     }
 
 
-def network_policy_spec(model: str) -> dict[str, Any]:
+def network_policy_spec(model: str, peers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Ingress on the one port from ``peers`` only (the entry point's proxies, Prometheus' namespace);
+    no peers given: from anywhere in the cluster."""
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": PORT}]}
+    if peers:
+        rule = {"from": peers, **rule}
     return {
         "podSelector": {"matchLabels": labels(model)},
         "policyTypes": ["Ingress", "Egress"],
-        # The gateway's proxies and Prometheus reach the one port; nothing else.
-        "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+        "ingress": [rule],
         # Hugging Face / S3 over HTTPS, never the instance metadata service; the in-cluster MinIO.
         "egress": [egress_except_metadata(443), {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]}],
     }
@@ -264,13 +268,19 @@ class LlmServiceArgs:
     hf_token: pulumi.Input[str] | None = None  # a Pulumi secret
     storage_class: str | None = None
     gateway: dict[str, str] | None = None  # parentRef of the stack's Gateway (name, namespace[, sectionName])
+    gateway_url: pulumi.Input[str] | None = None  # the Gateway's base URL (http[s]://host), for ``url``
+    route_opts: pulumi.ResourceOptions | None = None  # e.g. wait for the Gateway and its CRDs
+    # The entry point's SecurityPolicy for this model's route (only these client networks), if any.
+    security_policy: dict[str, Any] | None = None
+    ingress_peers: list[dict[str, Any]] | None = None  # who may reach the pods (NetworkPolicy peers)
     keda: autoscaling.Keda | None = None
     monitoring_release: pulumi.Resource | None = None
     service_monitor_labels: dict[str, str] = field(default_factory=dict)
 
 
 class LlmService(pulumi.ComponentResource):
-    endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway
+    endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway (/llm/<model>/v1)
+    url: pulumi.Output[str]  # the OpenAI base URL clients use (tools/smoke takes it as is)
 
     def __init__(self, name: str, args: LlmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:llm_service:LlmService", name, None, opts)
@@ -318,7 +328,7 @@ class LlmService(pulumi.ComponentResource):
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb", metadata=meta(), spec={"maxUnavailable": 1, "selector": {"matchLabels": lab}}, opts=child
         )
-        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata=meta(), spec=network_policy_spec(model), opts=child)
+        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata=meta(), spec=network_policy_spec(model, args.ingress_peers), opts=child)
         autoscaling.scaled_object(
             f"{name}-scaledobject",
             obj,
@@ -344,16 +354,30 @@ class LlmService(pulumi.ComponentResource):
             )
         prefix = f"/llm/{model}"
         if args.gateway is not None:
-            k8s.apiextensions.CustomResource(
+            route_opts = pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=self, depends_on=[service]), args.route_opts or pulumi.ResourceOptions()
+            )
+            route = k8s.apiextensions.CustomResource(
                 f"{name}-route",
                 api_version="gateway.networking.k8s.io/v1",
                 kind="HTTPRoute",
                 metadata=meta(),
                 spec=http_route_spec(model, args.gateway, prefix),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
+                opts=route_opts,
             )
+            if args.security_policy is not None:
+                k8s.apiextensions.CustomResource(
+                    f"{name}-allowed-cidrs",
+                    api_version="gateway.envoyproxy.io/v1alpha1",
+                    kind="SecurityPolicy",
+                    metadata=meta(),
+                    spec=args.security_policy,
+                    opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(depends_on=[route])),
+                )
         self.endpoint = pulumi.Output.from_input(f"{prefix}/v1")
-        self.register_outputs({"endpoint": self.endpoint})
+        base = args.gateway_url if args.gateway_url is not None else "http://pending"
+        self.url = pulumi.Output.concat(base, prefix, "/v1")
+        self.register_outputs({"endpoint": self.endpoint, "url": self.url})
 
 
 def _env_dict(e: k8s.core.v1.EnvVarArgs) -> dict[str, Any]:

@@ -193,3 +193,12 @@ def test_unknown_pool_named():
 def test_bad_values_refused(bad):
     with pytest.raises(ValueError):
         LlmConfig.model_validate(bad)
+
+
+def test_network_policy_admits_only_the_given_peers():
+    proxies = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}
+    spec = llm_service.network_policy_spec("qwen", [proxies])
+    assert spec["ingress"] == [{"from": [proxies], "ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
+    assert llm_service.network_policy_spec("qwen")["ingress"] == [{"ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
+    # Hugging Face / S3 over HTTPS, never the instance metadata service
+    assert {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]} in [p["ipBlock"] for r in spec["egress"] for p in r.get("to", []) if "ipBlock" in p]
