@@ -77,8 +77,35 @@ def is_openai(url: str) -> bool:
     return url.rstrip("/").endswith("/v1")
 
 
+def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float) -> int:
+    """Every model of a stack (its ``models`` output: name -> {url, runtime, ...}), each by its runtime;
+    exit status 1 when any fails."""
+    from tools import smoke_openai
+
+    failed = 0
+    for name, m in models.items():
+        url = m["url"]
+        if m.get("runtime") == "vllm" or is_openai(url):
+            ok, message = smoke_openai.smoke_openai(url, wait_s=wait_s, api_key=os.environ.get("OPENAI_API_KEY"))
+        else:
+            key = m.get("apiKey") if m.get("apiKey") not in (None, "[secret]") else os.environ.get("SMOKE_API_KEY")
+            ok, message = smoke(url, data, images, min_accuracy, model=name, wait_s=wait_s, api_key=key)
+        print(f"{name}: " + ("smoke ok: " if ok else "smoke FAILED: ") + message)
+        failed += not ok
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--models" in argv:  # the stack's `models` output (JSON): every model, TF and LLM
+        p = argparse.ArgumentParser(prog="python -m tools.smoke --models JSON")
+        p.add_argument("--models", required=True, help="`pulumi stack output models --json`")
+        p.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
+        p.add_argument("--images", type=int, default=200)
+        p.add_argument("--min-accuracy", type=float, default=0.95)
+        p.add_argument("--wait", type=float, default=600)
+        args = p.parse_args(argv)
+        return smoke_models(json.loads(args.models), args.data, args.images, args.min_accuracy, args.wait)
     if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
         from tools import smoke_openai
 

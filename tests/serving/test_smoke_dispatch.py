@@ -5,7 +5,7 @@ tests/unit/test_smoke_openai.py (see there what that does and does not prove).""
 from __future__ import annotations
 
 from tests.unit.test_smoke_openai import StandIn
-from tools import smoke
+from tools import smoke, smoke_openai
 
 
 def test_openai_urls_go_to_the_openai_smoke_test(capsys):
@@ -18,3 +18,22 @@ def test_openai_urls_go_to_the_openai_smoke_test(capsys):
     finally:
         s.stop()
     assert not smoke.is_openai("http://lb/v1/models/mnist") and smoke.is_openai("http://gw/llm/qwen/v1/")
+
+
+def test_every_model_of_a_stack_by_its_runtime(capsys):
+    """The pipeline's `make smoke` passes the stack's `models` output: each model gets its own test."""
+    import json
+
+    s = StandIn("--model", "chat")
+    models = {
+        "chat": {"runtime": "vllm", "url": s.url},
+        "mnist": {"runtime": "tensorflow", "url": "http://127.0.0.1:9/v1/models/mnist"},  # nothing listens: fails
+    }
+    try:
+        assert smoke_openai.smoke_openai(s.url, wait_s=20)[0]  # the stand-in is up
+        assert smoke.main(["--models", json.dumps(models), "--wait", "0.2"]) == 1
+    finally:
+        s.stop()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("chat: smoke ok: chat: chat completion in ")
+    assert out[1].startswith("mnist: smoke FAILED: ") and "unreachable" in out[1]
