@@ -95,8 +95,8 @@ train-wait: venv  ## wait for STACK's training Job in STACK's cluster; fails on 
 	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
 	$(PY) -m tools.train_wait $$(pulumi stack output trainingJob --stack $(STACK))
 
-smoke: venv-ml data  ## smoke test STACK's model service URL (real predictions)
-	$(PY_ML) -m tools.smoke $$(pulumi stack output serviceUrl --stack $(STACK))
+smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
+	$(PY_ML) -m tools.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"
 
 MODEL ?= mnist
 rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows
