@@ -142,9 +142,10 @@ def _q(value: str) -> str:
 
 
 def _secret_value(key: str) -> str:
-    # JCasC reads the mounted file base64-encoded (readFileBase64), so no character of the value can
-    # break out of the Groovy literal; job-dsl decodes it.
-    return "new String('${readFileBase64:" + f"{SECRETS_DIR}/{CREDENTIALS_SECRET}-{key}" + "}'.decodeBase64(), 'UTF-8')"
+    # JCasC pastes the mounted file base64-encoded (`${base64:${file:PATH}}`, configuration-as-code's
+    # demos/credentials/README.md), so no character of the value can break out of the Groovy literal;
+    # job-dsl decodes it.
+    return "new String('${base64:${file:" + f"{SECRETS_DIR}/{CREDENTIALS_SECRET}-{key}" + "}}'.decodeBase64(), 'UTF-8')"
 
 
 def _folder(name: str, description: str, with_credentials: bool) -> str:

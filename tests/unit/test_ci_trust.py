@@ -128,11 +128,11 @@ def test_deploy_credentials_live_only_in_the_deploy_folder():
 def test_credential_values_come_base64_from_the_mounted_secret():
     script = _dsl()
     values = re.findall(r"(?:username|password)\((new String[^\n]*)\)", script)
-    assert values and all(v.startswith("new String('${readFileBase64:/run/secrets/additional/jenkins-ci-credentials-") for v in values)
-    keys = set(re.findall(r"jenkins-ci-credentials-([a-z0-9-]+)\}", script))
+    assert values and all(v.startswith("new String('${base64:${file:/run/secrets/additional/jenkins-ci-credentials-") for v in values)
+    keys = set(re.findall(r"jenkins-ci-credentials-([a-z0-9-]+)\}\}", script))
     assert keys == set(jenkins.CREDENTIAL_KEYS)
     # the only JCasC interpolations are those reads: repo, branch and descriptions cannot add any
-    assert script.count("${") == len(values)
+    assert script.count("${") == 2 * len(values)
     assert "folderCredentialsProperty" not in _dsl(with_credentials=False)
 
 
