@@ -401,6 +401,14 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
                 "message": f"only the buildkitd container ({BUILDKIT_IMAGE}) may run without seccomp/AppArmor confinement",
             },
             {
+                # the annotation form of AppArmor, still honoured
+                "expression": "!has(object.metadata.annotations) || object.metadata.annotations.all(k,"
+                " !k.startsWith('container.apparmor.security.beta.kubernetes.io/')"
+                " || k == 'container.apparmor.security.beta.kubernetes.io/buildkitd'"
+                " || object.metadata.annotations[k] != 'unconfined')",
+                "message": "only the buildkitd container may run without AppArmor confinement",
+            },
+            {
                 "expression": "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
                 "message": "build pods may not use host ports",
             },

@@ -298,6 +298,20 @@ def _with(pod: dict, change) -> dict:
     return pod
 
 
+def test_admission_refuses_unconfined_apparmor_by_annotation():
+    builder = _template_pods()["builder"]
+    ok = {
+        **builder,
+        "metadata": {**builder["metadata"], "annotations": {"container.apparmor.security.beta.kubernetes.io/buildkitd": "unconfined"}},
+    }
+    assert _admits(ok) == []
+    bad = {
+        **builder,
+        "metadata": {**builder["metadata"], "annotations": {"container.apparmor.security.beta.kubernetes.io/python": "unconfined"}},
+    }
+    assert _admits(bad) == ["only the buildkitd container may run without AppArmor confinement"]
+
+
 @pytest.mark.parametrize(
     "what, change",
     [
