@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import orjson
@@ -178,12 +179,17 @@ class ModelServer:
 
     async def startup(self) -> None:
         if self.settings.parse_workers > 0:
-            # spawn, not fork: the parent holds TensorFlow's threads; the worker imports only numpy/orjson.
-            self._pool = ProcessPoolExecutor(self.settings.parse_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = self._new_pool()
             await asyncio.get_running_loop().run_in_executor(self._pool, codec.DTYPES.get, "float32")  # start it now
         for served in self.models.values():
             await served.batcher.start()
             self._tasks.append(asyncio.create_task(served.watch()))
+
+    def _new_pool(self) -> ProcessPoolExecutor | None:
+        if self.settings.parse_workers <= 0:
+            return None
+        # spawn, not fork: the parent holds TensorFlow's threads; the worker imports only numpy/orjson.
+        return ProcessPoolExecutor(self.settings.parse_workers, mp_context=multiprocessing.get_context("spawn"))
 
     async def shutdown(self) -> None:
         for t in self._tasks:
@@ -388,7 +394,13 @@ class ModelServer:
         # Decoding megabytes of JSON holds the GIL for hundreds of ms: in another process, the event
         # loop (health checks, small requests) keeps running.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, parse, body, specs, max_batch)
+        try:
+            return await loop.run_in_executor(self._pool, parse, body, specs, max_batch)
+        except BrokenProcessPool:
+            # the worker died (killed, out of memory): start a new one for the next request
+            log.error("parse worker died; starting a new one")
+            self._pool = self._new_pool()
+            raise Unavailable("request decoding failed: parse worker restarted; retry") from None
 
     async def _lifespan(self, receive, send) -> None:
         while True:

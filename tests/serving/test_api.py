@@ -192,7 +192,12 @@ def test_wrong_route(store, method, path, code):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.sampled_from(["instances", "inputs", "x"]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=30)
+        | st.dictionaries(
+            st.sampled_from(["instances", "inputs", "x", "signature_name", "name", "shape", "datatype", "data", "b64"]), inner, max_size=4
+        )
+    ),
     max_leaves=60,
 )
 
@@ -202,9 +207,9 @@ JSON = st.recursive(
 def test_fuzzed_bodies_never_5xx(store, bodies):
     # 160 bodies, 40 per server start: loading a model costs more than the requests
     async def fn(client, server):
-        return [await client.post("/v1/models/mnist:predict", content=body) for body in bodies]
+        return [await client.post(path, content=body) for body in bodies for path in ("/v1/models/mnist:predict", "/v2/models/mnist/infer")]
 
-    for body, r in zip(bodies, run(with_client(store, fn)), strict=True):
+    for body, r in zip([b for b in bodies for _ in range(2)], run(with_client(store, fn)), strict=True):
         assert r.status_code < 500, (body[:200], r.status_code, r.text)
 
 
@@ -228,3 +233,27 @@ def test_model_from_s3(tmp_path, monkeypatch):
 
         r = run(with_client("s3://models/root", fn))
     assert r.status_code == 200 and r.json()["model_version"] == "v7"
+
+
+def test_large_bodies_are_decoded_by_the_parse_worker_which_is_replaced_when_it_dies(store):
+    import os
+    import signal
+
+    batch = {"instances": [IMAGE.tolist()] * 8}  # ~100 KB: above the 16 KiB offload threshold set here
+
+    async def fn(client, server):
+        first = await client.post("/v1/models/mnist:predict", json=batch)
+        (pid,) = list(server._pool._processes)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        died = await client.post("/v1/models/mnist:predict", json=batch)
+        again = await client.post("/v1/models/mnist:predict", json=batch)
+        bad = await client.post("/v1/models/mnist:predict", json={"instances": [[[0.5] * 27] * 28] * 8})
+        return first, died, again, bad, pid, list(server._pool._processes)
+
+    first, died, again, bad, pid, now = run(with_client(store, fn, parse_workers=1, offload_body_bytes=16 * 1024))
+    assert first.status_code == 200 and len(first.json()["predictions"]) == 8
+    assert died.status_code == 503 and "parse worker restarted" in died.json()["error"]
+    assert again.status_code == 200 and now and pid not in now
+    # validation errors cross the process boundary as 400s with their reason
+    assert bad.status_code == 400 and "dimension 2 must be 28" in bad.json()["error"]
