@@ -229,7 +229,15 @@ class TrainingConfig(_Model):
         description="a new version must not fall more than this below the published one; unset: the trainer's default",
     )
     schedule: str | None = Field(default=None, description="cron for scheduled retraining (a CronJob); unset: none")
-    gpus: int = Field(default=1, ge=0, le=8, description="GPUs per run; must be 0 on a stack without GPUs")
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="GPUs per worker, all used (data parallel); must fit one node of a GPU pool; 0 on a stack without GPUs",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="worker pods of one run (multi-worker data parallel); `workers x gpus` must fit the GPU pools"
+    )
     data_uri: str | None = Field(default=None, description="training data URI (s3:// or path); unset: the trainer's download")
     active_deadline_seconds: int = Field(default=7200, ge=60, le=7 * 86400, description="hard time limit per run")
 
@@ -314,6 +322,16 @@ class AlertingConfig(_Model):
     )
 
 
+class QueueConfig(_Model):
+    """The stack's Kueue ClusterQueue: every training run waits here for its quota (README "Training at scale")."""
+
+    gpu_quota: int | None = Field(
+        default=None, ge=0, le=1024, description="GPUs training may hold at once; unset: the GPU pools' capacity at their max size"
+    )
+    cpu: Quantity = Field(default="32", description="CPU training may hold at once (requests)")
+    memory: Quantity = Field(default="128Gi", description="memory training may hold at once (requests)")
+
+
 class EphemeralConfig(_Model):
     ttl_hours: float = Field(default=24, gt=0, le=24 * 30, description="lifetime of PR stacks made from this stack (tools/ephemeral.py)")
 
@@ -338,6 +356,7 @@ class PlatformConfig(_Model):
     monitoring: MonitoringConfig = Field(default=MonitoringConfig(), description="metrics, alerts, dashboards")
     alerting: AlertingConfig = Field(default=AlertingConfig(), description="Alertmanager receivers")
     ephemeral: EphemeralConfig = Field(default=EphemeralConfig(), description="PR stacks made from this stack")
+    queue: QueueConfig = Field(default=QueueConfig(), description="training quota and queueing (Kueue)")
 
     @property
     def is_eks(self) -> bool:
@@ -373,9 +392,12 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
         from components.autoscaler import IMAGE_TAGS
 
         if cfg.kubernetes_version not in IMAGE_TAGS:
-            yield "kubernetesVersion", (
-                f"no cluster-autoscaler release is pinned for {cfg.kubernetes_version} (it must match the cluster's minor;"
-                f" pinned: {', '.join(IMAGE_TAGS)} in components/autoscaler.py)"
+            yield (
+                "kubernetesVersion",
+                (
+                    f"no cluster-autoscaler release is pinned for {cfg.kubernetes_version} (it must match the cluster's minor;"
+                    f" pinned: {', '.join(IMAGE_TAGS)} in components/autoscaler.py)"
+                ),
             )
     m = cfg.monitoring
     if cfg.environment == "prod" and m.enabled and (m.prometheus_replicas < 2 or m.alertmanager_replicas < 3):
@@ -411,6 +433,9 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
             yield f"{key}.min", f"must be <= max (got min={p.min}, max={p.max})"
         elif not p.min <= p.desired <= p.max:
             yield f"{key}.desired", f"must be between min and max (got min={p.min}, desired={p.desired}, max={p.max})"
+    capacity = sum(p.max * GPU_COUNT.get(p.instance_types[0], 0) for p in cfg.gpu_pools)
+    if cfg.queue.gpu_quota is not None and cfg.gpu_pools and cfg.queue.gpu_quota > capacity:
+        yield "queue.gpuQuota", f"must not exceed the GPU pools' capacity at their max size ({capacity}); unset it to use all of it"
     r = cfg.registry
     if r.kind == "ecr" and c.kind != "eks":
         yield "registry.kind", "'ecr' needs an EKS stack; use kind 'external' with a url (e.g. localhost:5001)"
@@ -463,6 +488,7 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
         )
     if model.training.gpus > 0 and not cfg.has_gpus:
         yield f"{key}.training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
+    yield from training_fit_rules(cfg, key, model.training)
     sv = model.serving
     if sv.min_replicas > sv.max_replicas:
         yield f"{key}.serving.minReplicas", f"must be <= maxReplicas (got minReplicas={sv.min_replicas}, maxReplicas={sv.max_replicas})"
@@ -479,6 +505,45 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
     for j, cidr in enumerate(sv.allowed_cidrs):
         if cidr in ANY_CIDRS and cfg.environment == "prod":
             yield f"{key}.serving.allowedCidrs[{j}]", "prod entry points must not be open to the world (0.0.0.0/0)"
+
+
+# What one training worker requests (components/training_job.py): the queue's CPU quota must admit a run.
+TRAINING_WORKER_CPU = 2
+
+
+def cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def training_fit_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Iterator[tuple[str, str]]:
+    """A run that can never be admitted (too many GPUs for a node, or for the pools or the quota)
+    would wait in the queue forever: refuse it here instead."""
+    need = t.workers * t.gpus
+    if t.gpus > 0 and cfg.gpu_pools:
+        per_node = {p.name: GPU_COUNT.get(p.instance_types[0], 0) for p in cfg.gpu_pools}
+        fits = [p for p in cfg.gpu_pools if per_node[p.name] >= t.gpus]
+        if not fits:
+            yield (
+                f"{key}.training.gpus",
+                f"a worker's GPUs must fit one node: the largest GPU pool instance has {max(per_node.values())} (got gpus={t.gpus})",
+            )
+        else:
+            capacity = sum(p.max * per_node[p.name] for p in fits)
+            if need > capacity:
+                yield (
+                    f"{key}.training.workers",
+                    f"workers x gpus = {need} GPUs, more than the GPU pools that fit a worker hold at their max size ({capacity})",
+                )
+    if t.gpus > 0 and cfg.queue.gpu_quota is not None and need > cfg.queue.gpu_quota:
+        yield (
+            f"{key}.training.workers",
+            f"workers x gpus = {need} GPUs, more than queue.gpuQuota ({cfg.queue.gpu_quota}): it would wait forever",
+        )
+    if t.workers * TRAINING_WORKER_CPU > cpu_cores(cfg.queue.cpu):
+        yield (
+            f"{key}.training.workers",
+            f"{t.workers} workers request {t.workers * TRAINING_WORKER_CPU} CPUs, more than queue.cpu ({cfg.queue.cpu}): it would wait forever",
+        )
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

@@ -12,6 +12,8 @@ import pulumi
 
 from components.artifact_store import ArtifactStore
 from components.config import ModelConfig
+from components.gateway import EntryPoint
+from components.kueue import Kueue
 from components.model_service import ModelService, ModelServiceArgs
 from components.training_job import TrainingJob, TrainingJobArgs
 
@@ -31,10 +33,13 @@ class ModelArgs:
     training_image: pulumi.Input[str]
     serving_image: pulumi.Input[str]
     store: ArtifactStore
-    eks: bool
+    entry: EntryPoint  # the stack's entry point: the model's HTTPRoute attaches to it
     gpu_nodes: bool  # the stack has GPU pools (taint + label to target)
+    zone_spread_required: bool = False  # prod: replicas must spread over zones
     pushgateway: str | None = None
+    monitoring_namespace: str = "monitoring"
     monitoring_release: pulumi.Resource | None = None
+    queue: Kueue | None = None  # the stack's Kueue: training runs wait in its queue
 
 
 class Model(pulumi.ComponentResource):
@@ -47,6 +52,10 @@ class Model(pulumi.ComponentResource):
         child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(parent=self))
         self.training, self.service = build(name, args, child)
         self.register_outputs({"training_job": self.training.job_name, "url": self.service.url})
+
+    def outputs(self) -> dict[str, pulumi.Input[str] | None]:
+        """What the stack exports per model (the API key is a Pulumi secret)."""
+        return {"trainingJob": self.training.job_name, "url": self.service.url, "apiKey": self.service.api_key}
 
 
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob, ModelService]:
@@ -62,6 +71,7 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
             store=args.store,
             gpu_nodes=args.gpu_nodes,
             pushgateway=args.pushgateway,
+            queue=args.queue,
         ),
         opts=opts,
     )
@@ -73,7 +83,9 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
             image=args.serving_image,
             config=cfg.serving,
             store=args.store,
-            eks=args.eks,
+            entry=args.entry,
+            monitoring_namespace=args.monitoring_namespace,
+            zone_spread_required=args.zone_spread_required,
             monitoring_release=args.monitoring_release,
         ),
         opts=opts,

@@ -1,9 +1,10 @@
-"""ModelService: one model's server, autoscaled, safe to roll, scraped.
+"""ModelService: one model's server behind the stack's entry point, autoscaled, safe to roll, scraped.
 
-Deployment (maxUnavailable 0, spread across zones/nodes, graceful drain), Service, HPA, PDB,
-NetworkPolicy, ServiceMonitor, and an IRSA role that can only read the model bucket. Every object is
-named ``model-server-<model>`` and labelled with the model, so two models never share a Service,
-PDB, HPA or ServiceMonitor.
+Deployment (maxUnavailable 0, spread across zones/nodes, graceful drain), a ClusterIP Service that
+only the entry point's HTTPRoute reaches (the API port only), a separate metrics Service for the
+ServiceMonitor (port 9091, never routed), HPA, PDB, NetworkPolicy, an optional generated API key,
+and an IRSA role that can only read the model bucket. Every object is named ``model-server-<model>``
+and labelled with the model, so two models never share a Service, PDB, HPA or ServiceMonitor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
+from components import gateway
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import ServingConfig
 from components.namespaces import egress_except_metadata
@@ -22,13 +25,14 @@ from components.security import container_security, pod_security
 APP = "model-server"
 PORT = 8501
 PORT_NAME = "http"
+METRICS_PORT = 9091
+METRICS_PORT_NAME = "metrics"
 MODEL_LABEL = "mlplatform.io/model"
+METRICS_SERVICE_LABEL = {"mlplatform.io/service": "metrics"}
+API_KEYS_DIR = "/etc/mlplatform/api-keys"
+API_KEYS_FILE = f"{API_KEYS_DIR}/keys"  # one key per line (the server's --api-keys-file)
 DRAIN_SECONDS = 5
 GRACEFUL_SHUTDOWN_SECONDS = 30
-NLB_ANNOTATIONS = {
-    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
-    "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
-}
 
 
 def object_name(model: str) -> str:
@@ -47,21 +51,38 @@ def labels(model: str) -> dict[str, str]:
 
 
 def server_env(model: str, cfg: ServingConfig, model_uri: str) -> list[dict[str, Any]]:
-    return [
+    env = [
         {"name": "SERVING_MODEL_URI", "value": model_uri},
         {"name": "SERVING_MODEL_NAME", "value": model},
         {"name": "SERVING_PORT", "value": str(PORT)},
+        {"name": "SERVING_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "SERVING_MAX_BATCH_SIZE", "value": str(cfg.max_batch_size)},
         {"name": "SERVING_BATCH_TIMEOUT_MS", "value": str(cfg.batch_timeout_ms)},
         {"name": "SERVING_MAX_QUEUE", "value": str(cfg.max_queue)},
         {"name": "SERVING_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         {"name": "HOME", "value": "/tmp"},
     ]
+    if cfg.api_key:
+        env.append({"name": "SERVING_API_KEYS_FILE", "value": API_KEYS_FILE})
+    return env
 
 
-def deployment_spec(model: str, image: str, cfg: ServingConfig, model_uri: str, store_env: list) -> dict[str, Any]:
+def deployment_spec(
+    model: str, image: str, cfg: ServingConfig, model_uri: str, store_env: list, zone_spread_required: bool = False
+) -> dict[str, Any]:
     r, selector = cfg.resources, labels(model)
     probe = {"httpGet": {"path": "/healthz", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    if cfg.api_key:
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        volumes.append({"name": "api-keys", "secret": {"secretName": f"{object_name(model)}-api-keys", "defaultMode": 0o440}})
+    spread = [
+        # Prod refuses to put every replica in one zone (a zone outage would take the model down);
+        # elsewhere a lopsided spread beats a pending pod.
+        ("topology.kubernetes.io/zone", "DoNotSchedule" if zone_spread_required else "ScheduleAnyway"),
+        ("kubernetes.io/hostname", "ScheduleAnyway"),
+    ]
     return {
         "replicas": cfg.replicas,
         "revisionHistoryLimit": 5,
@@ -78,32 +99,32 @@ def deployment_spec(model: str, image: str, cfg: ServingConfig, model_uri: str, 
                 "terminationGracePeriodSeconds": DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS + 10,
                 "securityContext": pod_security(),
                 "topologySpreadConstraints": [
-                    {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}}
-                    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+                    {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": when, "labelSelector": {"matchLabels": selector}}
+                    for key, when in spread
                 ],
                 "containers": [
                     {
                         "name": APP,
                         "image": image,
-                        "ports": [{"name": PORT_NAME, "containerPort": PORT}],
+                        "ports": [
+                            {"name": PORT_NAME, "containerPort": PORT},
+                            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
+                        ],
                         "env": server_env(model, cfg, model_uri) + store_env,
                         "resources": {
                             "requests": {"cpu": r.requests.cpu, "memory": r.requests.memory},
                             "limits": {"cpu": r.limits.cpu, "memory": r.limits.memory},
                         },
                         "livenessProbe": probe,
-                        "readinessProbe": {
-                            **probe,
-                            "httpGet": {"path": "/readyz", "port": PORT_NAME},
-                            "periodSeconds": 2,
-                            "failureThreshold": 1,
-                        },
+                        # Three misses (6 s), not one: a single slow answer under load must not take
+                        # a healthy replica out of the Service.
+                        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": PORT_NAME}, "periodSeconds": 2},
                         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
                         "securityContext": container_security(),
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        "volumeMounts": mounts,
                     }
                 ],
-                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                "volumes": volumes,
             },
         },
     }
@@ -116,7 +137,9 @@ class ModelServiceArgs:
     image: pulumi.Input[str]
     config: ServingConfig
     store: ArtifactStore
-    eks: bool
+    entry: gateway.EntryPoint
+    monitoring_namespace: str = "monitoring"  # who may scrape the metrics port
+    zone_spread_required: bool = False
     # The kube-prometheus-stack release: it installs the ServiceMonitor CRD, so the ServiceMonitor
     # must wait for it (a CR applied before its CRD fails the first `up`).
     monitoring_release: pulumi.Resource | None = None
@@ -124,34 +147,81 @@ class ModelServiceArgs:
 
 class ModelService(pulumi.ComponentResource):
     url: pulumi.Output[str]
+    api_key: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: ModelServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:model_service:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg, ns, model = args.config, args.namespace, args.model
         obj, selector = object_name(model), labels(model)
-        meta = lambda **kw: k8s.meta.v1.ObjectMetaArgs(name=obj, namespace=ns, labels=selector, **kw)  # noqa: E731
+
+        def meta(suffix: str = "", extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+            return k8s.meta.v1.ObjectMetaArgs(name=obj + suffix, namespace=ns, labels={**selector, **(extra or {})})
+
         sa = store_service_account(self, name, args.store, ns, obj, selector, write=False)
         store_env = client_env(args.store)
+        needs: list[pulumi.Resource] = [sa]
+        self.api_key = None
+        if cfg.api_key:
+            key = random.RandomPassword(f"{name}-api-key", random.RandomPasswordArgs(length=40, special=False), opts=child)
+            self.api_key = pulumi.Output.secret(key.result)
+            needs.append(
+                k8s.core.v1.Secret(
+                    f"{name}-api-keys",
+                    metadata=meta("-api-keys"),
+                    string_data={"keys": self.api_key.apply(lambda k: k + "\n")},
+                    opts=child,
+                )
+            )
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=meta(),
-            spec=pulumi.Output.all(args.image, args.store.uri).apply(lambda a: deployment_spec(model, a[0], cfg, a[1], store_env)),
+            spec=pulumi.Output.all(args.image, args.store.uri).apply(
+                lambda a: deployment_spec(model, a[0], cfg, a[1], store_env, args.zone_spread_required)
+            ),
             # The HPA owns replicas once running; re-applying the configured count on every `up`
             # would undo its scaling (and show as a diff).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa], ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=needs, ignore_changes=["spec.replicas"]),
         )
-        service = k8s.core.v1.Service(
+        k8s.core.v1.Service(
             f"{name}-service",
-            metadata=meta(annotations=NLB_ANNOTATIONS if args.eks else None),
+            metadata=meta(),
             spec={
-                "type": "LoadBalancer",
+                "type": "ClusterIP",
                 "selector": selector,
-                "ports": [{"name": PORT_NAME, "port": 80, "targetPort": PORT_NAME, "protocol": "TCP"}],
-                **({"loadBalancerSourceRanges": list(cfg.allowed_cidrs)} if cfg.allowed_cidrs else {}),
+                "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
             },
             opts=child,
         )
+        # /metrics has its own Service and port: the route above can never expose it.
+        metrics = k8s.core.v1.Service(
+            f"{name}-metrics",
+            metadata=meta("-metrics", METRICS_SERVICE_LABEL),
+            spec={
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [{"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
+            },
+            opts=child,
+        )
+        route_opts = pulumi.ResourceOptions.merge(child, args.entry.route_opts)
+        route = k8s.apiextensions.CustomResource(
+            f"{name}-route",
+            api_version=f"{gateway.GATEWAY_API}/v1",
+            kind="HTTPRoute",
+            metadata=meta(),
+            spec=gateway.http_route_spec(model, args.entry.namespace, args.entry.listener, obj, PORT),
+            opts=route_opts,
+        )
+        if cfg.allowed_cidrs:
+            k8s.apiextensions.CustomResource(
+                f"{name}-allowed-cidrs",
+                api_version=f"{gateway.ENVOY_GATEWAY_API}/v1alpha1",
+                kind="SecurityPolicy",
+                metadata=meta(),
+                spec=gateway.security_policy_spec(obj, cfg.allowed_cidrs),
+                opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(depends_on=[route])),
+            )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
             metadata=meta(),
@@ -185,9 +255,23 @@ class ModelService(pulumi.ComponentResource):
             spec={
                 "podSelector": {"matchLabels": selector},
                 "policyTypes": ["Ingress", "Egress"],
-                # Only the service port: clients through the load balancer and Prometheus (which
-                # scrapes /metrics on the same port). Nothing else reaches the pods.
-                "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+                # The API port from the entry point's Envoy pods only; the metrics port from the
+                # monitoring namespace only. Nothing else reaches the pods.
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.entry.namespace}},
+                                "podSelector": {"matchLabels": gateway.PROXY_LABELS},
+                            }
+                        ],
+                        "ports": [{"protocol": "TCP", "port": PORT}],
+                    },
+                    {
+                        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}}],
+                        "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+                    },
+                ],
                 "egress": [
                     egress_except_metadata(443),
                     {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]},
@@ -202,16 +286,15 @@ class ModelService(pulumi.ComponentResource):
                 kind="ServiceMonitor",
                 metadata=meta(),
                 spec={
-                    # Must match the Service's labels and its port *name*: a mismatch scrapes nothing, silently.
-                    "selector": {"matchLabels": selector},
+                    # Must match the metrics Service's labels and its port *name*: a mismatch scrapes nothing, silently.
+                    "selector": {"matchLabels": {**selector, **METRICS_SERVICE_LABEL}},
                     "namespaceSelector": {"matchNames": [ns]},
                     # job="model-server" for every model (the alerts select on it); the model is a target label.
                     "jobLabel": "app.kubernetes.io/name",
                     "targetLabels": [MODEL_LABEL],
-                    "endpoints": [{"port": PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}],
+                    "endpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}],
                 },
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, metrics]),
             )
-        ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
-        self.url = ingress.apply(lambda i: f"http://{(i.hostname or i.ip) if i else 'pending'}/v1/models/{model}")
+        self.url = args.entry.base_url.apply(lambda base: f"{base}/v1/models/{model}")
         self.register_outputs({"url": self.url})

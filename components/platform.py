@@ -10,10 +10,12 @@ from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import Settings
+from components.gateway import EntryPoint, EntryPointArgs
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.images import Images, ImagesArgs
 from components.jenkins import Jenkins, JenkinsArgs
+from components.kueue import Kueue, KueueArgs, QueueQuota
 from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
@@ -25,7 +27,11 @@ from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
 NAMESPACES: dict[str, tuple[str, str]] = {
     "serving": ("ml-serving", "restricted"),
     "training": ("ml-training", "restricted"),
+    # Envoy Gateway: its controller, the Gateway and the Envoy proxies (non-root, no capabilities).
+    "gateway": ("envoy-gateway-system", "restricted"),
     "monitoring": ("monitoring", "restricted"),
+    # Kueue's controller (non-root, read-only root, no capabilities: the chart's defaults).
+    "queue": ("kueue-system", "restricted"),
     "node-exporter": (NODE_EXPORTER_NAMESPACE, "privileged"),
     "jenkins": ("jenkins", "baseline"),
     # Image builds: isolated from everything else (default-deny, no Secrets, no service account token).
@@ -159,6 +165,18 @@ class Platform(pulumi.ComponentResource):
                 GpuAddonsArgs(monitoring_release=self.monitoring_release, profiling_metrics=cfg.monitoring.gpu_profiling_metrics),
                 opts=self.k8s_opts,
             )
+        # Every training run waits in the stack's queue for its share of the GPU pools (README "Training at scale").
+        self.queue = Kueue(
+            f"{name}-queue",
+            KueueArgs(
+                namespace=ns["queue"],
+                training_namespace=ns["training"],
+                gpu_pools=cfg.gpu_pools,
+                quota=QueueQuota(gpus=cfg.queue.gpu_quota, cpu=cfg.queue.cpu, memory=cfg.queue.memory),
+                monitoring_release=self.monitoring_release,
+            ),
+            opts=self.in_namespaces,
+        )
         self.images = Images(
             f"{name}-images",
             ImagesArgs(
@@ -179,6 +197,21 @@ class Platform(pulumi.ComponentResource):
                 oidc_provider_arn=self.cluster.oidc_provider_arn,
                 oidc_provider_url=self.cluster.oidc_provider_url,
                 tags=self.tags,
+            ),
+            opts=self.in_namespaces,
+        )
+        # Every model's one way in. The load balancer admits the union of the models' networks when
+        # every model is restricted; each route's SecurityPolicy narrows it to that model's own.
+        restricted = bool(cfg.models) and all(m.serving.allowed_cidrs for m in cfg.models.values())
+        self.entry = EntryPoint(
+            f"{name}-entry",
+            EntryPointArgs(
+                namespace=ns["gateway"],
+                serving_namespace=ns["serving"],
+                config=cfg.gateway,
+                eks=cfg.is_eks,
+                proxy_replicas=2 if cfg.environment == "prod" else 1,
+                source_ranges=[c for m in cfg.models.values() for c in m.serving.allowed_cidrs] if restricted else [],
             ),
             opts=self.in_namespaces,
         )
@@ -210,10 +243,13 @@ class Platform(pulumi.ComponentResource):
                     training_image=self.images.refs["training"],
                     serving_image=self.images.refs["serving"],
                     store=self.store,
-                    eks=cfg.is_eks,
+                    entry=self.entry,
                     gpu_nodes=bool(cfg.gpu_pools),
+                    zone_spread_required=cfg.environment == "prod",
+                    monitoring_namespace=NAMESPACES["monitoring"][0],
                     pushgateway=self.monitoring.pushgateway_url if self.monitoring else None,
                     monitoring_release=self.monitoring_release,
+                    queue=self.queue,
                 ),
                 opts=self.in_namespaces,
             )

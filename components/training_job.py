@@ -15,8 +15,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import kueue
 from components.artifact_store import ArtifactStore, client_env, store_service_account
-from components.config import TrainingConfig
+from components.config import TRAINING_WORKER_CPU, TrainingConfig
 from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from components.namespaces import egress_except_metadata
 from components.security import container_security, pod_security
@@ -26,6 +27,13 @@ MODEL_LABEL = "mlplatform.io/model"
 # training.train exit codes: 2 bad data/arguments, 3 quality gate failed -> retrying cannot help.
 NON_RETRYABLE_EXIT_CODES = [2, 3]
 TTL_SECONDS = 7 * 86400
+# The port each worker's TensorFlow server listens on (training/cluster.py DEFAULT_PORT).
+WORKER_PORT = 2222
+
+
+def workers_service(model: str) -> str:
+    """The headless Service that gives a multi-worker run's pods their DNS names (the pods' subdomain)."""
+    return f"{object_name(model)}-workers"
 
 
 def object_name(model: str) -> str:
@@ -73,6 +81,13 @@ def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str 
         env.append({"name": "TRAIN_DATA", "value": cfg.data_uri})
     if pushgateway:
         env.append({"name": "TRAIN_PUSHGATEWAY", "value": pushgateway})
+    if cfg.workers > 1:
+        # training/cluster.py derives TF_CONFIG from these and the pod's JOB_COMPLETION_INDEX.
+        env += [
+            {"name": "TRAIN_WORKERS", "value": str(cfg.workers)},
+            {"name": "TRAIN_WORKER_SERVICE", "value": workers_service(model)},
+            {"name": "TRAIN_WORKER_PORT", "value": str(WORKER_PORT)},
+        ]
     return env
 
 
@@ -80,7 +95,7 @@ def pod_spec(
     model: str, image: str, cfg: TrainingConfig, store_uri: str, store_env: list, pushgateway: str | None, gpu_nodes: bool
 ) -> dict[str, Any]:
     gpu = cfg.gpus > 0
-    resources: dict[str, Any] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+    resources: dict[str, Any] = {"requests": {"cpu": str(TRAINING_WORKER_CPU), "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
     if gpu:
         resources["limits"][GPU_RESOURCE] = cfg.gpus
         resources["requests"][GPU_RESOURCE] = cfg.gpus
@@ -104,12 +119,24 @@ def pod_spec(
     if gpu and gpu_nodes:
         spec["tolerations"] = [GPU_TOLERATION]
         spec["nodeSelector"] = {GPU_PRESENT_LABEL: "true"}
+    if cfg.workers > 1:
+        spec["subdomain"] = workers_service(model)  # pod i answers at <job>-<i>.<service>
+        spec["containers"][0]["ports"] = [{"name": "worker", "containerPort": WORKER_PORT, "protocol": "TCP"}]
     return spec
 
 
 def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
+    """One run. Created suspended: Kueue admits it (all workers at once) when the stack's quota has
+    room, and suspends it again to preempt it for a higher-priority run (it resumes from its
+    checkpoint). Several workers: an Indexed Job, pod i is worker i, worker 0 the chief."""
+    workers: dict[str, Any] = {}
+    if cfg.workers > 1:
+        workers = {"completionMode": "Indexed", "completions": cfg.workers, "parallelism": cfg.workers}
     return {
-        "backoffLimit": 4,
+        "suspend": True,
+        **workers,
+        # A lost worker makes every worker exit and restart together: up to 4 such restarts per run.
+        "backoffLimit": 4 * cfg.workers,
         "activeDeadlineSeconds": cfg.active_deadline_seconds,
         "ttlSecondsAfterFinished": TTL_SECONDS,
         "podFailurePolicy": {
@@ -134,6 +161,8 @@ class TrainingJobArgs:
     store: ArtifactStore
     gpu_nodes: bool  # the stack has GPU pools (taint + label to target)
     pushgateway: str | None = None
+    # The stack's Kueue: the Job waits for its queue objects (a suspended Job nobody admits never runs).
+    queue: kueue.Kueue | None = None
 
 
 class TrainingJob(pulumi.ComponentResource):
@@ -151,16 +180,30 @@ class TrainingJob(pulumi.ComponentResource):
             lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)
         )
         self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(model, image, cfg))
+        queued = [*args.queue.objects] if args.queue else []
+        if cfg.workers > 1:
+            k8s.core.v1.Service(
+                f"{name}-workers",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=workers_service(model), namespace=args.namespace, labels=LABELS),
+                spec={
+                    "clusterIP": "None",
+                    "selector": LABELS,
+                    # Workers look each other up before any of them is ready.
+                    "publishNotReadyAddresses": True,
+                    "ports": [{"name": "worker", "port": WORKER_PORT, "targetPort": WORKER_PORT, "protocol": "TCP"}],
+                },
+                opts=child,
+            )
         job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=self.job_name,
                 namespace=args.namespace,
-                labels=LABELS,
+                labels={**LABELS, **kueue.job_labels("pipeline")},
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
             spec=pod.apply(lambda p: job_spec(model, p, cfg)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa, *queued]),
         )
         if cfg.schedule:
             k8s.batch.v1.CronJob(
@@ -173,10 +216,28 @@ class TrainingJob(pulumi.ComponentResource):
                         "startingDeadlineSeconds": 3600,
                         "successfulJobsHistoryLimit": 3,
                         "failedJobsHistoryLimit": 3,
-                        "jobTemplate": {"metadata": {"labels": LABELS}, "spec": job_spec(model, p, cfg)},
+                        # Scheduled retraining yields to pipeline runs and experiments in the queue.
+                        "jobTemplate": {
+                            "metadata": {"labels": {**LABELS, **kueue.job_labels("scheduled")}},
+                            "spec": job_spec(model, p, cfg),
+                        },
                     }
                 ),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[sa, *queued]),
+            )
+        # A multi-worker run's workers reach each other on the worker port, and nothing else does.
+        peers = [{"to": [{"podSelector": {"matchLabels": LABELS}}], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}]
+        peers = peers if cfg.workers > 1 else []
+        if peers:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-workers",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{obj}-workers", namespace=args.namespace, labels=LABELS),
+                spec={
+                    "podSelector": {"matchLabels": LABELS},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": LABELS}}], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}],
+                },
+                opts=child,
             )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-egress",
@@ -189,6 +250,7 @@ class TrainingJob(pulumi.ComponentResource):
                     egress_except_metadata(443),
                     # In-cluster: the model store (MinIO) and the Pushgateway.
                     {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}, {"protocol": "TCP", "port": 9091}]},
+                    *peers,
                 ],
             },
             opts=child,

@@ -37,6 +37,10 @@ def chart_values(chart: str, version: str) -> dict[str, Any] | None:
     """The chart's default values, with its subcharts' own defaults merged under their keys."""
     ref = reference_dir()
     path = ref / "charts" / chart / version / "values.yaml" if ref else None
+    if path and not path.exists():
+        # Some charts (Envoy Gateway's gateway-helm) keep only a values template upstream; its
+        # placeholders are plain strings, so it parses as YAML and has every key (reference README).
+        path = path.with_name("values.tmpl.yaml")
     if not path or not path.exists():
         return None
     values = yaml.safe_load(path.read_text())

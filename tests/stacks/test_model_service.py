@@ -1,5 +1,5 @@
-"""ModelService on every stack, for every model of its catalogue: safe rollouts, restricted load
-balancer, autoscaling, isolation."""
+"""ModelService on every stack, for every model of its catalogue: safe rollouts, reachable only
+through the entry point, metrics on their own port, autoscaling, isolation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,21 @@ import json
 
 import yaml
 
+from components import gateway
 from components.config import ServingConfig
-from components.model_service import DRAIN_SECONDS, GRACEFUL_SHUTDOWN_SECONDS, NLB_ANNOTATIONS, PORT, PORT_NAME, labels, object_name
+from components.model_service import (
+    API_KEYS_FILE,
+    DRAIN_SECONDS,
+    GRACEFUL_SHUTDOWN_SECONDS,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    PORT,
+    PORT_NAME,
+    labels,
+    object_name,
+)
 from tests.conftest import ROOT
+from tools import mock_engine
 
 
 def cfg(stack):
@@ -26,6 +38,10 @@ def one(result, type_, name):
     return r
 
 
+def container(result, model):
+    return one(result, "kubernetes:apps/v1:Deployment", object_name(model)).raw["spec"]["template"]["spec"]["containers"][0]
+
+
 def test_rollout_never_drops_capacity(result, stack):
     for model in models(stack):
         dep = one(result, "kubernetes:apps/v1:Deployment", object_name(model))
@@ -35,13 +51,23 @@ def test_rollout_never_drops_capacity(result, stack):
         assert pod["terminationGracePeriodSeconds"] >= DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS
         c = pod["containers"][0]
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        assert c["readinessProbe"]["failureThreshold"] >= 3  # one slow answer must not drop a healthy replica
         assert "spec.replicas" in dep.ignore_changes  # the HPA owns replicas: no fight, no perpetual diff
+
+
+def test_replicas_spread_over_zones_strictly_in_prod(result, stack):
+    for model in models(stack):
+        pod = one(result, "kubernetes:apps/v1:Deployment", object_name(model)).raw["spec"]["template"]["spec"]
+        spread = {t["topologyKey"]: t["whenUnsatisfiable"] for t in pod["topologySpreadConstraints"]}
+        assert spread == {
+            "topology.kubernetes.io/zone": "DoNotSchedule" if cfg(stack)["mlplatform:environment"] == "prod" else "ScheduleAnyway",
+            "kubernetes.io/hostname": "ScheduleAnyway",
+        }
 
 
 def test_container_locked_down_and_sized(result, stack):
     for model, serving in models(stack).items():
-        c = one(result, "kubernetes:apps/v1:Deployment", object_name(model)).raw["spec"]["template"]["spec"]["containers"][0]
+        c = container(result, model)
         assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
         # Configured resources, or the documented defaults: checked on every stack, not only where set.
         want = serving.get("resources") or ServingConfig().resources.model_dump()
@@ -52,16 +78,31 @@ def test_container_locked_down_and_sized(result, stack):
         assert env["SERVING_MODEL_NAME"] == model
 
 
-def test_load_balancer_restricted_as_configured(result, stack):
-    for model, serving in models(stack).items():
-        svc = one(result, "kubernetes:core/v1:Service", object_name(model))
-        spec = svc.raw["spec"]
-        assert spec["type"] == "LoadBalancer"
-        assert spec["ports"] == [{"name": PORT_NAME, "port": 80, "targetPort": PORT_NAME, "protocol": "TCP"}]
-        assert spec["selector"] == labels(model)
-        assert spec.get("loadBalancerSourceRanges", []) == serving.get("allowedCidrs", [])
-        eks = cfg(stack)["mlplatform:cluster"]["kind"] == "eks"
-        assert (svc.raw["metadata"].get("annotations") or {}) == (NLB_ANNOTATIONS if eks else {})
+def test_api_only_through_the_entry_point(result, stack):
+    """The model's Service is ClusterIP with the API port only; its metrics port has its own Service."""
+    for model in models(stack):
+        spec = one(result, "kubernetes:core/v1:Service", object_name(model)).raw["spec"]
+        assert spec["type"] == "ClusterIP" and spec["selector"] == labels(model)
+        assert spec["ports"] == [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}]
+        metrics = one(result, "kubernetes:core/v1:Service", f"{object_name(model)}-metrics").raw["spec"]
+        assert metrics["type"] == "ClusterIP"
+        assert metrics["ports"] == [{"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}]
+        c = container(result, model)
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {PORT_NAME: PORT, METRICS_PORT_NAME: METRICS_PORT}
+        assert {e["name"]: e.get("value") for e in c["env"]}["SERVING_METRICS_PORT"] == str(METRICS_PORT)
+
+
+def test_service_monitor_scrapes_the_metrics_service_only(result, stack):
+    services = result.of_type("kubernetes:core/v1:Service")
+    for model in models(stack):
+        sm = one(result, "kubernetes:monitoring.coreos.com/v1:ServiceMonitor", object_name(model)).raw["spec"]
+        selected = [
+            s.raw["metadata"]["name"]
+            for s in services
+            if sm["selector"]["matchLabels"].items() <= (s.raw["metadata"].get("labels") or {}).items()
+        ]
+        assert selected == [f"{object_name(model)}-metrics"]
+        assert [e["port"] for e in sm["endpoints"]] == [METRICS_PORT_NAME]
 
 
 def test_hpa_and_pdb(result, stack):
@@ -73,11 +114,19 @@ def test_hpa_and_pdb(result, stack):
         assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels(model)}}
 
 
-def test_network_policy_opens_only_the_service_port(result, stack):
+def test_network_policy_admits_the_gateway_and_prometheus_only(result, stack):
     for model in models(stack):
         spec = one(result, "kubernetes:networking.k8s.io/v1:NetworkPolicy", object_name(model)).raw["spec"]
         assert spec["podSelector"] == {"matchLabels": labels(model)}
-        assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": PORT}]}]
+        by_port = {r["ports"][0]["port"]: r["from"] for r in spec["ingress"]}
+        assert by_port.keys() == {PORT, METRICS_PORT}
+        assert by_port[PORT] == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}},
+                "podSelector": {"matchLabels": gateway.PROXY_LABELS},
+            }
+        ]
+        assert by_port[METRICS_PORT] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
 def test_store_access_is_read_only(result, stack):
@@ -92,9 +141,32 @@ def test_store_access_is_read_only(result, stack):
         assert actions == {"s3:ListBucket", "s3:GetObject"}
 
 
-def test_service_url_exported(result, stack):
+def test_model_urls_exported(result, stack):
+    entry = result.raw_outputs["entryPoint"]
     urls = {name: m["url"] for name, m in result.raw_outputs["models"].items()}
     assert urls.keys() == models(stack).keys()
     for model, url in urls.items():
-        assert url.startswith("http://") and url.endswith(f"/v1/models/{model}")
+        assert url == f"{entry}/v1/models/{model}"
     assert result.raw_outputs["serviceUrl"] == urls[next(iter(models(stack)))]
+
+
+def test_api_key_is_a_generated_secret_mounted_as_a_file():
+    """models.<name>.serving.apiKey: a random key in a Secret (a Pulumi secret: never in clear in
+    the synth), mounted read-only, its path in SERVING_API_KEYS_FILE; the key is a secret output."""
+    catalogue = cfg("dev")["mlplatform:models"]
+    mnist = dict(catalogue["mnist"], serving=dict(catalogue["mnist"]["serving"], apiKey=True))
+    res = mock_engine.run("dev", overrides={"mlplatform:models": {"mnist": mnist}})
+    secret = one(res, "kubernetes:core/v1:Secret", "model-server-mnist-api-keys")
+    assert secret.inputs["stringData"] == {"keys": "[secret]"}
+    key = secret.raw["stringData"]["keys"].strip()
+    assert len(key) == 40 and key in res.sensitive
+    pod = one(res, "kubernetes:apps/v1:Deployment", "model-server-mnist").raw["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert {e["name"]: e.get("value") for e in c["env"]}["SERVING_API_KEYS_FILE"] == API_KEYS_FILE
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] is True and API_KEYS_FILE.startswith(mount["mountPath"] + "/")
+    assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "model-server-mnist-api-keys"
+    assert res.outputs["models"]["mnist"]["apiKey"] == "[secret]"
+    # ... and none of it where the key is off
+    base = mock_engine.run("dev")
+    assert not [r for r in base.of_type("kubernetes:core/v1:Secret") if r.raw["metadata"]["name"].endswith("-api-keys")]

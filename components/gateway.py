@@ -1,0 +1,245 @@
+"""EntryPoint: the stack's one public entry point for every model (Kubernetes Gateway API).
+
+Envoy Gateway (chart gateway-helm, pinned) is the implementation of record: it installs the Gateway
+API CRDs and turns the Gateway below into an Envoy Deployment. The load balancer in front of Envoy is
+our own Service (Envoy Gateway's is ClusterIP, via EnvoyProxy): its annotations, source ranges and
+address are then ours to set and read, and its address is the stack's entry point. Each model adds
+one HTTPRoute (``/v1/models/<name>…`` and ``/v2/models/<name>…`` to its ClusterIP Service) and, where
+the model sets ``allowedCidrs``, an Envoy Gateway SecurityPolicy that admits only those client
+networks on that route; the load balancer admits the union of them when every model is restricted. The pure builders here (``gateway_spec``, ``http_route_spec``,
+``security_policy_spec``) are validated against the upstream CRD schemas in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import helm
+from components.config import GatewayConfig
+from components.namespaces import egress_except_metadata
+
+GATEWAY_API = "gateway.networking.k8s.io"
+ENVOY_GATEWAY_API = "gateway.envoyproxy.io"
+CONTROLLER_NAME = "gateway.envoyproxy.io/gatewayclass-controller"  # gateway-helm 1.9.0 values: config.envoyGateway.gateway
+GATEWAY_CLASS = "mlplatform"
+GATEWAY_NAME = "mlplatform"
+HTTP_LISTENER, HTTPS_LISTENER = "http", "https"
+# Envoy listens on the service port + 10000 for ports below 1024 (envoyproxy/gateway v1.9.0,
+# internal/gatewayapi/listener.go, wellKnownPortShift).
+PROXY_PORTS = {80: 10080, 443: 10443}
+XDS_PORT = 18000
+WEBHOOK_PORT = 9443  # gateway-helm 1.9.0 templates/envoy-proxy-topology-injector-webhook.yaml
+# Labels Envoy Gateway puts on its proxy pods (v1.9.0 internal/infrastructure/kubernetes/proxy/resource.go,
+# EnvoyAppLabel; owning-gateway labels from internal/gatewayapi/translator.go).
+PROXY_LABELS = {"app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy", "app.kubernetes.io/managed-by": "envoy-gateway"}
+ENTRY_SERVICE = "mlplatform-entry"
+CONTROLLER_LABELS = {"control-plane": "envoy-gateway"}
+NLB_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+    "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+}
+
+
+def proxy_selector(namespace: str) -> dict[str, str]:
+    """This Gateway's Envoy pods."""
+    return {
+        **PROXY_LABELS,
+        "gateway.envoyproxy.io/owning-gateway-name": GATEWAY_NAME,
+        "gateway.envoyproxy.io/owning-gateway-namespace": namespace,
+    }
+
+
+def service_annotations(cfg: GatewayConfig, eks: bool) -> dict[str, str]:
+    """The entry Service's AWS load balancer: an NLB, internal where configured."""
+    if not eks:
+        return {}
+    scheme = "internal" if cfg.internal else "internet-facing"
+    return {**NLB_ANNOTATIONS, "service.beta.kubernetes.io/aws-load-balancer-scheme": scheme}
+
+
+def gateway_spec(cfg: GatewayConfig, route_namespace: str) -> dict[str, Any]:
+    """One listener (HTTPS with the configured certificate, else HTTP), open to routes of the
+    serving namespace only."""
+    allowed = {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": route_namespace}}}}
+    if cfg.tls:
+        listener: dict[str, Any] = {
+            "name": HTTPS_LISTENER,
+            "protocol": "HTTPS",
+            "port": 443,
+            "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": cfg.tls.certificate_secret}]},
+            "allowedRoutes": allowed,
+        }
+        if cfg.tls.hostname:
+            listener["hostname"] = cfg.tls.hostname
+    else:
+        listener = {"name": HTTP_LISTENER, "protocol": "HTTP", "port": 80, "allowedRoutes": allowed}
+    return {"gatewayClassName": GATEWAY_CLASS, "listeners": [listener]}
+
+
+def entry_service_spec(cfg: GatewayConfig, namespace: str, source_ranges: list[str]) -> dict[str, Any]:
+    port = 443 if cfg.tls else 80
+    return {
+        "type": "LoadBalancer",
+        "selector": proxy_selector(namespace),
+        "ports": [{"name": listener_name(cfg), "port": port, "targetPort": PROXY_PORTS[port], "protocol": "TCP"}],
+        # Local: Envoy sees the client's address, which the models' SecurityPolicies check.
+        "externalTrafficPolicy": "Local",
+        **({"loadBalancerSourceRanges": source_ranges} if source_ranges else {}),
+    }
+
+
+def listener_name(cfg: GatewayConfig) -> str:
+    return HTTPS_LISTENER if cfg.tls else HTTP_LISTENER
+
+
+def http_route_spec(model: str, gateway_namespace: str, listener: str, service: str, port: int) -> dict[str, Any]:
+    """Both REST protocols of ``model`` to its Service. TF-Serving's verbs are suffixes of the last
+    path element (``/v1/models/<name>:predict``), which a PathPrefix match (whole elements) does
+    not cover: a regular expression does (Envoy matches it against the whole path)."""
+    return {
+        "parentRefs": [
+            {"group": GATEWAY_API, "kind": "Gateway", "namespace": gateway_namespace, "name": GATEWAY_NAME, "sectionName": listener}
+        ],
+        "rules": [
+            {
+                "matches": [
+                    {"path": {"type": "RegularExpression", "value": f"/v1/models/{model}([/:].*)?"}},
+                    {"path": {"type": "PathPrefix", "value": f"/v2/models/{model}"}},
+                ],
+                "backendRefs": [{"kind": "Service", "name": service, "port": port}],
+            }
+        ],
+    }
+
+
+def security_policy_spec(route: str, allowed_cidrs: list[str]) -> dict[str, Any]:
+    """Only ``allowed_cidrs`` reach the route (403 otherwise): Envoy Gateway's authorization by
+    client address (api/v1alpha1/authorization_types.go, Principal.clientCIDRs, v1.9.0)."""
+    return {
+        "targetRefs": [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route}],
+        "authorization": {
+            "defaultAction": "Deny",
+            "rules": [{"name": "allowed-cidrs", "action": "Allow", "principal": {"clientCIDRs": list(allowed_cidrs)}}],
+        },
+    }
+
+
+@dataclass
+class EntryPointArgs:
+    namespace: str  # Envoy Gateway's own namespace: its controller, the Gateway and the Envoy proxies
+    serving_namespace: str  # where the models' HTTPRoutes live
+    config: GatewayConfig
+    eks: bool
+    proxy_replicas: int = 1
+    # Union of the models' allowedCidrs when every model sets some; empty: the LB admits anyone
+    # and each route's SecurityPolicy (if any) decides.
+    source_ranges: list[str] = field(default_factory=list)
+
+
+class EntryPoint(pulumi.ComponentResource):
+    """``base_url`` is the entry point's address (``http(s)://host``); routes attach with ``route_opts``."""
+
+    base_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: EntryPointArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlplatform:gateway:EntryPoint", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns, cfg = args.namespace, args.config
+        self.namespace, self.listener = ns, listener_name(cfg)
+        self.release = helm.release(
+            f"{name}-envoy-gateway",
+            "gateway-helm",
+            ns,
+            {"deployment": {"replicas": 1}, "podDisruptionBudget": {"minAvailable": 0}},
+            child,
+            release_name="envoy-gateway",
+        )
+        after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
+        proxy = k8s.apiextensions.CustomResource(
+            f"{name}-proxy-config",
+            api_version=f"{ENVOY_GATEWAY_API}/v1alpha1",
+            kind="EnvoyProxy",
+            metadata={"name": GATEWAY_NAME, "namespace": ns},
+            # More than one Envoy where the stack asks for it: the entry point is every model's path.
+            spec={
+                "provider": {
+                    "type": "Kubernetes",
+                    "kubernetes": {"envoyDeployment": {"replicas": args.proxy_replicas}, "envoyService": {"type": "ClusterIP"}},
+                }
+            },
+            opts=after_crds,
+        )
+        gateway_class = k8s.apiextensions.CustomResource(
+            f"{name}-class",
+            api_version=f"{GATEWAY_API}/v1",
+            kind="GatewayClass",
+            metadata={"name": GATEWAY_CLASS},
+            spec={
+                "controllerName": CONTROLLER_NAME,
+                "parametersRef": {"group": ENVOY_GATEWAY_API, "kind": "EnvoyProxy", "name": GATEWAY_NAME, "namespace": ns},
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, proxy]),
+        )
+        self.gateway = k8s.apiextensions.CustomResource(
+            f"{name}-gateway",
+            api_version=f"{GATEWAY_API}/v1",
+            kind="Gateway",
+            metadata={"name": GATEWAY_NAME, "namespace": ns},
+            spec=gateway_spec(cfg, args.serving_namespace),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway_class]),
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": ENTRY_SERVICE, "namespace": ns, "annotations": service_annotations(cfg, args.eks) or None},
+            spec=entry_service_spec(cfg, ns, sorted(set(args.source_ranges))),
+            opts=child,
+        )
+        self._network_policies(name, ns, args.serving_namespace, child)
+        scheme = "https" if cfg.tls else "http"
+        host = cfg.tls.hostname if cfg.tls and cfg.tls.hostname else None
+        ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
+        self.base_url = ingress.apply(lambda i: f"{scheme}://{host or ((i.hostname or i.ip) if i else 'pending')}")
+        # Routes and policies are custom resources whose CRDs the chart installs.
+        self.route_opts = pulumi.ResourceOptions(depends_on=[self.release, self.gateway])
+        self.register_outputs({"base_url": self.base_url})
+
+    def _network_policies(self, name: str, ns: str, serving_ns: str, child: pulumi.ResourceOptions) -> None:
+        """The namespace is default-deny: open what Envoy Gateway needs, nothing more."""
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-proxy",
+            metadata={"name": "envoy-proxy", "namespace": ns},
+            spec={
+                "podSelector": {"matchLabels": PROXY_LABELS},
+                "policyTypes": ["Ingress", "Egress"],
+                # Clients from anywhere the load balancer admits; per-model CIDRs are enforced by Envoy.
+                "ingress": [{"ports": [{"protocol": "TCP", "port": p} for p in PROXY_PORTS.values()]}],
+                "egress": [
+                    {
+                        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": serving_ns}}}],
+                        "ports": [{"protocol": "TCP", "port": 8501}],
+                    },
+                    {"to": [{"podSelector": {"matchLabels": CONTROLLER_LABELS}}], "ports": [{"protocol": "TCP", "port": XDS_PORT}]},
+                ],
+            },
+            opts=child,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-controller",
+            metadata={"name": "envoy-gateway-controller", "namespace": ns},
+            spec={
+                # The controller and the chart's certgen Job: the Kubernetes API only (plus xDS from the proxies).
+                "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["envoy"]}]},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": PROXY_LABELS}}], "ports": [{"protocol": "TCP", "port": XDS_PORT}]},
+                    # The topology-injector webhook, called by the API server (address unknown here).
+                    {"ports": [{"protocol": "TCP", "port": WEBHOOK_PORT}]},
+                ],
+                "egress": [egress_except_metadata(443, 6443)],
+            },
+            opts=child,
+        )
