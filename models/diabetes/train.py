@@ -34,16 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: the platform library lives at the project root / in /app
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    sys.path.insert(0, "/app")
+# Run as a script (`python models/diabetes/train.py`), the platform library is not on the path yet: it
+# lives at the project root in a checkout and in /app in the image.
+for _root in (Path(__file__).resolve().parents[2], Path("/app")):
+    if (_root / "training" / "contract.py").is_file() and str(_root) not in sys.path:
+        sys.path.insert(0, str(_root))
+        break
 
 from training import contract, storage  # noqa: E402
 
 NAME = "diabetes"
 COLUMNS = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 FEATURES = tuple(c for c in COLUMNS if c != "sex")
-GATE = contract.Gate("test_r2", 0.40, label="test R^2")
+# Against the serving champion (training/gate.py), re-evaluated on the same patients: R^2 moves by
+# about 0.01-0.02 between training seeds on 88 test patients, so a candidate may trail it by 0.02.
+GATE = contract.Gate("test_r2", 0.40, label="test R^2", champion_margin=0.02)
 SPLIT_SEED = 0  # the held-out patients stay the same across runs and training seeds: comparable gates
 log = logging.getLogger("training")
 
@@ -158,16 +163,25 @@ def main() -> int:
     if contract.Stop.requested:
         return contract.EXIT_PREEMPTED
 
-    predicted = np.asarray(model.predict(inputs(test), verbose=0)["progression"], dtype=np.float64)
-    truth = target[test].astype(np.float64)
-    residual = truth - predicted
-    results = {
-        "test_r2": float(1 - (residual**2).sum() / ((truth - target[train].mean()) ** 2).sum()),
-        "test_mae": float(np.abs(residual).mean()),
-        "test_rmse": float(np.sqrt((residual**2).mean())),
-    }
+    def score(candidate) -> dict[str, float]:
+        """Held-out metrics of ``candidate`` (this run's model, or the champion's, for the gate)."""
+        predicted = np.asarray(candidate.predict(inputs(test), verbose=0)["progression"], dtype=np.float64)
+        truth = target[test].astype(np.float64)
+        residual = truth - predicted
+        return {
+            "test_r2": float(1 - (residual**2).sum() / ((truth - target[train].mean()) ** 2).sum()),
+            "test_mae": float(np.abs(residual).mean()),
+            "test_rmse": float(np.sqrt((residual**2).mean())),
+        }
+
+    def champion(model_dir: Path) -> dict[str, float]:
+        import keras
+
+        return score(keras.models.load_model(model_dir / "model.keras", compile=False))
+
+    results = score(model)
     log.info("held out: R^2 %.4f, MAE %.2f, RMSE %.2f", results["test_r2"], results["test_mae"], results["test_rmse"])
-    if not run.gate_passes(results):
+    if not run.gate_passes(results, evaluate=champion):
         return contract.EXIT_GATE
 
     def write(out: Path) -> None:

@@ -45,7 +45,12 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path):
     version = artifacts.latest(store, "diabetes")
     assert version and version.endswith("-t1")
     meta = artifacts.read_metadata(store, "diabetes", version)
-    assert meta["gate"] == {"metric": "test_r2", "threshold": 0.4, "higher_is_better": True}
+    assert {k: meta["gate"][k] for k in ("metric", "threshold", "higher_is_better", "passed")} == {
+        "metric": "test_r2",
+        "threshold": 0.4,
+        "higher_is_better": True,
+        "passed": True,
+    }
     assert meta["metrics"]["test_r2"] >= 0.4 and meta["metrics"]["test_mae"] > 0
     assert meta["params"]["epochs"] == 40 and meta["params"]["hidden"] == 16
     assert meta["data"]["train"] + meta["data"]["test"] == 442 and "load_diabetes" in meta["data"]["uri"]
@@ -72,6 +77,23 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path):
     truth = target[test].astype(np.float64)
     r2 = 1 - ((truth - pred) ** 2).sum() / ((truth - target[train].mean()) ** 2).sum()
     assert r2 == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_retrain_is_gated_against_the_champion(tmp_path):
+    """The second run re-evaluates the serving champion (the first run's model.keras) on the same
+    patients with the model's own evaluator: the same recipe and seed give the same figure, so it
+    passes, and both figures are in the metadata."""
+    store = str(tmp_path / "store")
+    env = {"TRAIN_OUTPUT": store, "TRAIN_EPOCHS": "20", "TRAIN_GATE_MIN": "0.1"}
+    first = run({**env, "TRAIN_RUN_ID": "a"})
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = run({**env, "TRAIN_RUN_ID": "b"})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    meta = artifacts.read_metadata(store, "diabetes", artifacts.latest(store, "diabetes"))
+    assert meta["version"].endswith("-b") and meta["gate"]["champion_version"].endswith("-a")
+    assert meta["gate"]["champion_value"] == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
+    assert meta["gate"]["margin"] == 0.02
 
 
 def test_gate_failure_publishes_nothing(tmp_path):
