@@ -129,6 +129,7 @@ class ServedModel:
         old, self.model = self.model, loaded  # one reference assignment: the next batch uses it
         if old:
             m.model_info.remove(self.name, old.version)
+            m.forget_version(self.name, old.version)
         # TensorFlow/Keras leave hundreds of thousands of long-lived objects; a full GC pass over
         # them stalls the event loop for tens of ms (the p99). Collect once (the old model's cycles
         # included), then freeze the survivors out of the collector's reach.
@@ -330,6 +331,8 @@ class ModelServer:
                 )
             except TimeoutError:
                 raise Unavailable("prediction timed out: server overloaded") from None
+            # Before the v2 output filter: the class mix is the model's, whatever a client asked back.
+            self.metrics.observe_outputs(name, used, outputs)
             if v2:
                 if decoded.outputs:
                     outputs = {k: outputs[k] for k in decoded.outputs}

@@ -3,6 +3,7 @@ the command line (or "" for requests that name no served model), plus route, sta
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # *_created series double the scrape size and no dashboard or alert uses them.
@@ -18,11 +19,46 @@ MODEL_INFO = "mlplatform_serving_model_info"
 MODEL_LOAD_FAILURES = "mlplatform_serving_model_load_failures_total"
 MODEL_READY = "mlplatform_serving_model_ready"
 CONNECTIONS_CLOSED = "mlplatform_serving_connections_closed_total"
+# The model-quality signal that needs no ground truth: what the served version answers, per version,
+# so a canary's class mix can be compared with the stable pods' on the same traffic (Argo Rollouts
+# analysis, components/rollouts.py).
+PREDICTED_CLASS = "mlplatform_serving_predicted_class_total"
+OUTPUT_VALUE = "mlplatform_serving_output_value"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ROUTES = ("predict", "status", "metadata", "health", "other")
 LOAD_FAILURE_REASONS = ("download", "load", "incompatible", "warmup")
 CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "connection_limit")
+# Class ids 0..MAX_CLASS_LABELS-2 get their own label value, every larger (or negative) id shares
+# OTHER_CLASS: at most MAX_CLASS_LABELS series per model and version, whatever the model's output width.
+MAX_CLASS_LABELS = 32
+OTHER_CLASS = "other"
+# Non-classifiers (a regression score): coarse, sign-symmetric 1-2.5-5 buckets over 0.01..1000,
+# enough to see a canary whose outputs moved by a factor, cheap enough for every model.
+_POSITIVE = tuple(m * 10.0**e for e in range(-2, 3) for m in (1.0, 2.5, 5.0)) + (1000.0,)
+OUTPUT_BUCKETS = tuple(sorted({-b for b in _POSITIVE} | {0.0} | set(_POSITIVE)))
+
+
+def output_kind(outputs: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """(output name, "class" or "value") for the output a model is judged by: the first output in
+    name order. A float output of shape (n, k>=2) is class scores (argmax is the class); an integer
+    (n,) output is class ids; any other numeric output is a value (its first element per instance).
+    Strings: nothing to count."""
+    if not outputs:
+        return None
+    key = sorted(outputs)[0]
+    y = outputs[key]
+    if y.ndim == 2 and y.shape[1] >= 2 and np.issubdtype(y.dtype, np.floating):
+        return key, "class"
+    if y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        return key, "class"
+    if np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_:
+        return key, "value"
+    return None
+
+
+def class_label(c: int) -> str:
+    return str(c) if 0 <= c < MAX_CLASS_LABELS - 1 else OTHER_CLASS
 
 
 class ServingMetrics:
@@ -61,6 +97,19 @@ class ServingMetrics:
             ["reason"],
             registry=registry,
         )
+        self.predicted_class = Counter(
+            PREDICTED_CLASS.removesuffix("_total"),
+            "Instances answered, by the class the served version predicted (argmax of the first output).",
+            ["model", "version", "class"],
+            registry=registry,
+        )
+        self.output_value = Histogram(
+            OUTPUT_VALUE,
+            "First element of the first output per instance, for models that are not classifiers.",
+            ["model", "version"],
+            buckets=OUTPUT_BUCKETS,
+            registry=registry,
+        )
         # Pre-create the label sets dashboards rely on, so they read 0 rather than 'no data'.
         for model in models:
             self.model_ready.labels(model=model).set(0)
@@ -68,3 +117,38 @@ class ServingMetrics:
                 self.load_failures.labels(model=model, reason=reason)
         for reason in CLOSE_REASONS:
             self.connections_closed.labels(reason=reason)
+
+    def observe_outputs(self, model: str, version: str, outputs: dict[str, np.ndarray]) -> None:
+        """Count what ``version`` of ``model`` answered (one request's outputs, all its instances)."""
+        kind = output_kind(outputs)
+        if kind is None:
+            return
+        key, what = kind
+        y = outputs[key]
+        if what == "class":
+            ids = y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
+            values, counts = np.unique(ids, return_counts=True)
+            per_label: dict[str, int] = {}
+            for v, n in zip(values.tolist(), counts.tolist(), strict=True):
+                label = class_label(int(v))
+                per_label[label] = per_label.get(label, 0) + n
+            for label, n in per_label.items():
+                self.predicted_class.labels(model=model, version=version, **{"class": label}).inc(n)
+        else:
+            child = self.output_value.labels(model=model, version=version)
+            if y.ndim == 0 or y.size == 0:
+                return
+            for v in y.reshape(y.shape[0], -1)[:, 0].astype(np.float64).tolist():
+                if np.isfinite(v):
+                    child.observe(v)
+
+    def forget_version(self, model: str, version: str) -> None:
+        """Drop a replaced version's output series: a long-lived pod that hot-swaps many versions
+        keeps only the ones it serves (bounded cardinality)."""
+        for labels in list(self.predicted_class._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+            if labels[:2] == (model, version):
+                self.predicted_class.remove(*labels)
+        try:
+            self.output_value.remove(model, version)
+        except KeyError:
+            pass
