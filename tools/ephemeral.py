@@ -40,7 +40,10 @@ def ephemeral_config(dev: dict[str, Any]) -> dict[str, Any]:
     cfg["mlplatform:environment"] = "ephemeral"
     # One CI per organisation is enough; a PR stack needs none, nor scheduled retraining.
     cfg["mlplatform:jenkins"] = {**cfg.get("mlplatform:jenkins", {}), "enabled": False}
-    cfg["mlplatform:training"] = {k: v for k, v in cfg.get("mlplatform:training", {}).items() if k != "schedule"}
+    cfg["mlplatform:models"] = {
+        name: {**entry, "training": {k: v for k, v in (entry.get("training") or {}).items() if k != "schedule"}}
+        for name, entry in (cfg.get("mlplatform:models") or {}).items()
+    }
     cfg["mlplatform:gpuPools"] = [{**p, "min": 0, "desired": 0, "max": min(p.get("max", 1), 1)} for p in cfg.get("mlplatform:gpuPools", [])]
     return cfg
 

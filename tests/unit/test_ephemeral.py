@@ -51,6 +51,18 @@ def test_ephemeral_config_from_dev():
     assert cfg["mlplatform:cluster"] == dev["mlplatform:cluster"]
 
 
+def test_ephemeral_config_is_a_valid_stack_config_without_schedules():
+    """A PR stack renders (no pre-catalogue `training` key slipped in) and retrains nothing on a schedule."""
+    from components.config import validate
+
+    dev = yaml.safe_load((ephemeral.ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    dev["mlplatform:models"]["mnist"]["training"]["schedule"] = "0 3 * * 1"
+    cfg = ephemeral.ephemeral_config(dev)
+    parsed = validate({k.removeprefix("mlplatform:"): v for k, v in cfg.items()}, "stacks/Pulumi.pr-1.yaml")
+    assert parsed.models.keys() == dev["mlplatform:models"].keys()
+    assert all(m.training.schedule is None for m in parsed.models.values())
+
+
 def test_up_creates_tags_and_deploys(fake_pulumi):
     calls, _ = fake_pulumi
     assert ephemeral.up(12, now=NOW) == "pr-12"
