@@ -26,6 +26,40 @@ def _module():
     return module
 
 
+def _serve_and_predict(store: str, body: dict) -> dict:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model", f"diabetes=file://{store}", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0][-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/diabetes", timeout=2)  # noqa: S310 (loopback)
+                break
+            except OSError:
+                assert time.time() < deadline, "the server did not become ready in 120 s"
+                time.sleep(0.5)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/diabetes:predict", data=json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (loopback)
+            return json.loads(r.read())
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
 def run(env: dict[str, str]):
     """As the TrainingJob runs it: ``python -m training`` with the model's TRAIN_ENTRYPOINT."""
     return subprocess.run(
@@ -77,6 +111,13 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path):
     truth = target[test].astype(np.float64)
     r2 = 1 - ((truth - pred) ** 2).sum() / ((truth - target[train].mean()) ** 2).sum()
     assert r2 == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
+
+    # Served by the platform's server (python -m serving) from the store, rows keyed by input name,
+    # answering what the signature answers in-process.
+    rows = [{"features": features[i].tolist(), "sex": int(sex[i])} for i in test[:5]]
+    served = _serve_and_predict(store, {"instances": rows})
+    assert served["model_version"] == version
+    assert served["predictions"] == pytest.approx(pred[:5].tolist(), rel=1e-5)
 
 
 @pytest.mark.slow
