@@ -168,7 +168,12 @@ class EntryPoint(pulumi.ComponentResource):
             spec={
                 "provider": {
                     "type": "Kubernetes",
-                    "kubernetes": {"envoyDeployment": {"replicas": args.proxy_replicas}, "envoyService": {"type": "ClusterIP"}},
+                    "kubernetes": {
+                        "envoyDeployment": {"replicas": args.proxy_replicas},
+                        "envoyService": {"type": "ClusterIP"},
+                        # A node drain takes one Envoy at a time (never the only one where there are two).
+                        "envoyPDB": {"maxUnavailable": 1},
+                    },
                 }
             },
             opts=after_crds,

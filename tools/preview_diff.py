@@ -134,6 +134,11 @@ def _notes(base: dict, head: dict, changed: dict) -> list[str]:
         for path, old, new in cs:
             if t == "kubernetes:batch/v1:Job" and path == "metadata.name":
                 notes.append(f"A new training run starts: Job `{old}` is replaced by `{new}`.")
+            if t == "kubernetes:apps/v1:Deployment" and path == "metadata.name":
+                notes.append(
+                    f"Deployment `{old}` is replaced by `{new}`: the new one is created and ready before the old one is"
+                    " deleted (Pulumi replaces create-before-delete), so the model keeps serving."
+                )
             if t == "kubernetes:apps/v1:Deployment" and path.endswith(".image"):
                 notes.append(f"The model service rolls out a new image: {show(new)}.")
             if t == "aws:eks/nodeGroup:NodeGroup" and path == "scalingConfig.maxSize":

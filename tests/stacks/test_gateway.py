@@ -135,6 +135,7 @@ def test_prod_runs_two_envoys(result, stack):
     kube = proxy.raw["spec"]["provider"]["kubernetes"]
     assert kube["envoyDeployment"]["replicas"] == (2 if cfg(stack)["mlplatform:environment"] == "prod" else 1)
     assert kube["envoyService"] == {"type": "ClusterIP"}  # the load balancer is ours (ENTRY_SERVICE)
+    assert kube["envoyPDB"] == {"maxUnavailable": 1}
 
 
 def test_tls_where_a_certificate_is_configured():

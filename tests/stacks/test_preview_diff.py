@@ -87,6 +87,14 @@ def test_alias_is_a_rename_not_a_delete_and_a_create(tmp_path):
     assert "Renamed from `kubernetes:batch/v1:Job::mlplatform-training-job` (alias: same resource). No other change." in md
 
 
+def test_renamed_deployment_is_explained(tmp_path):
+    old = res("mlplatform-serving-deployment", "kubernetes:apps/v1:Deployment", metadata={"name": "model-server"})
+    new = res("mlplatform-serving-deployment", "kubernetes:apps/v1:Deployment", metadata={"name": "model-server-mnist"})
+    md = preview_diff.render(preview_diff.load(write(tmp_path / "a", [old])), preview_diff.load(write(tmp_path / "b", [new])))
+    assert "1 to replace" in md
+    assert "> Deployment `model-server` is replaced by `model-server-mnist`: the new one is created and ready before" in md
+
+
 def test_cli_usage_errors(tmp_path, capsys):
     assert preview_diff.main([str(tmp_path), str(tmp_path)]) == 2
     assert "no resources.json" in capsys.readouterr().err
