@@ -29,8 +29,10 @@ def cfg(stack):
 
 
 def models(stack):
-    """model name -> its serving config as written in the stack file (no defaults filled in)."""
-    return {name: entry.get("serving", {}) for name, entry in cfg(stack)["mlplatform:models"].items()}
+    """TF model name -> its serving config as written in the stack file (no defaults filled in);
+    vllm models are tests/stacks/test_llm_service.py's."""
+    entries = cfg(stack)["mlplatform:models"].items()
+    return {name: entry.get("serving", {}) for name, entry in entries if entry.get("runtime", "tensorflow") == "tensorflow"}
 
 
 def one(result, type_, name):
@@ -105,11 +107,19 @@ def test_service_monitor_scrapes_the_metrics_service_only(result, stack):
         assert [e["port"] for e in sm["endpoints"]] == [METRICS_PORT_NAME]
 
 
-def test_hpa_and_pdb(result, stack):
+def test_scaled_on_its_queue_and_pdb(result, stack):
+    """KEDA scales each server on its own queue (components/scaling.py), not on CPU; the query is
+    evaluated for real in tests/monitoring/test_e2e_keda.py."""
+    assert result.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler") == []
     for model, serving in models(stack).items():
-        hpa = one(result, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler", object_name(model)).raw["spec"]
-        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (serving["minReplicas"], serving["maxReplicas"])
-        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(model)}
+        (so,) = [r for r in result.k8s_objects() if r.raw["kind"] == "ScaledObject" and r.raw["metadata"]["name"] == object_name(model)]
+        spec = so.raw["spec"]
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (serving["minReplicas"], serving["maxReplicas"])
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(model)}
+        (trigger,) = spec["triggers"]
+        query = trigger["metadata"]["query"]
+        assert "mlplatform_serving_queue_depth" in query and f'mlplatform_io_model="{model}"' in query, query
+        assert trigger["metadata"]["threshold"] == str(serving.get("maxBatchSize", 64))
         pdb = one(result, "kubernetes:policy/v1:PodDisruptionBudget", object_name(model)).raw["spec"]
         assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels(model)}}
 
@@ -143,7 +153,7 @@ def test_store_access_is_read_only(result, stack):
 
 def test_model_urls_exported(result, stack):
     entry = result.raw_outputs["entryPoint"]
-    urls = {name: m["url"] for name, m in result.raw_outputs["models"].items()}
+    urls = {name: m["url"] for name, m in result.raw_outputs["models"].items() if m["runtime"] == "tensorflow"}
     assert urls.keys() == models(stack).keys()
     for model, url in urls.items():
         assert url == f"{entry}/v1/models/{model}"
@@ -170,3 +180,17 @@ def test_api_key_is_a_generated_secret_mounted_as_a_file():
     # ... and none of it where the key is off
     base = mock_engine.run("dev")
     assert not [r for r in base.of_type("kubernetes:core/v1:Secret") if r.raw["metadata"]["name"].endswith("-api-keys")]
+
+
+def test_alerts_select_every_model_deployment(result, stack):
+    """The serving alerts find each model's Deployment by name (a rename must not silence them)."""
+    import re
+
+    rules = yaml.safe_load((ROOT / "monitoring" / "rules" / "serving.yaml").read_text())
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"] if "deployment=" in r.get("expr", "")]
+    assert exprs
+    for expr in exprs:
+        for op, value in re.findall(r'deployment(=~|=)"([^"]*)"', expr):
+            for model in models(stack):
+                name = object_name(model)
+                assert re.fullmatch(value, name) if op == "=~" else value == name, (expr, name)
