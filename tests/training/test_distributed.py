@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from training import artifacts
-from training.contract import EXIT_OK, EXIT_PEER_LOST
+from training.contract import EXIT_GATE, EXIT_OK, EXIT_PEER_LOST
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -161,3 +161,23 @@ def test_a_lost_worker_resumes_the_whole_run_from_the_checkpoint(tmp_path, small
     meta = artifacts.read_metadata(str(store), "mnist", artifacts.latest(str(store), "mnist"))
     assert len(meta["history"]["loss"]) == epochs  # history carried across the restart
     assert json.loads((ckpt / "state.json").read_text())["epoch"] == epochs
+
+
+@pytest.mark.slow
+def test_three_workers_publish_once_and_a_failed_gate_fails_every_worker(tmp_path, small_mnist):
+    """3 workers: one version, by the chief; with an unreachable gate every worker exits 3 at once
+    (retrying cannot help) and nothing is published."""
+    store, logs = tmp_path / "store", tmp_path / "logs"
+    args = ["--data", str(small_mnist), "--output", str(store), "--epochs", "2", "--batch-size", "64", "--min-accuracy", "0.3"]
+    codes = wait_all(start_workers(3, args + ["--run-id", "three"], _free_base_port(3), logs), timeout=600)
+    out = [(logs / f"worker-{i}.log").read_text() for i in range(3)]
+    assert codes == [EXIT_OK] * 3, [o[-2000:] for o in out]
+    assert len(_versions(store)) == 1 and all(f"worker {i}: the chief publishes" in out[i] for i in (1, 2))
+    meta = artifacts.read_metadata(str(store), "mnist", artifacts.latest(str(store), "mnist"))
+    assert meta["distribution"]["replicas"] == 3 and meta["distribution"]["global_batch_size"] == 192
+
+    gated = tmp_path / "gated"
+    args = ["--data", str(small_mnist), "--output", str(gated), "--epochs", "1", "--min-accuracy", "0.999"]
+    codes = wait_all(start_workers(3, args, _free_base_port(3), tmp_path / "logs-gate"), timeout=600)
+    assert codes == [EXIT_GATE] * 3
+    assert not gated.exists()
