@@ -259,6 +259,36 @@ class Resources(_Model):
     limits: ResourceAmounts = Field(default=ResourceAmounts(cpu="2", memory="2Gi"), description="container limits")
 
 
+class CanaryConfig(_Model):
+    """How a new model version reaches traffic: an Argo Rollouts canary whose analysis compares the
+    canary pods with the stable ones (README "Model delivery")."""
+
+    steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default=[25, 50],
+        min_length=1,
+        description="canary weights in percent, increasing; with replica-ratio canaries a weight is rounded to whole pods",
+    )
+    step_seconds: int = Field(default=300, ge=10, le=86400, description="pause after each weight while the analysis runs")
+    interval_seconds: int = Field(default=60, ge=5, le=3600, description="how often the analysis measures")
+    window_seconds: int = Field(default=120, ge=5, le=3600, description="rate window of the analysis queries (at least 4 scrape intervals)")
+    failure_limit: int = Field(default=1, ge=0, le=10, description="failed measurements tolerated per metric before the rollout aborts")
+    max_error_ratio_increase: float = Field(
+        default=0.01, ge=0, lt=1, description="canary 5xx ratio minus the stable pods' 5xx ratio, at most"
+    )
+    max_p99_ratio: float = Field(default=1.5, ge=1, le=100, description="canary p99 latency over the stable pods' p99, at most")
+    p99_floor_ms: float = Field(default=10, gt=0, le=10000, description="the stable p99 is taken as at least this (tiny p99s are noise)")
+    max_class_psi: float = Field(
+        default=0.2, gt=0, le=10, description="population stability index of the canary's predicted-class mix against the stable pods', at most"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"canary weights must increase: {steps}")
+        return steps
+
+
 class ServingConfig(_Model):
     """One model's server: Deployment, HPA, PDB, routes at the stack's entry point."""
 
@@ -275,6 +305,7 @@ class ServingConfig(_Model):
     target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent")
     resources: Resources = Field(default=Resources(), description="container resources")
     api_key: bool = Field(default=False, description="require an API key on predict routes (a generated key in a Secret)")
+    canary: CanaryConfig = Field(default=CanaryConfig(), description="canary rollout of a new version (Argo Rollouts)")
 
 
 class ModelConfig(_Model):

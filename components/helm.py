@@ -22,6 +22,7 @@ CHARTS: dict[str, tuple[str, str]] = {
     # Published only as an OCI artifact (kubernetes-sigs/kueue README, "Install with Helm").
     "kueue": ("0.19.2", "oci://registry.k8s.io/kueue/charts"),
     "keda": ("2.20.2", "https://kedacore.github.io/charts"),
+    "argo-rollouts": ("2.41.0", "https://argoproj.github.io/argo-helm"),
     # Envoy Gateway: OCI only (envoyproxy/gateway release workflow pushes docker.io/envoyproxy/gateway-helm).
     "gateway-helm": ("1.9.0", "oci://docker.io/envoyproxy"),
 }

@@ -1,0 +1,312 @@
+"""Decide an AnalysisTemplate's outcome the way the Argo Rollouts v1.9 controller does, against a real
+Prometheus, so a test can run *the rendered template* (components/rollouts.py), not a copy of it.
+
+What is reproduced, from argoproj/argo-rollouts:
+- args: ``{{args.<name>}}`` in a query is replaced by the arg's value (a template default, or the value
+  the Rollout passes); an arg without a value, or any ``{{`` left over, is an error here, as it is an
+  AnalysisRun error there.
+- Prometheus provider (metricproviders/prometheus/prometheus.go ``processResponse``): an instant query;
+  a vector result becomes ``result``, the list of its sample values in the API's order; a scalar
+  becomes a number; any other result type is an error.
+- One measurement (utils/evaluate ``EvaluateResult``): only a successCondition -> Failed unless it is
+  true; only a failureCondition -> Successful unless it is true; both false -> Inconclusive; an
+  evaluation error (e.g. ``result[0]`` of an empty vector) -> Error. Go and Python agree that every
+  comparison with NaN is false.
+- One metric (analysis/analysis.go ``assessMetricFailureInconclusiveOrError``): Failed when failed >
+  failureLimit (default 0), Inconclusive when inconclusive > inconclusiveLimit (default 0), Error when
+  consecutive errors > consecutiveErrorLimit (default 4); otherwise Successful once ``count`` is
+  reached, or when the run is terminated at the end of the rollout (background analysis has no count).
+- A metric that is Failed, Error or Inconclusive terminates the run (analysisutil.IsTerminating): the
+  others are assessed as terminated. The run is its worst metric; a Failed or Error run aborts the rollout, an Inconclusive one pauses it.
+
+The conditions are expr-lang (github.com/expr-lang/expr). Only a small subset is understood here, and
+anything else raises ``Unsupported`` (the test fails loudly rather than guessing):
+``result``, ``result[<int>]``, numbers, ``< <= > >= == !=``, ``&&``, ``||``, ``!``, parentheses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITY = {"Successful": 0, "Inconclusive": 1, "Error": 2, "Failed": 3}
+
+
+class Unsupported(ValueError):
+    """A template feature or expression this emulation does not implement."""
+
+
+class MeasurementError(RuntimeError):
+    """What Argo records as a measurement in phase Error."""
+
+
+def substitute(text: str, args: dict[str, str]) -> str:
+    def value(m: re.Match) -> str:
+        if m.group(1) not in args:
+            raise MeasurementError(f"arg {m.group(1)!r} has no value")
+        return args[m.group(1)]
+
+    out = re.sub(r"\{\{\s*args\.([A-Za-z0-9_-]+)\s*\}\}", value, text)
+    if "{{" in out:
+        raise Unsupported(f"template syntax other than {{{{args.X}}}} in {text!r}")
+    return out
+
+
+def resolve_args(template: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    args = {}
+    for arg in template["spec"].get("args", []):
+        if arg["name"] in given:
+            args[arg["name"]] = given[arg["name"]]
+        elif "value" in arg:
+            args[arg["name"]] = arg["value"]
+        elif "valueFrom" in arg:
+            raise Unsupported(f"arg {arg['name']!r}: valueFrom in the template itself")
+        else:
+            raise MeasurementError(f"arg {arg['name']!r} has no value (the Rollout must pass it)")
+    return args
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<op><=|>=|==|!=|&&|\|\||[<>!()\[\]])|(?P<name>[A-Za-z_]\w*))")
+
+
+def _tokens(expr: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    expr = expr.rstrip()
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            raise Unsupported(f"cannot read {expr[pos:]!r} in condition {expr!r}")
+        kind = m.lastgroup
+        tok = m.group(kind)
+        if kind == "name" and tok != "result":
+            raise Unsupported(f"{tok!r} in condition {expr!r}: only `result` is supported")
+        out.append((kind, tok))
+        pos = m.end()
+    return out
+
+
+def condition(expr: str, result: Any) -> bool:
+    """Evaluate an expr-lang condition of the supported subset; MeasurementError for runtime errors."""
+    toks = _tokens(expr)
+    i = 0
+
+    def peek() -> str | None:
+        return toks[i][1] if i < len(toks) else None
+
+    def take(expected: str | None = None) -> tuple[str, str]:
+        nonlocal i
+        if i >= len(toks) or (expected is not None and toks[i][1] != expected):
+            raise Unsupported(f"condition {expr!r}: expected {expected or 'more'} at token {i}")
+        i += 1
+        return toks[i - 1]
+
+    def operand() -> Any:
+        kind, tok = take()
+        if kind == "num":
+            return float(tok)
+        if tok == "(":
+            v = disjunction()
+            take(")")
+            return v
+        if tok == "result":
+            if peek() == "[":
+                take("[")
+                k, idx = take()
+                if k != "num" or "." in idx:
+                    raise Unsupported(f"condition {expr!r}: only integer indexes")
+                take("]")
+                if not isinstance(result, list):
+                    raise MeasurementError(f"cannot index a {type(result).__name__} result")
+                if int(idx) >= len(result):
+                    raise MeasurementError(f"index out of range: {idx} (result has {len(result)} values)")
+                return result[int(idx)]
+            return result
+        raise Unsupported(f"condition {expr!r}: unexpected {tok!r}")
+
+    def comparison() -> Any:
+        if peek() == "!":
+            take("!")
+            v = comparison()
+            if not isinstance(v, bool):
+                raise MeasurementError("! of a non-boolean")
+            return not v
+        left = operand()
+        if peek() in ("<", "<=", ">", ">=", "==", "!="):
+            op = take()[1]
+            right = operand()
+            if isinstance(left, (list, bool)) or isinstance(right, (list, bool)):
+                raise MeasurementError(f"cannot compare {left!r} {op} {right!r}")
+            return {
+                "<": left < right,
+                "<=": left <= right,
+                ">": left > right,
+                ">=": left >= right,
+                "==": left == right,
+                "!=": left != right,
+            }[op]
+        return left
+
+    def conjunction() -> Any:
+        v = comparison()
+        while peek() == "&&":
+            take("&&")
+            w = comparison()
+            v = _bool(v) and _bool(w)
+        return v
+
+    def disjunction() -> Any:
+        v = conjunction()
+        while peek() == "||":
+            take("||")
+            w = conjunction()
+            v = _bool(v) or _bool(w)
+        return v
+
+    out = disjunction()
+    if i != len(toks):
+        raise Unsupported(f"condition {expr!r}: trailing {toks[i][1]!r}")
+    if not isinstance(out, bool):
+        raise MeasurementError(f"condition {expr!r} is not a boolean (expr.AsBool)")
+    return out
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise MeasurementError(f"{v!r} is not a boolean")
+    return v
+
+
+def measurement_phase(metric: dict[str, Any], result: Any) -> str:
+    ok_expr, fail_expr = metric.get("successCondition", ""), metric.get("failureCondition", "")
+    try:
+        ok = condition(ok_expr, result) if ok_expr else False
+        failed = condition(fail_expr, result) if fail_expr else False
+    except MeasurementError:
+        return "Error"
+    if not ok_expr and not fail_expr:
+        return "Successful"
+    if ok_expr and not fail_expr:
+        failed = not ok
+    elif fail_expr and not ok_expr:
+        ok = not failed
+    if failed:
+        return "Failed"
+    return "Successful" if ok else "Inconclusive"
+
+
+def prometheus_result(prom_url: str, query: str) -> Any:
+    url = f"{prom_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        doc = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    except OSError as exc:
+        raise MeasurementError(f"query failed: {exc}") from exc
+    data = doc["data"]
+    if data["resultType"] == "vector":
+        return [float(s["value"][1]) for s in data["result"]]
+    if data["resultType"] == "scalar":
+        return float(data["value"][1])
+    raise MeasurementError(f"Prometheus metric type not supported: {data['resultType']}")
+
+
+@dataclass
+class MetricResult:
+    name: str
+    phases: list[str] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+
+    def assess(self, metric: dict[str, Any], terminating: bool) -> str:
+        failed = self.phases.count("Failed")
+        inconclusive = self.phases.count("Inconclusive")
+        consecutive_errors = 0
+        for p in reversed(self.phases):
+            if p != "Error":
+                break
+            consecutive_errors += 1
+        phase = None
+        if failed > int(metric.get("failureLimit", 0)):
+            phase = "Failed"
+        if inconclusive > int(metric.get("inconclusiveLimit", 0)):
+            phase = "Inconclusive"
+        if consecutive_errors > int(metric.get("consecutiveErrorLimit", 4)):
+            phase = "Error"
+        if phase:
+            return phase
+        if "count" in metric and len(self.phases) >= int(metric["count"]):
+            return "Successful"
+        return "Successful" if terminating else "Running"
+
+
+SUPPORTED_METRIC_KEYS = {
+    "name",
+    "interval",
+    "initialDelay",
+    "failureLimit",
+    "inconclusiveLimit",
+    "consecutiveErrorLimit",
+    "count",
+    "successCondition",
+    "failureCondition",
+    "provider",
+}
+
+
+class Analysis:
+    """One AnalysisRun of ``template`` with ``args``: call ``measure()`` once per interval, then
+    ``phase(terminating=True)`` at the end of the rollout."""
+
+    def __init__(self, template: dict[str, Any], args: dict[str, str], prom_url: str):
+        self.template, self.prom_url = template, prom_url
+        self.args = resolve_args(template, args)
+        self.metrics = template["spec"]["metrics"]
+        for m in self.metrics:
+            extra = set(m) - SUPPORTED_METRIC_KEYS
+            if extra or set(m["provider"]) != {"prometheus"}:
+                raise Unsupported(f"metric {m['name']}: {sorted(extra) or list(m['provider'])} not emulated")
+        self.results = {m["name"]: MetricResult(m["name"]) for m in self.metrics}
+
+    def queries(self) -> dict[str, str]:
+        return {m["name"]: substitute(m["provider"]["prometheus"]["query"], self.args) for m in self.metrics}
+
+    def measure(self) -> dict[str, tuple[str, Any]]:
+        out = {}
+        for m in self.metrics:
+            res = self.results[m["name"]]
+            if res.assess(m, terminating=False) not in ("Running",):
+                continue  # a completed metric takes no more measurements
+            try:
+                value = prometheus_result(self.prom_url, substitute(m["provider"]["prometheus"]["query"], self.args))
+                phase = measurement_phase(m, value)
+            except MeasurementError as exc:
+                value, phase = str(exc), "Error"
+            res.phases.append(phase)
+            res.values.append(value)
+            out[m["name"]] = (phase, value)
+        return out
+
+    def metric_phases(self, terminating: bool) -> dict[str, str]:
+        # analysisutil.IsTerminating: one metric Failed, Error or Inconclusive terminates the run, and
+        # the metrics still running are then assessed as terminated.
+        first = {m["name"]: self.results[m["name"]].assess(m, terminating) for m in self.metrics}
+        if not terminating and any(p in ("Failed", "Error", "Inconclusive") for p in first.values()):
+            return {m["name"]: self.results[m["name"]].assess(m, True) for m in self.metrics}
+        return first
+
+    def phase(self, terminating: bool) -> str:
+        phases = self.metric_phases(terminating)
+        if any(p == "Running" for p in phases.values()):
+            return "Running"
+        return max(phases.values(), key=lambda p: SEVERITY[p])
+
+    def rollout_decision(self, terminating: bool = True) -> str:
+        """What the Rollout does with this run: abort (Failed/Error), pause (Inconclusive), promote."""
+        p = self.phase(terminating)
+        return {"Failed": "abort", "Error": "abort", "Inconclusive": "pause", "Successful": "promote"}.get(p, "wait")
+
+
+def is_nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
