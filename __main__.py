@@ -16,8 +16,8 @@ pulumi.export("namespaces", {role: ns.name for role, ns in platform.namespaces.i
 pulumi.export("modelStore", platform.store.uri)
 pulumi.export("models", {name: m.outputs() for name, m in platform.models.items()})
 pulumi.export("entryPoint", platform.entry.base_url)
-# The first catalogue entry's, for `make train-wait` / `make smoke` (one model at a time).
-first = next(iter(platform.models.values()), None)
+# The first trained catalogue entry's, for `make train-wait` (a vllm model has no training).
+first = next((m for m in platform.models.values() if m.training), None)
 pulumi.export("trainingJob", first.training.job_name if first else None)
 pulumi.export("serviceUrl", first.service.url if first else None)
 pulumi.export("grafanaAdminPassword", platform.monitoring.grafana_password if platform.monitoring else None)

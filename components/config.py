@@ -20,6 +20,7 @@ import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from components.llm_config import LlmConfig, llm_rules
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
 NAMESPACE = "mlplatform"
@@ -311,9 +312,14 @@ class ServingConfig(_Model):
 class ModelConfig(_Model):
     """One catalogue entry: a model the stack trains, gates, publishes and serves."""
 
-    runtime: Literal["tensorflow"] = Field(default="tensorflow", description="serving runtime (the SavedModel server)")
+    runtime: Literal["tensorflow", "vllm"] = Field(
+        default="tensorflow", description="serving runtime: `tensorflow` (our SavedModel server) or `vllm` (an open-weights LLM, see `llm`)"
+    )
     training: TrainingConfig = Field(default=TrainingConfig(), description="training run")
     serving: ServingConfig = Field(default=ServingConfig(), description="model server")
+    llm: LlmConfig | None = Field(
+        default=None, description='runtime `vllm` only: the LLM and its vLLM options (README "Serve an open-weights LLM")'
+    )
 
 
 class TlsConfig(_Model):
@@ -400,7 +406,7 @@ class PlatformConfig(_Model):
 
 # Secret keys are read with require/get_secret and never enter the (plain) model.
 # jenkinsCredentials: a JSON object of the CI credentials (components/jenkins.py CREDENTIAL_KEYS).
-SECRET_KEYS = ("alertingSlackWebhookUrl", "alertingSmtpPassword", "jenkinsCredentials")
+SECRET_KEYS = ("alertingSlackWebhookUrl", "alertingSmtpPassword", "jenkinsCredentials", "hfToken")
 TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in PlatformConfig.model_fields.items())
 # Keys that existed before the model catalogue: one line says where they went.
 MOVED_KEYS = {
@@ -517,9 +523,14 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
             key,
             f"a model name must be a DNS-1123 label (lowercase letters, digits, '-'), at most {MODEL_NAME_MAX} characters (got {name!r})",
         )
-    if model.training.gpus > 0 and not cfg.has_gpus:
+    if model.runtime == "vllm":
+        yield from vllm_model_rules(cfg, key, model)
+    elif model.llm is not None:
+        yield f"{key}.llm", "only for runtime 'vllm' (this model's runtime is 'tensorflow')"
+    if model.runtime == "tensorflow" and model.training.gpus > 0 and not cfg.has_gpus:
         yield f"{key}.training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
-    yield from training_fit_rules(cfg, key, model.training)
+    if model.runtime == "tensorflow":
+        yield from training_fit_rules(cfg, key, model.training)
     sv = model.serving
     if sv.min_replicas > sv.max_replicas:
         yield f"{key}.serving.minReplicas", f"must be <= maxReplicas (got minReplicas={sv.min_replicas}, maxReplicas={sv.max_replicas})"
@@ -575,6 +586,25 @@ def training_fit_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Iter
             f"{key}.training.workers",
             f"{t.workers} workers request {t.workers * TRAINING_WORKER_CPU} CPUs, more than queue.cpu ({cfg.queue.cpu}): it would wait forever",
         )
+
+
+# The serving keys a vLLM model uses (who may call it); the rest configure our TF server.
+VLLM_SERVING_KEYS = {"allowed_cidrs"}
+
+
+def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Iterator[tuple[str, str]]:
+    """A vLLM model is served, not trained here; it scales on vLLM's queue, read from Prometheus."""
+    if model.llm is None:
+        yield f"{key}.llm", "required when runtime is 'vllm' (at least llm.source: a Hugging Face id or an s3:// prefix)"
+        return
+    if model.training.model_fields_set:
+        yield f"{key}.training", "a vllm model is not trained by the platform: remove this section"
+    for field in sorted(model.serving.model_fields_set - VLLM_SERVING_KEYS):
+        alias = ServingConfig.model_fields[field].alias or field
+        yield f"{key}.serving.{alias}", f"configures the TF server, not vLLM: use {key}.llm (see README)"
+    if not cfg.monitoring.enabled:
+        yield f"{key}.runtime", "vllm models scale on vLLM's queue, read from Prometheus: needs monitoring.enabled"
+    yield from llm_rules(model.llm, key, cfg.gpu_pools, cfg.has_gpus, cfg.environment)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -668,7 +698,11 @@ def problems(raw: dict[str, Any]) -> tuple[PlatformConfig | None, list[tuple[str
     for key, message in rules(cfg):
         section = key.split("[")[0].split(".")
         # A defaulted gpuPools would make every GPU training look unschedulable.
-        if section[0] in broken or ".".join(section[:2]) in broken or ("gpuPools" in broken and key.endswith(".training.gpus")):
+        if (
+            section[0] in broken
+            or ".".join(section[:2]) in broken
+            or ("gpuPools" in broken and (key.endswith((".training.gpus", ".runtime")) or ".llm." in key))
+        ):
             continue
         found.append((key, message))
     return (None if found else cfg), found

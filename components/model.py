@@ -1,4 +1,5 @@
-"""Model: one catalogue entry's parts (its TrainingJob, store prefix and ModelService).
+"""Model: one catalogue entry's parts (its TrainingJob, store prefix and ModelService; for
+``runtime: vllm``, an LlmService and no training).
 
 A model's store prefix is ``<store root>/models/<name>/``: the trainer publishes there and the server
 follows that prefix's LATEST pointer (training/artifacts.py), so two models never share one.
@@ -6,14 +7,18 @@ follows that prefix's LATEST pointer (training/artifacts.py), so two models neve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
+from components import gateway
 from components.artifact_store import ArtifactStore
-from components.config import ModelConfig
+from components.autoscaling import Keda
+from components.config import GpuPool, ModelConfig
 from components.gateway import EntryPoint
 from components.kueue import Kueue
+from components.llm_config import choose_pool
+from components.llm_service import LlmService, LlmServiceArgs, object_name
 from components.model_service import ModelService, ModelServiceArgs
 from components.training_job import TrainingJob, TrainingJobArgs
 
@@ -40,27 +45,38 @@ class ModelArgs:
     monitoring_namespace: str = "monitoring"
     monitoring_release: pulumi.Resource | None = None
     queue: Kueue | None = None  # the stack's Kueue: training runs wait in its queue
+    keda: Keda | None = None  # scales the servers on their queues (None: no Prometheus, CPU HPA)
+    # runtime vllm: the pools it may run on, the Hugging Face token (a secret), the weights volumes' class
+    gpu_pools: list[GpuPool] = field(default_factory=list)
+    hf_token: pulumi.Input[str] | None = None
+    storage_class: str | None = None
 
 
 class Model(pulumi.ComponentResource):
-    training: TrainingJob
-    service: ModelService
+    training: TrainingJob | None  # None for a vllm model: served, not trained here
+    service: ModelService | LlmService
 
     def __init__(self, name: str, args: ModelArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:model:Model", name, None, opts)
         # Children keep the platform's providers and wait for the namespaces, as the Model does.
         child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(parent=self))
+        self.runtime = args.config.runtime
         self.training, self.service = build(name, args, child)
-        self.register_outputs({"training_job": self.training.job_name, "url": self.service.url})
+        self.register_outputs({"training_job": self.training.job_name if self.training else None, "url": self.service.url})
 
     def outputs(self) -> dict[str, pulumi.Input[str] | None]:
-        """What the stack exports per model (the API key is a Pulumi secret)."""
-        return {"trainingJob": self.training.job_name, "url": self.service.url, "apiKey": self.service.api_key}
+        """What the stack exports per model (the API key is a Pulumi secret); `make smoke` reads it."""
+        if isinstance(self.service, LlmService):
+            return {"runtime": self.runtime, "url": self.service.url}
+        return {"runtime": self.runtime, "trainingJob": self.training.job_name, "url": self.service.url, "apiKey": self.service.api_key}
 
 
-def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob, ModelService]:
-    """What a catalogue entry is made of, by runtime (``tensorflow``: the SavedModel server)."""
+def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
+    """What a catalogue entry is made of, by runtime (``tensorflow``: a TrainingJob and the SavedModel
+    server; ``vllm``: an open-weights LLM on vLLM, components/llm_service.py)."""
     cfg = args.config
+    if cfg.runtime == "vllm":
+        return None, build_llm(name, args, opts)
     training = TrainingJob(
         f"{name}-training",
         TrainingJobArgs(
@@ -87,10 +103,53 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
             monitoring_namespace=args.monitoring_namespace,
             zone_spread_required=args.zone_spread_required,
             monitoring_release=args.monitoring_release,
+            keda=args.keda,
         ),
         opts=opts,
     )
     return training, service
+
+
+def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmService:
+    """The LLM on the pool that fits it, its OpenAI routes on the stack's entry point (restricted to
+    the model's allowedCidrs like every route), reachable only from the entry point's proxies and
+    Prometheus."""
+    cfg, entry = args.config, args.entry
+    assert cfg.llm is not None  # config validation requires it for runtime vllm
+    pool = choose_pool(cfg.llm, args.gpu_pools) if args.gpu_pools else None
+    cidrs = list(cfg.serving.allowed_cidrs)
+    return LlmService(
+        f"{name}-llm",
+        LlmServiceArgs(
+            model=args.model,
+            namespace=args.serving_namespace,
+            config=cfg.llm,
+            store=args.store,
+            pool_name=pool.name if pool else None,
+            hf_token=args.hf_token,
+            storage_class=args.storage_class,
+            gateway={
+                "group": gateway.GATEWAY_API,
+                "kind": "Gateway",
+                "namespace": entry.namespace,
+                "name": gateway.GATEWAY_NAME,
+                "sectionName": entry.listener,
+            },
+            gateway_url=entry.base_url,
+            route_opts=entry.route_opts,
+            security_policy=gateway.security_policy_spec(object_name(args.model), cidrs) if cidrs else None,
+            ingress_peers=[
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": entry.namespace}},
+                    "podSelector": {"matchLabels": gateway.PROXY_LABELS},
+                },
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}},
+            ],
+            keda=args.keda,
+            monitoring_release=args.monitoring_release,
+        ),
+        opts=opts,
+    )
 
 
 def legacy_aliases(platform_name: str) -> None:

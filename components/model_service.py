@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import gateway
+from components import autoscaling, gateway, scaling
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import ServingConfig
 from components.namespaces import egress_except_metadata
@@ -143,6 +143,8 @@ class ModelServiceArgs:
     # The kube-prometheus-stack release: it installs the ServiceMonitor CRD, so the ServiceMonitor
     # must wait for it (a CR applied before its CRD fails the first `up`).
     monitoring_release: pulumi.Resource | None = None
+    # KEDA (components/autoscaling.py) scales on the queue; None (a stack without monitoring): CPU HPA.
+    keda: autoscaling.Keda | None = None
 
 
 class ModelService(pulumi.ComponentResource):
@@ -222,26 +224,49 @@ class ModelService(pulumi.ComponentResource):
                 spec=gateway.security_policy_spec(obj, cfg.allowed_cidrs),
                 opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(depends_on=[route])),
             )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata=meta(),
-            spec={
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
-                "minReplicas": cfg.min_replicas,
-                "maxReplicas": cfg.max_replicas,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cfg.target_cpu_utilization}},
-                    }
-                ],
-                # Scale up fast, down slowly: a flapping fleet re-warms models for nothing.
-                "behavior": {
-                    "scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
+        if args.keda is not None:
+            # On the queue, not on CPU: the target is one full batch waiting per replica. The query
+            # selects this model's targets as the ServiceMonitor below labels them (job from
+            # jobLabel, the model from targetLabels); tests/monitoring/test_e2e_keda.py runs it.
+            autoscaling.scaled_object(
+                f"{name}-scaledobject",
+                obj,
+                ns,
+                selector,
+                scaling.scaled_object_spec(
+                    {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
+                    cfg.min_replicas,
+                    cfg.max_replicas,
+                    scaling.tf_queue_query(ns, APP, {scaling.target_label(MODEL_LABEL): model}),
+                    cfg.max_batch_size,
+                ),
+                args.keda,
+                pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+            )
+        else:  # no Prometheus on this stack: CPU is the only signal left
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{name}-hpa",
+                metadata=meta(),
+                spec={
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
+                    "minReplicas": cfg.min_replicas,
+                    "maxReplicas": cfg.max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": cfg.target_cpu_utilization},
+                            },
+                        }
+                    ],
+                    # Scale up fast, down slowly: a flapping fleet re-warms models for nothing.
+                    "behavior": {
+                        "scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
+                    },
                 },
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
-        )
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+            )
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata=meta(),

@@ -7,6 +7,7 @@ import pulumi_aws as aws
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from components.autoscaling import Keda, KedaArgs
 from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import Settings
@@ -159,6 +160,13 @@ class Platform(pulumi.ComponentResource):
                 opts=self.in_namespaces,
             )
         self.monitoring_release = self.monitoring.release if self.monitoring else None
+        # KEDA scales every model server on its queue, read from this Prometheus; without monitoring
+        # the TF servers keep a CPU HPA (and config validation refuses vllm models).
+        self.keda: Keda | None = None
+        if cfg.monitoring.enabled and cfg.models:
+            self.keda = Keda(
+                f"{name}-keda", KedaArgs(environment=cfg.environment, prometheus_namespace=ns["monitoring"]), opts=self.k8s_opts
+            )
         if cfg.has_gpus:
             GpuAddons(
                 f"{name}-gpu-addons",
@@ -250,6 +258,10 @@ class Platform(pulumi.ComponentResource):
                     pushgateway=self.monitoring.pushgateway_url if self.monitoring else None,
                     monitoring_release=self.monitoring_release,
                     queue=self.queue,
+                    keda=self.keda,
+                    gpu_pools=list(cfg.gpu_pools),
+                    hf_token=self.settings.secrets.get("hfToken"),
+                    storage_class=self.cluster.storage_class,
                 ),
                 opts=self.in_namespaces,
             )

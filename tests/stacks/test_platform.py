@@ -244,7 +244,11 @@ def test_no_namespace_for_a_component_that_is_off(stack, result):
 
     jenkins = stack_cfg(stack).get("mlplatform:jenkins", {}).get("enabled", False)
     assert {"monitoring", *(["jenkins", "jenkins-builds"] if jenkins else [])} <= namespace_names(result)
-    off = mock_engine.run(stack, overrides={"mlplatform:monitoring": {"enabled": False}, "mlplatform:jenkins": {"enabled": False}})
+    models = {n: m for n, m in stack_cfg(stack)["mlplatform:models"].items() if m.get("runtime") != "vllm"}  # they need Prometheus
+    off = mock_engine.run(
+        stack,
+        overrides={"mlplatform:monitoring": {"enabled": False}, "mlplatform:jenkins": {"enabled": False}, "mlplatform:models": models},
+    )
     gone = {"monitoring", "jenkins", "jenkins-builds"} | {n for n in namespace_names(result) if "exporter" in n}
     assert namespace_names(off) & gone == set()
     assert {"ml-serving", "ml-training", "envoy-gateway-system"} <= namespace_names(off)  # what every model needs stays

@@ -97,7 +97,13 @@ CASES = [
     ),
     ("missing cluster kind", {"cluster.kind": DELETE}, "mlplatform:cluster.kind:", "required key is missing"),
     ("eks without region", {"cluster.region": DELETE}, "mlplatform:cluster.region:", "required when cluster.kind is 'eks'"),
-    ("duplicate pool names", {"gpuPools[1].name": "gpu-train"}, "mlplatform:gpuPools[1].name:", "must be unique"),
+    # (the chat LLM is pinned to the renamed pool: unpinned, so the duplicate is the one problem)
+    (
+        "duplicate pool names",
+        {"gpuPools[1].name": "gpu-train", "models.chat.llm.pool": DELETE},
+        "mlplatform:gpuPools[1].name:",
+        "must be unique",
+    ),
     (
         "pool mixing GPU counts",
         {"gpuPools[0].instanceTypes": ["g5.xlarge", "g5.12xlarge"]},
@@ -137,10 +143,27 @@ CASES = [
     ),
     (
         "ecr on a kubeconfig cluster",
-        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.mnist.training.gpus": 0},
+        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.mnist.training.gpus": 0, "models.chat": DELETE},
         "mlplatform:registry.kind:",
         "needs an EKS stack",
     ),
+    # runtime vllm (components/llm_config.py)
+    ("vllm without its llm section", {"models.chat.llm": DELETE}, "mlplatform:models.chat.llm:", "required when runtime is 'vllm'"),
+    ("tensor parallel beyond one node", {"models.chat.llm.gpus": 4}, "mlplatform:models.chat.llm.gpus:", "fit no node of the GPU pools"),
+    (
+        "a TF setting on a vllm model",
+        {"models.chat.serving.maxBatchSize": 8},
+        "mlplatform:models.chat.serving.maxBatchSize:",
+        "configures the TF server",
+    ),
+    ("an llm section on a TF model", {"models.mnist.llm": {"source": "o/m"}}, "mlplatform:models.mnist.llm:", "only for runtime 'vllm'"),
+    (
+        "prod LLM asleep at night",
+        {"models.chat.llm.awake": {"timezone": "UTC"}},
+        "mlplatform:models.chat.llm.awake:",
+        "prod models do not sleep",
+    ),
+    ("not a model source", {"models.chat.llm.source": "qwen 7b"}, "mlplatform:models.chat.llm.source:", "Hugging Face id"),
 ]
 
 

@@ -49,6 +49,8 @@ def test_ephemeral_config_from_dev():
     assert cfg["mlplatform:jenkins"]["enabled"] is False
     assert all(p["min"] == 0 and p["max"] <= 1 for p in cfg["mlplatform:gpuPools"])
     assert cfg["mlplatform:cluster"] == dev["mlplatform:cluster"]
+    llms = [m["llm"] for m in cfg["mlplatform:models"].values() if m.get("runtime") == "vllm"]
+    assert llms and all(llm["maxReplicas"] == 1 for llm in llms)  # one GPU node per pool: one replica
 
 
 def test_ephemeral_config_is_a_valid_stack_config_without_schedules():
