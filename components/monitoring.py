@@ -95,6 +95,11 @@ def stack_values(
         # node-exporter needs the host's network, PID namespace and /proc, /sys: it gets its own
         # `privileged` namespace so that `monitoring` can enforce Pod Security `restricted`.
         "prometheus-node-exporter": {"namespaceOverride": node_exporter_namespace},
+        # The chart sets no resources for the operator and its webhook-certificate jobs.
+        "prometheusOperator": {
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+            "admissionWebhooks": {"patch": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}}},
+        },
         "grafana": {
             "enabled": True,
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},

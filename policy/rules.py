@@ -351,6 +351,26 @@ CHART_PODS: dict[str, dict[str, ChartPod]] = {
     "prometheus-pushgateway": {"pushgateway": ChartPod("pushgateway", "containerSecurityContext", "resources", "securityContext")},
     "kube-prometheus-stack": {
         "grafana": ChartPod("grafana", "grafana.containerSecurityContext", "grafana.resources", "grafana.securityContext"),
+        # The operator and its admission-webhook certificate jobs run in `monitoring` too (Pod Security
+        # `restricted`): judged with the chart's defaults wherever those are known.
+        "prometheus-operator": ChartPod(
+            "kube-prometheus-stack",
+            "prometheusOperator.containerSecurityContext",
+            "prometheusOperator.resources",
+            "prometheusOperator.securityContext",
+        ),
+        "admission-create": ChartPod(
+            "create",
+            "prometheusOperator.admissionWebhooks.createSecretJob.securityContext",
+            "prometheusOperator.admissionWebhooks.patch.resources",
+            "prometheusOperator.admissionWebhooks.patch.securityContext",
+        ),
+        "admission-patch": ChartPod(
+            "patch",
+            "prometheusOperator.admissionWebhooks.patchWebhookJob.securityContext",
+            "prometheusOperator.admissionWebhooks.patch.resources",
+            "prometheusOperator.admissionWebhooks.patch.securityContext",
+        ),
     },
     "jenkins": {
         "controller": ChartPod(
