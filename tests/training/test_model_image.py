@@ -1,0 +1,70 @@
+"""A model's own image, for real: the platform training image (training/Dockerfile) on the locally
+made base, then models/diabetes/Dockerfile FROM it, run as the cluster runs it (non-root, read-only
+root, no network). The base has no TensorFlow (the real one is tensorflow/tensorflow's GPU image,
+which cannot be pulled here), so this checks the image's wiring: the runner finds the model's
+entrypoint, the contract answers bad data with exit 2 and the reason, and the model's own
+dependency reads its bundled data set offline."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, unavailable
+from tools import docker_base
+
+pytestmark = pytest.mark.slow
+BASE = "mlplatform-base:bookworm"
+
+
+def docker(*args, timeout=1800):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model_image():
+    if shutil.which("docker") is None or docker("info", timeout=30).returncode != 0:
+        unavailable("no Docker engine running (tests/unit/test_docker_images.py starts one where it can)")
+    base = docker_base.build(BASE, ROOT / "build" / "rootfs")
+    platform = docker("build", "--build-arg", f"BASE_IMAGE={base}", "-t", "mlplatform-training:model-test", str(ROOT / "training"))
+    assert platform.returncode == 0, platform.stderr[-3000:]
+    model = docker(
+        "build",
+        "--build-arg",
+        "BASE_IMAGE=mlplatform-training:model-test",
+        "-t",
+        "mlplatform-diabetes:test",
+        str(ROOT / "models" / "diabetes"),
+    )
+    assert model.returncode == 0, model.stderr[-3000:]
+    return "mlplatform-diabetes:test"
+
+
+def run(image, *args, env=(), entrypoint=None):
+    cmd = ["run", "--rm", "--read-only", "--tmpfs", "/tmp", "--network", "none"]
+    for e in env:
+        cmd += ["-e", e]
+    if entrypoint:
+        cmd += ["--entrypoint", entrypoint]
+    return docker(*cmd, image, *args, timeout=300)
+
+
+def test_runs_the_models_entrypoint_non_root(model_image):
+    inspect = docker("inspect", "--format", "{{.Config.User}} {{json .Config.Env}}", model_image)
+    assert inspect.stdout.startswith("10001 ") and "TRAIN_ENTRYPOINT=/app/model/train.py" in inspect.stdout
+    proc = run(model_image, env=["TRAIN_DATA=/data/missing.csv"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "/data/missing.csv: no such file" in proc.stderr
+
+
+def test_bundled_data_set_loads_offline(model_image):
+    proc = run(
+        model_image,
+        "-c",
+        "from sklearn.datasets import load_diabetes; x, y = load_diabetes(scaled=False, return_X_y=True); print(x.shape, y.shape)",
+        entrypoint="python",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(442, 10) (442,)"
