@@ -11,9 +11,13 @@ reads its run from the environment through this library and hands its result bac
         model, state = run.restore(build_model)       # resumes from the last complete epoch
     model.fit(data.batch(run.global_batch_size), epochs=run.epochs, initial_epoch=state.epoch,
               callbacks=run.callbacks(state))
-    if not run.gate_passes({"test_r2": r2}):
+    results = {"test_r2": r2}                         # held-out metrics, the gate's among them
+    if not run.gate_passes(results, evaluate=score_stored_model):  # threshold, then the champion
         return contract.EXIT_GATE                     # nothing published, exit 3 fails the Job at once
-    run.publish(write_files, metadata={...})          # the chief alone; LATEST moves last
+    run.publish(write_files, results, metadata={...}) # the chief alone: write_files(dir) writes
+                                                      # saved_model/ + model.keras; aliases move last
+
+models/diabetes/train.py is the complete example.
 
 Environment (the platform sets these; a local run may set any of them by hand):
 
