@@ -18,6 +18,11 @@ def cfg(stack):
     return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
 
 
+def tf_models(stack):
+    """The catalogue's TensorFlow models (vLLM models route through their own component, h8's tests)."""
+    return {n: e for n, e in cfg(stack)["mlplatform:models"].items() if e.get("runtime", "tensorflow") == "tensorflow"}
+
+
 def of_kind(result, kind):
     return [r for r in result.k8s_objects() if r.raw.get("kind") == kind]
 
@@ -53,10 +58,14 @@ def test_one_gateway_and_a_route_per_model(result, stack):
     assert gw.raw["metadata"]["namespace"] == "envoy-gateway-system"
     (listener,) = gw.raw["spec"]["listeners"]
     assert listener["allowedRoutes"]["namespaces"]["selector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ml-serving"}
-    catalogue = cfg(stack)["mlplatform:models"]
     found = routes(result)
-    assert sorted(found) == sorted(object_name(m) for m in catalogue)
-    for model in catalogue:
+    # Every model of the catalogue, whatever its runtime, has a route at this Gateway.
+    for model in cfg(stack)["mlplatform:models"]:
+        attached = [
+            r for r in found.values() if model in r["metadata"]["name"] and r["spec"]["parentRefs"][0]["name"] == gateway.GATEWAY_NAME
+        ]
+        assert attached, model
+    for model in tf_models(stack):
         route = found[object_name(model)]
         (parent,) = route["spec"]["parentRefs"]
         assert (parent["name"], parent["namespace"], parent["sectionName"]) == (
@@ -102,7 +111,7 @@ def test_gateway_api_objects_validate_against_the_crds(result, stack):
 def test_allowed_cidrs_at_the_entry_point(result, stack):
     catalogue = cfg(stack)["mlplatform:models"]
     policies = {p.raw["spec"]["targetRefs"][0]["name"]: p.raw for p in of_kind(result, "SecurityPolicy")}
-    for model, entry in catalogue.items():
+    for model, entry in tf_models(stack).items():
         cidrs = entry.get("serving", {}).get("allowedCidrs", [])
         if not cidrs:
             assert object_name(model) not in policies
@@ -169,8 +178,8 @@ def test_two_models_share_nothing_but_the_gateway():
     res = mock_engine.run("dev", overrides={"mlplatform:models": {**catalogue, "fraud": fraud}})
     assert len(of_kind(res, "Gateway")) == 1
     assert len([s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]) == 1
-    for kind in ("Deployment", "HTTPRoute", "SecurityPolicy", "ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
-        names = sorted(r.raw["metadata"]["name"] for r in of_kind(res, kind))
+    for kind in ("Deployment", "HTTPRoute", "SecurityPolicy", "ServiceMonitor", "PodDisruptionBudget"):
+        names = sorted(r.raw["metadata"]["name"] for r in of_kind(res, kind) if r.raw["metadata"]["name"].startswith("model-server-"))
         assert names == ["model-server-fraud", "model-server-mnist"], (kind, names)
     services = sorted(r.raw["metadata"]["name"] for r in of_kind(res, "Service") if r.raw["metadata"]["name"].startswith("model-server-"))
     assert services == ["model-server-fraud", "model-server-fraud-metrics", "model-server-mnist", "model-server-mnist-metrics"]
@@ -182,4 +191,4 @@ def test_two_models_share_nothing_but_the_gateway():
     # The load balancer admits both models' networks; each route only its own.
     (lb,) = [s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
     assert lb.raw["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24", "203.0.113.0/24"]
-    assert sorted(res.raw_outputs["models"]) == ["fraud", "mnist"]
+    assert {"fraud", "mnist"} <= res.raw_outputs["models"].keys()

@@ -71,7 +71,8 @@ def test_real_synth_pair(tmp_path):
     mnist = dev["mlplatform:models"]["mnist"]
     mnist = dict(mnist, training=dict(mnist["training"], epochs=mnist["training"]["epochs"] + 1))
     pools = [dict(dev["mlplatform:gpuPools"][0], max=3)]
-    synth.synth("dev", tmp_path / "head", overrides={"mlplatform:models": {"mnist": mnist}, "mlplatform:gpuPools": pools})
+    models = {**dev["mlplatform:models"], "mnist": mnist}
+    synth.synth("dev", tmp_path / "head", overrides={"mlplatform:models": models, "mlplatform:gpuPools": pools})
     md = preview_diff.render(preview_diff.load(tmp_path / "base"), preview_diff.load(tmp_path / "head"))
     assert "A new training run starts" in md
     assert "max size 2 -> 3" in md
