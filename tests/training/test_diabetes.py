@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.training.test_metrics import pushgateway  # noqa: F401 (the real Pushgateway fixture)
 from training import artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +74,16 @@ def run(env: dict[str, str]):
     )
 
 
-def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path):
+def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path, pushgateway):  # noqa: F811 (the fixture)
     store = str(tmp_path / "store")
-    proc = run({"TRAIN_OUTPUT": store, "TRAIN_EPOCHS": "40", "TRAIN_RUN_ID": "t1", "TRAIN_PARAMS": '{"hidden": 16}'})
+    env = {
+        "TRAIN_OUTPUT": store,
+        "TRAIN_EPOCHS": "40",
+        "TRAIN_RUN_ID": "t1",
+        "TRAIN_PARAMS": '{"hidden": 16}',
+        "TRAIN_PUSHGATEWAY": pushgateway,
+    }
+    proc = run(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     version = artifacts.latest(store, "diabetes")
     assert version and version.endswith("-t1")
@@ -89,6 +98,14 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path):
     assert meta["params"]["epochs"] == 40 and meta["params"]["hidden"] == 16
     assert meta["data"]["train"] + meta["data"]["test"] == 442 and "load_diabetes" in meta["data"]["uri"]
     assert len(meta["history"]["loss"]) == 40
+
+    # The contract pushed the run's metrics to the (real) Pushgateway, labelled with the model.
+    from training import metrics
+
+    body = urllib.request.urlopen(f"http://{pushgateway}/metrics", timeout=5).read().decode()
+    series = {line.split("{")[0]: line for line in body.splitlines() if 'model="diabetes"' in line}
+    assert series[metrics.GATE_PASSED].endswith(" 1") and series[metrics.EPOCHS].endswith(" 40")
+    assert metrics.LAST_SUCCESS in series and metrics.DURATION_SECONDS in series
 
     # The serving signature: named inputs of different dtypes, a named output.
     import tensorflow as tf
