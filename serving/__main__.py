@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # per-request logging would cost more than the request; metrics count them
         timeout_graceful_shutdown=30,
         timeout_keep_alive=args.keep_alive_s,
+        server_header=False,  # names the server software to every client, for no use
         lifespan="on",
         loop="auto",
         http=guarded_protocol(

@@ -326,9 +326,7 @@ class ModelServer:
                 del body
                 self._inflight_bytes -= reserved
             try:
-                outputs, used = await asyncio.wait_for(
-                    served.batcher.submit(decoded.signature, decoded.inputs, decoded.n), self.settings.request_timeout_s
-                )
+                outputs, used = await served.batcher.submit(decoded.signature, decoded.inputs, decoded.n, self.settings.request_timeout_s)
             except TimeoutError:
                 raise Unavailable("prediction timed out: server overloaded") from None
             # Before the v2 output filter: the class mix is the model's, whatever a client asked back.

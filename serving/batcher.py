@@ -34,6 +34,11 @@ class _Item:
         return self.signature, tuple((k, v.shape[1:]) for k, v in self.inputs.items())
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():  # the batch still runs; its result for this request is dropped
+        fut.set_exception(TimeoutError())
+
+
 class Batcher:
     def __init__(self, get_model, max_batch_size: int, max_wait_s: float, max_queue: int, metrics, model_name: str):
         self._get_model = get_model  # the current LoadedModel (hot-swapped atomically)
@@ -71,16 +76,26 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, signature: str, inputs: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], str]:
-        """Outputs for ``inputs`` (``n`` instances) and the model version that produced them."""
+    async def submit(
+        self, signature: str, inputs: dict[str, np.ndarray], n: int, timeout_s: float | None = None
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Outputs for ``inputs`` (``n`` instances) and the model version that produced them;
+        TimeoutError after ``timeout_s`` (a timer on the future: cheaper than asyncio.wait_for's task)."""
         if self._queued + n > self.max_queue:
             raise Overloaded(f"queue full ({self._queued}/{self.max_queue} instances waiting): retry later")
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending.append(_Item(signature, inputs, n, fut))
         self._queued += n
         self._m_queue.set(self._queued)
         self._wakeup.set()
-        return await fut
+        if timeout_s is None:
+            return await fut
+        timer = loop.call_later(timeout_s, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     async def _take(self) -> list[_Item]:
         while not self._pending:

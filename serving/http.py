@@ -73,31 +73,20 @@ def guarded_protocol(
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._deadline is None and not self._in_body and (self.cycle is None or self.cycle.response_complete):
-                self._arm(header_timeout_s, "header_timeout")  # the first byte of a request on a kept-alive connection
+            if not self._in_body:
+                if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                    self._arm(header_timeout_s, "header_timeout")  # the first byte of a request on a kept-alive connection
+                # Counted per chunk (cheaper than per header callback); on_headers_complete resets it.
+                self._header_bytes += len(data)
             super().data_received(data)
-
-        def on_message_begin(self) -> None:
-            self._header_bytes = 0
-            super().on_message_begin()
-
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value))
-            super().on_header(name, value)
-
-        def _count(self, n: int) -> None:
-            self._header_bytes += n
-            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            if not self._in_body and self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
                 on_close("header_too_large")
                 self.transport.write(_response("431 Request Header Fields Too Large", "request line and headers exceed 64 KiB"))
                 self.transport.close()
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
+            self._header_bytes = 0
             self._in_body = True
             self._arm(body_timeout_s, "body_timeout")
 

@@ -127,6 +127,9 @@ class ServingMetrics:
         y = outputs[key]
         if what == "class":
             ids = y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
+            if len(ids) == 1:  # the common single-instance request: skip np.unique (a sort) on the hot path
+                self.predicted_class.labels(model=model, version=version, **{"class": class_label(int(ids[0]))}).inc()
+                return
             values, counts = np.unique(ids, return_counts=True)
             per_label: dict[str, int] = {}
             for v, n in zip(values.tolist(), counts.tolist(), strict=True):

@@ -113,6 +113,19 @@ def test_idle_slow_header_and_slow_body_connections_are_closed_by_deadline(stric
     assert post(s.url)[0] == 200
 
 
+def test_oversized_headers_are_431_and_closed(strict):
+    c = connect(strict.port)
+    try:
+        c.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")
+    except OSError:
+        pass
+    _, got = closed_after(c, 3)
+    assert got.startswith(b"HTTP/1.1 431"), got[:100]
+    big_body = json.dumps({"instances": [np.zeros((28, 28)).tolist()] * 40}).encode()
+    assert len(big_body) > 70_000
+    assert post(strict.url, big_body)[0] == 200  # a large body is not a large header
+
+
 def test_connection_limit_answers_503_and_closes(strict):
     s = strict
     held = [connect(s.port) for _ in range(20)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tools import smoke
 
 
@@ -13,6 +15,7 @@ def test_smoke_passes_and_fails_on_accuracy(store, server_factory, small_mnist):
     assert not ok and "(required 0.9900)" in message
 
 
+@pytest.mark.slow  # a server start of its own; the keys themselves are tested in process (test_auth.py)
 def test_smoke_with_api_key(store, server_factory, small_mnist, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("s3cret\n")
