@@ -281,6 +281,12 @@ class CanaryConfig(_Model):
     max_class_psi: float = Field(
         default=0.2, gt=0, le=10, description="population stability index of the canary's predicted-class mix against the stable pods', at most"
     )
+    min_class_samples: int = Field(
+        default=200,
+        ge=1,
+        le=1_000_000,
+        description="canary predictions per window below which the class mix is not judged (inconclusive: the rollout pauses)",
+    )
 
     @field_validator("steps")
     @classmethod

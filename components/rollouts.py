@@ -153,10 +153,13 @@ def latency_query(window: str, floor_s: float) -> str:
     return f"{p99(ARG_CANARY)} / clamp_min({p99(ARG_STABLE)}, {floor_s:g})"
 
 
-def class_psi_query(window: str) -> str:
+def class_psi_query(window: str, min_samples: int) -> str:
     """Population stability index of the canary's predicted-class mix against the stable pods':
     sum over classes of (c - s) * ln(c / s), c and s the shares of each class in the window. A class
-    only one side predicts counts with share 0 on the other (floored at PSI_FLOOR)."""
+    only one side predicts counts with share 0 on the other (floored at PSI_FLOOR). With fewer than
+    ``min_samples`` canary predictions in the window the mix is noise (PSI of two samples of one
+    distribution is about (classes - 1) * (1/n_canary + 1/n_stable)): the query answers -1 then, which
+    the conditions leave inconclusive."""
 
     def counts(arg: str) -> str:
         return f"sum by (class) (rate(mlplatform_serving_predicted_class_total{{{_sel(arg)}}}[{window}]))"
@@ -166,13 +169,16 @@ def class_psi_query(window: str) -> str:
         return f"clamp_min({mine} or ({counts(other)} * 0), {PSI_FLOOR:g})"
 
     c, s = share(ARG_CANARY, ARG_STABLE), share(ARG_STABLE, ARG_CANARY)
-    return f"sum(({c} - {s}) * ln({c} / {s}))"
+    psi = f"sum(({c} - {s}) * ln({c} / {s}))"
+    samples = f"sum(increase(mlplatform_serving_predicted_class_total{{{_sel(ARG_CANARY)}}}[{window}]))"
+    return f"({psi} and on () ({samples} >= {min_samples})) or on () vector(-1)"
 
 
 def analysis_template(model: str, namespace: str, canary: CanaryConfig, prometheus_url: str = PROMETHEUS_URL) -> dict[str, Any]:
     """The AnalysisTemplate: three Prometheus metrics, each a number compared with a bound from the
-    stack config. Only a successCondition: a measurement that is not a success (NaN included) is a
-    failure (Argo Rollouts utils/evaluate), and an empty result is an error, never a pass."""
+    stack config. Errors and latency have only a successCondition: a measurement that is not a success
+    (NaN included) is a failure (Argo Rollouts utils/evaluate), and an empty result is an error, never
+    a pass. The class mix also has a failureCondition, so "too few samples" is inconclusive."""
     window = f"{canary.window_seconds}s"
     common = {
         "interval": f"{canary.interval_seconds}s",
@@ -181,11 +187,12 @@ def analysis_template(model: str, namespace: str, canary: CanaryConfig, promethe
         "failureLimit": canary.failure_limit,
     }
 
-    def metric(name: str, query: str, condition: str) -> dict[str, Any]:
+    def metric(name: str, query: str, condition: str, failure: str | None = None) -> dict[str, Any]:
         return {
             "name": name,
             **common,
             "successCondition": condition,
+            **({"failureCondition": failure, "inconclusiveLimit": canary.failure_limit} if failure else {}),
             "provider": {"prometheus": {"address": prometheus_url, "query": query, "timeout": 20}},
         }
 
@@ -207,7 +214,13 @@ def analysis_template(model: str, namespace: str, canary: CanaryConfig, promethe
             "metrics": [
                 metric(METRIC_ERRORS, error_ratio_query(window), f"result[0] <= {canary.max_error_ratio_increase:g}"),
                 metric(METRIC_LATENCY, latency_query(window, canary.p99_floor_ms / 1000), f"result[0] <= {canary.max_p99_ratio:g}"),
-                metric(METRIC_CLASSES, class_psi_query(window), f"result[0] <= {canary.max_class_psi:g}"),
+                # Too few canary predictions (-1) is neither: inconclusive, the rollout pauses for a person.
+                metric(
+                    METRIC_CLASSES,
+                    class_psi_query(window, canary.min_class_samples),
+                    f"result[0] >= 0 && result[0] <= {canary.max_class_psi:g}",
+                    f"result[0] > {canary.max_class_psi:g}",
+                ),
             ],
         },
     }

@@ -99,8 +99,14 @@ def test_thresholds_come_from_config():
     assert conditions == {
         rollouts.METRIC_ERRORS: "result[0] <= 0.02",
         rollouts.METRIC_LATENCY: "result[0] <= 2",
-        rollouts.METRIC_CLASSES: "result[0] <= 0.3",
+        rollouts.METRIC_CLASSES: "result[0] >= 0 && result[0] <= 0.3",
     }
+    (classes,) = [m for m in tpl["spec"]["metrics"] if m["name"] == rollouts.METRIC_CLASSES]
+    assert classes["failureCondition"] == "result[0] > 0.3"
+    # Too few canary predictions: the query answers -1, neither success nor failure.
+    assert argo.measurement_phase(classes, [-1.0]) == "Inconclusive"
+    assert argo.measurement_phase(classes, [0.31]) == "Failed" and argo.measurement_phase(classes, [0.1]) == "Successful"
+    assert ">= 200)) or on () vector(-1)" in classes["provider"]["prometheus"]["query"]
     assert all("[60s]" in m["provider"]["prometheus"]["query"] for m in tpl["spec"]["metrics"])
 
 

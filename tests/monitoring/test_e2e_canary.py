@@ -1,0 +1,274 @@
+"""The canary analysis for real (issue 15 item 4): a real Prometheus scrapes real model servers - the
+stable pods on version A and three canaries - under load from this test, and the AnalysisTemplate
+*rendered by components/rollouts.py* (its queries and successConditions, args substituted) is decided
+the way the Argo Rollouts controller decides an AnalysisRun (tests/monitoring/argo_analysis.py).
+
+- good: version B, trained like A on other real MNIST images -> the analysis passes (promote);
+- slow: version B on a server with a 400 ms batch wait (a real server option, a real misconfiguration)
+  -> fails on p99 latency (abort);
+- shuffled: a model trained on the same images with shuffled labels -> its predicted-class mix on the
+  same traffic is far from the stable one's -> fails on the class-mix PSI (abort).
+
+Each scrape target carries the labels the ServiceMonitor's relabeling gives a pod in the cluster
+(namespace, pod, rollouts_pod_template_hash): the queries can only tell the sides apart by them.
+Thresholds are config (CanaryConfig); this shared 2-core machine gets wider latency bounds than a
+cluster would (p99 ratio 3, floor 50 ms) and short windows (10 s windows, a measurement every 5 s, scrapes every 1 s).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.monitoring import argo_analysis as argo
+from tests.monitoring.test_e2e_alert import binary, query, wait_http
+from tests.serving.conftest import ROOT, ServerProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "ml-serving"
+# models.mnist.serving.canary as a stack file would set it.
+CANARY = {
+    "steps": [50],
+    "windowSeconds": 10,
+    "intervalSeconds": 5,
+    "failureLimit": 1,
+    "maxErrorRatioIncrease": 0.01,
+    "maxP99Ratio": 3,
+    "p99FloorMs": 50,
+    "maxClassPsi": 0.2,
+    "minClassSamples": 200,
+}
+RENDER = """
+import json, sys
+from components import rollouts
+from components.config import CanaryConfig
+canary = CanaryConfig.model_validate(json.loads(sys.argv[1]))
+print(json.dumps({
+    "template": rollouts.analysis_template("mnist", sys.argv[2], canary, prometheus_url=sys.argv[3]),
+    "hash_label": rollouts.POD_HASH_TARGET_LABEL,
+    "args": {"canary": rollouts.ARG_CANARY, "stable": rollouts.ARG_STABLE},
+    "metrics": {"errors": rollouts.METRIC_ERRORS, "latency": rollouts.METRIC_LATENCY, "classes": rollouts.METRIC_CLASSES},
+}))
+"""
+
+
+def render(prom_url: str) -> dict:
+    """The AnalysisTemplate as the Pulumi program renders it: components/rollouts.py runs in the program's
+    environment (.venv: Pulumi), this test in the TensorFlow one (.venv-ml)."""
+    py = ROOT / ".venv" / "bin" / "python"
+    if not py.exists():
+        pytest.fail("the program environment .venv is missing (make venv): it renders the AnalysisTemplate")
+    out = subprocess.run(
+        [str(py), "-c", RENDER, json.dumps(CANARY), NAMESPACE, prom_url], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+MEASUREMENTS = 3
+SLOW_BATCH_WAIT_MS = 400
+
+
+def train_version(path: Path, version: str, x: np.ndarray, y: np.ndarray, seed: int) -> Path:
+    """A small real classifier on real MNIST pixels, exported in the store's version layout."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1), name="images"), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[..., None], y, epochs=4, batch_size=64, verbose=0)
+    path.mkdir(parents=True)
+    model.export(str(path / "saved_model"), verbose=False)
+    (path / "metadata.json").write_text(json.dumps({"version": version}))
+    return path
+
+
+class Load:
+    """Per server, two client threads sending the same real test images in the same order."""
+
+    def __init__(self, urls: dict[str, str], images: np.ndarray, threads: int = 2):
+        self.bodies = [json.dumps({"instances": [img.round(3).tolist()]}).encode() for img in images]
+        self.codes: dict[str, dict[int, int]] = {name: {} for name in urls}
+        self.stop = threading.Event()
+        self.workers = [
+            threading.Thread(target=self._run, args=(name, url, t, threads), daemon=True)
+            for name, url in urls.items()
+            for t in range(threads)
+        ]
+
+    def _run(self, name: str, url: str, offset: int, step: int) -> None:
+        i = offset
+        while not self.stop.is_set():
+            req = urllib.request.Request(
+                f"{url}/v1/models/mnist:predict", self.bodies[i % len(self.bodies)], {"Content-Type": "application/json"}
+            )
+            try:
+                code = urllib.request.urlopen(req, timeout=10).status
+            except urllib.error.HTTPError as exc:
+                code = exc.code
+            except OSError:
+                code = 0
+            self.codes[name][code] = self.codes[name].get(code, 0) + 1
+            i += step
+            time.sleep(0.005)
+
+    def __enter__(self):
+        for w in self.workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for w in self.workers:
+            w.join(15)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, mnist_file):
+    tmp = tmp_path_factory.mktemp("canary")
+    prom_port = free_port()
+    prom = f"http://127.0.0.1:{prom_port}"
+    rendered = render(prom)
+    hash_label, arg = rendered["hash_label"], rendered["args"]
+    with np.load(mnist_file) as d:
+        x_train, y_train, x_test = d["x_train"][:4000] / 255.0, d["y_train"][:4000], d["x_test"][:2000] / 255.0
+    rng = np.random.default_rng(0)
+    store = tmp / "store" / "models" / "mnist"
+    # A and B: the same recipe on disjoint real images; C: B's images with their labels shuffled.
+    dirs = {
+        "v1": train_version(store / "v1", "v1", x_train[:2000], y_train[:2000], seed=1),
+        "v2": train_version(store / "v2", "v2", x_train[2000:], y_train[2000:], seed=2),
+        "v3": train_version(store / "v3", "v3", x_train[2000:], rng.permutation(y_train[2000:]), seed=3),
+    }
+    # The served version is pinned in the pod template (a version directory, not LATEST).
+    plan = {
+        "stable": ("v1", ()),
+        "good": ("v2", ()),
+        "slow": ("v2", ("--batch-timeout-ms", str(SLOW_BATCH_WAIT_MS))),
+        "shuffled": ("v3", ()),
+    }
+    servers = {
+        name: ServerProcess(f"file://{dirs[v]}", "--parse-workers", "0", "--poll-seconds", "0", *extra) for name, (v, extra) in plan.items()
+    }
+    prom_proc = None
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": [
+                {
+                    "job_name": "model-server",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{s.metrics_port}"],
+                            # What the ServiceMonitor's podTargetLabels/relabeling give each pod.
+                            "labels": {
+                                "namespace": NAMESPACE,
+                                "pod": f"model-server-mnist-{name}",
+                                hash_label: f"hash-{name}",
+                            },
+                        }
+                        for name, s in servers.items()
+                    ],
+                }
+            ],
+        }
+        (tmp / "prom.yaml").write_text(yaml.safe_dump(cfg))
+        prom_proc = subprocess.Popen(
+            [
+                binary("prometheus"),
+                f"--config.file={tmp / 'prom.yaml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_http(f"{prom}/-/ready")
+        template = rendered["template"]
+        analyses = {
+            name: argo.Analysis(template, {arg["canary"]: f"hash-{name}", arg["stable"]: "hash-stable"}, prom)
+            for name in ("good", "slow", "shuffled")
+        }
+        started = time.time()
+        with Load({n: s.url for n, s in servers.items()}, x_test) as load:
+            # initialDelay: the canary takes traffic for one window before it is judged.
+            time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["initialDelay"]))
+            log = []
+            for _ in range(MEASUREMENTS):
+                for name, analysis in analyses.items():
+                    log.append((name, analysis.measure()))
+                time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["interval"]))
+        for name, a in analyses.items():  # the figures, for the log (pytest -s)
+            print(f"canary {name}: {a.rollout_decision()}; " + "; ".join(f"{m} {r.phases} {r.values}" for m, r in a.results.items()))
+        print(f"requests per server: {load.codes}; load {time.time() - started:.0f} s")
+        yield {
+            "analyses": analyses,
+            "load": load,
+            "log": log,
+            "prom": prom,
+            "seconds": time.time() - started,
+            "hash_label": hash_label,
+            "metric": rendered["metrics"],
+        }
+    finally:
+        for s in servers.values():
+            s.stop()
+        if prom_proc is not None:
+            prom_proc.terminate()
+            prom_proc.wait(20)
+
+
+def rollouts_seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration  # the template writes every duration in seconds
+    return float(duration[:-1])
+
+
+def explain(fleet, name):
+    a = fleet["analyses"][name]
+    return f"{name}: metrics {a.metric_phases(True)}; measurements {[(m, r.phases, r.values) for m, r in a.results.items()]}; load {fleet['load'].codes}"
+
+
+def test_every_server_was_loaded_and_scraped_with_its_hash(fleet):
+    codes = fleet["load"].codes
+    for name in ("stable", "good", "slow", "shuffled"):
+        assert codes[name].get(200, 0) >= 30, codes
+        assert set(codes[name]) == {200}, codes
+        assert query(fleet["prom"], f'mlplatform_serving_predicted_class_total{{{fleet["hash_label"]}="hash-{name}"}}'), name
+
+
+def test_good_canary_passes(fleet):
+    a = fleet["analyses"]["good"]
+    assert a.rollout_decision() == "promote", explain(fleet, "good")
+    assert all(p == "Successful" for r in a.results.values() for p in r.phases), explain(fleet, "good")
+
+
+def test_slow_canary_is_aborted_on_latency(fleet):
+    a = fleet["analyses"]["slow"]
+    phases, metric = a.metric_phases(terminating=True), fleet["metric"]
+    assert a.rollout_decision() == "abort", explain(fleet, "slow")
+    assert phases[metric["latency"]] == "Failed", explain(fleet, "slow")
+    assert phases[metric["errors"]] == "Successful", explain(fleet, "slow")
+    # ~5 requests/s at a 400 ms batch wait: too few predictions to judge its class mix, not a failure.
+    assert "Failed" not in a.results[metric["classes"]].phases, explain(fleet, "slow")
+    assert min(v[0] for v in a.results[metric["latency"]].values) > CANARY["maxP99Ratio"]
+
+
+def test_canary_with_another_class_mix_is_aborted_on_the_quality_signal(fleet):
+    a = fleet["analyses"]["shuffled"]
+    phases, metric = a.metric_phases(terminating=True), fleet["metric"]
+    assert a.rollout_decision() == "abort", explain(fleet, "shuffled")
+    assert phases[metric["classes"]] == "Failed", explain(fleet, "shuffled")
+    assert phases[metric["latency"]] != "Failed" and phases[metric["errors"]] == "Successful", explain(fleet, "shuffled")
