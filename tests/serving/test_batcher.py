@@ -1,0 +1,92 @@
+"""The per-model batcher with a stand-in model (timing and grouping rules; real models are in test_models.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.batcher import Batcher
+from serving.codec import SignatureSpec, TensorSpec
+from serving.metrics import ServingMetrics
+from tests.serving.conftest import run
+
+
+class Sig:
+    def __init__(self, spec, fn):
+        self.spec, self.fn = spec, fn
+
+    def __call__(self, inputs):
+        return self.fn(inputs)
+
+
+def model_with(delay_s: float = 0.0, fixed_batch: bool = False):
+    """A stand-in model whose one signature sums each row; records the batch shapes it is called with."""
+    calls = []
+    batch = 1 if fixed_batch else None
+    spec = SignatureSpec("serving_default", (TensorSpec("x", "float32", (batch, None)),), (TensorSpec("y", "float32", (batch,)),))
+
+    def call(inputs):
+        calls.append(inputs["x"].shape)
+        time.sleep(delay_s)
+        return {"y": inputs["x"].sum(axis=1)}
+
+    return SimpleNamespace(version="v1", signatures={"serving_default": Sig(spec, call)}), calls
+
+
+def batcher(model, **kw) -> Batcher:
+    metrics = ServingMetrics(CollectorRegistry(), 64, ["m"])
+    return Batcher(lambda: model, kw.get("max_batch", 64), kw.get("wait_s", 0.02), kw.get("queue", 1024), metrics, "m")
+
+
+def test_timeout_answers_without_waiting_for_the_model_and_the_batch_still_completes():
+    model, calls = model_with(delay_s=0.3)
+
+    async def go():
+        b = batcher(model)
+        await b.start()
+        start = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1, timeout_s=0.05)
+        waited = time.perf_counter() - start
+        ok = await b.submit("serving_default", {"x": np.ones((2, 3), np.float32)}, 2, timeout_s=5)
+        await b.stop()
+        return waited, ok
+
+    waited, (out, version) = run(go())
+    assert waited < 0.25  # the client is answered at its deadline, not when the model returns
+    assert version == "v1" and out["y"].tolist() == [3.0, 3.0]
+    assert calls[0] == (1, 3)
+
+
+def test_requests_merge_only_with_the_same_per_instance_shape():
+    model, calls = model_with()
+
+    async def go():
+        b = batcher(model, wait_s=0.05)
+        await b.start()
+        xs = [np.ones((1, 3), np.float32), np.ones((2, 3), np.float32), np.ones((1, 5), np.float32), np.ones((1, 3), np.float32)]
+        outs = await asyncio.gather(*[b.submit("serving_default", {"x": x}, len(x)) for x in xs])
+        await b.stop()
+        return outs
+
+    outs = run(go())
+    assert [o[0]["y"].tolist() for o in outs] == [[3.0], [3.0, 3.0], [5.0], [3.0]]
+    assert sorted(calls) == [(1, 5), (4, 3)] or sorted(calls) == [(1, 3), (1, 5), (3, 3)], calls
+
+
+def test_a_signature_without_a_batch_dimension_is_called_per_request():
+    model, calls = model_with(fixed_batch=True)
+
+    async def go():
+        b = batcher(model, wait_s=0.05)
+        await b.start()
+        await asyncio.gather(*[b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1) for _ in range(4)])
+        await b.stop()
+
+    run(go())
+    assert calls == [(1, 3)] * 4
