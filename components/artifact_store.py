@@ -113,9 +113,12 @@ class ArtifactStore(pulumi.ComponentResource):
         self.bucket_arn = bucket.arn
         self.endpoint_url = None
 
-    def irsa_role(self, name: str, namespace: str, service_account: str, write: bool) -> pulumi.Output[str] | None:
+    def irsa_role(
+        self, name: str, namespace: str, service_account: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False
+    ) -> pulumi.Output[str] | None:
         """An IAM role that only ``namespace/service_account`` can assume, with read (or read-write)
-        access to this bucket only. None on the local stack (MinIO credentials instead)."""
+        access to this bucket only, under ``prefixes`` when given (aws_iam.s3_bucket_policy). None on
+        the local stack (MinIO credentials instead)."""
         args = self._args
         if not args.eks:
             return None
@@ -132,7 +135,7 @@ class ArtifactStore(pulumi.ComponentResource):
         )
         aws.iam.RolePolicy(
             f"{name}-policy",
-            aws.iam.RolePolicyArgs(role=role.id, policy=self.bucket_arn.apply(lambda arn: aws_iam.s3_bucket_policy(arn, write))),
+            aws.iam.RolePolicyArgs(role=role.id, policy=self.bucket_arn.apply(lambda arn: aws_iam.s3_bucket_policy(arn, write, prefixes, read_all))),
             opts=child,
         )
         return role.arn
@@ -233,11 +236,20 @@ def _secret_ref(key: str) -> k8s.core.v1.EnvVarSourceArgs:
 
 
 def store_service_account(
-    parent: pulumi.Resource, name: str, store: ArtifactStore, namespace: str, account: str, labels: dict[str, str], write: bool
+    parent: pulumi.Resource,
+    name: str,
+    store: ArtifactStore,
+    namespace: str,
+    account: str,
+    labels: dict[str, str],
+    write: bool,
+    prefixes: list[str] | None = None,
+    read_all: bool = False,
 ) -> k8s.core.v1.ServiceAccount:
     """The workload's ServiceAccount: on EKS annotated with an IRSA role limited to the store's bucket
-    (read, or read-write); never mounting an API token (our workloads do not talk to Kubernetes)."""
-    role_arn = store.irsa_role(f"{name}-store", namespace, account, write=write)
+    (read, or read-write; under ``prefixes`` when given); never mounting an API token (our workloads
+    do not talk to Kubernetes)."""
+    role_arn = store.irsa_role(f"{name}-store", namespace, account, write=write, prefixes=prefixes, read_all=read_all)
     return k8s.core.v1.ServiceAccount(
         f"{name}-sa",
         metadata=k8s.meta.v1.ObjectMetaArgs(

@@ -63,10 +63,27 @@ def cluster_autoscaler_policy(cluster_name: str) -> str:
     )
 
 
-def s3_bucket_policy(bucket_arn: str, write: bool) -> str:
-    """Access to one bucket only: read (list + get) and, when ``write``, put/delete objects."""
+def s3_bucket_policy(bucket_arn: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False) -> str:
+    """Access to one bucket only: read (list + get) and, when ``write``, put/delete objects.
+
+    ``prefixes`` (e.g. ``models/mnist/``) confine it to those key prefixes: one model's role cannot
+    read or overwrite another model's versions. ``read_all`` keeps reads bucket-wide (a training
+    run's data may live anywhere in it) while writes stay under ``prefixes``.
+    """
     actions = ["s3:GetObject"] + (["s3:PutObject", "s3:DeleteObject"] if write else [])
-    return _doc(
-        {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn},
-        {"Sid": "Objects", "Effect": "Allow", "Action": actions, "Resource": f"{bucket_arn}/*"},
-    )
+    if not prefixes:
+        return _doc(
+            {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn},
+            {"Sid": "Objects", "Effect": "Allow", "Action": actions, "Resource": f"{bucket_arn}/*"},
+        )
+    scoped = [f"{bucket_arn}/{p}*" for p in prefixes]
+    listing: dict = {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn}
+    if not read_all:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}}
+    statements = [
+        listing,
+        {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{bucket_arn}/*"] if read_all else scoped},
+    ]
+    if write:
+        statements.append({"Sid": "Write", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"], "Resource": scoped})
+    return _doc(*statements)

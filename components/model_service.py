@@ -160,7 +160,8 @@ class ModelService(pulumi.ComponentResource):
         def meta(suffix: str = "", extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
             return k8s.meta.v1.ObjectMetaArgs(name=obj + suffix, namespace=ns, labels={**selector, **(extra or {})})
 
-        sa = store_service_account(self, name, args.store, ns, obj, selector, write=False)
+        # Reads its own model's prefix only (training/artifacts.py: <root>/models/<name>/).
+        sa = store_service_account(self, name, args.store, ns, obj, selector, write=False, prefixes=[f"models/{model}/"])
         store_env = client_env(args.store)
         needs: list[pulumi.Resource] = [sa]
         self.api_key = None

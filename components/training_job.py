@@ -41,6 +41,11 @@ def object_name(model: str) -> str:
     return f"train-{model}"
 
 
+def store_prefixes(model: str) -> list[str]:
+    """Where ``model``'s runs write in the store: its versions and its checkpoints, nobody else's."""
+    return [f"models/{model}/", f"checkpoints/{model}/"]
+
+
 def labels(model: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": APP,
@@ -64,7 +69,7 @@ def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str 
         # The store root; the trainer publishes under <root>/models/<model name>/ (the model's prefix).
         {"name": "TRAIN_OUTPUT", "value": store_uri},
         {"name": "TRAIN_MODEL_NAME", "value": model},
-        {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/$(JOB_NAME)"},
+        {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/{model}/$(JOB_NAME)"},
         {"name": "TRAIN_ARCH", "value": cfg.arch},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
         {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)},
@@ -174,7 +179,8 @@ class TrainingJob(pulumi.ComponentResource):
         cfg, store, model = args.config, args.store, args.model
         obj, LABELS = object_name(model), labels(model)  # noqa: N806
         # Training never talks to the Kubernetes API; it writes models and checkpoints to the store.
-        sa = store_service_account(self, name, store, args.namespace, obj, LABELS, write=True)
+        # Writes only its own model's versions and checkpoints; reads the bucket (its data may be anywhere in it).
+        sa = store_service_account(self, name, store, args.namespace, obj, LABELS, write=True, prefixes=store_prefixes(model), read_all=True)
         store_env = client_env(store)
         pod = pulumi.Output.all(args.image, store.uri).apply(
             lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)

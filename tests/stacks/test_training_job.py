@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 
 import yaml
@@ -119,7 +120,60 @@ def test_bucket_hardened_and_role_scoped(stack, result):
     assert ver.inputs["versioningConfiguration"]["status"] == "Enabled"
     assert result.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-mnist-training-store-policy").inputs["policy"])
-    resources = {s["Resource"] for s in policy["Statement"]}
+    resources = {r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
     assert all(r.startswith(f"arn:aws:s3:::{bucket.name}-") for r in resources), resources  # this bucket, nothing else
     trust = json.loads(result.one("aws:iam/role:Role", "mlplatform-mnist-training-store-role").inputs["assumeRolePolicy"])
     assert "system:serviceaccount:ml-training:train-mnist" in trust["Statement"][0]["Condition"]["StringEquals"].values()
+
+
+def allowed(policy: dict, action: str, bucket: str, key: str | None = None, prefix: str | None = None) -> bool:
+    """IAM's answer for one S3 request against an identity policy of Allow statements: the action
+    listed, the ARN matching a Resource (``*`` any run of characters), StringLike conditions met."""
+    arn = f"arn:aws:s3:::{bucket}" + (f"/{key}" if key is not None else "")
+    for st in policy["Statement"]:
+        resources = [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]
+        if st["Effect"] != "Allow" or action not in st["Action"] or not any(fnmatch.fnmatchcase(arn, r) for r in resources):
+            continue
+        like = st.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+        if like is None or (prefix is not None and any(fnmatch.fnmatchcase(prefix, p) for p in like)):
+            return True
+    return False
+
+
+def test_each_model_reaches_only_its_own_prefix():
+    """Serving reads its model's versions only; training writes its model's versions and checkpoints
+    only (and reads the bucket: its data may be anywhere in it)."""
+    from components.aws_iam import s3_bucket_policy
+    from components.training_job import store_prefixes
+
+    arn = "arn:aws:s3:::models-bucket"
+    serving = json.loads(s3_bucket_policy(arn, write=False, prefixes=["models/mnist/"]))
+    assert allowed(serving, "s3:GetObject", "models-bucket", "models/mnist/20260101T000000Z-abc/saved_model/saved_model.pb")
+    assert allowed(serving, "s3:ListBucket", "models-bucket", prefix="models/mnist/")
+    assert not allowed(serving, "s3:GetObject", "models-bucket", "models/fraud/LATEST")
+    assert not allowed(serving, "s3:GetObject", "models-bucket", "models/mnist-v2/LATEST")  # a name sharing the prefix
+    assert not allowed(serving, "s3:ListBucket", "models-bucket", prefix="models/")
+    assert not allowed(serving, "s3:PutObject", "models-bucket", "models/mnist/LATEST")
+    training = json.loads(s3_bucket_policy(arn, write=True, prefixes=store_prefixes("mnist"), read_all=True))
+    assert allowed(training, "s3:PutObject", "models-bucket", "models/mnist/LATEST")
+    assert allowed(training, "s3:PutObject", "models-bucket", "checkpoints/mnist/train-mnist-0123456789/epoch-1")
+    assert allowed(training, "s3:GetObject", "models-bucket", "data/mnist.npz")
+    assert not allowed(training, "s3:PutObject", "models-bucket", "models/fraud/LATEST")
+    assert not allowed(training, "s3:DeleteObject", "models-bucket", "checkpoints/fraud/train-fraud-1/epoch-1")
+    assert not allowed(
+        json.loads(s3_bucket_policy(arn, write=True, prefixes=store_prefixes("mnist"))), "s3:GetObject", "models-bucket", "x"
+    )
+
+
+def test_roles_on_every_eks_stack_are_scoped_to_the_model(stack, result):
+    if cfg(stack)["mlplatform:cluster"]["kind"] != "eks":
+        return
+    for model in cfg(stack)["mlplatform:models"]:
+        for part, write in (("training", True), ("serving", False)):
+            found = [r for r in result.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == f"mlplatform-{model}-{part}-store-policy"]
+            if not found:  # not every runtime has both parts
+                continue
+            policy = json.loads(found[0].inputs["policy"])
+            b = next(st["Resource"] for st in policy["Statement"] if st["Sid"] == "List").removeprefix("arn:aws:s3:::")
+            assert allowed(policy, "s3:PutObject" if write else "s3:GetObject", b, f"models/{model}/LATEST"), (model, part)
+            assert not allowed(policy, "s3:PutObject", b, "models/some-other-model/LATEST"), (model, part)
