@@ -20,7 +20,7 @@ import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from components.llm_config import LlmConfig, llm_rules
+from components.llm_config import LlmConfig, choose_pool, llm_rules
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
 NAMESPACE = "mlplatform"
@@ -279,7 +279,10 @@ class CanaryConfig(_Model):
     max_p99_ratio: float = Field(default=1.5, ge=1, le=100, description="canary p99 latency over the stable pods' p99, at most")
     p99_floor_ms: float = Field(default=10, gt=0, le=10000, description="the stable p99 is taken as at least this (tiny p99s are noise)")
     max_class_psi: float = Field(
-        default=0.2, gt=0, le=10, description="population stability index of the canary's predicted-class mix against the stable pods', at most"
+        default=0.2,
+        gt=0,
+        le=10,
+        description="population stability index of the canary's predicted-class mix against the stable pods', at most",
     )
     min_class_samples: int = Field(
         default=200,
@@ -563,24 +566,38 @@ def cpu_cores(quantity: str) -> float:
     return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
+def serving_reserved_gpus(cfg: PlatformConfig) -> dict[str, int]:
+    """GPUs per pool that LLM serving may take at its max replicas. Serving is not queued (a queued
+    replica would be a scale-up that waits behind training), so training's quota leaves them free."""
+    reserved: dict[str, int] = {}
+    for m in cfg.models.values():
+        if m.runtime == "vllm" and m.llm is not None and (pool := choose_pool(m.llm, cfg.gpu_pools)) is not None:
+            reserved[pool.name] = reserved.get(pool.name, 0) + m.llm.max_replicas * m.llm.gpus
+    return reserved
+
+
 def training_fit_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Iterator[tuple[str, str]]:
     """A run that can never be admitted (too many GPUs for a node, or for the pools or the quota)
     would wait in the queue forever: refuse it here instead."""
     need = t.workers * t.gpus
-    if t.gpus > 0 and cfg.gpu_pools:
+    # A pool with an unknown instance type is reported as such; its capacity cannot be judged.
+    known = all(it in GPU_COUNT for p in cfg.gpu_pools for it in p.instance_types)
+    if t.gpus > 0 and cfg.gpu_pools and known:
         per_node = {p.name: GPU_COUNT.get(p.instance_types[0], 0) for p in cfg.gpu_pools}
         fits = [p for p in cfg.gpu_pools if per_node[p.name] >= t.gpus]
+        reserved = serving_reserved_gpus(cfg)
         if not fits:
             yield (
                 f"{key}.training.gpus",
                 f"a worker's GPUs must fit one node: the largest GPU pool instance has {max(per_node.values())} (got gpus={t.gpus})",
             )
         else:
-            capacity = sum(p.max * per_node[p.name] for p in fits)
+            capacity = sum(max(0, p.max * per_node[p.name] - reserved.get(p.name, 0)) for p in fits)
             if need > capacity:
+                held = f", after {sum(reserved.values())} held for LLM serving" if reserved else ""
                 yield (
                     f"{key}.training.workers",
-                    f"workers x gpus = {need} GPUs, more than the GPU pools that fit a worker hold at their max size ({capacity})",
+                    f"workers x gpus = {need} GPUs, more than the GPU pools that fit a worker hold at their max size ({capacity}{held})",
                 )
     if t.gpus > 0 and cfg.queue.gpu_quota is not None and need > cfg.queue.gpu_quota:
         yield (

@@ -72,12 +72,13 @@ def pool_gpus(pool: GpuPool) -> int:
     return pool.max * pool.gpus_per_node
 
 
-def gpu_quotas(pools: list[GpuPool], quota: int | None = None) -> dict[str, int]:
-    """Nominal GPU quota per pool flavor: the pool's capacity, or a configured stack-wide lower quota
-    given to the pools in order (the first pool listed is the preferred one)."""
+def gpu_quotas(pools: list[GpuPool], quota: int | None = None, reserved: dict[str, int] | None = None) -> dict[str, int]:
+    """Nominal GPU quota per pool flavor: the pool's capacity less what LLM serving may hold there
+    (``reserved``), or a configured stack-wide lower quota given to the pools in order (the first
+    pool listed is the preferred one)."""
     out, left = {}, quota
     for pool in pools:
-        cap = pool_gpus(pool)
+        cap = max(0, pool_gpus(pool) - (reserved or {}).get(pool.name, 0))
         out[flavor_name(pool)] = cap if left is None else min(cap, left)
         if left is not None:
             left -= out[flavor_name(pool)]
@@ -89,6 +90,7 @@ class QueueQuota:
     gpus: int | None = None  # None: the pools' capacity
     cpu: str = "32"
     memory: str = "128Gi"
+    reserved: dict[str, int] = field(default_factory=dict)  # pool -> GPUs LLM serving may hold
 
 
 def cluster_queue(name: str, namespace: str, pools: list[GpuPool], quota: QueueQuota) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def cluster_queue(name: str, namespace: str, pools: list[GpuPool], quota: QueueQ
                 # Flavor order is preference: the first pool listed (usually spot) is tried first.
                 "flavors": [
                     {"name": flavor, "resources": [{"name": GPU_RESOURCE, "nominalQuota": gpus}]}
-                    for flavor, gpus in gpu_quotas(pools, quota.gpus).items()
+                    for flavor, gpus in gpu_quotas(pools, quota.gpus, quota.reserved).items()
                 ],
             }
         )

@@ -10,7 +10,7 @@ from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from components.autoscaling import Keda, KedaArgs
 from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
-from components.config import Settings
+from components.config import Settings, serving_reserved_gpus
 from components.gateway import EntryPoint, EntryPointArgs
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -180,7 +180,7 @@ class Platform(pulumi.ComponentResource):
                 namespace=ns["queue"],
                 training_namespace=ns["training"],
                 gpu_pools=cfg.gpu_pools,
-                quota=QueueQuota(gpus=cfg.queue.gpu_quota, cpu=cfg.queue.cpu, memory=cfg.queue.memory),
+                quota=QueueQuota(gpus=cfg.queue.gpu_quota, cpu=cfg.queue.cpu, memory=cfg.queue.memory, reserved=serving_reserved_gpus(cfg)),
                 monitoring_release=self.monitoring_release,
             ),
             opts=self.in_namespaces,

@@ -188,6 +188,43 @@ def gpu_pods_target_gpu_nodes(r: Res) -> list[str]:
     return out
 
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def _batch_pods(r: Res) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(object labels, job spec, pod spec) of each job a batch workload submits: a Job, a CronJob's
+    job template, each replicated job of a JobSet."""
+    spec = r.props.get("spec") or {}
+    labels = (r.props.get("metadata") or {}).get("labels") or {}
+    if r.kind == "Job":
+        yield labels, spec, ((spec.get("template") or {}).get("spec")) or {}
+    elif r.kind == "CronJob":
+        tpl = spec.get("jobTemplate") or {}
+        job = tpl.get("spec") or {}
+        yield (tpl.get("metadata") or {}).get("labels") or {}, job, ((job.get("template") or {}).get("spec")) or {}
+    elif r.kind == "JobSet":
+        for rj in spec.get("replicatedJobs") or []:
+            job = (rj.get("template") or {}).get("spec") or {}
+            # Kueue admits a JobSet as one workload: the queue label sits on the JobSet itself.
+            yield labels, {"suspend": spec.get("suspend")}, ((job.get("template") or {}).get("spec")) or {}
+
+
+def gpu_jobs_queued(r: Res) -> list[str]:
+    """A batch workload that asks for GPUs waits in the stack's Kueue queue: created suspended, with
+    the queue label, so the queue (not whoever submits first) decides who gets the GPUs."""
+    if not r.type.startswith("kubernetes:") or r.kind not in ("Job", "CronJob", "JobSet"):
+        return []
+    out = []
+    for labels, job, pod in _batch_pods(r):
+        if not any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in containers(pod)):
+            continue
+        if not labels.get(QUEUE_LABEL):
+            out.append(f"requests {GPU_RESOURCE} but names no Kueue queue (label {QUEUE_LABEL})")
+        if job.get("suspend") is not True:
+            out.append(f"requests {GPU_RESOURCE} but is not created suspended (Kueue unsuspends it on admission)")
+    return sorted(set(out))
+
+
 def no_credentials_in_clear(r: Res) -> list[str]:
     """Credentials belong in Pulumi secrets / Kubernetes Secrets, never in env values, ConfigMaps
     or Helm values."""
@@ -527,6 +564,7 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
         gpu_pods_target_gpu_nodes,
         "a GPU pod without toleration/selector never schedules or scales the wrong pool",
     ),
+    "gpu-jobs-queued": (gpu_jobs_queued, "GPUs go to runs in queue order and within the stack's quota, not to whoever submits first"),
     "no-credentials-in-clear": (no_credentials_in_clear, "clear-text credentials leak through state, previews and kubectl describe"),
     "rbac-least-privilege": (rbac_least_privilege, "cluster-admin or */* turns any compromised pod into a cluster takeover"),
     "ecr-scan-and-immutable-tags": (ecr_hardened, "scan images for CVEs; an immutable tag always means the same image"),
@@ -642,6 +680,26 @@ def kubeconfig_secret(resources: list[Res]) -> list[tuple[str, str]]:
     ]
 
 
+# Our namespaces that may enforce Pod Security `privileged`, and why. Everything else is `restricted`
+# or `baseline`.
+PRIVILEGED_NAMESPACES = {
+    "node-exporter": "node-exporter alone: host network and PID namespace, /proc and /sys of the node",
+    "jenkins-builds": "rootless BuildKit alone: Unconfined seccomp/AppArmor for its user namespace (see jenkins.BUILDKITD_SECURITY)",
+}
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+
+
+def privileged_namespaces_allow_listed(resources: list[Res]) -> list[tuple[str, str]]:
+    out = []
+    for r in resources:
+        meta = r.props.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if r.kind == "Namespace" and labels.get(PART_OF[0]) == PART_OF[1] and labels.get(PSA_ENFORCE) == "privileged":
+            if meta.get("name") not in PRIVILEGED_NAMESPACES:
+                out.append((r.urn, f"namespace {meta.get('name')!r} enforces Pod Security `privileged` but is not on the allow-list"))
+    return out
+
+
 SERVING_KINDS = {"Deployment", "StatefulSet", "Rollout"}
 
 
@@ -676,26 +734,6 @@ def gpu_serving_sleeps_off_prod(resources: list[Res]) -> list[tuple[str, str]]:
             out.append((r.urn, f"{what} has no KEDA ScaledObject: it can never scale to zero"))
         elif spec.get("minReplicaCount", 0) != 0 and not any(t.get("type") == "cron" for t in spec.get("triggers") or []):
             out.append((r.urn, f"{what} keeps {spec['minReplicaCount']} replicas day and night: set minReplicas 0 or an awake schedule"))
-    return out
-
-
-# Our namespaces that may enforce Pod Security `privileged`, and why. Everything else is `restricted`
-# or `baseline`.
-PRIVILEGED_NAMESPACES = {
-    "node-exporter": "node-exporter alone: host network and PID namespace, /proc and /sys of the node",
-    "jenkins-builds": "rootless BuildKit alone: Unconfined seccomp/AppArmor for its user namespace (see jenkins.BUILDKITD_SECURITY)",
-}
-PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
-
-
-def privileged_namespaces_allow_listed(resources: list[Res]) -> list[tuple[str, str]]:
-    out = []
-    for r in resources:
-        meta = r.props.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        if r.kind == "Namespace" and labels.get(PART_OF[0]) == PART_OF[1] and labels.get(PSA_ENFORCE) == "privileged":
-            if meta.get("name") not in PRIVILEGED_NAMESPACES:
-                out.append((r.urn, f"namespace {meta.get('name')!r} enforces Pod Security `privileged` but is not on the allow-list"))
     return out
 
 

@@ -8,7 +8,7 @@ import copy
 import pytest
 import yaml
 
-from components import helm, kueue
+from components import config, helm, kueue
 from components.config import GPU_COUNT
 from tests.conftest import ROOT
 from tools import mock_engine
@@ -77,8 +77,12 @@ def test_gpu_quota_matches_the_pools(result, stack):
     quota = (cfg.get("mlplatform:queue") or {}).get("gpuQuota")
     flavors = groups[("nvidia.com/gpu",)]["flavors"]
     total = sum(f["resources"][0]["nominalQuota"] for f in flavors)
-    capacity = sum(p["max"] * GPU_COUNT[p["instanceTypes"][0]] for p in pools)
-    assert total == (capacity if quota is None else quota)
+    # what LLM serving may hold at its max replicas stays out of training's quota
+    reserved = config.serving_reserved_gpus(config.validate({k.removeprefix("mlplatform:"): v for k, v in cfg.items()}, stack))
+    capacity = sum(p["max"] * GPU_COUNT[p["instanceTypes"][0]] - reserved.get(p["name"], 0) for p in pools)
+    assert total == (capacity if quota is None else min(quota, capacity))
+    if any((m.get("runtime") == "vllm") for m in cfg["mlplatform:models"].values()):
+        assert reserved, f"{stack}: an LLM model reserves no GPUs"
     assert [f["name"] for f in flavors] == [f"gpu-{p['name']}" for p in pools]
     assert {r.raw["metadata"]["name"] for r in objects(result, "ResourceFlavor")} == {"default", *(f"gpu-{p['name']}" for p in pools)}
 
@@ -92,7 +96,7 @@ def _with_workers(stack, workers, gpus=None):
     return name, mock_engine.run(stack, overrides={"mlplatform:models": models})
 
 
-@pytest.mark.parametrize("target", ["local", "dev"])
+@pytest.mark.parametrize("target", ["local", "staging"])
 def test_multi_worker_run_is_one_indexed_job_with_a_headless_service(target):
     model, result = _with_workers(target, 2, gpus=0 if target == "local" else 1)
     jobs = [j for j in batch(result, "Job") if j.raw["metadata"]["labels"].get("mlplatform.io/model") == model]

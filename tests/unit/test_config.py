@@ -142,6 +142,43 @@ CASES = [
         "less than or equal to 1",
     ),
     (
+        "a worker needs more GPUs than any pool's node has",
+        {"models.mnist.training.gpus": 2},
+        "mlplatform:models.mnist.training.gpus:",
+        "must fit one node: the largest GPU pool instance has 1 (got gpus=2)",
+    ),
+    (
+        "workers x gpus beyond the pools' capacity",
+        {"models.mnist.training.workers": 7},
+        "mlplatform:models.mnist.training.workers:",
+        # 6 GPUs at max size, 2 of them held for the LLM's replicas
+        "workers x gpus = 7 GPUs, more than the GPU pools that fit a worker hold at their max size (4, after 2 held for LLM serving)",
+    ),
+    (
+        "queue quota above the pools' capacity",
+        {"queue": {"gpuQuota": 10}},
+        "mlplatform:queue.gpuQuota:",
+        "must not exceed the GPU pools' capacity",
+    ),
+    (
+        "a run bigger than the queue's GPU quota",
+        {"queue": {"gpuQuota": 2}, "models.mnist.training.workers": 3},
+        "mlplatform:models.mnist.training.workers:",
+        "more than queue.gpuQuota (2)",
+    ),
+    (
+        "a run bigger than the queue's CPU quota",
+        {"queue": {"cpu": "4"}, "models.mnist.training.workers": 3},
+        "mlplatform:models.mnist.training.workers:",
+        "3 workers request 6 CPUs, more than queue.cpu (4)",
+    ),
+    (
+        "workers must be positive",
+        {"models.mnist.training.workers": 0},
+        "mlplatform:models.mnist.training.workers:",
+        "greater than or equal to 1",
+    ),
+    (
         "ecr on a kubeconfig cluster",
         {"cluster.kind": "kubeconfig", "gpuPools": [], "models.mnist.training.gpus": 0, "models.chat": DELETE},
         "mlplatform:registry.kind:",

@@ -56,6 +56,12 @@ def test_a_configured_lower_quota_fills_the_preferred_pool_first():
     assert kueue.gpu_quotas([SPOT, BIG], quota=2) == {"gpu-gpu-spot": 2, "gpu-gpu-big": 0}
 
 
+def test_llm_serving_gpus_are_kept_out_of_the_training_quota():
+    # an LLM that may hold 2 GPUs of the spot pool at its max replicas
+    assert kueue.gpu_quotas([SPOT, BIG], reserved={"gpu-spot": 2}) == {"gpu-gpu-spot": 1, "gpu-gpu-big": 8}
+    assert kueue.gpu_quotas([SPOT], reserved={"gpu-spot": 5}) == {"gpu-gpu-spot": 0}
+
+
 def test_cluster_queue_covers_what_training_pods_request():
     cq = kueue.cluster_queue(kueue.CLUSTER_QUEUE, "ml-training", [SPOT, BIG], kueue.QueueQuota(cpu="16", memory="64Gi"))
     groups = cq["spec"]["resourceGroups"]

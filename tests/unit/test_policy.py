@@ -255,3 +255,30 @@ def test_kubeconfig_must_be_secret():
     clear = Res("pulumi:providers:kubernetes", {"kubeconfig": '{"apiVersion": "v1"}'}, urn="urn:p")
     assert rules.kubeconfig_secret([clear]) == [("urn:p", "the Kubernetes provider's kubeconfig is not a secret")]
     assert rules.kubeconfig_secret([Res("pulumi:providers:kubernetes", {"kubeconfig": "[secret]"})]) == []
+
+
+def _gpu_job(kind="Job", labels=None, suspend=True, gpus=1):
+    pod = copy.deepcopy(GOOD_POD)
+    if gpus:
+        pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = gpus
+    job = {"suspend": suspend, "template": {"spec": pod}}
+    meta = {"name": "train", "labels": labels or {}}
+    if kind == "Job":
+        props = {"kind": "Job", "metadata": meta, "spec": job}
+    elif kind == "CronJob":
+        props = {"kind": "CronJob", "metadata": {"name": "train"}, "spec": {"jobTemplate": {"metadata": meta, "spec": job}}}
+    else:
+        props = {"kind": "JobSet", "metadata": meta, "spec": {"suspend": suspend, "replicatedJobs": [{"name": "w", "template": {"spec": job}}]}}
+    return Res(f"kubernetes:batch/v1:{kind}", props, urn=f"urn:{kind}")
+
+
+QUEUED = {"kueue.x-k8s.io/queue-name": "training"}
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob", "JobSet"])
+def test_gpu_jobs_go_through_a_queue(kind):
+    assert any("names no Kueue queue" in m for m in rules.gpu_jobs_queued(_gpu_job(kind)))
+    assert any("not created suspended" in m for m in rules.gpu_jobs_queued(_gpu_job(kind, QUEUED, suspend=False)))
+    assert rules.gpu_jobs_queued(_gpu_job(kind, QUEUED)) == []
+    # CPU runs are not the GPU policy's business (they are queued by the program all the same)
+    assert rules.gpu_jobs_queued(_gpu_job(kind, gpus=0, suspend=False)) == []
