@@ -63,14 +63,16 @@ def rendered(tmp_path: Path) -> dict[tuple[str, str], dict]:
 
 
 def tf_scaling(objs: dict) -> tuple[dict, dict, dict[str, str]]:
-    """(ScaledObject, its target Deployment, the labels Prometheus gives that Deployment's targets)
+    """(ScaledObject, its target Deployment/Rollout, the labels Prometheus gives its targets)
     of our TF server. The labels are what prometheus-operator's relabeling makes of the rendered
     ServiceMonitor and the Service it selects: namespace, job (the Service label named by
     ``jobLabel``, else the Service's name), each ``targetLabels`` entry under its sanitized name."""
     for (kind, _), so in objs.items():
-        if kind != "ScaledObject" or so["spec"]["scaleTargetRef"].get("kind", "Deployment") != "Deployment":
+        target = so["spec"]["scaleTargetRef"] if kind == "ScaledObject" else {}
+        # a Deployment, or an Argo Rollout with its pod template inline (the delivery issue's)
+        if target.get("kind", "Deployment") not in ("Deployment", "Rollout"):
             continue
-        dep = objs.get(("Deployment", so["spec"]["scaleTargetRef"]["name"]))
+        dep = objs.get((target.get("kind", "Deployment"), target.get("name")))
         if not dep or not any(c["name"] == "model-server" for c in dep["spec"]["template"]["spec"]["containers"]):
             continue
         ns, pod_labels = so["metadata"]["namespace"], dep["spec"]["template"]["metadata"]["labels"]
