@@ -63,7 +63,7 @@ def each_llm(llm_stack, result):
 
 def test_gpu_placement_on_a_pool_that_fits(llm_stack, res):
     pools = {p["name"]: p for p in stack_doc(llm_stack).get("mlplatform:gpuPools", [])}
-    for name, llm, sts in each_llm(llm_stack, res):
+    for _, llm, sts in each_llm(llm_stack, res):
         pod = sts.raw["spec"]["template"]["spec"]
         gpus = llm.get("gpus", 1)
         (c,) = pod["containers"]
