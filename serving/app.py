@@ -222,7 +222,9 @@ class ModelServer:
                 doc["models"] = {n: (m.model.version if m.model else None) for n, m in self.models.items()}
             await self._json(send, "", "health", 200 if ready else 503, doc)
         elif path == "/v2":
-            await self._json(send, "", "metadata", 200, {"name": "mlplatform-serving", "version": "2", "extensions": []})
+            await self._json(
+                send, "", "metadata", 200, {"name": "mlplatform-serving", "version": "2", "extensions": ["binary_tensor_data"]}
+            )
         else:
             hint = " (metrics are on the metrics port)" if path == "/metrics" else ""
             await self._json(send, "", "other", 404, {"error": f"not found: {path!r}{hint}"})
@@ -319,9 +321,10 @@ class ModelServer:
             loaded = served.model
             if loaded is None:
                 raise Unavailable(f"model {name!r} is not loaded yet")
+            header_length = _binary_header_length(scope) if v2 else None
             body, reserved = await self._read_body(scope, receive)
             try:
-                decoded = await self._decode(body, loaded.specs, v2)
+                decoded = await self._decode(body, loaded.specs, v2, header_length)
             finally:
                 del body
                 self._inflight_bytes -= reserved
@@ -334,12 +337,16 @@ class ModelServer:
             if v2:
                 if decoded.outputs:
                     outputs = {k: outputs[k] for k in decoded.outputs}
-                payload = codec.encode_v2(name, used, outputs, decoded.request_id)
+                payload, header_length = codec.encode_v2(name, used, outputs, decoded.request_id, decoded.binary_outputs)
             else:
-                payload = codec.encode_tfs(outputs, decoded.row_format, used)
+                payload, header_length = codec.encode_tfs(outputs, decoded.row_format, used), None
             served.m_ok.inc()
             served.m_predict_seconds.observe(time.perf_counter() - start)
-            await _respond(send, 200, payload)
+            if header_length is None:
+                await _respond(send, 200, payload)
+            else:
+                extra = [(b"inference-header-content-length", str(header_length).encode())]
+                await _respond(send, 200, payload, b"application/octet-stream", extra)
             return
         except ServingError as exc:
             status, headers = status_of(exc)
@@ -387,16 +394,16 @@ class ModelServer:
             self._inflight_bytes -= reserve
             raise
 
-    async def _decode(self, body: bytes, specs: dict, v2: bool) -> codec.Decoded:
+    async def _decode(self, body: bytes, specs: dict, v2: bool, header_length: int | None = None) -> codec.Decoded:
         parse = codec.parse_v2 if v2 else codec.parse_tfs
-        max_batch = self.settings.max_batch_size
-        if len(body) < self.settings.offload_body_bytes:
-            return parse(body, specs, max_batch)
+        args = (body, specs, self.settings.max_batch_size) + ((header_length,) if v2 else ())
+        if len(body) < self.settings.offload_body_bytes or (header_length is not None and header_length < self.settings.offload_body_bytes):
+            return parse(*args)  # small JSON (binary tensors cost no parsing)
         # Decoding megabytes of JSON holds the GIL for hundreds of ms: in another process, the event
         # loop (health checks, small requests) keeps running.
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, parse, body, specs, max_batch)
+            return await loop.run_in_executor(self._pool, parse, *args)
         except BrokenProcessPool:
             # the worker died (killed, out of memory): start a new one for the next request
             log.error("parse worker died; starting a new one")
@@ -413,6 +420,16 @@ class ModelServer:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _binary_header_length(scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"inference-header-content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise codec.BadRequest("Inference-Header-Content-Length must be an integer") from None
+    return None
 
 
 def _tfs_status(loaded: model_lib.LoadedModel | None) -> dict:

@@ -205,6 +205,7 @@ class Decoded:
     row_format: bool = True
     outputs: tuple[str, ...] = ()  # v2: the outputs asked for (empty: all)
     request_id: str | None = None
+    binary_outputs: frozenset[str] | bool = frozenset()  # v2 binary extension: these (True: all) as raw bytes
 
 
 def parse_tfs(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) -> Decoded:
@@ -312,7 +313,16 @@ def encode_tfs(outputs: dict[str, np.ndarray], row_format: bool, version: str) -
 # ---- Open Inference Protocol v2 ----
 
 
-def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) -> Decoded:
+def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int, header_length: int | None = None) -> Decoded:
+    """An Open Inference Protocol infer body. With ``header_length`` (the Inference-Header-Content-Length
+    header of the binary tensor data extension) the JSON is the first ``header_length`` bytes and inputs
+    with ``parameters.binary_data_size`` take their data, in order, from the bytes after it."""
+    binary = b""
+    if header_length is not None:
+        if not 0 <= header_length <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes")
+        body, binary = body[:header_length], memoryview(body)[header_length:]
+    offset = 0
     doc = _loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise BadRequest('body must be a JSON object with "inputs": [{"name", "shape", "datatype", "data"}, ...]')
@@ -324,9 +334,11 @@ def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) 
     names = sig.input_names()
     inputs: dict[str, np.ndarray] = {}
     for i, t in enumerate(doc["inputs"]):
-        if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= t.keys():
-            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
-        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+        tparams = t.get("parameters") if isinstance(t, dict) else None
+        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+        if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= t.keys() or ("data" not in t and size is None):
+            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data (or parameters.binary_data_size)")
+        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t.get("data")
         if not isinstance(name, str):
             raise BadRequest(f"inputs[{i}].name must be a string")
         if name in inputs:
@@ -340,18 +352,29 @@ def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) 
             raise BadRequest(f"{where}: shape must be a list of non-negative integers")
         if sig.batched and shape and shape[0] > max_batch:
             raise BadRequest(f"{where}: {shape[0]} instances exceed the limit of {max_batch} per request: split the batch")
-        if not isinstance(data, list):
-            data = [data]
-        flat = _flatten(data, where)
-        if len(flat) != math.prod(shape):
-            raise BadRequest(f"{where}: {len(flat)} data elements do not fill shape {shape}")
-        arr = to_array(flat, TensorSpec(name, spec.dtype, (None,)), where, batched=False).reshape(shape)
+        if size is not None:
+            if header_length is None:
+                raise BadRequest(f"{where}: binary_data_size without an Inference-Header-Content-Length header")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise BadRequest(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
+            arr = _from_binary(binary[offset : offset + size], spec.dtype, shape, where)
+            offset += size
+        else:
+            if not isinstance(data, list):
+                data = [data]
+            flat = _flatten(data, where)
+            if len(flat) != math.prod(shape):
+                raise BadRequest(f"{where}: {len(flat)} data elements do not fill shape {shape}")
+            arr = to_array(flat, TensorSpec(name, spec.dtype, (None,)), where, batched=False).reshape(shape)
         inputs[name] = _check(arr, spec, where)
         if sig.batched and arr.shape[0] == 0:
             raise BadRequest(f"{where}: empty batch")
     missing = sorted(set(names) - inputs.keys())
     if missing:
         raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes after the JSON header belong to no input's binary_data_size")
+    binary_out: frozenset[str] | bool = isinstance(params, dict) and params.get("binary_data_output") is True
     wanted = ()
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in doc["outputs"]):
@@ -361,10 +384,49 @@ def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) 
         for o in wanted:
             if o not in out_names:
                 raise BadRequest(f"unknown output {o!r}: signature {sig.name!r} has outputs {out_names}")
+        if binary_out is False:
+            binary_out = frozenset(
+                o["name"] for o in doc["outputs"] if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+            )
     rid = doc.get("id")
     return Decoded(
-        sig_name, inputs, _batch_size(inputs, sig), row_format=False, outputs=wanted, request_id=rid if isinstance(rid, str) else None
+        sig_name,
+        inputs,
+        _batch_size(inputs, sig),
+        row_format=False,
+        outputs=wanted,
+        request_id=rid if isinstance(rid, str) else None,
+        binary_outputs=binary_out or frozenset(),
     )
+
+
+def _from_binary(raw: memoryview, dtype: str, shape: list[int], where: str) -> np.ndarray:
+    """Little-endian, row-major tensor bytes; BYTES elements as a 4-byte little-endian length + bytes;
+    BOOL as one byte 0 or 1 (the binary tensor data extension)."""
+    count = math.prod(shape)
+    if dtype == "string":
+        items, pos, raw = [], 0, bytes(raw)
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise BadRequest(f"{where}: BYTES element length cut off at byte {pos}")
+            (n,) = np.frombuffer(raw, "<u4", 1, pos)
+            pos += 4
+            if pos + int(n) > len(raw):
+                raise BadRequest(f"{where}: BYTES element of {int(n)} bytes runs past the binary data")
+            items.append(raw[pos : pos + int(n)])
+            pos += int(n)
+        if len(items) != count:
+            raise BadRequest(f"{where}: {len(items)} BYTES elements do not fill shape {shape}")
+        return np.array(items + [None], dtype=object)[:-1].reshape(shape)  # [None]: keep equal-length bytes as objects
+    item = np.dtype(dtype).itemsize
+    if len(raw) != count * item:
+        raise BadRequest(f"{where}: {len(raw)} binary bytes do not fill shape {shape} of {dtype} ({count * item} bytes)")
+    if dtype == "bool":
+        arr = np.frombuffer(raw, np.uint8)
+        if arr.size and arr.max() > 1:
+            raise BadRequest(f"{where}: BOOL elements must be bytes 0 or 1")
+        return arr.astype(bool).reshape(shape)
+    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
 
 
 def _check(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
@@ -393,16 +455,37 @@ def _flatten(data: list, where: str) -> list:
     return out
 
 
-def encode_v2(model: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
-    outs = []
+def encode_v2(
+    model: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None, binary: frozenset[str] | bool = frozenset()
+) -> tuple[bytes, int | None]:
+    """(body, JSON header length or None). Outputs named in ``binary`` (True: all) go as raw bytes after
+    the JSON, announced by ``parameters.binary_data_size``; the caller sends Inference-Header-Content-Length."""
+    outs, tail = [], []
     for name, arr in outputs.items():
         dtype = "string" if arr.dtype == object else arr.dtype.name
-        data = [x.decode(errors="replace") for x in arr.reshape(-1)] if arr.dtype == object else arr.reshape(-1)
-        outs.append({"name": name, "datatype": DTYPES[dtype][1], "shape": list(arr.shape), "data": data})
+        out = {"name": name, "datatype": DTYPES[dtype][1], "shape": list(arr.shape)}
+        if binary is True or name in binary:
+            raw = _to_binary(arr)
+            out["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            out["data"] = [x.decode(errors="replace") for x in arr.reshape(-1)] if arr.dtype == object else arr.reshape(-1)
+        outs.append(out)
     doc = {"model_name": model, "model_version": version, "outputs": outs}
     if request_id is not None:
         doc["id"] = request_id
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not tail:
+        return head, None
+    return head + b"".join(tail), len(head)
+
+
+def _to_binary(arr: np.ndarray) -> bytes:
+    if arr.dtype == object:
+        return b"".join(len(x).to_bytes(4, "little") + x for x in arr.reshape(-1))
+    if arr.dtype == bool:
+        return arr.astype(np.uint8).tobytes()
+    return np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
 
 
 # ---- metadata documents ----

@@ -10,6 +10,7 @@ import threading
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -304,3 +305,125 @@ def test_concurrent_requests_batch_per_model_without_mixing(client, reference):
         assert reg.get_sample_value(m.BATCH_SIZE + "_sum", {"model": k}) - before[k] == 24
         assert reg.get_sample_value(m.BATCH_SIZE + "_count", {"model": k}) - calls_before[k] < 24  # merged
         assert reg.get_sample_value(m.REQUESTS, {"model": k, "route": "predict", "code": "200"}) >= 24
+
+
+# ---- the binary tensor data extension (Open Inference Protocol, as Triton and KServe clients send it) ----
+
+
+def binary_request(header: dict, *tensors: bytes, outputs=None) -> tuple[bytes, dict]:
+    head = orjson.dumps({**header, **({"outputs": outputs} if outputs else {})})
+    return head + b"".join(tensors), {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+def split_binary(r: httpx.Response) -> tuple[dict, dict[str, bytes]]:
+    import json
+
+    n = int(r.headers["inference-header-content-length"])
+    doc, raw, out, pos = json.loads(r.content[:n]), r.content[n:], {}, 0
+    for o in doc["outputs"]:
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            out[o["name"]] = raw[pos : pos + size]
+            pos += size
+    assert pos == len(raw)
+    return doc, out
+
+
+def bytes_elements(arr) -> bytes:
+    return b"".join(len(x).to_bytes(4, "little") + x for x in arr)
+
+
+def test_binary_inputs_and_outputs_equal_the_json_path(client, reference):
+    want = reference("tabular", features=FEATURES, category=CATEGORY)
+    header = {
+        "inputs": [
+            {"name": "features", "shape": [3, 4], "datatype": "FP32", "parameters": {"binary_data_size": FEATURES.nbytes}},
+            {"name": "category", "shape": [3], "datatype": "INT64", "parameters": {"binary_data_size": CATEGORY.nbytes}},
+        ]
+    }
+    body, headers = binary_request(
+        header,
+        FEATURES.astype("<f4").tobytes(),
+        CATEGORY.astype("<i8").tobytes(),
+        outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "score"}],
+    )
+    r = client.request("POST", "/v2/models/tabular/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    doc, raw = split_binary(r)
+    outs = {o["name"]: o for o in doc["outputs"]}
+    probs = np.frombuffer(raw["probabilities"], "<f4").reshape(outs["probabilities"]["shape"])
+    close(probs, want["probabilities"])
+    close(outs["score"]["data"], want["score"])  # not asked as binary: JSON
+    as_json = client.request(
+        "POST",
+        "/v2/models/tabular/infer",
+        json={
+            "inputs": [
+                {"name": "features", "shape": [3, 4], "datatype": "FP32", "data": FEATURES.reshape(-1).tolist()},
+                {"name": "category", "shape": [3], "datatype": "INT64", "data": CATEGORY.tolist()},
+            ]
+        },
+    ).json()
+    json_probs = np.array(next(o for o in as_json["outputs"] if o["name"] == "probabilities")["data"], dtype=np.float32).reshape(3, 3)
+    np.testing.assert_array_equal(probs, json_probs)  # same float32 values, bit for bit
+
+
+def test_binary_strings_and_all_outputs_binary(client, reference):
+    want = reference("text", text=np.array(TEXT, dtype=object))
+    body, headers = binary_request(
+        {
+            "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(bytes_elements(TEXT))}}],
+            "parameters": {"binary_data_output": True},
+        },
+        bytes_elements(TEXT),
+    )
+    r = client.request("POST", "/v2/models/text/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    _, raw = split_binary(r)
+    close(np.frombuffer(raw["probs"], "<f4").reshape(3, 2), want["probs"])
+    assert np.frombuffer(raw["tokens"], "<i8").tolist() == want["tokens"].tolist()
+    assert raw["upper_bytes"] == bytes_elements(want["upper_bytes"])
+
+
+def test_mnist_binary_equals_json(client):
+    name = input_name(client, "mnist")
+    body, headers = binary_request(
+        {"inputs": [{"name": name, "shape": list(IMAGES.shape), "datatype": "FP32", "parameters": {"binary_data_size": IMAGES.nbytes}}]},
+        IMAGES.tobytes(),
+    )
+    binary = client.request("POST", "/v2/models/mnist/infer", content=body, headers=headers)
+    as_json = client.request("POST", "/v1/models/mnist:predict", json={"instances": IMAGES.tolist()})
+    assert binary.status_code == 200, binary.text
+    np.testing.assert_array_equal(
+        np.array(binary.json()["outputs"][0]["data"], np.float32).reshape(3, 10), np.array(as_json.json()["predictions"], np.float32)
+    )
+
+
+FEAT = {"name": "features", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+CAT_B = {"name": "category", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}}
+F16, C8 = np.ones(4, "<f4").tobytes(), np.ones(1, "<i8").tobytes()
+MALFORMED_BINARY = [
+    ("header longer than body", lambda: (b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}), "outside the body"),
+    ("not an integer", lambda: (b"{}", {"Inference-Header-Content-Length": "x"}), "must be an integer"),
+    ("size past the end", lambda: binary_request({"inputs": [FEAT, CAT_B]}, F16, C8[:4]), "does not fit"),
+    ("trailing bytes", lambda: binary_request({"inputs": [FEAT, CAT_B]}, F16, C8, b"xx"), "2 bytes after the JSON header"),
+    (
+        "size does not fill shape",
+        lambda: binary_request({"inputs": [{**FEAT, "parameters": {"binary_data_size": 12}}, CAT_B]}, F16[:12], C8),
+        "12 binary bytes do not fill shape [1, 4]",
+    ),
+    (
+        "binary without the header",
+        lambda: (orjson.dumps({"inputs": [FEAT, CAT_B]}), {}),
+        "without an Inference-Header-Content-Length",
+    ),
+]
+
+
+@pytest.mark.parametrize("what,make,reason", MALFORMED_BINARY, ids=[x[0] for x in MALFORMED_BINARY])
+def test_malformed_binary_is_400_with_reason(client, what, make, reason):
+    body, headers = make()
+    r = client.request("POST", "/v2/models/tabular/infer", content=body, headers=headers)
+    assert r.status_code == 400, (what, r.status_code, r.text)
+    assert reason in r.json()["error"], r.json()["error"]
