@@ -9,8 +9,10 @@ reads its run from the environment through this library and hands its result bac
     run = contract.Run.from_env("diabetes", gate=contract.Gate("test_r2", 0.40, label="test R^2"))
     with run.strategy.scope():                        # all local devices, and all workers
         model, state = run.restore(build_model)       # resumes from the last complete epoch
-    model.fit(data.batch(run.global_batch_size), epochs=run.epochs, initial_epoch=state.epoch,
-              callbacks=run.callbacks(state))
+                                                      # (compile with run.steps_per_execution)
+    stopped = run.train(model, data.batch(run.global_batch_size), state)  # epochs, callbacks, sharding
+    if stopped is not None:
+        return stopped                                # 143 SIGTERM / 75 peer lost: resumes on restart
     results = {"test_r2": r2}                         # held-out metrics, the gate's among them
     if not run.gate_passes(results, evaluate=score_stored_model):  # threshold, then the champion
         return contract.EXIT_GATE                     # nothing published, exit 3 fails the Job at once
@@ -65,6 +67,8 @@ EXIT_OK, EXIT_USAGE, EXIT_GATE, EXIT_PREEMPTED = 0, 2, 3, 143
 # A multi-worker run lost a peer (its collectives abort): retry; every worker resumes from the
 # last complete checkpoint. EX_TEMPFAIL from sysexits.h.
 EXIT_PEER_LOST = 75
+# Optimizer steps per compiled call on one device (measured for MNIST: -13 % epoch time on 2 cores).
+STEPS_PER_EXECUTION = 8
 log = logging.getLogger("training")
 
 
@@ -407,6 +411,48 @@ class Run:
         if self.replicas == 1:
             # Cross-replica reductions sum in arrival order: determinism is a single-replica promise.
             tf.config.experimental.enable_op_determinism()
+
+    @property
+    def steps_per_execution(self) -> int:
+        """Optimizer steps per compiled call to use in ``compile``: Keras' multi-step loop fails under
+        a distribution strategy (TF 2.21 / Keras 3.15: "You must feed a value for placeholder
+        tensor" in its has_next branch), so one there; several on one device (less Python per step)."""
+        return STEPS_PER_EXECUTION if self.replicas == 1 else 1
+
+    def shard(self, dataset):
+        """``dataset`` (batched by ``global_batch_size``) ready for this run's devices: with several
+        replicas, each worker reads its share of the elements (in-memory data has no files to split)."""
+        if self.replicas == 1:
+            return dataset
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(options)
+
+    def lost_peer(self, exc: BaseException) -> bool:
+        """``exc`` is a multi-worker collective that failed because another worker went away."""
+        return self.cluster.workers > 1 and peer_lost(exc)
+
+    def train(self, model, dataset, state: RunState, **fit_kwargs) -> int | None:
+        """``model.fit`` from the last complete epoch to ``epochs`` with the contract's callbacks.
+        None when training is complete; else the exit code to return: 143 stopped by SIGTERM, 75 a
+        peer worker was lost (both resume from the checkpoint)."""
+        try:
+            if state.epoch < self.epochs:
+                callbacks = self.callbacks(state) + list(fit_kwargs.pop("callbacks", []))
+                model.fit(self.shard(dataset), epochs=self.epochs, initial_epoch=state.epoch, callbacks=callbacks, **fit_kwargs)
+        except Exception as exc:
+            if self.lost_peer(exc):
+                log.error(
+                    "a peer worker was lost (%s): exiting for a restart from the checkpoint after epoch %d", type(exc).__name__, state.epoch
+                )
+                return EXIT_PEER_LOST
+            raise
+        if Stop.requested:
+            log.warning("stopped by SIGTERM after %d complete epochs; a restart resumes from the checkpoint", state.epoch)
+            return EXIT_PREEMPTED
+        return None
 
     # ---- checkpoints ----
 

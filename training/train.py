@@ -89,13 +89,11 @@ def _curve_png(history: dict[str, list[float]]) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tensorflow as tf
 
     from training import data, gate
     from training.model import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_LEARNING_RATE,
-        STEPS_PER_EXECUTION,
         build,
         eval_dataset,
         for_inference,
@@ -143,30 +141,16 @@ def run(args: argparse.Namespace) -> int:
 
     steps = -(-len(mnist.x_train) // run.global_batch_size)
     with strategy.scope():
-        # Keras' multi-step loop fails under a distribution strategy (TF 2.21 / Keras 3.15: "You must
-        # feed a value for placeholder tensor" in has_next): one step per call there.
-        spe = STEPS_PER_EXECUTION if run.replicas == 1 else 1
-        model, state = run.restore(lambda: build(args.arch, steps, args.epochs, run.learning_rate, precision, spe))
-    train = train_dataset(mnist.x_train, mnist.y_train, run.global_batch_size, args.seed)
-    test = eval_dataset(mnist.x_test, mnist.y_test)
-    if run.replicas > 1:
-        # In-memory arrays have no files to split: every worker reads its share of the elements.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train, test = train.with_options(options), test.with_options(options)
-
+        model, state = run.restore(lambda: build(args.arch, steps, args.epochs, run.learning_rate, precision, run.steps_per_execution))
+    stopped = run.train(model, train_dataset(mnist.x_train, mnist.y_train, run.global_batch_size, args.seed), state, verbose=2)
+    if stopped is not None:
+        return stopped
+    test = run.shard(eval_dataset(mnist.x_test, mnist.y_test))
     try:
-        if state.epoch < args.epochs:
-            model.fit(train, epochs=args.epochs, initial_epoch=state.epoch, verbose=2, callbacks=run.callbacks(state))
-        if contract.Stop.requested:
-            log.warning("stopped by SIGTERM after %d complete epochs; a restart resumes from the checkpoint", state.epoch)
-            return EXIT_PREEMPTED
         loss, accuracy = model.evaluate(test, verbose=0)
     except Exception as exc:
-        if run.cluster.workers > 1 and contract.peer_lost(exc):
-            log.error(
-                "a peer worker was lost (%s): exiting for a restart from the checkpoint after epoch %d", type(exc).__name__, state.epoch
-            )
+        if run.lost_peer(exc):
+            log.error("a peer worker was lost during evaluation (%s): exiting for a restart", type(exc).__name__)
             return contract.EXIT_PEER_LOST
         raise
     results = {"test_accuracy": float(accuracy), "test_loss": float(loss)}

@@ -145,23 +145,12 @@ def main() -> int:
         .shuffle(len(train), seed=run.seed, reshuffle_each_iteration=True)
         .batch(run.global_batch_size)
     )
-    if run.replicas > 1:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = ds.with_options(options)
     with strategy.scope():
         mean, variance = features[train].mean(axis=0), features[train].var(axis=0)
-        model, state = run.restore(lambda: build(mean, variance, hidden, run.learning_rate, 8 if run.replicas == 1 else 1))
-    try:
-        if state.epoch < run.epochs:
-            model.fit(ds, epochs=run.epochs, initial_epoch=state.epoch, verbose=0, callbacks=run.callbacks(state))
-    except Exception as exc:
-        if run.cluster.workers > 1 and contract.peer_lost(exc):
-            log.error("a peer worker was lost: exiting for a restart from the checkpoint after epoch %d", state.epoch)
-            return contract.EXIT_PEER_LOST
-        raise
-    if contract.Stop.requested:
-        return contract.EXIT_PREEMPTED
+        model, state = run.restore(lambda: build(mean, variance, hidden, run.learning_rate, run.steps_per_execution))
+    stopped = run.train(model, ds, state, verbose=0)
+    if stopped is not None:
+        return stopped  # 143 SIGTERM / 75 a peer worker was lost: a restart resumes from the checkpoint
 
     def score(candidate) -> dict[str, float]:
         """Held-out metrics of ``candidate`` (this run's model, or the champion's, for the gate)."""
