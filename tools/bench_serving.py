@@ -6,7 +6,9 @@ Trains the seed model for one epoch (or uses --model-dir), then measures with th
 (wrk, a separate C process; single-image :predict requests, 64 keep-alive connections, fixed duration):
 (a) Flask + model.predict per request (tools/naive_server.py), (b) our server (python -m serving),
 (c) the in-process limit: batched model calls of 64 images, no HTTP. The load generator's own ceiling
-is measured against a trivial endpoint (/healthz) of our server. The last line is one JSON object.
+is measured against a trivial endpoint (/healthz) of our server; ours is also measured with 64 images
+per JSON request and with single images as Open Inference Protocol binary tensors. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = """
 wrk.method = "POST"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*all"); f:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = "{content_type}"
+{extra}
 """
+
+
+def lua(path: Path, body: Path, content_type: str = "application/json", headers: dict | None = None) -> Path:
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    path.write_text(LUA.format(body=body, content_type=content_type, extra=extra))
+    return path
 
 
 def free_port() -> int:
@@ -129,11 +138,12 @@ def main() -> None:
     import numpy as np
 
     with np.load(args.data) as d:
-        image = (d["x_test"][0] / 255.0).round(4).tolist()
+        images = (d["x_test"][:64] / 255.0).round(4)  # float64: short JSON numbers, as clients send them
     body = tmp / "body.json"
-    body.write_text(json.dumps({"instances": [image]}))
-    script = tmp / "post.lua"
-    script.write_text(LUA.format(body=body))
+    body.write_text(json.dumps({"instances": [images[0].tolist()]}))
+    script = lua(tmp / "post.lua", body)
+    (tmp / "batch64.json").write_text(json.dumps({"instances": images.tolist()}))
+    batch_script = lua(tmp / "batch64.lua", tmp / "batch64.json")
 
     import tensorflow as tf
 
@@ -177,6 +187,9 @@ def main() -> None:
             results[name] = wrk(url, args.duration, args.connections, script)
             if name == "ours":
                 results["ceiling"] = wrk(f"http://127.0.0.1:{port}/healthz", args.duration, args.connections, None)
+                results["batch64"] = wrk(url, args.duration, args.connections, batch_script)
+                binary_script = _binary_script(tmp, f"http://127.0.0.1:{port}", images[:1])
+                results["binary"] = wrk(f"http://127.0.0.1:{port}/v2/models/mnist/infer", args.duration, args.connections, binary_script)
         finally:
             proc.terminate()
             proc.wait(60)
@@ -184,6 +197,12 @@ def main() -> None:
         print(
             f"({'a' if name == 'naive' else 'b'}) {name:5s}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}  {r['socket_errors']}",
             flush=True,
+        )
+    for key, what in [("batch64", "JSON, 64 images per request"), ("binary", "Open Inference Protocol binary tensors, 1 image")]:
+        r = results[key]
+        n = 64 if key == "batch64" else 1
+        print(
+            f"    ours, {what}: {r['rps']:.1f} req/s = {r['rps'] * n:.0f} images/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']}"
         )
     c = results["ceiling"]
     print(f"load generator ceiling (same server, trivial /healthz): {c['rps']:.1f} req/s, p99 {c['p99_ms']:.2f} ms", flush=True)
@@ -198,6 +217,10 @@ def main() -> None:
         "limit_images_per_s": round(limit),
         "ratio_vs_naive": round(ours["rps"] / naive["rps"], 1) if naive["rps"] else None,
         "fraction_of_limit": round(ours["rps"] / limit, 3),
+        "batch64_images_per_s": round(results["batch64"]["rps"] * 64),
+        "binary_rps": round(results["binary"]["rps"], 1),
+        "binary_p99_ms": round(results["binary"]["p99_ms"], 2),
+        "ceiling_rps": round(c["rps"], 1),
     }
     print(
         f"ratio vs naive {out['ratio_vs_naive']}x (target >= 200x), p99 {out['ours_p99_ms']} ms (target <= 25), "
@@ -205,6 +228,17 @@ def main() -> None:
     )
     print(json.dumps(out))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _binary_script(tmp: Path, base: str, image) -> Path:
+    """A v2 infer request with the image as raw little-endian float32 after the JSON header."""
+    with urllib.request.urlopen(f"{base}/v2/models/mnist", timeout=10) as r:  # noqa: S310 - our own loopback URL
+        name = json.loads(r.read())["inputs"][0]["name"]
+    head = json.dumps(
+        {"inputs": [{"name": name, "shape": [1, 28, 28, 1], "datatype": "FP32", "parameters": {"binary_data_size": image.size * 4}}]}
+    ).encode()
+    (tmp / "binary.bin").write_bytes(head + image.astype("<f4").tobytes())  # float32: the model's own dtype
+    return lua(tmp / "binary.lua", tmp / "binary.bin", "application/octet-stream", {"Inference-Header-Content-Length": len(head)})
 
 
 if __name__ == "__main__":
