@@ -133,6 +133,8 @@ class MonitoringArgs:
     client_namespaces: list[str]  # namespaces allowed to push to the Pushgateway (training)
     storage_class: str | None = None  # None: the cluster's default StorageClass
     node_exporter_namespace: str = NODE_EXPORTER_NAMESPACE
+    # Namespaces whose pods may query Prometheus' API (port 9090): KEDA's scalers read the queues there.
+    query_namespaces: tuple[str, ...] = ()
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -227,6 +229,19 @@ class Monitoring(pulumi.ComponentResource):
                         ],
                         "ports": [{"protocol": "TCP", "port": 9091}],
                     },
+                    *(
+                        [
+                            {
+                                "from": [
+                                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}}
+                                    for n in sorted(args.query_namespaces)
+                                ],
+                                "ports": [{"protocol": "TCP", "port": 9090}],
+                            }
+                        ]
+                        if args.query_namespaces
+                        else []
+                    ),
                 ],
                 # Prometheus scrapes kubelets and node-exporter on node IPs, Alertmanager reaches
                 # Slack/SMTP/webhooks: any port, but never the node's metadata service.

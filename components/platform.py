@@ -7,6 +7,7 @@ import pulumi_aws as aws
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from components.autoscaling import NAMESPACE as KEDA_NAMESPACE
 from components.autoscaling import Keda, KedaArgs
 from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
@@ -156,6 +157,8 @@ class Platform(pulumi.ComponentResource):
                     client_namespaces=[ns["training"]],
                     storage_class=self.cluster.storage_class,
                     node_exporter_namespace=ns["node-exporter"],
+                    # KEDA (created below) reads the model servers' queues from Prometheus
+                    query_namespaces=(KEDA_NAMESPACE,) if cfg.models else (),
                 ),
                 opts=self.in_namespaces,
             )
