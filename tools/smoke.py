@@ -58,7 +58,7 @@ def smoke(
         return False, f"model {model} is {state['state']}: {state['status']}"
     with np.load(data) as d:
         x, y = d["x_test"][:images] / 255.0, d["y_test"][:images]
-    correct = 0
+    correct, first = 0, None
     for i in range(0, len(x), 32):
         try:
             preds = _post(f"{base}/v1/models/{model}:predict", {"instances": x[i : i + 32].round(4).tolist()}, api_key=api_key)[
@@ -66,10 +66,38 @@ def smoke(
             ]
         except urllib.error.HTTPError as exc:
             return False, f"predict answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+        first = preds if first is None else first
         correct += int((np.argmax(preds, axis=1) == y[i : i + 32]).sum())
     accuracy = correct / len(x)
     ok = accuracy >= min_accuracy
-    return ok, f"version {state['version']}: accuracy {accuracy:.4f} on {len(x)} test images (required {min_accuracy:.4f})"
+    message = f"version {state['version']}: accuracy {accuracy:.4f} on {len(x)} test images (required {min_accuracy:.4f})"
+    problem = _binary_disagrees(base, model, x[: min(8, len(x))].round(4), np.asarray(first)[:8], api_key)
+    if problem:
+        return False, f"{message}; binary tensor path: {problem}"
+    return ok, message + "; binary tensor path agrees"
+
+
+def _binary_disagrees(base: str, model: str, x: np.ndarray, json_preds: np.ndarray, api_key: str | None) -> str | None:
+    """The same images as Open Inference Protocol binary tensors must get the JSON path's answers."""
+    try:
+        meta = _get(f"{base}/v2/models/{model}")
+        name, shape = meta["inputs"][0]["name"], [len(x), *meta["inputs"][0]["shape"][1:]]
+        raw = x.astype("<f4").tobytes()
+        head = json.dumps(
+            {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}]}
+        ).encode()
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        req = urllib.request.Request(f"{base}/v2/models/{model}/infer", data=head + raw, headers=headers)  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+            out = json.loads(r.read())["outputs"][0]
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        return f"request failed ({exc})"
+    got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    if got.shape != json_preds.shape or not np.allclose(got, json_preds, rtol=1e-4, atol=1e-5):
+        return "answers differ from the JSON path"
+    return None
 
 
 def is_openai(url: str) -> bool:

@@ -11,6 +11,7 @@ def test_smoke_passes_and_fails_on_accuracy(store, server_factory, small_mnist):
     s = server_factory(str(store))
     ok, message = smoke.smoke(f"{s.url}/v1/models/mnist", small_mnist, images=64, min_accuracy=0.0, wait_s=5)
     assert ok and message.startswith("version v1: accuracy") and "on 64 test images" in message
+    assert message.endswith("binary tensor path agrees")
     ok, message = smoke.smoke(s.url, small_mnist, images=64, min_accuracy=0.99, wait_s=5)
     assert not ok and "(required 0.9900)" in message
 
