@@ -40,15 +40,26 @@ def one(result, type_, name):
     return r
 
 
+def workload(result, name):
+    """The model's pods: a Rollout where Argo Rollouts runs the canary (stacks with monitoring), else a Deployment."""
+    (r,) = [
+        r
+        for r in result.of_type("kubernetes:argoproj.io/v1alpha1:Rollout") + result.of_type("kubernetes:apps/v1:Deployment")
+        if r.raw["metadata"]["name"] == name
+    ]
+    return r
+
+
 def container(result, model):
-    return one(result, "kubernetes:apps/v1:Deployment", object_name(model)).raw["spec"]["template"]["spec"]["containers"][0]
+    return workload(result, object_name(model)).raw["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_rollout_never_drops_capacity(result, stack):
     for model in models(stack):
-        dep = one(result, "kubernetes:apps/v1:Deployment", object_name(model))
+        dep = workload(result, object_name(model))
         spec = dep.raw["spec"]
-        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        strategy = spec["strategy"]["canary"] if "canary" in spec["strategy"] else spec["strategy"]["rollingUpdate"]
+        assert strategy["maxUnavailable"] == 0
         pod = spec["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS
         c = pod["containers"][0]
@@ -59,7 +70,7 @@ def test_rollout_never_drops_capacity(result, stack):
 
 def test_replicas_spread_over_zones_strictly_in_prod(result, stack):
     for model in models(stack):
-        pod = one(result, "kubernetes:apps/v1:Deployment", object_name(model)).raw["spec"]["template"]["spec"]
+        pod = workload(result, object_name(model)).raw["spec"]["template"]["spec"]
         spread = {t["topologyKey"]: t["whenUnsatisfiable"] for t in pod["topologySpreadConstraints"]}
         assert spread == {
             "topology.kubernetes.io/zone": "DoNotSchedule" if cfg(stack)["mlplatform:environment"] == "prod" else "ScheduleAnyway",
@@ -115,7 +126,8 @@ def test_scaled_on_its_queue_and_pdb(result, stack):
         (so,) = [r for r in result.k8s_objects() if r.raw["kind"] == "ScaledObject" and r.raw["metadata"]["name"] == object_name(model)]
         spec = so.raw["spec"]
         assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (serving["minReplicas"], serving["maxReplicas"])
-        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(model)}
+        # What runs the pods: the Rollout (components/rollouts.py), never a Deployment beside it.
+        assert spec["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": object_name(model)}
         (trigger,) = spec["triggers"]
         query = trigger["metadata"]["query"]
         assert "mlplatform_serving_queue_depth" in query and f'mlplatform_io_model="{model}"' in query, query
@@ -160,7 +172,7 @@ def test_model_urls_exported(result, stack):
     assert result.raw_outputs["serviceUrl"] == urls[next(iter(models(stack)))]
 
 
-def test_api_key_is_a_generated_secret_mounted_as_a_file():
+def test_api_key_is_a_generated_secret_mounted_as_a_file(_results):
     """models.<name>.serving.apiKey: a random key in a Secret (a Pulumi secret: never in clear in
     the synth), mounted read-only, its path in SERVING_API_KEYS_FILE; the key is a secret output."""
     catalogue = cfg("dev")["mlplatform:models"]
@@ -170,7 +182,7 @@ def test_api_key_is_a_generated_secret_mounted_as_a_file():
     assert secret.inputs["stringData"] == {"keys": "[secret]"}
     key = secret.raw["stringData"]["keys"].strip()
     assert len(key) == 40 and key in res.sensitive
-    pod = one(res, "kubernetes:apps/v1:Deployment", "model-server-mnist").raw["spec"]["template"]["spec"]
+    pod = workload(res, "model-server-mnist").raw["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert {e["name"]: e.get("value") for e in c["env"]}["SERVING_API_KEYS_FILE"] == API_KEYS_FILE
     mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
@@ -178,7 +190,7 @@ def test_api_key_is_a_generated_secret_mounted_as_a_file():
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "model-server-mnist-api-keys"
     assert res.outputs["models"]["mnist"]["apiKey"] == "[secret]"
     # ... and none of it where the key is off
-    base = mock_engine.run("dev")
+    base = _results["dev"] if "dev" in _results else _results.setdefault("dev", mock_engine.run("dev"))  # the cached dev render
     assert not [r for r in base.of_type("kubernetes:core/v1:Secret") if r.raw["metadata"]["name"].endswith("-api-keys")]
 
 
