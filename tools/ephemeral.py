@@ -45,17 +45,10 @@ def ephemeral_config(dev: dict[str, Any]) -> dict[str, Any]:
         for name, entry in (cfg.get("mlplatform:models") or {}).items()
     }
     cfg["mlplatform:gpuPools"] = [{**p, "min": 0, "desired": 0, "max": min(p.get("max", 1), 1)} for p in cfg.get("mlplatform:gpuPools", [])]
-    # One GPU node per pool, so one replica per LLM (config validation refuses more than a pool holds).
-    cfg["mlplatform:models"] = {
-        name: _one_llm_replica(entry) if entry.get("runtime") == "vllm" else entry for name, entry in cfg["mlplatform:models"].items()
-    }
+    # No LLMs: one would hold the pool's only GPU node (and download its weights) for every PR, and
+    # leave none for training. Their objects are checked by the preview, synth and tests instead.
+    cfg["mlplatform:models"] = {name: entry for name, entry in cfg["mlplatform:models"].items() if entry.get("runtime") != "vllm"}
     return cfg
-
-
-def _one_llm_replica(entry: dict[str, Any]) -> dict[str, Any]:
-    llm = dict(entry.get("llm") or {})
-    llm.update(maxReplicas=1, minReplicas=min(llm.get("minReplicas", 1), 1), replicas=min(llm.get("replicas", 1), 1))
-    return {**entry, "llm": llm}
 
 
 def ttl_hours(dev: dict[str, Any]) -> float:
