@@ -113,6 +113,9 @@ def flags(args: list[str]) -> list[str]:
 def env(llm: LlmConfig, hf_token_secret: str | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
+        # We run as a UID without a passwd entry: getpass.getuser() (torch's compile caches use it)
+        # reads USER first instead of failing on the lookup.
+        {"name": "USER", "value": "vllm"},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_DIR}/vllm"},
         # triton / flashinfer / torch JIT caches (under ~/.cache otherwise): on the volume too

@@ -103,6 +103,14 @@ def test_weights_cached_on_a_volume_kept_across_scale_to_zero():
     assert claim["spec"]["storageClassName"] == "gp3-zonal"
     env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_HOME"].startswith(llm_service.CACHE_DIR + "/")
+    assert env["VLLM_CACHE_ROOT"].startswith(llm_service.CACHE_DIR + "/")
+
+
+def test_runs_as_a_non_root_uid_that_needs_no_passwd_entry():
+    pod = sts()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == llm_service.UID
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["USER"] and env["HOME"] == "/tmp"  # getpass.getuser() and ~ without /etc/passwd
 
 
 def test_token_only_from_a_secret():
