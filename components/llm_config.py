@@ -119,6 +119,10 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
         yield f"{key}.llm.minReplicas", f"must be <= maxReplicas (got {llm.min_replicas} > {llm.max_replicas})"
     if not llm.min_replicas <= llm.replicas <= llm.max_replicas:
         yield f"{key}.llm.replicas", f"must be between minReplicas and maxReplicas (got {llm.replicas})"
+    model = key.removeprefix("models.")
+    if llm.from_store and f"/models/{model}/" not in llm.source + "/":
+        # The model's IAM role reads only its own prefix of the store (components/artifact_store.py).
+        yield f"{key}.llm.source", f"weights in the model store go under models/{model}/ (e.g. s3://<store bucket>/models/{model}/weights/)"
     if llm.min_replicas == 0 and llm.awake is None:
         # At zero replicas there is no vLLM to report its queue: nothing but a schedule wakes it.
         yield f"{key}.llm.minReplicas", "0 needs an awake schedule (llm.awake), or the model never starts again"

@@ -308,8 +308,12 @@ class LlmService(pulumi.ComponentResource):
                     opts=child,
                 )
             )
-        # Read-only access to the model store (weights streamed from s3://), nothing else.
-        depends.append(store_service_account(self, name, args.store, ns, obj, lab, write=False))
+        if llm.from_store:
+            # Weights streamed from the store: read-only, and only this model's prefix.
+            depends.append(store_service_account(self, name, args.store, ns, obj, lab, write=False, prefixes=[f"models/{model}/"]))
+        else:
+            # Weights from Hugging Face: no cloud credentials at all.
+            depends.append(k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=meta(), automount_service_account_token=False, opts=child))
         store_env = [e if isinstance(e, dict) else _env_dict(e) for e in client_env(args.store)] if llm.from_store else []
         service = k8s.core.v1.Service(
             f"{name}-service",

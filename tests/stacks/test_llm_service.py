@@ -154,3 +154,14 @@ def test_policies_pass(llm_stack, res):
         res_ = rules.Res(type=sts.type, props=sts.inputs, urn=sts.urn)
         for rule_name, (rule, _) in rules.RESOURCE_RULES.items():
             assert rule(res_) == [], (rule_name, sts.urn)
+
+
+def test_hugging_face_models_get_no_cloud_credentials(llm_stack, res):
+    accounts = objects(res, "ServiceAccount")
+    for name, llm, sts in each_llm(llm_stack, res):
+        if llm["source"].startswith("s3://"):
+            continue
+        sa = accounts[sts.raw["spec"]["template"]["spec"]["serviceAccountName"]]
+        assert "eks.amazonaws.com/role-arn" not in (sa.raw["metadata"].get("annotations") or {}), sa.urn
+        assert sa.raw["automountServiceAccountToken"] is False
+        assert not [r for r in res.of_type("aws:iam/role:Role") if f"-{name}-llm" in r.name], f"an IAM role for {name}"

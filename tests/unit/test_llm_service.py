@@ -27,7 +27,7 @@ FULL = LlmConfig(
     enablePrefixCaching=False,
     enforceEager=True,
 )
-STORE = LlmConfig(source="s3://mlplatform-dev-models/llm/qwen/")
+STORE = LlmConfig(source="s3://mlplatform-dev-models/models/qwen/weights/")
 
 
 def need_reference():
@@ -190,6 +190,13 @@ def test_zero_replicas_need_a_schedule_to_wake_up():
     assert errors(LlmConfig(source="o/m", minReplicas=0, replicas=0, awake=AwakeSchedule())) == {}
 
 
+def test_store_weights_under_the_models_prefix():
+    # the model's IAM role reads only models/<name>/ of the store
+    assert "models.qwen.llm.source" in errors(LlmConfig(source="s3://bucket/llm/qwen/"))
+    assert "models.qwen.llm.source" not in errors(LlmConfig(source="s3://bucket/models/qwen/weights/"))
+    assert "models.qwen.llm.source" in errors(LlmConfig(source="s3://bucket/models/qwen-v2/"))  # a look-alike prefix
+
+
 def test_unknown_pool_named():
     assert "no GPU pool named 'gpu-x'" in errors(LlmConfig(source="o/m", pool="gpu-x"))["models.qwen.llm.pool"]
 
@@ -209,4 +216,6 @@ def test_network_policy_admits_only_the_given_peers():
     assert spec["ingress"] == [{"from": [proxies], "ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
     assert llm_service.network_policy_spec("qwen")["ingress"] == [{"ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
     # Hugging Face / S3 over HTTPS, never the instance metadata service
-    assert {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]} in [p["ipBlock"] for r in spec["egress"] for p in r.get("to", []) if "ipBlock" in p]
+    assert {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]} in [
+        p["ipBlock"] for r in spec["egress"] for p in r.get("to", []) if "ipBlock" in p
+    ]
