@@ -66,7 +66,7 @@ class LlmConfig(_Strict):
     """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
 
     source: str = Field(
-        description="Hugging Face id (`Qwen/Qwen2.5-1.5B-Instruct`) or `s3://bucket/prefix/` with the weights (streamed by vLLM)"
+        description="Hugging Face id (`Qwen/Qwen2.5-1.5B-Instruct`) or `s3://<store bucket>/models/<name>/...` with the weights (streamed by vLLM)"
     )
     revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$", description="Hugging Face branch, tag or commit to pin")
     served_model_name: str | None = Field(
