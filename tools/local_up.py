@@ -319,7 +319,7 @@ class Local:
     # ---- commands ----
     def up(self) -> None:
         self.check_docker()
-        self.tools.mkdir(exist_ok=True)
+        self.tools.mkdir(parents=True, exist_ok=True)
         kind, pulumi = self.ensure_tool("kind"), self.ensure_tool("pulumi")
         self.ensure_registry()
         self.ensure_cluster(str(kind))
