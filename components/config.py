@@ -316,6 +316,12 @@ class ServingConfig(_Model):
     resources: Resources = Field(default=Resources(), description="container resources")
     api_key: bool = Field(default=False, description="require an API key on predict routes (a generated key in a Secret)")
     canary: CanaryConfig = Field(default=CanaryConfig(), description="canary rollout of a new version (Argo Rollouts)")
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="the model version served, pinned in the pod template: a change is a canary rollout (set by the pipeline's "
+        "promotion step); unset: the server follows the store's champion (LATEST) with no canary",
+    )
 
 
 class ModelConfig(_Model):

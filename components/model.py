@@ -20,6 +20,7 @@ from components.kueue import Kueue
 from components.llm_config import choose_pool
 from components.llm_service import LlmService, LlmServiceArgs, object_name
 from components.model_service import ModelService, ModelServiceArgs
+from components.rollouts import ArgoRollouts
 from components.training_job import TrainingJob, TrainingJobArgs
 
 # Stacks made before the catalogue had one model, MNIST, whose parts were children of the Platform
@@ -46,6 +47,7 @@ class ModelArgs:
     monitoring_release: pulumi.Resource | None = None
     queue: Kueue | None = None  # the stack's Kueue: training runs wait in its queue
     keda: Keda | None = None  # scales the servers on their queues (None: no Prometheus, CPU HPA)
+    rollouts: ArgoRollouts | None = None  # a new version reaches traffic through an analysed canary
     # runtime vllm: the pools it may run on, the Hugging Face token (a secret), the weights volumes' class
     gpu_pools: list[GpuPool] = field(default_factory=list)
     hf_token: pulumi.Input[str] | None = None
@@ -104,6 +106,7 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
             zone_spread_required=args.zone_spread_required,
             monitoring_release=args.monitoring_release,
             keda=args.keda,
+            rollouts=args.rollouts,
         ),
         opts=opts,
     )

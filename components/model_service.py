@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import autoscaling, gateway, scaling
+from components import autoscaling, gateway, rollouts, scaling
 from components.artifact_store import ArtifactStore, client_env, store_service_account
 from components.config import ServingConfig
 from components.namespaces import egress_except_metadata
@@ -145,6 +145,22 @@ class ModelServiceArgs:
     monitoring_release: pulumi.Resource | None = None
     # KEDA (components/autoscaling.py) scales on the queue; None (a stack without monitoring): CPU HPA.
     keda: autoscaling.Keda | None = None
+    # Argo Rollouts (components/rollouts.py): the pods run as a Rollout whose canary is analysed against
+    # the stable pods in Prometheus. None (no monitoring, nothing to analyse with): a Deployment.
+    rollouts: rollouts.ArgoRollouts | None = None
+
+
+def served_uri(store_uri: str, model: str, version: str | None) -> str:
+    """What the server loads: the pinned version's directory, or (unpinned) the store root, where it
+    follows the model's LATEST (the champion)."""
+    return f"{store_uri}/models/{model}/{version}" if version else store_uri
+
+
+def pin(spec: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """The served version on the pod template: changing it is a new template, i.e. a rollout."""
+    meta = spec["template"]["metadata"]
+    meta["annotations"] = {**meta.get("annotations", {}), rollouts.VERSION_ANNOTATION: version or "champion"}
+    return spec
 
 
 class ModelService(pulumi.ComponentResource):
@@ -176,16 +192,43 @@ class ModelService(pulumi.ComponentResource):
                     opts=child,
                 )
             )
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata=meta(),
-            spec=pulumi.Output.all(args.image, args.store.uri).apply(
-                lambda a: deployment_spec(model, a[0], cfg, a[1], store_env, args.zone_spread_required)
-            ),
-            # The HPA owns replicas once running; re-applying the configured count on every `up`
-            # would undo its scaling (and show as a diff).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=needs, ignore_changes=["spec.replicas"]),
+        pod_spec = pulumi.Output.all(args.image, args.store.uri).apply(
+            lambda a: pin(
+                deployment_spec(model, a[0], cfg, served_uri(a[1], model, cfg.version), store_env, args.zone_spread_required), cfg.version
+            )
         )
+        if args.rollouts is not None:
+            # A Rollout with the pod template inline (not workloadRef to a Deployment): one object holds
+            # the served version, the preview shows its change there, and KEDA scales what runs.
+            after_crds = pulumi.ResourceOptions(parent=self, depends_on=[args.rollouts.release])
+            template = rollouts.analysis_template(model, ns, cfg.canary)
+            k8s.apiextensions.CustomResource(
+                f"{name}-analysis",
+                api_version=rollouts.API_VERSION,
+                kind="AnalysisTemplate",
+                metadata=template["metadata"],
+                spec=template["spec"],
+                opts=after_crds,
+            )
+            workload_ref = {"apiVersion": rollouts.API_VERSION, "kind": "Rollout", "name": obj}
+            deployment = k8s.apiextensions.CustomResource(
+                f"{name}-rollout",
+                api_version=rollouts.API_VERSION,
+                kind="Rollout",
+                metadata=meta(),
+                spec=pod_spec.apply(lambda spec: rollouts.rollout(obj, ns, selector, spec, model, cfg.canary)["spec"]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*needs, args.rollouts.release], ignore_changes=["spec.replicas"]),
+            )
+        else:
+            workload_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj}
+            deployment = k8s.apps.v1.Deployment(
+                f"{name}-deployment",
+                metadata=meta(),
+                spec=pod_spec,
+                # The HPA owns replicas once running; re-applying the configured count on every `up`
+                # would undo its scaling (and show as a diff).
+                opts=pulumi.ResourceOptions(parent=self, depends_on=needs, ignore_changes=["spec.replicas"]),
+            )
         k8s.core.v1.Service(
             f"{name}-service",
             metadata=meta(),
@@ -235,7 +278,7 @@ class ModelService(pulumi.ComponentResource):
                 ns,
                 selector,
                 scaling.scaled_object_spec(
-                    {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
+                    workload_ref,
                     cfg.min_replicas,
                     cfg.max_replicas,
                     scaling.tf_queue_query(ns, APP, {scaling.target_label(MODEL_LABEL): model}),
@@ -249,7 +292,7 @@ class ModelService(pulumi.ComponentResource):
                 f"{name}-hpa",
                 metadata=meta(),
                 spec={
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
+                    "scaleTargetRef": workload_ref,
                     "minReplicas": cfg.min_replicas,
                     "maxReplicas": cfg.max_replicas,
                     "metrics": [
@@ -318,6 +361,8 @@ class ModelService(pulumi.ComponentResource):
                     # job="model-server" for every model (the alerts select on it); the model is a target label.
                     "jobLabel": "app.kubernetes.io/name",
                     "targetLabels": [MODEL_LABEL],
+                    # Canary vs stable pods in the rollout analysis (components/rollouts.py).
+                    **({"podTargetLabels": [rollouts.POD_HASH_LABEL]} if args.rollouts is not None else {}),
                     "endpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}],
                 },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, metrics]),

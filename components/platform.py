@@ -21,6 +21,7 @@ from components.kueue import Kueue, KueueArgs, QueueQuota
 from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
+from components.rollouts import ArgoRollouts, ArgoRolloutsArgs
 
 # role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
 # that no stricter level admits (policy.rules.PRIVILEGED_NAMESPACES holds the reasons):
@@ -170,6 +171,17 @@ class Platform(pulumi.ComponentResource):
             self.keda = Keda(
                 f"{name}-keda", KedaArgs(environment=cfg.environment, prometheus_namespace=ns["monitoring"]), opts=self.k8s_opts
             )
+        # Argo Rollouts: every TF model server's new version goes through a canary analysed in this
+        # Prometheus (README "Model delivery"); without monitoring there is nothing to analyse with.
+        self.rollouts: ArgoRollouts | None = None
+        if cfg.monitoring.enabled and cfg.models:
+            self.rollouts = ArgoRollouts(
+                f"{name}-rollouts",
+                ArgoRolloutsArgs(
+                    environment=cfg.environment, prometheus_namespace=ns["monitoring"], monitoring_release=self.monitoring_release
+                ),
+                opts=self.k8s_opts,
+            )
         if cfg.has_gpus:
             GpuAddons(
                 f"{name}-gpu-addons",
@@ -262,6 +274,7 @@ class Platform(pulumi.ComponentResource):
                     monitoring_release=self.monitoring_release,
                     queue=self.queue,
                     keda=self.keda,
+                    rollouts=self.rollouts,
                     gpu_pools=list(cfg.gpu_pools),
                     hf_token=self.settings.secrets.get("hfToken"),
                     storage_class=self.cluster.storage_class,

@@ -234,7 +234,19 @@ def chart_values(monitoring: bool) -> dict[str, Any]:
             # a rollout half way.
             "replicas": 2,
             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
-            "metrics": {"enabled": monitoring, "serviceMonitor": {"enabled": monitoring}},
+            "metrics": {
+                "enabled": monitoring,
+                "serviceMonitor": {
+                    "enabled": monitoring,
+                    # The controller's series carry the rollout's namespace in `namespace`; Prometheus
+                    # renames it exported_namespace (it clashes with the target's). Put it back, so the
+                    # delivery alerts name the model's namespace (monitoring/rules/delivery.yaml).
+                    "metricRelabelings": [
+                        {"sourceLabels": ["exported_namespace"], "regex": "(.+)", "targetLabel": "namespace", "action": "replace"},
+                        {"regex": "exported_namespace", "action": "labeldrop"},
+                    ],
+                },
+            },
             "pdb": {"enabled": True, "maxUnavailable": 1},
         },
         # The UI is a write path to every rollout; kubectl argo rollouts and the pipeline are enough.

@@ -31,7 +31,8 @@ HOST_ACCESS_ALLOWED = {
     "kube-prometheus-stack": "node-exporter reads the node's /proc and /sys (hostPath, hostPID, hostNetwork) for node metrics",
 }
 
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"}
+# Rollout (Argo Rollouts): the model servers' pods; every pod-spec rule applies to its template too.
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod", "Rollout"}
 CREDENTIAL_VALUE = re.compile(
     r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|xox[baprs]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|hooks\.slack\.com/services/)"
 )

@@ -89,10 +89,9 @@ def cmd_promote(args) -> int:
             raise registry.RegistryError("promotion between stores needs both --from and --to")
         if args.alias != "champion":
             raise registry.RegistryError("promotion between stores moves the target's candidate and champion: drop --alias")
-        doc = registry.promote_between(args.source, args.target, args.model, args.version, reason=args.reason)
-        print(
-            f"{args.model}: {doc['version']} copied to {args.target} (digests verified) and is its champion (was {doc['from'] or 'unset'})"
-        )
+        doc = registry.promote_between(args.source, args.target, args.model, args.version, reason=args.reason, champion=not args.candidate)
+        role = "candidate" if args.candidate else "champion"
+        print(f"{args.model}: {doc['version']} copied to {args.target} (digests verified) and is its {role} (was {doc['from'] or 'unset'})")
         return EXIT_OK
     if not args.store:
         raise registry.RegistryError("no store: pass --store or set MLPLATFORM_MODEL_STORE")
@@ -101,6 +100,13 @@ def cmd_promote(args) -> int:
     # forward only: going back is a rollback, which says so in the audit log
     doc = registry.move(args.store, args.model, args.alias, args.version, reason=args.reason, forward_only=True)
     print(f"{args.model}:{args.alias} -> {doc['version']} (was {doc['from'] or 'unset'}, generation {doc['generation']})")
+    return EXIT_OK
+
+
+def cmd_reject(args) -> int:
+    doc = registry.reject(args.store, args.model, args.version, reason=args.reason)
+    champ = registry.get_alias(args.store, args.model, "champion")
+    print(f"{args.model}/{doc['version']} rejected ({doc['reason']}); champion stays {champ['version'] if champ else 'unset'}")
     return EXIT_OK
 
 
@@ -152,8 +158,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--alias", default="champion", choices=["champion", "candidate"])
     s.add_argument("--from", dest="source", help="source store (promotion between stores)")
     s.add_argument("--to", dest="target", help="target store (promotion between stores)")
+    s.add_argument(
+        "--candidate", action="store_true", help="between stores: make it the target's candidate only (its canary decides the champion)"
+    )
     s.add_argument("--reason", required=True, help="why: recorded in the audit log")
     s.set_defaults(fn=cmd_promote, needs_store=False)
+
+    s = sub.add_parser("reject", help="mark a version rejected (a failed canary): it can never become champion or candidate")
+    s.add_argument("--model", required=True)
+    s.add_argument("version")
+    s.add_argument("--reason", required=True, help="why: e.g. the failed analysis metric and value")
+    s.set_defaults(fn=cmd_reject)
 
     s = sub.add_parser("rollback", help="move the champion back (default: to previous); LATEST follows")
     s.add_argument("--model", required=True)

@@ -141,6 +141,12 @@ def _notes(base: dict, head: dict, changed: dict) -> list[str]:
                 )
             if t == "kubernetes:apps/v1:Deployment" and path.endswith(".image"):
                 notes.append(f"The model service rolls out a new image: {show(new)}.")
+            # The served version is pinned on the model's pod template (components/rollouts.py VERSION_ANNOTATION).
+            if path.endswith(".annotations.mlplatform.io/model-version"):
+                labels = ((head[u].get("inputs") or {}).get("metadata") or {}).get("labels") or {}
+                model = labels.get("mlplatform.io/model", head[u].get("name", "?"))
+                how = "a canary rollout, analysed against the stable pods" if t.endswith(":Rollout") else "a rolling update"
+                notes.append(f"model {model}: {old} → {new} ({how}).")
             if t == "aws:eks/nodeGroup:NodeGroup" and path == "scalingConfig.maxSize":
                 notes.append(f"GPU/system pool `{head[u]['name']}` max size {old} -> {new}.")
     return notes

@@ -265,6 +265,8 @@ def move(
     _check_alias(alias)
     if not reason or not reason.strip():
         raise RegistryError("a reason is required for every alias move (it goes to the audit log)")
+    if alias in ("champion", "candidate") and (mark := rejection(root, name, _check_version(version))):
+        raise RegistryError(f"{name}/{version} was rejected ({mark['reason']}, by {mark['by']}): it cannot become {alias}; nothing changed")
     verify(root, name, _check_version(version))
     current, token = _read_alias(root, name, alias)
     was = current["version"] if current else None
@@ -405,9 +407,38 @@ def copy_version(src_root: str, dst_root: str, name: str, version: str) -> str:
     return dst
 
 
-def promote_between(src_root: str, dst_root: str, name: str, version: str | None = None, *, reason: str) -> dict:
+def _rejected_uri(root: str, name: str, version: str) -> str:
+    return storage.join(model_root(root, name), "rejected", f"{_check_version(version)}.json")
+
+
+def reject(root: str, name: str, version: str, *, reason: str) -> dict:
+    """Mark ``version`` rejected (a failed canary): it never becomes champion or candidate again in
+    this store, so the next pipeline run or `pulumi up` does not retry it. Written once; aliases are
+    not touched (the champion is still the stable version)."""
+    if not reason or not reason.strip():
+        raise RegistryError("a reason is required to reject a version (it goes to the audit log)")
+    read_manifest(root, name, version)  # only a version that exists
+    doc = {"version": version, "at": time.time(), "by": actor(), "reason": reason.strip()}
+    try:
+        storage.write_if(_rejected_uri(root, name, version), json.dumps(doc, sort_keys=True).encode(), None)
+    except storage.Conflict:
+        return rejection(root, name, version) or doc  # already rejected: the first record stands
+    log.info("%s/%s rejected (%s, by %s)", name, version, doc["reason"], doc["by"])
+    return doc
+
+
+def rejection(root: str, name: str, version: str) -> dict | None:
+    """The rejection record of ``version``, or None."""
+    try:
+        return json.loads(storage.read_text(_rejected_uri(root, name, version)))
+    except FileNotFoundError:
+        return None
+
+
+def promote_between(src_root: str, dst_root: str, name: str, version: str | None = None, *, reason: str, champion: bool = True) -> dict:
     """Promotion, not retraining: copy the source's ``version`` (default: its champion) to the target
-    and make it the target's candidate, then its champion (forward only)."""
+    and make it the target's candidate, then (``champion``) its champion (forward only). With
+    ``champion=False`` the target's champion stays: the canary on the target decides (README "Model delivery")."""
     if version is None:
         champ = get_alias(src_root, name, "champion")
         if champ is None:
@@ -415,7 +446,9 @@ def promote_between(src_root: str, dst_root: str, name: str, version: str | None
         version = champ["version"]
     copy_version(src_root, dst_root, name, version)
     why = f"{reason} (promoted from {src_root})"
-    move(dst_root, name, "candidate", version, reason=why)
+    candidate = move(dst_root, name, "candidate", version, reason=why)
+    if not champion:
+        return candidate
     return move(dst_root, name, "champion", version, reason=why, forward_only=True)
 
 

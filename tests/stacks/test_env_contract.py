@@ -16,7 +16,7 @@ def _env(container: dict) -> dict[str, str]:
 def serving_envs(result):
     return [
         _env(c)
-        for d in result.of_type("kubernetes:apps/v1:Deployment")
+        for d in result.of_type("kubernetes:apps/v1:Deployment") + result.of_type("kubernetes:argoproj.io/v1alpha1:Rollout")
         if d.raw["metadata"]["name"].startswith("model-server-")
         for c in d.raw["spec"]["template"]["spec"]["containers"]
     ]

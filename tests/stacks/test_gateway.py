@@ -178,7 +178,7 @@ def test_two_models_share_nothing_but_the_gateway():
     res = mock_engine.run("dev", overrides={"mlplatform:models": {**catalogue, "fraud": fraud}})
     assert len(of_kind(res, "Gateway")) == 1
     assert len([s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]) == 1
-    for kind in ("Deployment", "HTTPRoute", "SecurityPolicy", "ServiceMonitor", "PodDisruptionBudget"):
+    for kind in ("Rollout", "HTTPRoute", "SecurityPolicy", "ServiceMonitor", "PodDisruptionBudget"):
         names = sorted(r.raw["metadata"]["name"] for r in of_kind(res, kind) if r.raw["metadata"]["name"].startswith("model-server-"))
         assert names == ["model-server-fraud", "model-server-mnist"], (kind, names)
     services = sorted(r.raw["metadata"]["name"] for r in of_kind(res, "Service") if r.raw["metadata"]["name"].startswith("model-server-"))

@@ -25,13 +25,13 @@ def test_every_mandatory_policy_passes(result, chart_defaults):
 
 
 def test_policies_actually_inspect_the_workloads(result):
-    """Guard against a vacuous pass: the pod-spec rules see our Deployment and Job."""
+    """Guard against a vacuous pass: the pod-spec rules see our model servers (Rollout) and Job."""
     kinds = {
         rules.Res(type=r.type, props=r.inputs).kind
         for r in result.records
         if rules.pod_spec(rules.Res(type=r.type, props=r.inputs)) is not None
     }
-    assert {"Deployment", "Job"} <= kinds
+    assert {"Rollout", "Job"} <= kinds
 
 
 def test_policies_inspect_chart_pods_and_agent_templates(result):

@@ -138,6 +138,8 @@ def _emitted() -> set[str]:
     names |= {"kueue_pending_workloads", "kueue_admitted_workloads_total"}
     names |= {"kube_pod_status_ready", "kube_statefulset_status_replicas_ready"}  # kube-state-metrics
     names |= {"kube_job_created", "kube_cronjob_created"}  # kube-state-metrics docs/metrics/workload (STABLE)
+    # Argo Rollouts controller (argoproj/argo-rollouts controller/metrics/prommetrics.go, v1.9)
+    names |= {"rollout_info", "rollout_info_replicas_available", "rollout_info_replicas_desired", "analysis_run_info"}
     names |= vllm_exposed() or set()
     # our recording rules
     names |= {r["record"] for r in spec.threshold_rules()["rules"]}
@@ -155,6 +157,7 @@ FUNCS = {
     "by",
     "on",
     "histogram_quantile",
+    "label_replace",
     "scalar",
     "absent",
     "vector",
@@ -175,6 +178,7 @@ FUNCS = {
 
 def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r'"[^"]*"', "", expr)  # string arguments (label_replace): never metric names
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
     expr = re.sub(r"\boffset\s+\d+[smhdwy]", "", expr)
     expr = re.sub(r"\([^()]*?\)", lambda m: m.group(0) if re.search(r"[a-zA-Z_:]", m.group(0)) else "", expr)

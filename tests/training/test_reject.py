@@ -1,0 +1,60 @@
+"""A failed canary rejects its version (issue 15 item 4): the mark is written once, the aliases stay
+where they were, and the rejected version can never become champion or candidate again - so the next
+pipeline run (which pins the champion) does not retry it. Promotion between stores can stop at the
+candidate, leaving the champion to the target's canary."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.training.test_models_cli import _publish, cli
+from tools import models
+from training import registry
+
+V1, V2 = "20260101T000000Z-run1", "20260102T000000Z-run2"
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = f"file://{tmp_path}/store"
+    _publish(tmp_path, root, V1)  # V1: champion
+    _publish(tmp_path, f"file://{tmp_path}/elsewhere", V2)  # V2's files, added below as a version only
+    registry.add_version(tmp_path / f"src-{V2}", root, "mnist", V2)
+    return root
+
+
+def test_a_rejected_version_never_becomes_champion_or_candidate(store):
+    before = registry.aliases(store, "mnist")
+    doc = registry.reject(store, "mnist", V2, reason="canary: class-mix PSI 0.38 > 0.2")
+    assert doc["version"] == V2 and registry.rejection(store, "mnist", V2)["reason"] == "canary: class-mix PSI 0.38 > 0.2"
+    assert registry.aliases(store, "mnist") == before  # nothing moved
+    for alias in ("champion", "candidate"):
+        with pytest.raises(registry.RegistryError, match=f"was rejected .*cannot become {alias}; nothing changed"):
+            registry.move(store, "mnist", alias, V2, reason="retry")
+    assert registry.aliases(store, "mnist") == before
+    # The first record stands; rejecting again changes nothing.
+    assert registry.reject(store, "mnist", V2, reason="again")["reason"] == "canary: class-mix PSI 0.38 > 0.2"
+
+
+def test_rejecting_needs_a_reason_and_an_existing_version(store):
+    with pytest.raises(registry.RegistryError, match="reason is required"):
+        registry.reject(store, "mnist", V1, reason=" ")
+    with pytest.raises(registry.RegistryError):
+        registry.reject(store, "mnist", "v404", reason="x")
+
+
+def test_promotion_between_stores_can_stop_at_the_candidate(tmp_path, store):
+    target = f"file://{tmp_path}/prod"
+    doc = registry.promote_between(store, target, "mnist", V1, reason="to prod", champion=False)
+    assert doc["alias"] == "candidate" and doc["version"] == V1
+    assert registry.get_alias(target, "mnist", "champion") is None  # the canary decides
+
+
+def test_cli_reject_then_promote_is_refused_in_one_line(store):
+    out = cli("--store", store, "reject", "--model", "mnist", V2, "--reason", "canary aborted: latency-p99 9.95 > 1.5")
+    assert out.returncode == models.EXIT_OK, out.stderr
+    assert out.stdout.strip() == f"mnist/{V2} rejected (canary aborted: latency-p99 9.95 > 1.5); champion stays {V1}"
+    out = cli("--store", store, "promote", "--model", "mnist", V2, "--reason", "retry")
+    assert out.returncode == models.EXIT_ERROR
+    assert len(out.stderr.strip().splitlines()) == 1 and "was rejected" in out.stderr
+    assert registry.get_alias(store, "mnist", "champion")["version"] == V1
