@@ -319,9 +319,10 @@ class Run:
         self._strategy = None
         self.checkpoint = Checkpoint(checkpoint_dir, writer=self.cluster.is_chief) if checkpoint_dir else None
         self.verdict = None  # the gate's decision (training/gate.py), once gate_passes ran
-        from training.metrics import TrainingMetrics
+        from training.metrics import TrainingMetrics, WorkerMetrics
 
         self.metrics = TrainingMetrics(model_name, variant)
+        self.worker_metrics = WorkerMetrics(model_name, self.cluster.index)
 
     @classmethod
     def from_env(
@@ -478,8 +479,11 @@ class Run:
         class EpochEnd(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.start = time.perf_counter()
+                self.steps = 0
 
             def on_train_batch_end(self, batch, logs=None):
+                # With several steps per call Keras reports the call's last step index.
+                self.steps = batch + 1
                 if Stop.requested:
                     self.model.stop_training = True
 
@@ -489,8 +493,12 @@ class Run:
                 for k, v in (logs or {}).items():
                     state.history.setdefault(k, []).append(float(v))
                 state.epoch = epoch + 1
-                run.metrics.set(EPOCH_SECONDS, time.perf_counter() - self.start)
+                seconds = time.perf_counter() - self.start
+                run.metrics.set(EPOCH_SECONDS, seconds)
                 run.metrics.set(EPOCHS, state.epoch)
+                # A step takes one global batch, split evenly over the workers.
+                run.worker_metrics.observe_epoch(self.steps, self.steps * run.global_batch_size // run.cluster.workers, seconds)
+                run.worker_metrics.push(run.pushgateway)
                 if run.checkpoint:
                     run.checkpoint.save(self.model, state)
                 run.push()

@@ -33,6 +33,13 @@ LAST_RUN = "mlplatform_training_last_run_timestamp_seconds"
 
 NAMES = (ACCURACY, LOSS, EPOCH_SECONDS, DURATION_SECONDS, EPOCHS, GATE_PASSED, CHAMPION_ACCURACY, LAST_SUCCESS, LAST_RUN)
 
+# Per worker of a (multi-worker) run: each worker pushes its own group {job, model, worker}, so a
+# slow or stalled worker shows as itself rather than hiding in the chief's figures.
+WORKER_JOB = "mlplatform-training-worker"
+EXAMPLES_PER_SECOND = "mlplatform_training_examples_per_second"
+STEP_SECONDS = "mlplatform_training_step_duration_seconds"
+WORKER_NAMES = (EXAMPLES_PER_SECOND, STEP_SECONDS)
+
 
 class TrainingMetrics:
     """One registry per run; labels are bounded (model name, arch)."""
@@ -81,3 +88,36 @@ class TrainingMetrics:
                 push_to_gateway(gateway, job=SUCCESS_JOB, grouping_key=model, registry=self.success_registry, timeout=10)
         except OSError as exc:
             log.warning("could not push metrics to %s: %s", gateway, exc)
+
+
+class WorkerMetrics:
+    """This worker's throughput over its last epoch (labels: model; the group adds worker)."""
+
+    def __init__(self, model: str, worker: int, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.model, self.worker = model, worker
+        self.examples_per_second = Gauge(
+            EXAMPLES_PER_SECOND,
+            "Training examples this worker processed per second over its last epoch.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.step_seconds = Gauge(
+            STEP_SECONDS, "Mean wall time of one training step of this worker over its last epoch.", ["model"], registry=self.registry
+        )
+
+    def observe_epoch(self, steps: int, examples: int, seconds: float) -> None:
+        if steps <= 0 or seconds <= 0:
+            return  # an empty or interrupted epoch says nothing about throughput
+        self.examples_per_second.labels(model=self.model).set(examples / seconds)
+        self.step_seconds.labels(model=self.model).set(seconds / steps)
+
+    def push(self, gateway: str | None) -> None:
+        if not gateway:
+            return
+        try:
+            push_to_gateway(
+                gateway, job=WORKER_JOB, grouping_key={"model": self.model, "worker": str(self.worker)}, registry=self.registry, timeout=10
+            )
+        except OSError as exc:
+            log.warning("could not push worker metrics to %s: %s", gateway, exc)

@@ -106,6 +106,9 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path, push
     series = {line.split("{")[0]: line for line in body.splitlines() if 'model="diabetes"' in line}
     assert series[metrics.GATE_PASSED].endswith(" 1") and series[metrics.EPOCHS].endswith(" 40")
     assert metrics.LAST_SUCCESS in series and metrics.DURATION_SECONDS in series
+    # ... and this (only) worker's throughput, in its own group (issue 16: per-worker figures).
+    assert 'worker="0"' in series[metrics.EXAMPLES_PER_SECOND] and float(series[metrics.EXAMPLES_PER_SECOND].rsplit(" ", 1)[1]) > 0
+    assert float(series[metrics.STEP_SECONDS].rsplit(" ", 1)[1]) > 0
 
     # The serving signature: named inputs of different dtypes, a named output.
     import tensorflow as tf

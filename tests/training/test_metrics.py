@@ -112,3 +112,27 @@ def test_a_run_with_another_arch_replaces_the_old_arch_series(pushgateway):
     new.push(pushgateway)
     (gate,) = _series(pushgateway, metrics.GATE_PASSED)
     assert 'arch="strong"' in gate and gate.endswith(" 1")
+
+
+def test_worker_throughput_is_exact():
+    registry = CollectorRegistry()
+    w = metrics.WorkerMetrics("mnist", worker=1, registry=registry)
+    w.observe_epoch(steps=100, examples=12800, seconds=4.0)
+    assert registry.get_sample_value(metrics.EXAMPLES_PER_SECOND, {"model": "mnist"}) == 3200
+    assert registry.get_sample_value(metrics.STEP_SECONDS, {"model": "mnist"}) == 0.04
+    w.observe_epoch(steps=0, examples=0, seconds=0.5)  # an interrupted epoch leaves the last figures
+    assert registry.get_sample_value(metrics.EXAMPLES_PER_SECOND, {"model": "mnist"}) == 3200
+    for name in metrics.WORKER_NAMES:
+        assert name.startswith("mlplatform_training_") and name.endswith(("_second", "_seconds")), name
+
+
+def test_every_worker_of_a_run_keeps_its_own_series(pushgateway):
+    """Each worker pushes its own group: worker 1's push must not replace worker 0's figures."""
+    for worker, rate in ((0, 1000.0), (1, 400.0)):
+        w = metrics.WorkerMetrics("mnist", worker=worker, registry=CollectorRegistry())
+        w.observe_epoch(steps=10, examples=int(rate * 2), seconds=2.0)
+        w.push(pushgateway)
+    lines = _series(pushgateway, metrics.EXAMPLES_PER_SECOND)
+    by_worker = {next(p.split('"')[1] for p in x.split(",") if p.startswith("worker=")): float(x.rsplit(" ", 1)[1]) for x in lines}
+    assert by_worker == {"0": 1000.0, "1": 400.0}
+    assert all('job="mlplatform-training-worker"' in x and 'model="mnist"' in x for x in lines)
