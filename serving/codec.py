@@ -166,7 +166,8 @@ def to_array(value, spec: TensorSpec, where: str, batched: bool) -> np.ndarray:
             if kind not in "iuf":
                 raise BadRequest(f"{where}: expected {spec.dtype} numbers, got {_kind_name(kind)}")
         if arr.dtype != want:
-            arr = arr.astype(want)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes inf: refused just below
+                arr = arr.astype(want)
         if want.kind == "f" and arr.size and not np.isfinite(arr).all():
             raise BadRequest(f"{where}: values out of range for {spec.dtype}")
     rank = len(spec.shape)
