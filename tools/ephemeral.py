@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -78,8 +79,14 @@ def _auto():
     return auto
 
 
+def _stacks() -> Path:
+    """The stack files' folder (Pulumi.yaml stackConfigDir). Tests point MLPLATFORM_STACKS_DIR at a
+    temporary copy so that no PR stack file appears in stacks/ while parallel test workers read it."""
+    return Path(os.environ.get("MLPLATFORM_STACKS_DIR") or ROOT / "stacks")
+
+
 def _dev_config() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    return yaml.safe_load((_stacks() / "Pulumi.dev.yaml").read_text())["config"]
 
 
 def up(pr: int, now: dt.datetime | None = None) -> str:
@@ -88,7 +95,7 @@ def up(pr: int, now: dt.datetime | None = None) -> str:
     dev = _dev_config()
     cfg = ephemeral_config(dev)
     cfg.pop("mlplatform:ephemeral", None)
-    (ROOT / "stacks" / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": cfg}, sort_keys=False))
+    (_stacks() / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": cfg}, sort_keys=False))
     stack = auto.create_or_select_stack(stack_name=name, work_dir=str(ROOT))
     stack.workspace.set_tag(name, TAG, expires_at(now or dt.datetime.now(dt.UTC), ttl_hours(dev)))
     stack.up(on_output=print)
@@ -108,7 +115,7 @@ def _destroy(name: str) -> None:
         # Always remove the stack, even if destroy failed part-way: a left-over stack with no
         # owner is how orphaned clusters keep billing. (`--force` keeps going with what is left.)
         stack.workspace.remove_stack(name, force=True)
-        (ROOT / "stacks" / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+        (_stacks() / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
 
 
 def reap(now: dt.datetime | None = None) -> list[str]:

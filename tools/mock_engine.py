@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,15 @@ from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def stacks_dir() -> Path:
+    """Where the stack files are: ``stacks/``, or ``MLPLATFORM_STACKS_DIR`` (tests that need a broken
+    stack file write it to a temporary folder, never into ``stacks/`` where parallel test workers
+    collect the stacks)."""
+    return Path(os.environ.get("MLPLATFORM_STACKS_DIR") or ROOT / "stacks")
+
+
 PROJECT = "mlplatform"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
@@ -297,7 +307,7 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> tuple[d
     ``overrides`` maps 'ns:key' to a value, or to None to delete the key. Encrypted (``secure:``)
     values cannot be decrypted here; they become the secret placeholder "[secret]".
     """
-    path = ROOT / "stacks" / f"Pulumi.{stack}.yaml"
+    path = stacks_dir() / f"Pulumi.{stack}.yaml"
     text = path.read_text()
     duplicate = duplicate_keys(yaml.compose(text))
     if duplicate:

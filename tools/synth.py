@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="stack name: stacks/Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="output directory (replaced)")
     args = parser.parse_args(argv)
-    if not (mock_engine.ROOT / "stacks" / f"Pulumi.{args.stack}.yaml").exists():
+    if not (mock_engine.stacks_dir() / f"Pulumi.{args.stack}.yaml").exists():
         print(f"stacks/Pulumi.{args.stack}.yaml: no such stack file", file=sys.stderr)
         return 2
     start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -284,35 +285,31 @@ def test_public_entry_point_needs_cidrs_or_internal():
     assert validate({**open_dev, "models": restricted}, "x.yaml").models["mnist"].serving.allowed_cidrs == ["203.0.113.0/24"]
 
 
-def test_duplicate_model_name_in_the_stack_file(tmp_path):
+def test_duplicate_model_name_in_the_stack_file(tmp_path, monkeypatch):
     """YAML keeps the last of two equal keys silently; the Pulumi CLI refuses the file, and so do we."""
     text = (ROOT / "stacks" / "Pulumi.dev.yaml").read_text()
     entry = text[text.index("    mnist:\n") : text.index("  mlplatform:monitoring:")]
     bad = text.replace(entry, entry + entry)
-    stack_file = ROOT / "stacks" / "Pulumi.zz-dup-test.yaml"
-    stack_file.write_text(bad)
-    try:
-        with pytest.raises(ConfigError, match=r"^stacks/Pulumi.zz-dup-test.yaml: mlplatform:models.mnist: defined twice \(line \d+\)$"):
-            mock_engine.stack_config("zz-dup-test")
-    finally:
-        stack_file.unlink()
+    (tmp_path / "Pulumi.zz-dup-test.yaml").write_text(bad)
+    monkeypatch.setenv("MLPLATFORM_STACKS_DIR", str(tmp_path))  # never into stacks/: parallel workers collect it
+    with pytest.raises(ConfigError, match=r"^stacks/Pulumi.zz-dup-test.yaml: mlplatform:models.mnist: defined twice \(line \d+\)$"):
+        mock_engine.stack_config("zz-dup-test")
 
 
 def test_synth_bad_config_exits_2_with_one_line(tmp_path):
     bad = yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())
     bad["config"]["mlplatform:gpuPools"][0]["min"] = 5
-    stack_file = ROOT / "stacks" / "Pulumi.zz-bad-test.yaml"
-    stack_file.write_text(yaml.safe_dump(bad))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tools.synth", "--stack", "zz-bad-test", "--out", str(tmp_path / "o")],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        stack_file.unlink()
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "Pulumi.zz-bad-test.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.synth", "--stack", "zz-bad-test", "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLPLATFORM_STACKS_DIR": str(stacks)},  # not stacks/: parallel workers collect it
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "stacks/Pulumi.zz-bad-test.yaml: mlplatform:gpuPools[0].min: must be <= max (got min=5, max=2)"
     assert not (tmp_path / "o").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ def fake_pulumi(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_PULUMI_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_PULUMI_STATE", str(tmp_path / "state.json"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
+    # PR stack files go to a copy of stacks/, never into the folder parallel test workers read.
+    stacks = tmp_path / "stacks"
+    shutil.copytree(ephemeral.ROOT / "stacks", stacks)
+    monkeypatch.setenv("MLPLATFORM_STACKS_DIR", str(stacks))
 
     def calls():
         return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
@@ -30,8 +35,6 @@ def fake_pulumi(tmp_path, monkeypatch):
         (tmp_path / "state.json").write_text(json.dumps({"stacks": stacks}))
 
     yield calls, state
-    for f in (ephemeral.ROOT / "stacks").glob("Pulumi.pr-*.yaml"):
-        f.unlink()
 
 
 def test_ttl_logic():
@@ -73,7 +76,7 @@ def test_up_creates_tags_and_deploys(fake_pulumi):
     assert ["stack", "tag", "set", ephemeral.TAG, "2026-11-28T12:00:00Z", "--stack", "pr-12"] in made  # dev ttlHours: 48
     up = next(c for c in made if c[0] == "up")
     assert "--yes" in up and "pr-12" in up
-    cfg = yaml.safe_load((ephemeral.ROOT / "stacks" / "Pulumi.pr-12.yaml").read_text())["config"]
+    cfg = yaml.safe_load((Path(os.environ["MLPLATFORM_STACKS_DIR"]) / "Pulumi.pr-12.yaml").read_text())["config"]
     assert cfg["mlplatform:environment"] == "ephemeral"
 
 
