@@ -89,11 +89,11 @@ reap: venv  ## destroy every expired ephemeral stack
 # In STACK's own cluster: kubectl gets STACK's kubeconfig output (EKS: `aws eks get-token` with the
 # caller's credentials for that environment), never the agent's ambient context. A stack on an existing
 # cluster exports none (null) and uses the ambient kubeconfig.
-train-wait: venv  ## wait for STACK's training Job in STACK's cluster; fails on a failed run or quality gate
+train-wait: venv  ## wait for every model's training Job in STACK's cluster; fails on a failed run or quality gate
 	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
 	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
 	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
-	$(PY) -m tools.train_wait $$(pulumi stack output trainingJob --stack $(STACK))
+	$(PY) -m tools.train_wait --models "$$(pulumi stack output models --json --stack $(STACK))"
 
 smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
 	$(PY_ML) -m tools.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"

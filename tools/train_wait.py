@@ -1,4 +1,5 @@
-"""Wait for a training Job and report how it ended:  python -m tools.train_wait JOB [--namespace ml-training]
+"""Wait for training Jobs and report how each ended:  python -m tools.train_wait JOB... [--namespace ml-training]
+(or ``--models "$(pulumi stack output models --json)"``: every model's run that trains on this stack)
 
 Exit 0 when the Job succeeded (a model was published), 3 when the quality gate failed (the training
 container exited 3: nothing published), 1 for any other failure, with the last log lines. Uses kubectl
@@ -64,13 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tools.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("job")
+    p.add_argument("jobs", nargs="*", metavar="job")
+    p.add_argument("--models", help="the stack's `models` output (JSON): waits for each model's trainingJob")
     p.add_argument("--namespace", default="ml-training")
-    p.add_argument("--timeout", type=float, default=7200)
+    p.add_argument("--timeout", type=float, default=7200, help="per Job (a run may first wait in the Kueue queue)")
     p.add_argument("--poll", type=float, default=10)
     args = p.parse_args(argv)
+    jobs = list(args.jobs)
+    if args.models:
+        try:
+            jobs += [m["trainingJob"] for m in json.loads(args.models).values() if m.get("trainingJob")]
+        except (ValueError, AttributeError, TypeError) as exc:
+            print(f"--models is not the stack's models output (JSON object of models): {exc}", file=sys.stderr)
+            return 2
+    if not jobs:
+        print("no training Job on this stack (every model is received from another stack): nothing to wait for")
+        return 0
     try:
-        return wait(args.job, args.namespace, args.timeout, args.poll)
+        # Every run must pass: the worst outcome wins (a failed gate, 3, over any other failure, 1).
+        codes = [wait(job, args.namespace, args.timeout, args.poll) for job in jobs]
+        return GATE_EXIT_CODE if GATE_EXIT_CODE in codes else max(codes)
     except FileNotFoundError:
         print("kubectl not found on PATH", file=sys.stderr)
         return 2

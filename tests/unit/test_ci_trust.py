@@ -210,7 +210,7 @@ def test_train_wait_uses_the_stacks_kubeconfig_output(tmp_path):
     _script(
         tmp_path / "pulumi",
         "import sys\nargs = sys.argv[1:]\n"
-        'print({\'kubeconfig\': \'{"apiVersion": "v1", "clusters": [{"name": "prod-cluster"}]}\', \'trainingJob\': \'train-abc\'}[args[2]])\n',
+        'print({\'kubeconfig\': \'{"apiVersion": "v1", "clusters": [{"name": "prod-cluster"}]}\', \'models\': \'{"mnist": {"trainingJob": "train-abc"}, "chat": {"trainingJob": null}}\'}[args[2]])\n',
     )
     _script(
         tmp_path / "kubectl",

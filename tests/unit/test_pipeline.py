@@ -176,6 +176,23 @@ def test_train_wait_other_failure(kube):
     assert train_wait.wait("train-abc", "ml-training", timeout_s=30, poll_s=0) == 1
 
 
+def test_train_wait_waits_for_every_trained_model(kube, capsys):
+    """`make train-wait` hands over the stack's models output: every model that trains here is
+    waited for (a received or LLM model has no trainingJob), and the worst outcome is the exit code."""
+    (kube / "job.json").write_text(json.dumps(_job("Complete")))
+    models = {"mnist": {"trainingJob": "train-mnist-1"}, "diabetes": {"trainingJob": "train-diabetes-2"}, "chat": {"trainingJob": None}}
+    assert train_wait.main(["--models", json.dumps(models), "--poll", "0"]) == 0
+    calls = [json.loads(x) for x in (kube / "calls.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(c[4] for c in calls if c[2:4] == ["get", "job"])) == ["train-mnist-1", "train-diabetes-2"]
+    (kube / "job.json").write_text(json.dumps(_job("Failed")))
+    (kube / "pods.json").write_text(
+        json.dumps({"items": [{"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 3}}}]}}]})
+    )
+    assert train_wait.main(["--models", json.dumps(models), "--poll", "0"]) == 3
+    assert train_wait.main(["--models", json.dumps({"chat": {"trainingJob": None}})]) == 0  # nothing trains here
+    assert train_wait.main(["--models", "[1, 2]"]) == 2
+
+
 class Forge:
     """A tiny GitHub/GitLab API: stores comments, records requests."""
 
