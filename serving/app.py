@@ -370,6 +370,8 @@ class ModelServer:
                     declared = int(value)
                 except ValueError:
                     raise codec.BadRequest("invalid Content-Length") from None
+                if declared < 0:
+                    raise codec.BadRequest("invalid Content-Length")
                 if declared > limit:
                     raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
                 break

@@ -116,9 +116,6 @@ class Source:
     def model_root(self) -> str:
         return f"{self.uri.rstrip('/')}/models/{self.name}"
 
-    def is_store(self) -> bool:
-        return read_text(f"{self.model_root}/LATEST") is not None or bool(list_versions(self.model_root))
-
     def candidates(self) -> list[tuple[str, str]]:
         """(version, uri) to try, best first: LATEST, then older versions newest first (a fallback for
         a pointer that names a missing or broken version). Versions newer than LATEST may still be
@@ -143,11 +140,6 @@ def _single(uri: str) -> tuple[str, str]:
         except ValueError:
             pass
     return Path(_split(base)[2]).name or "unversioned", base
-
-
-def resolve(model_uri: str, name: str) -> tuple[str, str]:
-    """(version, uri) the pointer names (kept for tools that want the current version)."""
-    return Source(model_uri, name).candidates()[0]
 
 
 # ---- the loaded model ----
@@ -289,9 +281,6 @@ def _keras_signature(path: Path):
         y = model([inputs[n] for n in names] if len(names) > 1 else inputs[names[0]], training=False)
         ys = y if isinstance(y, (list, tuple)) else [y]
         return dict(zip(out_names, ys, strict=True))
-
-    def call(**kw):
-        return serve(kw)
 
     concrete = serve.get_concrete_function()
 
