@@ -19,7 +19,9 @@ pulumi.export("entryPoint", platform.entry.base_url)
 # The first trained catalogue entry's, for `make train-wait` (a vllm model has no training).
 first = next((m for m in platform.models.values() if m.training), None)
 pulumi.export("trainingJob", first.training.job_name if first else None)
-pulumi.export("serviceUrl", first.service.url if first else None)
+# The first TF model's URL (trained here or received from another stack).
+served = next((m for m in platform.models.values() if m.runtime == "tensorflow"), None)
+pulumi.export("serviceUrl", served.service.url if served else None)
 pulumi.export("grafanaAdminPassword", platform.monitoring.grafana_password if platform.monitoring else None)
 pulumi.export("jenkinsAdminPassword", platform.jenkins.admin_password if platform.jenkins else None)
 # The role GitHub/GitLab deploy this stack with (their AWS_DEPLOY_ROLE_ARN); None without `ci`.

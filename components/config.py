@@ -324,6 +324,16 @@ class ServingConfig(_Model):
     )
 
 
+class ModelSource(_Model):
+    """Where a stack that does not train gets a model's versions (README "Model delivery")."""
+
+    stack: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        description="the stack whose store the pipeline promotes versions from (byte-identical copy, digests verified); "
+        "this stack runs no training for the model",
+    )
+
+
 class ModelConfig(_Model):
     """One catalogue entry: a model the stack trains, gates, publishes and serves."""
 
@@ -331,6 +341,9 @@ class ModelConfig(_Model):
         default="tensorflow", description="serving runtime: `tensorflow` (our SavedModel server) or `vllm` (an open-weights LLM, see `llm`)"
     )
     training: TrainingConfig = Field(default=TrainingConfig(), description="training run")
+    source: ModelSource | None = Field(
+        default=None, description="receive versions from another stack instead of training here (prod: required)"
+    )
     serving: ServingConfig = Field(default=ServingConfig(), description="model server")
     llm: LlmConfig | None = Field(
         default=None, description='runtime `vllm` only: the LLM and its vLLM options (README "Serve an open-weights LLM")'
@@ -542,9 +555,19 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
         yield from vllm_model_rules(cfg, key, model)
     elif model.llm is not None:
         yield f"{key}.llm", "only for runtime 'vllm' (this model's runtime is 'tensorflow')"
-    if model.runtime == "tensorflow" and model.training.gpus > 0 and not cfg.has_gpus:
+    if model.runtime == "tensorflow" and model.source is None and cfg.environment == "prod":
+        yield f"{key}.source", "prod never trains: receive the model from the stack that validated it (e.g. source: {stack: staging})"
+    if model.source is not None:
+        if model.runtime != "tensorflow":
+            yield f"{key}.source", "only for runtime 'tensorflow' (a vllm model is served from llm.source)"
+        elif model.training.model_fields_set:
+            yield f"{key}.training", f"not used: this stack receives {name} from stack {model.source.stack!r} (source) and trains nothing"
+        if model.source.stack == cfg.environment:
+            yield f"{key}.source.stack", "must name another stack (a stack cannot promote from itself)"
+    trains = model.runtime == "tensorflow" and model.source is None  # a received model's training is not run here
+    if trains and model.training.gpus > 0 and not cfg.has_gpus:
         yield f"{key}.training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
-    if model.runtime == "tensorflow":
+    if trains:
         yield from training_fit_rules(cfg, key, model.training)
     sv = model.serving
     if sv.min_replicas > sv.max_replicas:

@@ -70,7 +70,13 @@ class Model(pulumi.ComponentResource):
         """What the stack exports per model (the API key is a Pulumi secret); `make smoke` reads it."""
         if isinstance(self.service, LlmService):
             return {"runtime": self.runtime, "url": self.service.url}
-        return {"runtime": self.runtime, "trainingJob": self.training.job_name, "url": self.service.url, "apiKey": self.service.api_key}
+        return {
+            "runtime": self.runtime,
+            # None where the model is received from another stack (models.<name>.source): nothing trains here.
+            "trainingJob": self.training.job_name if self.training else None,
+            "url": self.service.url,
+            "apiKey": self.service.api_key,
+        }
 
 
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
@@ -79,19 +85,24 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
     cfg = args.config
     if cfg.runtime == "vllm":
         return None, build_llm(name, args, opts)
-    training = TrainingJob(
-        f"{name}-training",
-        TrainingJobArgs(
-            model=args.model,
-            namespace=args.training_namespace,
-            image=args.training_image,
-            config=cfg.training,
-            store=args.store,
-            gpu_nodes=args.gpu_nodes,
-            pushgateway=args.pushgateway,
-            queue=args.queue,
-        ),
-        opts=opts,
+    # Promotion, not retraining: a stack that receives the model (prod) runs no training for it.
+    training = (
+        None
+        if cfg.source is not None
+        else TrainingJob(
+            f"{name}-training",
+            TrainingJobArgs(
+                model=args.model,
+                namespace=args.training_namespace,
+                image=args.training_image,
+                config=cfg.training,
+                store=args.store,
+                gpu_nodes=args.gpu_nodes,
+                pushgateway=args.pushgateway,
+                queue=args.queue,
+            ),
+            opts=opts,
+        )
     )
     service = ModelService(
         f"{name}-serving",

@@ -17,6 +17,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("stack", STACKS)
 
 
+def trains(stack: str) -> bool:
+    """Whether ``stack`` trains any model: a TF model without ``source`` (prod receives every model
+    from staging and trains nothing, README "Model delivery")."""
+    import yaml
+
+    models = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    return any((m or {}).get("runtime", "tensorflow") == "tensorflow" and not (m or {}).get("source") for m in models.values())
+
+
 def unavailable(reason: str) -> None:
     """This machine lacks a part the test needs (an environment limit, not a product fault): skip,
     with the reason in the run's summary (`-rs`); where every part must be there, set

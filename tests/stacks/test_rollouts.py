@@ -119,3 +119,17 @@ def mock_engine_diff(a, b):
 
     fa, fb = flat(a), flat(b)
     return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+def test_prod_never_trains_and_serves_what_it_receives(result, stack):
+    """Promotion, not retraining (issue 15 item 3): prod receives every TF model from staging and has
+    no training Job, CronJob or training identity; its servers still run as analysed Rollouts."""
+    models = stack_config(stack).get("mlplatform:models") or {}
+    received = {m for m, e in models.items() if (e or {}).get("source")}
+    if stack == "prod":
+        assert received == set(tf_models(stack)) and all(models[m]["source"]["stack"] == "staging" for m in received)
+    if received == set(tf_models(stack)):
+        assert of_kind(result, "Job") == [] and of_kind(result, "CronJob") == []
+        assert not [r for r in result.of_type("aws:iam/role:Role") if "training-store" in r.name]
+    names = {r.raw["metadata"]["name"] for r in of_kind(result, "Rollout")}
+    assert {model_service.object_name(m) for m in received} <= names

@@ -118,19 +118,24 @@ CASES = [
     ("old top-level serving key", {"serving": {"replicas": 3}}, "mlplatform:serving:", "moved to models.<name>.serving"),
     (
         "model name not DNS-1123",
-        {"models.Fraud_Model": {"serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        {"models.Fraud_Model": {"source": {"stack": "staging"}, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
         "mlplatform:models.Fraud_Model:",
         "DNS-1123",
     ),
     (
         "model name too long",
-        {"models." + "m" * 31: {"serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        {"models." + "m" * 31: {"source": {"stack": "staging"}, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
         "mlplatform:models." + "m" * 31 + ":",
         "at most 30",
     ),
     (
         "per-model rule on a second model",
-        {"models.fraud": {"serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]}}},
+        {
+            "models.fraud": {
+                "source": {"stack": "staging"},
+                "serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]},
+            }
+        },
         "mlplatform:models.fraud.serving.minReplicas:",
         "<= maxReplicas",
     ),
@@ -143,36 +148,24 @@ CASES = [
         "less than or equal to 1",
     ),
     (
-        "a worker needs more GPUs than any pool's node has",
-        {"models.mnist.training.gpus": 2},
-        "mlplatform:models.mnist.training.gpus:",
-        "must fit one node: the largest GPU pool instance has 1 (got gpus=2)",
-    ),
-    (
-        "workers x gpus beyond the pools' capacity",
-        {"models.mnist.training.workers": 7},
-        "mlplatform:models.mnist.training.workers:",
-        # 6 GPUs at max size, 2 of them held for the LLM's replicas
-        "workers x gpus = 7 GPUs, more than the GPU pools that fit a worker hold at their max size (4, after 2 held for LLM serving)",
-    ),
-    (
         "queue quota above the pools' capacity",
         {"queue": {"gpuQuota": 10}},
         "mlplatform:queue.gpuQuota:",
         "must not exceed the GPU pools' capacity",
     ),
     (
-        "a run bigger than the queue's GPU quota",
-        {"queue": {"gpuQuota": 2}, "models.mnist.training.workers": 3},
-        "mlplatform:models.mnist.training.workers:",
-        "more than queue.gpuQuota (2)",
+        "prod trains",
+        {"models.mnist.source": DELETE},
+        "mlplatform:models.mnist.source:",
+        "prod never trains",
     ),
     (
-        "a run bigger than the queue's CPU quota",
-        {"queue": {"cpu": "4"}, "models.mnist.training.workers": 3},
-        "mlplatform:models.mnist.training.workers:",
-        "3 workers request 6 CPUs, more than queue.cpu (4)",
+        "training keys on a model received from another stack",
+        {"models.mnist.training": {"epochs": 3}},
+        "mlplatform:models.mnist.training:",
+        "trains nothing",
     ),
+    ("a stack promoting from itself", {"models.mnist.source.stack": "prod"}, "mlplatform:models.mnist.source.stack:", "another stack"),
     (
         "workers must be positive",
         {"models.mnist.training.workers": 0},
@@ -181,7 +174,7 @@ CASES = [
     ),
     (
         "ecr on a kubeconfig cluster",
-        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.mnist.training.gpus": 0, "models.chat": DELETE},
+        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.chat": DELETE},
         "mlplatform:registry.kind:",
         "needs an EKS stack",
     ),
@@ -214,6 +207,49 @@ def test_bad_config_fails_before_any_resource(what, changes, key, expect):
     assert expect in message, message
     assert "\n" not in message
     assert info.value.registered == [], f"{what}: resources registered before the error: {[r.urn for r in info.value.registered]}"
+
+
+STAGING = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())["config"]
+
+
+@pytest.mark.parametrize(
+    ("what", "changes", "training", "key", "expect"),
+    [
+        (
+            "a run bigger than the queue's GPU quota",
+            {"mlplatform:queue": {"gpuQuota": 2}},
+            {"workers": 3},
+            "workers",
+            "more than queue.gpuQuota (2)",
+        ),
+        (
+            "a run bigger than the queue's CPU quota",
+            {"mlplatform:queue": {"cpu": "4"}},
+            {"workers": 3},
+            "workers",
+            "3 workers request 6 CPUs, more than queue.cpu (4)",
+        ),
+        (
+            "a worker needs more GPUs than any pool's node has",
+            {},
+            {"gpus": 2},
+            "gpus",
+            "must fit one node: the largest GPU pool instance has 1 (got gpus=2)",
+        ),
+        ("workers x gpus beyond the pools' capacity", {}, {"workers": 9}, "workers", "workers x gpus = 9 GPUs, more than the GPU pools"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else "",
+)
+def test_training_fit_rules_on_a_stack_that_trains(what, changes, training, key, expect):
+    """Prod trains nothing (models.<name>.source): the training rules are checked where training runs (staging)."""
+    cfg = copy.deepcopy(STAGING)
+    cfg.update(changes)
+    cfg["mlplatform:models"]["mnist"].setdefault("training", {}).update(training)
+    with pytest.raises(ConfigError) as info:
+        mock_engine.run("staging", overrides=cfg)
+    message = str(info.value)
+    assert message.startswith(f"stacks/Pulumi.staging.yaml: mlplatform:models.mnist.training.{key}:"), message
+    assert expect in message and "\n" not in message, message
 
 
 def test_every_stack_file_is_valid():
@@ -257,7 +293,10 @@ def test_every_problem_reported_at_once_one_line_each():
             "models.mnist.serving.maxReplica": 3,
             "monitoring.retention": "forever",
             "gpuPools[0].min": 9,
-            "models.fraud": {"serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]}},
+            "models.fraud": {
+                "source": {"stack": "staging"},
+                "serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]},
+            },
         }
     )
     with pytest.raises(ConfigError) as info:
