@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from serving import workers
+
+    try:
+        n_workers = workers.count(args.workers)
+    except ValueError as exc:
+        print(f"--workers {args.workers!r}: {exc}", file=sys.stderr)
+        return 2
     if args.api_keys_file and not os.path.isfile(args.api_keys_file):
         print(
             f"--api-keys-file {args.api_keys_file}: no such file (authentication was asked for: refusing to start without keys)",
@@ -25,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if n_workers > 1:
+        return workers.supervise(n_workers, list(sys.argv[1:] if argv is None else argv), args.host, args.metrics_port)
     import asyncio
 
     import uvicorn
@@ -92,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     server = DrainingServer(config)
-    server.run()
+    # A worker of a multi-process pod: the port is shared with its siblings, the kernel spreads connections.
+    server.run(sockets=[workers.reuse_port_socket(args.host, args.port)] if os.environ.get(workers.WORKERS_ENV) else None)
     return 0
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import orjson
 from prometheus_client import CollectorRegistry
 
-from serving import codec
+from serving import codec, workers
 from serving import model as model_lib
 from serving.auth import ApiKeys
 from serving.batcher import Batcher
@@ -128,6 +128,7 @@ class ServedModel:
         self._retry.pop(version, None)
         old, self.model = self.model, loaded  # one reference assignment: the next batch uses it
         if old:
+            m.model_info.labels(model=self.name, version=old.version).set(0)  # workers' files keep the last value
             m.model_info.remove(self.name, old.version)
             m.forget_version(self.name, old.version)
         # TensorFlow/Keras leave hundreds of thousands of long-lived objects; a full GC pass over
@@ -140,6 +141,8 @@ class ServedModel:
         m.model_info.labels(model=self.name, version=version).set(1)
         m.model_ready.labels(model=self.name).set(1)
         log.info("serving model %s version %s from %s", self.name, version, uri)
+        if all(s.model is not None for s in self.server.models.values()):
+            workers.mark_ready()
         return True
 
 
@@ -174,7 +177,8 @@ class ModelServer:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(m.model is not None for m in self.models.values())
+        """Every model loaded, not draining, and (several workers per pod) every worker likewise."""
+        return not self.draining and all(m.model is not None for m in self.models.values()) and workers.all_ready()
 
     # ---- lifecycle ----
 

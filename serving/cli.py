@@ -85,6 +85,7 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     flag("--request-timeout-s", type=float, default=10.0, help="longest wait for a prediction (503 beyond)")
     flag("--parse-workers", type=int, default=1, help="processes decoding large JSON bodies off the event loop (0: decode in a thread)")
     flag("--offload-body-bytes", type=int, default=256 * 1024, help="bodies at least this large are decoded by a parse worker")
+    flag("--workers", default="1", help="server processes sharing the port (SO_REUSEPORT), or auto: the container's CPU limit")
     flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
     flag(
         "--allow-signature-change", type=_bool, default=False, help="hot-swap to a version whose signature breaks the served one's clients"

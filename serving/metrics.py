@@ -78,19 +78,28 @@ class ServingMetrics:
             buckets=[b for b in buckets if b <= max_batch_size],
             registry=registry,
         )
-        self.queue_depth = Gauge(QUEUE_DEPTH, "Instances waiting for a model call.", ["model"], registry=registry)
-        self.queue_capacity = Gauge(QUEUE_CAPACITY, "Instances the queue holds before answering 429.", ["model"], registry=registry)
+        # multiprocess_mode: how the workers of one pod (serving/workers.py) add up; ignored in a single process
+        self.queue_depth = Gauge(
+            QUEUE_DEPTH, "Instances waiting for a model call.", ["model"], registry=registry, multiprocess_mode="livesum"
+        )
+        self.queue_capacity = Gauge(
+            QUEUE_CAPACITY, "Instances the queue holds before answering 429.", ["model"], registry=registry, multiprocess_mode="livesum"
+        )
         self.inference_seconds = Histogram(
             INFERENCE_SECONDS, "Wall time of one batched model call.", ["model"], buckets=LATENCY_BUCKETS, registry=registry
         )
-        self.model_info = Gauge(MODEL_INFO, "1 for the model version being served.", ["model", "version"], registry=registry)
+        self.model_info = Gauge(
+            MODEL_INFO, "1 for the model version being served.", ["model", "version"], registry=registry, multiprocess_mode="livemax"
+        )
         self.load_failures = Counter(
             MODEL_LOAD_FAILURES.removesuffix("_total"),
             "Model versions refused (corrupt or incompatible) or not loadable yet (download).",
             ["model", "reason"],
             registry=registry,
         )
-        self.model_ready = Gauge(MODEL_READY, "1 once a version of the model is loaded and warmed up.", ["model"], registry=registry)
+        self.model_ready = Gauge(
+            MODEL_READY, "1 once a version of the model is loaded and warmed up.", ["model"], registry=registry, multiprocess_mode="livemin"
+        )
         self.connections_closed = Counter(
             CONNECTIONS_CLOSED.removesuffix("_total"),
             "Connections the server closed on a client: read deadlines, header size, connection limit.",

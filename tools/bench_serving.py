@@ -102,6 +102,7 @@ def main() -> None:
     p.add_argument("--duration", type=int, default=15)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--no-naive", action="store_true", help="skip the naive server (it takes the full duration to say ~20 req/s)")
+    p.add_argument("--workers", type=int, default=2, help="also measure ours with this many server processes (0: skip)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -198,7 +199,25 @@ def main() -> None:
             f"({'a' if name == 'naive' else 'b'}) {name:5s}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}  {r['socket_errors']}",
             flush=True,
         )
-    for key, what in [("batch64", "JSON, 64 images per request"), ("binary", "Open Inference Protocol binary tensors, 1 image")]:
+    if args.workers > 1:
+        port = free_port()
+        cmd = [*servers[1][1], "--port", str(port), "--workers", str(args.workers)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz")
+            url = f"http://127.0.0.1:{port}/v1/models/mnist:predict"
+            wrk(url, 3, args.connections, script)
+            results["workers"] = wrk(url, args.duration, args.connections, script)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    for key, what in [
+        ("workers", f"JSON, 1 image, {args.workers} server processes (the load generator shares these cores)"),
+        ("batch64", "JSON, 64 images per request"),
+        ("binary", "Open Inference Protocol binary tensors, 1 image"),
+    ]:
+        if key not in results:
+            continue
         r = results[key]
         n = 64 if key == "batch64" else 1
         print(
@@ -221,6 +240,8 @@ def main() -> None:
         "binary_rps": round(results["binary"]["rps"], 1),
         "binary_p99_ms": round(results["binary"]["p99_ms"], 2),
         "ceiling_rps": round(c["rps"], 1),
+        "workers": args.workers,
+        "workers_rps": round(results["workers"]["rps"], 1) if "workers" in results else None,
     }
     print(
         f"ratio vs naive {out['ratio_vs_naive']}x (target >= 200x), p99 {out['ours_p99_ms']} ms (target <= 25), "
