@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
-.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow \
+.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow deliver \
 	ephemeral-up ephemeral-destroy reap train-wait smoke rollback pr-comment notify bench clean
 
 help:  ## list the targets
@@ -97,6 +97,12 @@ train-wait: venv  ## wait for every model's training Job in STACK's cluster; fai
 
 smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
 	$(PY_ML) -m tools.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"
+
+deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one): from their source stack or their new candidate, through an analysed canary; champion on success, rejected + exit 1 on abort
+	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
+	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
+	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
+	$(PY_ML) -m tools.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY))
 
 MODEL ?= mnist
 rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows

@@ -64,6 +64,23 @@ def test_jenkinsfile_stages_in_order():
     assert "input message:" in deploy
 
 
+def test_every_deploy_promotes_through_a_canary_before_the_smoke_test():
+    """Issue 15 item 5: each environment's deploy runs the delivery step (tools/deliver.py) after the
+    training gate and before the smoke test; on Jenkins an aborted canary fails the build and its
+    failure notification carries the analysis result."""
+    texts = {
+        "ci/deploy.Jenkinsfile": (ROOT / "ci" / "deploy.Jenkinsfile").read_text().split("def deployTo", 1)[1],
+        ".github/workflows/deploy.yml": (ROOT / ".github" / "workflows" / "deploy.yml").read_text(),
+        ".gitlab-ci.yml": (ROOT / ".gitlab-ci.yml").read_text().split("\n.deploy:", 1)[1],
+    }
+    for path, text in texts.items():
+        steps = [text.index(f"make {t}") for t in ("up-ci", "train-wait", "deliver", "smoke")]
+        assert steps == sorted(steps), path
+    jenkins = texts["ci/deploy.Jenkinsfile"]
+    assert "returnStatus: true" in jenkins and "error(currentBuild.description)" in jenkins
+    assert "currentBuild.description" in jenkins.split("failure {")[1]  # the notification says why
+
+
 # ---- GitHub/GitLab: OIDC to a per-environment role, no AWS keys ----
 
 

@@ -1,0 +1,181 @@
+"""Deliver one model to one stack: the pipeline's promotion + canary step (README "Model delivery").
+
+    python -m tools.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every TF model of the stack)
+
+1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
+   takes the source stack's champion and copies it into its own store, byte for byte, digests checked
+   on arrival, as its *candidate* (``tools.models promote --from --to --candidate``); a stack that
+   trains takes its own candidate (what its training run published).
+2. Pin it: ``pulumi config set models.<name>.serving.version`` and ``pulumi up``: the pod template
+   changes, Argo Rollouts starts the canary and its analysis (components/rollouts.py).
+3. Wait for the Rollout: Healthy with the new pods stable -> the version becomes the stack's champion.
+   Degraded (the analysis failed, Argo aborted: traffic is already back on the stable pods) -> the
+   version is marked rejected in the stack's store, the pin goes back to the champion (``pulumi up``
+   again, so the desired state is what serves), the analysis result is printed, exit 1: the pipeline
+   fails, and its failure notification carries this output.
+
+A rejected version is never delivered again; a version that is already the champion is only pinned
+(an idempotent ``pulumi up``). Exit codes: 0 delivered (or nothing new); 1 canary aborted or timed
+out; 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "ml-serving"  # platform.NAMESPACES["serving"]
+
+Runner = Callable[[list[str]], str]
+
+
+def run(cmd: list[str]) -> str:
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DeliveryError(f"{' '.join(cmd[:4])} ... failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    return out.stdout
+
+
+class DeliveryError(Exception):
+    pass
+
+
+def tf_models(stack: str, stacks_dir: Path = ROOT / "stacks") -> list[str]:
+    models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    return [m for m, e in models.items() if (e or {}).get("runtime", "tensorflow") == "tensorflow"]
+
+
+def source_stack(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> str | None:
+    models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    if model not in models:
+        raise DeliveryError(f"stacks/Pulumi.{stack}.yaml: no model {model!r} in mlplatform:models")
+    return ((models[model] or {}).get("source") or {}).get("stack")
+
+
+def store_of(stack: str, sh: Runner) -> str:
+    return sh(["pulumi", "stack", "output", "modelStore", "--stack", stack]).strip()
+
+
+def pin(stack: str, model: str, version: str, sh: Runner) -> None:
+    sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", version, "--stack", stack])
+    sh(["pulumi", "up", "--yes", "--non-interactive", "--stack", stack, "--policy-pack", "policy"])
+
+
+def rollout_state(model: str, sh: Runner) -> dict:
+    return json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "rollout", f"model-server-{model}", "-o", "json"]))
+
+
+def analysis_summary(model: str, sh: Runner) -> str:
+    """The failed metrics of the model's AnalysisRuns, with their last measured values."""
+    runs = json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "analysisrun", "-o", "json"])).get("items", [])
+    parts = []
+    for r in runs:
+        if not r["metadata"]["name"].startswith(f"model-server-{model}-"):
+            continue
+        for m in (r.get("status") or {}).get("metricResults", []):
+            if m.get("phase") in ("Failed", "Error", "Inconclusive"):
+                last = (m.get("measurements") or [{}])[-1].get("value", "?")
+                parts.append(f"{m['name']} {m['phase']} (last value {last})")
+    return "; ".join(parts) or "no failed metric found in the AnalysisRuns"
+
+
+def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10) -> tuple[str, str]:
+    """('Healthy'|'Degraded'|'Timeout', message) once the Rollout serves ``version`` from its stable pods or aborted."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ro = rollout_state(model, sh)
+        status = ro.get("status") or {}
+        annotations = ro["spec"]["template"]["metadata"].get("annotations") or {}
+        served_template = annotations.get("mlplatform.io/model-version") == version
+        phase = status.get("phase")
+        if status.get("abort") or phase == "Degraded":
+            return "Degraded", status.get("message", "")
+        if served_template and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
+            return "Healthy", status.get("message", "")
+        if time.monotonic() >= deadline:
+            return "Timeout", f"phase {phase}: {status.get('message', '')}"
+        time.sleep(poll_s)
+
+
+def deliver(
+    stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10, stacks_dir: Path = ROOT / "stacks"
+) -> int:
+    from training import registry
+
+    src_stack = source_stack(stack, model, stacks_dir)
+    store = store_of(stack, sh)
+    if src_stack:
+        src = store_of(src_stack, sh)
+        champ = registry.get_alias(src, model, "champion")
+        if champ is None:
+            print(f"{model}: {src_stack} has no champion yet: nothing to deliver to {stack}")
+            return 0
+        version = champ["version"]
+    else:
+        cand = registry.get_alias(store, model, "candidate")
+        if cand is None:
+            print(f"{model}: no candidate in {stack}'s store: nothing to deliver")
+            return 0
+        version = cand["version"]
+    current = registry.get_alias(store, model, "champion")
+    current_version = current["version"] if current else None
+    if (mark := registry.rejection(store, model, version)) is not None:
+        print(f"{model}: {version} was rejected in {stack} ({mark['reason']}): not retried; {stack} keeps {current_version}")
+        if current_version:
+            pin(stack, model, current_version, sh)
+        return 0
+    if version == current_version:
+        print(f"{model}: {stack} already serves {version}: pinning it (no canary)")
+        pin(stack, model, version, sh)
+        return 0
+    if src_stack:
+        registry.promote_between(src, store, model, version, reason=f"pipeline: promote from {src_stack} for a canary", champion=False)
+        print(f"{model}: {version} copied from {src_stack} to {stack} (digests verified), candidate there")
+    print(f"{model}: canary of {version} on {stack} (stable: {current_version or 'none'})")
+    pin(stack, model, version, sh)
+    outcome, message = wait(model, version, sh, timeout_s, poll_s)
+    if outcome == "Healthy":
+        registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
+        print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version or 'unset'})")
+        return 0
+    result = analysis_summary(model, sh) if outcome == "Degraded" else message
+    reason = f"canary {'aborted' if outcome == 'Degraded' else 'timed out'} on {stack}: {result}"
+    registry.reject(store, model, version, reason=reason)
+    if current_version:
+        pin(stack, model, current_version, sh)
+    print(f"{model}: {reason}; {version} rejected, {stack} stays on {current_version or 'nothing'}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stack", required=True)
+    p.add_argument("--model", help="one model (default: every TF model in the stack file)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the canary to finish")
+    args = p.parse_args(argv)
+    from training import registry
+
+    try:
+        # One model after the other: each canary is analysed alone; the first failure fails the step.
+        for model in [args.model] if args.model else tf_models(args.stack):
+            if code := deliver(args.stack, model, timeout_s=args.timeout):
+                return code
+        return 0
+    except DeliveryError as exc:
+        print(f"deliver: {exc}", file=sys.stderr)
+        return 2
+    except registry.RegistryError as exc:  # a refused copy (digests), a conflict: nothing was promoted
+        print(f"deliver: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
