@@ -100,6 +100,7 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
                 gpu_nodes=args.gpu_nodes,
                 pushgateway=args.pushgateway,
                 queue=args.queue,
+                publish_as="candidate" if args.rollouts is not None else "champion",
             ),
             opts=opts,
         )

@@ -62,7 +62,9 @@ def run_name(model: str, image: str, cfg: TrainingConfig) -> str:
     return f"{object_name(model)}-{digest[:10]}"
 
 
-def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str | None) -> list[dict[str, Any]]:
+def train_env(
+    model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str | None, publish_as: str = "champion"
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # The run id and checkpoint dir follow the Job that owns the pod (also for CronJob runs).
         {"name": "JOB_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
@@ -73,6 +75,8 @@ def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str 
         {"name": "TRAIN_ARCH", "value": cfg.arch},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
         {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)},
+        # candidate: the run never moves the champion; a canary does (tools/deliver.py, README "Model delivery").
+        {"name": "TRAIN_PUBLISH_AS", "value": publish_as},
         # Read-only root filesystem: Keras, matplotlib and TF caches go to the scratch volume.
         {"name": "HOME", "value": "/scratch"},
         {"name": "KERAS_HOME", "value": "/scratch/.keras"},
@@ -97,7 +101,14 @@ def train_env(model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str 
 
 
 def pod_spec(
-    model: str, image: str, cfg: TrainingConfig, store_uri: str, store_env: list, pushgateway: str | None, gpu_nodes: bool
+    model: str,
+    image: str,
+    cfg: TrainingConfig,
+    store_uri: str,
+    store_env: list,
+    pushgateway: str | None,
+    gpu_nodes: bool,
+    publish_as: str = "champion",
 ) -> dict[str, Any]:
     gpu = cfg.gpus > 0
     resources: dict[str, Any] = {"requests": {"cpu": str(TRAINING_WORKER_CPU), "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
@@ -113,7 +124,7 @@ def pod_spec(
             {
                 "name": "train",
                 "image": image,
-                "env": train_env(model, cfg, store_uri, pushgateway) + store_env,
+                "env": train_env(model, cfg, store_uri, pushgateway, publish_as) + store_env,
                 "resources": resources,
                 "securityContext": container_security(),
                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -168,6 +179,9 @@ class TrainingJobArgs:
     pushgateway: str | None = None
     # The stack's Kueue: the Job waits for its queue objects (a suspended Job nobody admits never runs).
     queue: kueue.Kueue | None = None
+    # "candidate" where new versions reach traffic through a canary (Argo Rollouts): a run, scheduled
+    # or not, never writes the champion; "champion": it serves at once (no canary on the stack).
+    publish_as: str = "champion"
 
 
 class TrainingJob(pulumi.ComponentResource):
@@ -180,10 +194,12 @@ class TrainingJob(pulumi.ComponentResource):
         obj, LABELS = object_name(model), labels(model)  # noqa: N806
         # Training never talks to the Kubernetes API; it writes models and checkpoints to the store.
         # Writes only its own model's versions and checkpoints; reads the bucket (its data may be anywhere in it).
-        sa = store_service_account(self, name, store, args.namespace, obj, LABELS, write=True, prefixes=store_prefixes(model), read_all=True)
+        sa = store_service_account(
+            self, name, store, args.namespace, obj, LABELS, write=True, prefixes=store_prefixes(model), read_all=True
+        )
         store_env = client_env(store)
         pod = pulumi.Output.all(args.image, store.uri).apply(
-            lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes)
+            lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes, args.publish_as)
         )
         self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(model, image, cfg))
         queued = [*args.queue.objects] if args.queue else []

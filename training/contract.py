@@ -35,6 +35,7 @@ Environment (the platform sets these; a local run may set any of them by hand):
 ``TRAIN_PARAMS``            a JSON object of the model's own hyperparameters
 ``TRAIN_GATE_MIN``          the quality gate: minimum of the model's gate metric
 ``TRAIN_CHAMPION_MARGIN``   ... and how much worse than the serving champion it may be (default 0.002)
+``TRAIN_PUBLISH_AS``        ``candidate`` (a canary decides the champion) or ``champion`` (default)
 ``TRAIN_PUSHGATEWAY``       Prometheus Pushgateway host:port for the run's metrics
 ``TRAIN_RUN_ID``/``JOB_NAME``  names the version (default: the Job's name, else random)
 ``TRAIN_WORKERS`` ...       multi-worker runs: see training/cluster.py
@@ -182,6 +183,12 @@ def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | No
         raise ContractError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _publish_champion(value: str) -> bool:
+    if value not in ("candidate", "champion"):
+        raise ContractError(f"TRAIN_PUBLISH_AS must be 'candidate' or 'champion', got {value!r}")
+    return value == "champion"
+
+
 def _env_float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
     raw = env.get(name, "")
     if raw == "":
@@ -300,8 +307,11 @@ class Run:
         variant: str = "default",
         cluster: clusters.Cluster | None = None,
         cpu_devices: int | None = None,
+        publish_champion: bool = True,
     ):
         self.started = time.time()
+        # False: publish as candidate only; the champion moves through a canary (tools/deliver.py).
+        self.publish_champion = publish_champion
         self.model_name = model_name
         self.gate = gate
         self.output = output
@@ -368,6 +378,7 @@ class Run:
             params=params,
             cluster=clusters.from_env(env),
             cpu_devices=_env_int(env, "TRAIN_CPU_DEVICES", None),
+            publish_champion=_publish_champion(env.get("TRAIN_PUBLISH_AS") or "champion"),
             **values,
             **kw,
         )
@@ -592,7 +603,7 @@ class Run:
                 meta["gate"] |= self.verdict.metadata()
             meta["finished_at"] = time.time()
             (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-            uri = artifacts.publish(out, self.output, self.model_name, version)
+            uri = artifacts.publish(out, self.output, self.model_name, version, champion=self.publish_champion)
         self.metrics.set(GATE_PASSED, 1)
         self.metrics.set(LAST_SUCCESS, time.time())
         self.metrics.set(DURATION_SECONDS, time.time() - self.started)

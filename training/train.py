@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
         help="math precision; auto: fp16 on GPU, bf16 on CPUs with native bf16, else float32",
     )
     flag(
+        "--publish-as",
+        default="champion",
+        choices=["candidate", "champion"],
+        help="candidate: the run never moves the champion (a canary does, tools/deliver.py); champion: it serves at once",
+    )
+    flag(
         "--champion-margin",
         type=float,
         default=0.002,
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     run = contract.Run(
         args.model_name,
         gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy", champion_margin=args.champion_margin),
+        publish_champion=args.publish_as == "champion",
         output=args.output,
         data=args.data,
         checkpoint_dir=args.checkpoint_dir,

@@ -133,3 +133,14 @@ def test_prod_never_trains_and_serves_what_it_receives(result, stack):
         assert not [r for r in result.of_type("aws:iam/role:Role") if "training-store" in r.name]
     names = {r.raw["metadata"]["name"] for r in of_kind(result, "Rollout")}
     assert {model_service.object_name(m) for m in received} <= names
+
+
+def test_training_publishes_candidates_where_canaries_decide(result, stack):
+    """Scheduled retraining (CronJob) and the pipeline's run produce a candidate, never the champion:
+    on a stack with Argo Rollouts only a passed canary moves the champion (tools/deliver.py)."""
+    runs = of_kind(result, "Job") + [
+        type("R", (), {"raw": {"spec": c.raw["spec"]["jobTemplate"]["spec"]}}) for c in of_kind(result, "CronJob")
+    ]
+    for run in runs:
+        env = {e["name"]: e.get("value") for e in run.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["TRAIN_PUBLISH_AS"] == ("candidate" if monitored(stack) else "champion")

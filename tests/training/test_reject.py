@@ -58,3 +58,24 @@ def test_cli_reject_then_promote_is_refused_in_one_line(store):
     assert out.returncode == models.EXIT_ERROR
     assert len(out.stderr.strip().splitlines()) == 1 and "was rejected" in out.stderr
     assert registry.get_alias(store, "mnist", "champion")["version"] == V1
+
+
+def test_a_run_told_to_publish_a_candidate_never_moves_the_champion(store):
+    """TRAIN_PUBLISH_AS=candidate (set on every training Job and CronJob of a stack with canaries):
+    scheduled retraining produces a candidate; only a passed canary makes it the champion."""
+    from training import contract
+
+    env = {"TRAIN_OUTPUT": store, "TRAIN_MODEL_NAME": "mnist", "TRAIN_PUBLISH_AS": "candidate", "TRAIN_RUN_ID": "nightly-3"}
+    run = contract.Run.from_env("mnist", gate=contract.Gate("auc", 0.5), env=env)
+
+    def write(d):
+        (d / "saved_model").mkdir()
+        (d / "saved_model" / "saved_model.pb").write_bytes(b"pb-nightly")
+        (d / "model.keras").write_bytes(b"k-nightly")
+
+    run.publish(write, {"auc": 0.9})
+    aliases = registry.aliases(store, "mnist")
+    assert aliases["champion"]["version"] == V1 and registry.latest(store, "mnist") == V1
+    assert aliases["candidate"]["version"] not in (V1, V2) and "nightly-3" in aliases["candidate"]["version"]
+    with pytest.raises(contract.ContractError, match="TRAIN_PUBLISH_AS must be 'candidate' or 'champion'"):
+        contract.Run.from_env("mnist", gate=contract.Gate("auc", 0.5), env={"TRAIN_PUBLISH_AS": "prod"})
