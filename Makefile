@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
 
-.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow deliver \
+.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow deliver pin \
 	ephemeral-up ephemeral-destroy reap train-wait smoke rollback pr-comment notify bench clean
 
 help:  ## list the targets
@@ -97,6 +97,9 @@ train-wait: venv  ## wait for every model's training Job in STACK's cluster; fai
 
 smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
 	$(PY_ML) -m tools.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"
+
+pin: venv-ml  ## before `up-ci`: pin STACK's models to their current champion (an up for another change never un-pins what serves)
+	$(PY_ML) -m tools.deliver --stack $(STACK) --pin-champions
 
 deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one): from their source stack or their new candidate, through an analysed canary; champion on success, rejected + exit 1 on abort
 	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \

@@ -155,14 +155,37 @@ def deliver(
     return 1
 
 
+def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stacks") -> None:
+    """Before ``pulumi up``: pin every TF model to the stack's current champion, so an up for another
+    change (a new image, a config edit) keeps serving what serves now instead of un-pinning it (the
+    stack files in git carry no version: the store's champion is the record). A stack with no store
+    or no champion yet stays unpinned (its first version is delivered by this step afterwards)."""
+    from training import registry
+
+    try:
+        store = store_of(stack, sh)
+    except DeliveryError:
+        print(f"{stack}: no modelStore output yet (first up): nothing to pin")
+        return
+    for model in tf_models(stack, stacks_dir):
+        champ = registry.get_alias(store, model, "champion") if store else None
+        if champ:
+            sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", champ["version"], "--stack", stack])
+            print(f"{model}: pinned to {stack}'s champion {champ['version']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stack", required=True)
     p.add_argument("--model", help="one model (default: every TF model in the stack file)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the canary to finish")
+    p.add_argument("--pin-champions", action="store_true", help="only pin every model to the stack's champion (before pulumi up)")
     args = p.parse_args(argv)
     from training import registry
 
+    if args.pin_champions:
+        pin_champions(args.stack)
+        return 0
     try:
         # One model after the other: each canary is analysed alone; the first failure fails the step.
         for model in [args.model] if args.model else tf_models(args.stack):

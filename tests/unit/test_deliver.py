@@ -117,6 +117,13 @@ def test_nothing_new_only_pins_the_champion(stacks):
     assert cluster.pins == [V2]
 
 
+def test_pin_champions_keeps_what_serves_across_an_unrelated_up(stacks):
+    d, stores = stacks
+    cluster = Cluster(stores, "Healthy")
+    deliver.pin_champions("prod", cluster, d)
+    assert cluster.pins == [V1] and cluster.ups == 0  # pinned for the coming `pulumi up`, nothing deployed here
+
+
 def test_an_unknown_model_is_a_one_line_error(stacks):
     d, _ = stacks
     with pytest.raises(deliver.DeliveryError, match="stacks/Pulumi.prod.yaml: no model 'fraud'"):

@@ -74,7 +74,7 @@ def test_every_deploy_promotes_through_a_canary_before_the_smoke_test():
         ".gitlab-ci.yml": (ROOT / ".gitlab-ci.yml").read_text().split("\n.deploy:", 1)[1],
     }
     for path, text in texts.items():
-        steps = [text.index(f"make {t}") for t in ("up-ci", "train-wait", "deliver", "smoke")]
+        steps = [text.index(f"make {t}") for t in ("pin", "up-ci", "train-wait", "deliver", "smoke")]
         assert steps == sorted(steps), path
     jenkins = texts["ci/deploy.Jenkinsfile"]
     assert "returnStatus: true" in jenkins and "error(currentBuild.description)" in jenkins
