@@ -135,7 +135,9 @@ class ArtifactStore(pulumi.ComponentResource):
         )
         aws.iam.RolePolicy(
             f"{name}-policy",
-            aws.iam.RolePolicyArgs(role=role.id, policy=self.bucket_arn.apply(lambda arn: aws_iam.s3_bucket_policy(arn, write, prefixes, read_all))),
+            aws.iam.RolePolicyArgs(
+                role=role.id, policy=self.bucket_arn.apply(lambda arn: aws_iam.s3_bucket_policy(arn, write, prefixes, read_all))
+            ),
             opts=child,
         )
         return role.arn

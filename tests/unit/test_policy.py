@@ -268,7 +268,11 @@ def _gpu_job(kind="Job", labels=None, suspend=True, gpus=1):
     elif kind == "CronJob":
         props = {"kind": "CronJob", "metadata": {"name": "train"}, "spec": {"jobTemplate": {"metadata": meta, "spec": job}}}
     else:
-        props = {"kind": "JobSet", "metadata": meta, "spec": {"suspend": suspend, "replicatedJobs": [{"name": "w", "template": {"spec": job}}]}}
+        props = {
+            "kind": "JobSet",
+            "metadata": meta,
+            "spec": {"suspend": suspend, "replicatedJobs": [{"name": "w", "template": {"spec": job}}]},
+        }
     return Res(f"kubernetes:batch/v1:{kind}", props, urn=f"urn:{kind}")
 
 
