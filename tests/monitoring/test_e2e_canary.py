@@ -272,3 +272,75 @@ def test_canary_with_another_class_mix_is_aborted_on_the_quality_signal(fleet):
     assert a.rollout_decision() == "abort", explain(fleet, "shuffled")
     assert phases[metric["classes"]] == "Failed", explain(fleet, "shuffled")
     assert phases[metric["latency"]] != "Failed" and phases[metric["errors"]] == "Successful", explain(fleet, "shuffled")
+
+
+RENDER_VALUES = """
+import json
+from components import rollouts
+print(json.dumps(rollouts.chart_values(monitoring=True)["controller"]["metrics"]["serviceMonitor"]["metricRelabelings"]))
+"""
+
+
+def test_controller_series_keep_the_rollouts_namespace(tmp_path):
+    """The chart's ServiceMonitor relabeling (components/rollouts.py) on a real Prometheus: the Argo
+    Rollouts controller's `rollout_info{namespace=<the rollout's>}` clashes with the target's
+    namespace (argo-rollouts); Prometheus renames it exported_namespace, the relabeling puts it back,
+    so the delivery alerts name the model's namespace."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    py = ROOT / ".venv" / "bin" / "python"
+    out = subprocess.run([str(py), "-c", RENDER_VALUES], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    relabelings = json.loads(out.stdout)
+    # prometheus-operator writes each RelabelConfig field in Prometheus' snake_case
+    names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    metric_relabel = [{names.get(k, k): v for k, v in r.items()} for r in relabelings]
+    body = b'rollout_info{namespace="ml-serving",name="model-server-mnist",strategy="canary",traffic_router="",phase="Degraded"} 1\n'
+
+    class Controller(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Controller)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    cfg = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "argo-rollouts-metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"], "labels": {"namespace": "argo-rollouts"}}],
+                "metric_relabel_configs": metric_relabel,
+            }
+        ],
+    }
+    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(cfg))
+    prom = subprocess.Popen(
+        [
+            binary("prometheus"),
+            f"--config.file={tmp_path / 'prom.yaml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/-/ready")
+        deadline = time.time() + 30
+        while time.time() < deadline and not (found := query(url, "rollout_info")):
+            time.sleep(0.5)
+        assert found, "rollout_info never scraped"
+        (series,) = found
+        assert series["metric"]["namespace"] == "ml-serving" and "exported_namespace" not in series["metric"], series
+    finally:
+        prom.terminate()
+        prom.wait(20)
+        server.shutdown()
