@@ -93,6 +93,7 @@ def test_gpu_quota_matches_the_pools(result, stack):
 def _with_workers(stack, workers, gpus=None):
     models = copy.deepcopy(stack_config(stack)["mlplatform:models"])
     name = next(iter(models))
+    models[name].pop("source", None)  # a stack that receives the model (staging, prod): make it train here
     models[name].setdefault("training", {})["workers"] = workers
     if gpus is not None:
         models[name]["training"]["gpus"] = gpus

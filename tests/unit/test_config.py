@@ -241,9 +241,10 @@ STAGING = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())[
     ids=lambda v: v if isinstance(v, str) and " " in v else "",
 )
 def test_training_fit_rules_on_a_stack_that_trains(what, changes, training, key, expect):
-    """Prod trains nothing (models.<name>.source): the training rules are checked where training runs (staging)."""
+    """Prod trains nothing (models.<name>.source): the training rules are checked on a stack whose GPU pools could run them (staging, training turned back on)."""
     cfg = copy.deepcopy(STAGING)
     cfg.update(changes)
+    cfg["mlplatform:models"]["mnist"].pop("source", None)  # staging receives mnist from dev: train here instead
     cfg["mlplatform:models"]["mnist"].setdefault("training", {}).update(training)
     with pytest.raises(ConfigError) as info:
         mock_engine.run("staging", overrides=cfg)
