@@ -139,7 +139,14 @@ def deliver(
     if src_stack:
         registry.promote_between(src, store, model, version, reason=f"pipeline: promote from {src_stack} for a canary", champion=False)
         print(f"{model}: {version} copied from {src_stack} to {stack} (digests verified), candidate there")
-    print(f"{model}: canary of {version} on {stack} (stable: {current_version or 'none'})")
+    if current_version is None:
+        # The stack's first version: there are no stable pods to compare with (Argo rolls a first
+        # revision out at full scale, without steps). It becomes the champion, then the pin follows.
+        registry.move(store, model, "champion", version, reason=f"pipeline: first version on {stack} (no stable to canary against)")
+        pin(stack, model, version, sh)
+        print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
+        return 0
+    print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
     pin(stack, model, version, sh)
     outcome, message = wait(model, version, sh, timeout_s, poll_s)
     if outcome == "Healthy":

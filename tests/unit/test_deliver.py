@@ -124,6 +124,14 @@ def test_pin_champions_keeps_what_serves_across_an_unrelated_up(stacks):
     assert cluster.pins == [V1] and cluster.ups == 0  # pinned for the coming `pulumi up`, nothing deployed here
 
 
+def test_a_stacks_first_version_becomes_champion_without_a_canary(tmp_path, stacks):
+    d, stores = stacks
+    stores["prod"] = f"file://{tmp_path}/empty-prod"  # a new prod store: nothing served yet
+    cluster = Cluster(stores, "Degraded")  # no canary may run (it would fail here)
+    assert deliver.deliver("prod", "mnist", cluster, timeout_s=5, poll_s=0, stacks_dir=d) == 0
+    assert cluster.pins == [V2] and registry.get_alias(stores["prod"], "mnist", "champion")["version"] == V2
+
+
 def test_an_unknown_model_is_a_one_line_error(stacks):
     d, _ = stacks
     with pytest.raises(deliver.DeliveryError, match="stacks/Pulumi.prod.yaml: no model 'fraud'"):
