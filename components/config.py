@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pulumi
@@ -216,13 +217,35 @@ class CiConfig(_Model):
         return bool(self.github_repo or self.gitlab_project or self.github_oidc_provider or self.gitlab_oidc_provider)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+ParamValue = str | int | float | bool
+
+
 class TrainingConfig(_Model):
     """One model's training run (a Job, and a CronJob when scheduled)."""
 
-    arch: Literal["seed", "strong"] = Field(default="strong", description="`seed` (the reference CNN) or `strong`")
+    code: str | None = Field(
+        default=None,
+        description=(
+            "the model's training folder, relative to the project (its `train.py` on the training contract, optional "
+            "`requirements.txt` and `Dockerfile`), e.g. `models/diabetes`: `pulumi up` builds the model's image from it; "
+            "unset: the platform's MNIST trainer"
+        ),
+    )
+    params: dict[str, ParamValue] = Field(
+        default={}, description="the model's own hyperparameters (`TRAIN_PARAMS`, JSON), for `code` models"
+    )
+    gate_min: float | None = Field(
+        default=None,
+        description="quality gate of a `code` model: its gate metric must reach this (`TRAIN_GATE_MIN`); unset: the model's own",
+    )
+    arch: Literal["seed", "strong"] = Field(default="strong", description="`seed` (the reference CNN) or `strong` (MNIST trainer only)")
     epochs: int = Field(default=10, ge=1, le=1000, description="training epochs (a change starts a new run)")
     batch_size: int | None = Field(default=None, ge=1, le=65536, description="minibatch size; unset: the arch's own (seed 128, strong 256)")
-    min_accuracy: float = Field(default=0.9842, gt=0, le=1, description="quality gate: minimum held-out accuracy to publish, in (0, 1]")
+    min_accuracy: float = Field(
+        default=0.9842, gt=0, le=1, description="quality gate: minimum held-out accuracy to publish, in (0, 1] (MNIST trainer only)"
+    )
     champion_margin: float | None = Field(
         default=None,
         ge=0,
@@ -241,6 +264,18 @@ class TrainingConfig(_Model):
     )
     data_uri: str | None = Field(default=None, description="training data URI (s3:// or path); unset: the trainer's download")
     active_deadline_seconds: int = Field(default=7200, ge=60, le=7 * 86400, description="hard time limit per run")
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.rstrip("/")
+        if not CODE_FOLDER.match(v) or ".." in v.split("/"):
+            raise ValueError(f"must be a folder inside the project, like 'models/diabetes' (got {v!r})")
+        if not (PROJECT_ROOT / v / "train.py").is_file():
+            raise ValueError(f'{v}/train.py not found: a model\'s folder holds its train.py (README "Your own model")')
+        return v
 
     @field_validator("schedule")
     @classmethod

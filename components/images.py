@@ -56,10 +56,21 @@ def image_tag(context: Path, base_image: str) -> str:
     return "ctx-" + context_hash(context, extra=f"BASE_IMAGE={base_image}")[:16]
 
 
+# A model folder without a Dockerfile of its own is built with this one, FROM the training image.
+MODEL_DOCKERFILE = "training/model.Dockerfile"
+
+
+def model_image(model: str) -> str:
+    """The image key (and repository suffix) of a model's own training image."""
+    return f"train-{model}"
+
+
 @dataclass
 class ImagesArgs:
     registry: RegistryConfig
     repo_prefix: str  # e.g. "mlplatform-dev"
+    # model -> its training folder (models.<name>.training.code): one image each, FROM the training image
+    model_code: dict[str, str] = field(default_factory=dict)
     force_delete: bool = False  # ephemeral stacks: destroy removes the repositories with their images
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -88,40 +99,61 @@ class Images(pulumi.ComponentResource):
         self.tags = {}
         self.images: dict[str, docker_build.Image] = {}
         for image, (context, base) in IMAGES.items():
-            repo_name = f"{args.repo_prefix}/{image}"
-            registries: list[docker_build.RegistryArgs] | None = None
-            if args.registry.kind == "ecr":
-                repo = self._ecr_repository(f"{name}-{image}", repo_name, args, child)
-                token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id)
-                repository = repo.repository_url
-                registries = [
-                    docker_build.RegistryArgs(
-                        address=repo.repository_url,
-                        username=token.user_name,
-                        password=pulumi.Output.secret(token.password),
-                    )
-                ]
-            else:
-                repository = pulumi.Output.from_input(f"{args.registry.url}/{repo_name}")
-            tag = image_tag(ROOT / context, base)
-            built = docker_build.Image(
-                f"{name}-{image}",
-                tags=[pulumi.Output.concat(repository, ":", tag)],
-                # Relative to the project root (where `pulumi up` runs): absolute paths would
-                # differ per machine and show as a diff on every preview.
-                context=docker_build.BuildContextArgs(location=context),
-                dockerfile=docker_build.DockerfileArgs(location=f"{context}/Dockerfile"),
-                build_args={"BASE_IMAGE": base},
-                platforms=[docker_build.Platform.LINUX_AMD64],
-                push=True,
-                registries=registries,
-                builder=docker_build.BuilderConfigArgs(name=args.registry.builder) if args.registry.builder else None,
-                opts=child,
-            )
-            self.images[image] = built
-            self.tags[image] = built.tags.apply(lambda tags: tags[0])
-            self.refs[image] = pulumi.Output.all(built.tags, built.digest).apply(lambda a: digest_ref(a[0][0], a[1]))
+            self._build(name, image, context, f"{context}/Dockerfile", base, base, args, child)
+        for model, folder in sorted(args.model_code.items()):
+            own = ROOT / folder / "Dockerfile"
+            dockerfile = f"{folder}/Dockerfile" if own.is_file() else MODEL_DOCKERFILE
+            # FROM the training image by digest; the tag hashes the folder, the Dockerfile and the
+            # training image's tag (known at preview), so a change to either rebuilds the model's image.
+            extra = self.tags["training"].apply(lambda t, d=dockerfile: f"{t}|{d}|{(ROOT / d).read_text()}")
+            self._build(name, model_image(model), folder, dockerfile, self.refs["training"], extra, args, child)
         self.register_outputs({"refs": self.refs})
+
+    def _build(
+        self,
+        name: str,
+        image: str,
+        context: str,
+        dockerfile: str,
+        base: pulumi.Input[str],
+        hashed: pulumi.Input[str],
+        args: ImagesArgs,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """Build ``context`` with ``dockerfile`` FROM ``base``, tagged by the context's hash and ``hashed``."""
+        repo_name = f"{args.repo_prefix}/{image}"
+        registries: list[docker_build.RegistryArgs] | None = None
+        if args.registry.kind == "ecr":
+            repo = self._ecr_repository(f"{name}-{image}", repo_name, args, child)
+            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id)
+            repository = repo.repository_url
+            registries = [
+                docker_build.RegistryArgs(
+                    address=repo.repository_url,
+                    username=token.user_name,
+                    password=pulumi.Output.secret(token.password),
+                )
+            ]
+        else:
+            repository = pulumi.Output.from_input(f"{args.registry.url}/{repo_name}")
+        tag = pulumi.Output.from_input(hashed).apply(lambda h: image_tag(ROOT / context, h))
+        built = docker_build.Image(
+            f"{name}-{image}",
+            tags=[pulumi.Output.concat(repository, ":", tag)],
+            # Relative to the project root (where `pulumi up` runs): absolute paths would
+            # differ per machine and show as a diff on every preview.
+            context=docker_build.BuildContextArgs(location=context),
+            dockerfile=docker_build.DockerfileArgs(location=dockerfile),
+            build_args={"BASE_IMAGE": base},
+            platforms=[docker_build.Platform.LINUX_AMD64],
+            push=True,
+            registries=registries,
+            builder=docker_build.BuilderConfigArgs(name=args.registry.builder) if args.registry.builder else None,
+            opts=child,
+        )
+        self.images[image] = built
+        self.tags[image] = built.tags.apply(lambda tags: tags[0])
+        self.refs[image] = pulumi.Output.all(built.tags, built.digest).apply(lambda a: digest_ref(a[0][0], a[1]))
 
     @staticmethod
     def _ecr_repository(name: str, repo_name: str, args: ImagesArgs, opts: pulumi.ResourceOptions) -> aws.ecr.Repository:

@@ -15,7 +15,7 @@ from components.config import Settings, serving_reserved_gpus
 from components.gateway import EntryPoint, EntryPointArgs
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
-from components.images import Images, ImagesArgs
+from components.images import Images, ImagesArgs, model_image
 from components.jenkins import Jenkins, JenkinsArgs
 from components.kueue import Kueue, KueueArgs, QueueQuota
 from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
@@ -207,6 +207,12 @@ class Platform(pulumi.ComponentResource):
                 repo_prefix=self.cluster_name,
                 force_delete=cfg.environment in ("ephemeral", "local", "dev"),
                 tags=self.tags,
+                # A model with its own training code gets its own image, built FROM the training image.
+                model_code={
+                    name: m.training.code
+                    for name, m in cfg.models.items()
+                    if m.runtime == "tensorflow" and m.source is None and m.training.code
+                },
             ),
             opts=self.aws_opts,
         )
@@ -263,7 +269,7 @@ class Platform(pulumi.ComponentResource):
                     config=entry,
                     training_namespace=self.ns["training"],
                     serving_namespace=self.ns["serving"],
-                    training_image=self.images.refs["training"],
+                    training_image=self.images.refs.get(model_image(model), self.images.refs["training"]),
                     serving_image=self.images.refs["serving"],
                     store=self.store,
                     entry=self.entry,

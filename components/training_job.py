@@ -72,9 +72,7 @@ def train_env(
         {"name": "TRAIN_OUTPUT", "value": store_uri},
         {"name": "TRAIN_MODEL_NAME", "value": model},
         {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/{model}/$(JOB_NAME)"},
-        {"name": "TRAIN_ARCH", "value": cfg.arch},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
-        {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)},
         # candidate: the run never moves the champion; a canary does (tools/deliver.py, README "Model delivery").
         {"name": "TRAIN_PUBLISH_AS", "value": publish_as},
         # Read-only root filesystem: Keras, matplotlib and TF caches go to the scratch volume.
@@ -82,6 +80,13 @@ def train_env(
         {"name": "KERAS_HOME", "value": "/scratch/.keras"},
         {"name": "MPLCONFIGDIR", "value": "/scratch/.matplotlib"},
     ]
+    if cfg.code is None:  # the MNIST trainer's own flags
+        env += [{"name": "TRAIN_ARCH", "value": cfg.arch}, {"name": "TRAIN_MIN_ACCURACY", "value": str(cfg.min_accuracy)}]
+    else:  # a model's own code, on the training contract (training/contract.py)
+        if cfg.params:
+            env.append({"name": "TRAIN_PARAMS", "value": json.dumps(cfg.params, sort_keys=True)})
+        if cfg.gate_min is not None:
+            env.append({"name": "TRAIN_GATE_MIN", "value": str(cfg.gate_min)})
     if cfg.batch_size:
         env.append({"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)})
     if cfg.champion_margin is not None:

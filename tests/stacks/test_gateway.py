@@ -178,16 +178,18 @@ def test_two_models_share_nothing_but_the_gateway():
     res = mock_engine.run("dev", overrides={"mlplatform:models": {**catalogue, "fraud": fraud}})
     assert len(of_kind(res, "Gateway")) == 1
     assert len([s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]) == 1
+    tf = sorted(m for m, e in {**catalogue, "fraud": fraud}.items() if e.get("runtime", "tensorflow") == "tensorflow")
+    assert {"fraud", "mnist"} <= set(tf)
     for kind in ("Rollout", "HTTPRoute", "SecurityPolicy", "ServiceMonitor", "PodDisruptionBudget"):
         names = sorted(r.raw["metadata"]["name"] for r in of_kind(res, kind) if r.raw["metadata"]["name"].startswith("model-server-"))
-        assert names == ["model-server-fraud", "model-server-mnist"], (kind, names)
+        assert names == [f"model-server-{m}" for m in tf], (kind, names)
     services = sorted(r.raw["metadata"]["name"] for r in of_kind(res, "Service") if r.raw["metadata"]["name"].startswith("model-server-"))
-    assert services == ["model-server-fraud", "model-server-fraud-metrics", "model-server-mnist", "model-server-mnist-metrics"]
+    assert services == sorted(n for m in tf for n in (f"model-server-{m}", f"model-server-{m}-metrics"))
     jobs = of_kind(res, "Job")
-    prefixes = {
+    prefixes = [
         next(e["value"] for e in j.raw["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "TRAIN_MODEL_NAME") for j in jobs
-    }
-    assert prefixes == {"mnist", "fraud"}  # <store>/models/<name>/: one prefix per model
+    ]
+    assert sorted(prefixes) == tf  # <store>/models/<name>/: one prefix per model, none shared
     # The load balancer admits both models' networks; each route only its own.
     (lb,) = [s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
     assert lb.raw["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24", "203.0.113.0/24"]

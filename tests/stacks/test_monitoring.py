@@ -98,9 +98,11 @@ def test_dashboards_carry_the_sidecar_label(result):
 def test_training_pushes_to_the_pushgateway(result):
     if not trains(result.stack):
         pytest.skip(f"{result.stack} trains nothing (its models come from another stack)")
-    (job,) = result.of_type("kubernetes:batch/v1:Job")
-    env = {e["name"]: e.get("value") for e in job.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["TRAIN_PUSHGATEWAY"].startswith("pushgateway-prometheus-pushgateway.monitoring.svc")
+    jobs = result.of_type("kubernetes:batch/v1:Job")
+    assert jobs
+    for job in jobs:  # every model's run
+        env = {e["name"]: e.get("value") for e in job.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["TRAIN_PUSHGATEWAY"].startswith("pushgateway-prometheus-pushgateway.monitoring.svc"), job.urn
 
 
 def test_sidecar_label_is_the_charts_own(result):

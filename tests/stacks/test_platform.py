@@ -165,9 +165,15 @@ def test_chart_pins_cover_every_release(_results):
     )
 
 
-def test_images_pinned_never_latest(result):
+def own_code_models(stack) -> list[str]:
+    """Models with their own training folder (models.<name>.training.code): one more image each."""
+    models = stack_cfg(stack)["mlplatform:models"]
+    return [m for m, e in models.items() if (e.get("training") or {}).get("code") and not e.get("source")]
+
+
+def test_images_pinned_never_latest(result, stack):
     images = result.of_type("docker-build:index:Image")
-    assert len(images) == 2
+    assert len(images) == 2 + len(own_code_models(stack))
     for img in images:
         (name,) = img.inputs["tags"]
         assert ":ctx-" in name and not name.endswith(":latest"), name
@@ -197,7 +203,7 @@ def test_ecr_repositories_secure(result, stack):
     if stack_cfg(stack).get("mlplatform:registry", {}).get("kind", "ecr") != "ecr":
         assert repos == []
         return
-    assert len(repos) == 2
+    assert len(repos) == 2 + len(own_code_models(stack))
     for repo in repos:
         assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
         assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}

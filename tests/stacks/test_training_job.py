@@ -24,10 +24,16 @@ def training(stack):
     return next(iter(cfg(stack)["mlplatform:models"].values())).get("training", {})
 
 
+def job_records(result):
+    return result.of_type("kubernetes:batch/v1:Job")
+
+
 def job(result):
+    """The first model's (MNIST's) training Job."""
     if not trains(result.stack):
         pytest.skip(f"{result.stack} trains nothing (models.<name>.source): tests/stacks/test_rollouts.py checks it has no Job")
-    (j,) = result.of_type("kubernetes:batch/v1:Job")
+    first = next(iter(cfg(result.stack)["mlplatform:models"]))
+    (j,) = [r for r in job_records(result) if r.raw["metadata"]["labels"].get("mlplatform.io/model") == first]
     return j.raw
 
 
@@ -183,3 +189,46 @@ def test_roles_on_every_eks_stack_are_scoped_to_the_model(stack, result):
             b = next(st["Resource"] for st in policy["Statement"] if st["Sid"] == "List").removeprefix("arn:aws:s3:::")
             assert allowed(policy, "s3:PutObject" if write else "s3:GetObject", b, f"models/{model}/LATEST"), (model, part)
             assert not allowed(policy, "s3:PutObject", b, "models/some-other-model/LATEST"), (model, part)
+
+
+def test_a_model_with_its_own_code_gets_its_own_image(result, stack):
+    """Issue 14: a model's training folder (models.<name>.training.code) becomes its own image, built
+    by `pulumi up` FROM the platform training image by digest; its Job runs that image with the
+    training contract's environment (no MNIST-only flags)."""
+    models = cfg(stack)["mlplatform:models"]
+    coded = {m: e["training"]["code"] for m, e in models.items() if (e.get("training") or {}).get("code") and not e.get("source")}
+    images = {r.name: r.raw for r in result.of_type("docker-build:index:Image")}
+    if not coded:
+        assert not [n for n in images if "-train-" in n], f"{stack}: a model image without a model"
+        return
+    (training,) = [i for n, i in images.items() if n.endswith("-images-training")]
+    for model, folder in coded.items():
+        (img,) = [i for n, i in images.items() if n.endswith(f"-images-train-{model}")]
+        assert img["context"]["location"] == folder
+        assert img["dockerfile"]["location"] == (
+            (folder + "/Dockerfile") if (ROOT / folder / "Dockerfile").exists() else "training/model.Dockerfile"
+        )
+        base = img["buildArgs"]["BASE_IMAGE"]
+        assert base.startswith(training["tags"][0] + "@sha256:"), base  # FROM exactly the training image that was pushed
+        jobs = [j for j in job_records(result) if j.raw["metadata"]["labels"].get("mlplatform.io/model") == model]
+        assert jobs, f"{stack}: no training Job for {model}"
+        for j in jobs:
+            (c,) = j.raw["spec"]["template"]["spec"]["containers"]
+            assert c["image"].startswith(img["tags"][0] + "@sha256:"), c["image"]
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert "TRAIN_ARCH" not in env and "TRAIN_MIN_ACCURACY" not in env  # the MNIST trainer's flags
+            gate = models[model]["training"].get("gateMin")
+            assert env.get("TRAIN_GATE_MIN") == (str(gate) if gate is not None else None)
+
+
+def test_model_image_tag_follows_its_folder_and_the_training_image(tmp_path, monkeypatch):
+    from components import images
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('v1')\n")
+    a = images.image_tag(folder, "training:ctx-1|training/model.Dockerfile|FROM")
+    assert a == images.image_tag(folder, "training:ctx-1|training/model.Dockerfile|FROM")
+    assert a != images.image_tag(folder, "training:ctx-2|training/model.Dockerfile|FROM")  # a new training image rebuilds it
+    (folder / "train.py").write_text("print('v2')\n")
+    assert a != images.image_tag(folder, "training:ctx-1|training/model.Dockerfile|FROM")  # so does a change to its code

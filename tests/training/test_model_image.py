@@ -1,5 +1,5 @@
 """A model's own image, for real: the platform training image (training/Dockerfile) on the locally
-made base, then models/diabetes/Dockerfile FROM it, run as the cluster runs it (non-root, read-only
+made base, then models/diabetes built with training/model.Dockerfile FROM it, run as the cluster runs it (non-root, read-only
 root, no network). The base has no TensorFlow (the real one is tensorflow/tensorflow's GPU image,
 which cannot be pulled here), so this checks the image's wiring: the runner finds the model's
 entrypoint, the contract answers bad data with exit 2 and the reason, and the model's own
@@ -36,6 +36,9 @@ def model_image():
         "BASE_IMAGE=mlplatform-training:model-test",
         "-t",
         "mlplatform-diabetes:test",
+        # as components/images.py builds a model folder without a Dockerfile of its own
+        "-f",
+        str(ROOT / "training" / "model.Dockerfile"),
         str(ROOT / "models" / "diabetes"),
     )
     assert model.returncode == 0, model.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 
@@ -393,3 +394,18 @@ def test_readme_config_table_is_generated_from_the_model():
     assert readme == config_doc.table(), "README config table is stale: run `python -m tools.config_doc --write`"
     for key in ("registry.builder", "ephemeral.ttlHours", "models.<name>.serving.maxReplicas"):  # once missing from the table
         assert f"| `{key}` |" in readme
+
+
+@pytest.mark.parametrize(
+    "code,expect",
+    [
+        ("models/nope", "models/nope/train.py not found"),
+        ("../elsewhere", "must be a folder inside the project"),
+        ("/abs/models/x", "must be a folder inside the project"),
+    ],
+)
+def test_a_models_code_folder_must_hold_its_trainer(code, expect):
+    with pytest.raises(ConfigError, match=rf"x.yaml: mlplatform:models.fraud.training.code: .*{re.escape(expect)}"):
+        validate({**LOCAL, "models": {"fraud": {"training": {"gpus": 0, "code": code}}}}, "x.yaml")
+    ok = validate({**LOCAL, "models": {"fraud": {"training": {"gpus": 0, "code": "models/diabetes/"}}}}, "x.yaml")
+    assert ok.models["fraud"].training.code == "models/diabetes"
