@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import helm
-from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
+from components.namespaces import operator_namespace
 from components.scaling import (  # noqa: F401 - re-exported: the builders are used through this module
     API_VERSION,
     METRICS_API_PORT,
@@ -45,18 +45,7 @@ class Keda(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KedaArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:autoscaling:Keda", name, None, opts)
-        ns = PlatformNamespace(
-            f"{name}-ns",
-            PlatformNamespaceArgs(namespace=NAMESPACE, environment=args.environment, pod_security="restricted"),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        after_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="keda", namespace=NAMESPACE),
-            spec=keda_network_policy(args.prometheus_namespace),
-            opts=after_ns,
-        )
+        after_ns = operator_namespace(self, name, NAMESPACE, args.environment, "keda", keda_network_policy(args.prometheus_namespace))
         self.release = helm.release(f"{name}-release", "keda", NAMESPACE, keda_values(), after_ns, release_name=RELEASE)
         self.register_outputs({})
 

@@ -91,3 +91,20 @@ class PlatformNamespace(pulumi.ComponentResource):
             opts=ns_opts,
         )
         self.register_outputs({"name": self.name})
+
+
+def operator_namespace(
+    parent: pulumi.Resource, name: str, namespace: str, environment: str, policy_name: str, policy_spec: dict[str, Any]
+) -> pulumi.ResourceOptions:
+    """An operator's own `restricted`, default-deny namespace and the one NetworkPolicy that opens
+    what the operator needs; returns the options for what goes into it (it waits for both)."""
+    ns = PlatformNamespace(
+        f"{name}-ns",
+        PlatformNamespaceArgs(namespace=namespace, environment=environment, pod_security="restricted"),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    after_ns = pulumi.ResourceOptions(parent=parent, depends_on=[ns])
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-netpol", metadata=k8s.meta.v1.ObjectMetaArgs(name=policy_name, namespace=namespace), spec=policy_spec, opts=after_ns
+    )
+    return after_ns

@@ -30,7 +30,7 @@ import pulumi_kubernetes as k8s
 
 from components import helm
 from components.config import CanaryConfig
-from components.namespaces import PlatformNamespace, PlatformNamespaceArgs, egress_except_metadata
+from components.namespaces import egress_except_metadata, operator_namespace
 from components.scaling import PROMETHEUS_URL
 
 API_VERSION = "argoproj.io/v1alpha1"
@@ -324,18 +324,7 @@ class ArgoRollouts(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ArgoRolloutsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:rollouts:ArgoRollouts", name, None, opts)
-        ns = PlatformNamespace(
-            f"{name}-ns",
-            PlatformNamespaceArgs(namespace=NAMESPACE, environment=args.environment, pod_security="restricted"),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        after_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="argo-rollouts", namespace=NAMESPACE),
-            spec=network_policy(args.prometheus_namespace),
-            opts=after_ns,
-        )
+        after_ns = operator_namespace(self, name, NAMESPACE, args.environment, "argo-rollouts", network_policy(args.prometheus_namespace))
         mon = args.monitoring_release
         if mon is not None:
             k8s.networking.v1.NetworkPolicy(
@@ -349,7 +338,7 @@ class ArgoRollouts(pulumi.ComponentResource):
             "argo-rollouts",
             NAMESPACE,
             chart_values(monitoring=mon is not None),
-            pulumi.ResourceOptions(parent=self, depends_on=[ns, *([mon] if mon else [])]),
+            pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[mon] if mon else [])),
             release_name=RELEASE,
         )
         self.register_outputs({})
