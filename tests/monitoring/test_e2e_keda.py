@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,18 +30,12 @@ import pytest
 import yaml
 
 from components.scaling import desired_replicas, target_label
-from tests.conftest import ROOT, unavailable
+from tests.conftest import ROOT
+from tests.monitoring.test_e2e_alert import binary, start_prometheus
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 STACK = "dev"
-
-
-def binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        unavailable(f"{name} not installed (apt-get install prometheus wrk)")
-    return path
 
 
 def rendered(tmp_path: Path) -> dict[tuple[str, str], dict]:
@@ -195,17 +188,7 @@ def scaling_env(tmp_path):
             }
         ],
     }
-    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(prom_cfg))
-    prom = subprocess.Popen(
-        [
-            binary("prometheus"),
-            f"--config.file={tmp_path / 'prom.yaml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom = start_prometheus(tmp_path, prom_cfg, prom_port)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
         wait_http(f"http://127.0.0.1:{prom_port}/-/ready")

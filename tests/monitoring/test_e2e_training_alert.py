@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from monitoring import spec
-from tests.monitoring.test_e2e_alert import binary, query, wait_http
+from tests.monitoring.test_e2e_alert import binary, query, start_prometheus, wait_http
 from tests.serving.conftest import free_port
 from training import metrics
 
@@ -70,17 +70,7 @@ def observed_training(tmp_path):
         # as the chart's ServiceMonitor does (honorLabels): keep the job/model labels training pushes
         "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [pg.addr]}]}],
     }
-    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(prom_cfg))
-    prom = subprocess.Popen(
-        [
-            binary("prometheus"),
-            f"--config.file={tmp_path / 'prom.yaml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom = start_prometheus(tmp_path, prom_cfg, prom_port)
     url = f"http://127.0.0.1:{prom_port}"
     try:
         wait_http(f"{url}/-/ready")

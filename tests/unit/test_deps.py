@@ -24,6 +24,7 @@ PROVIDES = {
     "prometheus-pushgateway": ["prometheus-pushgateway"],
     "nodejs": ["node"],
     "npm": ["npm"],
+    "wrk": ["wrk"],
     "git": ["git"],
     "docker.io": ["docker", "dockerd"],
     "debootstrap": ["debootstrap"],
@@ -200,13 +201,13 @@ def test_failed_apt_is_one_line(machine):
     assert not machine.policy.exists()
 
 
-def test_slow_lane_adds_docker_debootstrap_jre_git(machine):
+def test_slow_lane_adds_docker_debootstrap_jre_git_wrk(machine):
     machine.add(*all_binaries("fast"))
     proc = machine.run("--lane", "slow")
     assert proc.returncode == 0, proc.stderr
     install = machine.calls()[-1]["args"]
     assert sorted(a for a in install if not a.startswith("-") and a != "install") == sorted(
-        ["git", "docker.io", "debootstrap", "default-jre-headless"]
+        ["git", "docker.io", "debootstrap", "default-jre-headless", "wrk"]
     )
 
 
