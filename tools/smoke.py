@@ -4,8 +4,9 @@ An OpenAI-compatible model (a vLLM model's base URL, ending in /v1, or --openai)
 tools/smoke_openai.py: one short chat completion, its shape and latency.
 
 URL is the service URL (http://host or the stack's `serviceUrl` output). Checks the model status is
-AVAILABLE, then predicts real MNIST test images (data/mnist.npz) and requires the accuracy to reach
---min-accuracy. Where the service requires an API key, pass it with --api-key or SMOKE_API_KEY.
+AVAILABLE, then, for a 28x28 image model (MNIST), predicts real MNIST test images (data/mnist.npz) and
+requires the accuracy to reach --min-accuracy; any other model gets instances built from its serving
+signature and must answer each with finite values on both protocols. Where the service requires an API key, pass it with --api-key or SMOKE_API_KEY.
 Exit 0 ok, 1 failed (with the reason), 2 usage.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -56,6 +58,12 @@ def smoke(
     state = status["model_version_status"][0]
     if state["state"] != "AVAILABLE":
         return False, f"model {model} is {state['state']}: {state['status']}"
+    try:
+        meta = _get(f"{base}/v2/models/{model}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, f"{base}/v2/models/{model}: no metadata ({exc})"
+    if not is_image_model(meta):
+        return smoke_signature(base, model, state["version"], meta, api_key)
     with np.load(data) as d:
         x, y = d["x_test"][:images] / 255.0, d["y_test"][:images]
     correct, first = 0, None
@@ -75,6 +83,58 @@ def smoke(
     if problem:
         return False, f"{message}; binary tensor path: {problem}"
     return ok, message + "; binary tensor path agrees"
+
+
+def is_image_model(meta: dict) -> bool:
+    """A 28x28 image classifier (MNIST's contract): smoke-tested for accuracy on real test images."""
+    inputs = meta.get("inputs") or []
+    return len(inputs) == 1 and inputs[0]["datatype"].startswith("FP") and list(inputs[0]["shape"][1:3]) == [28, 28]
+
+
+def _example(datatype: str, dims: list[int]) -> np.ndarray:
+    """One instance of an input: zeros (an empty string, False) in the signature's shape."""
+    shape = [1 if d < 0 else d for d in dims]
+    if datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=bool if datatype == "BOOL" else np.float64 if datatype.startswith("FP") else np.int64)
+
+
+def _finite(value) -> bool:
+    """Every number in a (nested) answer is finite; strings and booleans pass as they are."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def smoke_signature(base: str, model: str, version: str, meta: dict, api_key: str | None) -> tuple[bool, str]:
+    """A model with no labelled data here (anything but MNIST): two instances built from its serving
+    signature must each get a finite prediction, in TF-Serving's row format and the Open Inference
+    Protocol alike. It proves the model loads, its contract is what the server says, and it answers."""
+    inputs = meta.get("inputs") or []
+    if not inputs:
+        return False, f"model {model}: metadata lists no inputs"
+    examples = {i["name"]: _example(i["datatype"], list(i["shape"][1:])) for i in inputs}
+    row = {n: v.tolist() for n, v in examples.items()}
+    instances = [row, row] if len(inputs) > 1 else [row[inputs[0]["name"]]] * 2
+    try:
+        preds = _post(f"{base}/v1/models/{model}:predict", {"instances": instances}, api_key=api_key)["predictions"]
+        v2 = [
+            {"name": i["name"], "datatype": i["datatype"], "shape": [2, *examples[i["name"]].shape], "data": [row[i["name"]]] * 2}
+            for i in inputs
+        ]
+        outputs = _post(f"{base}/v2/models/{model}/infer", {"inputs": v2}, api_key=api_key)["outputs"]
+    except urllib.error.HTTPError as exc:
+        return False, f"predict answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        return False, f"predict failed ({exc})"
+    if len(preds) != 2:
+        return False, f"/v1 answered {len(preds)} predictions for 2 instances"
+    if not _finite(preds) or not all(o["shape"][0] == 2 and _finite(o["data"]) for o in outputs):
+        return False, "the model answered non-finite values (or not one per instance)"
+    names = ", ".join(f"{i['name']} {i['datatype']}{list(i['shape'])}" for i in inputs)
+    return True, f"version {version}: 2 instances built from its signature ({names}) answered on /v1 and /v2"
 
 
 def _binary_disagrees(base: str, model: str, x: np.ndarray, json_preds: np.ndarray, api_key: str | None) -> str | None:
