@@ -347,6 +347,13 @@ class ServingConfig(_Model):
     max_batch_size: int = Field(default=64, ge=1, le=4096, description="instances per model call and per request")
     batch_timeout_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")
     max_queue: int = Field(default=1024, ge=1, le=1_000_000, description="queued instances before 429")
+    processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        default=1,
+        description=(
+            "server processes per pod sharing the port (`SERVING_WORKERS`), each with its own model and batcher; "
+            "`auto`: the container's CPU limit. More processes need a higher memory limit (one model each)"
+        ),
+    )
     target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent")
     resources: Resources = Field(default=Resources(), description="container resources")
     api_key: bool = Field(default=False, description="require an API key on predict routes (a generated key in a Secret)")

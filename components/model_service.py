@@ -64,6 +64,9 @@ def server_env(model: str, cfg: ServingConfig, model_uri: str) -> list[dict[str,
     ]
     if cfg.api_key:
         env.append({"name": "SERVING_API_KEYS_FILE", "value": API_KEYS_FILE})
+    if cfg.processes != 1:
+        # N processes on the port (SO_REUSEPORT), metrics summed on the metrics port (serving/workers.py).
+        env.append({"name": "SERVING_WORKERS", "value": str(cfg.processes)})
     return env
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def _type(ann: Any) -> str:
         return f"map of {_type(args[1])}"
     if args and type(None) in args:
         return _type(next(a for a in args if a is not type(None)))
+    if origin in (typing.Union, types.UnionType):  # e.g. int | "auto", str | int | float | bool
+        return " or ".join(_type(a) for a in args)
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "object"
     meta = getattr(ann, "__origin__", None)  # Annotated[str, ...] (Cidr, Quantity)

@@ -77,10 +77,14 @@ def test_serving_env_on_every_stack_is_read_by_the_server(result):
 
 def test_every_serving_option_is_read_by_the_server():
     """Including the ones no stack sets today (the API-key file)."""
-    cfg = ServingConfig(apiKey=True, maxBatchSize=8, batchTimeoutMs=1.5, maxQueue=10)
+    cfg = ServingConfig(apiKey=True, maxBatchSize=8, batchTimeoutMs=1.5, maxQueue=10, processes=3)
     env = {e["name"]: e["value"] for e in server_env("fraud", cfg, "s3://bucket")}
-    assert "SERVING_API_KEYS_FILE" in env and env["SERVING_METRICS_PORT"] == "9091"
+    assert "SERVING_API_KEYS_FILE" in env and env["SERVING_METRICS_PORT"] == "9091" and env["SERVING_WORKERS"] == "3"
     check_serving(env)
+    auto = {e["name"]: e["value"] for e in server_env("fraud", ServingConfig(processes="auto"), "s3://bucket")}
+    assert auto["SERVING_WORKERS"] == "auto"
+    check_serving(auto)
+    assert "SERVING_WORKERS" not in {e["name"] for e in server_env("fraud", ServingConfig(), "s3://bucket")}  # one process
 
 
 def test_training_env_on_every_stack_is_read_by_the_trainer(result, monkeypatch):

@@ -409,3 +409,11 @@ def test_a_models_code_folder_must_hold_its_trainer(code, expect):
         validate({**LOCAL, "models": {"fraud": {"training": {"gpus": 0, "code": code}}}}, "x.yaml")
     ok = validate({**LOCAL, "models": {"fraud": {"training": {"gpus": 0, "code": "models/diabetes/"}}}}, "x.yaml")
     assert ok.models["fraud"].training.code == "models/diabetes"
+
+
+def test_server_processes_are_a_positive_count_or_auto():
+    base = {**LOCAL, "models": {"m": {"training": {"gpus": 0}, "serving": {"processes": "auto"}}}}
+    assert validate(base, "x.yaml").models["m"].serving.processes == "auto"
+    for bad in (0, "many"):
+        with pytest.raises(ConfigError, match=r"mlplatform:models.m.serving.processes"):
+            validate({**base, "models": {"m": {"training": {"gpus": 0}, "serving": {"processes": bad}}}}, "x.yaml")
