@@ -7,12 +7,12 @@ dependency reads its bundled data set offline."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, unavailable
+from tests.conftest import ROOT
+from tests.unit.test_docker_images import engine  # noqa: F401 (the fixture: a running engine, started here if need be)
 from tools import docker_base
 
 pytestmark = pytest.mark.slow
@@ -24,9 +24,7 @@ def docker(*args, timeout=1800):
 
 
 @pytest.fixture(scope="module")
-def model_image():
-    if shutil.which("docker") is None or docker("info", timeout=30).returncode != 0:
-        unavailable("no Docker engine running (tests/unit/test_docker_images.py starts one where it can)")
+def model_image(engine):  # noqa: F811 (the imported fixture)
     base = docker_base.build(BASE, ROOT / "build" / "rootfs")
     platform = docker("build", "--build-arg", f"BASE_IMAGE={base}", "-t", "mlplatform-training:model-test", str(ROOT / "training"))
     assert platform.returncode == 0, platform.stderr[-3000:]
