@@ -31,6 +31,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,11 +150,11 @@ def versions(root: str, name: str) -> list[str]:
     return sorted(found)
 
 
-def verify(root: str, name: str, version: str) -> None:
-    """Every file of ``version`` is present with its manifest digest, and nothing was added. Raises VerifyError."""
+def _read_checked(root: str, name: str, version: str, problems: list[str]) -> Iterator[tuple[str, bytes]]:
+    """Each file of ``version`` whose bytes match its manifest digest, as (path, bytes); a missing or
+    altered file is added to ``problems`` instead."""
     manifest = read_manifest(root, name, version)
     base = storage.join(model_root(root, name), version)
-    problems = []
     for rel, want in manifest["files"].items():
         try:
             data = storage.read_bytes(storage.join(base, rel))
@@ -162,7 +163,17 @@ def verify(root: str, name: str, version: str) -> None:
             continue
         if _sha256(data) != want["sha256"]:
             problems.append(f"{rel} sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
-    extra = sorted(set(storage.list_names(base)) - set(manifest["files"]) - {MANIFEST})
+            continue
+        yield rel, data
+
+
+def verify(root: str, name: str, version: str) -> None:
+    """Every file of ``version`` is present with its manifest digest, and nothing was added. Raises VerifyError."""
+    problems: list[str] = []
+    for _ in _read_checked(root, name, version, problems):
+        pass
+    listed = set(read_manifest(root, name, version)["files"])
+    extra = sorted(set(storage.list_names(storage.join(model_root(root, name), version))) - listed - {MANIFEST})
     problems += [f"{rel} not in the manifest" for rel in extra]
     if problems:
         raise VerifyError(f"{name}/{version}", problems)
@@ -171,18 +182,8 @@ def verify(root: str, name: str, version: str) -> None:
 def fetch(root: str, name: str, version: str, dest: Path) -> Path:
     """Download ``version`` into ``dest`` and check every file against its manifest there (what
     arrives is what was published). Returns ``dest``; raises VerifyError."""
-    manifest = read_manifest(root, name, version)
-    base = storage.join(model_root(root, name), version)
-    problems = []
-    for rel, want in manifest["files"].items():
-        try:
-            data = storage.read_bytes(storage.join(base, rel))
-        except FileNotFoundError:
-            problems.append(f"{rel} missing")
-            continue
-        if _sha256(data) != want["sha256"]:
-            problems.append(f"{rel} sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
-            continue
+    problems: list[str] = []
+    for rel, data in _read_checked(root, name, version, problems):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_bytes(data)
     if problems:

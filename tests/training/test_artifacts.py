@@ -67,6 +67,11 @@ def test_reader_racing_publishes_never_sees_a_partial_version(tmp_path, s3_bucke
     try:
         for i, d in enumerate(dirs):
             artifacts.publish(d, root, "mnist", f"v{i:04d}")
+            # On a loaded machine the reader may not run at all between two publishes: wait until it
+            # has seen this version, so it really races the next publish (and the count below holds).
+            deadline = time.time() + 10
+            while f"v{i:04d}" not in seen and time.time() < deadline:
+                time.sleep(0.005)
     finally:
         done.set()
         t.join()
