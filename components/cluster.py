@@ -226,7 +226,8 @@ class Cluster(pulumi.ComponentResource):
         self, name: str, addon: str, namespace: str, sa: str, policy_arn: str, args: ClusterArgs, after: list[pulumi.Resource] | None = None
     ) -> aws.eks.Addon:
         """An EKS add-on whose service account assumes its own role (IRSA), not the node role."""
-        assert self.eks is not None
+        if self.eks is None:  # an invariant, not a config error: add-ons exist only on EKS clusters
+            raise RuntimeError(f"{name}: the {addon} add-on needs an EKS cluster (cluster.kind: eks)")
         child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(
             f"{name}-{addon}-role",
