@@ -11,7 +11,7 @@ from components.autoscaling import NAMESPACE as KEDA_NAMESPACE
 from components.autoscaling import Keda, KedaArgs
 from components.ci_identity import CiDeployRole, CiDeployRoleArgs
 from components.cluster import Cluster, ClusterArgs
-from components.config import Settings, serving_reserved_gpus
+from components.config import Settings, serving_reserved_gpus, stack_file
 from components.gateway import EntryPoint, EntryPointArgs
 from components.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -21,6 +21,7 @@ from components.kueue import Kueue, KueueArgs, QueueQuota
 from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
+from components.promotion import ModelPromoter, ModelPromoterArgs, account_id
 from components.rollouts import ArgoRollouts, ArgoRolloutsArgs
 
 # role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
@@ -229,6 +230,24 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.in_namespaces,
         )
+        # The identity that copies received models into this store, least privilege (components/promotion.py).
+        self.account_id = account_id(self.providers[0], self) if cfg.is_eks else None
+        received = {m: e.source.stack for m, e in cfg.models.items() if e.runtime == "tensorflow" and e.source}
+        self.promoter: ModelPromoter | None = None
+        if cfg.is_eks and received:
+            self.promoter = ModelPromoter(
+                f"{name}-model-promoter",
+                ModelPromoterArgs(
+                    stack=self.settings.stack,
+                    stack_file=stack_file(self.settings.stack),
+                    received=received,
+                    own_bucket_arn=self.store.bucket_arn,
+                    account_id=self.account_id,
+                    deploy_role_arn=self.ci_role.arn if self.ci_role else None,
+                    tags=self.tags,
+                ),
+                opts=self.aws_opts,
+            )
         # Every model's one way in. The load balancer admits the union of the models' networks when
         # every model is restricted; each route's SecurityPolicy narrows it to that model's own.
         restricted = bool(cfg.models) and all(m.serving.allowed_cidrs for m in cfg.models.values())

@@ -5,7 +5,10 @@
 1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
    takes the source stack's champion and copies it into its own store, byte for byte, digests checked
    on arrival, as its *candidate* (``tools.models promote --from --to --candidate``); a stack that
-   trains takes its own candidate (what its training run published).
+   trains takes its own candidate (what its training run published). The source is read and the copy
+   written with the stack's promotion role (stack output ``promotionRole``, components/promotion.py:
+   read on the received models' folders of the source store, read/write on the same folders of its
+   own), assumed with STS for this step only; everything else runs with the deploy identity.
 2. Pin it: ``pulumi config set models.<name>.serving.version`` and ``pulumi up``: the pod template
    changes, Argo Rollouts starts the canary and its analysis (components/rollouts.py).
 3. Wait for the Rollout: Healthy with the new pods stable -> the version becomes the stack's champion.
@@ -22,6 +25,7 @@ out; 2 usage or config error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -35,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "ml-serving"  # platform.NAMESPACES["serving"]
 
 Runner = Callable[[list[str]], str]
+# (role ARN or None, session name) -> a context in which the S3 store calls run as that role
+Promoter = Callable[[str | None, str], contextlib.AbstractContextManager]
 
 
 def run(cmd: list[str]) -> str:
@@ -62,6 +68,46 @@ def source_stack(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> 
 
 def store_of(stack: str, sh: Runner) -> str:
     return sh(["pulumi", "stack", "output", "modelStore", "--stack", stack]).strip()
+
+
+def promotion_role(stack: str, sh: Runner) -> str | None:
+    """The stack's promotion role (None where the stack has none: no IAM, e.g. the local stack's MinIO)."""
+    try:
+        out = sh(["pulumi", "stack", "output", "promotionRole", "--stack", stack]).strip()
+    except DeliveryError as exc:
+        raise DeliveryError(f"{stack} has no promotionRole output ({exc}): run `make up-ci STACK={stack}` first") from None
+    return None if out in ("", "null") else out
+
+
+def assume_role(role_arn: str, session: str) -> dict:
+    """Temporary credentials of ``role_arn`` (STS AssumeRole with the current, deploy, identity), one hour."""
+    import boto3
+
+    return boto3.client("sts").assume_role(RoleArn=role_arn, RoleSessionName=session[:64], DurationSeconds=3600)["Credentials"]
+
+
+@contextlib.contextmanager
+def as_role(role_arn: str | None, session: str, assume: Callable[[str, str], dict] = assume_role):
+    """Every boto3 client made inside (training.storage makes one per call) uses ``role_arn``'s
+    credentials; the deploy identity's session is back afterwards. No role: nothing changes."""
+    if role_arn is None:
+        yield
+        return
+    import boto3
+
+    creds = assume(role_arn, session)
+    previous = boto3.DEFAULT_SESSION
+    region = (previous or boto3.Session()).region_name
+    boto3.DEFAULT_SESSION = boto3.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+        region_name=region,
+    )
+    try:
+        yield
+    finally:
+        boto3.DEFAULT_SESSION = previous
 
 
 def pin(stack: str, model: str, version: str, sh: Runner) -> None:
@@ -106,7 +152,13 @@ def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float =
 
 
 def deliver(
-    stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10, stacks_dir: Path = ROOT / "stacks"
+    stack: str,
+    model: str,
+    sh: Runner = run,
+    timeout_s: float = 3600,
+    poll_s: float = 10,
+    stacks_dir: Path = ROOT / "stacks",
+    promoter: Promoter = as_role,
 ) -> int:
     from training import registry
 
@@ -114,7 +166,11 @@ def deliver(
     store = store_of(stack, sh)
     if src_stack:
         src = store_of(src_stack, sh)
-        champ = registry.get_alias(src, model, "champion")
+        role = promotion_role(stack, sh)
+        session = f"deliver-{stack}-{model}"
+        print(f"{model}: reading {src_stack}'s store as {role or 'the deploy identity (no promotion role on this stack)'}")
+        with promoter(role, session):
+            champ = registry.get_alias(src, model, "champion")
         if champ is None:
             print(f"{model}: {src_stack} has no champion yet: nothing to deliver to {stack}")
             return 0
@@ -137,7 +193,8 @@ def deliver(
         pin(stack, model, version, sh)
         return 0
     if src_stack:
-        registry.promote_between(src, store, model, version, reason=f"pipeline: promote from {src_stack} for a canary", champion=False)
+        with promoter(role, session):
+            registry.promote_between(src, store, model, version, reason=f"pipeline: promote from {src_stack} for a canary", champion=False)
         print(f"{model}: {version} copied from {src_stack} to {stack} (digests verified), candidate there")
     if current_version is None:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first

@@ -126,6 +126,12 @@ class Result:
         return [r for r in self.records if r.is_k8s_object]
 
 
+def reference_bucket(stack: str) -> str:
+    """The model store bucket a StackReference to ``stack`` reports under the mocks (its own per stack,
+    unlike the auto-named bucket the mocks give every stack's own program)."""
+    return f"mlplatform-{stack}-store-{_h(stack, 'store', n=7)}"
+
+
 class PlatformMocks(pulumi.runtime.Mocks):
     """Outputs for the resources and invokes the program reads, derived from names only.
 
@@ -133,9 +139,10 @@ class PlatformMocks(pulumi.runtime.Mocks):
     (passwords, tokens, kubeconfigs), so tests can assert none of them reaches any output in clear.
     """
 
-    def __init__(self):
+    def __init__(self, references: dict[str, dict[str, Any]] | None = None):
         super().__init__()
         self.sensitive: set[str] = set()
+        self.references = references or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         t, name, inputs = args.typ, args.name, dict(args.inputs)
@@ -192,6 +199,14 @@ class PlatformMocks(pulumi.runtime.Mocks):
         elif t == "aws:s3/bucket:Bucket":
             b = inputs.get("bucket", f"{name}-{_h(name, n=7)}")
             outs = {"bucket": b, "arn": f"arn:aws:s3:::{b}"}
+        elif t == "pulumi:pulumi:StackReference":
+            # Another stack's outputs (org/project/stack): its own bucket, this account; ``references``
+            # (stack -> outputs) overrides them. The engine reads them, so they come back as `outputs`.
+            ref = inputs.get("name") or args.resource_id or name
+            other = ref.rsplit("/", 1)[-1]
+            outputs = {"environment": other, "modelStore": f"s3://{reference_bucket(other)}", "awsAccountId": ACCOUNT}
+            outs = {"outputs": {**outputs, **self.references.get(other, {})}, "secretOutputNames": []}
+            return ref, {**inputs, **outs}
         elif t == "kubernetes:core/v1:Service" and inputs.get("spec", {}).get("type") == "LoadBalancer":
             outs = {"status": {"loadBalancer": {"ingress": [{"hostname": f"{_h(name)}.elb.eu-west-1.amazonaws.com"}]}}}
         # Remote components (custom=False) have outputs unrelated to their inputs: return only ours.
@@ -336,9 +351,26 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> tuple[d
     return cfg, secret_keys
 
 
-def run(stack: str, overrides: dict[str, Any] | None = None) -> Result:
-    """Run ``__main__.py`` for ``stack`` under mocks; return every registered resource (sorted by URN)."""
-    mocks = PlatformMocks()
+def _drop_pending_tasks() -> None:
+    import asyncio
+
+    from pulumi.runtime.sync_await import _ensure_event_loop
+
+    loop = _ensure_event_loop()
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending and not loop.is_running():
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    psettings._get_rpc_manager().clear()
+    with psettings.SETTINGS.lock:
+        psettings.SETTINGS.outputs.clear()
+
+
+def run(stack: str, overrides: dict[str, Any] | None = None, references: dict[str, dict[str, Any]] | None = None) -> Result:
+    """Run ``__main__.py`` for ``stack`` under mocks; return every registered resource (sorted by URN).
+    ``references``: stack -> outputs a StackReference to that stack reports (over the mocks' own)."""
+    mocks = PlatformMocks(references)
     monitor = RecordingMonitor(mocks)
     psettings.ROOT.set(None)
     pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
@@ -351,6 +383,10 @@ def run(stack: str, overrides: dict[str, Any] | None = None) -> Result:
         _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     except BaseException as exc:
         exc.registered = list(monitor.records)  # type: ignore[attr-defined]  # what got registered before the failure
+        # An error raised inside an apply (e.g. a StackReference's answer refused) leaves this run's
+        # dependent tasks pending on the shared event loop and the error in the SDK's RPC manager, both
+        # of which outlive the run: cancel and forget them, or the next run fails with this error.
+        _drop_pending_tasks()
         raise
     records = sorted(monitor.records, key=lambda r: r.urn)
     return Result(

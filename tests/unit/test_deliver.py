@@ -4,6 +4,7 @@ stand-ins (a scripted runner: their answers are what the step reads)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -28,12 +29,17 @@ def publish(tmp_path: Path, root: str, version: str, champion: bool = True) -> N
 class Cluster:
     """Answers pulumi/kubectl as the step calls them; the Rollout ends ``outcome`` once pinned."""
 
-    def __init__(self, stores: dict[str, str], outcome: str):
+    def __init__(self, stores: dict[str, str], outcome: str, roles: dict[str, str] | None = None):
         self.stores, self.outcome, self.pins, self.ups = stores, outcome, [], 0
+        self.roles = roles or {}  # stack -> its promotionRole output (unset: null, as on a stack without IAM)
         self.pinned: str | None = None
 
     def __call__(self, cmd: list[str]) -> str:
-        if cmd[:3] == ["pulumi", "stack", "output"]:
+        if cmd[:4] == ["pulumi", "stack", "output", "promotionRole"]:
+            if self.roles.get(cmd[-1]) == "missing":
+                raise deliver.DeliveryError("pulumi stack output promotionRole ... failed (255): current stack does not have output")
+            return self.roles.get(cmd[-1], "null") + "\n"
+        if cmd[:4] == ["pulumi", "stack", "output", "modelStore"]:
             return self.stores[cmd[-1]] + "\n"
         if cmd[:3] == ["pulumi", "config", "set"]:
             assert cmd[4] == "mlplatform:models.mnist.serving.version"
@@ -136,3 +142,97 @@ def test_an_unknown_model_is_a_one_line_error(stacks):
     d, _ = stacks
     with pytest.raises(deliver.DeliveryError, match="stacks/Pulumi.prod.yaml: no model 'fraud'"):
         deliver.source_stack("prod", "fraud", d)
+
+
+# ---- the promotion identity: the source is read, and the copy written, only as the promotion role ----
+
+PROMOTER = "arn:aws:iam::123456789012:role/mlplatform-prod-model-promoter"
+
+
+class StoreLog:
+    """Every store access (training.storage) with the role it ran as (the fake promoter's current one)."""
+
+    def __init__(self, monkeypatch):
+        from training import storage
+
+        self.role: str | None = None
+        self.depth = 0
+        self.calls: list[tuple[str | None, str, str]] = []  # (role, operation, uri)
+        self.sessions: list[tuple[str | None, str]] = []
+        for op in ("read_bytes", "write_bytes", "read_versioned", "write_if", "list_names"):
+            monkeypatch.setattr(storage, op, self._logged(op, getattr(storage, op)))
+
+    def _logged(self, op, real):
+        def call(uri, *args):
+            if not self.depth:  # the registry's call, not storage's own calls inside it (plain paths)
+                self.calls.append((self.role, op, uri))
+            self.depth += 1
+            try:
+                return real(uri, *args)
+            finally:
+                self.depth -= 1
+
+        return call
+
+    @contextlib.contextmanager
+    def promoter(self, role: str | None, session: str):
+        self.sessions.append((role, session))
+        self.role = role
+        try:
+            yield
+        finally:
+            self.role = None
+
+
+def test_the_copy_runs_as_the_promotion_role_and_nothing_else_does(stacks, monkeypatch):
+    d, stores = stacks
+    log = StoreLog(monkeypatch)
+    cluster = Cluster(stores, "Healthy", roles={"prod": PROMOTER})
+    assert deliver.deliver("prod", "mnist", cluster, timeout_s=5, poll_s=0, stacks_dir=d, promoter=log.promoter) == 0
+    assert registry.get_alias(stores["prod"], "mnist", "champion")["version"] == V2
+    assert {s for s in log.sessions} == {(PROMOTER, "deliver-prod-mnist")}
+    as_role = [(op, uri) for role, op, uri in log.calls if role == PROMOTER]
+    as_deployer = [(op, uri) for role, op, uri in log.calls if role is None]
+    # The source store is touched by the promotion role only, and only read.
+    assert all(role == PROMOTER for role, _, uri in log.calls if uri.startswith(stores["staging"]))
+    assert {op for op, uri in as_role if uri.startswith(stores["staging"])} <= {"read_bytes", "read_versioned", "list_names"}
+    # What the role touches is under the model's folder of either store (its policy's prefixes).
+    outside = [uri for _, uri in as_role if not uri.startswith((f"{stores['staging']}/models/mnist/", f"{stores['prod']}/models/mnist/"))]
+    assert as_role and outside == []
+    # It wrote the version (files, then the manifest) and the candidate alias.
+    written = {uri.removeprefix(f"{stores['prod']}/models/mnist/") for op, uri in as_role if op in ("write_bytes", "write_if")}
+    assert {f"{V2}/model.keras", f"{V2}/MANIFEST.json", "aliases/candidate.json"} <= written
+    # The champion moves after the canary, as the deploy identity (the pipeline's own decision).
+    assert ("write_if", f"{stores['prod']}/models/mnist/aliases/champion.json") in as_deployer
+
+
+def test_a_stack_without_a_promotion_role_copies_with_the_deploy_identity(stacks, monkeypatch, capsys):
+    d, stores = stacks
+    log = StoreLog(monkeypatch)
+    assert deliver.deliver("prod", "mnist", Cluster(stores, "Healthy"), timeout_s=5, poll_s=0, stacks_dir=d, promoter=log.promoter) == 0
+    assert set(log.sessions) == {(None, "deliver-prod-mnist")}
+    assert "as the deploy identity (no promotion role on this stack)" in capsys.readouterr().out
+
+
+def test_a_stack_not_yet_updated_is_a_one_line_error_before_any_copy(stacks, monkeypatch):
+    d, stores = stacks
+    log = StoreLog(monkeypatch)
+    with pytest.raises(deliver.DeliveryError, match=r"prod has no promotionRole output .*make up-ci STACK=prod"):
+        deliver.deliver("prod", "mnist", Cluster(stores, "Healthy", roles={"prod": "missing"}), stacks_dir=d, promoter=log.promoter)
+    assert not any(op in ("write_bytes", "write_if") for _, op, _ in log.calls)
+    assert V2 not in registry.versions(stores["prod"], "mnist")
+
+
+def test_a_stack_that_trains_assumes_no_role(stacks, monkeypatch):
+    d, stores = stacks
+    log = StoreLog(monkeypatch)
+    publish_dir = d.parent
+    publish(publish_dir, stores["staging"], "20260103T000000Z-run3", champion=False)
+    cluster = Cluster(stores, "Healthy", roles={"staging": "must not be read"})
+    assert deliver.deliver("staging", "mnist", cluster, timeout_s=5, poll_s=0, stacks_dir=d, promoter=log.promoter) == 0
+    assert log.sessions == []
+
+
+def test_as_role_without_a_role_changes_nothing():
+    with deliver.as_role(None, "s", assume=lambda *_: pytest.fail("no role: nothing to assume")):
+        pass

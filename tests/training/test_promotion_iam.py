@@ -1,0 +1,106 @@
+"""The promotion role's policy evaluated for real, on moto's IAM (issue 15 item 3: least privilege).
+
+The role is created with the documents the program renders (components/promotion_iam.py; the stack
+tests assert the rendered RolePolicy is exactly that function's output for staging and prod), the deploy
+identity assumes it the way ``tools/deliver.py`` does (STS AssumeRole, ``deliver.as_role``), and a
+promotion of ``mnist`` runs through the registry with those credentials. What the role may not do is
+then tried, and must be AccessDenied.
+
+moto's limits, stated: it evaluates actions, resources and the trust policy's principal, and ignores
+``StringLike`` conditions, so the ``s3:prefix`` condition on ListBucket is not exercised here (the stack
+tests pin it); reads and writes of objects are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.promotion_iam import promoter_policy, promoter_trust_policy
+from tools import deliver
+from training import registry
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+from moto.core.authorization import enable_iam_authentication  # noqa: E402
+
+V1 = "20260101T000000Z-run1"
+SRC, DST, OTHER = "staging-models", "prod-models", "unrelated-bucket"
+ADMIN = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+
+
+def _version(tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    (d / "saved_model").mkdir(parents=True)
+    (d / "saved_model" / "saved_model.pb").write_bytes(b"pb")
+    (d / "model.keras").write_bytes(b"keras")
+    (d / "metadata.json").write_text("{}")
+    return d
+
+
+def _user(iam, name: str) -> tuple[str, boto3.Session]:
+    arn = iam.create_user(UserName=name)["User"]["Arn"]
+    iam.put_user_policy(UserName=name, PolicyName="admin", PolicyDocument=ADMIN)  # a deploy identity: admin
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return arn, boto3.Session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1")
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path):
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    with mock_aws():
+        s3, iam = boto3.client("s3"), boto3.client("iam")
+        for b in (SRC, DST, OTHER):
+            s3.create_bucket(Bucket=b)
+        registry.publish(_version(tmp_path, "mnist"), f"s3://{SRC}", "mnist", V1, reason="validated in staging")
+        registry.publish(_version(tmp_path, "fraud"), f"s3://{SRC}", "fraud", V1, reason="another model")
+        s3.put_object(Bucket=OTHER, Key="models/mnist/secret", Body=b"x")
+        deployer, deployer_session = _user(iam, "prod-deployer")
+        _, intruder_session = _user(iam, "someone-else")  # admin too, but not the trusted principal
+        role = iam.create_role(RoleName="mlplatform-prod-model-promoter", AssumeRolePolicyDocument=promoter_trust_policy(deployer))["Role"]
+        policy = promoter_policy(f"arn:aws:s3:::{DST}", {f"arn:aws:s3:::{SRC}": ["mnist"]})
+        iam.put_role_policy(RoleName=role["RoleName"], PolicyName="promote-models", PolicyDocument=policy)
+        with enable_iam_authentication():
+            yield {"role": role["Arn"], "deployer": deployer_session, "intruder": intruder_session}
+
+
+def _denied(fn) -> None:
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as err:
+        fn()
+    assert err.value.response["Error"]["Code"] in ("AccessDenied", "403"), err.value.response["Error"]
+
+
+def test_the_promoter_copies_mnist_and_can_do_nothing_else(world, monkeypatch):
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", world["deployer"])
+    with deliver.as_role(world["role"], "deliver-prod-mnist"):
+        doc = registry.promote_between(f"s3://{SRC}", f"s3://{DST}", "mnist", V1, reason="pipeline", champion=False)
+        assert doc["alias"] == "candidate" and doc["version"] == V1
+        registry.verify(f"s3://{DST}", "mnist", V1)
+        who = boto3.client("sts").get_caller_identity()["Arn"]
+        assert ":assumed-role/mlplatform-prod-model-promoter/deliver-prod-mnist" in who
+        s3 = boto3.client("s3")
+        _denied(lambda: s3.get_object(Bucket=SRC, Key=f"models/fraud/{V1}/model.keras"))  # another model of the source
+        _denied(lambda: s3.put_object(Bucket=SRC, Key="models/mnist/aliases/champion.json", Body=b"{}"))  # writing the source
+        _denied(lambda: s3.get_object(Bucket=OTHER, Key="models/mnist/secret"))  # any other bucket
+        _denied(lambda: s3.put_object(Bucket=DST, Key="models/fraud/x", Body=b"x"))  # its own store outside the model
+        _denied(lambda: s3.delete_object(Bucket=DST, Key=f"models/mnist/{V1}/model.keras"))  # no delete, anywhere
+        _denied(lambda: boto3.client("iam").list_roles())  # no other service
+    # Back to the deploy identity afterwards.
+    assert boto3.client("sts").get_caller_identity()["Arn"].endswith(":user/prod-deployer")
+
+
+def test_only_the_trusted_deploy_identity_may_assume_it(world, monkeypatch):
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", world["intruder"])
+    with pytest.raises(Exception, match="AccessDenied|not authorized"):
+        with deliver.as_role(world["role"], "deliver-prod-mnist"):
+            pass
