@@ -4,7 +4,8 @@ Envoy Gateway (chart gateway-helm, pinned) is the implementation of record: it i
 API CRDs and turns the Gateway below into an Envoy Deployment. The load balancer in front of Envoy is
 our own Service (Envoy Gateway's is ClusterIP, via EnvoyProxy): its annotations, source ranges and
 address are then ours to set and read, and its address is the stack's entry point. Each model adds
-one HTTPRoute (``/v1/models/<name>…`` and ``/v2/models/<name>…`` to its ClusterIP Service) and, where
+one HTTPRoute (``/v1/models/<name>…`` and ``/v2/models/<name>…`` to its ClusterIP Service, or to its
+stable and canary Services by weight where Argo Rollouts runs the model's canary) and, where
 the model sets ``allowedCidrs``, an Envoy Gateway SecurityPolicy that admits only those client
 networks on that route; the load balancer admits the union of them when every model is restricted. The pure builders here (``gateway_spec``, ``http_route_spec``,
 ``security_policy_spec``) are validated against the upstream CRD schemas in the tests.
@@ -96,10 +97,25 @@ def listener_name(cfg: GatewayConfig) -> str:
     return HTTPS_LISTENER if cfg.tls else HTTP_LISTENER
 
 
-def http_route_spec(model: str, gateway_namespace: str, listener: str, service: str, port: int) -> dict[str, Any]:
+def http_route_spec(
+    model: str, gateway_namespace: str, listener: str, service: str, port: int, canary_service: str | None = None
+) -> dict[str, Any]:
     """Both REST protocols of ``model`` to its Service. TF-Serving's verbs are suffixes of the last
     path element (``/v1/models/<name>:predict``), which a PathPrefix match (whole elements) does
-    not cover: a regular expression does (Envoy matches it against the whole path)."""
+    not cover: a regular expression does (Envoy matches it against the whole path).
+
+    With ``canary_service`` (the model is an Argo Rollout) the rule has two backends, ``service`` (the
+    stable pods) at weight 100 and the canary at 0: Argo Rollouts' Gateway API plugin rewrites both
+    weights during a canary (rollouts-plugin-trafficrouter-gatewayapi pkg/plugin/httproute.go,
+    setHTTPRouteWeight: canary = w, stable = 100 - w) and Envoy splits requests by them. The program
+    must not set them back: ``weight_paths`` is the route's Pulumi ignore_changes."""
+    if canary_service is None:
+        backends: list[dict[str, Any]] = [{"kind": "Service", "name": service, "port": port}]
+    else:
+        backends = [
+            {"kind": "Service", "name": service, "port": port, "weight": 100},
+            {"kind": "Service", "name": canary_service, "port": port, "weight": 0},
+        ]
     return {
         "parentRefs": [
             {"group": GATEWAY_API, "kind": "Gateway", "namespace": gateway_namespace, "name": GATEWAY_NAME, "sectionName": listener}
@@ -110,10 +126,23 @@ def http_route_spec(model: str, gateway_namespace: str, listener: str, service: 
                     {"path": {"type": "RegularExpression", "value": f"/v1/models/{model}([/:].*)?"}},
                     {"path": {"type": "PathPrefix", "value": f"/v2/models/{model}"}},
                 ],
-                "backendRefs": [{"kind": "Service", "name": service, "port": port}],
+                "backendRefs": backends,
             }
         ],
     }
+
+
+def weight_paths(route_spec: dict[str, Any]) -> list[str]:
+    """The Pulumi property paths of every backend weight in ``route_spec`` (a CustomResource's ``spec``
+    input): the route's ``ignore_changes`` where a controller owns the weights. Pulumi then keeps the
+    weights from its state instead of the program's 100/0 (pulumi.com/docs/iac/concepts/options/
+    ignorechanges), so a preview during or after a canary shows no diff and never resets them."""
+    return [
+        f"spec.rules[{i}].backendRefs[{j}].weight"
+        for i, rule in enumerate(route_spec["rules"])
+        for j, backend in enumerate(rule.get("backendRefs") or [])
+        if "weight" in backend
+    ]
 
 
 def security_policy_spec(route: str, allowed_cidrs: list[str]) -> dict[str, Any]:

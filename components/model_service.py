@@ -5,6 +5,11 @@ only the entry point's HTTPRoute reaches (the API port only), a separate metrics
 ServiceMonitor (port 9091, never routed), HPA, PDB, NetworkPolicy, an optional generated API key,
 and an IRSA role that can only read the model bucket. Every object is named ``model-server-<model>``
 and labelled with the model, so two models never share a Service, PDB, HPA or ServiceMonitor.
+
+Where Argo Rollouts runs the canary (components/rollouts.py) the pods are a Rollout, the Service above
+is its *stable* Service, a second one (``model-server-<model>-canary``, same port) its canary Service,
+and the HTTPRoute sends weight 100 / 0 to them, which the Gateway API plugin moves during a canary
+(exact weights); the controller may get/update that one route (a Role in the serving namespace).
 """
 
 from __future__ import annotations
@@ -35,9 +40,18 @@ DRAIN_SECONDS = 5
 GRACEFUL_SHUTDOWN_SECONDS = 30
 
 
+CANARY_SUFFIX = "-canary"
+ROUTE_ROLE_SUFFIX = "-rollouts"
+
+
 def object_name(model: str) -> str:
     """The name of every serving object of ``model`` (Deployment, Service, HPA, PDB, ...)."""
     return f"{APP}-{model}"
+
+
+def canary_service_name(model: str) -> str:
+    """The Argo Rollouts canary Service of ``model`` (its stable Service is ``object_name``)."""
+    return object_name(model) + CANARY_SUFFIX
 
 
 def labels(model: str) -> dict[str, str]:
@@ -200,7 +214,46 @@ class ModelService(pulumi.ComponentResource):
                 deployment_spec(model, a[0], cfg, served_uri(a[1], model, cfg.version), store_env, args.zone_spread_required), cfg.version
             )
         )
+        api_service_spec = {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        }
+        # The API Service (the stable one under Argo Rollouts: the controller adds the stable pods'
+        # rollouts-pod-template-hash to its selector, and the canary's to the canary Service's).
+        service = k8s.core.v1.Service(f"{name}-service", metadata=meta(), spec=api_service_spec, opts=child)
+        routing = None
         if args.rollouts is not None:
+            routing = rollouts.TrafficRouting(stable_service=obj, canary_service=canary_service_name(model), http_route=obj, namespace=ns)
+            canary_service = k8s.core.v1.Service(f"{name}-canary-service", metadata=meta(CANARY_SUFFIX), spec=api_service_spec, opts=child)
+        route_opts = pulumi.ResourceOptions.merge(child, args.entry.route_opts)
+        route_spec = gateway.http_route_spec(
+            model, args.entry.namespace, args.entry.listener, obj, PORT, routing.canary_service if routing else None
+        )
+        route = k8s.apiextensions.CustomResource(
+            f"{name}-route",
+            api_version=f"{gateway.GATEWAY_API}/v1",
+            kind="HTTPRoute",
+            metadata=meta(),
+            spec=route_spec,
+            # The plugin owns the weights during a canary (and leaves them 0/100 after): never reset them.
+            opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(ignore_changes=gateway.weight_paths(route_spec))),
+        )
+        if args.rollouts is not None:
+            # The plugin runs as the controller's service account: this one route, get + update only.
+            role = k8s.rbac.v1.Role(
+                f"{name}-rollouts-role",
+                metadata=meta(ROUTE_ROLE_SUFFIX),
+                rules=rollouts.route_role_rules(obj),
+                opts=child,
+            )
+            binding = k8s.rbac.v1.RoleBinding(
+                f"{name}-rollouts-binding",
+                metadata=meta(ROUTE_ROLE_SUFFIX),
+                role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": obj + ROUTE_ROLE_SUFFIX},
+                subjects=[{"kind": "ServiceAccount", "name": rollouts.CONTROLLER_SERVICE_ACCOUNT, "namespace": rollouts.NAMESPACE}],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
+            )
             # A Rollout with the pod template inline (not workloadRef to a Deployment): one object holds
             # the served version, the preview shows its change there, and KEDA scales what runs.
             after_crds = pulumi.ResourceOptions(parent=self, depends_on=[args.rollouts.release])
@@ -219,8 +272,13 @@ class ModelService(pulumi.ComponentResource):
                 api_version=rollouts.API_VERSION,
                 kind="Rollout",
                 metadata=meta(),
-                spec=pod_spec.apply(lambda spec: rollouts.rollout(obj, ns, selector, spec, model, cfg.canary)["spec"]),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[*needs, args.rollouts.release], ignore_changes=["spec.replicas"]),
+                spec=pod_spec.apply(lambda spec: rollouts.rollout(obj, ns, selector, spec, model, cfg.canary, routing)["spec"]),
+                # The Services, the route and the controller's right to it exist before its first step.
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[*needs, args.rollouts.release, service, canary_service, route, binding],
+                    ignore_changes=["spec.replicas"],
+                ),
             )
         else:
             workload_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj}
@@ -232,16 +290,6 @@ class ModelService(pulumi.ComponentResource):
                 # would undo its scaling (and show as a diff).
                 opts=pulumi.ResourceOptions(parent=self, depends_on=needs, ignore_changes=["spec.replicas"]),
             )
-        k8s.core.v1.Service(
-            f"{name}-service",
-            metadata=meta(),
-            spec={
-                "type": "ClusterIP",
-                "selector": selector,
-                "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-            },
-            opts=child,
-        )
         # /metrics has its own Service and port: the route above can never expose it.
         metrics = k8s.core.v1.Service(
             f"{name}-metrics",
@@ -252,15 +300,6 @@ class ModelService(pulumi.ComponentResource):
                 "ports": [{"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
             },
             opts=child,
-        )
-        route_opts = pulumi.ResourceOptions.merge(child, args.entry.route_opts)
-        route = k8s.apiextensions.CustomResource(
-            f"{name}-route",
-            api_version=f"{gateway.GATEWAY_API}/v1",
-            kind="HTTPRoute",
-            metadata=meta(),
-            spec=gateway.http_route_spec(model, args.entry.namespace, args.entry.listener, obj, PORT),
-            opts=route_opts,
         )
         if cfg.allowed_cidrs:
             k8s.apiextensions.CustomResource(

@@ -10,12 +10,15 @@ its ReplicaSet's pod template). The ServiceMonitor copies that pod label onto ev
 AnalysisTemplate takes the two hashes as args (``valueFrom.podTemplateHashValue: Latest|Stable``), so
 each query compares exactly the canary's pods with the stable ones, whatever version each serves.
 
-Weights. This is a replica-ratio canary (no ``trafficRouting``): the Service spreads requests over
-pods, so the canary's share is its share of pods. Argo Rollouts rounds both sides *up*
-(utils/replicaset/canary.go: canary = ceil(R*w/100), stable = ceil(R*(1-w/100))), so
-``effective_weight`` is what a step really gives; e.g. with 2 replicas every weight below 50 % is
-1 canary pod next to 2 stable ones (33 %), with 3 replicas 1..33 % is 25 %. Exact weights need the
-Gateway API traffic-router plugin at the entry point (README "Model delivery": not done here).
+Weights. Every model is reached through the stack's entry point (Envoy Gateway, components/gateway.py),
+so the canary is *traffic-routed*: Argo Rollouts' Gateway API traffic-router plugin
+(argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi) rewrites the weights of the model's HTTPRoute,
+whose two backendRefs are the stable and the canary Service; Envoy splits requests by those weights, so
+a step of 25 % sends 25 % of requests to the canary whatever the replica count (``routed_replicas``).
+Without a traffic router (``rollout(..., routing=None)``) the canary is a replica ratio: the Service
+spreads requests over pods, so the canary's share is its share of pods, which Argo Rollouts rounds to
+whole pods (``effective_weight``: with 2 replicas a step of 25 % is 1 canary pod beside 2 stable ones,
+33 %; with 3 replicas 34 % is still 1:2, 33 %).
 """
 
 from __future__ import annotations
@@ -59,44 +62,154 @@ METRIC_ERRORS = "error-ratio"
 METRIC_LATENCY = "latency-p99"
 METRIC_CLASSES = "class-mix"
 
+# The Gateway API traffic-router plugin (argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi).
+# v0.15.0 is its newest release (tag v0.15.0 = commit 96c63fd7, RELEASE_NOTES.md). Compatible with
+# controller v1.9.0: it speaks the traffic-router RPC of Argo Rollouts v1.6.6 (its go.mod), and that
+# interface is unchanged up to v1.9.0 (argoproj/argo-rollouts rollout/trafficrouting/plugin/rpc/rpc.go,
+# v1.6.6..v1.9.0: only interface{} -> any; same handshake cookie). Installed as the docs say
+# (docs/installation.md "Installing the plugin via HTTP(S)"): the controller downloads `location` at
+# start into the chart's plugin-bin emptyDir (chart 2.41.0 templates/controller/deployment.yaml), with
+# the controller's egress to 443 (network_policy below). `name` must be the plugin's own
+# (pkg/plugin/plugin.go PluginName): it keys spec.strategy.canary.trafficRouting.plugins.
+PLUGIN_NAME = "argoproj-labs/gatewayAPI"
+PLUGIN_VERSION = "v0.15.0"
+PLUGIN_URL = (
+    "https://github.com/argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi/releases/download/"
+    f"{PLUGIN_VERSION}/gatewayapi-plugin-linux-amd64"
+)
+# SHA-256 of that binary: the controller refuses a download that does not match (argo-rollouts v1.9.0
+# utils/plugin/downloader.go, checkShaOfPlugin; the chart passes the item through verbatim,
+# templates/controller/configmap.yaml). Upstream publishes no checksum file (its release workflow
+# uploads the bare binaries) and this machine cannot reach github.com to hash the asset, so it is not
+# recorded yet: `curl -sL PLUGIN_URL | sha256sum` and set it here (tests/stacks/test_traffic_routing.py
+# reports it missing; it fails under MLPLATFORM_STRICT=1).
+PLUGIN_SHA256: str | None = None
+# The controller's service account (chart values serviceAccount.name, set explicitly below), which the
+# plugin runs as: the per-route Roles bind it.
+CONTROLLER_SERVICE_ACCOUNT = "argo-rollouts"
+# After an abort traffic leaves the canary at once (weight 0); its pods go this long after, once every
+# Envoy has the new weights. 0 would mean *never* with a traffic router (argo-rollouts v1.9.0
+# utils/defaults/defaults.go GetAbortScaleDownDelaySecondsOrDefault; docs/features/specification.md).
+ABORT_SCALE_DOWN_DELAY_SECONDS = 30
+# Argo Rollouts' basic-canary surge (strategy below); effective_weight models it.
+MAX_SURGE = 1
+
+
+@dataclass(frozen=True)
+class TrafficRouting:
+    """Where the canary's weight is set: the model's HTTPRoute at the entry point, whose backendRefs are
+    the stable and the canary Service (same namespace as the Rollout)."""
+
+    stable_service: str
+    canary_service: str
+    http_route: str
+    namespace: str
+
 
 def template_name(model: str) -> str:
     return f"model-server-{model}-canary"
 
 
-def effective_weight(replicas: int, weight: int) -> tuple[int, int, float]:
-    """(canary pods, stable pods, canary share of traffic in percent) of a replica-ratio canary step,
-    as Argo Rollouts scales it (both counts rounded up, so a step may run one pod above ``replicas``)."""
+def effective_weight(replicas: int, weight: int, max_surge: int = MAX_SURGE) -> tuple[int, int, float]:
+    """(canary pods, stable pods, canary share of traffic in percent) of a replica-ratio canary step
+    (no traffic router), as Argo Rollouts v1.9.0 scales it: utils/replicaset/canary.go,
+    approximateWeightedCanaryStableReplicaCounts, ported line by line. Of the candidate counts (ceil
+    and floor of replicas * weight, over ``replicas`` and, with a surge, ``replicas + 1`` pods) it takes
+    the one closest to the weight; a weight of 1..99 never gets 0 pods on either side (from 2 pods on);
+    on a tie (x.5) only the larger canary count is a candidate."""
     if not 0 <= weight <= 100:
         raise ValueError(f"weight {weight} not in 0..100")
-    canary = math.ceil(replicas * weight / 100)
-    stable = math.ceil(replicas * (1 - weight / 100))
-    return canary, stable, 100 * canary / (canary + stable) if canary + stable else 0.0
+    if replicas == 0:
+        return 0, 0, 0.0
+    exact = replicas * weight / 100
+    ceil, floor = math.ceil(exact), math.floor(exact)
+
+    def tied(total: int) -> bool:  # floorCeilingTied, with Go's operation order
+        return math.modf(total * (weight / 100))[0] == 0.5
+
+    zero_allowed = weight in (0, 100) or (replicas == 1 and max_surge == 0)
+    options: list[tuple[int, int]] = []
+    if ceil < replicas or zero_allowed:
+        options.append((ceil, replicas))
+    if not tied(replicas) and (floor != 0 or zero_allowed):
+        options.append((floor, replicas))
+    if max_surge > 0:
+        options.append((ceil, replicas + 1))
+        if not tied(replicas + 1) and (floor != 0 or zero_allowed):
+            options.append((floor, replicas + 1))
+    if not options:
+        return 0, replicas, 0.0
+    # The first of the closest (Go's loop replaces only on a strictly smaller delta).
+    canary, total = min(options, key=lambda o: abs(100 * o[0] / o[1] - weight))
+    return canary, total - canary, 100 * canary / total
 
 
-def strategy(model: str, canary: CanaryConfig) -> dict[str, Any]:
+def canary_scale(weight: int) -> int:
+    """``setCanaryScale.weight`` (percent of spec.replicas) for a traffic-routed step of ``weight``: enough
+    canary pods that none carries more requests than a stable pod, c >= R * w / (100 - w), capped at
+    100 % (a weight above 50 % would need more canary pods than replicas). Argo's default (canary pods =
+    ceil(R * w / 100), the stable side left at R) would put 50 % of the requests on 1 canary pod beside 2
+    stable pods at 25 % each for R = 2: twice the load per pod, which the p99 comparison would blame on
+    the version."""
+    if not 0 < weight < 100:
+        raise ValueError(f"weight {weight} not in 1..99")
+    return min(100, math.ceil(100 * weight / (100 - weight)))
+
+
+def routed_replicas(replicas: int, weight: int) -> tuple[int, int, float]:
+    """(canary pods, stable pods, canary share of requests in percent) of a traffic-routed step: the
+    share is the step's weight exactly; the canary runs ceil(R * canary_scale(w) / 100) pods (Argo v1.9.0
+    utils/replicaset/canary.go, trafficWeightToReplicas) and the stable ReplicaSet stays at R (no
+    dynamicStableScale), so an abort moves every request back to warm pods in one route update."""
+    return math.ceil(replicas * canary_scale(weight) / 100), replicas, float(weight)
+
+
+def strategy(model: str, canary: CanaryConfig, routing: TrafficRouting | None = None) -> dict[str, Any]:
     """``spec.strategy`` of the model's Rollout: a background analysis from the first step that aborts
-    the rollout as soon as it fails, then each weight followed by a pause."""
+    the rollout as soon as it fails, then each weight followed by a pause. With ``routing`` the weight
+    is set on the HTTPRoute (exact), and each step first scales the canary (``canary_scale``)."""
+    pause = {"pause": {"duration": f"{canary.step_seconds}s"}}
     steps: list[dict[str, Any]] = []
     for weight in canary.steps:
-        steps += [{"setWeight": weight}, {"pause": {"duration": f"{canary.step_seconds}s"}}]
-    return {
-        "canary": {
-            # Never below the desired capacity: a canary pod is added before a stable one goes.
-            "maxUnavailable": 0,
-            "maxSurge": 1,
-            "analysis": {
-                "templates": [{"templateName": template_name(model)}],
-                "args": [
-                    {"name": ARG_CANARY, "valueFrom": {"podTemplateHashValue": "Latest"}},
-                    {"name": ARG_STABLE, "valueFrom": {"podTemplateHashValue": "Stable"}},
-                ],
-            },
-            "steps": steps,
-            # A failed analysis scales the canary down at once, not after the default 30 s.
-            "abortScaleDownDelaySeconds": 0,
-        }
+        if routing is not None:
+            steps.append({"setCanaryScale": {"weight": canary_scale(weight)}})
+        steps += [{"setWeight": weight}, pause]
+    spec: dict[str, Any] = {
+        # Never below the desired capacity: a canary pod is added before a stable one goes.
+        "maxUnavailable": 0,
+        "maxSurge": MAX_SURGE,
+        "analysis": {
+            "templates": [{"templateName": template_name(model)}],
+            "args": [
+                {"name": ARG_CANARY, "valueFrom": {"podTemplateHashValue": "Latest"}},
+                {"name": ARG_STABLE, "valueFrom": {"podTemplateHashValue": "Stable"}},
+            ],
+        },
+        "steps": steps,
     }
+    if routing is None:
+        # Replica ratio: a failed analysis scales the canary down at once.
+        spec["abortScaleDownDelaySeconds"] = 0
+    else:
+        spec.update(
+            {
+                # The controller points each Service at its ReplicaSet (rollouts-pod-template-hash in the
+                # selector); the plugin sets the route's weights (docs: features/traffic-management/index.md).
+                "canaryService": routing.canary_service,
+                "stableService": routing.stable_service,
+                "trafficRouting": {
+                    "plugins": {
+                        # rollouts-plugin-trafficrouter-gatewayapi pkg/plugin/types.go GatewayAPITrafficRouting.
+                        # No in-progress label on the route (it is for GitOps tools to skip the route
+                        # during a canary, docs/quick-start.md): the plugin then changes only the
+                        # weights, which the route's Pulumi ignore_changes covers (gateway.weight_paths).
+                        PLUGIN_NAME: {"httpRoute": routing.http_route, "namespace": routing.namespace, "disableInProgressLabel": True},
+                    }
+                },
+                "abortScaleDownDelaySeconds": ABORT_SCALE_DOWN_DELAY_SECONDS,
+            }
+        )
+    return {"canary": spec}
 
 
 def plain(value: Any) -> Any:
@@ -113,17 +226,38 @@ def plain(value: Any) -> Any:
 
 
 def rollout(
-    name: str, namespace: str, labels: dict[str, str], deployment_spec: dict[str, Any], model: str, canary: CanaryConfig
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    deployment_spec: dict[str, Any],
+    model: str,
+    canary: CanaryConfig,
+    routing: TrafficRouting | None = None,
 ) -> dict[str, Any]:
     """The Rollout that replaces the model's Deployment: the same pod template, selector, replicas and
-    history, with the canary strategy instead of RollingUpdate."""
+    history, with the canary strategy instead of RollingUpdate (traffic-routed with ``routing``)."""
     spec = {k: plain(v) for k, v in deployment_spec.items() if k != "strategy"}
     return {
         "apiVersion": API_VERSION,
         "kind": "Rollout",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {**spec, "strategy": strategy(model, canary)},
+        "spec": {**spec, "strategy": strategy(model, canary, routing)},
     }
+
+
+def route_role_rules(http_route: str) -> list[dict[str, Any]]:
+    """What the plugin does to one model's HTTPRoute, and nothing more: it reads the route by name and
+    writes it back with new weights (get + update, retried on conflict: pkg/plugin/httproute.go; no
+    list/watch without route selectors, no patch, no ConfigMap: docs/installation.md
+    "Permissions"). The Services it needs are the controller's already (chart ClusterRole)."""
+    return [
+        {
+            "apiGroups": ["gateway.networking.k8s.io"],
+            "resources": ["httproutes"],
+            "resourceNames": [http_route],
+            "verbs": ["get", "update"],
+        }
+    ]
 
 
 def _sel(arg: str, extra: str = "") -> str:
@@ -230,6 +364,9 @@ def chart_values(monitoring: bool) -> dict[str, Any]:
     return {
         "controller": {
             "image": {"tag": VERSION},
+            # Exact canary weights at the entry point (the module docstring); pinned by release tag
+            # (and by checksum once PLUGIN_SHA256 is recorded).
+            "trafficRouterPlugins": [{"name": PLUGIN_NAME, "location": PLUGIN_URL, **({"sha256": PLUGIN_SHA256} if PLUGIN_SHA256 else {})}],
             # Two controllers with leader election (the chart's default): a node drain does not stop
             # a rollout half way.
             "replicas": 2,
@@ -249,9 +386,14 @@ def chart_values(monitoring: bool) -> dict[str, Any]:
             },
             "pdb": {"enabled": True, "maxUnavailable": 1},
         },
+        # Named, not derived from the release name: each model's route Role binds it.
+        "serviceAccount": {"name": CONTROLLER_SERVICE_ACCOUNT},
         # The UI is a write path to every rollout; kubectl argo rollouts and the pipeline are enough.
         "dashboard": {"enabled": False},
-        # Only the providers this platform uses: the controller may not touch other meshes' objects.
+        # No provider RBAC from the chart: the controller may not touch other meshes' objects. Its
+        # gatewayAPI rules would grant update on every route of five kinds in every namespace, and
+        # create/update on every ConfigMap (chart 2.41.0 templates/_helpers.tpl); each model's
+        # ModelService grants get/update on its own HTTPRoute instead (route_role_rules).
         "providerRBAC": {
             "enabled": True,
             "providers": {

@@ -9,7 +9,7 @@ import yaml
 
 from components import gateway
 from components.config import GatewayConfig
-from components.model_service import PORT, object_name
+from components.model_service import PORT, canary_service_name, object_name
 from tests.conftest import ROOT, unavailable
 from tools import manifests, mock_engine, reference
 
@@ -73,9 +73,15 @@ def test_one_gateway_and_a_route_per_model(result, stack):
             "envoy-gateway-system",
             listener["name"],
         )
-        assert [b for r in route["spec"]["rules"] for b in r["backendRefs"]] == [
-            {"kind": "Service", "name": object_name(model), "port": PORT}
-        ]
+        backends = [b for r in route["spec"]["rules"] for b in r["backendRefs"]]
+        if object_name(model) in {r.raw["metadata"]["name"] for r in of_kind(result, "Rollout")}:
+            # Argo Rollouts' canary: stable 100, canary 0, moved by its plugin (tests/stacks/test_traffic_routing.py).
+            assert backends == [
+                {"kind": "Service", "name": object_name(model), "port": PORT, "weight": 100},
+                {"kind": "Service", "name": canary_service_name(model), "port": PORT, "weight": 0},
+            ]
+        else:
+            assert backends == [{"kind": "Service", "name": object_name(model), "port": PORT}]
 
 
 def test_routes_cover_both_protocols_and_only_their_model():
@@ -184,7 +190,8 @@ def test_two_models_share_nothing_but_the_gateway():
         names = sorted(r.raw["metadata"]["name"] for r in of_kind(res, kind) if r.raw["metadata"]["name"].startswith("model-server-"))
         assert names == [f"model-server-{m}" for m in tf], (kind, names)
     services = sorted(r.raw["metadata"]["name"] for r in of_kind(res, "Service") if r.raw["metadata"]["name"].startswith("model-server-"))
-    assert services == sorted(n for m in tf for n in (f"model-server-{m}", f"model-server-{m}-metrics"))
+    # dev runs Argo Rollouts: each model has a stable (model-server-<m>) and a canary Service.
+    assert services == sorted(n for m in tf for n in (f"model-server-{m}", f"model-server-{m}-canary", f"model-server-{m}-metrics"))
     jobs = of_kind(res, "Job")
     prefixes = [
         next(e["value"] for e in j.raw["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "TRAIN_MODEL_NAME") for j in jobs

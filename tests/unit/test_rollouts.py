@@ -113,17 +113,20 @@ def test_thresholds_come_from_config():
 @pytest.mark.parametrize(
     ("replicas", "weight", "expected"),
     [
-        # 2 replicas: 1..49 % is 1 canary pod next to 2 stable ones; 50 % is 1:1; 51..99 % is 2:1.
+        # 2 replicas: 1..41 % is 1 canary pod next to 2 stable ones; 42..58 % is 1:1; 59..99 % is 2:1
+        # (Argo picks the pod split closest to the weight; all of Argo's own cases: tests/stacks/test_traffic_routing.py).
         (2, 10, (1, 2, 100 / 3)),
         (2, 25, (1, 2, 100 / 3)),
         (2, 50, (1, 1, 50.0)),
+        (2, 51, (1, 1, 50.0)),
         (2, 75, (2, 1, 200 / 3)),
-        # 3 replicas: 1..33 % is 25 %, 34..66 % is 50 %, 67..99 % is 75 %.
+        # 3 replicas: 1..29 % is 25 %, 30..41 % is 33 %, 42..58 % is 50 %, 59..70 % is 67 %, 71..99 % is 75 %.
         (3, 10, (1, 3, 25.0)),
-        (3, 33, (1, 3, 25.0)),
-        (3, 34, (2, 2, 50.0)),
+        (3, 33, (1, 2, 100 / 3)),
+        (3, 34, (1, 2, 100 / 3)),
         (3, 50, (2, 2, 50.0)),
-        (3, 67, (3, 1, 75.0)),
+        (3, 67, (2, 1, 200 / 3)),
+        (3, 75, (3, 1, 75.0)),
         (1, 25, (1, 1, 50.0)),
         (10, 25, (3, 8, 300 / 11)),
     ],
