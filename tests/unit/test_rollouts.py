@@ -52,7 +52,7 @@ def test_chart_values_exist_in_the_chart_and_the_image_is_its_app_version():
         assert reference.unknown_value_keys(rollouts.chart_values(monitoring), defaults, "argo-rollouts") == []
     chart = yaml.safe_load((reference.reference_dir() / "charts" / "argo-rollouts" / version / "Chart.yaml").read_text())
     assert rollouts.chart_values(False)["controller"]["image"]["tag"] == chart["appVersion"] == rollouts.VERSION
-    # Every provider the chart would grant RBAC for is switched off (no trafficRouting is used).
+    # Every provider the chart would grant RBAC for is switched off (the Gateway API plugin gets a Role per route instead).
     assert set(rollouts.chart_values(False)["providerRBAC"]["providers"]) == set(defaults["providerRBAC"]["providers"])
 
 
