@@ -345,7 +345,9 @@ class ServingConfig(_Model):
         description="client sources allowed to this model's routes at the entry point; required in prod (unless `gateway.internal`)",
     )
     max_batch_size: int = Field(default=64, ge=1, le=4096, description="instances per model call and per request")
-    batch_timeout_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")
+    batch_timeout_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="longest wait for more requests once the queue runs dry (0: batch what is queued)"
+    )
     max_queue: int = Field(default=1024, ge=1, le=1_000_000, description="queued instances before 429")
     processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         default=1,

@@ -44,7 +44,7 @@ log = logging.getLogger("serving")
 class ServerSettings:
     models: dict[str, str]  # name -> store root or model directory
     max_batch_size: int = 64  # instances per model call, and per request
-    batch_timeout_ms: float = 2.0
+    batch_timeout_ms: float = 0.0  # wait for more once the queue runs dry (0: batch what is queued, as Triton does)
     max_queue: int = 1024  # instances waiting per model before 429
     max_body_bytes: int = 4 * 1024 * 1024
     max_inflight_body_bytes: int = 64 * 1024 * 1024
@@ -336,8 +336,6 @@ class ModelServer:
                 outputs, used = await served.batcher.submit(decoded.signature, decoded.inputs, decoded.n, self.settings.request_timeout_s)
             except TimeoutError:
                 raise Unavailable("prediction timed out: server overloaded") from None
-            # Before the v2 output filter: the class mix is the model's, whatever a client asked back.
-            self.metrics.observe_outputs(name, used, outputs)
             if v2:
                 if decoded.outputs:
                     outputs = {k: outputs[k] for k in decoded.outputs}

@@ -1,9 +1,12 @@
 """Dynamic batching per model: concurrent requests to one model are merged into one model call.
 
 Requests wait in a bounded queue (counted in instances). One worker per model takes what is queued,
-up to ``max_batch_size`` instances, waiting at most ``max_wait_s`` for more when the queue runs dry,
-and runs the model in a dedicated thread so the event loop keeps accepting requests meanwhile. While
-a batch runs, the next one accumulates: under load, batches fill without any waiting.
+up to ``max_batch_size`` instances, lets the event loop turn once (requests already received join),
+then waits at most ``max_wait_s`` for more when the queue runs dry, and runs the model in a dedicated
+thread so the event loop keeps accepting requests meanwhile. While a batch runs, the next one
+accumulates: under load, batches fill without any waiting. The default wait is 0 (Triton's default
+``max_queue_delay_microseconds``): under a closed-loop load, the clients whose requests are in the
+batch cannot send more, so waiting for them only idles the CPU (measured in tools/bench_serving.py).
 
 A batch only merges requests for the same signature whose inputs have the same per-instance shapes
 (a signature with variable non-batch dimensions is batched only among equal shapes); a model
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.errors import Overloaded
+
+log = logging.getLogger("serving")
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.model_name = model_name
+        self._metrics = metrics
         self._m_queue = metrics.queue_depth.labels(model=model_name)
         self._m_infer = metrics.inference_seconds.labels(model=model_name)
         self._m_batch = metrics.batch_size.labels(model=model_name)
@@ -108,14 +115,23 @@ class Batcher:
             return batch
         key = first.key()
         deadline = time.monotonic() + self.max_wait_s
+        yielded = False
         while True:
             while self._pending and size + self._pending[0].n <= self.max_batch_size and self._pending[0].key() == key:
                 item = self._pending.popleft()
                 batch.append(item)
                 size += item.n
+            if size >= self.max_batch_size or self._pending:
+                break  # full, or the next request does not fit this batch
+            if not yielded:
+                # Requests already received wait in the loop's ready queue: one turn of the loop lets
+                # them in, at no cost in latency.
+                yielded = True
+                await asyncio.sleep(0)
+                continue
             remaining = deadline - time.monotonic()
-            if size >= self.max_batch_size or remaining <= 0 or self._pending:
-                break  # full, out of time, or the next request does not fit this batch
+            if remaining <= 0:
+                break
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
@@ -153,3 +169,9 @@ class Batcher:
                     else:
                         i.future.set_result(({k: v[offset : offset + i.n] for k, v in y.items()}, model.version))
                 offset += i.n
+            # The class mix the version answered, counted once per batch (not per request): the canary
+            # analysis' quality signal. All outputs, whatever a v2 client asked back.
+            try:
+                self._metrics.observe_outputs(self.model_name, model.version, y)
+            except Exception:  # noqa: BLE001 - a metric must never stop the batcher
+                log.exception("model %s: counting outputs failed", self.model_name)

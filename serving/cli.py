@@ -69,7 +69,12 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
         help="file with one API key per line (a mounted Secret; reloaded when it changes): predict routes then need a key",
     )
     flag("--max-batch-size", type=int, default=64, help="instances per model call and per request")
-    flag("--batch-timeout-ms", type=float, default=2.0, help="longest wait for more requests to fill a batch")
+    flag(
+        "--batch-timeout-ms",
+        type=float,
+        default=0.0,
+        help="longest wait for more requests once the queue runs dry (0: batch what is queued; the next batch fills while one runs)",
+    )
     flag("--max-queue", type=int, default=1024, help="instances waiting per model before the server answers 429")
     flag("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (413 beyond, checked from Content-Length)")
     flag("--max-inflight-body-bytes", type=int, default=64 * 1024 * 1024, help="request bytes being read or decoded at once (503 beyond)")

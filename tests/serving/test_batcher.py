@@ -90,3 +90,58 @@ def test_a_signature_without_a_batch_dimension_is_called_per_request():
 
     run(go())
     assert calls == [(1, 3)] * 4
+
+
+def test_with_no_wait_a_request_already_received_joins_the_batch_after_one_turn_of_the_loop():
+    """wait 0 (the default) batches what is queued, but first lets the event loop turn once: a request
+    whose task was scheduled after the batcher woke still gets into this batch (without the turn, two
+    model calls)."""
+    model, calls = model_with()
+
+    async def go():
+        b = batcher(model, wait_s=0)
+        await b.start()
+        first = asyncio.ensure_future(b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1))
+        await asyncio.sleep(0)  # first submits: the batcher is woken (scheduled after us)
+        second = asyncio.ensure_future(b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1))  # after the batcher
+        results = await asyncio.gather(first, second)
+        await b.stop()
+        return results
+
+    results = run(go())
+    assert calls == [(2, 3)]
+    assert [r[0]["y"].tolist() for r in results] == [[3.0], [3.0]]
+
+
+def test_with_no_wait_the_batcher_does_not_wait_for_requests_that_are_not_there():
+    model, calls = model_with()
+
+    async def go():
+        b = batcher(model, wait_s=0)
+        await b.start()
+        start = time.perf_counter()
+        await b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1)
+        took = time.perf_counter() - start
+        await b.stop()
+        return took
+
+    assert run(go()) < 0.015  # wait 0.02 would have held the lone request for 20 ms
+    assert calls == [(1, 3)]
+
+
+def test_the_class_mix_is_counted_once_per_batch_for_every_request_in_it():
+    """The predicted-class counter (the canary's quality signal) counts per batch, all instances."""
+    spec = SignatureSpec("serving_default", (TensorSpec("x", "float32", (None, 3)),), (TensorSpec("p", "float32", (None, 3)),))
+    model = SimpleNamespace(version="v7", signatures={"serving_default": Sig(spec, lambda inputs: {"p": inputs["x"]})})
+    registry = CollectorRegistry()
+    b = Batcher(lambda: model, 64, 0.02, 1024, ServingMetrics(registry, 64, ["m"]), "m")
+
+    async def go():
+        await b.start()
+        rows = [np.eye(3, dtype=np.float32)[[k]] for k in (0, 2, 2)]
+        await asyncio.gather(*(b.submit("serving_default", {"x": r}, 1) for r in rows))
+        await b.stop()
+
+    run(go())
+    count = lambda c: registry.get_sample_value("mlplatform_serving_predicted_class_total", {"model": "m", "version": "v7", "class": c})  # noqa: E731
+    assert (count("0"), count("1"), count("2")) == (1.0, None, 2.0)
