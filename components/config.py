@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import re
 import types
 import typing
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pulumi
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from components.llm_config import LlmConfig, choose_pool, llm_rules
@@ -334,8 +335,34 @@ class CanaryConfig(_Model):
         return steps
 
 
+# One model server process holds its own TensorFlow runtime and model: measured for MNIST with TF 2.21,
+# ~290 MB private memory per process plus ~350 MB of shared libraries (README "Serving throughput").
+SERVING_MEMORY_PER_PROCESS_MI = 512
+
+
+def serving_resources_for(processes: int) -> dict[str, dict[str, str]]:
+    """The default container resources of a pod with ``processes`` server processes: a core and
+    512Mi requested per process, the limit one core per process (at least 2: the inference thread),
+    and a 1Gi memory margin. One process: the plain defaults (500m/1Gi, 2/2Gi)."""
+    n = processes
+    return {
+        "requests": {"cpu": f"{500 * n}m", "memory": f"{512 * (n + 1)}Mi"},
+        "limits": {"cpu": str(max(2, n)), "memory": f"{1024 * (n + 1)}Mi"},
+    }
+
+
 class ServingConfig(_Model):
     """One model's server: Deployment, HPA, PDB, routes at the stack's entry point."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_for_processes(cls, data: Any) -> Any:
+        """``processes: N`` without ``resources``: the pod is sized for N processes."""
+        if isinstance(data, dict):
+            n = data.get("processes")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 1 and "resources" not in data:
+                return {**data, "resources": serving_resources_for(n)}
+        return data
 
     replicas: int = Field(default=2, ge=1, le=100, description="initial replicas (`minReplicas <= replicas <= maxReplicas`)")
     min_replicas: int = Field(default=2, ge=1, le=100, description="HPA lower bound")
@@ -353,7 +380,9 @@ class ServingConfig(_Model):
         default=1,
         description=(
             "server processes per pod sharing the port (`SERVING_WORKERS`), each with its own model and batcher; "
-            "`auto`: the container's CPU limit. More processes need a higher memory limit (one model each)"
+            "`auto`: the container's CPU limit. Without `resources`, N processes get N x 500m/512Mi (+512Mi) requested and "
+            "max(2, N) CPUs/(N+1)Gi as limits; at most one process per CPU of the limit and 512Mi of memory limit each. "
+            "The queue target per pod (KEDA) is one full batch per process"
         ),
     )
     target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent")
@@ -614,6 +643,7 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
     if trains:
         yield from training_fit_rules(cfg, key, model.training)
     sv = model.serving
+    yield from serving_size_rules(key, sv)
     if sv.min_replicas > sv.max_replicas:
         yield f"{key}.serving.minReplicas", f"must be <= maxReplicas (got minReplicas={sv.min_replicas}, maxReplicas={sv.max_replicas})"
     elif not sv.min_replicas <= sv.replicas <= sv.max_replicas:
@@ -631,12 +661,40 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Iterator[
             yield f"{key}.serving.allowedCidrs[{j}]", "prod entry points must not be open to the world (0.0.0.0/0)"
 
 
+def serving_size_rules(key: str, sv: ServingConfig) -> Iterator[tuple[str, str]]:
+    """Processes the pod cannot hold: each needs a core of the CPU limit and 512Mi of the memory limit."""
+    n, limits = serving_processes(sv), sv.resources.limits
+    if sv.processes != "auto" and n > math.ceil(cpu_cores(limits.cpu)):
+        yield (
+            f"{key}.serving.processes",
+            f"{n} processes exceed serving.resources.limits.cpu ({limits.cpu}): one process per CPU at most (raise the limit or lower processes)",
+        )
+    if memory_mib(limits.memory) < n * SERVING_MEMORY_PER_PROCESS_MI:
+        yield (
+            f"{key}.serving.resources.limits.memory",
+            f"{limits.memory} is less than {SERVING_MEMORY_PER_PROCESS_MI}Mi for each of the {n} server processes (each loads the model)",
+        )
+
+
 # What one training worker requests (components/training_job.py): the queue's CPU quota must admit a run.
 TRAINING_WORKER_CPU = 2
 
 
 def cpu_cores(quantity: str) -> float:
     return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def memory_mib(quantity: str) -> float:
+    """A memory quantity (``Quantity``'s binary suffixes, plain bytes, or ``m``: millibytes) in MiB."""
+    m = re.fullmatch(r"([0-9.]+)(m|Ki|Mi|Gi|Ti)?", quantity)
+    scale = {None: 1, "m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m.group(2)]
+    return float(m.group(1)) * scale / 2**20
+
+
+def serving_processes(sv: ServingConfig) -> int:
+    """Server processes per pod: ``processes``, or for ``auto`` the CPU limit rounded up (what
+    serving/workers.py reads from the container's cgroup)."""
+    return max(1, math.ceil(cpu_cores(sv.resources.limits.cpu))) if sv.processes == "auto" else sv.processes
 
 
 def serving_reserved_gpus(cfg: PlatformConfig) -> dict[str, int]:

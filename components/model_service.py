@@ -23,7 +23,7 @@ import pulumi_random as random
 
 from components import autoscaling, gateway, rollouts, scaling
 from components.artifact_store import ArtifactStore, client_env, store_service_account
-from components.config import ServingConfig
+from components.config import ServingConfig, serving_processes
 from components.namespaces import egress_except_metadata
 from components.security import container_security, pod_security
 
@@ -311,7 +311,8 @@ class ModelService(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(depends_on=[route])),
             )
         if args.keda is not None:
-            # On the queue, not on CPU: the target is one full batch waiting per replica. The query
+            # On the queue, not on CPU: the target is one full batch waiting per server process of a
+            # replica (a pod's processes sum their queues: serving/workers.py, livesum). The query
             # selects this model's targets as the ServiceMonitor below labels them (job from
             # jobLabel, the model from targetLabels); tests/monitoring/test_e2e_keda.py runs it.
             autoscaling.scaled_object(
@@ -324,7 +325,7 @@ class ModelService(pulumi.ComponentResource):
                     cfg.min_replicas,
                     cfg.max_replicas,
                     scaling.tf_queue_query(ns, APP, {scaling.target_label(MODEL_LABEL): model}),
-                    cfg.max_batch_size,
+                    cfg.max_batch_size * serving_processes(cfg),
                 ),
                 args.keda,
                 pulumi.ResourceOptions(parent=self, depends_on=[deployment]),

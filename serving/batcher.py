@@ -7,6 +7,8 @@ thread so the event loop keeps accepting requests meanwhile. While a batch runs,
 accumulates: under load, batches fill without any waiting. The default wait is 0 (Triton's default
 ``max_queue_delay_microseconds``): under a closed-loop load, the clients whose requests are in the
 batch cannot send more, so waiting for them only idles the CPU (measured in tools/bench_serving.py).
+Triton: "by default the dynamic batcher ... will not delay when forming batches"
+(https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/batcher.html).
 
 A batch only merges requests for the same signature whose inputs have the same per-instance shapes
 (a signature with variable non-batch dimensions is batched only among equal shapes); a model

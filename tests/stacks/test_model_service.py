@@ -206,3 +206,20 @@ def test_alerts_select_every_model_deployment(result, stack):
             for model in models(stack):
                 name = object_name(model)
                 assert re.fullmatch(value, name) if op == "=~" else value == name, (expr, name)
+
+
+def test_the_queue_target_is_one_batch_per_server_process():
+    """A pod's processes sum their queues (serving/workers.py): the KEDA threshold scales with them,
+    and the pod's resources with them (components/config.py serving_resources_for)."""
+    catalogue = mock_engine.stack_config("dev")[0]["mlplatform:models"]
+    catalogue = json.loads(catalogue) if isinstance(catalogue, str) else catalogue
+    mnist = {**catalogue["mnist"], "serving": {**catalogue["mnist"].get("serving", {}), "processes": 3}}
+    mnist["serving"].pop("resources", None)
+    res = mock_engine.run("dev", overrides={"mlplatform:models": {**catalogue, "mnist": mnist}})
+    (so,) = [r for r in res.k8s_objects() if r.raw["kind"] == "ScaledObject" and r.raw["metadata"]["name"] == object_name("mnist")]
+    (trigger,) = so.raw["spec"]["triggers"]
+    assert trigger["metadata"]["threshold"] == str(3 * mnist["serving"].get("maxBatchSize", 64))
+    (rollout,) = [r for r in res.k8s_objects() if r.raw["kind"] == "Rollout" and r.raw["metadata"]["name"] == object_name("mnist")]
+    (server,) = [c for c in rollout.raw["spec"]["template"]["spec"]["containers"] if c["name"] == "model-server"]
+    assert server["resources"]["limits"] == {"cpu": "3", "memory": "4096Mi"}
+    assert {"name": "SERVING_WORKERS", "value": "3"} in server["env"]

@@ -417,3 +417,28 @@ def test_server_processes_are_a_positive_count_or_auto():
     for bad in (0, "many"):
         with pytest.raises(ConfigError, match=r"mlplatform:models.m.serving.processes"):
             validate({**base, "models": {"m": {"training": {"gpus": 0}, "serving": {"processes": bad}}}}, "x.yaml")
+
+
+def test_a_pod_is_sized_for_its_server_processes():
+    """processes: N without resources sizes the pod for N (one core and 512Mi each); explicit
+    resources that cannot hold N processes are refused in one line each, naming the key."""
+    model = {"training": {"gpus": 0}, "serving": {"processes": 4}}
+    r = validate({**LOCAL, "models": {"m": model}}, "x.yaml").models["m"].serving.resources
+    assert (r.requests.cpu, r.requests.memory, r.limits.cpu, r.limits.memory) == ("2000m", "2560Mi", "4", "5120Mi")
+    one = validate({**LOCAL, "models": {"m": {"training": {"gpus": 0}}}}, "x.yaml").models["m"].serving.resources
+    assert (one.requests.cpu, one.requests.memory, one.limits.cpu, one.limits.memory) == ("500m", "1Gi", "2", "2Gi")
+    small = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    with pytest.raises(ConfigError) as e:
+        validate({**LOCAL, "models": {"m": {"training": {"gpus": 0}, "serving": {"processes": 3, "resources": small}}}}, "x.yaml")
+    lines = str(e.value).splitlines()
+    assert any(
+        line.startswith("x.yaml: mlplatform:models.m.serving.processes: 3 processes exceed serving.resources.limits.cpu (2)")
+        for line in lines
+    ), lines
+    assert any("mlplatform:models.m.serving.resources.limits.memory: 1Gi is less than 512Mi for each of the 3" in line for line in lines), (
+        lines
+    )
+    # auto: as many processes as the CPU limit (rounded up, as the server reads its cgroup); memory checked for them
+    with pytest.raises(ConfigError, match=r"limits.memory: 1Gi is less than 512Mi for each of the 4 server processes"):
+        auto = {"processes": "auto", "resources": {**small, "limits": {"cpu": "3500m", "memory": "1Gi"}}}
+        validate({**LOCAL, "models": {"m": {"training": {"gpus": 0}, "serving": auto}}}, "x.yaml")
