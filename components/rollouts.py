@@ -81,8 +81,8 @@ PLUGIN_URL = (
 # utils/plugin/downloader.go, checkShaOfPlugin; the chart passes the item through verbatim,
 # templates/controller/configmap.yaml). Upstream publishes no checksum file (its release workflow
 # uploads the bare binaries) and this machine cannot reach github.com to hash the asset, so it is not
-# recorded yet: `curl -sL PLUGIN_URL | sha256sum` and set it here (tests/stacks/test_traffic_routing.py
-# reports it missing; it fails under MLPLATFORM_STRICT=1).
+# recorded yet (the plugin is pinned by release tag only): `curl -sL PLUGIN_URL | sha256sum` and set it
+# here; chart_values then passes it to the controller.
 PLUGIN_SHA256: str | None = None
 # The controller's service account (chart values serviceAccount.name, set explicitly below), which the
 # plugin runs as: the per-route Roles bind it.
