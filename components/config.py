@@ -377,10 +377,10 @@ class ServingConfig(_Model):
     )
     max_queue: int = Field(default=1024, ge=1, le=1_000_000, description="queued instances before 429")
     processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
-        default=1,
+        default="auto",
         description=(
             "server processes per pod sharing the port (`SERVING_WORKERS`), each with its own model and batcher; "
-            "`auto`: the container's CPU limit. Without `resources`, N processes get N x 500m/512Mi (+512Mi) requested and "
+            "`auto` (default): the container's CPU limit, rounded up (2 with the default resources). Without `resources`, N processes get N x 500m/512Mi (+512Mi) requested and "
             "max(2, N) CPUs/(N+1)Gi as limits; at most one process per CPU of the limit and 512Mi of memory limit each. "
             "The queue target per pod (KEDA) is one full batch per process"
         ),

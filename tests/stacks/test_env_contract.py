@@ -84,7 +84,9 @@ def test_every_serving_option_is_read_by_the_server():
     auto = {e["name"]: e["value"] for e in server_env("fraud", ServingConfig(processes="auto"), "s3://bucket")}
     assert auto["SERVING_WORKERS"] == "auto"
     check_serving(auto)
-    assert "SERVING_WORKERS" not in {e["name"] for e in server_env("fraud", ServingConfig(), "s3://bucket")}  # one process
+    default = {e["name"]: e["value"] for e in server_env("fraud", ServingConfig(), "s3://bucket")}
+    assert default["SERVING_WORKERS"] == "auto"  # the default: one process per CPU of the limit
+    assert "SERVING_WORKERS" not in {e["name"] for e in server_env("fraud", ServingConfig(processes=1), "s3://bucket")}
 
 
 def test_training_env_on_every_stack_is_read_by_the_trainer(result, monkeypatch):

@@ -8,7 +8,7 @@ import json
 import yaml
 
 from components import gateway
-from components.config import ServingConfig
+from components.config import ServingConfig, serving_processes
 from components.model_service import (
     API_KEYS_FILE,
     DRAIN_SECONDS,
@@ -131,7 +131,9 @@ def test_scaled_on_its_queue_and_pdb(result, stack):
         (trigger,) = spec["triggers"]
         query = trigger["metadata"]["query"]
         assert "mlplatform_serving_queue_depth" in query and f'mlplatform_io_model="{model}"' in query, query
-        assert trigger["metadata"]["threshold"] == str(serving.get("maxBatchSize", 64))
+        # one full batch per server process (processes: auto = the CPU limit, rounded up)
+        processes = serving_processes(ServingConfig.model_validate(serving))
+        assert trigger["metadata"]["threshold"] == str(serving.get("maxBatchSize", 64) * processes)
         pdb = one(result, "kubernetes:policy/v1:PodDisruptionBudget", object_name(model)).raw["spec"]
         assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels(model)}}
 
