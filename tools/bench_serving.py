@@ -1,14 +1,21 @@
-"""Serving benchmark: a naive server vs ours vs the in-process limit, same load, same machine.
+"""Serving benchmark: our server against the server before the change and the in-process limit, same
+load, same machine, one run.
 
-    .venv-ml/bin/python -m tools.bench_serving [--duration 15] [--connections 64]
+    .venv-ml/bin/python -m tools.bench_serving [--duration 15] [--rounds 2] [--workers 2] [--baseline REV] [--naive]
 
-Trains the seed model for one epoch (or uses --model-dir), then measures with the same load generator
-(wrk, a separate C process; single-image :predict requests, 64 keep-alive connections, fixed duration):
-(a) Flask + model.predict per request (tools/naive_server.py), (b) our server (python -m serving),
-(c) the in-process limit: batched model calls of 64 images, no HTTP. The load generator's own ceiling
-is measured against a trivial endpoint (/healthz) of our server; ours is also measured with 64 images
-per JSON request and with single images as Open Inference Protocol binary tensors. The last line is
-one JSON object.
+Trains the seed model for one epoch (or uses --model-dir), then drives every server with the same load
+generator (wrk, a separate C process; 64 keep-alive connections, fixed duration):
+- single-image JSON :predict, interleaved round by round (medians reported): the server at the
+  baseline revision (git archive of its serving/, default: before issue 18), ours with one process,
+  ours with --workers processes. Each figure comes with the server's CPU time per request (all its
+  processes), which a shared machine disturbs far less than req/s;
+- ours with 64 images per JSON request, and single images as Open Inference Protocol binary tensors;
+- the load generator's ceiling: a trivial endpoint (/healthz) of our server;
+- the in-process limit: batched model calls of 64 images, no HTTP;
+- with --naive, Flask + model.predict per request (tools/naive_server.py).
+On a 2-core machine the load generator shares the cores with the server: N processes then compete
+with wrk for the second core, so the N-process figure is a lower bound of what a pod with N cores
+does. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The server before issue 18 ("Serving throughput") changed it: the baseline of its 2x target.
+BASELINE_REV = "6b3ba17"
 LUA = """
 wrk.method = "POST"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*all"); f:close()
@@ -95,46 +105,82 @@ def in_process_limit(model_dir: Path, seconds: float = 5.0, batch: int = 64) -> 
     return n / (time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (the server's workers and parse pool)."""
+    pids, todo, total = [], [pid], 0.0
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for f in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in f.read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def baseline_tree(rev: str, tmp: Path) -> Path:
+    """The server package as it was at ``rev`` (git archive), to run beside ours on the same machine."""
+    out = tmp / f"baseline-{rev}"
+    out.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "serving"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+class Server:
+    """``python -m serving`` from ``cwd`` (ours, or a baseline revision's tree) on a free port."""
+
+    def __init__(self, cwd: Path, model_dir: Path, workers: int = 1, extra: tuple[str, ...] = ()):
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "serving", "--model-uri", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--poll-seconds", "0", "--log-level", "warning", "--metrics-port", str(free_port()), *extra]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        wait_ready(f"{self.base}/readyz")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+    def measure(self, path: str, duration: int, connections: int, script: Path | None, warmup: int = 3) -> dict:
+        """wrk's figures plus the server's CPU time per request (all its processes), which load on a
+        shared machine disturbs far less than req/s."""
+        wrk(self.base + path, warmup, connections, script)
+        before = cpu_seconds(self.proc.pid)
+        r = wrk(self.base + path, duration, connections, script)
+        r["cpu_us_per_req"] = (cpu_seconds(self.proc.pid) - before) / max(1.0, r["rps"] * duration) * 1e6
+        return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/mnist.npz")
     p.add_argument("--model-dir", type=Path, help="a model version directory (default: train the seed model 1 epoch)")
     p.add_argument("--duration", type=int, default=15)
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--no-naive", action="store_true", help="skip the naive server (it takes the full duration to say ~20 req/s)")
-    p.add_argument("--workers", type=int, default=2, help="also measure ours with this many server processes (0: skip)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the single-image comparison (medians are reported)")
+    p.add_argument(
+        "--baseline",
+        default=BASELINE_REV,
+        help=f"git revision whose serving/ is the server before the change (default {BASELINE_REV}: before issue 18); '' to skip",
+    )
+    p.add_argument("--naive", action="store_true", help="also measure the naive Flask server (~20 req/s: takes the full duration)")
+    p.add_argument("--workers", type=int, default=2, help="ours with this many server processes as well (0: skip)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    model_dir = args.model_dir
-    if model_dir is None:
-        print("training the seed model (1 epoch) ...", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "training.train",
-                "--data",
-                args.data,
-                "--arch",
-                "seed",
-                "--epochs",
-                "1",
-                "--min-accuracy",
-                "0.9",
-                "--output",
-                f"file://{tmp}/store",
-                "--run-id",
-                "bench",
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        version = (tmp / "store/models/mnist/LATEST").read_text().strip()
-        model_dir = tmp / "store/models/mnist" / version
+    model_dir = args.model_dir or train_seed_model(args.data, tmp)
 
     import numpy as np
 
@@ -145,110 +191,105 @@ def main() -> None:
     script = lua(tmp / "post.lua", body)
     (tmp / "batch64.json").write_text(json.dumps({"instances": images.tolist()}))
     batch_script = lua(tmp / "batch64.lua", tmp / "batch64.json")
+    predict = "/v1/models/mnist:predict"
 
     import tensorflow as tf
 
     cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), platform.processor())
     print(
-        f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}; "
-        f"load: wrk -t2 -c{args.connections} -d{args.duration}s, single-image requests ({body.stat().st_size} bytes)",
+        f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}; load: wrk -t2 -c{args.connections} -d{args.duration}s (the load generator shares "
+        f"these cores), single-image requests ({body.stat().st_size} bytes)",
         flush=True,
     )
 
-    results = {}
-    servers = [
-        ("naive", [sys.executable, "-m", "tools.naive_server", str(model_dir)]),
-        (
-            "ours",
-            [
-                sys.executable,
-                "-m",
-                "serving",
-                "--model-uri",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--poll-seconds",
-                "0",
-                "--log-level",
-                "warning",
-                "--metrics-port",
-                str(free_port()),
-            ],
-        ),
-    ]
-    for name, cmd in servers[1:] if args.no_naive else servers:
-        port = free_port()
-        full = cmd + ([str(port)] if name == "naive" else ["--port", str(port)])
-        proc = subprocess.Popen(full, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/healthz" if name == "naive" else f"http://127.0.0.1:{port}/readyz")
-            url = f"http://127.0.0.1:{port}/v1/models/mnist:predict"
-            wrk(url, 3, args.connections, script)  # warm-up
-            results[name] = wrk(url, args.duration, args.connections, script)
-            if name == "ours":
-                results["ceiling"] = wrk(f"http://127.0.0.1:{port}/healthz", args.duration, args.connections, None)
-                results["batch64"] = wrk(url, args.duration, args.connections, batch_script)
-                binary_script = _binary_script(tmp, f"http://127.0.0.1:{port}", images[:1])
-                results["binary"] = wrk(f"http://127.0.0.1:{port}/v2/models/mnist/infer", args.duration, args.connections, binary_script)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-        r = results[name]
-        print(
-            f"({'a' if name == 'naive' else 'b'}) {name:5s}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}  {r['socket_errors']}",
-            flush=True,
-        )
+    # The single-image comparison, interleaved round by round so that drift in the machine's speed
+    # hits every server alike: the baseline revision, ours with one process, ours with N.
+    contenders: list[tuple[str, Path, int]] = []
+    if args.baseline:
+        contenders.append((f"baseline {args.baseline}, 1 process", baseline_tree(args.baseline, tmp), 1))
+    contenders.append(("ours, 1 process", ROOT, 1))
     if args.workers > 1:
+        contenders.append((f"ours, {args.workers} processes", ROOT, args.workers))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+    for i in range(args.rounds):
+        for name, cwd, workers in contenders:
+            with Server(cwd, model_dir, workers) as server:
+                r = server.measure(predict, args.duration, args.connections, script)
+            runs[name].append(r)
+            print(
+                f"round {i + 1} {name:32s} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                f"{r['cpu_us_per_req']:.0f} us CPU/req  non-2xx {r['non_2xx']} {r['socket_errors']}",
+                flush=True,
+            )
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")} for name, rs in runs.items()
+    }
+
+    # Ours, once each: 64 images per JSON request, binary tensors, and the load generator's ceiling.
+    with Server(ROOT, model_dir) as server:
+        batch64 = server.measure(predict, args.duration, args.connections, batch_script)
+        binary = server.measure("/v2/models/mnist/infer", args.duration, args.connections, _binary_script(tmp, server.base, images[:1]))
+        ceiling = server.measure("/healthz", args.duration, args.connections, None)
+    naive = None
+    if args.naive:
         port = free_port()
-        cmd = [*servers[1][1], "--port", str(port), "--workers", str(args.workers)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "tools.naive_server", str(model_dir), str(port)], cwd=ROOT)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz")
-            url = f"http://127.0.0.1:{port}/v1/models/mnist:predict"
-            wrk(url, 3, args.connections, script)
-            results["workers"] = wrk(url, args.duration, args.connections, script)
+            wait_ready(f"http://127.0.0.1:{port}/healthz")
+            naive = wrk(f"http://127.0.0.1:{port}{predict}", args.duration, args.connections, script)
         finally:
             proc.terminate()
             proc.wait(60)
-    for key, what in [
-        ("workers", f"JSON, 1 image, {args.workers} server processes (the load generator shares these cores)"),
-        ("batch64", "JSON, 64 images per request"),
-        ("binary", "Open Inference Protocol binary tensors, 1 image"),
-    ]:
-        if key not in results:
-            continue
-        r = results[key]
-        n = 64 if key == "batch64" else 1
-        print(
-            f"    ours, {what}: {r['rps']:.1f} req/s = {r['rps'] * n:.0f} images/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']}"
-        )
-    c = results["ceiling"]
-    print(f"load generator ceiling (same server, trivial /healthz): {c['rps']:.1f} req/s, p99 {c['p99_ms']:.2f} ms", flush=True)
     limit = in_process_limit(model_dir)
-    print(f"(c) in-process limit: {limit:.0f} images/s (batches of 64, no HTTP)")
-    naive, ours = results.get("naive", {"rps": 0.0}), results["ours"]
+
+    print(f"\nmedians of {args.rounds} rounds, single-image JSON:")
+    for name, m in med.items():
+        print(
+            f"  {name:32s} {m['rps']:9.1f} req/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  {m['cpu_us_per_req']:.0f} us CPU/req"
+        )
+    for what, r, n in [("JSON, 64 images per request", batch64, 64), ("OIP binary tensors, 1 image", binary, 1)]:
+        print(f"  ours, 1 process, {what}: {r['rps']:.1f} req/s = {r['rps'] * n:.0f} images/s, p99 {r['p99_ms']:.2f} ms")
+    print(f"  load generator ceiling (trivial /healthz): {ceiling['rps']:.1f} req/s, p99 {ceiling['p99_ms']:.2f} ms")
+    if naive:
+        print(f"  naive Flask + model.predict: {naive['rps']:.1f} req/s")
+    print(f"  in-process limit: {limit:.0f} images/s (batches of 64, no HTTP)")
+    best_name = max((n for n in med if n.startswith("ours")), key=lambda n: med[n]["rps"])
+    best = med[best_name]
     out = {
-        "naive_rps": round(naive["rps"], 1),
-        "ours_rps": round(ours["rps"], 1),
-        "ours_p50_ms": round(ours["p50_ms"], 2),
-        "ours_p99_ms": round(ours["p99_ms"], 2),
+        "ours_rps": round(best["rps"], 1),
+        "ours_config": best_name,
+        "ours_p99_ms": round(best["p99_ms"], 2),
+        "ours_1_process_rps": round(med["ours, 1 process"]["rps"], 1),
+        "cpu_us_per_req": {name: round(m["cpu_us_per_req"]) for name, m in med.items()},
         "limit_images_per_s": round(limit),
-        "ratio_vs_naive": round(ours["rps"] / naive["rps"], 1) if naive["rps"] else None,
-        "fraction_of_limit": round(ours["rps"] / limit, 3),
-        "batch64_images_per_s": round(results["batch64"]["rps"] * 64),
-        "binary_rps": round(results["binary"]["rps"], 1),
-        "binary_p99_ms": round(results["binary"]["p99_ms"], 2),
-        "ceiling_rps": round(c["rps"], 1),
-        "workers": args.workers,
-        "workers_rps": round(results["workers"]["rps"], 1) if "workers" in results else None,
+        "fraction_of_limit": round(best["rps"] / limit, 3),
+        "batch64_images_per_s": round(batch64["rps"] * 64),
+        "binary_rps": round(binary["rps"], 1),
+        "binary_p99_ms": round(binary["p99_ms"], 2),
+        "ceiling_rps": round(ceiling["rps"], 1),
+        "naive_rps": round(naive["rps"], 1) if naive else None,
+        "rounds": args.rounds,
     }
-    print(
-        f"ratio vs naive {out['ratio_vs_naive']}x (target >= 200x), p99 {out['ours_p99_ms']} ms (target <= 25), "
-        f"{out['fraction_of_limit']:.1%} of the in-process limit (target >= 10%)"
-    )
+    if args.baseline:
+        base = next(iter(med.values()))
+        out["baseline"] = args.baseline
+        out["baseline_rps"] = round(base["rps"], 1)
+        out["baseline_p99_ms"] = round(base["p99_ms"], 2)
+        out["ratio_vs_baseline"] = round(best["rps"] / base["rps"], 2)
+        print(f"\n{best_name}: {out['ratio_vs_baseline']}x the baseline's req/s (target >= 2x), ", end="")
+    print(f"p99 {out['ours_p99_ms']} ms (target <= 25), {out['fraction_of_limit']:.1%} of the in-process limit (target >= 10%)")
     print(json.dumps(out))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_seed_model(data: str, tmp: Path) -> Path:
+    print("training the seed model (1 epoch) ...", flush=True)
+    cmd = [sys.executable, "-m", "training.train", "--data", data, "--arch", "seed", "--epochs", "1", "--min-accuracy", "0.9"]
+    cmd += ["--output", f"file://{tmp}/store", "--run-id", "bench"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    version = (tmp / "store/models/mnist/LATEST").read_text().strip()
+    return tmp / "store/models/mnist" / version
 
 
 def _binary_script(tmp: Path, base: str, image) -> Path:
