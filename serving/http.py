@@ -73,12 +73,15 @@ def guarded_protocol(
 
     class GuardedProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _deadline_what = ""
         _header_bytes = 0
+        _in_headers = False  # a request line has begun, its headers are not complete
         _in_body = False
 
         def _arm(self, seconds: float, what: str) -> None:
             self._disarm()
             self._deadline = self.loop.call_later(seconds, self._expired, what)
+            self._deadline_what = what
 
         def _disarm(self) -> None:
             if self._deadline is not None:
@@ -111,21 +114,34 @@ def guarded_protocol(
 
         def data_received(self, data: bytes) -> None:
             if not self._in_body:
-                if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-                    self._arm(header_timeout_s, "header_timeout")  # the first byte of a request on a kept-alive connection
                 # Counted per chunk (cheaper than per header callback); on_headers_complete resets it.
                 self._header_bytes += len(data)
             super().data_received(data)
-            if not self._in_body and self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if not self._in_body and self._header_bytes > MAX_HEADER_BYTES:
                 on_close("header_too_large")
                 self.transport.write(_response("431 Request Header Fields Too Large", "request line and headers exceed 64 KiB"))
                 self.transport.close()
+                return
+            # A deadline only for what this chunk left incomplete: most requests arrive whole in one
+            # read and need no timer at all. Headers: from the first byte of a request on a kept-alive
+            # connection (a new connection's runs from its opening); body: from the end of the headers.
+            if self._in_headers:
+                if self._deadline is None:
+                    self._arm(header_timeout_s, "header_timeout")
+            elif self._in_body and (self._deadline is None or self._deadline_what != "body_timeout"):
+                self._arm(body_timeout_s, "body_timeout")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_headers = True
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self._header_bytes = 0
-            self._in_body = True
-            self._arm(body_timeout_s, "body_timeout")
+            self._in_headers, self._in_body = False, True
+            self._disarm()  # headers in time; a body still incomplete after this chunk gets its own deadline
 
         def on_message_complete(self) -> None:
             self._in_body = False

@@ -113,6 +113,26 @@ def test_idle_slow_header_and_slow_body_connections_are_closed_by_deadline(stric
     assert post(s.url)[0] == 200
 
 
+def test_a_kept_alive_connection_that_then_dribbles_a_request_is_closed_by_deadline(strict):
+    """Whole requests need no timer (they arrive in one read); the deadline starts at the first byte of
+    a request still incomplete after its read: a complete request, then a slow one on the same
+    connection (pipelined right behind it, then byte by byte), is answered 200 and then 408."""
+    s = strict
+    whole = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n".encode() + BODY
+    sock = connect(s.port)
+    stop = threading.Event()
+    sock.sendall(whole + b"P")  # the next request's first byte comes with the first request
+    t0 = time.monotonic()
+    threading.Thread(target=dribble, args=(sock, f"OST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode() * 20, 0.05, stop), daemon=True).start()
+    try:
+        closed, got = closed_after(sock, 8)
+    finally:
+        stop.set()
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    assert b"HTTP/1.1 408" in got, got[-300:]
+    assert closed - t0 < 4, closed - t0  # the 1 s header deadline, not the 8 s the client would go on
+
+
 def test_oversized_headers_are_431_and_closed(strict):
     c = connect(strict.port)
     try:
