@@ -54,6 +54,9 @@ class ServerSettings:
     api_keys_file: str | None = None
     parse_workers: int = 1  # processes for large bodies (0: a thread)
     offload_body_bytes: int = 256 * 1024
+    # Run batches faster than this inline in the event loop (serving/batcher.py); 0: always in the
+    # inference thread. __main__ sets it for a process that is one of several in its pod.
+    inline_inference_below_ms: float = 0.0
     retry_base_s: float = 1.0  # backoff for transient load failures: base * 2**attempt, capped
     retry_max_s: float = 300.0
     extra: dict = field(default_factory=dict)
@@ -69,7 +72,15 @@ class ServedModel:
         self.model: model_lib.LoadedModel | None = None
         self.refused: dict[str, str] = {}  # version -> reason; only versions that failed their checks
         self._retry: dict[str, tuple[int, float]] = {}  # version -> (failed attempts, monotonic time of next try)
-        self.batcher = Batcher(lambda: self.model, s.max_batch_size, s.batch_timeout_ms / 1000, s.max_queue, server.metrics, name)
+        self.batcher = Batcher(
+            lambda: self.model,
+            s.max_batch_size,
+            s.batch_timeout_ms / 1000,
+            s.max_queue,
+            server.metrics,
+            name,
+            inline_below_s=s.inline_inference_below_ms / 1000,
+        )
         m = server.metrics
         self.m_predict_seconds = m.request_seconds.labels(model=name)
         self.m_ok = m.requests.labels(model=name, route="predict", code="200")

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -162,6 +163,9 @@ class LoadedModel:
     version: str
     source: str
     signatures: dict[str, Signature] = field(default_factory=dict)
+    # Seconds one full batch takes (the slowest signature, measured at load after its warm-up):
+    # whether a batch may run inline in the event loop (serving/batcher.py). Unknown: never.
+    max_batch_seconds: float = float("inf")
 
     @property
     def specs(self) -> dict[str, SignatureSpec]:
@@ -222,6 +226,7 @@ def load(version: str, uri: str, warmup_batch_sizes: tuple[int, ...] = (1, 64)) 
         local = fetch_dir(uri, tmp)
         signatures = _load_signatures(local)
         rng = np.random.default_rng(0)
+        max_batch_seconds = 0.0
         for sig in signatures.values():
             sizes = warmup_batch_sizes if sig.spec.batched else (1,)
             for n in sizes:
@@ -236,7 +241,13 @@ def load(version: str, uri: str, warmup_batch_sizes: tuple[int, ...] = (1, 64)) 
                         raise ModelLoadError("incompatible", f"{uri}: output {t.name!r} does not have one row per instance")
                     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                         raise ModelLoadError("warmup", f"{uri}: output {t.name!r} is not finite on a sample batch")
-        return LoadedModel(version=version, source=uri, signatures=signatures)
+            runs = []
+            for _ in range(3):  # the largest batch again, now warm: what one batch costs (best of 3)
+                start = time.perf_counter()
+                sig(x)
+                runs.append(time.perf_counter() - start)
+            max_batch_seconds = max(max_batch_seconds, min(runs))
+        return LoadedModel(version=version, source=uri, signatures=signatures, max_batch_seconds=max_batch_seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -145,3 +145,35 @@ def test_the_class_mix_is_counted_once_per_batch_for_every_request_in_it():
     run(go())
     count = lambda c: registry.get_sample_value("mlplatform_serving_predicted_class_total", {"model": "m", "version": "v7", "class": c})  # noqa: E731
     assert (count("0"), count("1"), count("2")) == (1.0, None, 2.0)
+
+
+def test_fast_models_run_inline_when_asked_and_slow_ones_in_the_inference_thread():
+    """inline_below_s (a process that is one of several in its pod): a model whose full batch was
+    timed fast at load runs in the event loop's thread; a slower one, or one not timed, in the
+    inference thread."""
+    import threading
+
+    def threads_used(batch_seconds: float) -> list[str]:
+        spec = SignatureSpec("serving_default", (TensorSpec("x", "float32", (None, 3)),), (TensorSpec("y", "float32", (None,)),))
+        seen = []
+
+        def call(inputs):
+            seen.append(threading.current_thread().name)
+            return {"y": inputs["x"].sum(axis=1)}
+
+        model = SimpleNamespace(version="v1", signatures={"serving_default": Sig(spec, call)}, max_batch_seconds=batch_seconds)
+        b = Batcher(lambda: model, 64, 0.0, 1024, ServingMetrics(CollectorRegistry(), 64, ["m"]), "m", inline_below_s=0.005)
+
+        async def go():
+            await b.start()
+            for _ in range(4):
+                out, _ = await b.submit("serving_default", {"x": np.ones((1, 3), np.float32)}, 1)
+                assert out["y"].tolist() == [3.0]
+            await b.stop()
+
+        run(go())
+        return seen
+
+    assert threads_used(0.001) == [threading.main_thread().name] * 4
+    for slow in (0.02, float("inf")):
+        assert all(t.startswith("inference-m") for t in threads_used(slow)), slow
