@@ -16,7 +16,7 @@ from components import gateway, model_service, rollouts
 from components.config import CanaryConfig
 from tests.conftest import unavailable
 from tests.stacks.test_rollouts import monitored, of_kind, stack_config, tf_models
-from tools import manifests, reference
+from tools import manifests, mock_engine, reference
 
 # Argo Rollouts v1.9.0 utils/replicaset/canary_test.go, TestApproximateWeightedCanaryStableReplicaCounts
 # (replicas, weight, maxSurge -> canary, stable): the port must agree with the controller's own cases.
@@ -115,8 +115,10 @@ def test_routed_strategy_from_config_and_replica_ratio_without_a_router():
 
 
 def rollout_stacks(stack):
-    if not (monitored(stack) and tf_models(stack)):
-        pytest.skip(f"{stack}: no Argo Rollouts (no monitoring or no TF model)")
+    """Every stack file today monitors and serves TF models, so every stack must have routed
+    Rollouts: a stack that stops doing so fails here rather than skipping the checks below (the
+    stack without Rollouts is test_without_monitoring_a_model_is_a_deployment_behind_one_backend)."""
+    assert monitored(stack) and tf_models(stack), f"{stack}: expected monitoring and TF models (Argo Rollouts)"
 
 
 def named(result, kind):
@@ -255,8 +257,9 @@ def test_plugin_installed_from_the_chart_values_pinned_to_a_release():
         unavailable("../shared/reference not present (user checkout): argo-rollouts chart values")
     from components import helm
 
-    defaults = reference.chart_values("argo-rollouts", helm.CHARTS["argo-rollouts"][0])
-    assert defaults is not None
+    version = helm.CHARTS["argo-rollouts"][0]
+    defaults = reference.chart_values("argo-rollouts", version)
+    assert defaults is not None, f"no reference values for argo-rollouts {version}: the pin and the reference disagree"
     values = rollouts.chart_values(monitoring=True)
     assert reference.unknown_value_keys(values, defaults, "argo-rollouts") == []
     # The chart's own list (empty by default), rendered verbatim into argo-rollouts-config.
@@ -271,3 +274,20 @@ def test_plugin_installed_from_the_chart_values_pinned_to_a_release():
     assert set(plugin) <= {"name", "location", "sha256"}
     # The checksum goes to the controller when recorded (PLUGIN_SHA256; not yet: no network where it was written).
     assert plugin.get("sha256") == rollouts.PLUGIN_SHA256
+
+
+def test_without_monitoring_a_model_is_a_deployment_behind_one_backend():
+    """No Prometheus, nothing to analyse a canary with: no Rollout, no canary Service, no Role for the
+    controller, and the route has the stable Service as its only backend (no weights to manage)."""
+    catalogue = stack_config("dev")["mlplatform:models"]
+    tf_only = {m: catalogue[m] for m in tf_models("dev")}  # vLLM models need Prometheus (config refuses them without)
+    res = mock_engine.run("dev", overrides={"mlplatform:monitoring": {"enabled": False}, "mlplatform:models": tf_only})
+    assert named(res, "Rollout") == {}
+    deployments = named(res, "Deployment")
+    routes, services, roles = named(res, "HTTPRoute"), named(res, "Service"), named(res, "Role")
+    for model in tf_models("dev"):
+        name = model_service.object_name(model)
+        assert name in deployments
+        assert model_service.canary_service_name(model) not in services
+        assert [r["name"] for r in routes[name].raw["spec"]["rules"][0]["backendRefs"]] == [name]
+        assert f"{name}-rollouts" not in roles  # the controller's Role on the route (present with Rollouts)
