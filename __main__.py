@@ -27,6 +27,6 @@ pulumi.export("jenkinsAdminPassword", platform.jenkins.admin_password if platfor
 # The role GitHub/GitLab deploy this stack with (their AWS_DEPLOY_ROLE_ARN); None without `ci`.
 pulumi.export("ciDeployRoleArn", platform.ci_role.arn if platform.ci_role else None)
 # The role `make deliver` copies received models with (None on a stack that receives none), and the
-# account a receiving stack checks it shares with this one (components/promotion.py).
+# account a receiving stack checks it shares with this one (components/services/model_promoter.py).
 pulumi.export("promotionRole", platform.promoter.role_arn if platform.promoter else None)
 pulumi.export("awsAccountId", platform.account_id)

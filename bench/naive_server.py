@@ -1,6 +1,6 @@
 """The baseline the seed's article implies: Flask + ``model.predict`` per request (for the benchmark only).
 
-python -m tools.naive_server MODEL_DIR PORT
+python -m bench.naive_server MODEL_DIR PORT
 """
 
 from __future__ import annotations

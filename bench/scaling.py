@@ -1,6 +1,6 @@
 """Data-parallel scaling benchmark: training throughput (examples/s) with 1 worker vs N workers.
 
-    .venv-ml/bin/python -m tools.bench_scaling [--data data/mnist.npz] [--workers 2] [--arch strong]
+    .venv-ml/bin/python -m bench.scaling [--data data/mnist.npz] [--workers 2] [--arch strong]
 
 Each worker is its own process, configured exactly as a Kubernetes Indexed Job's pod is
 (TRAIN_WORKERS, JOB_COMPLETION_INDEX; loopback addresses instead of the headless Service's names),
@@ -106,7 +106,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict:
     for i in range(workers):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAIN_WORKERS": str(workers), "JOB_COMPLETION_INDEX": str(i)}
         env |= {"TRAIN_WORKER_HOST": "127.0.0.1", "TRAIN_WORKER_PORT": str(port), "TRAIN_WORKER_PORT_STEP": "1"}
-        cmd = [sys.executable, "-m", "tools.bench_scaling", "--worker", "--data", args.data, "--arch", args.arch]
+        cmd = [sys.executable, "-m", "bench.scaling", "--worker", "--data", args.data, "--arch", args.arch]
         cmd += ["--epochs", str(args.epochs), "--examples", str(args.examples)]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
     outs = [p.communicate(timeout=1800)[0] for p in procs]

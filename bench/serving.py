@@ -1,7 +1,7 @@
 """Serving benchmark: our server against the server before the change and the in-process limit, same
 load, same machine, one run.
 
-    .venv-ml/bin/python -m tools.bench_serving [--duration 15] [--rounds 2] [--workers 2] [--baseline REV] [--naive]
+    .venv-ml/bin/python -m bench.serving [--duration 15] [--rounds 2] [--workers 2] [--baseline REV] [--naive]
 
 Trains the seed model for one epoch (or uses --model-dir), then drives every server with the same load
 generator (wrk, a separate C process; 64 keep-alive connections, fixed duration):
@@ -14,7 +14,7 @@ generator (wrk, a separate C process; 64 keep-alive connections, fixed duration)
 - overload: --overload-connections against a queue of --overload-queue instances (429s beyond it),
   beside /healthz at as many connections (the floor the event loop and wrk set there);
 - the in-process limit: batched model calls of 64 images, no HTTP;
-- with --naive, Flask + model.predict per request (tools/naive_server.py).
+- with --naive, Flask + model.predict per request (bench/naive_server.py).
 On a 2-core machine the load generator shares the cores with the server: N processes then compete
 with wrk for the second core, so the N-process figure is a lower bound of what a pod with N cores
 does. The last line is one JSON object.
@@ -244,7 +244,7 @@ def main() -> None:
     naive = None
     if args.naive:
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "tools.naive_server", str(model_dir), str(port)], cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], cwd=ROOT)
         try:
             wait_ready(f"http://127.0.0.1:{port}/healthz")
             naive = wrk(f"http://127.0.0.1:{port}{predict}", args.duration, args.connections, script)

@@ -1,6 +1,6 @@
 """Training benchmark: time to the reference accuracy, seed recipe vs our pipeline, on this machine.
 
-    .venv-ml/bin/python -m tools.bench_training [--data data/mnist.npz] [--strong-epochs 10]
+    .venv-ml/bin/python -m bench.training [--data data/mnist.npz] [--strong-epochs 10]
 
 (a) the seed recipe as the seed writes it: ``model.fit`` on NumPy arrays, batch 128, evaluated after
     each epoch, until the test accuracy first reaches 98.42 %;

@@ -5,24 +5,24 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components.artifact_store import ArtifactStore, ArtifactStoreArgs
-from components.autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
-from components.autoscaling import NAMESPACE as KEDA_NAMESPACE
-from components.autoscaling import Keda, KedaArgs
-from components.ci_identity import CiDeployRole, CiDeployRoleArgs
-from components.cluster import Cluster, ClusterArgs
+from components.cluster.ci_deploy_role import CiDeployRole, CiDeployRoleArgs
+from components.cluster.cluster import Cluster, ClusterArgs
+from components.cluster.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from components.cluster.gpu_addons import GpuAddons, GpuAddonsArgs
+from components.cluster.gpu_pools import GpuNodePool, GpuNodePoolArgs
+from components.cluster.namespaces import PlatformNamespace, PlatformNamespaceArgs
 from components.config import Settings, serving_reserved_gpus, stack_file
-from components.gateway import EntryPoint, EntryPointArgs
-from components.gpu_addons import GpuAddons, GpuAddonsArgs
-from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
-from components.images import Images, ImagesArgs, model_image
-from components.jenkins import Jenkins, JenkinsArgs
-from components.kueue import Kueue, KueueArgs, QueueQuota
-from components.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
-from components.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
-from components.namespaces import PlatformNamespace, PlatformNamespaceArgs
-from components.promotion import ModelPromoter, ModelPromoterArgs, account_id
-from components.rollouts import ArgoRollouts, ArgoRolloutsArgs
+from components.models.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
+from components.services.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
+from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs
+from components.services.gateway import EntryPoint, EntryPointArgs
+from components.services.images import Images, ImagesArgs, model_image
+from components.services.jenkins import Jenkins, JenkinsArgs
+from components.services.keda import NAMESPACE as KEDA_NAMESPACE
+from components.services.keda import Keda, KedaArgs
+from components.services.kueue import Kueue, KueueArgs, QueueQuota
+from components.services.model_promoter import ModelPromoter, ModelPromoterArgs, account_id
+from components.services.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
 
 # role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
 # that no stricter level admits (policy.rules.PRIVILEGED_NAMESPACES holds the reasons):
@@ -230,7 +230,7 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.in_namespaces,
         )
-        # The identity that copies received models into this store, least privilege (components/promotion.py).
+        # The identity that copies received models into this store, least privilege (components/services/model_promoter.py).
         self.account_id = account_id(self.providers[0], self) if cfg.is_eks else None
         received = {m: e.source.stack for m, e in cfg.models.items() if e.runtime == "tensorflow" and e.source}
         self.promoter: ModelPromoter | None = None

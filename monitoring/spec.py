@@ -1,5 +1,5 @@
 """Monitoring as data: alert-rule thresholds, Alertmanager routing, Prometheus selection logic,
-dashboards. Pure functions (no Pulumi import), used by components/monitoring.py and by the tests that
+dashboards. Pure functions (no Pulumi import), used by components/services/monitoring.py and by the tests that
 run the real Prometheus, promtool and Alertmanager."""
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Deliver one model to one stack: the pipeline's promotion + canary step (README "Model delivery").
 
-    python -m tools.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every TF model of the stack)
+    python -m ops.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every TF model of the stack)
 
 1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
    takes the source stack's champion and copies it into its own store, byte for byte, digests checked
-   on arrival, as its *candidate* (``tools.models promote --from --to --candidate``); a stack that
+   on arrival, as its *candidate* (``ops.models promote --from --to --candidate``); a stack that
    trains takes its own candidate (what its training run published). The source is read and the copy
-   written with the stack's promotion role (stack output ``promotionRole``, components/promotion.py:
+   written with the stack's promotion role (stack output ``promotionRole``, components/services/model_promoter.py:
    read on the received models' folders of the source store, read/write on the same folders of its
    own), assumed with STS for this step only; everything else runs with the deploy identity.
 2. Pin it: ``pulumi config set models.<name>.serving.version`` and ``pulumi up``: the pod template
-   changes, Argo Rollouts starts the canary and its analysis (components/rollouts.py).
+   changes, Argo Rollouts starts the canary and its analysis (components/services/argo_rollouts.py).
 3. Wait for the Rollout: Healthy with the new pods stable -> the version becomes the stack's champion.
    Degraded (the analysis failed, Argo aborted: traffic is already back on the stable pods) -> the
    version is marked rejected in the stack's store, the pin goes back to the champion (``pulumi up``
@@ -239,7 +239,7 @@ def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stack
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m ops.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stack", required=True)
     p.add_argument("--model", help="one model (default: every TF model in the stack file)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the canary to finish")

@@ -1,8 +1,8 @@
 """Ephemeral PR stacks with the Pulumi Automation API.
 
-    python -m tools.ephemeral up --pr 12        # stack pr-12 from the dev config, environment ephemeral, expiry tag
-    python -m tools.ephemeral destroy --pr 12   # destroy its resources, then always remove the stack
-    python -m tools.ephemeral reap              # destroy + remove every pr-* stack past its expiry
+    python -m ops.ephemeral up --pr 12        # stack pr-12 from the dev config, environment ephemeral, expiry tag
+    python -m ops.ephemeral destroy --pr 12   # destroy its resources, then always remove the stack
+    python -m ops.ephemeral reap              # destroy + remove every pr-* stack past its expiry
 
 The expiry (``mlplatform:expires-at`` stack tag, UTC ISO-8601) is now + ``ephemeral.ttlHours`` from the
 dev config. A stack without a readable expiry counts as expired: nothing ephemeral lives forever.
@@ -135,7 +135,7 @@ def reap(now: dt.datetime | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.ephemeral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m ops.ephemeral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for cmd in ("up", "destroy"):
         sub.add_parser(cmd).add_argument("--pr", type=int, required=True, help="pull request number")

@@ -1,6 +1,6 @@
 """`make up STACK=local` / `make down STACK=local`: from a laptop with Docker to the running platform.
 
-    python3 -m tools.local_up up|down
+    python3 -m ops.local_up up|down
 
 up: the Pulumi CLI and kind at pinned versions into .tools/ (each download checked against its pinned
 SHA-256 before use), kind's documented local registry on localhost:5001 and the kind cluster
@@ -61,7 +61,7 @@ PINS: dict[str, dict[str, dict[str, str]]] = {
 VERSIONS = {"kind": KIND, "pulumi": PULUMI}
 
 # Names the program gives (components/platform.py NAMESPACES, model_service.object_name, the
-# kube-prometheus-stack release in monitoring/spec.py, components/jenkins.py); a test keeps them in step.
+# kube-prometheus-stack release in monitoring/spec.py, components/services/jenkins.py); a test keeps them in step.
 NAMESPACES = {"serving": "ml-serving", "monitoring": "monitoring", "jenkins": "jenkins"}
 MODEL = "mnist"  # the catalogue's first model, where the stack has no `models` output yet
 
@@ -346,7 +346,7 @@ class Local:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m tools.local_up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python3 -m ops.local_up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["up", "down"])
     p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     # For the tests: a JSON file in the shape of PINS (their local server's URLs and checksums).

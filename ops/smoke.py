@@ -1,7 +1,7 @@
-"""Smoke test of a deployed model service:  python -m tools.smoke URL [--images 200] [--min-accuracy 0.95]
+"""Smoke test of a deployed model service:  python -m ops.smoke URL [--images 200] [--min-accuracy 0.95]
 
 An OpenAI-compatible model (a vLLM model's base URL, ending in /v1, or --openai) is handed to
-tools/smoke_openai.py: one short chat completion, its shape and latency.
+ops/smoke_openai.py: one short chat completion, its shape and latency.
 
 URL is the service URL (http://host or the stack's `serviceUrl` output). Checks the model status is
 AVAILABLE, then, for a 28x28 image model (MNIST), predicts real MNIST test images (data/mnist.npz) and
@@ -168,7 +168,7 @@ def is_openai(url: str) -> bool:
 def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float) -> int:
     """Every model of a stack (its ``models`` output: name -> {url, runtime, ...}), each by its runtime;
     exit status 1 when any fails."""
-    from tools import smoke_openai
+    from ops import smoke_openai
 
     failed = 0
     for name, m in models.items():
@@ -186,7 +186,7 @@ def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wai
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--models" in argv:  # the stack's `models` output (JSON): every model, TF and LLM
-        p = argparse.ArgumentParser(prog="python -m tools.smoke --models JSON")
+        p = argparse.ArgumentParser(prog="python -m ops.smoke --models JSON")
         p.add_argument("--models", required=True, help="`pulumi stack output models --json`")
         p.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
         p.add_argument("--images", type=int, default=200)
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         return smoke_models(json.loads(args.models), args.data, args.images, args.min_accuracy, args.wait)
     if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
-        from tools import smoke_openai
+        from ops import smoke_openai
 
         return smoke_openai.main([a for a in argv if a != "--openai"])
-    p = argparse.ArgumentParser(prog="python -m tools.smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m ops.smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url")
     p.add_argument("--data", type=Path, default=Path("data/mnist.npz"))
     p.add_argument("--images", type=int, default=200)

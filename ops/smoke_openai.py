@@ -1,6 +1,6 @@
 """Smoke test of an OpenAI-compatible model endpoint (a vLLM model of the stack):
 
-    python -m tools.smoke_openai BASE_URL [--model NAME] [--max-latency 30] [--wait 600]
+    python -m ops.smoke_openai BASE_URL [--model NAME] [--max-latency 30] [--wait 600]
 
 BASE_URL is the model's OpenAI base URL (``http://<gateway>/llm/<model>/v1``; a URL without the
 trailing ``/v1`` gets it). Waits until ``GET /models`` answers (a model scaled to zero or still
@@ -111,7 +111,7 @@ def smoke_openai(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.smoke_openai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ops.smoke_openai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("url")
     p.add_argument("--model", help="served model name (default: the first /v1/models lists)")

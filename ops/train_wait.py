@@ -1,4 +1,4 @@
-"""Wait for training Jobs and report how each ended:  python -m tools.train_wait JOB... [--namespace ml-training]
+"""Wait for training Jobs and report how each ended:  python -m ops.train_wait JOB... [--namespace ml-training]
 (or ``--models "$(pulumi stack output models --json)"``: every model's run that trains on this stack)
 
 Exit 0 when the Job succeeded (a model was published), 3 when the quality gate failed (the training
@@ -62,9 +62,7 @@ def wait(job: str, namespace: str, timeout_s: float, poll_s: float = 10) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tools.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m ops.train_wait", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("jobs", nargs="*", metavar="job")
     p.add_argument("--models", help="the stack's `models` output (JSON): waits for each model's trainingJob")
     p.add_argument("--namespace", default="ml-training")

@@ -1,4 +1,4 @@
-"""The README's stack-config table, generated from the config model (components/config.py):
+"""The README's stack-config table, generated from the config model (components/config/__init__.py):
 
     python -m tools.config_doc            # print the table
     python -m tools.config_doc --write    # replace it in README.md (between the config-table markers)

@@ -13,8 +13,8 @@ import pulumi_awsx as awsx
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from components import aws_iam
 from components.config import ClusterConfig
+from components.lib import iam
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 # The node role carries no CNI policy: the VPC CNI (aws-node) gets it through IRSA instead, so a pod
@@ -132,7 +132,7 @@ class Cluster(pulumi.ComponentResource):
         )
         node_role = aws.iam.Role(
             f"{name}-node-role",
-            aws.iam.RoleArgs(assume_role_policy=aws_iam.service_trust_policy("ec2.amazonaws.com"), tags=args.tags),
+            aws.iam.RoleArgs(assume_role_policy=iam.service_trust_policy("ec2.amazonaws.com"), tags=args.tags),
             opts=child,
         )
         for role, arn in NODE_POLICIES.items():
@@ -233,7 +233,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-{addon}-role",
             aws.iam.RoleArgs(
                 assume_role_policy=pulumi.Output.all(self.eks.oidc_provider_arn, self.eks.oidc_provider_url).apply(
-                    lambda a: aws_iam.irsa_trust_policy(a[0], a[1], namespace, sa)
+                    lambda a: iam.irsa_trust_policy(a[0], a[1], namespace, sa)
                 ),
                 tags=args.tags,
             ),

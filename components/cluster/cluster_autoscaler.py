@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components import aws_iam, helm
+from components.lib import helm, iam
 
 SERVICE_ACCOUNT = "cluster-autoscaler"
 IMAGE = "registry.k8s.io/autoscaling/cluster-autoscaler"
@@ -67,14 +67,14 @@ class ClusterAutoscaler(pulumi.ComponentResource):
             f"{name}-role",
             aws.iam.RoleArgs(
                 assume_role_policy=pulumi.Output.all(args.oidc_provider_arn, args.oidc_provider_url).apply(
-                    lambda a: aws_iam.irsa_trust_policy(a[0], a[1], args.namespace, SERVICE_ACCOUNT)
+                    lambda a: iam.irsa_trust_policy(a[0], a[1], args.namespace, SERVICE_ACCOUNT)
                 )
             ),
             opts=child,
         )
         aws.iam.RolePolicy(
             f"{name}-policy",
-            aws.iam.RolePolicyArgs(role=role.id, policy=aws_iam.cluster_autoscaler_policy(args.cluster_name)),
+            aws.iam.RolePolicyArgs(role=role.id, policy=iam.cluster_autoscaler_policy(args.cluster_name)),
             opts=child,
         )
         self.role_arn = role.arn

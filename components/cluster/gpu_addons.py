@@ -8,8 +8,8 @@ from typing import Any
 
 import pulumi
 
-from components import helm
-from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_TOLERATION, POOL_LABEL
+from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_TOLERATION, POOL_LABEL
+from components.lib import helm
 
 # Nodes of our GPU pools carry both labels; on an existing cluster, label GPU nodes
 # nvidia.com/gpu.present=true (the label NVIDIA's own tooling uses).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from components.cluster import launch_template, node_group_launch_template
+from components.cluster.cluster import launch_template, node_group_launch_template
 from components.config import GpuPool
 
 GPU_TAINT_KEY = "nvidia.com/gpu"

@@ -22,7 +22,7 @@ import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from components.llm_config import LlmConfig, choose_pool, llm_rules
+from components.config.llm import LlmConfig, choose_pool, llm_rules
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
 NAMESPACE = "mlplatform"
@@ -143,7 +143,7 @@ class RegistryConfig(_Model):
 # credentials (README "CI/CD"). Not prod: PR code runs on Jenkins agents and must never run in prod's
 # cluster. Not dev: its API endpoint is the least restricted and every PR stack copies its config.
 JENKINS_ENVIRONMENT = "staging"
-# Pasted into job-dsl Groovy (components/jenkins.py): nothing that can end a literal or interpolate.
+# Pasted into job-dsl Groovy (components/services/jenkins.py): nothing that can end a literal or interpolate.
 GITHUB_REPO_URL = re.compile(r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
 GIT_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 JENKINS_PRINCIPAL = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
@@ -181,7 +181,7 @@ GITHUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$"
 GITLAB_PROJECT = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$"
 OIDC_PROVIDER_ARN = r"^arn:aws:iam::[0-9]{12}:oidc-provider/[a-z0-9.-]+(/[A-Za-z0-9._/-]+)?$"
 GITHUB_ISSUER = "token.actions.githubusercontent.com"
-# The stacks GitHub Actions / GitLab CI deploy, each with its own role (components/ci_identity.py).
+# The stacks GitHub Actions / GitLab CI deploy, each with its own role (components/cluster/ci_deploy_role.py).
 CI_DEPLOY_ENVIRONMENTS = ("dev", "staging", "prod")
 
 
@@ -218,7 +218,7 @@ class CiConfig(_Model):
         return bool(self.github_repo or self.gitlab_project or self.github_oidc_provider or self.gitlab_oidc_provider)
 
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 ParamValue = str | int | float | bool
 
@@ -471,7 +471,7 @@ class QueueConfig(_Model):
 
 
 class EphemeralConfig(_Model):
-    ttl_hours: float = Field(default=24, gt=0, le=24 * 30, description="lifetime of PR stacks made from this stack (tools/ephemeral.py)")
+    ttl_hours: float = Field(default=24, gt=0, le=24 * 30, description="lifetime of PR stacks made from this stack (ops/ephemeral.py)")
 
 
 class PlatformConfig(_Model):
@@ -506,7 +506,7 @@ class PlatformConfig(_Model):
 
 
 # Secret keys are read with require/get_secret and never enter the (plain) model.
-# jenkinsCredentials: a JSON object of the CI credentials (components/jenkins.py CREDENTIAL_KEYS).
+# jenkinsCredentials: a JSON object of the CI credentials (components/services/jenkins.py CREDENTIAL_KEYS).
 SECRET_KEYS = ("alertingSlackWebhookUrl", "alertingSmtpPassword", "jenkinsCredentials", "hfToken")
 TOP_LEVEL_KEYS = tuple(f.alias or n for n, f in PlatformConfig.model_fields.items())
 # Keys that existed before the model catalogue: one line says where they went.
@@ -527,14 +527,14 @@ def rules(cfg: PlatformConfig) -> Iterator[tuple[str, str]]:
             if cidr in ANY_CIDRS:
                 yield f"cluster.endpointPublicAccessCidrs[{j}]", "the API endpoint must not be open to the world (0.0.0.0/0)"
     if c.kind == "eks" and cfg.gpu_pools:
-        from components.autoscaler import IMAGE_TAGS
+        from components.cluster.cluster_autoscaler import IMAGE_TAGS
 
         if cfg.kubernetes_version not in IMAGE_TAGS:
             yield (
                 "kubernetesVersion",
                 (
                     f"no cluster-autoscaler release is pinned for {cfg.kubernetes_version} (it must match the cluster's minor;"
-                    f" pinned: {', '.join(IMAGE_TAGS)} in components/autoscaler.py)"
+                    f" pinned: {', '.join(IMAGE_TAGS)} in components/cluster/cluster_autoscaler.py)"
                 ),
             )
     m = cfg.monitoring
@@ -676,7 +676,7 @@ def serving_size_rules(key: str, sv: ServingConfig) -> Iterator[tuple[str, str]]
         )
 
 
-# What one training worker requests (components/training_job.py): the queue's CPU quota must admit a run.
+# What one training worker requests (components/models/training_job.py): the queue's CPU quota must admit a run.
 TRAINING_WORKER_CPU = 2
 
 

@@ -1,5 +1,5 @@
 """Stack config of a model served by vLLM (``runtime: vllm``): typed, validated with the rest of the
-stack config by components/config.py (which imports this module; it reads no ``pulumi.Config``).
+stack config by components/config/__init__.py (which imports this module; it reads no ``pulumi.Config``).
 
 Every vLLM option here maps to a ``vllm serve`` flag of the pinned version (``VLLM_VERSION``); tests/unit/test_llm_service.py checks each rendered flag against the list derived
 from vLLM 0.33.0's own argument parser (../shared/reference/vllm/0.33.0/serve-flags.txt).
@@ -24,7 +24,7 @@ CRON_FIELD = re.compile(r"^[0-9*,/-]+$")
 
 
 class _Strict(BaseModel):
-    # Same conventions as components/config.py: camelCase keys, unknown keys rejected, immutable.
+    # Same conventions as components/config/__init__.py: camelCase keys, unknown keys rejected, immutable.
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
@@ -121,7 +121,7 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
         yield f"{key}.llm.replicas", f"must be between minReplicas and maxReplicas (got {llm.replicas})"
     model = key.removeprefix("models.")
     if llm.from_store and f"/models/{model}/" not in llm.source + "/":
-        # The model's IAM role reads only its own prefix of the store (components/artifact_store.py).
+        # The model's IAM role reads only its own prefix of the store (components/services/artifact_store.py).
         yield f"{key}.llm.source", f"weights in the model store go under models/{model}/ (e.g. s3://<store bucket>/models/{model}/weights/)"
     if llm.min_replicas == 0 and llm.awake is None:
         # At zero replicas there is no vLLM to report its queue: nothing but a schedule wakes it.

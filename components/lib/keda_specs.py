@@ -1,5 +1,5 @@
 """Autoscaling on queue depth with KEDA, for both serving runtimes: the pure part (no Pulumi import,
-so the TensorFlow venv's end-to-end test can use it too); components/autoscaling.py installs KEDA.
+so the TensorFlow venv's end-to-end test can use it too); components/services/keda.py installs KEDA.
 
 CPU is the wrong signal for model serving: a GPU server is saturated long before its CPU is busy, and
 our batching server keeps its CPU flat while its queue grows. KEDA turns a Prometheus query into an

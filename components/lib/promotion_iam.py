@@ -1,8 +1,8 @@
 """The promotion identity's IAM documents, pure (no Pulumi import): the program renders them
-(components/promotion.py) and the workload tests evaluate the same functions' output for real on
+(components/services/model_promoter.py) and the workload tests evaluate the same functions' output for real on
 moto's IAM (tests/training/test_promotion_iam.py, in .venv-ml, which has no Pulumi).
 
-What a promotion does (tools/deliver.py -> training/registry.promote_between), key by key:
+What a promotion does (ops/deliver.py -> training/registry.promote_between), key by key:
 - source store, ``models/<name>/``: GET ``aliases/champion.json``, ``<version>/MANIFEST.json`` and every
   file the manifest lists. Nothing else, and no write.
 - own store, ``models/<name>/``: GET and PUT the version's files and manifest (PUT, then read back:
@@ -12,10 +12,10 @@ What a promotion does (tools/deliver.py -> training/registry.promote_between), k
 ``s3:ListBucket`` is granted on each bucket only for ``s3:prefix`` under those model folders.
 
 No KMS statement: both stores encrypt with the account's AWS-managed key ``aws/s3``
-(components/artifact_store.py, ``sse_algorithm: aws:kms`` without a key id), whose key policy lets any
+(components/services/artifact_store.py, ``sse_algorithm: aws:kms`` without a key id), whose key policy lets any
 principal of the account use it through S3 when IAM lets it reach the object. That same key is why
 promotion is same-account only: an ``aws/s3``-encrypted object cannot be decrypted from another
-account, whatever the bucket policy says (components/promotion.py checks the accounts).
+account, whatever the bucket policy says (components/services/model_promoter.py checks the accounts).
 """
 
 from __future__ import annotations

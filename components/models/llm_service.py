@@ -11,7 +11,7 @@ What it renders, and why:
   are streamed from S3 by vLLM's Run:ai streamer loader (``--load-format runai_streamer``, vllm
   0.33.0 vllm/model_executor/model_loader/__init__.py) with the pod's read-only IRSA role;
 * GPU placement: the pool's node label, the GPU taint's toleration, ``nvidia.com/gpu`` limits
-  (= tensor-parallel size, checked against the pool's GPUs per node by components/llm_config.py);
+  (= tensor-parallel size, checked against the pool's GPUs per node by components/config/llm.py);
 * ``/dev/shm`` as a memory-backed emptyDir (vLLM's workers and NCCL exchange tensors through it;
   the container runtime's 64 MiB default is far too small);
 * probes on vLLM's ``/health`` (vllm/entrypoints/serve/instrumentator/health.py: 200, or 503 once
@@ -34,11 +34,11 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import autoscaling
-from components.artifact_store import ArtifactStore, client_env, store_service_account
-from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
-from components.llm_config import VLLM_VERSION, LlmConfig
-from components.namespaces import egress_except_metadata
+from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
+from components.cluster.namespaces import egress_except_metadata
+from components.config.llm import VLLM_VERSION, LlmConfig
+from components.services import keda
+from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 
 # Pinned tag of the image vLLM publishes per release (docker.io/vllm/vllm-openai:v<version>).
 VLLM_IMAGE = f"docker.io/vllm/vllm-openai:v{VLLM_VERSION}"
@@ -243,16 +243,16 @@ def network_policy_spec(model: str, peers: list[dict[str, Any]] | None = None) -
     }
 
 
-def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_url: str = autoscaling.PROMETHEUS_URL) -> dict[str, Any]:
+def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_url: str = keda.PROMETHEUS_URL) -> dict[str, Any]:
     schedule = None
     if llm.awake is not None:
         a = llm.awake
-        schedule = autoscaling.SleepSchedule(timezone=a.timezone, start=a.start, end=a.end, replicas=a.replicas)
-    return autoscaling.scaled_object_spec(
+        schedule = keda.SleepSchedule(timezone=a.timezone, start=a.start, end=a.end, replicas=a.replicas)
+    return keda.scaled_object_spec(
         {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": object_name(model)},
         llm.min_replicas,
         llm.max_replicas,
-        autoscaling.vllm_queue_query(namespace, served_name(model, llm)),
+        keda.vllm_queue_query(namespace, served_name(model, llm)),
         llm.waiting_per_replica,
         schedule,
         prometheus_url=prometheus_url,
@@ -276,14 +276,14 @@ class LlmServiceArgs:
     # The entry point's SecurityPolicy for this model's route (only these client networks), if any.
     security_policy: dict[str, Any] | None = None
     ingress_peers: list[dict[str, Any]] | None = None  # who may reach the pods (NetworkPolicy peers)
-    keda: autoscaling.Keda | None = None
+    keda: keda.Keda | None = None
     monitoring_release: pulumi.Resource | None = None
     service_monitor_labels: dict[str, str] = field(default_factory=dict)
 
 
 class LlmService(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway (/llm/<model>/v1)
-    url: pulumi.Output[str]  # the OpenAI base URL clients use (tools/smoke takes it as is)
+    url: pulumi.Output[str]  # the OpenAI base URL clients use (ops/smoke takes it as is)
 
     def __init__(self, name: str, args: LlmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:llm_service:LlmService", name, None, opts)
@@ -336,7 +336,7 @@ class LlmService(pulumi.ComponentResource):
             f"{name}-pdb", metadata=meta(), spec={"maxUnavailable": 1, "selector": {"matchLabels": lab}}, opts=child
         )
         k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata=meta(), spec=network_policy_spec(model, args.ingress_peers), opts=child)
-        autoscaling.scaled_object(
+        keda.scaled_object(
             f"{name}-scaledobject",
             obj,
             ns,

@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-from components import gateway
-from components.artifact_store import ArtifactStore
-from components.autoscaling import Keda
 from components.config import GpuPool, ModelConfig
-from components.gateway import EntryPoint
-from components.kueue import Kueue
-from components.llm_config import choose_pool
-from components.llm_service import LlmService, LlmServiceArgs, object_name
-from components.model_service import ModelService, ModelServiceArgs
-from components.rollouts import ArgoRollouts
-from components.training_job import TrainingJob, TrainingJobArgs
+from components.config.llm import choose_pool
+from components.models.llm_service import LlmService, LlmServiceArgs, object_name
+from components.models.model_service import ModelService, ModelServiceArgs
+from components.models.training_job import TrainingJob, TrainingJobArgs
+from components.services import gateway
+from components.services.argo_rollouts import ArgoRollouts
+from components.services.artifact_store import ArtifactStore
+from components.services.gateway import EntryPoint
+from components.services.keda import Keda
+from components.services.kueue import Kueue
 
 # Stacks made before the catalogue had one model, MNIST, whose parts were children of the Platform
 # (`<platform>-training`, `<platform>-serving`). Aliases keep that model's state under the new names,
@@ -81,7 +81,7 @@ class Model(pulumi.ComponentResource):
 
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
     """What a catalogue entry is made of, by runtime (``tensorflow``: a TrainingJob and the SavedModel
-    server; ``vllm``: an open-weights LLM on vLLM, components/llm_service.py)."""
+    server; ``vllm``: an open-weights LLM on vLLM, components/models/llm_service.py)."""
     cfg = args.config
     if cfg.runtime == "vllm":
         return None, build_llm(name, args, opts)

@@ -6,7 +6,7 @@ ServiceMonitor (port 9091, never routed), HPA, PDB, NetworkPolicy, an optional g
 and an IRSA role that can only read the model bucket. Every object is named ``model-server-<model>``
 and labelled with the model, so two models never share a Service, PDB, HPA or ServiceMonitor.
 
-Where Argo Rollouts runs the canary (components/rollouts.py) the pods are a Rollout, the Service above
+Where Argo Rollouts runs the canary (components/services/argo_rollouts.py) the pods are a Rollout, the Service above
 is its *stable* Service, a second one (``model-server-<model>-canary``, same port) its canary Service,
 and the HTTPRoute sends weight 100 / 0 to them, which the Gateway API plugin moves during a canary
 (exact weights); the controller may get/update that one route (a Role in the serving namespace).
@@ -21,11 +21,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import autoscaling, gateway, rollouts, scaling
-from components.artifact_store import ArtifactStore, client_env, store_service_account
+from components.cluster.namespaces import egress_except_metadata
 from components.config import ServingConfig, serving_processes
-from components.namespaces import egress_except_metadata
-from components.security import container_security, pod_security
+from components.lib import keda_specs
+from components.lib.security import container_security, pod_security
+from components.services import argo_rollouts, gateway, keda
+from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 
 APP = "model-server"
 PORT = 8501
@@ -160,11 +161,11 @@ class ModelServiceArgs:
     # The kube-prometheus-stack release: it installs the ServiceMonitor CRD, so the ServiceMonitor
     # must wait for it (a CR applied before its CRD fails the first `up`).
     monitoring_release: pulumi.Resource | None = None
-    # KEDA (components/autoscaling.py) scales on the queue; None (a stack without monitoring): CPU HPA.
-    keda: autoscaling.Keda | None = None
-    # Argo Rollouts (components/rollouts.py): the pods run as a Rollout whose canary is analysed against
+    # KEDA (components/services/keda.py) scales on the queue; None (a stack without monitoring): CPU HPA.
+    keda: keda.Keda | None = None
+    # Argo Rollouts (components/services/argo_rollouts.py): the pods run as a Rollout whose canary is analysed against
     # the stable pods in Prometheus. None (no monitoring, nothing to analyse with): a Deployment.
-    rollouts: rollouts.ArgoRollouts | None = None
+    rollouts: argo_rollouts.ArgoRollouts | None = None
 
 
 def served_uri(store_uri: str, model: str, version: str | None) -> str:
@@ -176,7 +177,7 @@ def served_uri(store_uri: str, model: str, version: str | None) -> str:
 def pin(spec: dict[str, Any], version: str | None) -> dict[str, Any]:
     """The served version on the pod template: changing it is a new template, i.e. a rollout."""
     meta = spec["template"]["metadata"]
-    meta["annotations"] = {**meta.get("annotations", {}), rollouts.VERSION_ANNOTATION: version or "champion"}
+    meta["annotations"] = {**meta.get("annotations", {}), argo_rollouts.VERSION_ANNOTATION: version or "champion"}
     return spec
 
 
@@ -224,7 +225,9 @@ class ModelService(pulumi.ComponentResource):
         service = k8s.core.v1.Service(f"{name}-service", metadata=meta(), spec=api_service_spec, opts=child)
         routing = None
         if args.rollouts is not None:
-            routing = rollouts.TrafficRouting(stable_service=obj, canary_service=canary_service_name(model), http_route=obj, namespace=ns)
+            routing = argo_rollouts.TrafficRouting(
+                stable_service=obj, canary_service=canary_service_name(model), http_route=obj, namespace=ns
+            )
             canary_service = k8s.core.v1.Service(f"{name}-canary-service", metadata=meta(CANARY_SUFFIX), spec=api_service_spec, opts=child)
         route_opts = pulumi.ResourceOptions.merge(child, args.entry.route_opts)
         route_spec = gateway.http_route_spec(
@@ -244,35 +247,37 @@ class ModelService(pulumi.ComponentResource):
             role = k8s.rbac.v1.Role(
                 f"{name}-rollouts-role",
                 metadata=meta(ROUTE_ROLE_SUFFIX),
-                rules=rollouts.route_role_rules(obj),
+                rules=argo_rollouts.route_role_rules(obj),
                 opts=child,
             )
             binding = k8s.rbac.v1.RoleBinding(
                 f"{name}-rollouts-binding",
                 metadata=meta(ROUTE_ROLE_SUFFIX),
                 role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": obj + ROUTE_ROLE_SUFFIX},
-                subjects=[{"kind": "ServiceAccount", "name": rollouts.CONTROLLER_SERVICE_ACCOUNT, "namespace": rollouts.NAMESPACE}],
+                subjects=[
+                    {"kind": "ServiceAccount", "name": argo_rollouts.CONTROLLER_SERVICE_ACCOUNT, "namespace": argo_rollouts.NAMESPACE}
+                ],
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
             )
             # A Rollout with the pod template inline (not workloadRef to a Deployment): one object holds
             # the served version, the preview shows its change there, and KEDA scales what runs.
             after_crds = pulumi.ResourceOptions(parent=self, depends_on=[args.rollouts.release])
-            template = rollouts.analysis_template(model, ns, cfg.canary)
+            template = argo_rollouts.analysis_template(model, ns, cfg.canary)
             k8s.apiextensions.CustomResource(
                 f"{name}-analysis",
-                api_version=rollouts.API_VERSION,
+                api_version=argo_rollouts.API_VERSION,
                 kind="AnalysisTemplate",
                 metadata=template["metadata"],
                 spec=template["spec"],
                 opts=after_crds,
             )
-            workload_ref = {"apiVersion": rollouts.API_VERSION, "kind": "Rollout", "name": obj}
+            workload_ref = {"apiVersion": argo_rollouts.API_VERSION, "kind": "Rollout", "name": obj}
             deployment = k8s.apiextensions.CustomResource(
                 f"{name}-rollout",
-                api_version=rollouts.API_VERSION,
+                api_version=argo_rollouts.API_VERSION,
                 kind="Rollout",
                 metadata=meta(),
-                spec=pod_spec.apply(lambda spec: rollouts.rollout(obj, ns, selector, spec, model, cfg.canary, routing)["spec"]),
+                spec=pod_spec.apply(lambda spec: argo_rollouts.rollout(obj, ns, selector, spec, model, cfg.canary, routing)["spec"]),
                 # The Services, the route and the controller's right to it exist before its first step.
                 opts=pulumi.ResourceOptions(
                     parent=self,
@@ -315,16 +320,16 @@ class ModelService(pulumi.ComponentResource):
             # replica (a pod's processes sum their queues: serving/workers.py, livesum). The query
             # selects this model's targets as the ServiceMonitor below labels them (job from
             # jobLabel, the model from targetLabels); tests/monitoring/test_e2e_keda.py runs it.
-            autoscaling.scaled_object(
+            keda.scaled_object(
                 f"{name}-scaledobject",
                 obj,
                 ns,
                 selector,
-                scaling.scaled_object_spec(
+                keda_specs.scaled_object_spec(
                     workload_ref,
                     cfg.min_replicas,
                     cfg.max_replicas,
-                    scaling.tf_queue_query(ns, APP, {scaling.target_label(MODEL_LABEL): model}),
+                    keda_specs.tf_queue_query(ns, APP, {keda_specs.target_label(MODEL_LABEL): model}),
                     cfg.max_batch_size * serving_processes(cfg),
                 ),
                 args.keda,
@@ -404,8 +409,8 @@ class ModelService(pulumi.ComponentResource):
                     # job="model-server" for every model (the alerts select on it); the model is a target label.
                     "jobLabel": "app.kubernetes.io/name",
                     "targetLabels": [MODEL_LABEL],
-                    # Canary vs stable pods in the rollout analysis (components/rollouts.py).
-                    **({"podTargetLabels": [rollouts.POD_HASH_LABEL]} if args.rollouts is not None else {}),
+                    # Canary vs stable pods in the rollout analysis (components/services/argo_rollouts.py).
+                    **({"podTargetLabels": [argo_rollouts.POD_HASH_LABEL]} if args.rollouts is not None else {}),
                     "endpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}],
                 },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, metrics]),

@@ -15,12 +15,12 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import kueue
-from components.artifact_store import ArtifactStore, client_env, store_service_account
+from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
+from components.cluster.namespaces import egress_except_metadata
 from components.config import TRAINING_WORKER_CPU, TrainingConfig
-from components.gpu_node_pool import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
-from components.namespaces import egress_except_metadata
-from components.security import container_security, pod_security
+from components.lib.security import container_security, pod_security
+from components.services import kueue
+from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 
 APP = "training"
 MODEL_LABEL = "mlplatform.io/model"
@@ -73,7 +73,7 @@ def train_env(
         {"name": "TRAIN_MODEL_NAME", "value": model},
         {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/{model}/$(JOB_NAME)"},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
-        # candidate: the run never moves the champion; a canary does (tools/deliver.py, README "Model delivery").
+        # candidate: the run never moves the champion; a canary does (ops/deliver.py, README "Model delivery").
         {"name": "TRAIN_PUBLISH_AS", "value": publish_as},
         # Read-only root filesystem: Keras, matplotlib and TF caches go to the scratch volume.
         {"name": "HOME", "value": "/scratch"},

@@ -10,7 +10,7 @@ its ReplicaSet's pod template). The ServiceMonitor copies that pod label onto ev
 AnalysisTemplate takes the two hashes as args (``valueFrom.podTemplateHashValue: Latest|Stable``), so
 each query compares exactly the canary's pods with the stable ones, whatever version each serves.
 
-Weights. Every model is reached through the stack's entry point (Envoy Gateway, components/gateway.py),
+Weights. Every model is reached through the stack's entry point (Envoy Gateway, components/services/gateway.py),
 so the canary is *traffic-routed*: Argo Rollouts' Gateway API traffic-router plugin
 (argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi) rewrites the weights of the model's HTTPRoute,
 whose two backendRefs are the stable and the canary Service; Envoy splits requests by those weights, so
@@ -31,10 +31,10 @@ import pulumi
 import pulumi._types as pulumi_types
 import pulumi_kubernetes as k8s
 
-from components import helm
+from components.cluster.namespaces import egress_except_metadata, operator_namespace
 from components.config import CanaryConfig
-from components.namespaces import egress_except_metadata, operator_namespace
-from components.scaling import PROMETHEUS_URL
+from components.lib import helm
+from components.lib.keda_specs import PROMETHEUS_URL
 
 API_VERSION = "argoproj.io/v1alpha1"
 VERSION = "v1.9.0"  # the chart's appVersion (a test checks)
@@ -459,7 +459,7 @@ class ArgoRolloutsArgs:
 
 
 class ArgoRollouts(pulumi.ComponentResource):
-    """The controller (chart argo-rollouts, pinned in components/helm.py, CRDs included) in its own
+    """The controller (chart argo-rollouts, pinned in components/lib/helm.py, CRDs included) in its own
     restricted, default-deny namespace. Rollouts and AnalysisTemplates wait for ``release``."""
 
     release: k8s.helm.v3.Release

@@ -14,8 +14,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import aws_iam
-from components.security import container_security, pod_security
+from components.lib import iam
+from components.lib.security import container_security, pod_security
 
 MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
 MINIO_PORT = 9000
@@ -117,7 +117,7 @@ class ArtifactStore(pulumi.ComponentResource):
         self, name: str, namespace: str, service_account: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False
     ) -> pulumi.Output[str] | None:
         """An IAM role that only ``namespace/service_account`` can assume, with read (or read-write)
-        access to this bucket only, under ``prefixes`` when given (aws_iam.s3_bucket_policy). None on
+        access to this bucket only, under ``prefixes`` when given (iam.s3_bucket_policy). None on
         the local stack (MinIO credentials instead)."""
         args = self._args
         if not args.eks:
@@ -127,7 +127,7 @@ class ArtifactStore(pulumi.ComponentResource):
             f"{name}-role",
             aws.iam.RoleArgs(
                 assume_role_policy=pulumi.Output.all(args.oidc_provider_arn, args.oidc_provider_url).apply(
-                    lambda a: aws_iam.irsa_trust_policy(a[0], a[1], namespace, service_account)
+                    lambda a: iam.irsa_trust_policy(a[0], a[1], namespace, service_account)
                 ),
                 tags=args.tags,
             ),
@@ -136,7 +136,7 @@ class ArtifactStore(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             aws.iam.RolePolicyArgs(
-                role=role.id, policy=self.bucket_arn.apply(lambda arn: aws_iam.s3_bucket_policy(arn, write, prefixes, read_all))
+                role=role.id, policy=self.bucket_arn.apply(lambda arn: iam.s3_bucket_policy(arn, write, prefixes, read_all))
             ),
             opts=child,
         )

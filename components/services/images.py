@@ -22,7 +22,7 @@ import pulumi_docker_build as docker_build
 
 from components.config import RegistryConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # name -> (build context relative to the project root, pinned default base image)
 IMAGES: dict[str, tuple[str, str]] = {
     "training": ("training", "tensorflow/tensorflow:2.21.0-gpu"),

@@ -1,5 +1,5 @@
-"""KEDA for the stack: the chart (pinned in components/helm.py) in its own restricted, default-deny
-namespace, and the ScaledObject resource. What is scaled on, and how, is components/scaling.py."""
+"""KEDA for the stack: the chart (pinned in components/lib/helm.py) in its own restricted, default-deny
+namespace, and the ScaledObject resource. What is scaled on, and how, is components/lib/keda_specs.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import helm
-from components.namespaces import operator_namespace
-from components.scaling import (  # noqa: F401 - re-exported: the builders are used through this module
+from components.cluster.namespaces import operator_namespace
+from components.lib import helm
+from components.lib.keda_specs import (  # noqa: F401 - re-exported: the builders are used through this module
     API_VERSION,
     METRICS_API_PORT,
     NAMESPACE,
@@ -38,7 +38,7 @@ class KedaArgs:
 
 
 class Keda(pulumi.ComponentResource):
-    """The KEDA operator, metrics API server and webhooks (chart keda, pinned in components/helm.py)
+    """The KEDA operator, metrics API server and webhooks (chart keda, pinned in components/lib/helm.py)
     in their own restricted, default-deny namespace."""
 
     release: k8s.helm.v3.Release

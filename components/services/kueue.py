@@ -17,10 +17,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from components import helm
+from components.cluster.gpu_pools import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL
+from components.cluster.namespaces import egress_except_metadata
 from components.config import GpuPool
-from components.gpu_node_pool import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL
-from components.namespaces import egress_except_metadata
+from components.lib import helm
 
 API_VERSION = "kueue.x-k8s.io/v1beta2"
 VERSION = "v0.19.2"

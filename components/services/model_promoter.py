@@ -5,7 +5,7 @@ A stack that receives models (``models.<name>.source.stack``) gets one role,
 one, deployed by Jenkins' per-environment identity, trusts its own account, i.e. whoever IAM lets call
 sts:AssumeRole on it there). It may read the received models' folders (``models/<name>/``) of each
 source stack's store and read/write the same folders of this stack's store, nothing else
-(components/promotion_iam.py lists the keys). ``tools/deliver.py`` assumes it for the copy; ``pulumi
+(components/lib/promotion_iam.py lists the keys). ``ops/deliver.py`` assumes it for the copy; ``pulumi
 up`` and kubectl keep the deploy identity.
 
 The source store's bucket comes from a StackReference to the source stack
@@ -24,7 +24,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.config import ConfigError
-from components.promotion_iam import bucket_arn, promoter_policy, promoter_trust_policy, role_name
+from components.lib.promotion_iam import bucket_arn, promoter_policy, promoter_trust_policy, role_name
 
 # The stack outputs a source stack must have (__main__.py exports them).
 STORE_OUTPUT = "modelStore"
@@ -77,6 +77,8 @@ class ModelPromoter(pulumi.ComponentResource):
             name,
             aws.iam.RoleArgs(
                 name=role_name(args.stack),
+                # Live state: the text names the path this role was created under (today ops/deliver.py);
+                # changing it would update every receiving stack's role for nothing.
                 description=f"Copies received models into {args.stack}'s store (tools/deliver.py); read-only on the sources",
                 assume_role_policy=pulumi.Output.from_input(principal).apply(promoter_trust_policy),
                 max_session_duration=3600,

@@ -14,9 +14,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import helm
+from components.cluster.namespaces import IN_CLUSTER, egress_except_metadata
 from components.config import AlertingConfig, MonitoringConfig
-from components.namespaces import IN_CLUSTER, egress_except_metadata
+from components.lib import helm
 from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
 
 PUSHGATEWAY_RELEASE = "pushgateway"

@@ -1,5 +1,5 @@
 """Decide an AnalysisTemplate's outcome the way the Argo Rollouts v1.9 controller does, against a real
-Prometheus, so a test can run *the rendered template* (components/rollouts.py), not a copy of it.
+Prometheus, so a test can run *the rendered template* (components/services/argo_rollouts.py), not a copy of it.
 
 What is reproduced, from argoproj/argo-rollouts:
 - args: ``{{args.<name>}}`` in a query is replaced by the arg's value (a template default, or the value

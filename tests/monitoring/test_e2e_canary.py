@@ -1,6 +1,6 @@
 """The canary analysis for real (issue 15 item 4): a real Prometheus scrapes real model servers - the
 stable pods on version A and three canaries - under load from this test, and the AnalysisTemplate
-*rendered by components/rollouts.py* (its queries and successConditions, args substituted) is decided
+*rendered by components/services/argo_rollouts.py* (its queries and successConditions, args substituted) is decided
 the way the Argo Rollouts controller decides an AnalysisRun (tests/monitoring/argo_analysis.py).
 
 - good: version B, trained like A on other real MNIST images -> the analysis passes (promote);
@@ -48,20 +48,20 @@ CANARY = {
 }
 RENDER = """
 import json, sys
-from components import rollouts
+from components.services import argo_rollouts
 from components.config import CanaryConfig
 canary = CanaryConfig.model_validate(json.loads(sys.argv[1]))
 print(json.dumps({
-    "template": rollouts.analysis_template("mnist", sys.argv[2], canary, prometheus_url=sys.argv[3]),
-    "hash_label": rollouts.POD_HASH_TARGET_LABEL,
-    "args": {"canary": rollouts.ARG_CANARY, "stable": rollouts.ARG_STABLE},
-    "metrics": {"errors": rollouts.METRIC_ERRORS, "latency": rollouts.METRIC_LATENCY, "classes": rollouts.METRIC_CLASSES},
+    "template": argo_rollouts.analysis_template("mnist", sys.argv[2], canary, prometheus_url=sys.argv[3]),
+    "hash_label": argo_rollouts.POD_HASH_TARGET_LABEL,
+    "args": {"canary": argo_rollouts.ARG_CANARY, "stable": argo_rollouts.ARG_STABLE},
+    "metrics": {"errors": argo_rollouts.METRIC_ERRORS, "latency": argo_rollouts.METRIC_LATENCY, "classes": argo_rollouts.METRIC_CLASSES},
 }))
 """
 
 
 def render(prom_url: str) -> dict:
-    """The AnalysisTemplate as the Pulumi program renders it: components/rollouts.py runs in the program's
+    """The AnalysisTemplate as the Pulumi program renders it: components/services/argo_rollouts.py runs in the program's
     environment (.venv: Pulumi), this test in the TensorFlow one (.venv-ml)."""
     py = ROOT / ".venv" / "bin" / "python"
     if not py.exists():
@@ -265,13 +265,13 @@ def test_canary_with_another_class_mix_is_aborted_on_the_quality_signal(fleet):
 
 RENDER_VALUES = """
 import json
-from components import rollouts
-print(json.dumps(rollouts.chart_values(monitoring=True)["controller"]["metrics"]["serviceMonitor"]["metricRelabelings"]))
+from components.services import argo_rollouts
+print(json.dumps(argo_rollouts.chart_values(monitoring=True)["controller"]["metrics"]["serviceMonitor"]["metricRelabelings"]))
 """
 
 
 def test_controller_series_keep_the_rollouts_namespace(tmp_path):
-    """The chart's ServiceMonitor relabeling (components/rollouts.py) on a real Prometheus: the Argo
+    """The chart's ServiceMonitor relabeling (components/services/argo_rollouts.py) on a real Prometheus: the Argo
     Rollouts controller's `rollout_info{namespace=<the rollout's>}` clashes with the target's
     namespace (argo-rollouts); Prometheus renames it exported_namespace, the relabeling puts it back,
     so the delivery alerts name the model's namespace."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.scaling import desired_replicas, target_label
+from components.lib.keda_specs import desired_replicas, target_label
 from tests.conftest import ROOT
 from tests.monitoring.test_e2e_alert import binary, start_prometheus
 from tests.serving.conftest import free_port

@@ -31,7 +31,7 @@ class Pushgateway:
         self.proc = None
 
     def start(self):
-        # the flags components/monitoring.py gives the chart (--persistence.file on its volume)
+        # the flags components/services/monitoring.py gives the chart (--persistence.file on its volume)
         self.proc = subprocess.Popen(
             [
                 binary("prometheus-pushgateway", "pushgateway"),

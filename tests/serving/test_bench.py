@@ -1,4 +1,4 @@
-"""tools/bench_serving.py runs end to end: a baseline revision's server, ours with 1 and 2 processes,
+"""bench/serving.py runs end to end: a baseline revision's server, ours with 1 and 2 processes,
 batch-64, binary and ceiling runs under wrk, and one JSON result line (slow: several server starts)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_bench_compares_the_baseline_revision_ours_and_the_limit_in_one_run(tmp_
     model_dir = make_cnn_dir(tmp_path / "v1")
     (model_dir / "metadata.json").write_text(json.dumps({"version": "v1"}))
     # HEAD as the baseline: any clone has it (a shallow clone may lack the default's revision).
-    cmd = [sys.executable, "-m", "tools.bench_serving", "--model-dir", str(model_dir), "--duration", "1", "--rounds", "1"]
+    cmd = [sys.executable, "-m", "bench.serving", "--model-dir", str(model_dir), "--duration", "1", "--rounds", "1"]
     cmd += ["--baseline", "HEAD", "--workers", "2"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]

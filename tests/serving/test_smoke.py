@@ -1,10 +1,10 @@
-"""tools.smoke against the real server (a tiny random model: its accuracy is chance level)."""
+"""ops.smoke against the real server (a tiny random model: its accuracy is chance level)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tools import smoke
+from ops import smoke
 
 
 def test_smoke_passes_and_fails_on_accuracy(store, server_factory, small_mnist):

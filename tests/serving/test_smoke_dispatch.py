@@ -1,11 +1,11 @@
-"""tools.smoke (the pipeline's smoke step) hands an OpenAI base URL to tools/smoke_openai.py. Runs in
-the ML venv (tools/smoke.py imports numpy); the OpenAI side is the stand-in for vLLM of
+"""ops.smoke (the pipeline's smoke step) hands an OpenAI base URL to ops/smoke_openai.py. Runs in
+the ML venv (ops/smoke.py imports numpy); the OpenAI side is the stand-in for vLLM of
 tests/unit/test_smoke_openai.py (see there what that does and does not prove)."""
 
 from __future__ import annotations
 
+from ops import smoke, smoke_openai
 from tests.unit.test_smoke_openai import StandIn
-from tools import smoke, smoke_openai
 
 
 def test_openai_urls_go_to_the_openai_smoke_test(capsys):

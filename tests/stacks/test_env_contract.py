@@ -5,8 +5,8 @@ variable a stack gives a container is one the workload's own parser reads, with 
 from __future__ import annotations
 
 from components.config import ServingConfig, TrainingConfig
-from components.model_service import server_env
-from components.training_job import train_env
+from components.models.model_service import server_env
+from components.models.training_job import train_env
 from tests.conftest import trains
 
 

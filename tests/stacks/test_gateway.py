@@ -7,9 +7,9 @@ import re
 
 import yaml
 
-from components import gateway
 from components.config import GatewayConfig
-from components.model_service import PORT, canary_service_name, object_name
+from components.models.model_service import PORT, canary_service_name, object_name
+from components.services import gateway
 from tests.conftest import ROOT, unavailable
 from tools import manifests, mock_engine, reference
 

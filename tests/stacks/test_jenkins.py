@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from components.jenkins import ADMIN_SECRET, CREDENTIAL_KEYS, CREDENTIALS_SECRET, PLUGINS
 from components.platform import NAMESPACES
+from components.services.jenkins import ADMIN_SECRET, CREDENTIAL_KEYS, CREDENTIALS_SECRET, PLUGINS
 from tests.conftest import ROOT
 
 BUILD_NAMESPACE = NAMESPACES["builds"][0]

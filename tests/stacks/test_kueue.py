@@ -8,8 +8,10 @@ import copy
 import pytest
 import yaml
 
-from components import config, helm, kueue
+from components import config
 from components.config import GPU_COUNT
+from components.lib import helm
+from components.services import kueue
 from tests.conftest import ROOT, trains
 from tools import mock_engine
 
@@ -132,6 +134,6 @@ def test_single_worker_run_stays_a_plain_job(result):
 
 def test_workers_change_the_run_name():
     from components.config import TrainingConfig
-    from components.training_job import run_name
+    from components.models.training_job import run_name
 
     assert run_name("mnist", "img", TrainingConfig(workers=1)) != run_name("mnist", "img", TrainingConfig(workers=2))

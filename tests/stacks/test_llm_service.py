@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components import llm_service
+from components.cluster.gpu_pools import GPU_TOLERATION, POOL_LABEL
 from components.config import GPU_COUNT
-from components.gpu_node_pool import GPU_TOLERATION, POOL_LABEL
+from components.models import llm_service
 from policy import rules
 from tests.conftest import ROOT, STACKS
 from tools import manifests

@@ -7,9 +7,8 @@ import json
 
 import yaml
 
-from components import gateway
 from components.config import ServingConfig, serving_processes
-from components.model_service import (
+from components.models.model_service import (
     API_KEYS_FILE,
     DRAIN_SECONDS,
     GRACEFUL_SHUTDOWN_SECONDS,
@@ -20,6 +19,7 @@ from components.model_service import (
     labels,
     object_name,
 )
+from components.services import gateway
 from tests.conftest import ROOT
 from tools import mock_engine
 
@@ -119,14 +119,14 @@ def test_service_monitor_scrapes_the_metrics_service_only(result, stack):
 
 
 def test_scaled_on_its_queue_and_pdb(result, stack):
-    """KEDA scales each server on its own queue (components/scaling.py), not on CPU; the query is
+    """KEDA scales each server on its own queue (components/lib/keda_specs.py), not on CPU; the query is
     evaluated for real in tests/monitoring/test_e2e_keda.py."""
     assert result.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler") == []
     for model, serving in models(stack).items():
         (so,) = [r for r in result.k8s_objects() if r.raw["kind"] == "ScaledObject" and r.raw["metadata"]["name"] == object_name(model)]
         spec = so.raw["spec"]
         assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (serving["minReplicas"], serving["maxReplicas"])
-        # What runs the pods: the Rollout (components/rollouts.py), never a Deployment beside it.
+        # What runs the pods: the Rollout (components/services/argo_rollouts.py), never a Deployment beside it.
         assert spec["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": object_name(model)}
         (trigger,) = spec["triggers"]
         query = trigger["metadata"]["query"]
@@ -212,7 +212,7 @@ def test_alerts_select_every_model_deployment(result, stack):
 
 def test_the_queue_target_is_one_batch_per_server_process():
     """A pod's processes sum their queues (serving/workers.py): the KEDA threshold scales with them,
-    and the pod's resources with them (components/config.py serving_resources_for)."""
+    and the pod's resources with them (components/config/__init__.py serving_resources_for)."""
     catalogue = mock_engine.stack_config("dev")[0]["mlplatform:models"]
     catalogue = json.loads(catalogue) if isinstance(catalogue, str) else catalogue
     mnist = {**catalogue["mnist"], "serving": {**catalogue["mnist"].get("serving", {}), "processes": 3}}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components import helm
-from components.cluster import STORAGE_CLASS
-from components.monitoring import NODE_EXPORTER_NAMESPACE, ZONE_KEY
+from components.cluster.cluster import STORAGE_CLASS
+from components.lib import helm
+from components.services.monitoring import NODE_EXPORTER_NAMESPACE, ZONE_KEY
 from monitoring import spec
 from tests.conftest import trains, unavailable
 from tools import reference

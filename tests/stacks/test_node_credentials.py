@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from components.cluster import IRSA_ADDONS
+from components.cluster.cluster import IRSA_ADDONS
 from policy import rules
 
 CNI_POLICY = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
@@ -85,7 +85,7 @@ def test_no_platform_namespace_can_reach_the_metadata_service(result):
 
 def test_autoscaler_runs_the_release_of_the_clusters_minor(result):
     """Issue 13 item 6: the chart's default image (v1.35) on a 1.33 cluster."""
-    from components.autoscaler import IMAGE_TAGS
+    from components.cluster.cluster_autoscaler import IMAGE_TAGS
     from tests.stacks.test_platform import stack_cfg
 
     releases = [r for r in result.of_type("kubernetes:helm.sh/v3:Release") if r.raw["chart"] == "cluster-autoscaler"]

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from components import helm
-from components.gpu_node_pool import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL
+from components.cluster.gpu_pools import GPU_TAINT_KEY, NVIDIA_AMI, POOL_LABEL
+from components.lib import helm
 from tests.conftest import ROOT, trains, unavailable
 from tools import manifests, reference
 
@@ -192,7 +192,7 @@ def test_workloads_run_the_built_images(result):
     for r in (r for t in workloads for r in result.of_type(t)):
         used |= {c["image"] for c in r.raw["spec"]["template"]["spec"]["containers"]}
     if not trains(result.stack):
-        # A stack that receives its models still builds the training image (components/images.py
+        # A stack that receives its models still builds the training image (components/services/images.py
         # builds both): only the serving image must be deployed there.
         refs = {r for r in refs if "training" not in r}
     assert refs <= used, f"built but not deployed by digest: {refs - used}"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components.config import ConfigError
-from components.promotion_iam import promoter_policy
+from components.lib.promotion_iam import promoter_policy
 from tests.conftest import ROOT, STACKS
 from tools import mock_engine
 

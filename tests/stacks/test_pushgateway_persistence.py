@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from components import helm, monitoring
+from components.lib import helm
+from components.services import monitoring
 from tests.conftest import unavailable
 from tools import reference
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
+from components.cluster.gpu_pools import GPU_RESOURCE, GPU_TOLERATION
 from components.config import TrainingConfig
-from components.gpu_node_pool import GPU_RESOURCE, GPU_TOLERATION
-from components.training_job import NON_RETRYABLE_EXIT_CODES, run_name
+from components.models.training_job import NON_RETRYABLE_EXIT_CODES, run_name
 from tests.conftest import ROOT, trains
 from tools import mock_engine
 
@@ -49,7 +49,7 @@ def test_job_named_by_model_image_and_hyperparameters():
 
 
 def test_batch_size_left_to_the_arch_unless_configured():
-    from components.training_job import train_env
+    from components.models.training_job import train_env
 
     def env(c):
         return {e["name"]: e.get("value") for e in train_env("mnist", c, "s3://b", None)}
@@ -155,8 +155,8 @@ def allowed(policy: dict, action: str, bucket: str, key: str | None = None, pref
 def test_each_model_reaches_only_its_own_prefix():
     """Serving reads its model's versions only; training writes its model's versions and checkpoints
     only (and reads the bucket: its data may be anywhere in it)."""
-    from components.aws_iam import s3_bucket_policy
-    from components.training_job import store_prefixes
+    from components.lib.iam import s3_bucket_policy
+    from components.models.training_job import store_prefixes
 
     arn = "arn:aws:s3:::models-bucket"
     serving = json.loads(s3_bucket_policy(arn, write=False, prefixes=["models/mnist/"]))
@@ -222,7 +222,7 @@ def test_a_model_with_its_own_code_gets_its_own_image(result, stack):
 
 
 def test_model_image_tag_follows_its_folder_and_the_training_image(tmp_path, monkeypatch):
-    from components import images
+    from components.services import images
 
     folder = tmp_path / "m"
     folder.mkdir()

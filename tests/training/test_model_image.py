@@ -34,7 +34,7 @@ def model_image(engine):  # noqa: F811 (the imported fixture)
         "BASE_IMAGE=mlplatform-training:model-test",
         "-t",
         "mlplatform-diabetes:test",
-        # as components/images.py builds a model folder without a Dockerfile of its own
+        # as components/services/images.py builds a model folder without a Dockerfile of its own
         "-f",
         str(ROOT / "training" / "model.Dockerfile"),
         str(ROOT / "models" / "diabetes"),

@@ -1,4 +1,4 @@
-"""`python -m tools.models`: list/show/promote/rollback/verify on S3 (moto, in process) and on the
+"""`python -m ops.models`: list/show/promote/rollback/verify on S3 (moto, in process) and on the
 local store (a real subprocess), with one-line errors and distinct exit codes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import models
+from ops import models
 from training import artifacts, registry, storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def _publish(tmp_path, root, version, accuracy=0.99):
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "tools.models", *args],
+        [sys.executable, "-m", "ops.models", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,8 +1,8 @@
 """The promotion role's policy evaluated for real, on moto's IAM (issue 15 item 3: least privilege).
 
-The role is created with the documents the program renders (components/promotion_iam.py; the stack
+The role is created with the documents the program renders (components/lib/promotion_iam.py; the stack
 tests assert the rendered RolePolicy is exactly that function's output for staging and prod), the deploy
-identity assumes it the way ``tools/deliver.py`` does (STS AssumeRole, ``deliver.as_role``), and a
+identity assumes it the way ``ops/deliver.py`` does (STS AssumeRole, ``deliver.as_role``), and a
 promotion of ``mnist`` runs through the registry with those credentials. What the role may not do is
 then tried, and must be AccessDenied.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from components.promotion_iam import promoter_policy, promoter_trust_policy
-from tools import deliver
+from components.lib.promotion_iam import promoter_policy, promoter_trust_policy
+from ops import deliver
 from training import registry
 
 boto3 = pytest.importorskip("boto3")

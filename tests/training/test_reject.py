@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from ops import models
 from tests.training.test_models_cli import _publish, cli
-from tools import models
 from training import registry
 
 V1, V2 = "20260101T000000Z-run1", "20260102T000000Z-run2"

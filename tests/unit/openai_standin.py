@@ -1,4 +1,4 @@
-"""A stand-in for vLLM's OpenAI-compatible server, for testing tools/smoke_openai.py.
+"""A stand-in for vLLM's OpenAI-compatible server, for testing ops/smoke_openai.py.
 
     python -m tests.unit.openai_standin --port P --model NAME [--mode ok|broken|wrong-model|slow|unauthorized]
 

@@ -8,7 +8,8 @@ import copy
 import pytest
 import yaml
 
-from components import gpu_addons, jenkins, monitoring
+from components.cluster import gpu_addons
+from components.services import jenkins, monitoring
 from policy import rules
 from policy.rules import Res
 from tests.conftest import unavailable

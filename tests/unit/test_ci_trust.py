@@ -14,8 +14,8 @@ import sys
 import pytest
 import yaml
 
-from components import jenkins
 from components.config import JENKINS_ENVIRONMENT, ConfigError, validate
+from components.services import jenkins
 from tests.conftest import ROOT
 
 DEPLOY_IDS = {c.id for c in jenkins.FOLDER_CREDENTIALS[jenkins.DEPLOY_FOLDER]} - {jenkins.GITHUB.id}

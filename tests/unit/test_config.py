@@ -179,7 +179,7 @@ CASES = [
         "mlplatform:registry.kind:",
         "needs an EKS stack",
     ),
-    # runtime vllm (components/llm_config.py)
+    # runtime vllm (components/config/llm.py)
     ("vllm without its llm section", {"models.chat.llm": DELETE}, "mlplatform:models.chat.llm:", "required when runtime is 'vllm'"),
     ("tensor parallel beyond one node", {"models.chat.llm.gpus": 4}, "mlplatform:models.chat.llm.gpus:", "fit no node of the GPU pools"),
     (

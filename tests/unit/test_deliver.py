@@ -1,4 +1,4 @@
-"""The pipeline's delivery step (tools/deliver.py) against real local model stores: the copy, the pin,
+"""The pipeline's delivery step (ops/deliver.py) against real local model stores: the copy, the pin,
 the decision on the Rollout's outcome, the aliases after each outcome. pulumi and kubectl are the only
 stand-ins (a scripted runner: their answers are what the step reads)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import deliver
+from ops import deliver
 from training import registry
 
 V1, V2 = "20260101T000000Z-run1", "20260102T000000Z-run2"

@@ -1,4 +1,4 @@
-"""tools.ephemeral against a fake `pulumi` on PATH (the Automation API shells out to it), plus the TTL logic."""
+"""ops.ephemeral against a fake `pulumi` on PATH (the Automation API shells out to it), plus the TTL logic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import ephemeral
+from ops import ephemeral
 
 FAKE = Path(__file__).parent / "fake_bin"
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)

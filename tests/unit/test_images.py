@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import shutil
 
-from components.images import IMAGES, ROOT, image_tag
+from components.services.images import IMAGES, ROOT, image_tag
 
 
 def _copy(tmp_path):

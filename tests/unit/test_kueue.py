@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components import helm, kueue
 from components.config import GpuPool
+from components.lib import helm
+from components.services import kueue
 from tests.conftest import unavailable
 from tools import manifests, reference
 

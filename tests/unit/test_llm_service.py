@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from components import llm_service
+from components.cluster.gpu_pools import GPU_TOLERATION, POOL_LABEL
 from components.config import GpuPool
-from components.gpu_node_pool import GPU_TOLERATION, POOL_LABEL
-from components.llm_config import AwakeSchedule, LlmConfig, choose_pool, llm_rules
+from components.config.llm import AwakeSchedule, LlmConfig, choose_pool, llm_rules
+from components.models import llm_service
 from tests.conftest import unavailable
 from tools import manifests, reference
 

@@ -1,4 +1,4 @@
-"""tools.local_up (`make up`/`make down` for STACK=local) against a fake `docker` on PATH, and fake
+"""ops.local_up (`make up`/`make down` for STACK=local) against a fake `docker` on PATH, and fake
 `kind` and `pulumi` that it downloads itself from a local HTTP server and checks against pins."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ops import local_up
 from tests.conftest import ROOT
-from tools import local_up
 
 # One JSON state file plays the machine: containers (docker), clusters (kind), stacks (pulumi).
 # Every call is appended to $FAKE_LOG as {"cmd", "args", "stdin"?, "env"?}.
@@ -181,7 +181,7 @@ class Laptop:
             [
                 sys.executable,
                 "-m",
-                "tools.local_up",
+                "ops.local_up",
                 command,
                 "--root",
                 str(self.project),
@@ -403,7 +403,8 @@ def test_pins_are_sha256_of_official_release_urls():
 
 
 def test_printed_names_are_the_programs():
-    from components import model_service, platform
+    from components import platform
+    from components.models import model_service
     from monitoring import spec
 
     assert local_up.serving_service("mnist") == model_service.object_name("mnist")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ops import train_wait
 from tests.conftest import ROOT
-from tools import notify, pr_comment, train_wait
+from tools import notify, pr_comment
 
 TARGETS = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
 PIPELINES = [
@@ -65,7 +66,7 @@ def test_jenkinsfile_stages_in_order():
 
 
 def test_every_deploy_promotes_through_a_canary_before_the_smoke_test():
-    """Issue 15 item 5: each environment's deploy runs the delivery step (tools/deliver.py) after the
+    """Issue 15 item 5: each environment's deploy runs the delivery step (ops/deliver.py) after the
     training gate and before the smoke test; on Jenkins an aborted canary fails the build and its
     failure notification carries the analysis result."""
     texts = {
@@ -290,7 +291,7 @@ def test_notify_without_webhook_only_prints(monkeypatch, capsys):
 
 
 def test_jenkins_pipeline_env_names_the_github_repo_and_prod_approvers():
-    from components.jenkins import env_jcasc
+    from components.services.jenkins import env_jcasc
 
     doc = yaml.safe_load(env_jcasc("https://github.com/acme/mlplatform.git", ["release-managers", "alice"]))
     assert doc["jenkins"]["globalNodeProperties"][0]["envVars"]["env"] == [

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from components import llm_service
-from components.llm_config import AwakeSchedule, LlmConfig
+from components.config.llm import AwakeSchedule, LlmConfig
+from components.models import llm_service
 from policy.rules import STACK_RULES, Res, gpu_serving_sleeps_off_prod
 
 

@@ -1,4 +1,4 @@
-"""Argo Rollouts objects (components/rollouts.py): the model service's Rollout, its AnalysisTemplate and
+"""Argo Rollouts objects (components/services/argo_rollouts.py): the model service's Rollout, its AnalysisTemplate and
 the chart values, validated against Argo Rollouts v1.9.0's CRD schemas and chart 2.41.0's values; the
 weights a replica-ratio canary really gets; and the analysis emulation the e2e test decides with."""
 
@@ -9,8 +9,10 @@ import re
 import pytest
 import yaml
 
-from components import helm, model_service, rollouts
 from components.config import CanaryConfig, ServingConfig
+from components.lib import helm
+from components.models import model_service
+from components.services import argo_rollouts
 from tests.conftest import unavailable
 from tests.monitoring import argo_analysis as argo
 from tools import manifests, reference
@@ -24,8 +26,8 @@ def need_reference():
 def rendered(canary: CanaryConfig | None = None):
     cfg = ServingConfig(canary=canary or CanaryConfig())
     spec = model_service.deployment_spec("mnist", "img@sha256:" + "0" * 64, cfg, "s3://bucket", [])
-    ro = rollouts.rollout("model-server-mnist", "ml-serving", model_service.labels("mnist"), spec, "mnist", cfg.canary)
-    return ro, rollouts.analysis_template("mnist", "ml-serving", cfg.canary)
+    ro = argo_rollouts.rollout("model-server-mnist", "ml-serving", model_service.labels("mnist"), spec, "mnist", cfg.canary)
+    return ro, argo_rollouts.analysis_template("mnist", "ml-serving", cfg.canary)
 
 
 def test_rollout_and_analysis_template_valid_against_the_crds():
@@ -49,11 +51,11 @@ def test_chart_values_exist_in_the_chart_and_the_image_is_its_app_version():
     defaults = reference.chart_values("argo-rollouts", version)
     assert defaults is not None, f"no reference values for argo-rollouts {version}"
     for monitoring in (True, False):
-        assert reference.unknown_value_keys(rollouts.chart_values(monitoring), defaults, "argo-rollouts") == []
+        assert reference.unknown_value_keys(argo_rollouts.chart_values(monitoring), defaults, "argo-rollouts") == []
     chart = yaml.safe_load((reference.reference_dir() / "charts" / "argo-rollouts" / version / "Chart.yaml").read_text())
-    assert rollouts.chart_values(False)["controller"]["image"]["tag"] == chart["appVersion"] == rollouts.VERSION
+    assert argo_rollouts.chart_values(False)["controller"]["image"]["tag"] == chart["appVersion"] == argo_rollouts.VERSION
     # Every provider the chart would grant RBAC for is switched off (the Gateway API plugin gets a Role per route instead).
-    assert set(rollouts.chart_values(False)["providerRBAC"]["providers"]) == set(defaults["providerRBAC"]["providers"])
+    assert set(argo_rollouts.chart_values(False)["providerRBAC"]["providers"]) == set(defaults["providerRBAC"]["providers"])
 
 
 def test_steps_come_from_config_and_the_analysis_runs_from_the_first_step():
@@ -72,7 +74,7 @@ def test_steps_come_from_config_and_the_analysis_runs_from_the_first_step():
     assert canary["maxUnavailable"] == 0
     # The Deployment's pod template, selector and replicas, unchanged; no RollingUpdate strategy left.
     spec = model_service.deployment_spec("mnist", "img@sha256:" + "0" * 64, ServingConfig(), "s3://bucket", [])
-    assert ro["spec"]["template"] == rollouts.plain(spec["template"]) and ro["spec"]["selector"] == spec["selector"]
+    assert ro["spec"]["template"] == argo_rollouts.plain(spec["template"]) and ro["spec"]["selector"] == spec["selector"]
     assert ro["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert "rollingUpdate" not in ro["spec"]["strategy"]
 
@@ -84,24 +86,24 @@ def test_every_arg_a_query_uses_is_declared_and_the_rollout_passes_the_rest():
         used = set(re.findall(r"\{\{args\.([\w-]+)\}\}", m["provider"]["prometheus"]["query"]))
         assert used == set(declared), (m["name"], used)
     passed = {a["name"]: a["valueFrom"]["podTemplateHashValue"] for a in ro["spec"]["strategy"]["canary"]["analysis"]["args"]}
-    assert passed == {rollouts.ARG_CANARY: "Latest", rollouts.ARG_STABLE: "Stable"}
+    assert passed == {argo_rollouts.ARG_CANARY: "Latest", argo_rollouts.ARG_STABLE: "Stable"}
     assert {n for n, a in declared.items() if "value" not in a} == set(passed)
     # Canary and stable series are told apart by the pod-template-hash target label only.
     for m in tpl["spec"]["metrics"]:
         q = m["provider"]["prometheus"]["query"]
-        assert f'{rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{rollouts.ARG_CANARY}}}}}"' in q
-        assert f'{rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{rollouts.ARG_STABLE}}}}}"' in q
+        assert f'{argo_rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{argo_rollouts.ARG_CANARY}}}}}"' in q
+        assert f'{argo_rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{argo_rollouts.ARG_STABLE}}}}}"' in q
 
 
 def test_thresholds_come_from_config():
     _, tpl = rendered(CanaryConfig(max_error_ratio_increase=0.02, max_p99_ratio=2, max_class_psi=0.3, window_seconds=60))
     conditions = {m["name"]: m["successCondition"] for m in tpl["spec"]["metrics"]}
     assert conditions == {
-        rollouts.METRIC_ERRORS: "result[0] <= 0.02",
-        rollouts.METRIC_LATENCY: "result[0] <= 2",
-        rollouts.METRIC_CLASSES: "result[0] >= 0 && result[0] <= 0.3",
+        argo_rollouts.METRIC_ERRORS: "result[0] <= 0.02",
+        argo_rollouts.METRIC_LATENCY: "result[0] <= 2",
+        argo_rollouts.METRIC_CLASSES: "result[0] >= 0 && result[0] <= 0.3",
     }
-    (classes,) = [m for m in tpl["spec"]["metrics"] if m["name"] == rollouts.METRIC_CLASSES]
+    (classes,) = [m for m in tpl["spec"]["metrics"] if m["name"] == argo_rollouts.METRIC_CLASSES]
     assert classes["failureCondition"] == "result[0] > 0.3"
     # Too few canary predictions: the query answers -1, neither success nor failure.
     assert argo.measurement_phase(classes, [-1.0]) == "Inconclusive"
@@ -132,7 +134,7 @@ def test_thresholds_come_from_config():
     ],
 )
 def test_replica_ratio_weights_as_argo_rollouts_scales_them(replicas, weight, expected):
-    canary, stable, share = rollouts.effective_weight(replicas, weight)
+    canary, stable, share = argo_rollouts.effective_weight(replicas, weight)
     assert (canary, stable) == expected[:2] and share == pytest.approx(expected[2])
 
 
@@ -187,8 +189,8 @@ def test_measurement_and_metric_phases_follow_argo():
 
 def test_rendered_template_args_substitute_completely():
     _, tpl = rendered()
-    analysis = argo.Analysis(tpl, {rollouts.ARG_CANARY: "abc", rollouts.ARG_STABLE: "def"}, "http://unused")
+    analysis = argo.Analysis(tpl, {argo_rollouts.ARG_CANARY: "abc", argo_rollouts.ARG_STABLE: "def"}, "http://unused")
     for q in analysis.queries().values():
         assert "{{" not in q and 'rollouts_pod_template_hash="abc"' in q and 'model="mnist"' in q
     with pytest.raises(argo.MeasurementError, match="canary-hash"):
-        argo.Analysis(tpl, {rollouts.ARG_STABLE: "def"}, "http://unused")
+        argo.Analysis(tpl, {argo_rollouts.ARG_STABLE: "def"}, "http://unused")

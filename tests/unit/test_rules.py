@@ -91,7 +91,7 @@ def vllm_exposed() -> set[str] | None:
     vllm/v1/metrics/loggers.py and two helpers, ../shared/reference/vllm/<version>/metrics.tsv) with
     prometheus_client's exposition suffixes: counters ``_total`` (not doubled), histograms
     ``_bucket``/``_sum``/``_count``, gauges as they are. None when the reference is absent."""
-    from components.llm_config import VLLM_VERSION
+    from components.config.llm import VLLM_VERSION
     from tools import reference
 
     ref = reference.reference_dir()
@@ -284,7 +284,7 @@ REPO_PREFIXES = ("components/", "monitoring/", "tests/", "tools/", "serving/", "
 
 def test_comments_point_at_files_that_exist():
     """Comments in monitoring/**/*.yaml named tests/monitoring/test_rules.py and
-    components/monitoring.py:threshold_rules after both had moved."""
+    components/services/monitoring.py:threshold_rules after both had moved."""
     stale = []
     for path in sorted((ROOT / "monitoring").rglob("*.yaml")):
         for line in path.read_text().splitlines():

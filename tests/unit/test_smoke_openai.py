@@ -1,4 +1,4 @@
-"""tools/smoke_openai against a local process speaking the OpenAI protocol.
+"""ops/smoke_openai against a local process speaking the OpenAI protocol.
 
 That process (tests/unit/openai_standin.py) is a STAND-IN for vLLM, not vLLM: no GPU can run vLLM
 here. What this proves: the client finds the model through /v1/models, sends a well-formed chat
@@ -19,8 +19,8 @@ import time
 
 import pytest
 
+from ops import smoke_openai
 from tests.conftest import ROOT
-from tools import smoke_openai
 
 
 def free_port() -> int:

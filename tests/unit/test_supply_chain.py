@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components import autoscaler
-from components.images import digest_ref
+from components.cluster import cluster_autoscaler
+from components.services.images import digest_ref
 from policy import rules
 from policy.rules import Res
 
@@ -37,16 +37,16 @@ def test_policy_refuses_our_image_by_tag():
     assert rules.built_images_by_digest(_stack("python:3.11.14-slim-bookworm")) == []  # not ours: tag pins are checked elsewhere
 
 
-@pytest.mark.parametrize("minor", sorted(autoscaler.IMAGE_TAGS))
+@pytest.mark.parametrize("minor", sorted(cluster_autoscaler.IMAGE_TAGS))
 def test_autoscaler_image_matches_the_cluster_minor(minor):
-    values = autoscaler.autoscaler_values("c", "eu-west-1", "arn:aws:iam::1:role/r", minor)
-    assert values["image"]["repository"] == autoscaler.IMAGE
+    values = cluster_autoscaler.autoscaler_values("c", "eu-west-1", "arn:aws:iam::1:role/r", minor)
+    assert values["image"]["repository"] == cluster_autoscaler.IMAGE
     assert values["image"]["tag"].startswith(f"v{minor}.")
 
 
 def test_autoscaler_refuses_an_unpinned_minor():
     with pytest.raises(ValueError, match="no cluster-autoscaler release known for Kubernetes 1.20"):
-        autoscaler.autoscaler_values("c", "eu-west-1", "arn", "1.20")
+        cluster_autoscaler.autoscaler_values("c", "eu-west-1", "arn", "1.20")
 
 
 def test_config_refuses_an_unpinned_minor_with_gpu_pools():

@@ -1,11 +1,11 @@
 """The model registry for people and the pipeline (training/registry.py does the work).
 
-    python -m tools.models --store s3://bucket list
-    python -m tools.models --store s3://bucket show --model mnist [VERSION|ALIAS]
-    python -m tools.models --store s3://bucket promote --model mnist VERSION [--alias candidate] --reason "..."
-    python -m tools.models promote --from s3://staging --to s3://prod --model mnist [VERSION] --reason "..."
-    python -m tools.models --store s3://bucket rollback --model mnist [--to VERSION] --reason "..."
-    python -m tools.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
+    python -m ops.models --store s3://bucket list
+    python -m ops.models --store s3://bucket show --model mnist [VERSION|ALIAS]
+    python -m ops.models --store s3://bucket promote --model mnist VERSION [--alias candidate] --reason "..."
+    python -m ops.models promote --from s3://staging --to s3://prod --model mnist [VERSION] --reason "..."
+    python -m ops.models --store s3://bucket rollback --model mnist [--to VERSION] --reason "..."
+    python -m ops.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
 
 --store defaults to $MLPLATFORM_MODEL_STORE; who moved an alias is $MLPLATFORM_ACTOR, else the user.
 Exit codes: 0 done; 1 refused or failed (one line on stderr); 2 usage; 3 conflict (someone else moved
@@ -139,7 +139,7 @@ def cmd_verify(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m ops.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default=os.environ.get("MLPLATFORM_MODEL_STORE"), help="model store root (path, file:// or s3://)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
