@@ -12,6 +12,7 @@ from components.cluster.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.cluster.gpu_pools import GpuNodePool, GpuNodePoolArgs
 from components.cluster.namespaces import PlatformNamespace, PlatformNamespaceArgs
 from components.config import Settings, serving_reserved_gpus, stack_file
+from components.lib.network import NAMESPACES
 from components.models.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.services.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs
@@ -22,25 +23,7 @@ from components.services.keda import NAMESPACE as KEDA_NAMESPACE
 from components.services.keda import Keda, KedaArgs
 from components.services.kueue import Kueue, KueueArgs, QueueQuota
 from components.services.model_promoter import ModelPromoter, ModelPromoterArgs, account_id
-from components.services.monitoring import NODE_EXPORTER_NAMESPACE, Monitoring, MonitoringArgs
-
-# role -> (namespace, Pod Security level). Only two namespaces are `privileged`, each for one workload
-# that no stricter level admits (policy.rules.PRIVILEGED_NAMESPACES holds the reasons):
-# node-exporter (host network/PID, /proc and /sys) and the image builds (rootless BuildKit:
-# Unconfined seccomp/AppArmor, setuid newuidmap; jenkins.BUILDKITD_SECURITY).
-NAMESPACES: dict[str, tuple[str, str]] = {
-    "serving": ("ml-serving", "restricted"),
-    "training": ("ml-training", "restricted"),
-    # Envoy Gateway: its controller, the Gateway and the Envoy proxies (non-root, no capabilities).
-    "gateway": ("envoy-gateway-system", "restricted"),
-    "monitoring": ("monitoring", "restricted"),
-    # Kueue's controller (non-root, read-only root, no capabilities: the chart's defaults).
-    "queue": ("kueue-system", "restricted"),
-    "node-exporter": (NODE_EXPORTER_NAMESPACE, "privileged"),
-    "jenkins": ("jenkins", "baseline"),
-    # Image builds: isolated from everything else (default-deny, no Secrets, no service account token).
-    "builds": ("jenkins-builds", "privileged"),
-}
+from components.services.monitoring import Monitoring, MonitoringArgs
 
 
 class Platform(pulumi.ComponentResource):

@@ -35,8 +35,10 @@ from pathlib import Path
 
 import yaml
 
+from components.lib.network import SERVING_NAMESPACE
+
 ROOT = Path(__file__).resolve().parent.parent
-NAMESPACE = "ml-serving"  # platform.NAMESPACES["serving"]
+NAMESPACE = SERVING_NAMESPACE
 
 Runner = Callable[[list[str]], str]
 # (role ARN or None, session name) -> a context in which the S3 store calls run as that role

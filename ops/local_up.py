@@ -27,6 +27,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from components.lib.network import NAMESPACES as PLATFORM_NAMESPACES
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "local"
 CLUSTER = "mlplatform"  # context kind-mlplatform, as stacks/Pulumi.local.yaml expects
@@ -60,9 +62,9 @@ PINS: dict[str, dict[str, dict[str, str]]] = {
 }
 VERSIONS = {"kind": KIND, "pulumi": PULUMI}
 
-# Names the program gives (components/platform.py NAMESPACES, model_service.object_name, the
+# Names the program gives (components/lib/network.py NAMESPACES, model_service.object_name, the
 # kube-prometheus-stack release in monitoring/spec.py, components/services/jenkins.py); a test keeps them in step.
-NAMESPACES = {"serving": "ml-serving", "monitoring": "monitoring", "jenkins": "jenkins"}
+NAMESPACES = {role: PLATFORM_NAMESPACES[role][0] for role in ("serving", "monitoring", "jenkins")}
 MODEL = "mnist"  # the catalogue's first model, where the stack has no `models` output yet
 
 

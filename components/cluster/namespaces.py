@@ -13,24 +13,6 @@ import pulumi_kubernetes as k8s
 
 PodSecurity = Literal["restricted", "baseline", "privileged"]
 
-# The EC2 instance metadata service: it hands out the node role's credentials to whoever asks.
-METADATA_CIDR = "169.254.169.254/32"
-
-
-def egress_except_metadata(*ports: int) -> dict[str, Any]:
-    """The one NetworkPolicy egress rule for "out of the cluster, but never the metadata service":
-    every IPv4 address except 169.254.169.254, on ``ports`` (TCP; none given: every port). Together
-    with IMDSv2 hop limit 1 on the nodes, this keeps pods from the node role's credentials.
-    ``policy.rules.no_metadata_egress`` refuses any other egress rule that could reach it."""
-    rule: dict[str, Any] = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_CIDR]}}]}
-    if ports:
-        rule["ports"] = [{"protocol": "TCP", "port": p} for p in ports]
-    return rule
-
-
-# Every pod of the cluster, in any namespace (peers by selector never match the metadata service).
-IN_CLUSTER = {"to": [{"namespaceSelector": {}}]}
-
 
 @dataclass
 class PlatformNamespaceArgs:

@@ -35,8 +35,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
-from components.cluster.namespaces import egress_except_metadata
 from components.config.llm import VLLM_VERSION, LlmConfig
+from components.lib.network import egress_except_metadata
 from components.services import keda
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 

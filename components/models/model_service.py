@@ -21,9 +21,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.cluster.namespaces import egress_except_metadata
 from components.config import ServingConfig, serving_processes
 from components.lib import keda_specs
+from components.lib.network import egress_except_metadata
 from components.lib.security import container_security, pod_security
 from components.services import argo_rollouts, gateway, keda
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account

@@ -16,8 +16,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
-from components.cluster.namespaces import egress_except_metadata
 from components.config import TRAINING_WORKER_CPU, TrainingConfig
+from components.lib.network import egress_except_metadata
 from components.lib.security import container_security, pod_security
 from components.services import kueue
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account

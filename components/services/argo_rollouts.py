@@ -31,10 +31,11 @@ import pulumi
 import pulumi._types as pulumi_types
 import pulumi_kubernetes as k8s
 
-from components.cluster.namespaces import egress_except_metadata, operator_namespace
+from components.cluster.namespaces import operator_namespace
 from components.config import CanaryConfig
 from components.lib import helm
 from components.lib.keda_specs import PROMETHEUS_URL
+from components.lib.network import egress_except_metadata
 
 API_VERSION = "argoproj.io/v1alpha1"
 VERSION = "v1.9.0"  # the chart's appVersion (a test checks)

@@ -19,9 +19,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.cluster.namespaces import egress_except_metadata
 from components.config import GatewayConfig
 from components.lib import helm
+from components.lib.network import egress_except_metadata
 
 GATEWAY_API = "gateway.networking.k8s.io"
 ENVOY_GATEWAY_API = "gateway.envoyproxy.io"

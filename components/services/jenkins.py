@@ -41,9 +41,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
-from components.cluster.namespaces import IN_CLUSTER, egress_except_metadata
 from components.config import JenkinsConfig
 from components.lib import helm
+from components.lib.network import IN_CLUSTER, egress_except_metadata
 
 ADMIN_SECRET = "jenkins-admin"
 AGENT_SA = "jenkins-agent"

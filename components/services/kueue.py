@@ -18,9 +18,9 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components.cluster.gpu_pools import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL
-from components.cluster.namespaces import egress_except_metadata
 from components.config import GpuPool
 from components.lib import helm
+from components.lib.network import egress_except_metadata
 
 API_VERSION = "kueue.x-k8s.io/v1beta2"
 VERSION = "v0.19.2"

@@ -14,16 +14,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.cluster.namespaces import IN_CLUSTER, egress_except_metadata
 from components.config import AlertingConfig, MonitoringConfig
 from components.lib import helm
+from components.lib.network import IN_CLUSTER, NODE_EXPORTER_NAMESPACE, egress_except_metadata
 from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
 
 PUSHGATEWAY_RELEASE = "pushgateway"
 PUSHGATEWAY_PERSISTENCE_FILE = "/data/pushgateway.data"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 LABELS = {"app.kubernetes.io/part-of": "mlplatform"}
-NODE_EXPORTER_NAMESPACE = "node-exporter"
+
 ZONE_KEY = "topology.kubernetes.io/zone"
 
 

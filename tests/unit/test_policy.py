@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from components.cluster.namespaces import IN_CLUSTER, egress_except_metadata
 from components.config import GPU_COUNT
+from components.lib.network import IN_CLUSTER, egress_except_metadata
 from policy import rules
 from policy.rules import Res
 
