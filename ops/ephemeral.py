@@ -1,11 +1,20 @@
 """Ephemeral PR stacks with the Pulumi Automation API.
 
     python -m ops.ephemeral up --pr 12        # stack pr-12 from the dev config, environment ephemeral, expiry tag
-    python -m ops.ephemeral destroy --pr 12   # destroy its resources, then always remove the stack
-    python -m ops.ephemeral reap              # destroy + remove every pr-* stack past its expiry
+    python -m ops.ephemeral destroy --pr 12   # destroy its resources; remove the stack only once that succeeded
+    python -m ops.ephemeral reap              # the same for every pr-* stack past its expiry or left by a failed destroy
 
 The expiry (``mlplatform:expires-at`` stack tag, UTC ISO-8601) is now + ``ephemeral.ttlHours`` from the
 dev config. A stack without a readable expiry counts as expired: nothing ephemeral lives forever.
+
+A destroy that fails (the known case: a load balancer's network interfaces still hold the VPC) is
+retried: refresh, then destroy again, up to DESTROY_ATTEMPTS times with backoff. If it still fails,
+the stack is kept - its state is the only record of what still bills - and tagged
+``mlplatform:destroy-failed`` (so ``reap`` retries it whatever its expiry), and the command fails
+listing the resources left. ``stack rm`` (without ``--force``) runs only after a destroy that succeeded.
+
+Exit codes: 0 done; 1 a destroy failed after every attempt (the stack is kept, tagged; stderr lists
+what is left); 2 usage, or no Pulumi CLI.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import datetime as dt
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +32,23 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "mlplatform:expires-at"
+FAILED_TAG = "mlplatform:destroy-failed"
 PREFIX = "pr-"
+DESTROY_ATTEMPTS = 3
+BACKOFF_S = 30.0  # before attempt n+1: BACKOFF_S * 2**(n-1); cloud dependencies (ENIs, NAT) take minutes to let go
 
 
 class CliMissing(RuntimeError):
     pass
+
+
+class DestroyFailed(RuntimeError):
+    """A destroy failed after every attempt; its stack is kept (tagged) with ``left`` still in its state."""
+
+    def __init__(self, message: str, left: list[str]):
+        self.left = left
+        shown = "; ".join(left[:20]) + (f"; ... ({len(left) - 20} more)" if len(left) > 20 else "")
+        super().__init__(f"{message}; {len(left)} resource(s) left: {shown or 'unknown (state unreadable)'}")
 
 
 def stack_name(pr: int) -> str:
@@ -39,6 +61,9 @@ def ephemeral_config(dev: dict[str, Any]) -> dict[str, Any]:
     """The dev stack's config made ephemeral: cheaper and disposable."""
     cfg = dict(dev)
     cfg["mlplatform:environment"] = "ephemeral"
+    # Deploy roles are per environment, in the accounts of dev/staging/prod (validation refuses one on
+    # an ephemeral stack): a PR stack deploys with the sandbox account's role instead.
+    cfg.pop("mlplatform:ci", None)
     # One CI per organisation is enough; a PR stack needs none, nor scheduled retraining.
     cfg["mlplatform:jenkins"] = {**cfg.get("mlplatform:jenkins", {}), "enabled": False}
     cfg["mlplatform:models"] = {
@@ -58,6 +83,11 @@ def ttl_hours(dev: dict[str, Any]) -> float:
 
 def expires_at(now: dt.datetime, hours: float) -> str:
     return (now + dt.timedelta(hours=hours)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def due(tags: dict[str, str], now: dt.datetime) -> bool:
+    """Whether ``reap`` destroys the stack: expired, or a destroy of it failed before."""
+    return FAILED_TAG in tags or expired(tags, now)
 
 
 def expired(tags: dict[str, str], now: dt.datetime) -> bool:
@@ -107,30 +137,87 @@ def destroy(pr: int) -> None:
 
 
 def _destroy(name: str) -> None:
+    """Destroy the stack's resources (retried: refresh, then destroy again), then remove the stack;
+    after the last failed attempt, keep and tag the stack and raise DestroyFailed."""
     auto = _auto()
     stack = auto.select_stack(stack_name=name, work_dir=str(ROOT))
+    error = ""
+    for attempt in range(1, DESTROY_ATTEMPTS + 1):
+        try:
+            if attempt > 1:
+                # What the failed attempt did delete, and what drifted, is read back before trying again.
+                stack.refresh(on_output=print)
+            stack.destroy(on_output=print)
+            break
+        except auto.CommandError as exc:
+            error = _last_line(exc)
+            print(f"{name}: destroy attempt {attempt}/{DESTROY_ATTEMPTS} failed: {error}", file=sys.stderr)
+            if attempt < DESTROY_ATTEMPTS:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+    else:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            stack.workspace.set_tag(name, FAILED_TAG, f"{stamp} after {DESTROY_ATTEMPTS} attempts")
+        except auto.CommandError as exc:  # the stack is kept all the same; reap finds it once it expires
+            print(f"{name}: could not tag it {FAILED_TAG}: {_last_line(exc)}", file=sys.stderr)
+        raise DestroyFailed(
+            f"destroy of {name} failed {DESTROY_ATTEMPTS} times (last: {error}); the stack is kept, tagged {FAILED_TAG} "
+            "(`python -m ops.ephemeral reap` retries it)",
+            _left(stack),
+        )
+    # No --force: after a destroy that succeeded the state is empty, and if it were not, `stack rm`
+    # refusing is what keeps the leftovers findable.
+    stack.workspace.remove_stack(name)
+    (_stacks() / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+
+
+def _last_line(exc: Exception) -> str:
+    """The CLI's last error line from a CommandError (whose text is ``code: ... stdout: ... stderr: ...``)."""
+    lines = [line.strip().removeprefix("stderr:").strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else type(exc).__name__)
+
+
+def _left(stack) -> list[str]:
+    """``type name`` of every resource still in the stack's state (the stack and providers aside)."""
     try:
-        stack.destroy(on_output=print)
-    finally:
-        # Always remove the stack, even if destroy failed part-way: a left-over stack with no
-        # owner is how orphaned clusters keep billing. (`--force` keeps going with what is left.)
-        stack.workspace.remove_stack(name, force=True)
-        (_stacks() / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+        resources = (stack.export_stack().deployment or {}).get("resources") or []
+    except Exception as exc:  # noqa: BLE001 - the failure report must still go out
+        print(f"{stack.name}: could not read its state: {exc}", file=sys.stderr)
+        return []
+    return [
+        f"{r['type']} {r['urn'].rsplit('::', 1)[-1]}"
+        for r in resources
+        if r.get("type") != "pulumi:pulumi:Stack" and not r.get("type", "").startswith("pulumi:providers:")
+    ]
 
 
 def reap(now: dt.datetime | None = None) -> list[str]:
+    """Destroy and remove every PR stack that is due (``due``); a stack whose destroy fails again
+    stays, the others are still reaped, and DestroyFailed names every one that failed."""
     auto = _auto()
     now = now or dt.datetime.now(dt.UTC)
     ws = auto.LocalWorkspace(work_dir=str(ROOT))
-    reaped = []
+    reaped, failed = [], []
     for summary in ws.list_stacks():
         name = summary.name.split("/")[-1]
         if not name.startswith(PREFIX):
             continue
-        if expired(ws.list_tags(name), now):
-            print(f"reaping {name} (expired)")
-            _destroy(name)
+        tags = ws.list_tags(name)
+        if due(tags, now):
+            print(f"reaping {name} ({'a destroy failed before' if FAILED_TAG in tags else 'expired'})")
+            try:
+                _destroy(name)
+            except DestroyFailed as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed.append((name, exc.left))
+                continue
             reaped.append(name)
+    if failed:
+        names = ", ".join(name for name, _ in failed)
+        raise DestroyFailed(
+            f"reap: destroy failed for {names} (kept, tagged {FAILED_TAG}; reaped: {', '.join(reaped) or 'nothing'})",
+            [f"{name}: {r}" for name, left in failed for r in left],
+        )
     return reaped
 
 
@@ -152,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliMissing, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DestroyFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,12 +5,21 @@
     python -m ops.models --store s3://bucket promote --model mnist VERSION [--alias candidate] --reason "..."
     python -m ops.models promote --from s3://staging --to s3://prod --model mnist [VERSION] --reason "..."
     python -m ops.models --store s3://bucket rollback --model mnist [--to VERSION] --reason "..."
+    python -m ops.models --store s3://bucket reject --model mnist VERSION --reason "..."
     python -m ops.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
 
 --store defaults to $MLPLATFORM_MODEL_STORE; who moved an alias is $MLPLATFORM_ACTOR, else the user.
-Exit codes: 0 done; 1 refused or failed (one line on stderr); 2 usage; 3 conflict (someone else moved
-the alias first: nothing changed, look and retry); 4 verification failed (a file differs from its
-manifest).
+
+Rejections are final: a rejected version never becomes champion or candidate again and is never
+promoted to another store. `list` marks it (tag "rejected", last column: when, by whom, why) and
+`show` prints its record. `rollback` rejects the version it leaves, moves the candidate off it, and
+by default goes to the latest earlier champion that is not rejected (a second rollback goes further
+back). `reject` of the champion rolls it back that way, or refuses when there is nothing to go back to.
+
+Exit codes: 0 done; 1 refused or failed (one line on stderr), e.g. a rejected version, or no version
+to roll back to; 2 usage; 3 conflict (someone else moved the alias first: nothing changed, look and
+retry); 4 verification failed (a file differs from its manifest, or the manifest names a file outside
+its version).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from training import registry, storage
 
@@ -37,28 +45,34 @@ def _resolve(root: str, model: str, ref: str | None) -> str:
     return ref
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+def _figure(store: str, model: str, version: str) -> str:
+    """The version's gate metric as ``name=value`` (from its metadata.json), or "-"."""
+    try:
+        meta = json.loads(storage.read_text(storage.join(registry.model_root(store, model), version, "metadata.json")))
+    except (FileNotFoundError, ValueError):
+        meta = {}
+    metric = meta.get("gate", {}).get("metric") or "test_accuracy"
+    value = meta.get("metrics", {}).get(metric)
+    return f"{metric}={value:.4f}" if isinstance(value, int | float) else "-"
 
 
 def cmd_list(args) -> int:
+    """One tab-separated row per version: model, version, tags (aliases, LATEST, rejected), gate
+    figure, created at, created by, and ``rejected: REASON, by WHO at WHEN`` or "-"."""
     models = [args.model] if args.model else sorted({n.split("/", 1)[0] for n in storage.list_names(storage.join(args.store, "models"))})
     for model in models:
         by_version: dict[str, list[str]] = {}
         for alias, doc in registry.aliases(args.store, model).items():
             by_version.setdefault(doc["version"], []).append(alias)
         latest = registry.latest(args.store, model)
+        rejected = registry.rejections(args.store, model)
         for version in registry.versions(args.store, model):
             manifest = registry.read_manifest(args.store, model, version)
-            try:
-                meta = json.loads(storage.read_text(storage.join(registry.model_root(args.store, model), version, "metadata.json")))
-            except (FileNotFoundError, ValueError):
-                meta = {}
-            metric = meta.get("gate", {}).get("metric") or "test_accuracy"
-            value = meta.get("metrics", {}).get(metric)
-            tags = ",".join(sorted(by_version.get(version, [])) + (["LATEST"] if version == latest else [])) or "-"
-            figure = f"{metric}={value:.4f}" if isinstance(value, int | float) else "-"
-            print(f"{model}\t{version}\t{tags}\t{figure}\t{_when(manifest.get('created_at'))}\t{manifest.get('created_by', '-')}")
+            tags = sorted(by_version.get(version, [])) + (["LATEST"] if version == latest else [])
+            tags += ["rejected"] if version in rejected else []
+            why = f"rejected: {registry.describe_rejection(rejected[version])}" if version in rejected else "-"
+            created = f"{registry.when(manifest.get('created_at'))}\t{manifest.get('created_by', '-')}"
+            print(f"{model}\t{version}\t{','.join(tags) or '-'}\t{_figure(args.store, model, version)}\t{created}\t{why}")
     return EXIT_OK
 
 
@@ -77,6 +91,7 @@ def cmd_show(args) -> int:
         "manifest": manifest,
         "metrics": (meta or {}).get("metrics"),
         "gate": (meta or {}).get("gate"),
+        "rejected": registry.rejection(args.store, args.model, version),
         "history": [r for r in registry.history(args.store, args.model) if version in (r["version"], r["from"])],
     }
     print(json.dumps(out, indent=2, sort_keys=True))
@@ -104,15 +119,23 @@ def cmd_promote(args) -> int:
 
 
 def cmd_reject(args) -> int:
+    before = registry.get_alias(args.store, args.model, "champion")
     doc = registry.reject(args.store, args.model, args.version, reason=args.reason)
     champ = registry.get_alias(args.store, args.model, "champion")
-    print(f"{args.model}/{doc['version']} rejected ({doc['reason']}); champion stays {champ['version'] if champ else 'unset'}")
+    if before and before["version"] == doc["version"]:
+        print(
+            f"{args.model}/{doc['version']} rejected ({doc['reason']}); it was the champion: rolled back to {champ['version']} (LATEST follows)"
+        )
+    else:
+        print(f"{args.model}/{doc['version']} rejected ({doc['reason']}); champion stays {champ['version'] if champ else 'unset'}")
     return EXIT_OK
 
 
 def cmd_rollback(args) -> int:
     doc = registry.rollback(args.store, args.model, args.to, reason=args.reason)
-    print(f"{args.model}:champion rolled back {doc['from']} -> {doc['version']} (LATEST follows)")
+    print(
+        f"{args.model}:champion rolled back {doc['from']} -> {doc['version']} (LATEST follows); {doc['from']} rejected, never delivered again"
+    )
     return EXIT_OK
 
 
@@ -143,11 +166,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=os.environ.get("MLPLATFORM_MODEL_STORE"), help="model store root (path, file:// or s3://)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("list", help="versions with their aliases and gate figure")
+    s = sub.add_parser("list", help="versions with their aliases, gate figure and rejection (when, who, why)")
     s.add_argument("--model", help="one model (default: every model in the store)")
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("show", help="one version: manifest, metrics, aliases, history")
+    s = sub.add_parser("show", help="one version: manifest, metrics, aliases, history, rejection record")
     s.add_argument("--model", required=True)
     s.add_argument("ref", nargs="?", help="version or alias (default: champion)")
     s.set_defaults(fn=cmd_show)
@@ -164,15 +187,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", required=True, help="why: recorded in the audit log")
     s.set_defaults(fn=cmd_promote, needs_store=False)
 
-    s = sub.add_parser("reject", help="mark a version rejected (a failed canary): it can never become champion or candidate")
+    s = sub.add_parser(
+        "reject", help="mark a version rejected: never champion, candidate or promoted again (the champion is rolled back first)"
+    )
     s.add_argument("--model", required=True)
     s.add_argument("version")
     s.add_argument("--reason", required=True, help="why: e.g. the failed analysis metric and value")
     s.set_defaults(fn=cmd_reject)
 
-    s = sub.add_parser("rollback", help="move the champion back (default: to previous); LATEST follows")
+    s = sub.add_parser("rollback", help="move the champion back and reject the version it leaves; LATEST follows")
     s.add_argument("--model", required=True)
-    s.add_argument("--to", help="version to roll back to (default: the previous champion)")
+    s.add_argument("--to", help="version to roll back to (default: the latest earlier champion that is not rejected)")
     s.add_argument("--reason", required=True, help="why: recorded in the audit log")
     s.set_defaults(fn=cmd_rollback)
 

@@ -6,6 +6,7 @@ Layout under ``<root>/models/<name>/``::
     <version>/MANIFEST.json            SHA-256 and size of every other file; written last and only once
     aliases/<alias>.json               {"alias", "version", "generation", "from", "at", "by", "reason"}
     audit/<alias>/<generation>.json    one record per alias move (the same fields)
+    rejected/<version>.json            {"version", "at", "by", "reason"}: written once, never removed
     LATEST                             the champion's version name, for readers that follow LATEST
 
 A version is complete once its manifest exists; the manifest is written with ``If-None-Match: *``, so a
@@ -19,6 +20,12 @@ nothing.
 Version names sort by time (``YYYYmmddTHHMMSSZ-<run>``): "forward" means a later name. Automated paths
 (training, promotion between stores) only move ``champion``/``candidate`` forward; only ``rollback``
 moves the champion back, explicitly.
+
+A rejected version (a failed canary, a rollback away from it, ``reject``) is final in its store: it
+never becomes champion or candidate again and is never copied to another store. A rollback rejects
+the version it leaves and moves ``candidate`` off it, so the next pipeline run does not canary it
+again; rejecting the champion rolls it back. Manifest keys are checked (``storage.safe_key``) before
+any file is read, copied or fetched, so a manifest cannot address anything outside its version.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class RegistryError(Exception):
 
 class AliasConflict(RegistryError):
     """Someone else moved the alias between our read and our write; nothing was changed."""
+
+
+class Rejected(RegistryError):
+    """The version is rejected (in the store named in the message): refused, nothing changed."""
 
 
 class VerifyError(RegistryError):
@@ -92,6 +103,16 @@ def _check_alias(alias: str) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def when(ts: float | None) -> str:
+    """A record's time for people: UTC, ISO 8601 to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+
+
+def describe_rejection(mark: dict) -> str:
+    """``reason, by WHO at WHEN``: one rejection record in one line."""
+    return f"{mark['reason']}, by {mark['by']} at {when(mark.get('at'))}"
 
 
 # ---- versions ----
@@ -140,6 +161,21 @@ def read_manifest(root: str, name: str, version: str) -> dict:
         raise RegistryError(f"{name}/{version}: no such complete version in {root} (no {MANIFEST})") from None
 
 
+def _files(manifest: dict, where: str) -> dict[str, dict]:
+    """The manifest's files, every key checked first: one that is absolute or has a ``..`` part would
+    read, copy or fetch something outside the version, so the whole manifest is refused (VerifyError
+    naming each such key) before anything is read or written."""
+    refused = []
+    for rel in manifest["files"]:
+        try:
+            storage.safe_key(rel)
+        except storage.UnsafeKey as exc:
+            refused.append(f"manifest {exc}")
+    if refused:
+        raise VerifyError(where, refused)
+    return manifest["files"]
+
+
 def versions(root: str, name: str) -> list[str]:
     """Complete versions (those with a manifest), oldest first."""
     found = []
@@ -155,7 +191,7 @@ def _read_checked(root: str, name: str, version: str, problems: list[str]) -> It
     altered file is added to ``problems`` instead."""
     manifest = read_manifest(root, name, version)
     base = storage.join(model_root(root, name), version)
-    for rel, want in manifest["files"].items():
+    for rel, want in _files(manifest, f"{name}/{version}").items():
         try:
             data = storage.read_bytes(storage.join(base, rel))
         except FileNotFoundError:
@@ -181,11 +217,20 @@ def verify(root: str, name: str, version: str) -> None:
 
 def fetch(root: str, name: str, version: str, dest: Path) -> Path:
     """Download ``version`` into ``dest`` and check every file against its manifest there (what
-    arrives is what was published). Returns ``dest``; raises VerifyError."""
+    arrives is what was published). Returns ``dest``; raises VerifyError. Every target path is
+    checked (``storage.safe_join``) before the first byte is written: a key that would land outside
+    ``dest`` refuses the whole fetch (RegistryError naming the key) and nothing is written."""
+    where = f"{name}/{version}"
+    targets = {}
+    for rel in _files(read_manifest(root, name, version), where):
+        try:
+            targets[rel] = storage.safe_join(dest, rel)
+        except storage.UnsafeKey as exc:
+            raise RegistryError(f"{where}: {exc}; nothing fetched") from None
     problems: list[str] = []
     for rel, data in _read_checked(root, name, version, problems):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_bytes(data)
+        targets[rel].parent.mkdir(parents=True, exist_ok=True)
+        targets[rel].write_bytes(data)
     if problems:
         raise VerifyError(f"{name}/{version}", problems)
     return dest
@@ -267,7 +312,7 @@ def move(
     if not reason or not reason.strip():
         raise RegistryError("a reason is required for every alias move (it goes to the audit log)")
     if alias in ("champion", "candidate") and (mark := rejection(root, name, _check_version(version))):
-        raise RegistryError(f"{name}/{version} was rejected ({mark['reason']}, by {mark['by']}): it cannot become {alias}; nothing changed")
+        raise Rejected(f"{name}/{version} was rejected ({describe_rejection(mark)}): it cannot become {alias}; nothing changed")
     verify(root, name, _check_version(version))
     current, token = _read_alias(root, name, alias)
     was = current["version"] if current else None
@@ -339,7 +384,7 @@ def _sync(root: str, name: str) -> None:
                 continue
         if (get_alias(root, name, "champion") or {}).get("generation") == champ["generation"]:
             return
-    raise RegistryError(f"{name}: champion kept moving while LATEST/previous were synced; run `python -m tools.models verify` to repair")
+    raise RegistryError(f"{name}: champion kept moving while LATEST/previous were synced; run `python -m ops.models verify` to repair")
 
 
 def sync(root: str, name: str) -> None:
@@ -379,8 +424,14 @@ def publish(local_dir: Path, root: str, name: str, version: str, *, reason: str,
 def copy_version(src_root: str, dst_root: str, name: str, version: str) -> str:
     """Copy ``version`` byte for byte from one store to another, checking every file against the
     source manifest as it is read and again as it lands; the target manifest is written only when
-    every file matches, so a corrupted copy never becomes a complete version there. Idempotent."""
+    every file matches, so a corrupted copy never becomes a complete version there. Idempotent.
+    A version rejected in the source store is refused (Rejected): a copy must not undo a rejection."""
     manifest = read_manifest(src_root, name, version)
+    if mark := rejection(src_root, name, version):
+        raise Rejected(
+            f"{name}/{version} was rejected in {src_root} ({describe_rejection(mark)}): not promoted to {dst_root}; nothing changed"
+        )
+    files = _files(manifest, f"{name}/{version} in {src_root}")
     try:
         existing = read_manifest(dst_root, name, version)
     except RegistryError:
@@ -393,7 +444,7 @@ def copy_version(src_root: str, dst_root: str, name: str, version: str) -> str:
     src = storage.join(model_root(src_root, name), version)
     dst = storage.join(model_root(dst_root, name), version)
     problems = []
-    for rel, want in manifest["files"].items():
+    for rel, want in files.items():
         data = storage.read_bytes(storage.join(src, rel))
         if _sha256(data) != want["sha256"]:
             problems.append(f"{rel}: source sha256 {_sha256(data)[:12]} != manifest {want['sha256'][:12]}")
@@ -412,20 +463,44 @@ def _rejected_uri(root: str, name: str, version: str) -> str:
     return storage.join(model_root(root, name), "rejected", f"{_check_version(version)}.json")
 
 
-def reject(root: str, name: str, version: str, *, reason: str) -> dict:
-    """Mark ``version`` rejected (a failed canary): it never becomes champion or candidate again in
-    this store, so the next pipeline run or `pulumi up` does not retry it. Written once; aliases are
-    not touched (the champion is still the stable version)."""
+def _need_reason(reason: str, what: str) -> str:
     if not reason or not reason.strip():
-        raise RegistryError("a reason is required to reject a version (it goes to the audit log)")
-    read_manifest(root, name, version)  # only a version that exists
-    doc = {"version": version, "at": time.time(), "by": actor(), "reason": reason.strip()}
+        raise RegistryError(f"a reason is required to {what} (it goes to the audit log)")
+    return reason.strip()
+
+
+def _mark_rejected(root: str, name: str, version: str, reason: str) -> dict:
+    """Write ``version``'s rejection record once; a version already rejected keeps its first record."""
+    doc = {"version": version, "at": time.time(), "by": actor(), "reason": reason}
     try:
         storage.write_if(_rejected_uri(root, name, version), json.dumps(doc, sort_keys=True).encode(), None)
     except storage.Conflict:
-        return rejection(root, name, version) or doc  # already rejected: the first record stands
+        return rejection(root, name, version) or doc
     log.info("%s/%s rejected (%s, by %s)", name, version, doc["reason"], doc["by"])
     return doc
+
+
+def reject(root: str, name: str, version: str, *, reason: str) -> dict:
+    """Mark ``version`` rejected (a failed canary, a bad model found later): it never becomes champion
+    or candidate again in this store, nor is it copied to another, so the next pipeline run or `pulumi
+    up` does not retry it. Written once (a second rejection keeps the first record); returns the record.
+
+    A version that is not the champion: no alias moves. The champion: it is rolled back first, to the
+    version ``rollback`` would choose, which also rejects it; with no good version to go back to,
+    nothing is written and the RegistryError says how to name one."""
+    reason = _need_reason(reason, "reject a version")
+    read_manifest(root, name, version)  # only a version that exists
+    champ = get_alias(root, name, "champion")
+    if champ is None or champ["version"] != version:
+        return _mark_rejected(root, name, version, reason)
+    to = rollback_target(root, name)
+    if to is None:
+        raise RegistryError(
+            f"{name}/{version} is the champion and no earlier champion is left to serve instead (none, or all rejected): "
+            f"nothing changed; name one: python -m ops.models rollback --model {name} --to VERSION --reason ... (that rejects {version})"
+        )
+    _roll_back(root, name, champ, to, reason=reason, rejected_because=reason)
+    return _mark_rejected(root, name, version, reason)  # written by the rollback: this returns that record
 
 
 def rejection(root: str, name: str, version: str) -> dict | None:
@@ -436,10 +511,22 @@ def rejection(root: str, name: str, version: str) -> dict | None:
         return None
 
 
+def rejections(root: str, name: str) -> dict[str, dict]:
+    """Every rejection record of model ``name``, by version."""
+    base = storage.join(model_root(root, name), "rejected")
+    return {
+        rel.removesuffix(".json"): json.loads(storage.read_text(storage.join(base, rel)))
+        for rel in storage.list_names(base)
+        if rel.endswith(".json")
+    }
+
+
 def promote_between(src_root: str, dst_root: str, name: str, version: str | None = None, *, reason: str, champion: bool = True) -> dict:
     """Promotion, not retraining: copy the source's ``version`` (default: its champion) to the target
     and make it the target's candidate, then (``champion``) its champion (forward only). With
-    ``champion=False`` the target's champion stays: the canary on the target decides (README "Model delivery")."""
+    ``champion=False`` the target's champion stays: the canary on the target decides (README "Model delivery").
+    A version rejected in the source store is refused (``Rejected``, from ``copy_version``) and nothing
+    is written to the target."""
     if version is None:
         champ = get_alias(src_root, name, "champion")
         if champ is None:
@@ -453,16 +540,70 @@ def promote_between(src_root: str, dst_root: str, name: str, version: str | None
     return move(dst_root, name, "champion", version, reason=why, forward_only=True)
 
 
+def champions(root: str, name: str) -> list[str]:
+    """The versions the champion alias has pointed at, in the order of its moves (a version appears
+    once per move to it), from the audit history."""
+    return [r["version"] for r in sorted(history(root, name, "champion"), key=lambda r: r["generation"])]
+
+
+def served_as_champion(root: str, name: str, version: str) -> bool:
+    """Whether ``version`` has been this store's champion at some point (the audit history says so).
+    A delivery of such a version is a rollback to bytes that already served, not a new model."""
+    return version in champions(root, name)
+
+
+def rollback_target(root: str, name: str) -> str | None:
+    """Where a rollback goes by default: the most recent earlier champion that is neither the current
+    one nor rejected; None when there is none. Not ``previous``, which after a rollback names the
+    version rolled back from (rejected): a second rollback goes further back, never forward again."""
+    champ = get_alias(root, name, "champion")
+    if champ is None:
+        return None
+    rejected = rejections(root, name)
+    for version in reversed(champions(root, name)):
+        if version != champ["version"] and version not in rejected:
+            return version
+    return None
+
+
 def rollback(root: str, name: str, to: str | None = None, *, reason: str) -> dict:
-    """Move the champion back to ``to`` (default: ``previous``), explicitly; LATEST follows."""
+    """Move the champion back to ``to`` (default: ``rollback_target``), explicitly; LATEST follows.
+
+    The version rolled back from is rejected (who and why in its record: the rollback is final) and,
+    if it is the candidate, the candidate moves to ``to`` too, so the next pipeline run does not
+    deliver it again. ``to`` is checked (complete, digests, not rejected) before anything is written.
+    Returns the champion's new alias document."""
+    reason = _need_reason(reason, "roll back")
     champ = get_alias(root, name, "champion")
     if champ is None:
         raise RegistryError(f"{name}: no champion in {root}: nothing to roll back")
     if to is None:
-        prev = get_alias(root, name, "previous")
-        if prev is None:
-            raise RegistryError(f"{name}: no previous version recorded: name the version to roll back to (--to)")
-        to = prev["version"]
+        to = rollback_target(root, name)
+        if to is None:
+            raise RegistryError(
+                f"{name}: no previous version recorded to roll back to from {champ['version']} "
+                "(no earlier champion that is not rejected): name one with --to"
+            )
     if to == champ["version"]:
         raise RegistryError(f"{name}: champion is already {to}")
-    return move(root, name, "champion", to, reason=f"rollback from {champ['version']}: {reason}", expect=champ["version"])
+    return _roll_back(root, name, champ, to, reason=reason, rejected_because=f"rolled back: {reason}")
+
+
+def _roll_back(root: str, name: str, champ: dict, to: str, *, reason: str, rejected_because: str) -> dict:
+    bad = champ["version"]
+    if mark := rejection(root, name, _check_version(to)):
+        raise Rejected(f"{name}/{to} was rejected ({describe_rejection(mark)}): cannot roll back to it; nothing changed")
+    verify(root, name, to)
+    # Rejected first: a rollback that dies after this line is finished by running it again (the
+    # champion is still ``bad``); one that moved the champion first and died would leave ``bad``
+    # deliverable, and a re-run would roll back one version too far.
+    _mark_rejected(root, name, bad, rejected_because)
+    why = f"rollback from {bad}: {reason}"
+    doc = move(root, name, "champion", to, reason=why, expect=bad)
+    cand = get_alias(root, name, "candidate")
+    if cand is not None and cand["version"] == bad:
+        try:
+            move(root, name, "candidate", to, reason=why, expect=bad)
+        except AliasConflict:
+            pass  # someone moved it meanwhile: off ``bad`` either way (it cannot go back to a rejected version)
+    return doc

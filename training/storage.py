@@ -8,6 +8,10 @@ Pointers that several writers may move (the registry's aliases, ``LATEST``) use 
 ``write_if`` writes only if the object still has that token (S3 conditional PUT, ``If-Match`` /
 ``If-None-Match: *``; local: an exclusive ``flock`` held across compare and replace). A writer that
 lost the race gets ``Conflict``, never a silent overwrite.
+
+Object keys that come from the store (manifest entries, bucket listings) are written under a local
+folder only through ``safe_join``, which refuses absolute keys, ``..`` and anything that resolves
+outside that folder (``UnsafeKey``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,29 @@ from urllib.parse import urlparse
 
 class Conflict(Exception):
     """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class UnsafeKey(ValueError):
+    """An object key that would land outside the local folder it is fetched into."""
+
+
+def safe_key(key: str) -> str:
+    """``key`` if it is a relative, '/'-separated name with no ``..``, ``.`` or empty part; else UnsafeKey.
+    Keys come from manifests and bucket listings, which whoever can write to the store controls."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKey(f"key {key!r} refused: only relative names without '..', '.', empty parts, '\\' or NUL may be fetched")
+    return key
+
+
+def safe_join(dest: Path, key: str) -> Path:
+    """``dest / key``, refused (UnsafeKey) when ``key`` is absolute, has a ``..`` part, or resolves
+    outside ``dest`` (e.g. through a symlink already in ``dest``). Reads, never writes: creates nothing."""
+    target = Path(dest) / safe_key(key)
+    base = Path(dest).resolve()
+    if not target.resolve().is_relative_to(base):
+        raise UnsafeKey(f"key {key!r} refused: it resolves to {target.resolve()}, outside {base}")
+    return target
 
 
 def _s3():
@@ -162,27 +189,29 @@ def upload_dir(local: Path, uri: str) -> list[str]:
 
 
 def download_dir(uri: str, local: Path) -> list[str]:
-    """Copy every object under ``uri`` into ``local``; returns the relative names, sorted."""
+    """Copy every object under ``uri`` into ``local``; returns the relative names, sorted. Every name
+    is checked with ``safe_join`` before anything is written: one unsafe name refuses the whole fetch."""
     scheme, bucket, key = parse(uri)
-    names: list[str] = []
     if scheme == "s3":
         s3 = _s3()
         prefix = key.rstrip("/") + "/"
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                rel = obj["Key"][len(prefix) :]
-                dest = local / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(dest))
-                names.append(rel)
-    else:
-        src = Path(key)
-        if not src.is_dir():
-            raise FileNotFoundError(uri)
-        for p in src.rglob("*"):
-            if p.is_file():
-                rel = p.relative_to(src).as_posix()
-                (local / rel).parent.mkdir(parents=True, exist_ok=True)
-                (local / rel).write_bytes(p.read_bytes())
-                names.append(rel)
-    return sorted(names)
+        keys = [
+            obj["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/")  # "folder" markers some tools create: no bytes to fetch
+        ]
+        targets = {k: safe_join(local, k[len(prefix) :]) for k in keys}
+        for obj_key, dest in targets.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj_key, str(dest))
+        return sorted(k[len(prefix) :] for k in keys)
+    src = Path(key)
+    if not src.is_dir():
+        raise FileNotFoundError(uri)
+    names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    targets = {rel: safe_join(local, rel) for rel in names}
+    for rel, dest in targets.items():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((src / rel).read_bytes())
+    return names

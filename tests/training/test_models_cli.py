@@ -52,16 +52,22 @@ def test_the_cli_end_to_end_on_the_local_store(tmp_path):
     ]
     out = cli("--store", store, "rollback", "--model", "mnist", "--reason", "p99 doubled", env={"MLPLATFORM_ACTOR": "alice"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "mnist:champion rolled back 20260102T000000Z-run2 -> 20260101T000000Z-run1 (LATEST follows)"
+    assert out.stdout.strip() == (
+        "mnist:champion rolled back 20260102T000000Z-run2 -> 20260101T000000Z-run1 (LATEST follows); "
+        "20260102T000000Z-run2 rejected, never delivered again"
+    )
     assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
     shown = json.loads(cli("--store", store, "show", "--model", "mnist").stdout)
-    assert shown["version"] == "20260101T000000Z-run1" and shown["aliases"] == ["champion"]
+    # the candidate left the version rolled back from too: the next pipeline run has nothing to canary
+    assert shown["version"] == "20260101T000000Z-run1" and shown["aliases"] == ["candidate", "champion"]
     last = [r for r in shown["history"] if r["alias"] == "champion"][-1]
     assert last["by"] == "alice" and last["reason"] == "rollback from 20260102T000000Z-run2: p99 doubled"
     assert set(shown["manifest"]["files"]) == {"metadata.json", "model.keras", "saved_model/saved_model.pb"}
-    # promote forward again
+    # forward again: a new version (the one rolled back from is rejected for good)
     out = cli("--store", store, "promote", "--model", "mnist", "20260102T000000Z-run2", "--reason", "fixed")
-    assert out.returncode == 0 and artifacts.latest(store, "mnist") == "20260102T000000Z-run2"
+    assert out.returncode == models.EXIT_ERROR and "was rejected (rolled back: p99 doubled, by alice at " in out.stderr
+    _publish(tmp_path, store, "20260103T000000Z-run3")
+    assert artifacts.latest(store, "mnist") == "20260103T000000Z-run3"
     assert cli("--store", store, "verify", "--model", "mnist", "--all").returncode == 0
 
 
@@ -146,3 +152,51 @@ def test_make_rollback(tmp_path):
     assert artifacts.latest(store, "mnist") == "20260101T000000Z-a"
     last = registry.history(store, "mnist", "champion")[-1]
     assert last["by"] == "carol" and last["reason"] == "rollback from 20260102T000000Z-b: canary failed"
+
+
+def test_list_and_show_show_a_rejected_version_and_why(tmp_path):
+    store = f"file://{tmp_path}/store"
+    for i in (1, 2, 3):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    out = cli(
+        "--store", store, "reject", "--model", "mnist", "20260102T000000Z-run2", "--reason", "PSI 0.38", env={"MLPLATFORM_ACTOR": "bob"}
+    )
+    assert (
+        out.returncode == 0
+        and out.stdout.strip() == "mnist/20260102T000000Z-run2 rejected (PSI 0.38); champion stays 20260103T000000Z-run3"
+    )
+    mark = registry.rejection(store, "mnist", "20260102T000000Z-run2")
+    at = registry.when(mark["at"])
+    rows = {r[1]: r for r in (line.split("\t") for line in cli("--store", store, "list").stdout.splitlines())}
+    assert rows["20260102T000000Z-run2"][2] == "previous,rejected"
+    assert rows["20260102T000000Z-run2"][6] == f"rejected: PSI 0.38, by bob at {at}"
+    assert rows["20260101T000000Z-run1"][6] == "-" and rows["20260103T000000Z-run3"][6] == "-"
+    shown = json.loads(cli("--store", store, "show", "--model", "mnist", "20260102T000000Z-run2").stdout)
+    assert shown["rejected"] == {"version": "20260102T000000Z-run2", "reason": "PSI 0.38", "by": "bob", "at": mark["at"]}
+    assert json.loads(cli("--store", store, "show", "--model", "mnist").stdout)["rejected"] is None
+
+
+def test_cli_rejecting_the_champion_rolls_back_or_refuses_saying_how(tmp_path):
+    store = f"file://{tmp_path}/store"
+    for i in (1, 2):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    out = cli("--store", store, "reject", "--model", "mnist", "20260102T000000Z-run2", "--reason", "wrong labels")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        "mnist/20260102T000000Z-run2 rejected (wrong labels); it was the champion: rolled back to 20260101T000000Z-run1 (LATEST follows)"
+    )
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
+    out = cli("--store", store, "reject", "--model", "mnist", "20260101T000000Z-run1", "--reason", "also bad")
+    assert out.returncode == models.EXIT_ERROR and len(out.stderr.strip().splitlines()) == 1
+    assert "is the champion and no earlier champion is left" in out.stderr and "--to VERSION" in out.stderr
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
+    assert registry.rejection(store, "mnist", "20260101T000000Z-run1") is None
+
+
+def test_help_documents_the_exit_codes():
+    out = cli("--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for code in ("0 done", "1 refused or failed", "2 usage", "3 conflict", "4 verification failed"):
+        assert code in text
+    assert "rollback` rejects the version it leaves" in text

@@ -4,7 +4,9 @@ No training: versions are small directories with the files a model version has."
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -46,8 +48,6 @@ def test_publish_writes_a_manifest_moves_aliases_and_latest(tmp_path, root, monk
     assert out.champion and out.uri.endswith("/models/mnist/v0001")
     manifest = registry.read_manifest(root, "mnist", v(1))
     assert set(manifest["files"]) == {"metadata.json", "model.keras", "saved_model/saved_model.pb"}
-    import hashlib
-
     assert manifest["files"]["model.keras"] == {"sha256": hashlib.sha256((d / "model.keras").read_bytes()).hexdigest(), "size": 5001}
     registry.verify(root, "mnist", v(1))
     assert registry.versions(root, "mnist") == [v(1)]
@@ -203,7 +203,7 @@ def test_audit_records_every_move_completely(tmp_path, root, monkeypatch):
         registry.move(root, "mnist", "candidate", v(3), reason="crashes before its record")
     monkeypatch.setattr(registry, "_record", real_record)
     assert [r["version"] for r in registry.history(root, "mnist", "candidate")] == [v(3)]  # still visible
-    registry.move(root, "mnist", "candidate", v(2), reason="next")
+    registry.move(root, "mnist", "candidate", v(1), reason="next")  # not v(2): the rollback rejected it
     audit_names = storage.list_names(storage.join(registry.model_root(root, "mnist"), "audit"))
     assert "candidate/0000000001.json" in audit_names and "candidate/0000000002.json" in audit_names
 
@@ -306,3 +306,83 @@ def test_a_corrupted_copy_is_refused_and_the_target_keeps_its_champion(tmp_path,
     assert registry.get_alias(dst, "mnist", "champion")["version"] == v(1)
     assert artifacts.latest(dst, "mnist") == v(1)
     assert registry.versions(dst, "mnist") == [v(1)]  # the bad copy is not a version there
+
+
+# ---- issue 23 item 5: no key lands outside the folder it is fetched into ----
+
+TRAVERSAL_KEYS = ["../x", "/etc/x", "a/../../x"]
+
+
+@pytest.mark.parametrize("key", ["model.keras", "saved_model/variables/variables.index", "a.b/c-d_e"])
+def test_safe_join_keeps_ordinary_keys_inside(tmp_path, key):
+    assert storage.safe_join(tmp_path, key) == tmp_path / key
+    assert not (tmp_path / key).exists()  # pure: creates nothing
+
+
+@pytest.mark.parametrize("key", [*TRAVERSAL_KEYS, "", "a//b", "./a", "a/.", "..", "a\\..\\..\\x", "a\0b"])
+def test_safe_join_refuses_keys_that_could_leave_the_folder(tmp_path, key):
+    with pytest.raises(storage.UnsafeKey, match=re.escape(repr(key))):
+        storage.safe_join(tmp_path, key)
+
+
+def test_safe_join_refuses_a_key_that_resolves_outside_through_a_symlink(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(storage.UnsafeKey, match="'link/x' refused: it resolves to .*outside"):
+        storage.safe_join(tmp_path / "dest", "link/x")
+
+
+def _with_manifest_key(root, key):
+    """Version v0001 whose manifest also lists ``key`` (as a writer to the store could make it)."""
+    manifest = registry.read_manifest(root, "mnist", v(1))
+    manifest["files"][key] = {"sha256": hashlib.sha256(b"evil").hexdigest(), "size": 4}
+    storage.write_bytes(storage.join(registry.model_root(root, "mnist"), v(1), registry.MANIFEST), json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("key", TRAVERSAL_KEYS)
+def test_fetch_refuses_a_manifest_key_outside_the_version_and_writes_nothing(tmp_path, root, key):
+    _add(tmp_path, root, 1)
+    if root.startswith("s3://"):  # S3 keeps such a key literally: the object can really be there
+        scheme, bucket, prefix = storage.parse(storage.join(registry.model_root(root, "mnist"), v(1)))
+        storage._s3().put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=b"evil")
+    _with_manifest_key(root, key)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(registry.RegistryError, match=re.escape(repr(key))):
+        registry.fetch(root, "mnist", v(1), out / "dest")
+    assert list(out.rglob("*")) == []  # not one file, not even dest
+    with pytest.raises(registry.VerifyError, match=re.escape(repr(key))):
+        registry.verify(root, "mnist", v(1))
+    target = f"file://{tmp_path}/target"
+    with pytest.raises(registry.VerifyError, match=re.escape(repr(key))):
+        registry.copy_version(root, target, "mnist", v(1))
+    assert storage.list_names(target) == []  # nothing copied, in the version's folder or beside it
+
+
+def test_fetch_refuses_a_destination_whose_symlink_leads_outside(tmp_path):
+    root = f"file://{tmp_path}/store"
+    _add(tmp_path, root, 1)
+    outside, dest = tmp_path / "outside", tmp_path / "dest"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "saved_model").symlink_to(outside)
+    with pytest.raises(registry.RegistryError, match="'saved_model/saved_model.pb' refused: it resolves to .*nothing fetched"):
+        registry.fetch(root, "mnist", v(1), dest)
+    assert list(outside.iterdir()) == [] and [p.name for p in dest.iterdir()] == ["saved_model"]
+    assert registry.fetch(root, "mnist", v(1), tmp_path / "clean") == tmp_path / "clean"  # an ordinary fetch still works
+    assert (tmp_path / "clean" / "saved_model" / "saved_model.pb").read_bytes() == (
+        tmp_path / "src-v1" / "saved_model" / "saved_model.pb"
+    ).read_bytes()
+
+
+def test_download_dir_refuses_a_listed_key_outside_the_folder(tmp_path, s3_bucket):
+    s3 = storage._s3()
+    s3.put_object(Bucket=s3_bucket, Key="store/dir/ok.txt", Body=b"ok")
+    s3.put_object(Bucket=s3_bucket, Key="store/dir/../../escaped.txt", Body=b"evil")
+    with pytest.raises(storage.UnsafeKey, match=re.escape("'../../escaped.txt'")):
+        storage.download_dir(f"s3://{s3_bucket}/store/dir", tmp_path / "a" / "b")
+    assert list(tmp_path.rglob("*")) == []
+    s3.delete_object(Bucket=s3_bucket, Key="store/dir/../../escaped.txt")
+    assert storage.download_dir(f"s3://{s3_bucket}/store/dir", tmp_path / "a" / "b") == ["ok.txt"]
+    assert (tmp_path / "a" / "b" / "ok.txt").read_bytes() == b"ok"
