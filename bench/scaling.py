@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import platform
-import random
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from training.cluster import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,21 +87,8 @@ def worker(args: argparse.Namespace) -> None:
         )
 
 
-def _free_base_port(n: int) -> int:
-    for _ in range(50):
-        base = random.randint(20000, 40000)
-        try:
-            for i in range(n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free loopback ports")
-
-
 def measure(workers: int, args: argparse.Namespace) -> dict:
-    port = _free_base_port(workers)
+    port = free_loopback_port(workers)
     procs = []
     for i in range(workers):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAIN_WORKERS": str(workers), "JOB_COMPLETION_INDEX": str(i)}

@@ -38,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PREDICT = "/v1/models/mnist:predict"
 # The server before issue 18 ("Serving throughput") changed it: the baseline of its 2x target.
 BASELINE_REV = "6b3ba17"
 LUA = """
@@ -163,7 +164,7 @@ class Server:
         return r
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/mnist.npz")
     p.add_argument("--model-dir", type=Path, help="a model version directory (default: train the seed model 1 epoch)")
@@ -179,7 +180,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="ours with this many server processes as well (0: skip)")
     p.add_argument("--overload-connections", type=int, default=256, help="connections of the overload run")
     p.add_argument("--overload-queue", type=int, default=16, help="--max-queue of the server in the overload run")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -193,10 +198,18 @@ def main() -> None:
     body = tmp / "body.json"
     body.write_text(json.dumps({"instances": [images[0].tolist()]}))
     script = lua(tmp / "post.lua", body)
-    (tmp / "batch64.json").write_text(json.dumps({"instances": images.tolist()}))
-    batch_script = lua(tmp / "batch64.lua", tmp / "batch64.json")
-    predict = "/v1/models/mnist:predict"
+    _print_machine(args, body)
+    med = _compare(args, model_dir, tmp, script)
+    runs = _single_runs(args, model_dir, tmp, images, script)
+    runs["naive"] = _naive(args, model_dir, script) if args.naive else None
+    limit = in_process_limit(model_dir)
+    _print_summary(args, med, runs, limit)
+    out = _result(args, med, runs, limit)
+    print(json.dumps(out))
+    shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _print_machine(args: argparse.Namespace, body: Path) -> None:
     import tensorflow as tf
 
     cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), platform.processor())
@@ -207,8 +220,10 @@ def main() -> None:
         flush=True,
     )
 
-    # The single-image comparison, interleaved round by round so that drift in the machine's speed
-    # hits every server alike: the baseline revision, ours with one process, ours with N.
+
+def _compare(args: argparse.Namespace, model_dir: Path, tmp: Path, script: Path) -> dict[str, dict[str, float]]:
+    """The single-image comparison, interleaved round by round so that drift in the machine's speed
+    hits every server alike: the baseline revision, ours with one process, ours with N. Medians per server."""
     contenders: list[tuple[str, Path, int]] = []
     if args.baseline:
         contenders.append((f"baseline {args.baseline}, 1 process", baseline_tree(args.baseline, tmp), 1))
@@ -219,58 +234,74 @@ def main() -> None:
     for i in range(args.rounds):
         for name, cwd, workers in contenders:
             with Server(cwd, model_dir, workers) as server:
-                r = server.measure(predict, args.duration, args.connections, script)
+                r = server.measure(PREDICT, args.duration, args.connections, script)
             runs[name].append(r)
             print(
                 f"round {i + 1} {name:32s} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
                 f"{r['cpu_us_per_req']:.0f} us CPU/req  non-2xx {r['non_2xx']} {r['socket_errors']}",
                 flush=True,
             )
-    med = {
+    return {
         name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")} for name, rs in runs.items()
     }
 
-    # Ours, once each: 64 images per JSON request, binary tensors, and the load generator's ceiling.
+
+def _single_runs(args: argparse.Namespace, model_dir: Path, tmp: Path, images, script: Path) -> dict[str, dict]:
+    """Ours, once each: 64 images per JSON request, binary tensors, the load generator's ceiling, overload."""
+    (tmp / "batch64.json").write_text(json.dumps({"instances": images.tolist()}))
+    batch_script = lua(tmp / "batch64.lua", tmp / "batch64.json")
     with Server(ROOT, model_dir) as server:
-        batch64 = server.measure(predict, args.duration, args.connections, batch_script)
-        binary = server.measure("/v2/models/mnist/infer", args.duration, args.connections, _binary_script(tmp, server.base, images[:1]))
-        ceiling = server.measure("/healthz", args.duration, args.connections, None)
+        runs = {
+            "batch64": server.measure(PREDICT, args.duration, args.connections, batch_script),
+            "binary": server.measure(
+                "/v2/models/mnist/infer", args.duration, args.connections, _binary_script(tmp, server.base, images[:1])
+            ),
+            "ceiling": server.measure("/healthz", args.duration, args.connections, None),
+        }
     # Overload: more requests in flight than the queue holds. Beyond the queue a request is answered
     # 429 at once, so the wait in the queue is bounded; /healthz at the same connection count is the
     # floor that the event loop and the load generator set with that many connections.
     with Server(ROOT, model_dir, extra=("--max-queue", str(args.overload_queue))) as server:
-        overload = server.measure(predict, args.duration, args.overload_connections, script)
-        overload_floor = server.measure("/healthz", args.duration, args.overload_connections, None)
-    naive = None
-    if args.naive:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], cwd=ROOT)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/healthz")
-            naive = wrk(f"http://127.0.0.1:{port}{predict}", args.duration, args.connections, script)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    limit = in_process_limit(model_dir)
+        runs["overload"] = server.measure(PREDICT, args.duration, args.overload_connections, script)
+        runs["overload_floor"] = server.measure("/healthz", args.duration, args.overload_connections, None)
+    return runs
 
+
+def _naive(args: argparse.Namespace, model_dir: Path, script: Path) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], cwd=ROOT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz")
+        return wrk(f"http://127.0.0.1:{port}{PREDICT}", args.duration, args.connections, script)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _print_summary(args: argparse.Namespace, med: dict[str, dict[str, float]], runs: dict[str, dict], limit: float) -> None:
     print(f"\nmedians of {args.rounds} rounds, single-image JSON:")
     for name, m in med.items():
         print(
             f"  {name:32s} {m['rps']:9.1f} req/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  {m['cpu_us_per_req']:.0f} us CPU/req"
         )
-    for what, r, n in [("JSON, 64 images per request", batch64, 64), ("OIP binary tensors, 1 image", binary, 1)]:
+    for what, r, n in [("JSON, 64 images per request", runs["batch64"], 64), ("OIP binary tensors, 1 image", runs["binary"], 1)]:
         print(f"  ours, 1 process, {what}: {r['rps']:.1f} req/s = {r['rps'] * n:.0f} images/s, p99 {r['p99_ms']:.2f} ms")
+    ceiling, overload, overload_floor = runs["ceiling"], runs["overload"], runs["overload_floor"]
     print(f"  load generator ceiling (trivial /healthz): {ceiling['rps']:.1f} req/s, p99 {ceiling['p99_ms']:.2f} ms")
     print(
         f"  overload, {args.overload_connections} connections, --max-queue {args.overload_queue}: {overload['rps']:.1f} req/s, "
         f"p99 {overload['p99_ms']:.2f} ms, non-2xx (429) {overload['non_2xx']} {overload['socket_errors']}; "
         f"/healthz at {args.overload_connections} connections: p99 {overload_floor['p99_ms']:.2f} ms"
     )
-    if naive:
-        print(f"  naive Flask + model.predict: {naive['rps']:.1f} req/s")
+    if runs["naive"]:
+        print(f"  naive Flask + model.predict: {runs['naive']['rps']:.1f} req/s")
     print(f"  in-process limit: {limit:.0f} images/s (batches of 64, no HTTP)")
+
+
+def _result(args: argparse.Namespace, med: dict[str, dict[str, float]], runs: dict[str, dict], limit: float) -> dict:
+    """The run's figures as one JSON object, with the verdict against the targets printed before it."""
     best_name = max((n for n in med if n.startswith("ours")), key=lambda n: med[n]["rps"])
-    best = med[best_name]
+    best, naive = med[best_name], runs["naive"]
     out = {
         "ours_rps": round(best["rps"], 1),
         "ours_config": best_name,
@@ -279,13 +310,13 @@ def main() -> None:
         "cpu_us_per_req": {name: round(m["cpu_us_per_req"]) for name, m in med.items()},
         "limit_images_per_s": round(limit),
         "fraction_of_limit": round(best["rps"] / limit, 3),
-        "batch64_images_per_s": round(batch64["rps"] * 64),
-        "binary_rps": round(binary["rps"], 1),
-        "binary_p99_ms": round(binary["p99_ms"], 2),
-        "ceiling_rps": round(ceiling["rps"], 1),
-        "overload_p99_ms": round(overload["p99_ms"], 2),
-        "overload_non_2xx": overload["non_2xx"],
-        "overload_healthz_p99_ms": round(overload_floor["p99_ms"], 2),
+        "batch64_images_per_s": round(runs["batch64"]["rps"] * 64),
+        "binary_rps": round(runs["binary"]["rps"], 1),
+        "binary_p99_ms": round(runs["binary"]["p99_ms"], 2),
+        "ceiling_rps": round(runs["ceiling"]["rps"], 1),
+        "overload_p99_ms": round(runs["overload"]["p99_ms"], 2),
+        "overload_non_2xx": runs["overload"]["non_2xx"],
+        "overload_healthz_p99_ms": round(runs["overload_floor"]["p99_ms"], 2),
         "naive_rps": round(naive["rps"], 1) if naive else None,
         "rounds": args.rounds,
     }
@@ -297,8 +328,7 @@ def main() -> None:
         out["ratio_vs_baseline"] = round(best["rps"] / base["rps"], 2)
         print(f"\n{best_name}: {out['ratio_vs_baseline']}x the baseline's req/s (target >= 2x), ", end="")
     print(f"p99 {out['ours_p99_ms']} ms (target <= 25), {out['fraction_of_limit']:.1%} of the in-process limit (target >= 10%)")
-    print(json.dumps(out))
-    shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def train_seed_model(data: str, tmp: Path) -> Path:

@@ -12,6 +12,7 @@ from components.cluster.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.cluster.gpu_pools import GpuNodePool, GpuNodePoolArgs
 from components.cluster.namespaces import PlatformNamespace, PlatformNamespaceArgs
 from components.config import Settings, serving_reserved_gpus, stack_file
+from components.lib.keda_specs import NAMESPACE as KEDA_NAMESPACE
 from components.lib.network import NAMESPACES
 from components.models.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.services.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
@@ -19,7 +20,6 @@ from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.services.gateway import EntryPoint, EntryPointArgs
 from components.services.images import Images, ImagesArgs, model_image
 from components.services.jenkins import Jenkins, JenkinsArgs
-from components.services.keda import NAMESPACE as KEDA_NAMESPACE
 from components.services.keda import Keda, KedaArgs
 from components.services.kueue import Kueue, KueueArgs, QueueQuota
 from components.services.model_promoter import ModelPromoter, ModelPromoterArgs, account_id
@@ -48,7 +48,7 @@ class Platform(pulumi.ComponentResource):
         self.register_outputs({"cluster_name": self.cluster_name, "images": self.images.refs, "model_store": self.store.uri})
 
     def _cluster(self) -> None:
-        """The cluster, its providers, the platform namespaces and the GPU node pools."""
+        """The cluster and its providers, the CI deploy role, the platform namespaces and the GPU node pools."""
         name, cfg = self.name, self.settings.config
         self.providers: list[pulumi.ProviderResource] = []
         if cfg.is_eks:
@@ -78,7 +78,12 @@ class Platform(pulumi.ComponentResource):
                 CiDeployRoleArgs(stack=self.settings.stack, config=cfg.ci, cluster_name=self.cluster_name, tags=self.tags),
                 opts=pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(depends_on=[self.cluster])),
             )
+        self._namespaces()
+        self._gpu_pools()
 
+    def _namespaces(self) -> None:
+        """The platform namespaces, each with its Pod Security level; ``in_namespaces`` waits for all of them."""
+        name, cfg = self.name, self.settings.config
         # A namespace only for what runs there: no empty privileged/baseline namespaces where
         # monitoring or Jenkins is off (ephemeral PR stacks run without Jenkins).
         wanted = {
@@ -99,36 +104,49 @@ class Platform(pulumi.ComponentResource):
         self.ns = {role: n.name for role, n in self.namespaces.items()}
         self.in_namespaces = pulumi.ResourceOptions.merge(self.k8s_opts, pulumi.ResourceOptions(depends_on=list(self.namespaces.values())))
 
+    def _gpu_pools(self) -> None:
+        """EKS only: one node group per configured GPU pool, scaled from zero by the cluster autoscaler."""
+        name, cfg = self.name, self.settings.config
         self.gpu_pools = []
-        if cfg.is_eks and cfg.gpu_pools:
-            self.gpu_pools = [
-                GpuNodePool(
-                    f"{name}-gpu-{pool.name}",
-                    GpuNodePoolArgs(
-                        pool=pool,
-                        cluster_name=self.cluster_name,
-                        node_role_arn=self.cluster.node_role_arn,
-                        subnet_ids=self.cluster.private_subnet_ids,
-                        tags=self.tags,
-                    ),
-                    opts=pulumi.ResourceOptions(parent=self, providers=self.providers, depends_on=[self.cluster]),
-                )
-                for pool in cfg.gpu_pools
-            ]
-            ClusterAutoscaler(
-                f"{name}-autoscaler",
-                ClusterAutoscalerArgs(
+        if not (cfg.is_eks and cfg.gpu_pools):
+            return
+        self.gpu_pools = [
+            GpuNodePool(
+                f"{name}-gpu-{pool.name}",
+                GpuNodePoolArgs(
+                    pool=pool,
                     cluster_name=self.cluster_name,
-                    region=cfg.cluster.region or "",
-                    oidc_provider_arn=self.cluster.oidc_provider_arn,
-                    oidc_provider_url=self.cluster.oidc_provider_url,
-                    kubernetes_version=cfg.kubernetes_version,
+                    node_role_arn=self.cluster.node_role_arn,
+                    subnet_ids=self.cluster.private_subnet_ids,
+                    tags=self.tags,
                 ),
-                opts=self.k8s_opts,
+                opts=pulumi.ResourceOptions(parent=self, providers=self.providers, depends_on=[self.cluster]),
             )
+            for pool in cfg.gpu_pools
+        ]
+        ClusterAutoscaler(
+            f"{name}-autoscaler",
+            ClusterAutoscalerArgs(
+                cluster_name=self.cluster_name,
+                region=cfg.cluster.region or "",
+                oidc_provider_arn=self.cluster.oidc_provider_arn,
+                oidc_provider_url=self.cluster.oidc_provider_url,
+                kubernetes_version=cfg.kubernetes_version,
+            ),
+            opts=self.k8s_opts,
+        )
 
     def _shared_services(self) -> None:
-        """What every model uses: monitoring, GPU add-ons, images, the model store, CI/CD."""
+        """What every model uses, in dependency order: monitoring first (the others scrape into it or
+        read from it), the controllers the workloads run under, the artifacts, the entry point, CI/CD."""
+        self._monitoring()
+        self._workload_controllers()
+        self._artifacts()
+        self._entry_point()
+        self._jenkins()
+
+    def _monitoring(self) -> None:
+        """Prometheus, Alertmanager, Grafana and the Pushgateway, where the stack enables monitoring."""
         name, cfg, ns = self.name, self.settings.config, self.ns
         self.monitoring: Monitoring | None = None
         if cfg.monitoring.enabled:
@@ -142,12 +160,17 @@ class Platform(pulumi.ComponentResource):
                     client_namespaces=[ns["training"]],
                     storage_class=self.cluster.storage_class,
                     node_exporter_namespace=ns["node-exporter"],
-                    # KEDA (created below) reads the model servers' queues from Prometheus
+                    # KEDA (created next) reads the model servers' queues from Prometheus
                     query_namespaces=(KEDA_NAMESPACE,) if cfg.models else (),
                 ),
                 opts=self.in_namespaces,
             )
         self.monitoring_release = self.monitoring.release if self.monitoring else None
+
+    def _workload_controllers(self) -> None:
+        """What the models' pods run under: KEDA scales the servers, Argo Rollouts delivers their
+        versions, the GPU add-ons expose the GPUs, Kueue queues the training runs."""
+        name, cfg, ns = self.name, self.settings.config, self.ns
         # KEDA scales every model server on its queue, read from this Prometheus; without monitoring
         # the TF servers keep a CPU HPA (and config validation refuses vllm models).
         self.keda: Keda | None = None
@@ -184,6 +207,10 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.in_namespaces,
         )
+
+    def _artifacts(self) -> None:
+        """The images, the model store, and (on a stack that receives models) the promoter identity."""
+        name, cfg, ns = self.name, self.settings.config, self.ns
         self.images = Images(
             f"{name}-images",
             ImagesArgs(
@@ -193,8 +220,8 @@ class Platform(pulumi.ComponentResource):
                 tags=self.tags,
                 # A model with its own training code gets its own image, built FROM the training image.
                 model_code={
-                    name: m.training.code
-                    for name, m in cfg.models.items()
+                    model: m.training.code
+                    for model, m in cfg.models.items()
                     if m.runtime == "tensorflow" and m.source is None and m.training.code
                 },
             ),
@@ -213,13 +240,17 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.in_namespaces,
         )
-        # The identity that copies received models into this store, least privilege (components/services/model_promoter.py).
+        self._promoter()
+
+    def _promoter(self) -> None:
+        """The identity that copies received models into this store, least privilege (components/services/model_promoter.py)."""
+        cfg = self.settings.config
         self.account_id = account_id(self.providers[0], self) if cfg.is_eks else None
         received = {m: e.source.stack for m, e in cfg.models.items() if e.runtime == "tensorflow" and e.source}
         self.promoter: ModelPromoter | None = None
         if cfg.is_eks and received:
             self.promoter = ModelPromoter(
-                f"{name}-model-promoter",
+                f"{self.name}-model-promoter",
                 ModelPromoterArgs(
                     stack=self.settings.stack,
                     stack_file=stack_file(self.settings.stack),
@@ -231,11 +262,14 @@ class Platform(pulumi.ComponentResource):
                 ),
                 opts=self.aws_opts,
             )
-        # Every model's one way in. The load balancer admits the union of the models' networks when
-        # every model is restricted; each route's SecurityPolicy narrows it to that model's own.
+
+    def _entry_point(self) -> None:
+        """Every model's one way in. The load balancer admits the union of the models' networks when
+        every model is restricted; each route's SecurityPolicy narrows it to that model's own."""
+        cfg, ns = self.settings.config, self.ns
         restricted = bool(cfg.models) and all(m.serving.allowed_cidrs for m in cfg.models.values())
         self.entry = EntryPoint(
-            f"{name}-entry",
+            f"{self.name}-entry",
             EntryPointArgs(
                 namespace=ns["gateway"],
                 serving_namespace=ns["serving"],
@@ -246,10 +280,14 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.in_namespaces,
         )
+
+    def _jenkins(self) -> None:
+        """The CI/CD controller, on the stack whose config enables it."""
+        cfg, ns = self.settings.config, self.ns
         self.jenkins: Jenkins | None = None
         if cfg.jenkins.enabled:
             self.jenkins = Jenkins(
-                f"{name}-jenkins",
+                f"{self.name}-jenkins",
                 JenkinsArgs(
                     namespace=ns["jenkins"],
                     build_namespace=ns["builds"],

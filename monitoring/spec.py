@@ -54,10 +54,38 @@ def rule_groups(runbooks_url: str = DEFAULT_RUNBOOKS_URL) -> dict[str, list[dict
     return out
 
 
-def alertmanager_config(alerting: Any, has_slack: bool, has_smtp_password: bool) -> dict[str, Any]:
-    """``alerting`` has the fields of config.AlertingConfig. Route by severity: critical pages every configured receiver, warning goes to chat/webhook,
-    info nowhere. A critical alert inhibits the warning/info alerts of the same name and namespace,
-    and a down model server inhibits its own latency/error/queue alerts (they are symptoms)."""
+def _route() -> dict[str, Any]:
+    return {
+        "receiver": "null",
+        "group_by": ["alertname", "namespace"],
+        "group_wait": "30s",
+        "group_interval": "5m",
+        "repeat_interval": "4h",
+        "routes": [
+            {"receiver": "null", "matchers": ['alertname = "Watchdog"']},
+            {"receiver": "critical", "matchers": ['severity = "critical"']},
+            {"receiver": "warning", "matchers": ['severity = "warning"']},
+        ],
+    }
+
+
+def _inhibit_rules() -> list[dict[str, Any]]:
+    return [
+        {
+            "source_matchers": ['severity = "critical"'],
+            "target_matchers": ['severity =~ "warning|info"'],
+            "equal": ["alertname", "namespace"],
+        },
+        {
+            "source_matchers": ['alertname = "ModelServerDown"'],
+            "target_matchers": ['alertname =~ "ModelServerHighLatency|ModelServerHighErrorRatio|ModelServerQueueSaturated"'],
+            "equal": ["namespace"],
+        },
+    ]
+
+
+def _chat_configs(alerting: Any, has_slack: bool) -> list[tuple[str, dict]]:
+    """(receiver key, config) of the webhook and Slack notifications, which the critical and the warning receivers share."""
     notify: list[tuple[str, dict]] = []
     if alerting.webhook_url:
         notify.append(("webhook_configs", {"url": alerting.webhook_url, "send_resolved": True}))
@@ -74,16 +102,30 @@ def alertmanager_config(alerting: Any, has_slack: bool, has_smtp_password: bool)
                 },
             )
         )
-    email = None
-    if alerting.email_to and alerting.smtp_smarthost:
-        email = {
-            "to": alerting.email_to,
-            "from": alerting.smtp_from or "alertmanager@localhost",
-            "smarthost": alerting.smtp_smarthost,
-            "send_resolved": True,
-        }
-        if has_smtp_password:
-            email |= {"auth_username": alerting.smtp_from or "alertmanager", "auth_password_file": f"{CREDENTIALS_DIR}/smtp-password"}
+    return notify
+
+
+def _email_config(alerting: Any, has_smtp_password: bool) -> dict[str, Any] | None:
+    """The e-mail notification (critical alerts only), or None without a recipient and a smarthost."""
+    if not (alerting.email_to and alerting.smtp_smarthost):
+        return None
+    email = {
+        "to": alerting.email_to,
+        "from": alerting.smtp_from or "alertmanager@localhost",
+        "smarthost": alerting.smtp_smarthost,
+        "send_resolved": True,
+    }
+    if has_smtp_password:
+        email |= {"auth_username": alerting.smtp_from or "alertmanager", "auth_password_file": f"{CREDENTIALS_DIR}/smtp-password"}
+    return email
+
+
+def alertmanager_config(alerting: Any, has_slack: bool, has_smtp_password: bool) -> dict[str, Any]:
+    """``alerting`` has the fields of components.config.AlertingConfig. Route by severity: critical pages
+    every configured receiver, warning goes to chat/webhook, info nowhere. A critical alert inhibits the warning/info alerts of the same name and namespace,
+    and a down model server inhibits its own latency/error/queue alerts (they are symptoms)."""
+    notify = _chat_configs(alerting, has_slack)
+    email = _email_config(alerting, has_smtp_password)
 
     def receiver(name: str, with_email: bool) -> dict[str, Any]:
         r: dict[str, Any] = {"name": name}
@@ -95,30 +137,8 @@ def alertmanager_config(alerting: Any, has_slack: bool, has_smtp_password: bool)
 
     return {
         "global": {"resolve_timeout": "5m"},
-        "route": {
-            "receiver": "null",
-            "group_by": ["alertname", "namespace"],
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
-            "routes": [
-                {"receiver": "null", "matchers": ['alertname = "Watchdog"']},
-                {"receiver": "critical", "matchers": ['severity = "critical"']},
-                {"receiver": "warning", "matchers": ['severity = "warning"']},
-            ],
-        },
-        "inhibit_rules": [
-            {
-                "source_matchers": ['severity = "critical"'],
-                "target_matchers": ['severity =~ "warning|info"'],
-                "equal": ["alertname", "namespace"],
-            },
-            {
-                "source_matchers": ['alertname = "ModelServerDown"'],
-                "target_matchers": ['alertname =~ "ModelServerHighLatency|ModelServerHighErrorRatio|ModelServerQueueSaturated"'],
-                "equal": ["namespace"],
-            },
-        ],
+        "route": _route(),
+        "inhibit_rules": _inhibit_rules(),
         "receivers": [{"name": "null"}, receiver("critical", with_email=True), receiver("warning", with_email=False)],
     }
 

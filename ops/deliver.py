@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -153,6 +154,16 @@ def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
+@dataclass(frozen=True)
+class _Source:
+    """The stack a received model comes from: its store, read (and copied from) as ``role``."""
+
+    stack: str
+    store: str
+    role: str | None  # this stack's promotion role (None: the deploy identity)
+    session: str
+
+
 def deliver(
     stack: str,
     model: str,
@@ -166,38 +177,20 @@ def deliver(
 
     src_stack = source_stack(stack, model, stacks_dir)
     store = store_of(stack, sh)
-    if src_stack:
-        src = store_of(src_stack, sh)
-        role = promotion_role(stack, sh)
-        session = f"deliver-{stack}-{model}"
-        print(f"{model}: reading {src_stack}'s store as {role or 'the deploy identity (no promotion role on this stack)'}")
-        with promoter(role, session):
-            champ = registry.get_alias(src, model, "champion")
-        if champ is None:
-            print(f"{model}: {src_stack} has no champion yet: nothing to deliver to {stack}")
-            return 0
-        version = champ["version"]
-    else:
-        cand = registry.get_alias(store, model, "candidate")
-        if cand is None:
-            print(f"{model}: no candidate in {stack}'s store: nothing to deliver")
-            return 0
-        version = cand["version"]
+    source = _Source(src_stack, store_of(src_stack, sh), promotion_role(stack, sh), f"deliver-{stack}-{model}") if src_stack else None
+    version = _incoming(stack, model, store, source, promoter)
+    if version is None:
+        return 0
     current = registry.get_alias(store, model, "champion")
     current_version = current["version"] if current else None
-    if (mark := registry.rejection(store, model, version)) is not None:
-        print(f"{model}: {version} was rejected in {stack} ({mark['reason']}): not retried; {stack} keeps {current_version}")
-        if current_version:
-            pin(stack, model, current_version, sh)
+    if _settled(stack, model, store, version, current_version, sh):
         return 0
-    if version == current_version:
-        print(f"{model}: {stack} already serves {version}: pinning it (no canary)")
-        pin(stack, model, version, sh)
-        return 0
-    if src_stack:
-        with promoter(role, session):
-            registry.promote_between(src, store, model, version, reason=f"pipeline: promote from {src_stack} for a canary", champion=False)
-        print(f"{model}: {version} copied from {src_stack} to {stack} (digests verified), candidate there")
+    if source:
+        with promoter(source.role, source.session):
+            registry.promote_between(
+                source.store, store, model, version, reason=f"pipeline: promote from {source.stack} for a canary", champion=False
+            )
+        print(f"{model}: {version} copied from {source.stack} to {stack} (digests verified), candidate there")
     if current_version is None:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first
         # revision out at full scale, without steps). It becomes the champion, then the pin follows.
@@ -205,6 +198,51 @@ def deliver(
         pin(stack, model, version, sh)
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
         return 0
+    return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s)
+
+
+def _incoming(stack: str, model: str, store: str, source: _Source | None, promoter: Promoter) -> str | None:
+    """The version to deliver: the source stack's champion for a received model, else this stack's
+    own candidate; None (and a line saying so) when there is none."""
+    from training import registry
+
+    if source is None:
+        cand = registry.get_alias(store, model, "candidate")
+        if cand is None:
+            print(f"{model}: no candidate in {stack}'s store: nothing to deliver")
+            return None
+        return cand["version"]
+    print(f"{model}: reading {source.stack}'s store as {source.role or 'the deploy identity (no promotion role on this stack)'}")
+    with promoter(source.role, source.session):
+        champ = registry.get_alias(source.store, model, "champion")
+    if champ is None:
+        print(f"{model}: {source.stack} has no champion yet: nothing to deliver to {stack}")
+        return None
+    return champ["version"]
+
+
+def _settled(stack: str, model: str, store: str, version: str, current_version: str | None, sh: Runner) -> bool:
+    """True when ``version`` needs no canary: rejected here before (the champion stays pinned) or
+    already the champion (pinned again, an idempotent up)."""
+    from training import registry
+
+    if (mark := registry.rejection(store, model, version)) is not None:
+        print(f"{model}: {version} was rejected in {stack} ({mark['reason']}): not retried; {stack} keeps {current_version}")
+        if current_version:
+            pin(stack, model, current_version, sh)
+        return True
+    if version == current_version:
+        print(f"{model}: {stack} already serves {version}: pinning it (no canary)")
+        pin(stack, model, version, sh)
+        return True
+    return False
+
+
+def _canary(stack: str, model: str, store: str, version: str, current_version: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+    """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion (0),
+    or rejected with the pin back on ``current_version`` (1)."""
+    from training import registry
+
     print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
     pin(stack, model, version, sh)
     outcome, message = wait(model, version, sh, timeout_s, poll_s)

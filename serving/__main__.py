@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -14,83 +15,55 @@ INLINE_INFERENCE_BELOW_MS = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        models = parse_models(args)
+        models, n_workers = _models_and_workers(args)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if n_workers > 1:
+        from serving import workers
+
+        return workers.supervise(n_workers, list(sys.argv[1:] if argv is None else argv), args.host, args.metrics_port)
+    _serve(args, models)
+    return 0
+
+
+def _models_and_workers(args: argparse.Namespace) -> tuple[dict[str, str], int]:
+    """What to serve, and in how many processes; ValueError with the line to print when a flag is wrong."""
+    models = parse_models(args)
     from serving import workers
 
     try:
         n_workers = workers.count(args.workers)
     except ValueError as exc:
-        print(f"--workers {args.workers!r}: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--workers {args.workers!r}: {exc}") from None
     if args.api_keys_file and not os.path.isfile(args.api_keys_file):
-        print(
-            f"--api-keys-file {args.api_keys_file}: no such file (authentication was asked for: refusing to start without keys)",
-            file=sys.stderr,
+        raise ValueError(
+            f"--api-keys-file {args.api_keys_file}: no such file (authentication was asked for: refusing to start without keys)"
         )
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if n_workers > 1:
-        return workers.supervise(n_workers, list(sys.argv[1:] if argv is None else argv), args.host, args.metrics_port)
-    import asyncio
+    return models, n_workers
 
+
+def _serve(args: argparse.Namespace, models: dict[str, str]) -> None:
+    """This process serves the models until a signal stops it (see serving/cli.py, "Shutdown")."""
     import uvicorn
     from prometheus_client import start_http_server
 
-    from serving.app import ModelServer, ServerSettings
+    from serving import workers
+    from serving.app import ModelServer
     from serving.http import guarded_protocol
     from serving.model import configure_threads
 
     configure_threads()
-    app = ModelServer(
-        ServerSettings(
-            models=models,
-            max_batch_size=args.max_batch_size,
-            batch_timeout_ms=args.batch_timeout_ms,
-            max_queue=args.max_queue,
-            max_body_bytes=args.max_body_bytes,
-            max_inflight_body_bytes=args.max_inflight_body_bytes,
-            request_timeout_s=args.request_timeout_s,
-            poll_seconds=args.poll_seconds,
-            allow_signature_change=args.allow_signature_change,
-            api_keys_file=args.api_keys_file,
-            parse_workers=args.parse_workers,
-            offload_body_bytes=args.offload_body_bytes,
-            # one of several processes of a pod, each with a core: fast batches run inline
-            inline_inference_below_ms=INLINE_INFERENCE_BELOW_MS if os.environ.get(workers.WORKERS_ENV) else 0.0,
-        )
-    )
+    app = ModelServer(_settings(args, models))
     if args.metrics_port:
         # A plain threaded HTTP server on its own port: scrapes never queue behind API traffic, and the
         # public Service, which exposes only the API port, cannot reach it.
         start_http_server(args.metrics_port, addr=args.host, registry=app.registry)
     closed = app.metrics.connections_closed
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            if app.draining or args.drain_seconds <= 0:
-                return super().handle_exit(sig, frame)
-            app.draining = True
-            logging.getLogger("serving").info("signal %s: draining for %.1fs, then shutting down", sig, args.drain_seconds)
-            loop = getattr(self, "_loop", None)
-            if loop is not None:
-                loop.call_soon_threadsafe(loop.call_later, args.drain_seconds, self._drained, sig, frame)
-
-        def _drained(self, sig, frame):
-            super().handle_exit(sig, frame)
-            # A drained, graceful shutdown exits 0 (uvicorn would re-raise the signal at the end).
-            self._captured_signals.clear()
-
-        async def serve(self, sockets=None):
-            self._loop = asyncio.get_running_loop()
-            await super().serve(sockets)
-
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -107,10 +80,60 @@ def main(argv: list[str] | None = None) -> int:
             args.header_timeout_s, args.body_timeout_s, args.max_connections, lambda reason: closed.labels(reason=reason).inc()
         ),
     )
-    server = DrainingServer(config)
+    server = _draining_server(app, args.drain_seconds)(config)
     # A worker of a multi-process pod: the port is shared with its siblings, the kernel spreads connections.
     server.run(sockets=[workers.reuse_port_socket(args.host, args.port)] if os.environ.get(workers.WORKERS_ENV) else None)
-    return 0
+
+
+def _settings(args: argparse.Namespace, models: dict[str, str]):
+    from serving import workers
+    from serving.app import ServerSettings
+
+    return ServerSettings(
+        models=models,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        max_inflight_body_bytes=args.max_inflight_body_bytes,
+        request_timeout_s=args.request_timeout_s,
+        poll_seconds=args.poll_seconds,
+        allow_signature_change=args.allow_signature_change,
+        api_keys_file=args.api_keys_file,
+        parse_workers=args.parse_workers,
+        offload_body_bytes=args.offload_body_bytes,
+        # one of several processes of a pod, each with a core: fast batches run inline
+        inline_inference_below_ms=INLINE_INFERENCE_BELOW_MS if os.environ.get(workers.WORKERS_ENV) else 0.0,
+    )
+
+
+def _draining_server(app, drain_seconds: float):
+    """uvicorn.Server whose first signal only drains: ``app`` reports not-ready and keeps serving for
+    ``drain_seconds``, then the server shuts down gracefully and exits 0. A second signal exits at once."""
+    import asyncio
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if app.draining or drain_seconds <= 0:
+                return super().handle_exit(sig, frame)
+            app.draining = True
+            logging.getLogger("serving").info("signal %s: draining for %.1fs, then shutting down", sig, drain_seconds)
+            loop = getattr(self, "_loop", None)
+            if loop is not None:
+                loop.call_soon_threadsafe(loop.call_later, drain_seconds, self._drained, sig, frame)
+
+        def _drained(self, sig, frame):
+            super().handle_exit(sig, frame)
+            # A drained, graceful shutdown exits 0 (uvicorn would re-raise the signal at the end).
+            self._captured_signals.clear()
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+    return DrainingServer
 
 
 if __name__ == "__main__":

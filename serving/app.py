@@ -167,6 +167,14 @@ def _signature_problems(old: dict[str, codec.SignatureSpec], new: dict[str, code
     return problems
 
 
+def _model_path(rest: str) -> tuple[str, str | None, str]:
+    """``NAME[/versions/V][/SUB]`` (the path after /v1/models/ or /v2/models/) -> (name, version or None, sub)."""
+    parts = rest.split("/")
+    if len(parts) >= 3 and parts[1] == "versions":
+        return parts[0], parts[2], "/".join(parts[3:])
+    return parts[0], None, "/".join(parts[1:])
+
+
 class ModelServer:
     """The ASGI callable plus the models' lifecycle (load, hot-swap, drain)."""
 
@@ -266,13 +274,7 @@ class ModelServer:
         verb = None
         if ":" in rest:
             rest, verb = rest.rsplit(":", 1)
-        parts = rest.split("/")
-        name, version = parts[0], None
-        if len(parts) >= 3 and parts[1] == "versions":
-            version, parts = parts[2], parts[3:]
-        else:
-            parts = parts[1:]
-        sub = "/".join(parts)
+        name, version, sub = _model_path(rest)
         label = name if name in self.models else ""
         try:
             if verb == "predict" and not sub:
@@ -295,13 +297,7 @@ class ModelServer:
             await self._error(send, label, "status" if verb is None else "predict", exc)
 
     async def _v2(self, scope, receive, send, method: str, rest: str) -> None:
-        parts = rest.split("/")
-        name, version = parts[0], None
-        if len(parts) >= 3 and parts[1] == "versions":
-            version, parts = parts[2], parts[3:]
-        else:
-            parts = parts[1:]
-        sub = "/".join(parts)
+        name, version, sub = _model_path(rest)
         label = name if name in self.models else ""
         try:
             if sub == "infer":

@@ -6,7 +6,7 @@ then waits at most ``max_wait_s`` for more when the queue runs dry, and runs the
 thread so the event loop keeps accepting requests meanwhile. While a batch runs, the next one
 accumulates: under load, batches fill without any waiting. The default wait is 0 (Triton's default
 ``max_queue_delay_microseconds``): under a closed-loop load, the clients whose requests are in the
-batch cannot send more, so waiting for them only idles the CPU (measured in tools/bench_serving.py).
+batch cannot send more, so waiting for them only idles the CPU (measured in bench/serving.py).
 Triton: "by default the dynamic batcher ... will not delay when forming batches"
 (https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/batcher.html).
 

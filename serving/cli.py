@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Mapping
 
 ENV_PREFIX = "SERVING_"
 MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -33,33 +34,56 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class _Flags:
+    """Adds flags to one section of the help; a flag's default comes from its SERVING_<FLAG> variable
+    when that is set (a value the flag's type refuses stops the parser, naming the variable)."""
+
+    def __init__(self, p: argparse.ArgumentParser, env: Mapping[str, str], title: str):
+        self.p, self.env, self.group = p, env, p.add_argument_group(title)
+
+    def __call__(self, name: str, **kw) -> None:
+        var = ENV_PREFIX + name.lstrip("-").upper().replace("-", "_")
+        self.p.get_default("env_names").append(var)
+        if var in self.env:
+            conv = kw.get("type", str)
+            try:
+                kw["default"] = conv(self.env[var])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                self.p.error(f"{var}={self.env[var]!r}: {exc}")
+        kw["help"] = f"{kw['help']} [env {var}; default: %(default)s]"
+        self.group.add_argument(name, **kw)
+
+
 def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(env_names=[])
+    _model_flags(_Flags(p, env, "models"))
+    _network_flags(_Flags(p, env, "network"))
+    _limit_flags(_Flags(p, env, "batching and limits"))
+    _deadline_flags(_Flags(p, env, "deadlines"))
+    _process_flags(_Flags(p, env, "processes and lifecycle"))
+    return p
 
-    def flag(name: str, **kw):
-        var = ENV_PREFIX + name.lstrip("-").upper().replace("-", "_")
-        p.get_default("env_names").append(var)
-        if var in env:
-            conv = kw.get("type", str)
-            try:
-                kw["default"] = conv(env[var])
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                p.error(f"{var}={env[var]!r}: {exc}")
-        kw["help"] = f"{kw['help']} [env {var}; default: %(default)s]"
-        p.add_argument(name, **kw)
 
+def _model_flags(flag: _Flags) -> None:
     flag("--model-uri", help="one-model form: artifact store root (follows models/<name>/LATEST) or a model directory")
     flag("--model-name", default="mnist", help="one-model form: the model's name in the API (/v1/models/<name>)")
-    p.add_argument(
+    flag.group.add_argument(
         "--model",
         action="append",
         default=None,
         metavar="NAME=URI",
         help="a model to serve (repeatable) [env SERVING_MODELS: comma-separated NAME=URI]",
     )
-    p.get_default("env_names").append("SERVING_MODELS")
+    flag.p.get_default("env_names").append("SERVING_MODELS")
+    flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
+    flag(
+        "--allow-signature-change", type=_bool, default=False, help="hot-swap to a version whose signature breaks the served one's clients"
+    )
+
+
+def _network_flags(flag: _Flags) -> None:
     flag("--host", default="0.0.0.0", help="listen address")
     flag("--port", type=int, default=8501, help="API port (TF-Serving's REST port)")
     flag("--metrics-port", type=int, default=9091, help="Prometheus /metrics port (0: off); the API port answers 404 on /metrics")
@@ -68,6 +92,10 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="file with one API key per line (a mounted Secret; reloaded when it changes): predict routes then need a key",
     )
+    flag("--max-connections", type=int, default=1000, help="open connections; more are answered 503 and closed")
+
+
+def _limit_flags(flag: _Flags) -> None:
     flag("--max-batch-size", type=int, default=64, help="instances per model call and per request")
     flag(
         "--batch-timeout-ms",
@@ -78,7 +106,9 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     flag("--max-queue", type=int, default=1024, help="instances waiting per model before the server answers 429")
     flag("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (413 beyond, checked from Content-Length)")
     flag("--max-inflight-body-bytes", type=int, default=64 * 1024 * 1024, help="request bytes being read or decoded at once (503 beyond)")
-    flag("--max-connections", type=int, default=1000, help="open connections; more are answered 503 and closed")
+
+
+def _deadline_flags(flag: _Flags) -> None:
     flag(
         "--header-timeout-s",
         type=float,
@@ -88,16 +118,14 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     flag("--body-timeout-s", type=float, default=30.0, help="time to send the whole body once the headers are in")
     flag("--keep-alive-s", type=float, default=5.0, help="idle time between requests on a keep-alive connection")
     flag("--request-timeout-s", type=float, default=10.0, help="longest wait for a prediction (503 beyond)")
+
+
+def _process_flags(flag: _Flags) -> None:
+    flag("--workers", default="1", help="server processes sharing the port (SO_REUSEPORT), or auto: the container's CPU limit")
     flag("--parse-workers", type=int, default=1, help="processes decoding large JSON bodies off the event loop (0: decode in a thread)")
     flag("--offload-body-bytes", type=int, default=256 * 1024, help="bodies at least this large are decoded by a parse worker")
-    flag("--workers", default="1", help="server processes sharing the port (SO_REUSEPORT), or auto: the container's CPU limit")
-    flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
-    flag(
-        "--allow-signature-change", type=_bool, default=False, help="hot-swap to a version whose signature breaks the served one's clients"
-    )
     flag("--drain-seconds", type=float, default=5.0, help="after SIGTERM, keep serving (not ready) this long before closing")
     flag("--log-level", default="info", help="debug, info, warning, error")
-    return p
 
 
 def parse_models(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:

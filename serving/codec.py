@@ -142,34 +142,45 @@ def _check_rectangular(value, shape, where) -> None:
 
 def to_array(value, spec: TensorSpec, where: str, batched: bool) -> np.ndarray:
     """A JSON value -> an array of ``spec``'s dtype and rank, or BadRequest naming what was expected."""
-    if spec.dtype == "string":
-        arr = _strings(value, where)
-    else:
-        try:
-            arr = np.asarray(value)
-        except (ValueError, OverflowError):
-            raise BadRequest(f"{where}: ragged: all rows must have the same length (expected {spec.describe()})") from None
-        kind = arr.dtype.kind
-        want = np.dtype(spec.dtype)
-        if kind == "O":
-            raise BadRequest(f"{where}: expected {spec.dtype} numbers, got mixed or out-of-range values")
-        if want.kind == "b":
-            if kind != "b":
-                raise BadRequest(f"{where}: expected bool (true/false), got {_kind_name(kind)}")
-        elif want.kind in "iu":
-            if kind not in "iu":
-                raise BadRequest(f"{where}: expected {spec.dtype} integers, got {_kind_name(kind)}")
-            info = np.iinfo(want)
-            if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-                raise BadRequest(f"{where}: values out of range for {spec.dtype} [{info.min}, {info.max}]")
-        else:  # float
-            if kind not in "iuf":
-                raise BadRequest(f"{where}: expected {spec.dtype} numbers, got {_kind_name(kind)}")
-        if arr.dtype != want:
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes inf: refused just below
-                arr = arr.astype(want)
-        if want.kind == "f" and arr.size and not np.isfinite(arr).all():
-            raise BadRequest(f"{where}: values out of range for {spec.dtype}")
+    arr = _strings(value, where) if spec.dtype == "string" else _numbers(value, spec, where)
+    return _fit_shape(arr, spec, where, batched)
+
+
+def _numbers(value, spec: TensorSpec, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{where}: ragged: all rows must have the same length (expected {spec.describe()})") from None
+    want = np.dtype(spec.dtype)
+    _check_kind(arr, want, spec, where)
+    if arr.dtype != want:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes inf: refused just below
+            arr = arr.astype(want)
+    if want.kind == "f" and arr.size and not np.isfinite(arr).all():
+        raise BadRequest(f"{where}: values out of range for {spec.dtype}")
+    return arr
+
+
+def _check_kind(arr: np.ndarray, want: np.dtype, spec: TensorSpec, where: str) -> None:
+    """The JSON values suit ``want``: booleans for bool, integers within its range for an integer
+    dtype, any numbers for a float dtype."""
+    kind = arr.dtype.kind
+    if kind == "O":
+        raise BadRequest(f"{where}: expected {spec.dtype} numbers, got mixed or out-of-range values")
+    if want.kind == "b":
+        if kind != "b":
+            raise BadRequest(f"{where}: expected bool (true/false), got {_kind_name(kind)}")
+    elif want.kind in "iu":
+        if kind not in "iu":
+            raise BadRequest(f"{where}: expected {spec.dtype} integers, got {_kind_name(kind)}")
+        info = np.iinfo(want)
+        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+            raise BadRequest(f"{where}: values out of range for {spec.dtype} [{info.min}, {info.max}]")
+    elif kind not in "iuf":  # float
+        raise BadRequest(f"{where}: expected {spec.dtype} numbers, got {_kind_name(kind)}")
+
+
+def _fit_shape(arr: np.ndarray, spec: TensorSpec, where: str, batched: bool) -> np.ndarray:
     rank = len(spec.shape)
     if arr.ndim == rank - 1 and spec.shape[-1] == 1:
         arr = arr[..., None]  # a trailing dimension of size 1 may be left out (28x28 for 28x28x1)
@@ -211,65 +222,79 @@ class Decoded:
 
 def parse_tfs(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int) -> Decoded:
     """A TF-Serving :predict body -> arrays per input name, validated against the signature."""
+    doc = _tfs_doc(body)
+    sig_name = doc.get("signature_name", DEFAULT_SIGNATURE)
+    sig = _signature(sig_name, signatures)
+    row_format = "instances" in doc
+    columns = _tfs_rows(doc["instances"], sig, max_batch) if row_format else _tfs_columns(doc["inputs"], sig, max_batch)
+    inputs = {name: to_array(v, sig.input(name), f"input {name!r}", sig.batched) for name, v in columns.items()}
+    n = _batch_size(inputs, sig)
+    return Decoded(sig_name, inputs, n, row_format)
+
+
+def _tfs_doc(body: bytes) -> dict:
     doc = _loads(body)
     if not isinstance(doc, dict):
         raise BadRequest('body must be a JSON object with "instances" (row format) or "inputs" (columnar format)')
     unknown = doc.keys() - {"instances", "inputs", "signature_name"}
     if unknown:
         raise BadRequest(f'unknown keys {sorted(unknown)}: expected exactly one of "instances" or "inputs" and optional "signature_name"')
-    keys = {"instances", "inputs"} & doc.keys()
-    if len(keys) != 1:
+    if len({"instances", "inputs"} & doc.keys()) != 1:
         raise BadRequest('body must have exactly one of "instances" (row format) or "inputs" (columnar format)')
-    sig_name = doc.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(sig_name, str) or sig_name not in signatures:
-        raise BadRequest(f"unknown signature_name {sig_name!r}: this model has {sorted(signatures)}")
-    sig = signatures[sig_name]
+    return doc
+
+
+def _signature(name, signatures: dict[str, SignatureSpec]) -> SignatureSpec:
+    if not isinstance(name, str) or name not in signatures:
+        raise BadRequest(f"unknown signature_name {name!r}: this model has {sorted(signatures)}")
+    return signatures[name]
+
+
+def _tfs_rows(rows, sig: SignatureSpec, max_batch: int) -> dict[str, list]:
+    """Row format ("instances") -> one column (a list of values) per input name."""
     names = sig.input_names()
-    if "instances" in doc:
-        rows = doc["instances"]
-        if not isinstance(rows, list) or not rows:
-            raise BadRequest('"instances" must be a non-empty list (one entry per instance)')
-        if sig.batched and len(rows) > max_batch:
-            raise BadRequest(f"{len(rows)} instances exceed the limit of {max_batch} per request: split the batch")
-        if all(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
-            columns = {}
-            for i, r in enumerate(rows):
-                if r.keys() != set(names):
-                    missing, extra = sorted(set(names) - r.keys()), sorted(r.keys() - set(names))
-                    raise BadRequest(
-                        f"instance {i}: "
-                        + "; ".join(filter(None, [missing and f"missing inputs {missing}", extra and f"unknown inputs {extra}"]))
-                        + f" (signature {sig.name!r} takes {names})"
-                    )
-            for name in names:
-                columns[name] = [r[name] for r in rows]
-        elif any(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
-            raise BadRequest('"instances" must be all objects keyed by input name or all values, not a mix')
-        elif len(names) == 1:
-            columns = {names[0]: rows}
-        else:
-            raise BadRequest(f"signature {sig.name!r} has several inputs {names}: each instance must be an object keyed by input name")
-        inputs = {name: to_array(v, sig.input(name), f"input {name!r}", sig.batched) for name, v in columns.items()}
-        row_format = True
+    if not isinstance(rows, list) or not rows:
+        raise BadRequest('"instances" must be a non-empty list (one entry per instance)')
+    if sig.batched and len(rows) > max_batch:
+        raise BadRequest(f"{len(rows)} instances exceed the limit of {max_batch} per request: split the batch")
+    if all(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
+        return _named_rows(rows, sig, names)
+    if any(isinstance(r, dict) and not (r.keys() == {"b64"}) for r in rows):
+        raise BadRequest('"instances" must be all objects keyed by input name or all values, not a mix')
+    if len(names) == 1:
+        return {names[0]: rows}
+    raise BadRequest(f"signature {sig.name!r} has several inputs {names}: each instance must be an object keyed by input name")
+
+
+def _named_rows(rows: list[dict], sig: SignatureSpec, names: list[str]) -> dict[str, list]:
+    for i, r in enumerate(rows):
+        if r.keys() != set(names):
+            missing, extra = sorted(set(names) - r.keys()), sorted(r.keys() - set(names))
+            raise BadRequest(
+                f"instance {i}: "
+                + "; ".join(filter(None, [missing and f"missing inputs {missing}", extra and f"unknown inputs {extra}"]))
+                + f" (signature {sig.name!r} takes {names})"
+            )
+    return {name: [r[name] for r in rows] for name in names}
+
+
+def _tfs_columns(data, sig: SignatureSpec, max_batch: int) -> dict:
+    """Columnar format ("inputs") -> the value per input name."""
+    names = sig.input_names()
+    if isinstance(data, dict) and not (data.keys() == {"b64"}):
+        missing, extra = sorted(set(names) - data.keys()), sorted(data.keys() - set(names))
+        if extra:
+            raise BadRequest(f"unknown inputs {extra}: signature {sig.name!r} takes {names}")
+        if missing:
+            raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
+    elif len(names) == 1:
+        data = {names[0]: data}
     else:
-        data = doc["inputs"]
-        if isinstance(data, dict) and not (data.keys() == {"b64"}):
-            missing, extra = sorted(set(names) - data.keys()), sorted(data.keys() - set(names))
-            if extra:
-                raise BadRequest(f"unknown inputs {extra}: signature {sig.name!r} takes {names}")
-            if missing:
-                raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
-        elif len(names) == 1:
-            data = {names[0]: data}
-        else:
-            raise BadRequest(f'signature {sig.name!r} has several inputs {names}: "inputs" must be an object keyed by input name')
-        for name, v in data.items():
-            if sig.batched and isinstance(v, list) and len(v) > max_batch:
-                raise BadRequest(f"input {name!r}: {len(v)} instances exceed the limit of {max_batch} per request: split the batch")
-        inputs = {name: to_array(v, sig.input(name), f"input {name!r}", sig.batched) for name, v in data.items()}
-        row_format = False
-    n = _batch_size(inputs, sig)
-    return Decoded(sig_name, inputs, n, row_format)
+        raise BadRequest(f'signature {sig.name!r} has several inputs {names}: "inputs" must be an object keyed by input name')
+    for name, v in data.items():
+        if sig.batched and isinstance(v, list) and len(v) > max_batch:
+            raise BadRequest(f"input {name!r}: {len(v)} instances exceed the limit of {max_batch} per request: split the batch")
+    return data
 
 
 def _batch_size(inputs: dict[str, np.ndarray], sig: SignatureSpec) -> int:
@@ -318,77 +343,15 @@ def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int, 
     """An Open Inference Protocol infer body. With ``header_length`` (the Inference-Header-Content-Length
     header of the binary tensor data extension) the JSON is the first ``header_length`` bytes and inputs
     with ``parameters.binary_data_size`` take their data, in order, from the bytes after it."""
-    binary = b""
-    if header_length is not None:
-        if not 0 <= header_length <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes")
-        body, binary = body[:header_length], memoryview(body)[header_length:]
-    offset = 0
+    body, binary = _split_binary(body, header_length)
     doc = _loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise BadRequest('body must be a JSON object with "inputs": [{"name", "shape", "datatype", "data"}, ...]')
     params = doc.get("parameters") or {}
     sig_name = params.get("signature_name", DEFAULT_SIGNATURE) if isinstance(params, dict) else DEFAULT_SIGNATURE
-    if not isinstance(sig_name, str) or sig_name not in signatures:
-        raise BadRequest(f"unknown signature_name {sig_name!r}: this model has {sorted(signatures)}")
-    sig = signatures[sig_name]
-    names = sig.input_names()
-    inputs: dict[str, np.ndarray] = {}
-    for i, t in enumerate(doc["inputs"]):
-        tparams = t.get("parameters") if isinstance(t, dict) else None
-        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
-        if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= t.keys() or ("data" not in t and size is None):
-            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data (or parameters.binary_data_size)")
-        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t.get("data")
-        if not isinstance(name, str):
-            raise BadRequest(f"inputs[{i}].name must be a string")
-        if name in inputs:
-            raise BadRequest(f"input {name!r} given twice")
-        spec = sig.input(name)
-        where = f"input {name!r}"
-        want_v2 = DTYPES[spec.dtype][1]
-        if datatype != want_v2:
-            raise BadRequest(f"{where}: datatype {datatype!r} does not match the signature's {want_v2}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise BadRequest(f"{where}: shape must be a list of non-negative integers")
-        if sig.batched and shape and shape[0] > max_batch:
-            raise BadRequest(f"{where}: {shape[0]} instances exceed the limit of {max_batch} per request: split the batch")
-        if size is not None:
-            if header_length is None:
-                raise BadRequest(f"{where}: binary_data_size without an Inference-Header-Content-Length header")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-                raise BadRequest(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
-            arr = _from_binary(binary[offset : offset + size], spec.dtype, shape, where)
-            offset += size
-        else:
-            if not isinstance(data, list):
-                data = [data]
-            flat = _flatten(data, where)
-            if len(flat) != math.prod(shape):
-                raise BadRequest(f"{where}: {len(flat)} data elements do not fill shape {shape}")
-            arr = to_array(flat, TensorSpec(name, spec.dtype, (None,)), where, batched=False).reshape(shape)
-        inputs[name] = _check(arr, spec, where)
-        if sig.batched and arr.shape[0] == 0:
-            raise BadRequest(f"{where}: empty batch")
-    missing = sorted(set(names) - inputs.keys())
-    if missing:
-        raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
-    if offset != len(binary):
-        raise BadRequest(f"{len(binary) - offset} bytes after the JSON header belong to no input's binary_data_size")
-    binary_out: frozenset[str] | bool = isinstance(params, dict) and params.get("binary_data_output") is True
-    wanted = ()
-    if doc.get("outputs") is not None:
-        if not isinstance(doc["outputs"], list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in doc["outputs"]):
-            raise BadRequest('"outputs" must be a list of {"name": ...}')
-        out_names = [o.name for o in sig.outputs]
-        wanted = tuple(o["name"] for o in doc["outputs"])
-        for o in wanted:
-            if o not in out_names:
-                raise BadRequest(f"unknown output {o!r}: signature {sig.name!r} has outputs {out_names}")
-        if binary_out is False:
-            binary_out = frozenset(
-                o["name"] for o in doc["outputs"] if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
-            )
+    sig = _signature(sig_name, signatures)
+    inputs = _v2_inputs(doc["inputs"], sig, max_batch, binary, header_length)
+    wanted, binary_out = _v2_outputs(doc, params, sig)
     rid = doc.get("id")
     return Decoded(
         sig_name,
@@ -399,6 +362,107 @@ def parse_v2(body: bytes, signatures: dict[str, SignatureSpec], max_batch: int, 
         request_id=rid if isinstance(rid, str) else None,
         binary_outputs=binary_out or frozenset(),
     )
+
+
+def _split_binary(body: bytes, header_length: int | None) -> tuple[bytes, memoryview | bytes]:
+    """(the JSON header, the binary tensor data after it)."""
+    if header_length is None:
+        return body, b""
+    if not 0 <= header_length <= len(body):
+        raise BadRequest(f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes")
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def _v2_inputs(
+    entries: list, sig: SignatureSpec, max_batch: int, binary: memoryview | bytes, header_length: int | None
+) -> dict[str, np.ndarray]:
+    """Every input of the signature, each from its entry's JSON data or from the next
+    ``binary_data_size`` bytes of ``binary``; every binary byte belongs to an input."""
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, t in enumerate(entries):
+        name, shape, datatype, data, size = _v2_fields(i, t)
+        spec, where = _v2_spec(name, shape, datatype, sig, inputs, max_batch)
+        if size is not None:
+            arr = _from_binary(_binary_slice(binary, offset, size, header_length, where), spec.dtype, shape, where)
+            offset += size
+        else:
+            arr = _from_json_data(data, spec, shape, where)
+        inputs[name] = _check(arr, spec, where)
+        if sig.batched and arr.shape[0] == 0:
+            raise BadRequest(f"{where}: empty batch")
+    names = sig.input_names()
+    missing = sorted(set(names) - inputs.keys())
+    if missing:
+        raise BadRequest(f"missing inputs {missing}: signature {sig.name!r} takes {names}")
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes after the JSON header belong to no input's binary_data_size")
+    return inputs
+
+
+def _v2_fields(i: int, t) -> tuple:
+    """inputs[i]'s (name, shape, datatype, data, binary_data_size or None)."""
+    tparams = t.get("parameters") if isinstance(t, dict) else None
+    size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+    if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= t.keys() or ("data" not in t and size is None):
+        raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data (or parameters.binary_data_size)")
+    if not isinstance(t["name"], str):
+        raise BadRequest(f"inputs[{i}].name must be a string")
+    return t["name"], t["shape"], t["datatype"], t.get("data"), size
+
+
+def _v2_spec(name: str, shape, datatype, sig: SignatureSpec, seen: dict, max_batch: int) -> tuple[TensorSpec, str]:
+    """(the signature's input ``name``, the error prefix for it), once the entry's datatype and shape fit it."""
+    if name in seen:
+        raise BadRequest(f"input {name!r} given twice")
+    spec = sig.input(name)
+    where = f"input {name!r}"
+    want_v2 = DTYPES[spec.dtype][1]
+    if datatype != want_v2:
+        raise BadRequest(f"{where}: datatype {datatype!r} does not match the signature's {want_v2}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"{where}: shape must be a list of non-negative integers")
+    if sig.batched and shape and shape[0] > max_batch:
+        raise BadRequest(f"{where}: {shape[0]} instances exceed the limit of {max_batch} per request: split the batch")
+    return spec, where
+
+
+def _binary_slice(binary: memoryview | bytes, offset: int, size, header_length: int | None, where: str) -> memoryview | bytes:
+    if header_length is None:
+        raise BadRequest(f"{where}: binary_data_size without an Inference-Header-Content-Length header")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise BadRequest(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
+    return binary[offset : offset + size]
+
+
+def _from_json_data(data, spec: TensorSpec, shape: list[int], where: str) -> np.ndarray:
+    """An entry's "data" (flat or nested, row-major) as an array of ``shape``."""
+    if not isinstance(data, list):
+        data = [data]
+    flat = _flatten(data, where)
+    if len(flat) != math.prod(shape):
+        raise BadRequest(f"{where}: {len(flat)} data elements do not fill shape {shape}")
+    return to_array(flat, TensorSpec(spec.name, spec.dtype, (None,)), where, batched=False).reshape(shape)
+
+
+def _v2_outputs(doc: dict, params, sig: SignatureSpec) -> tuple[tuple[str, ...], frozenset[str] | bool]:
+    """(the outputs asked for, empty: all; the outputs to send as binary, True: all)."""
+    binary_out: frozenset[str] | bool = isinstance(params, dict) and params.get("binary_data_output") is True
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return (), binary_out
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise BadRequest('"outputs" must be a list of {"name": ...}')
+    out_names = [o.name for o in sig.outputs]
+    wanted = tuple(o["name"] for o in outputs)
+    for o in wanted:
+        if o not in out_names:
+            raise BadRequest(f"unknown output {o!r}: signature {sig.name!r} has outputs {out_names}")
+    if binary_out is False:
+        binary_out = frozenset(
+            o["name"] for o in outputs if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+        )
+    return wanted, binary_out
 
 
 def _from_binary(raw: memoryview, dtype: str, shape: list[int], where: str) -> np.ndarray:

@@ -66,86 +66,100 @@ class _OneWritePerResponse:
         return getattr(self._transport, name)
 
 
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with the limits above; ``guarded_protocol()`` makes the subclass that
+    carries one server's settings (uvicorn takes a class, and makes an instance per connection)."""
+
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+    on_close: Callable[[str], None]  # counts each forced close, by reason
+
+    _deadline: asyncio.TimerHandle | None = None
+    _deadline_what = ""
+    _header_bytes = 0
+    _in_headers = False  # a request line has begun, its headers are not complete
+    _in_body = False
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired, what)
+        self._deadline_what = what
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        self.on_close(what)
+        if what == "header_timeout":
+            self.transport.write(_response("408 Request Timeout", "request headers not received in time"))
+        # body_timeout: the app owns the response; closing makes its receive() see a disconnect.
+        self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.transport = _OneWritePerResponse(transport, self.loop)
+        if len(self.connections) > self.max_connections:
+            self.on_close("connection_limit")
+            transport.write(_response("503 Service Unavailable", "too many connections"))
+            transport.close()
+            return
+        self._arm(self.header_timeout_s, "header_timeout")
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_body:
+            # Counted per chunk (cheaper than per header callback); on_headers_complete resets it.
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if not self._in_body and self._header_bytes > MAX_HEADER_BYTES:
+            self.on_close("header_too_large")
+            self.transport.write(_response("431 Request Header Fields Too Large", "request line and headers exceed 64 KiB"))
+            self.transport.close()
+            return
+        # A deadline only for what this chunk left incomplete: most requests arrive whole in one
+        # read and need no timer at all. Headers: from the first byte of a request on a kept-alive
+        # connection (a new connection's runs from its opening); body: from the end of the headers.
+        if self._in_headers:
+            if self._deadline is None:
+                self._arm(self.header_timeout_s, "header_timeout")
+        elif self._in_body and (self._deadline is None or self._deadline_what != "body_timeout"):
+            self._arm(self.body_timeout_s, "body_timeout")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._header_bytes = 0
+        self._in_headers, self._in_body = False, True
+        self._disarm()  # headers in time; a body still incomplete after this chunk gets its own deadline
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._disarm()
+        super().on_message_complete()
+
+
 def guarded_protocol(
     header_timeout_s: float, body_timeout_s: float, max_connections: int, on_close: Callable[[str], None] = lambda reason: None
-) -> type[HttpToolsProtocol]:
+) -> type[GuardedProtocol]:
     """A uvicorn protocol class with the limits above; ``on_close(reason)`` counts each forced close."""
-
-    class GuardedProtocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
-        _deadline_what = ""
-        _header_bytes = 0
-        _in_headers = False  # a request line has begun, its headers are not complete
-        _in_body = False
-
-        def _arm(self, seconds: float, what: str) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._expired, what)
-            self._deadline_what = what
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expired(self, what: str) -> None:
-            self._deadline = None
-            if self.transport.is_closing():
-                return
-            on_close(what)
-            if what == "header_timeout":
-                self.transport.write(_response("408 Request Timeout", "request headers not received in time"))
-            # body_timeout: the app owns the response; closing makes its receive() see a disconnect.
-            self.transport.close()
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self.transport = _OneWritePerResponse(transport, self.loop)
-            if len(self.connections) > max_connections:
-                on_close("connection_limit")
-                transport.write(_response("503 Service Unavailable", "too many connections"))
-                transport.close()
-                return
-            self._arm(header_timeout_s, "header_timeout")
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if not self._in_body:
-                # Counted per chunk (cheaper than per header callback); on_headers_complete resets it.
-                self._header_bytes += len(data)
-            super().data_received(data)
-            if self.transport.is_closing():
-                return
-            if not self._in_body and self._header_bytes > MAX_HEADER_BYTES:
-                on_close("header_too_large")
-                self.transport.write(_response("431 Request Header Fields Too Large", "request line and headers exceed 64 KiB"))
-                self.transport.close()
-                return
-            # A deadline only for what this chunk left incomplete: most requests arrive whole in one
-            # read and need no timer at all. Headers: from the first byte of a request on a kept-alive
-            # connection (a new connection's runs from its opening); body: from the end of the headers.
-            if self._in_headers:
-                if self._deadline is None:
-                    self._arm(header_timeout_s, "header_timeout")
-            elif self._in_body and (self._deadline is None or self._deadline_what != "body_timeout"):
-                self._arm(body_timeout_s, "body_timeout")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_headers = True
-
-        def on_headers_complete(self) -> None:
-            super().on_headers_complete()
-            self._header_bytes = 0
-            self._in_headers, self._in_body = False, True
-            self._disarm()  # headers in time; a body still incomplete after this chunk gets its own deadline
-
-        def on_message_complete(self) -> None:
-            self._in_body = False
-            self._disarm()
-            super().on_message_complete()
-
-    return GuardedProtocol
+    settings = {
+        "header_timeout_s": header_timeout_s,
+        "body_timeout_s": body_timeout_s,
+        "max_connections": max_connections,
+        "on_close": staticmethod(on_close),  # a plain function, not a method of the connection
+    }
+    return type("GuardedProtocol", (GuardedProtocol,), settings)

@@ -21,7 +21,7 @@ MODEL_READY = "mlplatform_serving_model_ready"
 CONNECTIONS_CLOSED = "mlplatform_serving_connections_closed_total"
 # The model-quality signal that needs no ground truth: what the served version answers, per version,
 # so a canary's class mix can be compared with the stable pods' on the same traffic (Argo Rollouts
-# analysis, components/rollouts.py).
+# analysis, components/lib/rollout_specs.py).
 PREDICTED_CLASS = "mlplatform_serving_predicted_class_total"
 OUTPUT_VALUE = "mlplatform_serving_output_value"
 
@@ -64,6 +64,19 @@ def class_label(c: int) -> str:
 class ServingMetrics:
     def __init__(self, registry: CollectorRegistry, max_batch_size: int, models: list[str]):
         self.registry = registry
+        self._traffic(registry, max_batch_size)
+        self._lifecycle(registry)
+        self._quality(registry)
+        # Pre-create the label sets dashboards rely on, so they read 0 rather than 'no data'.
+        for model in models:
+            self.model_ready.labels(model=model).set(0)
+            for reason in LOAD_FAILURE_REASONS:
+                self.load_failures.labels(model=model, reason=reason)
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason=reason)
+
+    def _traffic(self, registry: CollectorRegistry, max_batch_size: int) -> None:
+        """Requests, their latency, batching and queueing."""
         self.requests = Counter(
             REQUESTS.removesuffix("_total"), "HTTP requests by model, route and status code.", ["model", "route", "code"], registry=registry
         )
@@ -88,6 +101,9 @@ class ServingMetrics:
         self.inference_seconds = Histogram(
             INFERENCE_SECONDS, "Wall time of one batched model call.", ["model"], buckets=LATENCY_BUCKETS, registry=registry
         )
+
+    def _lifecycle(self, registry: CollectorRegistry) -> None:
+        """The served versions, refused versions, readiness, and connections closed on clients."""
         self.model_info = Gauge(
             MODEL_INFO, "1 for the model version being served.", ["model", "version"], registry=registry, multiprocess_mode="livemax"
         )
@@ -106,6 +122,9 @@ class ServingMetrics:
             ["reason"],
             registry=registry,
         )
+
+    def _quality(self, registry: CollectorRegistry) -> None:
+        """What the served versions answer (see PREDICTED_CLASS)."""
         self.predicted_class = Counter(
             PREDICTED_CLASS.removesuffix("_total"),
             "Instances answered, by the class the served version predicted (argmax of the first output).",
@@ -119,13 +138,6 @@ class ServingMetrics:
             buckets=OUTPUT_BUCKETS,
             registry=registry,
         )
-        # Pre-create the label sets dashboards rely on, so they read 0 rather than 'no data'.
-        for model in models:
-            self.model_ready.labels(model=model).set(0)
-            for reason in LOAD_FAILURE_REASONS:
-                self.load_failures.labels(model=model, reason=reason)
-        for reason in CLOSE_REASONS:
-            self.connections_closed.labels(reason=reason)
 
     def observe_outputs(self, model: str, version: str, outputs: dict[str, np.ndarray]) -> None:
         """Count what ``version`` of ``model`` answered (one request's outputs, all its instances)."""

@@ -1,4 +1,4 @@
-"""The README's stack-config table, generated from the config model (components/config/__init__.py):
+"""The README's stack-config table, generated from the config schema (components/config/schema.py):
 
     python -m tools.config_doc            # print the table
     python -m tools.config_doc --write    # replace it in README.md (between the config-table markers)
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from components import config
+from components.config import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -72,7 +72,7 @@ def _sub(ann: Any) -> tuple[type[BaseModel] | None, str]:
     return None, ""
 
 
-def rows(model: type[BaseModel] = config.PlatformConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def rows(model: type[BaseModel] = schema.PlatformConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key path, type, default, description) of every field, depth first, in declaration order."""
     out = []
     for name, field in model.model_fields.items():
@@ -91,7 +91,7 @@ def _cell(text: str) -> str:
 def table() -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     lines += [f"| `{k}` | {t} | {d} | {_cell(m)} |" for k, t, d, m in rows()]
-    secrets = ", ".join(f"`{k}`" for k in config.SECRET_KEYS)
+    secrets = ", ".join(f"`{k}`" for k in schema.SECRET_KEYS)
     lines.append(f"| {secrets} | secret | unset | set with `pulumi config set --secret mlplatform:<key> ...` |")
     return "\n".join(lines) + "\n"
 

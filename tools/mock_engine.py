@@ -132,6 +132,68 @@ def reference_bucket(stack: str) -> str:
     return f"mlplatform-{stack}-store-{_h(stack, 'store', n=7)}"
 
 
+def _no_outputs(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _vpc(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "vpcId": f"vpc-{_h(name, n=17)}",
+        "privateSubnetIds": [f"subnet-{_h(name, 'private', str(i), n=17)}" for i in range(3)],
+        "publicSubnetIds": [f"subnet-{_h(name, 'public', str(i), n=17)}" for i in range(3)],
+    }
+
+
+def _node_group(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    asg = f"eks-{inputs.get('nodeGroupName', name)}-{_h(name, n=8)}"
+    return {"arn": f"arn:aws:eks:eu-west-1:{ACCOUNT}:nodegroup/{name}", "resources": [{"autoscalingGroups": [{"name": asg}]}]}
+
+
+def _role(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    rname = inputs.get("name", f"{name}-{_h(name, n=7)}")
+    return {"arn": f"arn:aws:iam::{ACCOUNT}:role/{rname}", "name": rname}
+
+
+def _repository(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    rname = inputs.get("name", name)
+    return {
+        "repositoryUrl": f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/{rname}",
+        "registryId": ACCOUNT,
+        "arn": f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/{rname}",
+    }
+
+
+def _image(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    tag = inputs["tags"][0]
+    digest = f"sha256:{_h(tag, n=64)}"
+    return {"digest": digest, "ref": f"{tag}@{digest}"}
+
+
+def _bucket(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    b = inputs.get("bucket", f"{name}-{_h(name, n=7)}")
+    return {"bucket": b, "arn": f"arn:aws:s3:::{b}"}
+
+
+def _service(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    if inputs.get("spec", {}).get("type") != "LoadBalancer":
+        return {}
+    return {"status": {"loadBalancer": {"ingress": [{"hostname": f"{_h(name)}.elb.eu-west-1.amazonaws.com"}]}}}
+
+
+# Type -> the outputs the program reads, from the resource's name and inputs (no secrets among them).
+_OUTPUTS = {
+    "awsx:ec2:Vpc": _vpc,
+    "aws:eks/nodeGroup:NodeGroup": _node_group,
+    "aws:ec2/launchTemplate:LaunchTemplate": lambda name, inputs: {"latestVersion": 1, "defaultVersion": 1},
+    "aws:iam/role:Role": _role,
+    "aws:iam/policy:Policy": lambda name, inputs: {"arn": f"arn:aws:iam::{ACCOUNT}:policy/{inputs.get('name', name)}"},
+    "aws:ecr/repository:Repository": _repository,
+    "docker-build:index:Image": _image,
+    "aws:s3/bucket:Bucket": _bucket,
+    "kubernetes:core/v1:Service": _service,
+}
+
+
 class PlatformMocks(pulumi.runtime.Mocks):
     """Outputs for the resources and invokes the program reads, derived from names only.
 
@@ -146,71 +208,45 @@ class PlatformMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         t, name, inputs = args.typ, args.name, dict(args.inputs)
-        outs: dict[str, Any] = {}
+        if t == "pulumi:pulumi:StackReference":
+            return self._stack_reference(args, inputs)
         if t == "eks:index:Cluster":
-            cname = inputs.get("name", name)
-            kubeconfig = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": cname, "cluster": {"server": f"https://{_h(cname)}.gr7.eks.amazonaws.com"}}],
-                "contexts": [{"name": cname, "context": {"cluster": cname, "user": cname}}],
-                "current-context": cname,
-                "users": [{"name": cname, "user": {"exec": {"command": "aws", "args": ["eks", "get-token", "--cluster-name", cname]}}}],
-            }
-            oidc = f"oidc.eks.eu-west-1.amazonaws.com/id/{_h(cname, n=32).upper()}"
-            outs = {
-                "kubeconfig": kubeconfig,
-                "kubeconfigJson": self._sensitive(json.dumps(kubeconfig, sort_keys=True)),
-                "oidcProviderArn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{oidc}",
-                "oidcProviderUrl": oidc,
-                "oidcIssuer": oidc,
-                "clusterSecurityGroupId": f"sg-{_h(cname, 'cluster', n=17)}",
-                "nodeSecurityGroupId": f"sg-{_h(cname, 'node', n=17)}",
-            }
-        elif t == "awsx:ec2:Vpc":
-            outs = {
-                "vpcId": f"vpc-{_h(name, n=17)}",
-                "privateSubnetIds": [f"subnet-{_h(name, 'private', str(i), n=17)}" for i in range(3)],
-                "publicSubnetIds": [f"subnet-{_h(name, 'public', str(i), n=17)}" for i in range(3)],
-            }
-        elif t == "aws:eks/nodeGroup:NodeGroup":
-            asg = f"eks-{inputs.get('nodeGroupName', name)}-{_h(name, n=8)}"
-            outs = {"arn": f"arn:aws:eks:eu-west-1:{ACCOUNT}:nodegroup/{name}", "resources": [{"autoscalingGroups": [{"name": asg}]}]}
-        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
-            outs = {"latestVersion": 1, "defaultVersion": 1}
-        elif t == "aws:iam/role:Role":
-            rname = inputs.get("name", f"{name}-{_h(name, n=7)}")
-            outs = {"arn": f"arn:aws:iam::{ACCOUNT}:role/{rname}", "name": rname}
-        elif t == "aws:iam/policy:Policy":
-            outs = {"arn": f"arn:aws:iam::{ACCOUNT}:policy/{inputs.get('name', name)}"}
-        elif t == "aws:ecr/repository:Repository":
-            rname = inputs.get("name", name)
-            outs = {
-                "repositoryUrl": f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/{rname}",
-                "registryId": ACCOUNT,
-                "arn": f"arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/{rname}",
-            }
-        elif t == "docker-build:index:Image":
-            tag = inputs["tags"][0]
-            digest = f"sha256:{_h(tag, n=64)}"
-            outs = {"digest": digest, "ref": f"{tag}@{digest}"}
+            outs = self._eks_cluster(inputs.get("name", name))
         elif t == "random:index/randomPassword:RandomPassword":
             outs = {"result": self._sensitive(_h(name, "password", n=int(inputs.get("length", 24))))}
-        elif t == "aws:s3/bucket:Bucket":
-            b = inputs.get("bucket", f"{name}-{_h(name, n=7)}")
-            outs = {"bucket": b, "arn": f"arn:aws:s3:::{b}"}
-        elif t == "pulumi:pulumi:StackReference":
-            # Another stack's outputs (org/project/stack): its own bucket, this account; ``references``
-            # (stack -> outputs) overrides them. The engine reads them, so they come back as `outputs`.
-            ref = inputs.get("name") or args.resource_id or name
-            other = ref.rsplit("/", 1)[-1]
-            outputs = {"environment": other, "modelStore": f"s3://{reference_bucket(other)}", "awsAccountId": ACCOUNT}
-            outs = {"outputs": {**outputs, **self.references.get(other, {})}, "secretOutputNames": []}
-            return ref, {**inputs, **outs}
-        elif t == "kubernetes:core/v1:Service" and inputs.get("spec", {}).get("type") == "LoadBalancer":
-            outs = {"status": {"loadBalancer": {"ingress": [{"hostname": f"{_h(name)}.elb.eu-west-1.amazonaws.com"}]}}}
+        else:
+            outs = _OUTPUTS.get(t, _no_outputs)(name, inputs)
         # Remote components (custom=False) have outputs unrelated to their inputs: return only ours.
         return f"{name}-id", ({**inputs, **outs} if args.custom else outs)
+
+    def _eks_cluster(self, cname: str) -> dict[str, Any]:
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cname, "cluster": {"server": f"https://{_h(cname)}.gr7.eks.amazonaws.com"}}],
+            "contexts": [{"name": cname, "context": {"cluster": cname, "user": cname}}],
+            "current-context": cname,
+            "users": [{"name": cname, "user": {"exec": {"command": "aws", "args": ["eks", "get-token", "--cluster-name", cname]}}}],
+        }
+        oidc = f"oidc.eks.eu-west-1.amazonaws.com/id/{_h(cname, n=32).upper()}"
+        return {
+            "kubeconfig": kubeconfig,
+            "kubeconfigJson": self._sensitive(json.dumps(kubeconfig, sort_keys=True)),
+            "oidcProviderArn": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{oidc}",
+            "oidcProviderUrl": oidc,
+            "oidcIssuer": oidc,
+            "clusterSecurityGroupId": f"sg-{_h(cname, 'cluster', n=17)}",
+            "nodeSecurityGroupId": f"sg-{_h(cname, 'node', n=17)}",
+        }
+
+    def _stack_reference(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]):
+        """Another stack's outputs (org/project/stack): its own bucket, this account; ``references``
+        (stack -> outputs) overrides them. The engine reads them, so they come back as `outputs`."""
+        ref = inputs.get("name") or args.resource_id or args.name
+        other = ref.rsplit("/", 1)[-1]
+        outputs = {"environment": other, "modelStore": f"s3://{reference_bucket(other)}", "awsAccountId": ACCOUNT}
+        outs = {"outputs": {**outputs, **self.references.get(other, {})}, "secretOutputNames": []}
+        return ref, {**inputs, **outs}
 
     def _sensitive(self, value: str) -> str:
         self.sensitive.add(value)

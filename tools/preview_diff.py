@@ -141,7 +141,7 @@ def _notes(base: dict, head: dict, changed: dict) -> list[str]:
                 )
             if t == "kubernetes:apps/v1:Deployment" and path.endswith(".image"):
                 notes.append(f"The model service rolls out a new image: {show(new)}.")
-            # The served version is pinned on the model's pod template (components/services/argo_rollouts.py VERSION_ANNOTATION).
+            # The served version is pinned on the model's pod template (components/lib/rollout_specs.py VERSION_ANNOTATION).
             if path.endswith(".annotations.mlplatform.io/model-version"):
                 labels = ((head[u].get("inputs") or {}).get("metadata") or {}).get("labels") or {}
                 model = labels.get("mlplatform.io/model", head[u].get("name", "?"))

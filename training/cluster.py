@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from training.env import env_int
 
 DEFAULT_PORT = 2222
 K8S_HOST = "{job}-{index}.{service}"
@@ -69,21 +73,11 @@ def tf_config(
     return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ClusterError(f"{name} must be an integer, got {raw!r}") from None
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Cluster:
     """The cluster this process belongs to, from the environment (see the module docstring)."""
     env = os.environ if env is None else env
-    workers = _int(env, "TRAIN_WORKERS", 1)
-    index = _int(env, "TRAIN_WORKER_INDEX", _int(env, "JOB_COMPLETION_INDEX", 0))
+    workers = env_int(env, "TRAIN_WORKERS", 1, ClusterError)
+    index = env_int(env, "TRAIN_WORKER_INDEX", env_int(env, "JOB_COMPLETION_INDEX", 0, ClusterError), ClusterError)
     if workers == 1 and index == 0:
         return Cluster(1, 0, None)
     config = tf_config(
@@ -91,11 +85,26 @@ def from_env(env: Mapping[str, str] | None = None) -> Cluster:
         workers,
         job=env.get("JOB_NAME", ""),
         service=env.get("TRAIN_WORKER_SERVICE", ""),
-        port=_int(env, "TRAIN_WORKER_PORT", DEFAULT_PORT),
+        port=env_int(env, "TRAIN_WORKER_PORT", DEFAULT_PORT, ClusterError),
         host=env.get("TRAIN_WORKER_HOST", K8S_HOST),
-        port_step=_int(env, "TRAIN_WORKER_PORT_STEP", 0),
+        port_step=env_int(env, "TRAIN_WORKER_PORT_STEP", 0, ClusterError),
     )
     return Cluster(workers, index, config)
+
+
+def free_loopback_port(workers: int) -> int:
+    """A base port with ``workers`` consecutive free ports on 127.0.0.1, for the one-machine layout
+    (``TRAIN_WORKER_HOST=127.0.0.1``, ``TRAIN_WORKER_PORT_STEP=1``) that tests and benchmarks run."""
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        try:
+            for i in range(workers):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback ports")
 
 
 def export(cluster: Cluster) -> None:

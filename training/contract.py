@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from training import cluster as clusters
+from training.env import env_float, env_int
 
 EXIT_OK, EXIT_USAGE, EXIT_GATE, EXIT_PREEMPTED = 0, 2, 3, 143
 # A multi-worker run lost a peer (its collectives abort): retry; every worker resumes from the
@@ -173,30 +174,10 @@ def scaled(batch_size: int, learning_rate: float, replicas: int) -> tuple[int, f
     return batch_size * replicas, learning_rate * math.sqrt(replicas)
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ContractError(f"{name} must be an integer, got {raw!r}") from None
-
-
 def _publish_champion(value: str) -> bool:
     if value not in ("candidate", "champion"):
         raise ContractError(f"TRAIN_PUBLISH_AS must be 'candidate' or 'champion', got {value!r}")
     return value == "champion"
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ContractError(f"{name} must be a number, got {raw!r}") from None
 
 
 def configure_devices(cpu_devices: int | None) -> None:
@@ -310,7 +291,7 @@ class Run:
         publish_champion: bool = True,
     ):
         self.started = time.time()
-        # False: publish as candidate only; the champion moves through a canary (tools/deliver.py).
+        # False: publish as candidate only; the champion moves through a canary (ops/deliver.py).
         self.publish_champion = publish_champion
         self.model_name = model_name
         self.gate = gate
@@ -355,11 +336,11 @@ class Run:
             raise ContractError(f"TRAIN_PARAMS must be a JSON object: {exc}") from None
         if not isinstance(params, dict):
             raise ContractError(f"TRAIN_PARAMS must be a JSON object, got {type(params).__name__}")
-        threshold = _env_float(env, "TRAIN_GATE_MIN", gate.threshold)
+        threshold = env_float(env, "TRAIN_GATE_MIN", gate.threshold, ContractError)
         values = {
-            "epochs": _env_int(env, "TRAIN_EPOCHS", epochs),
-            "batch_size": _env_int(env, "TRAIN_BATCH_SIZE", batch_size),
-            "learning_rate": _env_float(env, "TRAIN_LEARNING_RATE", learning_rate),
+            "epochs": env_int(env, "TRAIN_EPOCHS", epochs, ContractError),
+            "batch_size": env_int(env, "TRAIN_BATCH_SIZE", batch_size, ContractError),
+            "learning_rate": env_float(env, "TRAIN_LEARNING_RATE", learning_rate, ContractError),
         }
         for name, value in values.items():
             if value <= 0:
@@ -367,17 +348,21 @@ class Run:
         return cls(
             env.get("TRAIN_MODEL_NAME") or model_name,
             gate=Gate(
-                gate.metric, threshold, gate.higher_is_better, gate.label, _env_float(env, "TRAIN_CHAMPION_MARGIN", gate.champion_margin)
+                gate.metric,
+                threshold,
+                gate.higher_is_better,
+                gate.label,
+                env_float(env, "TRAIN_CHAMPION_MARGIN", gate.champion_margin, ContractError),
             ),
             output=env.get("TRAIN_OUTPUT") or "file://./artifacts",
             data=env.get("TRAIN_DATA") or None,
             checkpoint_dir=env.get("TRAIN_CHECKPOINT_DIR") or None,
             pushgateway=env.get("TRAIN_PUSHGATEWAY") or None,
             run_id=env.get("TRAIN_RUN_ID") or env.get("JOB_NAME") or None,
-            seed=_env_int(env, "TRAIN_SEED", 42),
+            seed=env_int(env, "TRAIN_SEED", 42, ContractError),
             params=params,
             cluster=clusters.from_env(env),
-            cpu_devices=_env_int(env, "TRAIN_CPU_DEVICES", None),
+            cpu_devices=env_int(env, "TRAIN_CPU_DEVICES", None, ContractError),
             publish_champion=_publish_champion(env.get("TRAIN_PUBLISH_AS") or "champion"),
             **values,
             **kw,

@@ -1,5 +1,5 @@
 # A model's own training image, built by `pulumi up` for every catalogue entry with `training.code`
-# (components/images.py): the platform's training image (training/Dockerfile: TensorFlow, the
+# (components/services/images.py): the platform's training image (training/Dockerfile: TensorFlow, the
 # training contract, `python -m training` as the entrypoint) plus the model's folder as build
 # context. BASE_IMAGE is the platform image's reference. A folder with a Dockerfile of its own is
 # built with that one instead (start it FROM ${BASE_IMAGE} as this one does).

@@ -16,7 +16,7 @@ STEPS_PER_EXECUTION = 8
 
 def resolve_precision(precision: str) -> str:
     """``auto``: float16 math on a GPU; bfloat16 math on CPUs with native bf16 (AVX512-BF16 / AMX),
-    about 2x faster there (tools/bench_training.py); float32 elsewhere (emulated bf16 is slower).
+    about 2x faster there (bench/training.py); float32 elsewhere (emulated bf16 is slower).
     Variables stay float32 in every mixed policy."""
     if precision != "auto":
         return precision
@@ -46,7 +46,7 @@ def seed_model() -> keras.Model:
 
 def strong_model() -> keras.Model:
     """A second conv block and a regularised head. Chosen by measurement on 2 CPU cores
-    (tools/bench_training.py): batch norm and XLA both cost more wall time than they buy on CPU."""
+    (bench/training.py): batch norm and XLA both cost more wall time than they buy on CPU."""
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
@@ -83,7 +83,7 @@ def for_inference(model: keras.Model, arch: str) -> keras.Model:
     return clone
 
 
-# The strong recipe's peak learning rate and warm-up, chosen by measurement (tools/bench_training.py,
+# The strong recipe's peak learning rate and warm-up, chosen by measurement (bench/training.py,
 # 3 seeds): Adam at 1.2e-2 after a short linear warm-up learns much faster than at 2e-3..4e-3
 # (98.5 % test accuracy after half an epoch instead of three quarters; 99.4 % sooner too), and
 # without the warm-up that peak is unstable in the first steps.

@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
         "--publish-as",
         default="champion",
         choices=["candidate", "champion"],
-        help="candidate: the run never moves the champion (a canary does, tools/deliver.py); champion: it serves at once",
+        help="candidate: the run never moves the champion (a canary does, ops/deliver.py); champion: it serves at once",
     )
     flag(
         "--champion-margin",
@@ -94,29 +94,9 @@ def _curve_png(history: dict[str, list[float]]) -> bytes:
     return buf.getvalue()
 
 
-def run(args: argparse.Namespace) -> int:
-
-    from training import data, gate
-    from training.model import (
-        DEFAULT_BATCH_SIZE,
-        DEFAULT_LEARNING_RATE,
-        build,
-        eval_dataset,
-        for_inference,
-        resolve_precision,
-        train_dataset,
-    )
-
-    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.arch]
-    args.learning_rate = args.learning_rate or DEFAULT_LEARNING_RATE[args.arch]
-    # The seed arch stays the seed's float32 recipe unless a precision is asked for explicitly.
-    precision = "float32" if args.arch == "seed" and args.precision == "auto" else resolve_precision(args.precision)
-    try:
-        cluster = clusters.from_env()
-    except clusters.ClusterError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
-    run = contract.Run(
+def _contract_run(args: argparse.Namespace, precision: str, cluster: clusters.Cluster) -> contract.Run:
+    """The MNIST run on the training contract, from this CLI's flags (the Job sets them as TRAIN_*)."""
+    return contract.Run(
         args.model_name,
         gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy", champion_margin=args.champion_margin),
         publish_champion=args.publish_as == "champion",
@@ -134,6 +114,43 @@ def run(args: argparse.Namespace) -> int:
         cluster=cluster,
         cpu_devices=args.cpu_devices,
     )
+
+
+def _publish(run: contract.Run, model, args: argparse.Namespace, mnist, state: contract.RunState, results: dict[str, float]) -> None:
+    from training.model import for_inference
+
+    def write(out: Path) -> None:
+        served = for_inference(model, args.arch)
+        served.export(str(out / "saved_model"), verbose=False)
+        served.save(out / "model.keras")
+        (out / "training_curve.png").write_bytes(_curve_png(state.history))
+
+    run.publish(
+        write,
+        results,
+        {
+            "arch": args.arch,
+            "data": {"uri": args.data or "keras:mnist.npz", "sha256": mnist.sha256, "train": len(mnist.x_train), "test": len(mnist.x_test)},
+            "history": state.history,
+            "input": {"shape": [28, 28, 1], "dtype": "float32", "range": [0.0, 1.0]},
+        },
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from training import data, gate
+    from training.model import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, build, eval_dataset, resolve_precision, train_dataset
+
+    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.arch]
+    args.learning_rate = args.learning_rate or DEFAULT_LEARNING_RATE[args.arch]
+    # The seed arch stays the seed's float32 recipe unless a precision is asked for explicitly.
+    precision = "float32" if args.arch == "seed" and args.precision == "auto" else resolve_precision(args.precision)
+    try:
+        cluster = clusters.from_env()
+    except clusters.ClusterError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    run = _contract_run(args, precision, cluster)
     strategy = run.strategy  # before any tensor: fixes the device layout
     run.seed_everything()
     try:
@@ -163,23 +180,7 @@ def run(args: argparse.Namespace) -> int:
     results = {"test_accuracy": float(accuracy), "test_loss": float(loss)}
     if not run.gate_passes(results, evaluate=gate.keras_classifier_evaluator(test)):
         return EXIT_GATE
-
-    def write(out: Path) -> None:
-        served = for_inference(model, args.arch)
-        served.export(str(out / "saved_model"), verbose=False)
-        served.save(out / "model.keras")
-        (out / "training_curve.png").write_bytes(_curve_png(state.history))
-
-    run.publish(
-        write,
-        results,
-        {
-            "arch": args.arch,
-            "data": {"uri": args.data or "keras:mnist.npz", "sha256": mnist.sha256, "train": len(mnist.x_train), "test": len(mnist.x_test)},
-            "history": state.history,
-            "input": {"shape": [28, 28, 1], "dtype": "float32", "range": [0.0, 1.0]},
-        },
-    )
+    _publish(run, model, args, mnist, state, results)
     return EXIT_OK
 
 

@@ -110,37 +110,10 @@ class Cluster(pulumi.ComponentResource):
         self.register_outputs({"name": self.name, "kubeconfig": self.kubeconfig})
 
     def _eks(self, name: str, args: ClusterArgs) -> None:
-        c, child = args.config, pulumi.ResourceOptions(parent=self)
-        vpc = awsx.ec2.Vpc(
-            f"{name}-vpc",
-            awsx.ec2.VpcArgs(
-                cidr_block=c.vpc_cidr,
-                number_of_availability_zones=c.availability_zones,
-                enable_dns_hostnames=True,
-                nat_gateways=awsx.ec2.NatGatewayConfigurationArgs(
-                    strategy=awsx.ec2.NatGatewayStrategy.ONE_PER_AZ if args.high_availability_nat else awsx.ec2.NatGatewayStrategy.SINGLE
-                ),
-                # Nodes live in private subnets only; the role tags tell the AWS load balancer
-                # controller / in-tree provider where public and internal LBs go.
-                subnet_specs=[
-                    awsx.ec2.SubnetSpecArgs(type=awsx.ec2.SubnetType.PRIVATE, tags={"kubernetes.io/role/internal-elb": "1"}),
-                    awsx.ec2.SubnetSpecArgs(type=awsx.ec2.SubnetType.PUBLIC, tags={"kubernetes.io/role/elb": "1"}),
-                ],
-                tags=args.tags,
-            ),
-            opts=child,
-        )
-        node_role = aws.iam.Role(
-            f"{name}-node-role",
-            aws.iam.RoleArgs(assume_role_policy=iam.service_trust_policy("ec2.amazonaws.com"), tags=args.tags),
-            opts=child,
-        )
-        for role, arn in NODE_POLICIES.items():
-            aws.iam.RolePolicyAttachment(
-                f"{name}-node-{role}",
-                aws.iam.RolePolicyAttachmentArgs(role=node_role.name, policy_arn=arn),
-                opts=child,
-            )
+        """The VPC, the node role, the control plane, the add-ons and system nodes, the provider and the StorageClass."""
+        child = pulumi.ResourceOptions(parent=self)
+        vpc = self._vpc(name, args, child)
+        node_role = self._node_role(name, args, child)
         self.eks = eks.Cluster(
             f"{name}-eks",
             eks.ClusterArgs(
@@ -159,18 +132,76 @@ class Cluster(pulumi.ComponentResource):
                 use_default_vpc_cni=True,
                 endpoint_private_access=True,
                 endpoint_public_access=True,
-                public_access_cidrs=c.endpoint_public_access_cidrs or None,
+                public_access_cidrs=args.config.endpoint_public_access_cidrs or None,
                 enabled_cluster_log_types=CONTROL_PLANE_LOGS,
                 tags=args.tags,
             ),
             opts=child,
         )
+        self.addons = self._addons_and_system_nodes(name, args, vpc, node_role, child)
+        self.oidc_provider_arn = self.eks.oidc_provider_arn
+        self.oidc_provider_url = self.eks.oidc_provider_url
+        self.node_role_arn = node_role.arn
+        self.private_subnet_ids = vpc.private_subnet_ids
+        # pulumi-eks renders an exec-based kubeconfig (aws eks get-token) with no credentials or
+        # profile baked in, so it is stable across runs and machines (pulumi-eks #764/#207 were
+        # profile/env leaking into it). It still grants cluster access: always a secret.
+        self.kubeconfig = pulumi.Output.secret(self.eks.kubeconfig_json)
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            k8s.ProviderArgs(kubeconfig=self.kubeconfig),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self._storage_class(name)
+
+    def _vpc(self, name: str, args: ClusterArgs, child: pulumi.ResourceOptions) -> awsx.ec2.Vpc:
+        c = args.config
+        return awsx.ec2.Vpc(
+            f"{name}-vpc",
+            awsx.ec2.VpcArgs(
+                cidr_block=c.vpc_cidr,
+                number_of_availability_zones=c.availability_zones,
+                enable_dns_hostnames=True,
+                nat_gateways=awsx.ec2.NatGatewayConfigurationArgs(
+                    strategy=awsx.ec2.NatGatewayStrategy.ONE_PER_AZ if args.high_availability_nat else awsx.ec2.NatGatewayStrategy.SINGLE
+                ),
+                # Nodes live in private subnets only; the role tags tell the AWS load balancer
+                # controller / in-tree provider where public and internal LBs go.
+                subnet_specs=[
+                    awsx.ec2.SubnetSpecArgs(type=awsx.ec2.SubnetType.PRIVATE, tags={"kubernetes.io/role/internal-elb": "1"}),
+                    awsx.ec2.SubnetSpecArgs(type=awsx.ec2.SubnetType.PUBLIC, tags={"kubernetes.io/role/elb": "1"}),
+                ],
+                tags=args.tags,
+            ),
+            opts=child,
+        )
+
+    def _node_role(self, name: str, args: ClusterArgs, child: pulumi.ResourceOptions) -> aws.iam.Role:
+        """The nodes' instance role, with NODE_POLICIES only."""
+        node_role = aws.iam.Role(
+            f"{name}-node-role",
+            aws.iam.RoleArgs(assume_role_policy=iam.service_trust_policy("ec2.amazonaws.com"), tags=args.tags),
+            opts=child,
+        )
+        for role, arn in NODE_POLICIES.items():
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{role}",
+                aws.iam.RolePolicyAttachmentArgs(role=node_role.name, policy_arn=arn),
+                opts=child,
+            )
+        return node_role
+
+    def _addons_and_system_nodes(
+        self, name: str, args: ClusterArgs, vpc: awsx.ec2.Vpc, node_role: aws.iam.Role, child: pulumi.ResourceOptions
+    ) -> dict[str, aws.eks.Addon]:
+        """The IRSA add-ons and the system node group, in the order they can start: vpc-cni, the nodes,
+        the EBS CSI driver."""
         addons = {
             addon: self._irsa_addon(name, addon, namespace, sa, policy, args)
             for addon, (namespace, sa, policy) in IRSA_ADDONS.items()
             if addon == "vpc-cni"
         }
-        s = c.system_nodes
+        s = args.config.system_nodes
         system = aws.eks.NodeGroup(
             f"{name}-system",
             aws.eks.NodeGroupArgs(
@@ -196,20 +227,9 @@ class Cluster(pulumi.ComponentResource):
         # The EBS CSI controller is a Deployment: it needs nodes to become ACTIVE.
         namespace, sa, policy = IRSA_ADDONS["aws-ebs-csi-driver"]
         addons["aws-ebs-csi-driver"] = self._irsa_addon(name, "aws-ebs-csi-driver", namespace, sa, policy, args, after=[system])
-        self.addons = addons
-        self.oidc_provider_arn = self.eks.oidc_provider_arn
-        self.oidc_provider_url = self.eks.oidc_provider_url
-        self.node_role_arn = node_role.arn
-        self.private_subnet_ids = vpc.private_subnet_ids
-        # pulumi-eks renders an exec-based kubeconfig (aws eks get-token) with no credentials or
-        # profile baked in, so it is stable across runs and machines (pulumi-eks #764/#207 were
-        # profile/env leaking into it). It still grants cluster access: always a secret.
-        self.kubeconfig = pulumi.Output.secret(self.eks.kubeconfig_json)
-        self.provider = k8s.Provider(
-            f"{name}-k8s",
-            k8s.ProviderArgs(kubeconfig=self.kubeconfig),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        return addons
+
+    def _storage_class(self, name: str) -> None:
         k8s.storage.v1.StorageClass(
             f"{name}-storage-class",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS),
@@ -218,7 +238,7 @@ class Cluster(pulumi.ComponentResource):
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,
             reclaim_policy="Delete",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[addons["aws-ebs-csi-driver"]]),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.addons["aws-ebs-csi-driver"]]),
         )
         self.storage_class = STORAGE_CLASS
 

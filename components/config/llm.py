@@ -1,5 +1,6 @@
-"""Stack config of a model served by vLLM (``runtime: vllm``): typed, validated with the rest of the
-stack config by components/config/__init__.py (which imports this module; it reads no ``pulumi.Config``).
+"""Stack config of a model served by vLLM (``runtime: vllm``): its ``llm`` section and that section's rules,
+validated with the rest of the stack config (components/config/schema.py holds it as ``ModelConfig.llm``,
+components/config/rules.py runs ``llm_rules``). No Pulumi.
 
 Every vLLM option here maps to a ``vllm serve`` flag of the pinned version (``VLLM_VERSION``); tests/unit/test_llm_service.py checks each rendered flag against the list derived
 from vLLM 0.33.0's own argument parser (../shared/reference/vllm/0.33.0/serve-flags.txt).
@@ -24,7 +25,7 @@ CRON_FIELD = re.compile(r"^[0-9*,/-]+$")
 
 
 class _Strict(BaseModel):
-    # Same conventions as components/config/__init__.py: camelCase keys, unknown keys rejected, immutable.
+    # Same conventions as components/config/schema.py: camelCase keys, unknown keys rejected, immutable.
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
@@ -123,6 +124,15 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
     if llm.from_store and f"/models/{model}/" not in llm.source + "/":
         # The model's IAM role reads only its own prefix of the store (components/services/artifact_store.py).
         yield f"{key}.llm.source", f"weights in the model store go under models/{model}/ (e.g. s3://<store bucket>/models/{model}/weights/)"
+    yield from llm_schedule_rules(llm, key, environment)
+    if pools:
+        yield from llm_pool_rules(llm, key, pools)
+    elif llm.pool is not None:
+        yield f"{key}.llm.pool", "no gpuPools on this stack (cluster.hasGpus): leave pool unset"
+
+
+def llm_schedule_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[tuple[str, str]]:
+    """When the model runs: at zero replicas only a schedule wakes it; prod never sleeps."""
     if llm.min_replicas == 0 and llm.awake is None:
         # At zero replicas there is no vLLM to report its queue: nothing but a schedule wakes it.
         yield f"{key}.llm.minReplicas", "0 needs an awake schedule (llm.awake), or the model never starts again"
@@ -130,26 +140,27 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
         yield f"{key}.llm.awake", "prod models do not sleep: remove the schedule"
     if environment == "prod" and llm.min_replicas < 1:
         yield f"{key}.llm.minReplicas", "prod needs >= 1 replica at all times"
-    if pools:
-        names = [p.name for p in pools]
-        if llm.pool is not None and llm.pool not in names:
-            yield f"{key}.llm.pool", f"no GPU pool named {llm.pool!r} (pools: {', '.join(names)})"
-            return
-        chosen = choose_pool(llm, pools)
-        if chosen is None:
-            counts = {p.name: p.gpus_per_node for p in pools if llm.pool in (None, p.name)}
-            yield (
-                f"{key}.llm.gpus",
-                f"{llm.gpus} GPUs per replica fit no node of the GPU pools {counts} (tensor parallelism stays within one node)",
-            )
-        elif llm.max_replicas * llm.gpus > chosen.max * chosen.gpus_per_node:
-            capacity = chosen.max * chosen.gpus_per_node
-            yield (
-                f"{key}.llm.maxReplicas",
-                f"{llm.max_replicas} replicas x {llm.gpus} GPUs exceed GPU pool {chosen.name!r} ({capacity} GPUs at its max): they could never schedule",
-            )
-    elif llm.pool is not None:
-        yield f"{key}.llm.pool", "no gpuPools on this stack (cluster.hasGpus): leave pool unset"
+
+
+def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any]) -> Iterator[tuple[str, str]]:
+    """Where the model runs: a named pool exists, a replica's GPUs fit one node, its max replicas fit the pool."""
+    names = [p.name for p in pools]
+    if llm.pool is not None and llm.pool not in names:
+        yield f"{key}.llm.pool", f"no GPU pool named {llm.pool!r} (pools: {', '.join(names)})"
+        return
+    chosen = choose_pool(llm, pools)
+    if chosen is None:
+        counts = {p.name: p.gpus_per_node for p in pools if llm.pool in (None, p.name)}
+        yield (
+            f"{key}.llm.gpus",
+            f"{llm.gpus} GPUs per replica fit no node of the GPU pools {counts} (tensor parallelism stays within one node)",
+        )
+    elif llm.max_replicas * llm.gpus > chosen.max * chosen.gpus_per_node:
+        capacity = chosen.max * chosen.gpus_per_node
+        yield (
+            f"{key}.llm.maxReplicas",
+            f"{llm.max_replicas} replicas x {llm.gpus} GPUs exceed GPU pool {chosen.name!r} ({capacity} GPUs at its max): they could never schedule",
+        )
 
 
 def choose_pool(llm: LlmConfig, pools: list[Any]) -> Any | None:

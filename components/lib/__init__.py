@@ -1,3 +1,4 @@
-"""Pure builders the components share: Helm pins, security contexts, IAM documents, KEDA specs, workload
-labels and routes. Nothing here creates a resource; the modules the workload venv also imports
-(keda_specs, promotion_iam, namespaces) import no Pulumi at all."""
+"""Pure builders the components share; nothing here creates a resource except ``helm.release`` (the one
+way the project installs a chart). Pulumi-free, so the workload venv and the offline policy checker import
+them too (tests/unit/test_layout.py checks it): keda_specs, rollout_specs, network, workload, iam,
+promotion_iam. helm and security build Pulumi argument types."""

@@ -32,9 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# egress_except_metadata lives with the namespaces; importing it would pull in Pulumi, so the one
-# rule it builds is spelled out here (same shape; policy no-metadata-egress checks it either way).
-METADATA_CIDR = "169.254.169.254/32"
+from components.lib.network import egress_except_metadata
 
 NAMESPACE = "keda"
 RELEASE = "keda"
@@ -73,10 +71,7 @@ def keda_network_policy(prometheus_namespace: str) -> dict[str, Any]:
         "ingress": [{"ports": [{"protocol": "TCP", "port": p} for p in (METRICS_API_PORT, WEBHOOK_PORT, OPERATOR_GRPC_PORT)]}],
         "egress": [
             # the Kubernetes API (EKS: control-plane ENIs on 443), never the instance metadata service
-            {
-                "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_CIDR]}}],
-                "ports": [{"protocol": "TCP", "port": p} for p in (443, 6443)],
-            },
+            egress_except_metadata(443, 6443),
             {"to": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": OPERATOR_GRPC_PORT}]},
             {
                 "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": prometheus_namespace}}}],

@@ -36,9 +36,10 @@ import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
 from components.config.llm import VLLM_VERSION, LlmConfig
-from components.lib.network import egress_except_metadata
-from components.services import keda
+from components.lib import keda_specs, workload
+from components.models import route
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
+from components.services.keda import Keda, scaled_object
 
 # Pinned tag of the image vLLM publishes per release (docker.io/vllm/vllm-openai:v<version>).
 VLLM_IMAGE = f"docker.io/vllm/vllm-openai:v{VLLM_VERSION}"
@@ -60,12 +61,7 @@ def object_name(model: str) -> str:
 
 
 def labels(model: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": object_name(model),
-        "app.kubernetes.io/part-of": "mlplatform",
-        "mlplatform.io/model": model,
-        "mlplatform.io/runtime": "vllm",
-    }
+    return workload.labels(object_name(model), model, instance=False, runtime="vllm")
 
 
 def served_name(model: str, llm: LlmConfig) -> str:
@@ -136,18 +132,52 @@ def pod_placement(llm: LlmConfig, pool_name: str | None) -> dict[str, Any]:
     return {"nodeSelector": selector, "tolerations": [GPU_TOLERATION]}
 
 
-def statefulset_spec(
-    model: str, llm: LlmConfig, pool_name: str | None, hf_token_secret: str | None, store_env: list, storage_class: str | None
-) -> dict[str, Any]:
-    name, lab = object_name(model), labels(model)
-    r = llm.resources
-    health = {"httpGet": {"path": "/health", "port": PORT_NAME}, "timeoutSeconds": 5}
+def cache_claim(model: str, llm: LlmConfig, storage_class: str | None) -> dict[str, Any]:
+    """Each replica's weights and compile-cache volume (the StatefulSet's volumeClaimTemplate)."""
     claim: dict[str, Any] = {
-        "metadata": {"name": "cache", "labels": lab},
+        "metadata": {"name": "cache", "labels": labels(model)},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{llm.cache_gi_b}Gi"}}},
     }
     if storage_class:
         claim["spec"]["storageClassName"] = storage_class
+    return claim
+
+
+def vllm_container(model: str, llm: LlmConfig, hf_token_secret: str | None, store_env: list) -> dict[str, Any]:
+    r = llm.resources
+    health = {"httpGet": {"path": "/health", "port": PORT_NAME}, "timeoutSeconds": 5}
+    return {
+        "name": "vllm",
+        "image": VLLM_IMAGE,
+        "command": ["vllm", "serve"],
+        "args": vllm_args(model, llm),
+        "ports": [{"name": PORT_NAME, "containerPort": PORT}],
+        "env": env(llm, hf_token_secret) + store_env,
+        "resources": {
+            "requests": {"cpu": r.cpu, "memory": r.memory, GPU_RESOURCE: llm.gpus},
+            "limits": {"memory": r.memory_limit, GPU_RESOURCE: llm.gpus},
+        },
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": llm.startup_seconds // 10},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def statefulset_spec(
+    model: str, llm: LlmConfig, pool_name: str | None, hf_token_secret: str | None, store_env: list, storage_class: str | None
+) -> dict[str, Any]:
+    name, lab = object_name(model), labels(model)
     return {
         "serviceName": name,
         "replicas": llm.replicas,
@@ -155,7 +185,7 @@ def statefulset_spec(
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": lab},
         "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Delete"},
-        "volumeClaimTemplates": [claim],
+        "volumeClaimTemplates": [cache_claim(model, llm, storage_class)],
         "template": {
             "metadata": {"labels": lab},
             "spec": {
@@ -172,34 +202,7 @@ def statefulset_spec(
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 **pod_placement(llm, pool_name),
-                "containers": [
-                    {
-                        "name": "vllm",
-                        "image": VLLM_IMAGE,
-                        "command": ["vllm", "serve"],
-                        "args": vllm_args(model, llm),
-                        "ports": [{"name": PORT_NAME, "containerPort": PORT}],
-                        "env": env(llm, hf_token_secret) + store_env,
-                        "resources": {
-                            "requests": {"cpu": r.cpu, "memory": r.memory, GPU_RESOURCE: llm.gpus},
-                            "limits": {"memory": r.memory_limit, GPU_RESOURCE: llm.gpus},
-                        },
-                        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": llm.startup_seconds // 10},
-                        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
-                        "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                        "volumeMounts": [
-                            {"name": "cache", "mountPath": CACHE_DIR},
-                            {"name": "shm", "mountPath": "/dev/shm"},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
-                    }
-                ],
+                "containers": [vllm_container(model, llm, hf_token_secret, store_env)],
                 "volumes": [
                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_gi(llm)}Gi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
@@ -239,20 +242,20 @@ def network_policy_spec(model: str, peers: list[dict[str, Any]] | None = None) -
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [rule],
         # Hugging Face / S3 over HTTPS, never the instance metadata service; the in-cluster MinIO.
-        "egress": [egress_except_metadata(443), {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]}],
+        "egress": workload.egress(workload.STORE_PORT),
     }
 
 
-def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_url: str = keda.PROMETHEUS_URL) -> dict[str, Any]:
+def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_url: str = keda_specs.PROMETHEUS_URL) -> dict[str, Any]:
     schedule = None
     if llm.awake is not None:
         a = llm.awake
-        schedule = keda.SleepSchedule(timezone=a.timezone, start=a.start, end=a.end, replicas=a.replicas)
-    return keda.scaled_object_spec(
+        schedule = keda_specs.SleepSchedule(timezone=a.timezone, start=a.start, end=a.end, replicas=a.replicas)
+    return keda_specs.scaled_object_spec(
         {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": object_name(model)},
         llm.min_replicas,
         llm.max_replicas,
-        keda.vllm_queue_query(namespace, served_name(model, llm)),
+        keda_specs.vllm_queue_query(namespace, served_name(model, llm)),
         llm.waiting_per_replica,
         schedule,
         prometheus_url=prometheus_url,
@@ -273,118 +276,129 @@ class LlmServiceArgs:
     gateway: dict[str, str] | None = None  # parentRef of the stack's Gateway (name, namespace[, sectionName])
     gateway_url: pulumi.Input[str] | None = None  # the Gateway's base URL (http[s]://host), for ``url``
     route_opts: pulumi.ResourceOptions | None = None  # e.g. wait for the Gateway and its CRDs
-    # The entry point's SecurityPolicy for this model's route (only these client networks), if any.
-    security_policy: dict[str, Any] | None = None
+    # Only these client networks reach the route (the entry point's SecurityPolicy); empty: anyone.
+    allowed_cidrs: list[str] = field(default_factory=list)
     ingress_peers: list[dict[str, Any]] | None = None  # who may reach the pods (NetworkPolicy peers)
-    keda: keda.Keda | None = None
+    keda: Keda | None = None
     monitoring_release: pulumi.Resource | None = None
     service_monitor_labels: dict[str, str] = field(default_factory=dict)
 
 
+def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=name or object_name(args.model), namespace=args.namespace, labels={**labels(args.model), **(extra or {})}
+    )
+
+
 class LlmService(pulumi.ComponentResource):
+    """One method per concern: ``_identity`` (service account, Hugging Face token), ``_workload``
+    (Service, StatefulSet), ``_guards`` (PDB, NetworkPolicy), ``_autoscaling`` (KEDA), ``_scrape``
+    (ServiceMonitor), ``_route`` (the OpenAI routes on the entry point)."""
+
     endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway (/llm/<model>/v1)
     url: pulumi.Output[str]  # the OpenAI base URL clients use (ops/smoke takes it as is)
 
     def __init__(self, name: str, args: LlmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:llm_service:LlmService", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        llm, ns, model = args.config, args.namespace, args.model
-        obj, lab = object_name(model), labels(model)
+        model = args.model
+        token_secret, needs = self._identity(name, args)
+        service, sts = self._workload(name, args, token_secret, needs)
+        self._guards(name, args)
+        self._autoscaling(name, args, sts)
+        self._scrape(name, args, service)
+        prefix = f"/llm/{model}"
+        self._route(name, args, service, prefix)
+        self.endpoint = pulumi.Output.from_input(f"{prefix}/v1")
+        base = args.gateway_url if args.gateway_url is not None else "http://pending"
+        self.url = pulumi.Output.concat(base, prefix, "/v1")
+        self.register_outputs({"endpoint": self.endpoint, "url": self.url})
 
-        def meta(n: str = obj, **kw: Any) -> k8s.meta.v1.ObjectMetaArgs:
-            return k8s.meta.v1.ObjectMetaArgs(name=n, namespace=ns, labels=lab, **kw)
-
+    def _identity(self, name: str, args: LlmServiceArgs) -> tuple[str | None, list[pulumi.Resource]]:
+        """The Hugging Face token's Secret (its name, or None) and the pods' service account: what the
+        StatefulSet waits for."""
+        child, obj = pulumi.ResourceOptions(parent=self), object_name(args.model)
+        needs: list[pulumi.Resource] = []
         token_secret = None
-        depends: list[pulumi.Resource] = []
         if args.hf_token is not None:
             token_secret = f"{obj}-hf-token"
-            depends.append(
+            needs.append(
                 k8s.core.v1.Secret(
                     f"{name}-hf-token",
-                    metadata=meta(token_secret),
+                    metadata=_meta(args, token_secret),
                     type="Opaque",
                     # Output.secret: encrypted in the state, "[secret]" in previews and synth output.
                     string_data={"token": pulumi.Output.secret(args.hf_token)},
                     opts=child,
                 )
             )
-        if llm.from_store:
+        if args.config.from_store:
             # Weights streamed from the store: read-only, and only this model's prefix.
-            depends.append(store_service_account(self, name, args.store, ns, obj, lab, write=False, prefixes=[f"models/{model}/"]))
+            prefixes = [f"models/{args.model}/"]
+            needs.append(
+                store_service_account(self, name, args.store, args.namespace, obj, labels(args.model), write=False, prefixes=prefixes)
+            )
         else:
             # Weights from Hugging Face: no cloud credentials at all.
-            depends.append(k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=meta(), automount_service_account_token=False, opts=child))
+            needs.append(k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=_meta(args), automount_service_account_token=False, opts=child))
+        return token_secret, needs
+
+    def _workload(
+        self, name: str, args: LlmServiceArgs, token_secret: str | None, needs: list[pulumi.Resource]
+    ) -> tuple[k8s.core.v1.Service, k8s.apps.v1.StatefulSet]:
+        """The StatefulSet and its governing Service (the StatefulSet's ``serviceName``, and the API)."""
+        llm, lab = args.config, labels(args.model)
         store_env = [e if isinstance(e, dict) else _env_dict(e) for e in client_env(args.store)] if llm.from_store else []
         service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata=meta(),
-            spec={
-                "type": "ClusterIP",
-                "selector": lab,
-                "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-            },
-            opts=child,
+            metadata=_meta(args),
+            spec=workload.cluster_ip_service_spec(lab, PORT_NAME, PORT),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         sts = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=meta(),
-            spec=statefulset_spec(model, llm, args.pool_name, token_secret, store_env, args.storage_class),
+            metadata=_meta(args),
+            spec=statefulset_spec(args.model, llm, args.pool_name, token_secret, store_env, args.storage_class),
             # KEDA owns replicas once running: re-applying the configured count would undo its scaling.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*depends, service], ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*needs, service], ignore_changes=["spec.replicas"]),
         )
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb", metadata=meta(), spec={"maxUnavailable": 1, "selector": {"matchLabels": lab}}, opts=child
+        return service, sts
+
+    def _guards(self, name: str, args: LlmServiceArgs) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        pdb = workload.disruption_budget_spec(labels(args.model))
+        k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata=_meta(args), spec=pdb, opts=child)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol", metadata=_meta(args), spec=network_policy_spec(args.model, args.ingress_peers), opts=child
         )
-        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata=meta(), spec=network_policy_spec(model, args.ingress_peers), opts=child)
-        keda.scaled_object(
-            f"{name}-scaledobject",
-            obj,
-            ns,
-            lab,
-            scaled_object_spec(model, llm, ns),
-            args.keda,
-            pulumi.ResourceOptions(parent=self, depends_on=[sts]),
+
+    def _autoscaling(self, name: str, args: LlmServiceArgs, sts: k8s.apps.v1.StatefulSet) -> None:
+        """KEDA on the engine's queue; with an awake window, to zero outside it."""
+        spec = scaled_object_spec(args.model, args.config, args.namespace)
+        after = pulumi.ResourceOptions(parent=self, depends_on=[sts])
+        scaled_object(f"{name}-scaledobject", object_name(args.model), args.namespace, labels(args.model), spec, args.keda, after)
+
+    def _route(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service, prefix: str) -> None:
+        """The OpenAI routes under ``prefix`` on the stack's Gateway (and its SecurityPolicy), if it has one."""
+        if args.gateway is None:
+            return
+        opts = pulumi.ResourceOptions.merge(
+            pulumi.ResourceOptions(parent=self, depends_on=[service]), args.route_opts or pulumi.ResourceOptions()
         )
-        if args.monitoring_release is not None:
-            k8s.apiextensions.CustomResource(
-                f"{name}-servicemonitor",
-                api_version="monitoring.coreos.com/v1",
-                kind="ServiceMonitor",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=obj, namespace=ns, labels={**lab, **args.service_monitor_labels}),
-                spec={
-                    "selector": {"matchLabels": lab},
-                    "namespaceSelector": {"matchNames": [ns]},
-                    "endpoints": [{"port": PORT_NAME, "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}],
-                },
-                # The release installs the ServiceMonitor CRD.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
-            )
-        prefix = f"/llm/{model}"
-        if args.gateway is not None:
-            route_opts = pulumi.ResourceOptions.merge(
-                pulumi.ResourceOptions(parent=self, depends_on=[service]), args.route_opts or pulumi.ResourceOptions()
-            )
-            route = k8s.apiextensions.CustomResource(
-                f"{name}-route",
-                api_version="gateway.networking.k8s.io/v1",
-                kind="HTTPRoute",
-                metadata=meta(),
-                spec=http_route_spec(model, args.gateway, prefix),
-                opts=route_opts,
-            )
-            if args.security_policy is not None:
-                k8s.apiextensions.CustomResource(
-                    f"{name}-allowed-cidrs",
-                    api_version="gateway.envoyproxy.io/v1alpha1",
-                    kind="SecurityPolicy",
-                    metadata=meta(),
-                    spec=args.security_policy,
-                    opts=pulumi.ResourceOptions.merge(route_opts, pulumi.ResourceOptions(depends_on=[route])),
-                )
-        self.endpoint = pulumi.Output.from_input(f"{prefix}/v1")
-        base = args.gateway_url if args.gateway_url is not None else "http://pending"
-        self.url = pulumi.Output.concat(base, prefix, "/v1")
-        self.register_outputs({"endpoint": self.endpoint, "url": self.url})
+        route.attach(name, _meta(args), http_route_spec(args.model, args.gateway, prefix), args.allowed_cidrs, opts)
+
+    def _scrape(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service) -> None:
+        """vLLM's ``/metrics``, on the API port, where the stack runs Prometheus."""
+        if args.monitoring_release is None:
+            return
+        k8s.apiextensions.CustomResource(
+            f"{name}-servicemonitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="ServiceMonitor",
+            metadata=_meta(args, extra=args.service_monitor_labels),
+            spec=workload.service_monitor_spec(labels(args.model), args.namespace, PORT_NAME, "10s"),
+            # The release installs the ServiceMonitor CRD.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
+        )
 
 
 def _env_dict(e: k8s.core.v1.EnvVarArgs) -> dict[str, Any]:

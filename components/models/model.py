@@ -13,7 +13,8 @@ import pulumi
 
 from components.config import GpuPool, ModelConfig
 from components.config.llm import choose_pool
-from components.models.llm_service import LlmService, LlmServiceArgs, object_name
+from components.lib import workload
+from components.models.llm_service import LlmService, LlmServiceArgs
 from components.models.model_service import ModelService, ModelServiceArgs
 from components.models.training_job import TrainingJob, TrainingJobArgs
 from components.services import gateway
@@ -82,36 +83,40 @@ class Model(pulumi.ComponentResource):
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
     """What a catalogue entry is made of, by runtime (``tensorflow``: a TrainingJob and the SavedModel
     server; ``vllm``: an open-weights LLM on vLLM, components/models/llm_service.py)."""
-    cfg = args.config
-    if cfg.runtime == "vllm":
+    if args.config.runtime == "vllm":
         return None, build_llm(name, args, opts)
-    # Promotion, not retraining: a stack that receives the model (prod) runs no training for it.
-    training = (
-        None
-        if cfg.source is not None
-        else TrainingJob(
-            f"{name}-training",
-            TrainingJobArgs(
-                model=args.model,
-                namespace=args.training_namespace,
-                image=args.training_image,
-                config=cfg.training,
-                store=args.store,
-                gpu_nodes=args.gpu_nodes,
-                pushgateway=args.pushgateway,
-                queue=args.queue,
-                publish_as="candidate" if args.rollouts is not None else "champion",
-            ),
-            opts=opts,
-        )
+    return build_training(name, args, opts), build_server(name, args, opts)
+
+
+def build_training(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> TrainingJob | None:
+    cfg = args.config
+    if cfg.source is not None:  # promotion, not retraining: a stack that receives the model (prod) trains nothing
+        return None
+    return TrainingJob(
+        f"{name}-training",
+        TrainingJobArgs(
+            model=args.model,
+            namespace=args.training_namespace,
+            image=args.training_image,
+            config=cfg.training,
+            store=args.store,
+            gpu_nodes=args.gpu_nodes,
+            pushgateway=args.pushgateway,
+            queue=args.queue,
+            publish_as="candidate" if args.rollouts is not None else "champion",
+        ),
+        opts=opts,
     )
-    service = ModelService(
+
+
+def build_server(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> ModelService:
+    return ModelService(
         f"{name}-serving",
         ModelServiceArgs(
             model=args.model,
             namespace=args.serving_namespace,
             image=args.serving_image,
-            config=cfg.serving,
+            config=args.config.serving,
             store=args.store,
             entry=args.entry,
             monitoring_namespace=args.monitoring_namespace,
@@ -122,7 +127,6 @@ def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[Tra
         ),
         opts=opts,
     )
-    return training, service
 
 
 def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmService:
@@ -132,7 +136,6 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
     cfg, entry = args.config, args.entry
     assert cfg.llm is not None  # config validation requires it for runtime vllm
     pool = choose_pool(cfg.llm, args.gpu_pools) if args.gpu_pools else None
-    cidrs = list(cfg.serving.allowed_cidrs)
     return LlmService(
         f"{name}-llm",
         LlmServiceArgs(
@@ -152,14 +155,8 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             },
             gateway_url=entry.base_url,
             route_opts=entry.route_opts,
-            security_policy=gateway.security_policy_spec(object_name(args.model), cidrs) if cidrs else None,
-            ingress_peers=[
-                {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": entry.namespace}},
-                    "podSelector": {"matchLabels": gateway.PROXY_LABELS},
-                },
-                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}},
-            ],
+            allowed_cidrs=list(cfg.serving.allowed_cidrs),
+            ingress_peers=[workload.pods_peer(entry.namespace, gateway.PROXY_LABELS), workload.namespace_peer(args.monitoring_namespace)],
             keda=args.keda,
             monitoring_release=args.monitoring_release,
         ),

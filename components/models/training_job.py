@@ -17,13 +17,12 @@ import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
 from components.config import TRAINING_WORKER_CPU, TrainingConfig
-from components.lib.network import egress_except_metadata
+from components.lib import workload
 from components.lib.security import container_security, pod_security
 from components.services import kueue
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 
 APP = "training"
-MODEL_LABEL = "mlplatform.io/model"
 # training.train exit codes: 2 bad data/arguments, 3 quality gate failed -> retrying cannot help.
 NON_RETRYABLE_EXIT_CODES = [2, 3]
 TTL_SECONDS = 7 * 86400
@@ -47,12 +46,7 @@ def store_prefixes(model: str) -> list[str]:
 
 
 def labels(model: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": APP,
-        "app.kubernetes.io/instance": model,
-        "app.kubernetes.io/part-of": "mlplatform",
-        MODEL_LABEL: model,
-    }
+    return workload.labels(APP, model)
 
 
 def run_name(model: str, image: str, cfg: TrainingConfig) -> str:
@@ -173,6 +167,32 @@ def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, 
     }
 
 
+def cron_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
+    """Scheduled retraining: one run at a time, queued behind pipeline runs and experiments."""
+    return {
+        "schedule": cfg.schedule,
+        "concurrencyPolicy": "Forbid",  # never two runs competing for GPUs
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        # Scheduled retraining yields to pipeline runs and experiments in the queue.
+        "jobTemplate": {"metadata": {"labels": {**labels(model), **kueue.job_labels("scheduled")}}, "spec": job_spec(model, pod, cfg)},
+    }
+
+
+def network_policies(model: str, cfg: TrainingConfig) -> dict[str, dict[str, Any]]:
+    """role -> NetworkPolicy spec. Egress: S3 / Keras' dataset download over HTTPS (never the metadata
+    service) and, in-cluster, the model store (MinIO) and the Pushgateway. A multi-worker run's
+    workers reach each other on the worker port, and nothing else does."""
+    selector = {"podSelector": {"matchLabels": labels(model)}}
+    worker_port = [{"protocol": "TCP", "port": WORKER_PORT}]
+    peers = [{"to": [selector], "ports": worker_port}] if cfg.workers > 1 else []
+    out = {"egress": {**selector, "policyTypes": ["Egress"], "egress": [*workload.egress(workload.STORE_PORT, 9091), *peers]}}
+    if cfg.workers > 1:
+        out["workers"] = {**selector, "policyTypes": ["Ingress"], "ingress": [{"from": [selector], "ports": worker_port}]}
+    return out
+
+
 @dataclass
 class TrainingJobArgs:
     model: str  # the catalogue name: object names, labels, the store prefix
@@ -189,98 +209,77 @@ class TrainingJobArgs:
     publish_as: str = "champion"
 
 
+def _meta(args: TrainingJobArgs, name: str) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=args.namespace, labels=labels(args.model))
+
+
 class TrainingJob(pulumi.ComponentResource):
+    """The run (``_runs``: the Job and, with a schedule, the CronJob), a multi-worker run's headless
+    Service (``_workers``) and the NetworkPolicies (``_guards``, ``network_policies``)."""
+
     job_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrainingJobArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:training_job:TrainingJob", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         cfg, store, model = args.config, args.store, args.model
-        obj, LABELS = object_name(model), labels(model)  # noqa: N806
         # Training never talks to the Kubernetes API; it writes models and checkpoints to the store.
         # Writes only its own model's versions and checkpoints; reads the bucket (its data may be anywhere in it).
         sa = store_service_account(
-            self, name, store, args.namespace, obj, LABELS, write=True, prefixes=store_prefixes(model), read_all=True
-        )
-        store_env = client_env(store)
-        pod = pulumi.Output.all(args.image, store.uri).apply(
-            lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes, args.publish_as)
+            self, name, store, args.namespace, object_name(model), labels(model), write=True, prefixes=store_prefixes(model), read_all=True
         )
         self.job_name = pulumi.Output.from_input(args.image).apply(lambda image: run_name(model, image, cfg))
-        queued = [*args.queue.objects] if args.queue else []
         if cfg.workers > 1:
-            k8s.core.v1.Service(
-                f"{name}-workers",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=workers_service(model), namespace=args.namespace, labels=LABELS),
-                spec={
-                    "clusterIP": "None",
-                    "selector": LABELS,
-                    # Workers look each other up before any of them is ready.
-                    "publishNotReadyAddresses": True,
-                    "ports": [{"name": "worker", "port": WORKER_PORT, "targetPort": WORKER_PORT, "protocol": "TCP"}],
-                },
-                opts=child,
-            )
+            self._workers(name, args)
+        self.job = self._runs(name, args, sa)
+        self._guards(name, args)
+        self.register_outputs({"job_name": self.job_name})
+
+    def _runs(self, name: str, args: TrainingJobArgs, sa: pulumi.Resource) -> k8s.batch.v1.Job:
+        """The pipeline's run now (``job_name``) and, with a schedule, the CronJob of later ones; both
+        wait for the service account and the Kueue objects that admit them."""
+        cfg, model = args.config, args.model
+        store_env = client_env(args.store)
+        pod = pulumi.Output.all(args.image, args.store.uri).apply(
+            lambda a: pod_spec(model, a[0], cfg, a[1], store_env, args.pushgateway, args.gpu_nodes, args.publish_as)
+        )
+        after = pulumi.ResourceOptions(parent=self, depends_on=[sa, *(args.queue.objects if args.queue else [])])
         job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=self.job_name,
                 namespace=args.namespace,
-                labels={**LABELS, **kueue.job_labels("pipeline")},
+                labels={**labels(model), **kueue.job_labels("pipeline")},
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
             spec=pod.apply(lambda p: job_spec(model, p, cfg)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[sa, *queued]),
+            opts=after,
         )
         if cfg.schedule:
             k8s.batch.v1.CronJob(
-                f"{name}-cron",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=obj, namespace=args.namespace, labels=LABELS),
-                spec=pod.apply(
-                    lambda p: {
-                        "schedule": cfg.schedule,
-                        "concurrencyPolicy": "Forbid",  # never two runs competing for GPUs
-                        "startingDeadlineSeconds": 3600,
-                        "successfulJobsHistoryLimit": 3,
-                        "failedJobsHistoryLimit": 3,
-                        # Scheduled retraining yields to pipeline runs and experiments in the queue.
-                        "jobTemplate": {
-                            "metadata": {"labels": {**LABELS, **kueue.job_labels("scheduled")}},
-                            "spec": job_spec(model, p, cfg),
-                        },
-                    }
-                ),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[sa, *queued]),
+                f"{name}-cron", metadata=_meta(args, object_name(model)), spec=pod.apply(lambda p: cron_spec(model, p, cfg)), opts=after
             )
-        # A multi-worker run's workers reach each other on the worker port, and nothing else does.
-        peers = [{"to": [{"podSelector": {"matchLabels": LABELS}}], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}]
-        peers = peers if cfg.workers > 1 else []
-        if peers:
-            k8s.networking.v1.NetworkPolicy(
-                f"{name}-workers",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{obj}-workers", namespace=args.namespace, labels=LABELS),
-                spec={
-                    "podSelector": {"matchLabels": LABELS},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"podSelector": {"matchLabels": LABELS}}], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}],
-                },
-                opts=child,
-            )
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-egress",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{obj}-egress", namespace=args.namespace, labels=LABELS),
+        return job
+
+    def _workers(self, name: str, args: TrainingJobArgs) -> None:
+        """The headless Service that gives a multi-worker run's pods their DNS names."""
+        k8s.core.v1.Service(
+            f"{name}-workers",
+            metadata=_meta(args, workers_service(args.model)),
             spec={
-                "podSelector": {"matchLabels": LABELS},
-                "policyTypes": ["Egress"],
-                "egress": [
-                    # S3 / Keras' dataset download over HTTPS, but not the node's metadata service.
-                    egress_except_metadata(443),
-                    # In-cluster: the model store (MinIO) and the Pushgateway.
-                    {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}, {"protocol": "TCP", "port": 9091}]},
-                    *peers,
-                ],
+                "clusterIP": "None",
+                "selector": labels(args.model),
+                # Workers look each other up before any of them is ready.
+                "publishNotReadyAddresses": True,
+                "ports": [{"name": "worker", "port": WORKER_PORT, "targetPort": WORKER_PORT, "protocol": "TCP"}],
             },
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.job = job
-        self.register_outputs({"job_name": self.job_name})
+
+    def _guards(self, name: str, args: TrainingJobArgs) -> None:
+        for role, spec in network_policies(args.model, args.config).items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{role}",
+                metadata=_meta(args, f"{object_name(args.model)}-{role}"),
+                spec=spec,
+                opts=pulumi.ResourceOptions(parent=self),
+            )

@@ -52,6 +52,7 @@ class ArtifactStore(pulumi.ComponentResource):
         self.register_outputs({"uri": self.uri})
 
     def _s3(self, name: str, args: ArtifactStoreArgs) -> None:
+        """The bucket: public access blocked, versioned, encrypted with KMS, old versions expired."""
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(force_destroy=args.force_destroy, tags=args.tags), opts=child)
         aws.s3.BucketPublicAccessBlock(
@@ -83,6 +84,12 @@ class ArtifactStore(pulumi.ComponentResource):
             ],
             opts=child,
         )
+        self._s3_lifecycle(name, bucket, child)
+        self.uri = pulumi.Output.concat("s3://", bucket.bucket)
+        self.bucket_arn = bucket.arn
+        self.endpoint_url = None
+
+    def _s3_lifecycle(self, name: str, bucket: aws.s3.Bucket, child: pulumi.ResourceOptions) -> None:
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-lifecycle",
             bucket=bucket.id,
@@ -109,9 +116,6 @@ class ArtifactStore(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        self.uri = pulumi.Output.concat("s3://", bucket.bucket)
-        self.bucket_arn = bucket.arn
-        self.endpoint_url = None
 
     def irsa_role(
         self, name: str, namespace: str, service_account: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False
@@ -143,6 +147,7 @@ class ArtifactStore(pulumi.ComponentResource):
         return role.arn
 
     def _minio(self, name: str, args: ArtifactStoreArgs) -> None:
+        """MinIO with generated credentials, one volume, a Service, reachable from the client namespaces only."""
         child = pulumi.ResourceOptions(parent=self)
         password = random.RandomPassword(f"{name}-password", random.RandomPasswordArgs(length=32, special=False), opts=child)
         creds = {"AWS_ACCESS_KEY_ID": "mlplatform", "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(password.result)}
@@ -160,9 +165,25 @@ class ArtifactStore(pulumi.ComponentResource):
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(access_modes=["ReadWriteOnce"], resources={"requests": {"storage": "10Gi"}}),
             opts=child,
         )
+        self._minio_deployment(name, args.namespace, child)
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace, labels=MINIO_LABELS),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                selector=MINIO_LABELS, ports=[k8s.core.v1.ServicePortArgs(name="s3", port=MINIO_PORT, target_port="s3")]
+            ),
+            opts=child,
+        )
+        self._minio_network_policy(name, args, child)
+        self.uri = pulumi.Output.from_input(f"s3://{BUCKET}")
+        self.endpoint_url = f"http://minio.{args.namespace}.svc.cluster.local:{MINIO_PORT}"
+        self.bucket_arn = None
+
+    def _minio_deployment(self, name: str, namespace: str, child: pulumi.ResourceOptions) -> None:
+        """One MinIO pod on its volume, root credentials from the namespace's store Secret."""
         k8s.apps.v1.Deployment(
             f"{name}-minio",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace, labels=MINIO_LABELS),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=namespace, labels=MINIO_LABELS),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 strategy={"type": "Recreate"},  # one RWO volume: never two pods at once
@@ -202,14 +223,9 @@ class ArtifactStore(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        k8s.core.v1.Service(
-            f"{name}-service",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace, labels=MINIO_LABELS),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                selector=MINIO_LABELS, ports=[k8s.core.v1.ServicePortArgs(name="s3", port=MINIO_PORT, target_port="s3")]
-            ),
-            opts=child,
-        )
+
+    def _minio_network_policy(self, name: str, args: ArtifactStoreArgs, child: pulumi.ResourceOptions) -> None:
+        """Only the client namespaces reach MinIO."""
         k8s.networking.v1.NetworkPolicy(
             f"{name}-allow-clients",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="minio-allow-clients", namespace=args.namespace),
@@ -228,9 +244,6 @@ class ArtifactStore(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.uri = pulumi.Output.from_input(f"s3://{BUCKET}")
-        self.endpoint_url = f"http://minio.{args.namespace}.svc.cluster.local:{MINIO_PORT}"
-        self.bucket_arn = None
 
 
 def _secret_ref(key: str) -> k8s.core.v1.EnvVarSourceArgs:

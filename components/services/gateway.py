@@ -187,7 +187,25 @@ class EntryPoint(pulumi.ComponentResource):
             child,
             release_name="envoy-gateway",
         )
-        after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
+        self.gateway = self._gateway(name, args)
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": ENTRY_SERVICE, "namespace": ns, "annotations": service_annotations(cfg, args.eks) or None},
+            spec=entry_service_spec(cfg, ns, sorted(set(args.source_ranges))),
+            opts=child,
+        )
+        self._network_policies(name, ns, args.serving_namespace, child)
+        scheme = "https" if cfg.tls else "http"
+        host = cfg.tls.hostname if cfg.tls and cfg.tls.hostname else None
+        ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
+        self.base_url = ingress.apply(lambda i: f"{scheme}://{host or ((i.hostname or i.ip) if i else 'pending')}")
+        # Routes and policies are custom resources whose CRDs the chart installs.
+        self.route_opts = pulumi.ResourceOptions(depends_on=[self.release, self.gateway])
+        self.register_outputs({"base_url": self.base_url})
+
+    def _gateway(self, name: str, args: EntryPointArgs) -> k8s.apiextensions.CustomResource:
+        """The Envoy proxies' settings (EnvoyProxy), the GatewayClass that points at them, and the Gateway."""
+        ns = args.namespace
         proxy = k8s.apiextensions.CustomResource(
             f"{name}-proxy-config",
             api_version=f"{ENVOY_GATEWAY_API}/v1alpha1",
@@ -205,7 +223,7 @@ class EntryPoint(pulumi.ComponentResource):
                     },
                 }
             },
-            opts=after_crds,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release]),
         )
         gateway_class = k8s.apiextensions.CustomResource(
             f"{name}-class",
@@ -218,28 +236,14 @@ class EntryPoint(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, proxy]),
         )
-        self.gateway = k8s.apiextensions.CustomResource(
+        return k8s.apiextensions.CustomResource(
             f"{name}-gateway",
             api_version=f"{GATEWAY_API}/v1",
             kind="Gateway",
             metadata={"name": GATEWAY_NAME, "namespace": ns},
-            spec=gateway_spec(cfg, args.serving_namespace),
+            spec=gateway_spec(args.config, args.serving_namespace),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway_class]),
         )
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": ENTRY_SERVICE, "namespace": ns, "annotations": service_annotations(cfg, args.eks) or None},
-            spec=entry_service_spec(cfg, ns, sorted(set(args.source_ranges))),
-            opts=child,
-        )
-        self._network_policies(name, ns, args.serving_namespace, child)
-        scheme = "https" if cfg.tls else "http"
-        host = cfg.tls.hostname if cfg.tls and cfg.tls.hostname else None
-        ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
-        self.base_url = ingress.apply(lambda i: f"{scheme}://{host or ((i.hostname or i.ip) if i else 'pending')}")
-        # Routes and policies are custom resources whose CRDs the chart installs.
-        self.route_opts = pulumi.ResourceOptions(depends_on=[self.release, self.gateway])
-        self.register_outputs({"base_url": self.base_url})
 
     def _network_policies(self, name: str, ns: str, serving_ns: str, child: pulumi.ResourceOptions) -> None:
         """The namespace is default-deny: open what Envoy Gateway needs, nothing more."""

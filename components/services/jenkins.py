@@ -193,8 +193,31 @@ def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool) -> str:
             _folder(
                 DEPLOY_FOLDER, f"Deploys {branch} to every environment. Only jobs in this folder see its credentials.", with_credentials
             ),
-            f"""
-multibranchPipelineJob('{PREVIEW_FOLDER}/mlplatform') {{
+            _pr_job(owner, name, https),
+            _branch_pipeline_job(
+                f"{DEPLOY_FOLDER}/main",
+                _q(f"Deploys {branch} to {', '.join(ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only."),
+                "pollSCM { scmpoll_spec('H/5 * * * *') }",
+                "ci/deploy.Jenkinsfile",
+                https,
+                branch,
+            ),
+            _branch_pipeline_job(
+                f"{PREVIEW_FOLDER}/reap-ephemeral-stacks",
+                "'Destroys ephemeral pr-N stacks past their expiry'",
+                "cron { spec('H * * * *') }",
+                "ci/reap.Jenkinsfile",
+                https,
+                branch,
+            ),
+        ]
+    )
+    return yaml.safe_dump({"jobs": [{"script": script}]}, sort_keys=False)
+
+
+def _pr_job(owner: str, name: str, https: str) -> str:
+    """The multibranch job of the preview folder: every branch and pull request, each with its own Jenkinsfile."""
+    return f"""multibranchPipelineJob('{PREVIEW_FOLDER}/mlplatform') {{
   description('Tests every branch and pull request, previews PRs on an ephemeral stack: see the Jenkinsfile')
   branchSources {{
     branchSource {{
@@ -225,32 +248,24 @@ multibranchPipelineJob('{PREVIEW_FOLDER}/mlplatform') {{
       trust(class: 'org.jenkinsci.plugins.github_branch_source.ForkPullRequestDiscoveryTrait$TrustPermission')
     }}
   }}
-}}
-pipelineJob('{DEPLOY_FOLDER}/main') {{
-  description({_q(f"Deploys {branch} to {', '.join(ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only.")})
-  properties {{ pipelineTriggers {{ triggers {{ pollSCM {{ scmpoll_spec('H/5 * * * *') }} }} }} }}
+}}"""
+
+
+def _branch_pipeline_job(job: str, description: str, trigger: str, script_path: str, https: str, branch: str) -> str:
+    """A pipeline job that runs ``script_path`` as merged on ``branch`` only (never a branch's or a PR's
+    copy); ``description`` is a Groovy literal, ``trigger`` a job-dsl trigger block."""
+    git = f"git {{ remote {{ url({_q(https + '.git')}); credentials('{GITHUB.id}') }}; branch({_q('refs/heads/' + branch)}) }}"
+    return f"""pipelineJob('{job}') {{
+  description({description})
+  properties {{ pipelineTriggers {{ triggers {{ {trigger} }} }} }}
   definition {{
     cpsScm {{
-      scm {{ git {{ remote {{ url({_q(https + ".git")}); credentials('{GITHUB.id}') }}; branch({_q("refs/heads/" + branch)}) }} }}
-      scriptPath('ci/deploy.Jenkinsfile')
+      scm {{ {git} }}
+      scriptPath('{script_path}')
       lightweight(true)
     }}
   }}
-}}
-pipelineJob('{PREVIEW_FOLDER}/reap-ephemeral-stacks') {{
-  description('Destroys ephemeral pr-N stacks past their expiry')
-  properties {{ pipelineTriggers {{ triggers {{ cron {{ spec('H * * * *') }} }} }} }}
-  definition {{
-    cpsScm {{
-      scm {{ git {{ remote {{ url({_q(https + ".git")}); credentials('{GITHUB.id}') }}; branch({_q("refs/heads/" + branch)}) }} }}
-      scriptPath('ci/reap.Jenkinsfile')
-      lightweight(true)
-    }}
-  }}
-}}""".strip(),
-        ]
-    )
-    return yaml.safe_dump({"jobs": [{"script": script}]}, sort_keys=False)
+}}"""
 
 
 def env_jcasc(repo_url: str, prod_approvers: list[str]) -> str:
@@ -266,19 +281,21 @@ def env_jcasc(repo_url: str, prod_approvers: list[str]) -> str:
 
 def credentials_data(raw: str) -> dict[str, str]:
     """The Secret's data from the ``jenkinsCredentials`` secret config value; names missing or unknown
-    keys (never values)."""
+    keys (never values). Loading the config runs it first (components/config/loading.py) and turns its
+    ValueError into the one-line ConfigError naming the stack file and key, so inside the ``apply`` it
+    no longer fails."""
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"jenkinsCredentials: must be a JSON object ({exc.msg})") from None
+        raise ValueError(f"must be a JSON object ({exc.msg})") from None
     if not isinstance(doc, dict):
-        raise ValueError("jenkinsCredentials: must be a JSON object")
+        raise ValueError("must be a JSON object")
     missing, unknown = sorted(set(CREDENTIAL_KEYS) - set(doc)), sorted(set(doc) - set(CREDENTIAL_KEYS))
     if missing or unknown:
-        raise ValueError(f"jenkinsCredentials: missing keys {missing}, unknown keys {unknown} (expected: {', '.join(CREDENTIAL_KEYS)})")
+        raise ValueError(f"missing keys {missing}, unknown keys {unknown} (expected: {', '.join(CREDENTIAL_KEYS)})")
     empty = sorted(k for k, v in doc.items() if not isinstance(v, str) or not v)
     if empty:
-        raise ValueError(f"jenkinsCredentials: keys {empty} must be non-empty strings")
+        raise ValueError(f"keys {empty} must be non-empty strings")
     return dict(doc)
 
 
@@ -294,40 +311,35 @@ def _restricted_container(name: str, image: str, cpu: str, memory: str, **extra:
     }
 
 
+def _agent_pod(containers: list[dict], volumes: list[dict] | None = None) -> dict:
+    """An agent pod of the build namespace: the agent's service account without its token, non-root."""
+    spec = {
+        "serviceAccountName": AGENT_SA,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": containers,
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "spec": {**spec, **({"volumes": volumes} if volumes else {})}}
+
+
 def pod_templates(build_namespace: str) -> dict[str, str]:
     """Kubernetes-plugin pod templates (JCasC YAML), keyed as the chart's agent.podTemplates expects.
     Both run in the build namespace: the only one where the controller may create pods."""
-    python_pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "spec": {
-            "serviceAccountName": AGENT_SA,
-            "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [_restricted_container("python", AGENT_IMAGE, "1", "4Gi")],
-        },
-    }
-    builder_pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "spec": {
-            "serviceAccountName": AGENT_SA,
-            "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                _restricted_container("python", AGENT_IMAGE, "1", "4Gi", env=[{"name": "BUILDX_BUILDER", "value": BUILDER}]),
-                {
-                    "name": "buildkitd",
-                    "image": BUILDKIT_IMAGE,
-                    "args": ["--addr", "tcp://127.0.0.1:1234", "--oci-worker-no-process-sandbox"],
-                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
-                    "securityContext": BUILDKITD_SECURITY,
-                    "volumeMounts": [{"name": "buildkit", "mountPath": "/home/user/.local/share/buildkit"}],
-                },
-            ],
-            "volumes": [{"name": "buildkit", "emptyDir": {"sizeLimit": "30Gi"}}],
-        },
-    }
+    python_pod = _agent_pod([_restricted_container("python", AGENT_IMAGE, "1", "4Gi")])
+    builder_pod = _agent_pod(
+        [
+            _restricted_container("python", AGENT_IMAGE, "1", "4Gi", env=[{"name": "BUILDX_BUILDER", "value": BUILDER}]),
+            {
+                "name": "buildkitd",
+                "image": BUILDKIT_IMAGE,
+                "args": ["--addr", "tcp://127.0.0.1:1234", "--oci-worker-no-process-sandbox"],
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+                "securityContext": BUILDKITD_SECURITY,
+                "volumeMounts": [{"name": "buildkit", "mountPath": "/home/user/.local/share/buildkit"}],
+            },
+        ],
+        volumes=[{"name": "buildkit", "emptyDir": {"sizeLimit": "30Gi"}}],
+    )
 
     def template(name: str, pod: dict) -> str:
         return yaml.safe_dump(
@@ -353,10 +365,6 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
     profiles), so this is what keeps a branch from starting a privileged pod beside a deploy agent:
     Pod Security ``baseline``, except ``BUILDKITD_SECURITY`` for a ``buildkitd`` container running
     ``BUILDKIT_IMAGE``, and no service account but the agents' (which has no rights)."""
-    unconfined = (
-        "(has({p}.seccompProfile) && {p}.seccompProfile.type == 'Unconfined') || "
-        "(has({p}.appArmorProfile) && {p}.appArmorProfile.type == 'Unconfined')"
-    )
     flag = "(has(object.spec.{f}) && object.spec.{f})"
     return {
         "failurePolicy": "Fail",
@@ -390,24 +398,7 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
                 " || !has(c.securityContext.capabilities.add) || c.securityContext.capabilities.add.all(x, x in ['SETUID', 'SETGID']))",
                 "message": "build pods may add no capability but SETUID/SETGID (rootless BuildKit's newuidmap)",
             },
-            {
-                "expression": "variables.containers.all(c, (c.name == 'buildkitd' && c.image == '"
-                + BUILDKIT_IMAGE
-                + "') || !has(c.securityContext) || !("
-                + unconfined.format(p="c.securityContext")
-                + ")) && (!has(object.spec.securityContext) || !("
-                + unconfined.format(p="object.spec.securityContext")
-                + "))",
-                "message": f"only the buildkitd container ({BUILDKIT_IMAGE}) may run without seccomp/AppArmor confinement",
-            },
-            {
-                # the annotation form of AppArmor, still honoured
-                "expression": "!has(object.metadata.annotations) || object.metadata.annotations.all(k,"
-                " !k.startsWith('container.apparmor.security.beta.kubernetes.io/')"
-                " || k == 'container.apparmor.security.beta.kubernetes.io/buildkitd'"
-                " || object.metadata.annotations[k] != 'unconfined')",
-                "message": "only the buildkitd container may run without AppArmor confinement",
-            },
+            *_confinement_validations(),
             {
                 "expression": "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
                 "message": "build pods may not use host ports",
@@ -418,6 +409,35 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
             },
         ],
     }
+
+
+def _confinement_validations() -> list[dict[str, str]]:
+    """Seccomp and AppArmor stay on for every container but ``buildkitd`` running ``BUILDKIT_IMAGE``
+    (pod level included), in the field and in the annotation form."""
+    unconfined = (
+        "(has({p}.seccompProfile) && {p}.seccompProfile.type == 'Unconfined') || "
+        "(has({p}.appArmorProfile) && {p}.appArmorProfile.type == 'Unconfined')"
+    )
+    return [
+        {
+            "expression": "variables.containers.all(c, (c.name == 'buildkitd' && c.image == '"
+            + BUILDKIT_IMAGE
+            + "') || !has(c.securityContext) || !("
+            + unconfined.format(p="c.securityContext")
+            + ")) && (!has(object.spec.securityContext) || !("
+            + unconfined.format(p="object.spec.securityContext")
+            + "))",
+            "message": f"only the buildkitd container ({BUILDKIT_IMAGE}) may run without seccomp/AppArmor confinement",
+        },
+        {
+            # the annotation form of AppArmor, still honoured
+            "expression": "!has(object.metadata.annotations) || object.metadata.annotations.all(k,"
+            " !k.startsWith('container.apparmor.security.beta.kubernetes.io/')"
+            " || k == 'container.apparmor.security.beta.kubernetes.io/buildkitd'"
+            " || object.metadata.annotations[k] != 'unconfined')",
+            "message": "only the buildkitd container may run without AppArmor confinement",
+        },
+    ]
 
 
 def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with_credentials: bool = False) -> dict[str, Any]:

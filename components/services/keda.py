@@ -10,25 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cluster.namespaces import operator_namespace
-from components.lib import helm
-from components.lib.keda_specs import (  # noqa: F401 - re-exported: the builders are used through this module
-    API_VERSION,
-    METRICS_API_PORT,
-    NAMESPACE,
-    OPERATOR_GRPC_PORT,
-    PROMETHEUS_URL,
-    RELEASE,
-    WEBHOOK_PORT,
-    SleepSchedule,
-    cron_trigger,
-    desired_replicas,
-    keda_network_policy,
-    keda_values,
-    prometheus_trigger,
-    scaled_object_spec,
-    tf_queue_query,
-    vllm_queue_query,
-)
+from components.lib import helm, keda_specs
 
 
 @dataclass
@@ -45,8 +27,9 @@ class Keda(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KedaArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:autoscaling:Keda", name, None, opts)
-        after_ns = operator_namespace(self, name, NAMESPACE, args.environment, "keda", keda_network_policy(args.prometheus_namespace))
-        self.release = helm.release(f"{name}-release", "keda", NAMESPACE, keda_values(), after_ns, release_name=RELEASE)
+        ns = keda_specs.NAMESPACE
+        after_ns = operator_namespace(self, name, ns, args.environment, "keda", keda_specs.keda_network_policy(args.prometheus_namespace))
+        self.release = helm.release(f"{name}-release", "keda", ns, keda_specs.keda_values(), after_ns, release_name=keda_specs.RELEASE)
         self.register_outputs({})
 
 
@@ -63,7 +46,7 @@ def scaled_object(
     depends = [keda.release] if keda is not None else []
     return k8s.apiextensions.CustomResource(
         name,
-        api_version=API_VERSION,
+        api_version=keda_specs.API_VERSION,
         kind="ScaledObject",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels),
         spec=spec,

@@ -124,6 +124,31 @@ def pushgateway_values() -> dict[str, Any]:
     }
 
 
+def _from_namespaces(namespaces: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}} for n in sorted(namespaces)]
+
+
+def network_policy_spec(client_namespaces: list[str], query_namespaces: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The monitoring namespace's NetworkPolicy. Inside the namespace, anything; the operator's
+    admission webhook from the API server; ``client_namespaces`` push to the Pushgateway,
+    ``query_namespaces`` query Prometheus. Egress: Prometheus scrapes every namespace, Alertmanager
+    calls out to Slack/e-mail/webhooks."""
+    query = [{"from": _from_namespaces(query_namespaces), "ports": [{"protocol": "TCP", "port": 9090}]}] if query_namespaces else []
+    return {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {"from": [{"podSelector": {}}]},
+            {"ports": [{"protocol": "TCP", "port": 10250}]},
+            {"from": _from_namespaces(client_namespaces), "ports": [{"protocol": "TCP", "port": 9091}]},
+            *query,
+        ],
+        # Prometheus scrapes kubelets and node-exporter on node IPs, Alertmanager reaches
+        # Slack/SMTP/webhooks: any port, but never the node's metadata service.
+        "egress": [IN_CLUSTER, egress_except_metadata()],
+    }
+
+
 @dataclass
 class MonitoringArgs:
     namespace: str
@@ -143,14 +168,50 @@ class Monitoring(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:monitoring:Monitoring", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         ns, cfg = args.namespace, args.config
-        meta = lambda n, **kw: k8s.meta.v1.ObjectMetaArgs(name=n, namespace=ns, **kw)  # noqa: E731
+        secrets, creds = self._secrets(name, args)
+        values = stack_values(
+            cfg, args.alerting, "slack-webhook-url" in creds, "smtp-password" in creds, args.storage_class, args.node_exporter_namespace
+        )
+        self.release = helm.release(
+            f"{name}-stack",
+            "kube-prometheus-stack",
+            ns,
+            values,
+            pulumi.ResourceOptions(parent=self, depends_on=secrets),
+            timeout_s=900,
+            release_name=RELEASE,
+        )
+        self.pushgateway = helm.release(
+            f"{name}-pushgateway",
+            "prometheus-pushgateway",
+            ns,
+            pushgateway_values(),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.release]),  # its ServiceMonitor needs the CRD
+            release_name=PUSHGATEWAY_RELEASE,
+        )
+        self.pushgateway_url = pushgateway_url(ns)
+        self._rules(name, args)
+        self._dashboards(name, ns)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="monitoring", namespace=ns, labels=LABELS),
+            spec=network_policy_spec(args.client_namespaces, args.query_namespaces),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"pushgateway_url": self.pushgateway_url})
 
+    def _secrets(self, name: str, args: MonitoringArgs) -> tuple[list[pulumi.Resource], dict[str, pulumi.Input[str]]]:
+        """Grafana's admin Secret (a generated password) and Alertmanager's receiver credentials: the
+        Secrets the chart references by name, and which credentials there are."""
+        child = pulumi.ResourceOptions(parent=self)
         password = random.RandomPassword(f"{name}-grafana-password", random.RandomPasswordArgs(length=24, special=False), opts=child)
+        # RandomPassword.result is secret by the provider schema; say so here too (mocks and policies
+        # see the explicit secret, and a future refactor cannot drop it).
+        self.grafana_password = pulumi.Output.secret(password.result)
         grafana_secret = k8s.core.v1.Secret(
             f"{name}-grafana-admin",
-            metadata=meta(GRAFANA_ADMIN_SECRET, labels=LABELS),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=GRAFANA_ADMIN_SECRET, namespace=args.namespace, labels=LABELS),
             string_data={"admin-user": "admin", "admin-password": pulumi.Output.secret(password.result)},
             opts=child,
         )
@@ -161,35 +222,15 @@ class Monitoring(pulumi.ComponentResource):
             creds["smtp-password"] = args.secrets["alertingSmtpPassword"]
         am_secret = k8s.core.v1.Secret(
             f"{name}-alertmanager-credentials",
-            metadata=meta(CREDENTIALS_SECRET, labels=LABELS),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=CREDENTIALS_SECRET, namespace=args.namespace, labels=LABELS),
             string_data=pulumi.Output.secret(creds) if creds else {},
             opts=child,
         )
-        values = stack_values(
-            cfg, args.alerting, "slack-webhook-url" in creds, "smtp-password" in creds, args.storage_class, args.node_exporter_namespace
-        )
-        self.release = helm.release(
-            f"{name}-stack",
-            "kube-prometheus-stack",
-            ns,
-            values,
-            pulumi.ResourceOptions(parent=self, depends_on=[grafana_secret, am_secret]),
-            timeout_s=900,
-            release_name=RELEASE,
-        )
-        # RandomPassword.result is secret by the provider schema; say so here too (mocks and policies
-        # see the explicit secret, and a future refactor cannot drop it).
-        self.grafana_password = pulumi.Output.secret(password.result)
-        self.pushgateway = helm.release(
-            f"{name}-pushgateway",
-            "prometheus-pushgateway",
-            ns,
-            pushgateway_values(),
-            pulumi.ResourceOptions(parent=self, depends_on=[self.release]),  # its ServiceMonitor needs the CRD
-            release_name=PUSHGATEWAY_RELEASE,
-        )
-        self.pushgateway_url = pushgateway_url(ns)
-        after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
+        return [grafana_secret, am_secret], creds
+
+    def _rules(self, name: str, args: MonitoringArgs) -> None:
+        """One PrometheusRule per group: the thresholds from the stack config, then monitoring/rules/."""
+        cfg = args.config
         groups = [threshold_rules(cfg.latency_slo_ms, cfg.error_ratio_slo, cfg.training_stale_days)] + [
             g for gs in rule_groups(args.alerting.runbooks_url).values() for g in gs
         ]
@@ -198,55 +239,17 @@ class Monitoring(pulumi.ComponentResource):
                 f"{name}-rules-{group['name']}",
                 api_version="monitoring.coreos.com/v1",
                 kind="PrometheusRule",
-                metadata=meta(group["name"], labels=LABELS),
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=group["name"], namespace=args.namespace, labels=LABELS),
                 spec={"groups": [group]},
-                opts=after_crds,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release]),  # the chart installs the CRD
             )
+
+    def _dashboards(self, name: str, ns: str) -> None:
         for stem, body in dashboards().items():
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{stem}",
                 # The Grafana sidecar loads every ConfigMap with this label (kube-prometheus-stack's setting).
-                metadata=meta(f"dashboard-{stem}", labels={**LABELS, "grafana_dashboard": "1"}),
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=f"dashboard-{stem}", namespace=ns, labels={**LABELS, "grafana_dashboard": "1"}),
                 data={f"{stem}.json": body},
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self),
             )
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata=meta("monitoring", labels=LABELS),
-            spec={
-                "podSelector": {},
-                "policyTypes": ["Ingress", "Egress"],
-                # Inside the namespace, anything; the operator's admission webhook from the API server;
-                # training pods push to the Pushgateway. Egress: Prometheus scrapes every namespace,
-                # Alertmanager calls out to Slack/e-mail/webhooks.
-                "ingress": [
-                    {"from": [{"podSelector": {}}]},
-                    {"ports": [{"protocol": "TCP", "port": 10250}]},
-                    {
-                        "from": [
-                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}}
-                            for n in sorted(args.client_namespaces)
-                        ],
-                        "ports": [{"protocol": "TCP", "port": 9091}],
-                    },
-                    *(
-                        [
-                            {
-                                "from": [
-                                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": n}}}
-                                    for n in sorted(args.query_namespaces)
-                                ],
-                                "ports": [{"protocol": "TCP", "port": 9090}],
-                            }
-                        ]
-                        if args.query_namespaces
-                        else []
-                    ),
-                ],
-                # Prometheus scrapes kubelets and node-exporter on node IPs, Alertmanager reaches
-                # Slack/SMTP/webhooks: any port, but never the node's metadata service.
-                "egress": [IN_CLUSTER, egress_except_metadata()],
-            },
-            opts=child,
-        )
-        self.register_outputs({"pushgateway_url": self.pushgateway_url})

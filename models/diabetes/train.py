@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,74 +115,71 @@ def build(mean: np.ndarray, variance: np.ndarray, hidden: int, learning_rate: fl
     return model
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run = contract.Run.from_env(NAME, gate=GATE, epochs=100, batch_size=32, learning_rate=1e-2)
-        hidden = int(run.params.get("hidden", 16))
-        test_fraction = float(run.params.get("test_fraction", 0.2))
-        if hidden < 1 or not 0 < test_fraction < 1:
-            raise contract.ContractError(f"TRAIN_PARAMS: hidden must be >= 1 and test_fraction in (0, 1), got {hidden}, {test_fraction}")
-        features, sex, target, source, digest = load(run.data)
-    except (contract.ContractError, DataError, ValueError) as exc:
-        print(str(exc), file=sys.stderr)
-        return contract.EXIT_USAGE
-    contract.Stop.install()
-    import tensorflow as tf
+def _params(run: contract.Run) -> tuple[int, float]:
+    """This model's own hyperparameters from TRAIN_PARAMS: (hidden units, held-out fraction)."""
+    hidden = int(run.params.get("hidden", 16))
+    test_fraction = float(run.params.get("test_fraction", 0.2))
+    if hidden < 1 or not 0 < test_fraction < 1:
+        raise contract.ContractError(f"TRAIN_PARAMS: hidden must be >= 1 and test_fraction in (0, 1), got {hidden}, {test_fraction}")
+    return hidden, test_fraction
 
-    strategy = run.strategy
-    run.seed_everything()
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(target))
-    n_test = max(1, int(len(target) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
-    log.info("data: %s, %d train / %d test patients (sha256 %s)", source, len(train), len(test), digest[:12])
 
-    def inputs(rows):
-        return {"features": features[rows], "sex": sex[rows]}
+@dataclass(frozen=True)
+class Split:
+    """The table split into training and held-out patients (row indices), the same on every run."""
 
-    ds = (
-        tf.data.Dataset.from_tensor_slices((inputs(train), {"progression": target[train]}))
-        .shuffle(len(train), seed=run.seed, reshuffle_each_iteration=True)
-        .batch(run.global_batch_size)
-    )
-    with strategy.scope():
-        mean, variance = features[train].mean(axis=0), features[train].var(axis=0)
-        model, state = run.restore(lambda: build(mean, variance, hidden, run.learning_rate, run.steps_per_execution))
-    stopped = run.train(model, ds, state, verbose=0)
-    if stopped is not None:
-        return stopped  # 143 SIGTERM / 75 a peer worker was lost: a restart resumes from the checkpoint
+    features: np.ndarray
+    sex: np.ndarray
+    target: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
 
-    def score(candidate) -> dict[str, float]:
+    @classmethod
+    def of(cls, features: np.ndarray, sex: np.ndarray, target: np.ndarray, test_fraction: float) -> Split:
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(target))
+        n_test = max(1, int(len(target) * test_fraction))
+        return cls(features, sex, target, order[n_test:], order[:n_test])
+
+    def inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"features": self.features[rows], "sex": self.sex[rows]}
+
+    def dataset(self, batch_size: int, seed: int):
+        import tensorflow as tf
+
+        return (
+            tf.data.Dataset.from_tensor_slices((self.inputs(self.train), {"progression": self.target[self.train]}))
+            .shuffle(len(self.train), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+
+    def score(self, candidate) -> dict[str, float]:
         """Held-out metrics of ``candidate`` (this run's model, or the champion's, for the gate)."""
-        predicted = np.asarray(candidate.predict(inputs(test), verbose=0)["progression"], dtype=np.float64)
-        truth = target[test].astype(np.float64)
+        predicted = np.asarray(candidate.predict(self.inputs(self.test), verbose=0)["progression"], dtype=np.float64)
+        truth = self.target[self.test].astype(np.float64)
         residual = truth - predicted
         return {
-            "test_r2": float(1 - (residual**2).sum() / ((truth - target[train].mean()) ** 2).sum()),
+            "test_r2": float(1 - (residual**2).sum() / ((truth - self.target[self.train].mean()) ** 2).sum()),
             "test_mae": float(np.abs(residual).mean()),
             "test_rmse": float(np.sqrt((residual**2).mean())),
         }
 
-    def champion(model_dir: Path) -> dict[str, float]:
+    def score_stored(self, model_dir: Path) -> dict[str, float]:
         import keras
 
-        return score(keras.models.load_model(model_dir / "model.keras", compile=False))
+        return self.score(keras.models.load_model(model_dir / "model.keras", compile=False))
 
-    results = score(model)
-    log.info("held out: R^2 %.4f, MAE %.2f, RMSE %.2f", results["test_r2"], results["test_mae"], results["test_rmse"])
-    if not run.gate_passes(results, evaluate=champion):
-        return contract.EXIT_GATE
 
+def _publish(run: contract.Run, model, split: Split, source: str, digest: str, state: contract.RunState, results: dict[str, float]) -> None:
     def write(out: Path) -> None:
         model.export(str(out / "saved_model"), verbose=False)
         model.save(out / "model.keras")
 
+    data = {"uri": source, "sha256": digest, "train": int(len(split.train)), "test": int(len(split.test)), "split_seed": SPLIT_SEED}
     run.publish(
         write,
         results,
         {
-            "data": {"uri": source, "sha256": digest, "train": int(len(train)), "test": int(len(test)), "split_seed": SPLIT_SEED},
+            "data": data,
             "history": state.history,
             "inputs": {
                 "features": {"dtype": "float32", "shape": [None, len(FEATURES)], "columns": list(FEATURES)},
@@ -190,6 +188,35 @@ def main() -> int:
             "outputs": {"progression": {"dtype": "float32", "shape": [None]}},
         },
     )
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        run = contract.Run.from_env(NAME, gate=GATE, epochs=100, batch_size=32, learning_rate=1e-2)
+        hidden, test_fraction = _params(run)
+        features, sex, target, source, digest = load(run.data)
+    except (contract.ContractError, DataError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return contract.EXIT_USAGE
+    contract.Stop.install()
+    strategy = run.strategy
+    run.seed_everything()
+    split = Split.of(features, sex, target, test_fraction)
+    log.info("data: %s, %d train / %d test patients (sha256 %s)", source, len(split.train), len(split.test), digest[:12])
+    ds = split.dataset(run.global_batch_size, run.seed)
+    with strategy.scope():
+        mean, variance = features[split.train].mean(axis=0), features[split.train].var(axis=0)
+        model, state = run.restore(lambda: build(mean, variance, hidden, run.learning_rate, run.steps_per_execution))
+    stopped = run.train(model, ds, state, verbose=0)
+    if stopped is not None:
+        return stopped  # 143 SIGTERM / 75 a peer worker was lost: a restart resumes from the checkpoint
+    results = split.score(model)
+    log.info("held out: R^2 %.4f, MAE %.2f, RMSE %.2f", results["test_r2"], results["test_mae"], results["test_rmse"])
+    if not run.gate_passes(results, evaluate=split.score_stored):
+        return contract.EXIT_GATE
+    _publish(run, model, split, source, digest, state, results)
     return contract.EXIT_OK
 
 

@@ -1,5 +1,5 @@
 """Decide an AnalysisTemplate's outcome the way the Argo Rollouts v1.9 controller does, against a real
-Prometheus, so a test can run *the rendered template* (components/services/argo_rollouts.py), not a copy of it.
+Prometheus, so a test can run *the rendered template* (components/lib/rollout_specs.py), not a copy of it.
 
 What is reproduced, from argoproj/argo-rollouts:
 - args: ``{{args.<name>}}`` in a query is replaced by the arg's value (a template default, or the value
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 import urllib.parse
 import urllib.request
@@ -90,89 +91,96 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
     return out
 
 
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+
+
 def condition(expr: str, result: Any) -> bool:
     """Evaluate an expr-lang condition of the supported subset; MeasurementError for runtime errors."""
-    toks = _tokens(expr)
-    i = 0
+    return _Condition(expr, result).evaluate()
 
-    def peek() -> str | None:
-        return toks[i][1] if i < len(toks) else None
 
-    def take(expected: str | None = None) -> tuple[str, str]:
-        nonlocal i
-        if i >= len(toks) or (expected is not None and toks[i][1] != expected):
-            raise Unsupported(f"condition {expr!r}: expected {expected or 'more'} at token {i}")
-        i += 1
-        return toks[i - 1]
+class _Condition:
+    """Recursive descent over one condition's tokens: disjunction (``||``) of conjunctions (``&&``) of
+    comparisons (``!``, ``< <= > >= == !=``) of operands (numbers, ``result``, ``result[i]``, ``( )``)."""
 
-    def operand() -> Any:
-        kind, tok = take()
-        if kind == "num":
-            return float(tok)
-        if tok == "(":
-            v = disjunction()
-            take(")")
-            return v
-        if tok == "result":
-            if peek() == "[":
-                take("[")
-                k, idx = take()
-                if k != "num" or "." in idx:
-                    raise Unsupported(f"condition {expr!r}: only integer indexes")
-                take("]")
-                if not isinstance(result, list):
-                    raise MeasurementError(f"cannot index a {type(result).__name__} result")
-                if int(idx) >= len(result):
-                    raise MeasurementError(f"index out of range: {idx} (result has {len(result)} values)")
-                return result[int(idx)]
-            return result
-        raise Unsupported(f"condition {expr!r}: unexpected {tok!r}")
+    def __init__(self, expr: str, result: Any):
+        self.expr, self.result = expr, result
+        self.toks = _tokens(expr)
+        self.i = 0
 
-    def comparison() -> Any:
-        if peek() == "!":
-            take("!")
-            v = comparison()
-            if not isinstance(v, bool):
-                raise MeasurementError("! of a non-boolean")
-            return not v
-        left = operand()
-        if peek() in ("<", "<=", ">", ">=", "==", "!="):
-            op = take()[1]
-            right = operand()
-            if isinstance(left, (list, bool)) or isinstance(right, (list, bool)):
-                raise MeasurementError(f"cannot compare {left!r} {op} {right!r}")
-            return {
-                "<": left < right,
-                "<=": left <= right,
-                ">": left > right,
-                ">=": left >= right,
-                "==": left == right,
-                "!=": left != right,
-            }[op]
-        return left
+    def evaluate(self) -> bool:
+        out = self.disjunction()
+        if self.i != len(self.toks):
+            raise Unsupported(f"condition {self.expr!r}: trailing {self.toks[self.i][1]!r}")
+        if not isinstance(out, bool):
+            raise MeasurementError(f"condition {self.expr!r} is not a boolean (expr.AsBool)")
+        return out
 
-    def conjunction() -> Any:
-        v = comparison()
-        while peek() == "&&":
-            take("&&")
-            w = comparison()
-            v = _bool(v) and _bool(w)
-        return v
+    def peek(self) -> str | None:
+        return self.toks[self.i][1] if self.i < len(self.toks) else None
 
-    def disjunction() -> Any:
-        v = conjunction()
-        while peek() == "||":
-            take("||")
-            w = conjunction()
+    def take(self, expected: str | None = None) -> tuple[str, str]:
+        if self.i >= len(self.toks) or (expected is not None and self.toks[self.i][1] != expected):
+            raise Unsupported(f"condition {self.expr!r}: expected {expected or 'more'} at token {self.i}")
+        self.i += 1
+        return self.toks[self.i - 1]
+
+    def disjunction(self) -> Any:
+        v = self.conjunction()
+        while self.peek() == "||":
+            self.take("||")
+            w = self.conjunction()
             v = _bool(v) or _bool(w)
         return v
 
-    out = disjunction()
-    if i != len(toks):
-        raise Unsupported(f"condition {expr!r}: trailing {toks[i][1]!r}")
-    if not isinstance(out, bool):
-        raise MeasurementError(f"condition {expr!r} is not a boolean (expr.AsBool)")
-    return out
+    def conjunction(self) -> Any:
+        v = self.comparison()
+        while self.peek() == "&&":
+            self.take("&&")
+            w = self.comparison()
+            v = _bool(v) and _bool(w)
+        return v
+
+    def comparison(self) -> Any:
+        if self.peek() == "!":
+            self.take("!")
+            v = self.comparison()
+            if not isinstance(v, bool):
+                raise MeasurementError("! of a non-boolean")
+            return not v
+        left = self.operand()
+        if self.peek() not in _COMPARE:
+            return left
+        op = self.take()[1]
+        right = self.operand()
+        if isinstance(left, (list, bool)) or isinstance(right, (list, bool)):
+            raise MeasurementError(f"cannot compare {left!r} {op} {right!r}")
+        return _COMPARE[op](left, right)
+
+    def operand(self) -> Any:
+        kind, tok = self.take()
+        if kind == "num":
+            return float(tok)
+        if tok == "(":
+            v = self.disjunction()
+            self.take(")")
+            return v
+        if tok == "result":
+            return self.indexed() if self.peek() == "[" else self.result
+        raise Unsupported(f"condition {self.expr!r}: unexpected {tok!r}")
+
+    def indexed(self) -> Any:
+        """``result[<int>]``, after ``result``."""
+        self.take("[")
+        k, idx = self.take()
+        if k != "num" or "." in idx:
+            raise Unsupported(f"condition {self.expr!r}: only integer indexes")
+        self.take("]")
+        if not isinstance(self.result, list):
+            raise MeasurementError(f"cannot index a {type(self.result).__name__} result")
+        if int(idx) >= len(self.result):
+            raise MeasurementError(f"index out of range: {idx} (result has {len(self.result)} values)")
+        return self.result[int(idx)]
 
 
 def _bool(v: Any) -> bool:

@@ -97,6 +97,50 @@ def query(prom, q):
     return json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["result"]
 
 
+def _start_alertmanager(tmp_path, receiver, port):
+    am_cfg = spec.alertmanager_config(
+        SimpleNamespace(webhook_url=receiver.url, slack_channel=None, email_to=None, smtp_smarthost=None, smtp_from=None), False, False
+    )
+    am_cfg["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    (tmp_path / "am.yaml").write_text(yaml.safe_dump(am_cfg))
+    return subprocess.Popen(
+        [
+            binary("prometheus-alertmanager", "alertmanager"),
+            f"--config.file={tmp_path / 'am.yaml'}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _prometheus_config(tmp_path, am_port, metrics_port):
+    """Our rules (as the PrometheusRules carry them) and one scrape of the server, as in the cluster."""
+    rule_files = []
+    for stem, groups in spec.rule_groups().items():
+        (tmp_path / f"{stem}.rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+        rule_files.append(str(tmp_path / f"{stem}.rules.yaml"))
+    (tmp_path / "thresholds.rules.yaml").write_text(yaml.safe_dump({"groups": [spec.threshold_rules()]}))
+    rule_files.append(str(tmp_path / "thresholds.rules.yaml"))
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": rule_files,
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [
+            {
+                # as the ServiceMonitor makes it in the cluster: job = the Service's name
+                "job_name": "model-server",
+                "static_configs": [
+                    # /metrics is on the metrics port (the ServiceMonitor's port), not the API port
+                    {"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"namespace": "ml-serving", "pod": "model-server-0"}}
+                ],
+            }
+        ],
+    }
+
+
 @pytest.fixture
 def observed(tmp_path):
     procs: list[subprocess.Popen] = []
@@ -107,45 +151,8 @@ def observed(tmp_path):
     server.wait_ready()
 
     am_port, prom_port = free_port(), free_port()
-    am_cfg = spec.alertmanager_config(
-        SimpleNamespace(webhook_url=receiver.url, slack_channel=None, email_to=None, smtp_smarthost=None, smtp_from=None), False, False
-    )
-    am_cfg["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    (tmp_path / "am.yaml").write_text(yaml.safe_dump(am_cfg))
-    procs.append(
-        subprocess.Popen(
-            [
-                binary("prometheus-alertmanager", "alertmanager"),
-                f"--config.file={tmp_path / 'am.yaml'}",
-                f"--storage.path={tmp_path / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    rule_files = []
-    for stem, groups in spec.rule_groups().items():
-        (tmp_path / f"{stem}.rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-        rule_files.append(str(tmp_path / f"{stem}.rules.yaml"))
-    (tmp_path / "thresholds.rules.yaml").write_text(yaml.safe_dump({"groups": [spec.threshold_rules()]}))
-    rule_files.append(str(tmp_path / "thresholds.rules.yaml"))
-    prom_cfg = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-        "rule_files": rule_files,
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [
-            {
-                # as the ServiceMonitor makes it in the cluster: job = the Service's name
-                "job_name": "model-server",
-                "static_configs": [
-                    # /metrics is on the metrics port (the ServiceMonitor's port), not the API port
-                    {"targets": [f"127.0.0.1:{server.metrics_port}"], "labels": {"namespace": "ml-serving", "pod": "model-server-0"}}
-                ],
-            }
-        ],
-    }
+    procs.append(_start_alertmanager(tmp_path, receiver, am_port))
+    prom_cfg = _prometheus_config(tmp_path, am_port, server.metrics_port)
     procs.append(start_prometheus(tmp_path, prom_cfg, prom_port, "--rules.alert.resend-delay=1s"))
     prom = f"http://127.0.0.1:{prom_port}"
     wait_http(f"{prom}/-/ready")

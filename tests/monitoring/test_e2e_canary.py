@@ -1,7 +1,8 @@
 """The canary analysis for real (issue 15 item 4): a real Prometheus scrapes real model servers - the
 stable pods on version A and three canaries - under load from this test, and the AnalysisTemplate
-*rendered by components/services/argo_rollouts.py* (its queries and successConditions, args substituted) is decided
-the way the Argo Rollouts controller decides an AnalysisRun (tests/monitoring/argo_analysis.py).
+*rendered by components/lib/rollout_specs.py*, the program's own builder (Pulumi-free, so imported here
+directly), with its queries and successConditions, args substituted, is decided the way the Argo
+Rollouts controller decides an AnalysisRun (tests/monitoring/argo_analysis.py).
 
 - good: version B, trained like A on other real MNIST images -> the analysis passes (promote);
 - slow: version B on a server with a 400 ms batch wait (a real server option, a real misconfiguration)
@@ -18,60 +19,45 @@ cluster would (p99 ratio 3, floor 50 ms) and short windows (10 s windows, a meas
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from components.lib.rollout_specs import (
+    ARG_CANARY,
+    ARG_STABLE,
+    METRIC_CLASSES,
+    METRIC_ERRORS,
+    METRIC_LATENCY,
+    POD_HASH_TARGET_LABEL,
+    analysis_template,
+    chart_values,
+)
 from tests.monitoring import argo_analysis as argo
 from tests.monitoring.test_e2e_alert import query, start_prometheus, wait_http
-from tests.serving.conftest import ROOT, ServerProcess, free_port
+from tests.serving.conftest import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
 NAMESPACE = "ml-serving"
-# models.mnist.serving.canary as a stack file would set it.
-CANARY = {
-    "steps": [50],
-    "windowSeconds": 10,
-    "intervalSeconds": 5,
-    "failureLimit": 1,
-    "maxErrorRatioIncrease": 0.01,
-    "maxP99Ratio": 3,
-    "p99FloorMs": 50,
-    "maxClassPsi": 0.2,
-    "minClassSamples": 200,
-}
-RENDER = """
-import json, sys
-from components.services import argo_rollouts
-from components.config import CanaryConfig
-canary = CanaryConfig.model_validate(json.loads(sys.argv[1]))
-print(json.dumps({
-    "template": argo_rollouts.analysis_template("mnist", sys.argv[2], canary, prometheus_url=sys.argv[3]),
-    "hash_label": argo_rollouts.POD_HASH_TARGET_LABEL,
-    "args": {"canary": argo_rollouts.ARG_CANARY, "stable": argo_rollouts.ARG_STABLE},
-    "metrics": {"errors": argo_rollouts.METRIC_ERRORS, "latency": argo_rollouts.METRIC_LATENCY, "classes": argo_rollouts.METRIC_CLASSES},
-}))
-"""
-
-
-def render(prom_url: str) -> dict:
-    """The AnalysisTemplate as the Pulumi program renders it: components/services/argo_rollouts.py runs in the program's
-    environment (.venv: Pulumi), this test in the TensorFlow one (.venv-ml)."""
-    py = ROOT / ".venv" / "bin" / "python"
-    if not py.exists():
-        pytest.fail("the program environment .venv is missing (make venv): it renders the AnalysisTemplate")
-    out = subprocess.run(
-        [str(py), "-c", RENDER, json.dumps(CANARY), NAMESPACE, prom_url], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
+# models.mnist.serving.canary as a stack file would set it, as the CanaryConfig fields the template reads
+# (the config schema needs pydantic, which this environment does not have).
+CANARY = SimpleNamespace(
+    steps=[50],
+    window_seconds=10,
+    interval_seconds=5,
+    failure_limit=1,
+    max_error_ratio_increase=0.01,
+    max_p99_ratio=3,
+    p99_floor_ms=50,
+    max_class_psi=0.2,
+    min_class_samples=200,
+)
 
 MEASUREMENTS = 3
 SLOW_BATCH_WAIT_MS = 400
@@ -133,85 +119,82 @@ class Load:
             w.join(15)
 
 
+def train_versions(store: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Path]:
+    """A and B: the same recipe on disjoint real images; C: B's images with their labels shuffled."""
+    rng = np.random.default_rng(0)
+    return {
+        "v1": train_version(store / "v1", "v1", x[:2000], y[:2000], seed=1),
+        "v2": train_version(store / "v2", "v2", x[2000:], y[2000:], seed=2),
+        "v3": train_version(store / "v3", "v3", x[2000:], rng.permutation(y[2000:]), seed=3),
+    }
+
+
+# The served version is pinned in the pod template (a version directory, not LATEST).
+PLAN = {
+    "stable": ("v1", ()),
+    "good": ("v2", ()),
+    "slow": ("v2", ("--batch-timeout-ms", str(SLOW_BATCH_WAIT_MS))),
+    "shuffled": ("v3", ()),
+}
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    """What the ServiceMonitor's podTargetLabels/relabeling give the pod of server ``name``."""
+    return {"namespace": NAMESPACE, "pod": f"model-server-mnist-{name}", POD_HASH_TARGET_LABEL: f"hash-{name}"}
+
+
+def scrape_config(servers: dict[str, ServerProcess]) -> dict:
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "scrape_configs": [
+            {
+                "job_name": "model-server",
+                "static_configs": [{"targets": [f"127.0.0.1:{s.metrics_port}"], "labels": pod_labels(name)} for name, s in servers.items()],
+            }
+        ],
+    }
+
+
+def analyse(template: dict, servers: dict[str, ServerProcess], prom: str, images: np.ndarray) -> dict:
+    """One AnalysisRun per canary against the stable pods, MEASUREMENTS measurements under load."""
+    analyses = {
+        name: argo.Analysis(template, {ARG_CANARY: f"hash-{name}", ARG_STABLE: "hash-stable"}, prom)
+        for name in ("good", "slow", "shuffled")
+    }
+    started = time.time()
+    with Load({n: s.url for n, s in servers.items()}, images) as load:
+        # initialDelay: the canary takes traffic for one window before it is judged.
+        time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["initialDelay"]))
+        log = []
+        for _ in range(MEASUREMENTS):
+            for name, analysis in analyses.items():
+                log.append((name, analysis.measure()))
+            time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["interval"]))
+    for name, a in analyses.items():  # the figures, for the log (pytest -s)
+        print(f"canary {name}: {a.rollout_decision()}; " + "; ".join(f"{m} {r.phases} {r.values}" for m, r in a.results.items()))
+    print(f"requests per server: {load.codes}; load {time.time() - started:.0f} s")
+    return {"analyses": analyses, "load": load, "log": log, "prom": prom, "seconds": time.time() - started}
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, mnist_file):
     tmp = tmp_path_factory.mktemp("canary")
     prom_port = free_port()
     prom = f"http://127.0.0.1:{prom_port}"
-    rendered = render(prom)
-    hash_label, arg = rendered["hash_label"], rendered["args"]
+    template = analysis_template("mnist", NAMESPACE, CANARY, prometheus_url=prom)
     with np.load(mnist_file) as d:
         x_train, y_train, x_test = d["x_train"][:4000] / 255.0, d["y_train"][:4000], d["x_test"][:2000] / 255.0
-    rng = np.random.default_rng(0)
-    store = tmp / "store" / "models" / "mnist"
-    # A and B: the same recipe on disjoint real images; C: B's images with their labels shuffled.
-    dirs = {
-        "v1": train_version(store / "v1", "v1", x_train[:2000], y_train[:2000], seed=1),
-        "v2": train_version(store / "v2", "v2", x_train[2000:], y_train[2000:], seed=2),
-        "v3": train_version(store / "v3", "v3", x_train[2000:], rng.permutation(y_train[2000:]), seed=3),
-    }
-    # The served version is pinned in the pod template (a version directory, not LATEST).
-    plan = {
-        "stable": ("v1", ()),
-        "good": ("v2", ()),
-        "slow": ("v2", ("--batch-timeout-ms", str(SLOW_BATCH_WAIT_MS))),
-        "shuffled": ("v3", ()),
-    }
+    dirs = train_versions(tmp / "store" / "models" / "mnist", x_train, y_train)
     servers = {
-        name: ServerProcess(f"file://{dirs[v]}", "--parse-workers", "0", "--poll-seconds", "0", *extra) for name, (v, extra) in plan.items()
+        name: ServerProcess(f"file://{dirs[v]}", "--parse-workers", "0", "--poll-seconds", "0", *extra) for name, (v, extra) in PLAN.items()
     }
     prom_proc = None
     try:
         for s in servers.values():
             s.wait_ready()
-        cfg = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [
-                {
-                    "job_name": "model-server",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{s.metrics_port}"],
-                            # What the ServiceMonitor's podTargetLabels/relabeling give each pod.
-                            "labels": {
-                                "namespace": NAMESPACE,
-                                "pod": f"model-server-mnist-{name}",
-                                hash_label: f"hash-{name}",
-                            },
-                        }
-                        for name, s in servers.items()
-                    ],
-                }
-            ],
-        }
-        prom_proc = start_prometheus(tmp, cfg, prom_port)
+        prom_proc = start_prometheus(tmp, scrape_config(servers), prom_port)
         wait_http(f"{prom}/-/ready")
-        template = rendered["template"]
-        analyses = {
-            name: argo.Analysis(template, {arg["canary"]: f"hash-{name}", arg["stable"]: "hash-stable"}, prom)
-            for name in ("good", "slow", "shuffled")
-        }
-        started = time.time()
-        with Load({n: s.url for n, s in servers.items()}, x_test) as load:
-            # initialDelay: the canary takes traffic for one window before it is judged.
-            time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["initialDelay"]))
-            log = []
-            for _ in range(MEASUREMENTS):
-                for name, analysis in analyses.items():
-                    log.append((name, analysis.measure()))
-                time.sleep(rollouts_seconds(template["spec"]["metrics"][0]["interval"]))
-        for name, a in analyses.items():  # the figures, for the log (pytest -s)
-            print(f"canary {name}: {a.rollout_decision()}; " + "; ".join(f"{m} {r.phases} {r.values}" for m, r in a.results.items()))
-        print(f"requests per server: {load.codes}; load {time.time() - started:.0f} s")
-        yield {
-            "analyses": analyses,
-            "load": load,
-            "log": log,
-            "prom": prom,
-            "seconds": time.time() - started,
-            "hash_label": hash_label,
-            "metric": rendered["metrics"],
-        }
+        yield analyse(template, servers, prom, x_test)
     finally:
         for s in servers.values():
             s.stop()
@@ -235,7 +218,7 @@ def test_every_server_was_loaded_and_scraped_with_its_hash(fleet):
     for name in ("stable", "good", "slow", "shuffled"):
         assert codes[name].get(200, 0) >= 30, codes
         assert set(codes[name]) == {200}, codes
-        assert query(fleet["prom"], f'mlplatform_serving_predicted_class_total{{{fleet["hash_label"]}="hash-{name}"}}'), name
+        assert query(fleet["prom"], f'mlplatform_serving_predicted_class_total{{{POD_HASH_TARGET_LABEL}="hash-{name}"}}'), name
 
 
 def test_good_canary_passes(fleet):
@@ -246,41 +229,31 @@ def test_good_canary_passes(fleet):
 
 def test_slow_canary_is_aborted_on_latency(fleet):
     a = fleet["analyses"]["slow"]
-    phases, metric = a.metric_phases(terminating=True), fleet["metric"]
+    phases = a.metric_phases(terminating=True)
     assert a.rollout_decision() == "abort", explain(fleet, "slow")
-    assert phases[metric["latency"]] == "Failed", explain(fleet, "slow")
-    assert phases[metric["errors"]] == "Successful", explain(fleet, "slow")
+    assert phases[METRIC_LATENCY] == "Failed", explain(fleet, "slow")
+    assert phases[METRIC_ERRORS] == "Successful", explain(fleet, "slow")
     # ~5 requests/s at a 400 ms batch wait: too few predictions to judge its class mix, not a failure.
-    assert "Failed" not in a.results[metric["classes"]].phases, explain(fleet, "slow")
-    assert min(v[0] for v in a.results[metric["latency"]].values) > CANARY["maxP99Ratio"]
+    assert "Failed" not in a.results[METRIC_CLASSES].phases, explain(fleet, "slow")
+    assert min(v[0] for v in a.results[METRIC_LATENCY].values) > CANARY.max_p99_ratio
 
 
 def test_canary_with_another_class_mix_is_aborted_on_the_quality_signal(fleet):
     a = fleet["analyses"]["shuffled"]
-    phases, metric = a.metric_phases(terminating=True), fleet["metric"]
+    phases = a.metric_phases(terminating=True)
     assert a.rollout_decision() == "abort", explain(fleet, "shuffled")
-    assert phases[metric["classes"]] == "Failed", explain(fleet, "shuffled")
-    assert phases[metric["latency"]] != "Failed" and phases[metric["errors"]] == "Successful", explain(fleet, "shuffled")
-
-
-RENDER_VALUES = """
-import json
-from components.services import argo_rollouts
-print(json.dumps(argo_rollouts.chart_values(monitoring=True)["controller"]["metrics"]["serviceMonitor"]["metricRelabelings"]))
-"""
+    assert phases[METRIC_CLASSES] == "Failed", explain(fleet, "shuffled")
+    assert phases[METRIC_LATENCY] != "Failed" and phases[METRIC_ERRORS] == "Successful", explain(fleet, "shuffled")
 
 
 def test_controller_series_keep_the_rollouts_namespace(tmp_path):
-    """The chart's ServiceMonitor relabeling (components/services/argo_rollouts.py) on a real Prometheus: the Argo
+    """The chart's ServiceMonitor relabeling (components/lib/rollout_specs.py chart_values) on a real Prometheus: the Argo
     Rollouts controller's `rollout_info{namespace=<the rollout's>}` clashes with the target's
     namespace (argo-rollouts); Prometheus renames it exported_namespace, the relabeling puts it back,
     so the delivery alerts name the model's namespace."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    py = ROOT / ".venv" / "bin" / "python"
-    out = subprocess.run([str(py), "-c", RENDER_VALUES], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    relabelings = json.loads(out.stdout)
+    relabelings = chart_values(monitoring=True)["controller"]["metrics"]["serviceMonitor"]["metricRelabelings"]
     # prometheus-operator writes each RelabelConfig field in Prometheus' snake_case
     names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
     metric_relabel = [{names.get(k, k): v for k, v in r.items()} for r in relabelings]

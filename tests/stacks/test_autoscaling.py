@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from components.services import keda
+from components.lib import keda_specs
 from monitoring import spec
 from tests.conftest import ROOT
 
@@ -39,7 +39,7 @@ def test_keda_where_models_scale_on_prometheus(result, stack):
 
 def test_scalers_query_this_stacks_prometheus(result):
     url = f"http://{spec.RELEASE}-prometheus.monitoring.svc.cluster.local:9090"
-    assert keda.PROMETHEUS_URL == url
+    assert keda_specs.PROMETHEUS_URL == url
     for so in scalers(result):
         (prom,) = [t for t in so.raw["spec"]["triggers"] if t["type"] == "prometheus"]
         assert prom["metadata"]["serverAddress"] == url, so.urn
@@ -48,7 +48,7 @@ def test_scalers_query_this_stacks_prometheus(result):
 def test_network_policies_let_keda_query_prometheus(result):
     if not scalers(result):
         return
-    egress = policy(result, keda.NAMESPACE, "keda")["egress"]
+    egress = policy(result, keda_specs.NAMESPACE, "keda")["egress"]
     to_prometheus = [
         rule
         for rule in egress
@@ -61,6 +61,6 @@ def test_network_policies_let_keda_query_prometheus(result):
         rule
         for rule in ingress
         if {"protocol": "TCP", "port": 9090} in rule.get("ports", [])
-        and {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": keda.NAMESPACE}}} in rule.get("from", [])
+        and {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": keda_specs.NAMESPACE}}} in rule.get("from", [])
     ]
     assert admitted, "the monitoring namespace does not admit KEDA's queries on 9090"

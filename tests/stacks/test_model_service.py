@@ -212,7 +212,7 @@ def test_alerts_select_every_model_deployment(result, stack):
 
 def test_the_queue_target_is_one_batch_per_server_process():
     """A pod's processes sum their queues (serving/workers.py): the KEDA threshold scales with them,
-    and the pod's resources with them (components/config/__init__.py serving_resources_for)."""
+    and the pod's resources with them (components/config/capacity.py serving_resources_for)."""
     catalogue = mock_engine.stack_config("dev")[0]["mlplatform:models"]
     catalogue = json.loads(catalogue) if isinstance(catalogue, str) else catalogue
     mnist = {**catalogue["mnist"], "serving": {**catalogue["mnist"].get("serving", {}), "processes": 3}}

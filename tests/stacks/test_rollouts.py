@@ -9,9 +9,8 @@ import copy
 import pytest
 import yaml
 
-from components.lib import helm
+from components.lib import helm, rollout_specs
 from components.models import model_service
-from components.services import argo_rollouts
 from tests.conftest import ROOT, unavailable
 from tools import manifests, mock_engine, reference
 
@@ -41,8 +40,8 @@ def test_argo_rollouts_installed_from_the_pinned_chart_where_models_are_analysed
         return
     (release,) = releases
     assert release.inputs["version"] == helm.CHARTS["argo-rollouts"][0]
-    assert release.inputs["namespace"] == argo_rollouts.NAMESPACE
-    assert release.raw["values"] == argo_rollouts.chart_values(monitoring=True)
+    assert release.inputs["namespace"] == rollout_specs.NAMESPACE
+    assert release.raw["values"] == rollout_specs.chart_values(monitoring=True)
 
 
 def test_each_model_is_a_rollout_with_its_analysis_and_keda_scales_the_rollout(result, stack):
@@ -59,14 +58,14 @@ def test_each_model_is_a_rollout_with_its_analysis_and_keda_scales_the_rollout(r
         assert name not in deployments, f"{stack}: {name} is still a Deployment"
         ro = ros[name]
         canary = ro.raw["spec"]["strategy"]["canary"]
-        assert canary["analysis"]["templates"] == [{"templateName": argo_rollouts.template_name(model)}]
-        assert argo_rollouts.template_name(model) in templates
-        assert release.urn in ro.depends_on and release.urn in templates[argo_rollouts.template_name(model)].depends_on
+        assert canary["analysis"]["templates"] == [{"templateName": rollout_specs.template_name(model)}]
+        assert rollout_specs.template_name(model) in templates
+        assert release.urn in ro.depends_on and release.urn in templates[rollout_specs.template_name(model)].depends_on
         assert "spec.replicas" in ro.ignore_changes  # KEDA owns the count
-        assert scaled[name] == {"apiVersion": argo_rollouts.API_VERSION, "kind": "Rollout", "name": name}
-        assert monitors[name]["podTargetLabels"] == [argo_rollouts.POD_HASH_LABEL]
+        assert scaled[name] == {"apiVersion": rollout_specs.API_VERSION, "kind": "Rollout", "name": name}
+        assert monitors[name]["podTargetLabels"] == [rollout_specs.POD_HASH_LABEL]
         # The served version is on the pod template.
-        assert argo_rollouts.VERSION_ANNOTATION in ro.raw["spec"]["template"]["metadata"]["annotations"]
+        assert rollout_specs.VERSION_ANNOTATION in ro.raw["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_rendered_delivery_objects_valid_against_the_crds(result, stack):
@@ -92,12 +91,12 @@ def test_a_pinned_version_is_served_and_a_new_one_changes_only_the_pod_template(
     (b,) = [r for r in of_kind(runs["v7"], "Rollout") if r.raw["metadata"]["name"] == name]
     for ro, version in ((a, "v6"), (b, "v7")):
         tpl = ro.raw["spec"]["template"]
-        assert tpl["metadata"]["annotations"][argo_rollouts.VERSION_ANNOTATION] == version
+        assert tpl["metadata"]["annotations"][rollout_specs.VERSION_ANNOTATION] == version
         env = {e["name"]: e.get("value") for e in tpl["spec"]["containers"][0]["env"]}
         assert env["SERVING_MODEL_URI"].endswith(f"/models/{model}/{version}")
     # Nothing but the served version differs: the rollout is that version's canary.
     assert mock_engine_diff(a.raw, b.raw) == {
-        f"spec.template.metadata.annotations.{argo_rollouts.VERSION_ANNOTATION}",
+        f"spec.template.metadata.annotations.{rollout_specs.VERSION_ANNOTATION}",
         "spec.template.spec.containers[0].env.SERVING_MODEL_URI",
     }
 

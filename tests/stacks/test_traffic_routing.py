@@ -1,6 +1,6 @@
 """Exact canary weights at the entry point (issue 15 item 4, "with few replicas a replica-ratio canary is
 coarse"): each model's Rollout sets its weight on the model's HTTPRoute through Argo Rollouts' Gateway
-API plugin (components/services/argo_rollouts.py, components/services/gateway.py, components/models/model_service.py). Checked here:
+API plugin (components/lib/rollout_specs.py, components/services/gateway.py, components/models/model_service.py). Checked here:
 the replica-ratio weights a stack would get without it (a port of Argo's own rounding, against Argo's
 own test cases), the weights and pods the routed canary gets, the rendered Rollout / HTTPRoute / Services
 / RBAC on every stack (against the reference CRD schemas and chart values), the plugin's pin, and that
@@ -13,6 +13,7 @@ import re
 import pytest
 
 from components.config import CanaryConfig
+from components.lib import rollout_specs
 from components.models import model_service
 from components.services import argo_rollouts, gateway
 from tests.conftest import unavailable
@@ -55,14 +56,14 @@ ARGO_CASES = [
 
 @pytest.mark.parametrize(("replicas", "weight", "surge", "canary", "stable"), ARGO_CASES)
 def test_replica_ratio_rounding_is_argo_rollouts_own(replicas, weight, surge, canary, stable):
-    assert argo_rollouts.effective_weight(replicas, weight, surge)[:2] == (canary, stable)
+    assert rollout_specs.effective_weight(replicas, weight, surge)[:2] == (canary, stable)
 
 
 def ranges(replicas):
     """{canary share of requests (rounded %): (first weight, last weight)} of a replica-ratio canary."""
     out: dict[int, tuple[int, int]] = {}
     for w in range(1, 100):
-        share = round(argo_rollouts.effective_weight(replicas, w)[2])
+        share = round(rollout_specs.effective_weight(replicas, w)[2])
         lo, _ = out.get(share, (w, w))
         out[share] = (lo, w)
     return out
@@ -78,21 +79,21 @@ def test_what_two_and_three_replicas_really_get_without_a_router():
 def test_routed_weights_are_exact_and_no_canary_pod_is_busier_than_a_stable_one():
     for replicas in range(1, 21):
         for weight in range(1, 100):
-            canary, stable, share = argo_rollouts.routed_replicas(replicas, weight)
+            canary, stable, share = rollout_specs.routed_replicas(replicas, weight)
             assert share == weight and stable == replicas and 1 <= canary <= replicas
             if weight <= 50:  # up to 50 % enough canary pods fit in spec.replicas
                 assert weight / canary <= (100 - weight) / stable + 1e-9, (replicas, weight)
     # The stacks' replica counts and the default steps (25, 50).
-    assert [argo_rollouts.routed_replicas(2, w) for w in (25, 50)] == [(1, 2, 25.0), (2, 2, 50.0)]
-    assert [argo_rollouts.routed_replicas(3, w) for w in (25, 50)] == [(2, 3, 25.0), (3, 3, 50.0)]
-    assert [argo_rollouts.routed_replicas(1, w) for w in (25, 50)] == [(1, 1, 25.0), (1, 1, 50.0)]
+    assert [rollout_specs.routed_replicas(2, w) for w in (25, 50)] == [(1, 2, 25.0), (2, 2, 50.0)]
+    assert [rollout_specs.routed_replicas(3, w) for w in (25, 50)] == [(2, 3, 25.0), (3, 3, 50.0)]
+    assert [rollout_specs.routed_replicas(1, w) for w in (25, 50)] == [(1, 1, 25.0), (1, 1, 50.0)]
     with pytest.raises(ValueError):
-        argo_rollouts.canary_scale(100)
+        rollout_specs.canary_scale(100)
 
 
 def test_routed_strategy_from_config_and_replica_ratio_without_a_router():
-    routing = argo_rollouts.TrafficRouting("model-server-m", "model-server-m-canary", "model-server-m", "ml-serving")
-    canary = argo_rollouts.strategy("m", CanaryConfig(steps=[10, 40, 80], step_seconds=60), routing)["canary"]
+    routing = rollout_specs.TrafficRouting("model-server-m", "model-server-m-canary", "model-server-m", "ml-serving")
+    canary = rollout_specs.strategy("m", CanaryConfig(steps=[10, 40, 80], step_seconds=60), routing)["canary"]
     pause = {"pause": {"duration": "60s"}}
     assert canary["steps"] == [
         {"setCanaryScale": {"weight": 12}},
@@ -107,11 +108,11 @@ def test_routed_strategy_from_config_and_replica_ratio_without_a_router():
     ]
     assert (canary["stableService"], canary["canaryService"]) == ("model-server-m", "model-server-m-canary")
     assert canary["trafficRouting"] == {
-        "plugins": {argo_rollouts.PLUGIN_NAME: {"httpRoute": "model-server-m", "namespace": "ml-serving", "disableInProgressLabel": True}}
+        "plugins": {rollout_specs.PLUGIN_NAME: {"httpRoute": "model-server-m", "namespace": "ml-serving", "disableInProgressLabel": True}}
     }
     # With a router 0 would leave an aborted canary's pods running for ever.
     assert canary["abortScaleDownDelaySeconds"] > 0 and "dynamicStableScale" not in canary
-    plain = argo_rollouts.strategy("m", CanaryConfig(steps=[10, 40]))["canary"]
+    plain = rollout_specs.strategy("m", CanaryConfig(steps=[10, 40]))["canary"]
     assert [s for s in plain["steps"] if "setCanaryScale" in s] == [] and "trafficRouting" not in plain
 
 
@@ -136,14 +137,14 @@ def test_each_rollout_sets_exact_weights_on_its_route(result, stack):
         ro, route = ros[name], routes[name]
         canary = ro.raw["spec"]["strategy"]["canary"]
         assert (canary["stableService"], canary["canaryService"]) == (name, canary_name)
-        cfg = canary["trafficRouting"]["plugins"][argo_rollouts.PLUGIN_NAME]
+        cfg = canary["trafficRouting"]["plugins"][rollout_specs.PLUGIN_NAME]
         assert cfg["httpRoute"] == route.raw["metadata"]["name"] and cfg["namespace"] == route.raw["metadata"]["namespace"]
         assert cfg["namespace"] == ro.raw["metadata"]["namespace"]
         # The weights of the stack file's steps, each after its canary scale.
         steps = CanaryConfig(**((models[model].get("serving") or {}).get("canary") or {})).steps
         assert [s["setWeight"] for s in canary["steps"] if "setWeight" in s] == steps
         scales = [s["setCanaryScale"]["weight"] for s in canary["steps"] if "setCanaryScale" in s]
-        assert scales == [argo_rollouts.canary_scale(w) for w in steps]
+        assert scales == [rollout_specs.canary_scale(w) for w in steps]
         # Stable 100, canary 0 in the one rule; both Services select the model's pods on the API port
         # (the controller narrows each to its ReplicaSet's hash); neither is the metrics Service.
         (rule,) = route.raw["spec"]["rules"]
@@ -190,9 +191,9 @@ def test_pulumi_leaves_the_weights_to_the_controller(result, stack):
 def test_controller_may_get_and_update_only_each_models_route(result, stack):
     rollout_stacks(stack)
     roles, bindings = named(result, "Role"), named(result, "RoleBinding")
-    values = argo_rollouts.chart_values(monitoring=monitored(stack))
+    values = rollout_specs.chart_values(monitoring=monitored(stack))
     sa = values["serviceAccount"]["name"]
-    assert sa == argo_rollouts.CONTROLLER_SERVICE_ACCOUNT
+    assert sa == rollout_specs.CONTROLLER_SERVICE_ACCOUNT
     granted = []
     for model in tf_models(stack):
         name = model_service.object_name(model) + model_service.ROUTE_ROLE_SUFFIX
@@ -211,7 +212,7 @@ def test_controller_may_get_and_update_only_each_models_route(result, stack):
             }
         ]
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": argo_rollouts.NAMESPACE}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": rollout_specs.NAMESPACE}]
         granted.append(name)
     # Nothing cluster-wide on routes from the program, and none from the chart (all provider RBAC off).
     for kind in ("ClusterRole", "Role"):
@@ -237,7 +238,7 @@ def test_schema_rejects_a_misspelt_routing_field():
     if reference.reference_dir() is None:
         unavailable("../shared/reference not present (user checkout): Rollout CRD schema")
     spec = model_service.deployment_spec("m", "img@sha256:" + "0" * 64, model_service.ServingConfig(), "s3://b", [])
-    routing = argo_rollouts.TrafficRouting("model-server-m", "model-server-m-canary", "model-server-m", "ml-serving")
+    routing = rollout_specs.TrafficRouting("model-server-m", "model-server-m-canary", "model-server-m", "ml-serving")
     ro = argo_rollouts.rollout("model-server-m", "ml-serving", model_service.labels("m"), spec, "m", CanaryConfig(), routing)
     assert manifests.validate(ro, "1.33") == []
     ro["spec"]["strategy"]["canary"]["steps"][0]["setCanaryScale"]["weigth"] = 10
@@ -261,20 +262,20 @@ def test_plugin_installed_from_the_chart_values_pinned_to_a_release():
     version = helm.CHARTS["argo-rollouts"][0]
     defaults = reference.chart_values("argo-rollouts", version)
     assert defaults is not None, f"no reference values for argo-rollouts {version}: the pin and the reference disagree"
-    values = argo_rollouts.chart_values(monitoring=True)
+    values = rollout_specs.chart_values(monitoring=True)
     assert reference.unknown_value_keys(values, defaults, "argo-rollouts") == []
     # The chart's own list (empty by default), rendered verbatim into argo-rollouts-config.
     assert defaults["controller"]["trafficRouterPlugins"] == [] and "name" in defaults["serviceAccount"]
     (plugin,) = values["controller"]["trafficRouterPlugins"]
-    assert plugin["name"] == argo_rollouts.PLUGIN_NAME == "argoproj-labs/gatewayAPI"
-    assert re.fullmatch(r"v\d+\.\d+\.\d+", argo_rollouts.PLUGIN_VERSION)
+    assert plugin["name"] == rollout_specs.PLUGIN_NAME == "argoproj-labs/gatewayAPI"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", rollout_specs.PLUGIN_VERSION)
     assert plugin["location"] == (
         "https://github.com/argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi/releases/download/"
-        f"{argo_rollouts.PLUGIN_VERSION}/gatewayapi-plugin-linux-amd64"
+        f"{rollout_specs.PLUGIN_VERSION}/gatewayapi-plugin-linux-amd64"
     )
     assert set(plugin) <= {"name", "location", "sha256"}
     # The checksum goes to the controller when recorded (PLUGIN_SHA256; not yet: no network where it was written).
-    assert plugin.get("sha256") == argo_rollouts.PLUGIN_SHA256
+    assert plugin.get("sha256") == rollout_specs.PLUGIN_SHA256
 
 
 def test_without_monitoring_a_model_is_a_deployment_behind_one_backend():

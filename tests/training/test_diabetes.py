@@ -74,6 +74,44 @@ def run(env: dict[str, str]):
     )
 
 
+def _pushed_its_metrics(gateway):
+    """The contract pushed the run's metrics to the (real) Pushgateway, labelled with the model."""
+    from training import metrics
+
+    body = urllib.request.urlopen(f"http://{gateway}/metrics", timeout=5).read().decode()
+    series = {line.split("{")[0]: line for line in body.splitlines() if 'model="diabetes"' in line}
+    assert series[metrics.GATE_PASSED].endswith(" 1") and series[metrics.EPOCHS].endswith(" 40")
+    assert metrics.LAST_SUCCESS in series and metrics.DURATION_SECONDS in series
+    # ... and this (only) worker's throughput, in its own group (issue 16: per-worker figures).
+    assert 'worker="0"' in series[metrics.EXAMPLES_PER_SECOND] and float(series[metrics.EXAMPLES_PER_SECOND].rsplit(" ", 1)[1]) > 0
+    assert float(series[metrics.STEP_SECONDS].rsplit(" ", 1)[1]) > 0
+
+
+def _gated_model_matches_its_figures(store, version, meta):
+    """The serving signature (named inputs of different dtypes, a named output), and the published
+    SavedModel is the gated model: its predictions on the held-out patients give the recorded R^2."""
+    import tensorflow as tf
+
+    sig = tf.saved_model.load(f"{store}/models/diabetes/{version}/saved_model").signatures["serving_default"]
+    inputs = sig.structured_input_signature[1]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs.items()} == {
+        "features": (tf.float32, [None, 9]),
+        "sex": (tf.int64, [None]),
+    }
+    assert list(sig.structured_outputs) == ["progression"]
+
+    m = _module()
+    features, sex, target, _, _ = m.load(None)
+    order = np.random.default_rng(m.SPLIT_SEED).permutation(len(target))
+    test, train = order[: meta["data"]["test"]], order[meta["data"]["test"] :]
+    pred = sig(features=tf.constant(features[test]), sex=tf.constant(sex[test]))["progression"].numpy().astype(np.float64)
+    truth = target[test].astype(np.float64)
+    r2 = 1 - ((truth - pred) ** 2).sum() / ((truth - target[train].mean()) ** 2).sum()
+    assert r2 == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
+
+    return pred, features, sex, test
+
+
 def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path, pushgateway):  # noqa: F811 (the fixture)
     store = str(tmp_path / "store")
     env = {
@@ -99,38 +137,8 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path, push
     assert meta["data"]["train"] + meta["data"]["test"] == 442 and "load_diabetes" in meta["data"]["uri"]
     assert len(meta["history"]["loss"]) == 40
 
-    # The contract pushed the run's metrics to the (real) Pushgateway, labelled with the model.
-    from training import metrics
-
-    body = urllib.request.urlopen(f"http://{pushgateway}/metrics", timeout=5).read().decode()
-    series = {line.split("{")[0]: line for line in body.splitlines() if 'model="diabetes"' in line}
-    assert series[metrics.GATE_PASSED].endswith(" 1") and series[metrics.EPOCHS].endswith(" 40")
-    assert metrics.LAST_SUCCESS in series and metrics.DURATION_SECONDS in series
-    # ... and this (only) worker's throughput, in its own group (issue 16: per-worker figures).
-    assert 'worker="0"' in series[metrics.EXAMPLES_PER_SECOND] and float(series[metrics.EXAMPLES_PER_SECOND].rsplit(" ", 1)[1]) > 0
-    assert float(series[metrics.STEP_SECONDS].rsplit(" ", 1)[1]) > 0
-
-    # The serving signature: named inputs of different dtypes, a named output.
-    import tensorflow as tf
-
-    sig = tf.saved_model.load(f"{store}/models/diabetes/{version}/saved_model").signatures["serving_default"]
-    inputs = sig.structured_input_signature[1]
-    assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs.items()} == {
-        "features": (tf.float32, [None, 9]),
-        "sex": (tf.int64, [None]),
-    }
-    assert list(sig.structured_outputs) == ["progression"]
-
-    # The published SavedModel is the gated model: its predictions on the held-out patients give
-    # the recorded R^2.
-    m = _module()
-    features, sex, target, _, _ = m.load(None)
-    order = np.random.default_rng(m.SPLIT_SEED).permutation(len(target))
-    test, train = order[: meta["data"]["test"]], order[meta["data"]["test"] :]
-    pred = sig(features=tf.constant(features[test]), sex=tf.constant(sex[test]))["progression"].numpy().astype(np.float64)
-    truth = target[test].astype(np.float64)
-    r2 = 1 - ((truth - pred) ** 2).sum() / ((truth - target[train].mean()) ** 2).sum()
-    assert r2 == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
+    _pushed_its_metrics(pushgateway)
+    pred, features, sex, test = _gated_model_matches_its_figures(store, version, meta)
 
     # Served by the platform's server (python -m serving) from the store, rows keyed by input name,
     # answering what the signature answers in-process.

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from training import artifacts
+from training.cluster import free_loopback_port
 from training.contract import EXIT_GATE, EXIT_OK, EXIT_PEER_LOST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,19 +49,6 @@ def test_trains_data_parallel_over_logical_cpu_devices(tmp_path, small_mnist):
 
 
 # ---- several workers on loopback ----
-
-
-def _free_base_port(workers: int) -> int:
-    for _ in range(50):
-        base = random.randint(20000, 40000)
-        try:
-            for i in range(workers):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free loopback ports")
 
 
 def start_workers(workers: int, args: list[str], port: int, logs: Path) -> list[subprocess.Popen]:
@@ -110,7 +96,7 @@ def test_two_workers_train_the_seed_model_to_the_gate(tmp_path, mnist_file):
     chief publishes."""
     store, logs = tmp_path / "store", tmp_path / "logs"
     args = ["--data", str(mnist_file), "--output", str(store), "--arch", "seed", "--epochs", "10", "--run-id", "mw"]
-    procs = start_workers(2, args, _free_base_port(2), logs)
+    procs = start_workers(2, args, free_loopback_port(2), logs)
     codes = wait_all(procs, timeout=1200)
     out = {i: (logs / f"worker-{i}.log").read_text() for i in range(2)}
     assert codes == [EXIT_OK, EXIT_OK], {i: o[-3000:] for i, o in out.items()}
@@ -131,7 +117,7 @@ def test_a_lost_worker_resumes_the_whole_run_from_the_checkpoint(tmp_path, small
     epochs = 6
     args = ["--data", str(small_mnist), "--output", str(store), "--epochs", str(epochs), "--min-accuracy", "0.3"]
     args += ["--checkpoint-dir", str(ckpt), "--run-id", "resume"]
-    port = _free_base_port(2)
+    port = free_loopback_port(2)
     procs = start_workers(2, args, port, logs)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -169,7 +155,7 @@ def test_three_workers_publish_once_and_a_failed_gate_fails_every_worker(tmp_pat
     (retrying cannot help) and nothing is published."""
     store, logs = tmp_path / "store", tmp_path / "logs"
     args = ["--data", str(small_mnist), "--output", str(store), "--epochs", "2", "--batch-size", "64", "--min-accuracy", "0.3"]
-    codes = wait_all(start_workers(3, args + ["--run-id", "three"], _free_base_port(3), logs), timeout=600)
+    codes = wait_all(start_workers(3, args + ["--run-id", "three"], free_loopback_port(3), logs), timeout=600)
     out = [(logs / f"worker-{i}.log").read_text() for i in range(3)]
     assert codes == [EXIT_OK] * 3, [o[-2000:] for o in out]
     assert len(_versions(store)) == 1 and all(f"worker {i}: the chief publishes" in out[i] for i in (1, 2))
@@ -178,6 +164,6 @@ def test_three_workers_publish_once_and_a_failed_gate_fails_every_worker(tmp_pat
 
     gated = tmp_path / "gated"
     args = ["--data", str(small_mnist), "--output", str(gated), "--epochs", "1", "--min-accuracy", "0.999"]
-    codes = wait_all(start_workers(3, args, _free_base_port(3), tmp_path / "logs-gate"), timeout=600)
+    codes = wait_all(start_workers(3, args, free_loopback_port(3), tmp_path / "logs-gate"), timeout=600)
     assert codes == [EXIT_GATE] * 3
     assert not gated.exists()

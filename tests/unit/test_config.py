@@ -442,3 +442,21 @@ def test_a_pod_is_sized_for_its_server_processes():
     with pytest.raises(ConfigError, match=r"limits.memory: 1Gi is less than 512Mi for each of the 4 server processes"):
         auto = {"processes": "auto", "resources": {**small, "limits": {"cpu": "3500m", "memory": "1Gi"}}}
         validate({**LOCAL, "models": {"m": {"training": {"gpus": 0}, "serving": auto}}}, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    "value,expect",
+    [
+        ("[1]", "mlplatform:jenkinsCredentials: must be a JSON object"),
+        ('{"github-token": "hunter2", "x": ""}', "mlplatform:jenkinsCredentials: missing keys ['aws-dev-access-key-id', "),
+    ],
+    ids=["not-an-object", "wrong-keys"],
+)
+def test_jenkins_credentials_mistake_is_one_line_before_any_resource(value, expect):
+    """The secret is plaintext to the program at load: checked there, not in the Secret's apply (a traceback)."""
+    with pytest.raises(ConfigError) as info:
+        mock_engine.run("staging", overrides={"mlplatform:jenkinsCredentials": value})
+    message = str(info.value)
+    assert message.startswith(f"stacks/Pulumi.staging.yaml: {expect}"), message
+    assert "\n" not in message and "hunter2" not in message, message
+    assert info.value.registered == []

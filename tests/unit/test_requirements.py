@@ -30,7 +30,7 @@ RUNTIME_ONLY = {
 }
 # requirements file -> the code that runs with it
 INSTALLS = {
-    "requirements.txt": ["__main__.py", "components", "policy", "tools"],
+    "requirements.txt": ["__main__.py", "components", "policy", "tools", "ops", "bench"],
     "serving/requirements.txt": ["serving"],
 }
 

@@ -1,6 +1,7 @@
-"""Argo Rollouts objects (components/services/argo_rollouts.py): the model service's Rollout, its AnalysisTemplate and
-the chart values, validated against Argo Rollouts v1.9.0's CRD schemas and chart 2.41.0's values; the
-weights a replica-ratio canary really gets; and the analysis emulation the e2e test decides with."""
+"""Argo Rollouts objects (components/lib/rollout_specs.py, components/services/argo_rollouts.py): the model
+service's Rollout, its AnalysisTemplate and the chart values, validated against Argo Rollouts v1.9.0's
+CRD schemas and chart 2.41.0's values; the weights a replica-ratio canary really gets; and the analysis
+emulation the e2e test decides with."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from components.config import CanaryConfig, ServingConfig
-from components.lib import helm
+from components.lib import helm, rollout_specs
 from components.models import model_service
 from components.services import argo_rollouts
 from tests.conftest import unavailable
@@ -27,7 +28,7 @@ def rendered(canary: CanaryConfig | None = None):
     cfg = ServingConfig(canary=canary or CanaryConfig())
     spec = model_service.deployment_spec("mnist", "img@sha256:" + "0" * 64, cfg, "s3://bucket", [])
     ro = argo_rollouts.rollout("model-server-mnist", "ml-serving", model_service.labels("mnist"), spec, "mnist", cfg.canary)
-    return ro, argo_rollouts.analysis_template("mnist", "ml-serving", cfg.canary)
+    return ro, rollout_specs.analysis_template("mnist", "ml-serving", cfg.canary)
 
 
 def test_rollout_and_analysis_template_valid_against_the_crds():
@@ -51,11 +52,11 @@ def test_chart_values_exist_in_the_chart_and_the_image_is_its_app_version():
     defaults = reference.chart_values("argo-rollouts", version)
     assert defaults is not None, f"no reference values for argo-rollouts {version}"
     for monitoring in (True, False):
-        assert reference.unknown_value_keys(argo_rollouts.chart_values(monitoring), defaults, "argo-rollouts") == []
+        assert reference.unknown_value_keys(rollout_specs.chart_values(monitoring), defaults, "argo-rollouts") == []
     chart = yaml.safe_load((reference.reference_dir() / "charts" / "argo-rollouts" / version / "Chart.yaml").read_text())
-    assert argo_rollouts.chart_values(False)["controller"]["image"]["tag"] == chart["appVersion"] == argo_rollouts.VERSION
+    assert rollout_specs.chart_values(False)["controller"]["image"]["tag"] == chart["appVersion"] == rollout_specs.VERSION
     # Every provider the chart would grant RBAC for is switched off (the Gateway API plugin gets a Role per route instead).
-    assert set(argo_rollouts.chart_values(False)["providerRBAC"]["providers"]) == set(defaults["providerRBAC"]["providers"])
+    assert set(rollout_specs.chart_values(False)["providerRBAC"]["providers"]) == set(defaults["providerRBAC"]["providers"])
 
 
 def test_steps_come_from_config_and_the_analysis_runs_from_the_first_step():
@@ -86,24 +87,24 @@ def test_every_arg_a_query_uses_is_declared_and_the_rollout_passes_the_rest():
         used = set(re.findall(r"\{\{args\.([\w-]+)\}\}", m["provider"]["prometheus"]["query"]))
         assert used == set(declared), (m["name"], used)
     passed = {a["name"]: a["valueFrom"]["podTemplateHashValue"] for a in ro["spec"]["strategy"]["canary"]["analysis"]["args"]}
-    assert passed == {argo_rollouts.ARG_CANARY: "Latest", argo_rollouts.ARG_STABLE: "Stable"}
+    assert passed == {rollout_specs.ARG_CANARY: "Latest", rollout_specs.ARG_STABLE: "Stable"}
     assert {n for n, a in declared.items() if "value" not in a} == set(passed)
     # Canary and stable series are told apart by the pod-template-hash target label only.
     for m in tpl["spec"]["metrics"]:
         q = m["provider"]["prometheus"]["query"]
-        assert f'{argo_rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{argo_rollouts.ARG_CANARY}}}}}"' in q
-        assert f'{argo_rollouts.POD_HASH_TARGET_LABEL}="{{{{args.{argo_rollouts.ARG_STABLE}}}}}"' in q
+        assert f'{rollout_specs.POD_HASH_TARGET_LABEL}="{{{{args.{rollout_specs.ARG_CANARY}}}}}"' in q
+        assert f'{rollout_specs.POD_HASH_TARGET_LABEL}="{{{{args.{rollout_specs.ARG_STABLE}}}}}"' in q
 
 
 def test_thresholds_come_from_config():
     _, tpl = rendered(CanaryConfig(max_error_ratio_increase=0.02, max_p99_ratio=2, max_class_psi=0.3, window_seconds=60))
     conditions = {m["name"]: m["successCondition"] for m in tpl["spec"]["metrics"]}
     assert conditions == {
-        argo_rollouts.METRIC_ERRORS: "result[0] <= 0.02",
-        argo_rollouts.METRIC_LATENCY: "result[0] <= 2",
-        argo_rollouts.METRIC_CLASSES: "result[0] >= 0 && result[0] <= 0.3",
+        rollout_specs.METRIC_ERRORS: "result[0] <= 0.02",
+        rollout_specs.METRIC_LATENCY: "result[0] <= 2",
+        rollout_specs.METRIC_CLASSES: "result[0] >= 0 && result[0] <= 0.3",
     }
-    (classes,) = [m for m in tpl["spec"]["metrics"] if m["name"] == argo_rollouts.METRIC_CLASSES]
+    (classes,) = [m for m in tpl["spec"]["metrics"] if m["name"] == rollout_specs.METRIC_CLASSES]
     assert classes["failureCondition"] == "result[0] > 0.3"
     # Too few canary predictions: the query answers -1, neither success nor failure.
     assert argo.measurement_phase(classes, [-1.0]) == "Inconclusive"
@@ -134,7 +135,7 @@ def test_thresholds_come_from_config():
     ],
 )
 def test_replica_ratio_weights_as_argo_rollouts_scales_them(replicas, weight, expected):
-    canary, stable, share = argo_rollouts.effective_weight(replicas, weight)
+    canary, stable, share = rollout_specs.effective_weight(replicas, weight)
     assert (canary, stable) == expected[:2] and share == pytest.approx(expected[2])
 
 
@@ -189,8 +190,8 @@ def test_measurement_and_metric_phases_follow_argo():
 
 def test_rendered_template_args_substitute_completely():
     _, tpl = rendered()
-    analysis = argo.Analysis(tpl, {argo_rollouts.ARG_CANARY: "abc", argo_rollouts.ARG_STABLE: "def"}, "http://unused")
+    analysis = argo.Analysis(tpl, {rollout_specs.ARG_CANARY: "abc", rollout_specs.ARG_STABLE: "def"}, "http://unused")
     for q in analysis.queries().values():
         assert "{{" not in q and 'rollouts_pod_template_hash="abc"' in q and 'model="mnist"' in q
     with pytest.raises(argo.MeasurementError, match="canary-hash"):
-        argo.Analysis(tpl, {argo_rollouts.ARG_STABLE: "def"}, "http://unused")
+        argo.Analysis(tpl, {rollout_specs.ARG_STABLE: "def"}, "http://unused")
