@@ -131,13 +131,18 @@ smoke: venv-ml data  ## smoke test every model of STACK: TF (real predictions) a
 pin: venv-ml  ## before `up-ci`: pin STACK's models to their current champion (an up for another change never un-pins what serves)
 	$(PY_ML) -m ops.deliver --stack $(STACK) --pin-champions
 
-deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one): from their source stack or their new candidate, through an analysed canary; champion on success, rejected + exit 1 on abort
+deliver: venv-ml  ## deliver STACK's models (MODEL_ONLY=<name> for one) through an analysed canary: exit 0 champion, 1 rejected (failed analysis), 3 NOT JUDGED (no data, timeout, pods never ready: still the candidate); make itself exits 2 on any failure, so the code is in build/deliver-STACK.rc
 	@set -eo pipefail; $(STACK_KUBECONFIG); \
-	$(PY_ML) -m ops.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY))
+	rc=0; $(PY_ML) -m ops.deliver --stack $(STACK) $(if $(MODEL_ONLY),--model $(MODEL_ONLY)) || rc=$$?; \
+	echo $$rc > build/deliver-$(STACK).rc; \
+	if [ $$rc -eq 3 ]; then echo "deliver: canary NOT JUDGED on $(STACK) (exit 3): not a bad model; the version stays the candidate and the next run tries again" >&2; fi; \
+	exit $$rc
 
-rollback: venv-ml  ## roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...); LATEST follows
+rollback: venv-ml  ## emergency path: roll MODEL back on STACK to the previous champion (TO=<version> for another; REASON=...) and serve it at once, no canary
 	@test -n "$(REASON)" || { echo "REASON is required (it goes to the audit log): make rollback MODEL=$(MODEL) STACK=$(STACK) REASON='...'"; exit 2; }
-	$(PY_ML) -m ops.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"
+	@set -eo pipefail; $(STACK_KUBECONFIG); \
+	$(PY_ML) -m ops.models --store "$$(pulumi stack output modelStore --stack $(STACK))" rollback --model $(MODEL) $(if $(TO),--to $(TO)) --reason "$(REASON)"; \
+	$(PY_ML) -m ops.deliver --stack $(STACK) --model $(MODEL) --rollback
 
 ##@ CI plumbing
 

@@ -25,6 +25,24 @@ from components.services.kueue import Kueue, KueueArgs, QueueQuota
 from components.services.model_promoter import ModelPromoter, ModelPromoterArgs, account_id
 from components.services.monitoring import Monitoring, MonitoringArgs
 
+# Environments whose model store and image repositories hold what runs in production: a destroy
+# leaves them in the account (retain_on_delete) instead of stopping half-way on a non-empty bucket
+# or repository; prod's are also protected, so `pulumi destroy` is refused until they are unprotected.
+KEEPS_DATA = ("staging", "prod")
+
+
+def after(dependencies: list[pulumi.Resource]) -> pulumi.ResourceTransformation:
+    """A transformation that makes every Kubernetes object it reaches depend on ``dependencies``."""
+
+    def transform(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        if not args.type_.startswith("kubernetes:") or any(d is args.resource for d in dependencies):
+            return None
+        return pulumi.ResourceTransformationResult(
+            args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(depends_on=dependencies))
+        )
+
+    return transform
+
 
 class Platform(pulumi.ComponentResource):
     """One stack: the cluster, then the services every model shares, then one Model per catalogue entry."""
@@ -78,6 +96,9 @@ class Platform(pulumi.ComponentResource):
                 CiDeployRoleArgs(stack=self.settings.stack, config=cfg.ci, cluster_name=self.cluster_name, tags=self.tags),
                 opts=pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(depends_on=[self.cluster])),
             )
+            # The CI role's access entry is how CI reaches the cluster: every Kubernetes object waits
+            # for it, so a destroy run by that role deletes them all before its own access goes.
+            self.k8s_opts = pulumi.ResourceOptions.merge(self.k8s_opts, pulumi.ResourceOptions(transformations=[after([self.ci_role])]))
         self._namespaces()
         self._gpu_pools()
 
@@ -102,12 +123,22 @@ class Platform(pulumi.ComponentResource):
             if wanted.get(role, True)
         }
         self.ns = {role: n.name for role, n in self.namespaces.items()}
-        self.in_namespaces = pulumi.ResourceOptions.merge(self.k8s_opts, pulumi.ResourceOptions(depends_on=list(self.namespaces.values())))
+        # A component's depends_on does not reach its children (the SDK registers each child with its
+        # own options), so every Kubernetes object under these components would race its Namespace
+        # on the first `up` (a Helm release into a missing namespace fails at once). A transformation
+        # is inherited by every descendant: each Kubernetes object gets the Namespaces as
+        # dependencies, which also makes destroy delete it before them (tools/convergence.py rule g).
+        namespaces = [n.namespace for n in self.namespaces.values()]
+        self.in_namespaces = pulumi.ResourceOptions.merge(
+            self.k8s_opts, pulumi.ResourceOptions(depends_on=list(self.namespaces.values()), transformations=[after(namespaces)])
+        )
 
     def _gpu_pools(self) -> None:
         """EKS only: one node group per configured GPU pool, scaled from zero by the cluster autoscaler."""
         name, cfg = self.name, self.settings.config
         self.gpu_pools = []
+        # What an LLM replica needs before it can be scheduled (components/models/llm_service.py).
+        self.gpu_ready: list[pulumi.Resource] = []
         if not (cfg.is_eks and cfg.gpu_pools):
             return
         self.gpu_pools = [
@@ -124,7 +155,8 @@ class Platform(pulumi.ComponentResource):
             )
             for pool in cfg.gpu_pools
         ]
-        ClusterAutoscaler(
+        self.gpu_ready = [*self.gpu_pools]
+        autoscaler = ClusterAutoscaler(
             f"{name}-autoscaler",
             ClusterAutoscalerArgs(
                 cluster_name=self.cluster_name,
@@ -135,6 +167,7 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=self.k8s_opts,
         )
+        self.gpu_ready.append(autoscaler)
 
     def _shared_services(self) -> None:
         """What every model uses, in dependency order: monitoring first (the others scrape into it or
@@ -190,11 +223,12 @@ class Platform(pulumi.ComponentResource):
                 opts=self.k8s_opts,
             )
         if cfg.has_gpus:
-            GpuAddons(
+            addons = GpuAddons(
                 f"{name}-gpu-addons",
                 GpuAddonsArgs(monitoring_release=self.monitoring_release, profiling_metrics=cfg.monitoring.gpu_profiling_metrics),
                 opts=self.k8s_opts,
             )
+            self.gpu_ready.append(addons.device_plugin)
         # Every training run waits in the stack's queue for its share of the GPU pools (README "Training at scale").
         self.queue = Kueue(
             f"{name}-queue",
@@ -217,6 +251,8 @@ class Platform(pulumi.ComponentResource):
                 registry=cfg.registry,
                 repo_prefix=self.cluster_name,
                 force_delete=cfg.environment in ("ephemeral", "local", "dev"),
+                retain=cfg.environment in KEEPS_DATA,
+                protect=cfg.environment == "prod",
                 tags=self.tags,
                 # A model with its own training code gets its own image, built FROM the training image.
                 model_code={
@@ -234,6 +270,8 @@ class Platform(pulumi.ComponentResource):
                 namespace=ns["training"],
                 client_namespaces=[ns["training"], ns["serving"]],
                 force_destroy=cfg.environment in ("ephemeral", "dev"),
+                retain=cfg.environment in KEEPS_DATA,
+                protect=cfg.environment == "prod",
                 oidc_provider_arn=self.cluster.oidc_provider_arn,
                 oidc_provider_url=self.cluster.oidc_provider_url,
                 tags=self.tags,
@@ -324,6 +362,7 @@ class Platform(pulumi.ComponentResource):
                     gpu_pools=list(cfg.gpu_pools),
                     hf_token=self.settings.secrets.get("hfToken"),
                     storage_class=self.cluster.storage_class,
+                    gpu_ready=self.gpu_ready,
                 ),
                 opts=self.in_namespaces,
             )

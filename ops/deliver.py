@@ -11,15 +11,30 @@
    own), assumed with STS for this step only; everything else runs with the deploy identity.
 2. Pin it: ``pulumi config set models.<name>.serving.version`` and ``pulumi up``: the pod template
    changes, Argo Rollouts starts the canary and its analysis (components/services/argo_rollouts.py).
-3. Wait for the Rollout: Healthy with the new pods stable -> the version becomes the stack's champion.
-   Degraded (the analysis failed, Argo aborted: traffic is already back on the stable pods) -> the
-   version is marked rejected in the stack's store, the pin goes back to the champion (``pulumi up``
-   again, so the desired state is what serves), the analysis result is printed, exit 1: the pipeline
-   fails, and its failure notification carries this output.
+3. Wait for the Rollout and read its analysis (the AnalysisRun the Rollout names, Argo Rollouts
+   v1.9 status.canary.currentBackgroundAnalysisRunStatus), and decide on evidence only:
+   - Healthy with the new pods stable -> the version becomes the stack's champion (exit 0);
+   - the AnalysisRun *Failed* on a judging metric (errors, client errors, p99, class mix; Argo aborted,
+     traffic is already back on the stable pods) -> the version is marked rejected in the stack's
+     store, the pin goes back to the champion (``pulumi up`` again), the failed metrics are printed,
+     exit 1 (REJECTED): the pipeline fails, its notification carries this output;
+   - anything else is *not judged*: the run Inconclusive (too little traffic: the rollout paused), in
+     Error (a query failed), failed only on its warm-up Job, the rollout aborted by hand or Degraded
+     (canary pods never ready: ProgressDeadlineExceeded), or the timeout -> the version stays the
+     candidate (nothing is recorded against it), the pin goes back to the champion, the reason is
+     printed, exit 3 (NOT_JUDGED): the pipeline says "not judged", not "bad model", and the next run
+     tries again.
+
+A version that already served as this stack's champion (``registry.served_as_champion``) is a
+rollback, not a new model: the emergency path. It gets no canary: the registry rolls back to it
+(``registry.rollback``: the version left is rejected, audited, and the candidate moves off it), the
+pin moves, and the Rollout is promoted in full (``status.promoteFull``, what ``kubectl argo rollouts
+promote --full`` sets: every remaining step and the analysis skipped). ``make rollback`` runs
+``ops.models rollback`` then ``--rollback`` here, which promotes the store's champion in full.
 
 A rejected version is never delivered again; a version that is already the champion is only pinned
-(an idempotent ``pulumi up``). Exit codes: 0 delivered (or nothing new); 1 canary aborted or timed
-out; 2 usage or config error.
+(an idempotent ``pulumi up``). Exit codes: 0 delivered (or nothing new); 1 rejected by a failed
+analysis, or a refused copy; 2 usage or config error; 3 not judged (see above).
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +53,7 @@ from pathlib import Path
 import yaml
 
 from components.lib.network import SERVING_NAMESPACE
+from components.lib.rollout_specs import JUDGING_METRICS, VERSION_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = SERVING_NAMESPACE
@@ -122,36 +139,111 @@ def rollout_state(model: str, sh: Runner) -> dict:
     return json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "rollout", f"model-server-{model}", "-o", "json"]))
 
 
-def analysis_summary(model: str, sh: Runner) -> str:
-    """The failed metrics of the model's AnalysisRuns, with their last measured values."""
-    runs = json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "analysisrun", "-o", "json"])).get("items", [])
+def current_run(model: str, rollout: dict, sh: Runner) -> dict | None:
+    """The AnalysisRun of the Rollout's current canary (its background analysis), or None yet."""
+    ref = ((rollout.get("status") or {}).get("canary") or {}).get("currentBackgroundAnalysisRunStatus") or {}
+    if not ref.get("name"):
+        return None
+    return json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "analysisrun", ref["name"], "-o", "json"]))
+
+
+def _metrics(run: dict, phases: tuple[str, ...]) -> list[dict]:
+    return [m for m in (run.get("status") or {}).get("metricResults", []) if m.get("phase") in phases]
+
+
+def describe(metrics: list[dict]) -> str:
+    """``name Phase (last value V)`` per metric: what the pipeline log and the rejection record say."""
     parts = []
-    for r in runs:
-        if not r["metadata"]["name"].startswith(f"model-server-{model}-"):
-            continue
-        for m in (r.get("status") or {}).get("metricResults", []):
-            if m.get("phase") in ("Failed", "Error", "Inconclusive"):
-                last = (m.get("measurements") or [{}])[-1].get("value", "?")
-                parts.append(f"{m['name']} {m['phase']} (last value {last})")
-    return "; ".join(parts) or "no failed metric found in the AnalysisRuns"
+    for m in metrics:
+        last = (m.get("measurements") or [{}])[-1]
+        parts.append(f"{m['name']} {m['phase']} (last value {last.get('value', last.get('message', '?'))})")
+    return "; ".join(parts)
+
+
+# Outcomes of one canary.
+HEALTHY, FAILED, NOT_JUDGED = "Healthy", "Failed", "NotJudged"
+# Exit codes (the module docstring; Makefile `deliver` and the CI files read 3 as "not judged").
+DELIVERED, REJECTED, USAGE, NOT_JUDGED_EXIT = 0, 1, 2, 3
+# The controller's abort message when a metric failed (rollout/analysis.go, v1.9): the fallback
+# evidence when the AnalysisRun itself cannot be read.
+_ABORT_FAILED = re.compile(r'Metric "([\w-]+)" assessed Failed')
+
+
+def judge(rollout: dict, run: dict | None, version: str) -> tuple[str, str] | None:
+    """The canary's outcome from the Rollout and its AnalysisRun, or None while it is still going.
+    FAILED only on evidence: a judging metric (rollout_specs.JUDGING_METRICS) Failed."""
+    status = rollout.get("status") or {}
+    # Right after `pulumi up` changes the template the status still describes the previous generation
+    # (Pulumi does not await a custom resource), and it stays so while the controller is down: trust it
+    # only once the controller has observed this generation, as Argo's own client does
+    # (utils/rollout/rolloututil.go GetRolloutPhase, isGenerationObserved, v1.9.0).
+    generation = (rollout.get("metadata") or {}).get("generation")
+    if generation is not None and str(status.get("observedGeneration")) != str(generation):
+        return None
+    annotations = rollout["spec"]["template"]["metadata"].get("annotations") or {}
+    phase, message = status.get("phase"), status.get("message", "")
+    if annotations.get(VERSION_ANNOTATION) == version and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
+        return HEALTHY, message
+    run_phase = ((run or {}).get("status") or {}).get("phase")
+    if run_phase == "Failed":
+        failed = _metrics(run, ("Failed",))
+        if judging := [m for m in failed if m["name"] in JUDGING_METRICS]:
+            return FAILED, describe(judging)
+        return (
+            NOT_JUDGED,
+            f"the analysis failed only on {describe(failed) or 'no metric'}: its warm-up could not run, not a verdict on the model",
+        )
+    if run_phase == "Error":
+        return (
+            NOT_JUDGED,
+            f"the analysis ended in Error ({describe(_metrics(run, ('Error',)))}): a query failed, not a verdict on the model",
+        )
+    pauses = {c.get("reason") for c in status.get("pauseConditions") or []}
+    if run_phase == "Inconclusive" or "InconclusiveAnalysisRun" in pauses:
+        return NOT_JUDGED, f"the analysis is inconclusive ({describe(_metrics(run or {}, ('Inconclusive',)))}): too little traffic to judge"
+    if status.get("abort") and (m := _ABORT_FAILED.search(message)) and m.group(1) in JUDGING_METRICS and run is None:
+        return FAILED, message
+    if status.get("abort"):
+        return NOT_JUDGED, f"the rollout was aborted without a failed analysis: {message}"
+    if phase == "Degraded":
+        return NOT_JUDGED, f"the rollout is Degraded without a failed analysis (canary pods never ready?): {message}"
+    return None
 
 
 def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10) -> tuple[str, str]:
-    """('Healthy'|'Degraded'|'Timeout', message) once the Rollout serves ``version`` from its stable pods or aborted."""
+    """(HEALTHY | FAILED | NOT_JUDGED, why) once the canary is decided, or NOT_JUDGED at the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
         ro = rollout_state(model, sh)
-        status = ro.get("status") or {}
-        annotations = ro["spec"]["template"]["metadata"].get("annotations") or {}
-        served_template = annotations.get("mlplatform.io/model-version") == version
-        phase = status.get("phase")
-        if status.get("abort") or phase == "Degraded":
-            return "Degraded", status.get("message", "")
-        if served_template and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
-            return "Healthy", status.get("message", "")
+        if (verdict := judge(ro, current_run(model, ro, sh), version)) is not None:
+            return verdict
         if time.monotonic() >= deadline:
-            return "Timeout", f"phase {phase}: {status.get('message', '')}"
+            status = ro.get("status") or {}
+            return NOT_JUDGED, f"timed out after {timeout_s:.0f}s (phase {status.get('phase')}: {status.get('message', '')})"
         time.sleep(poll_s)
+
+
+def promote_full(model: str, sh: Runner) -> None:
+    """Skip every remaining step and the analysis: what ``kubectl argo rollouts promote --full`` does
+    (argo-rollouts v1.9 pkg/kubectl-argo-rollouts/cmd/promote/promote.go: a merge patch of
+    ``status.promoteFull: true`` on the status subresource; the controller then scales the new
+    ReplicaSet to full and makes it stable). Plain kubectl: the pipeline needs no plugin."""
+    patch = json.dumps({"status": {"promoteFull": True}})
+    sh(["kubectl", "-n", NAMESPACE, "patch", "rollout", f"model-server-{model}", "--subresource=status", "--type=merge", "-p", patch])
+
+
+def full_promotion(stack: str, model: str, version: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+    """The emergency path: pin ``version`` (bytes that already served as champion here) and promote
+    the Rollout in full, no canary; wait until it is stable."""
+    pin(stack, model, version, sh)
+    if (judge(rollout_state(model, sh), None, version) or ("",))[0] != HEALTHY:
+        promote_full(model, sh)
+    outcome, message = wait(model, version, sh, timeout_s, poll_s)
+    if outcome != HEALTHY:
+        print(f"{model}: full promotion of {version} on {stack} did not finish: {message}", file=sys.stderr)
+        return REJECTED
+    print(f"{model}: {stack} serves {version} (full promotion, no canary)")
+    return DELIVERED
 
 
 @dataclass(frozen=True)
@@ -184,7 +276,9 @@ def deliver(
     current = registry.get_alias(store, model, "champion")
     current_version = current["version"] if current else None
     if _settled(stack, model, store, version, current_version, sh):
-        return 0
+        return DELIVERED
+    if current_version is not None and registry.served_as_champion(store, model, version):
+        return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s)
     if source:
         with promoter(source.role, source.session):
             registry.promote_between(
@@ -197,8 +291,30 @@ def deliver(
         registry.move(store, model, "champion", version, reason=f"pipeline: first version on {stack} (no stable to canary against)")
         pin(stack, model, version, sh)
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
-        return 0
+        return DELIVERED
     return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s)
+
+
+def _roll_back_to(stack: str, model: str, store: str, version: str, current: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+    """``version`` already served as champion here (e.g. the source stack rolled back to it): the
+    emergency path. The registry rolls back first (``current`` rejected, audited, candidate moved
+    off it: the record says what the cluster is about to do), then a full promotion, no canary."""
+    from training import registry
+
+    registry.rollback(store, model, to=version, reason=f"pipeline: {version} already served as {stack}'s champion: rollback from {current}")
+    print(f"{model}: {version} already served as {stack}'s champion: rollback from {current} (rejected), full promotion, no canary")
+    return full_promotion(stack, model, version, sh, timeout_s, poll_s)
+
+
+def roll_back(stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10) -> int:
+    """``make rollback``, after ``ops.models rollback`` moved the store's champion back: serve that
+    champion at once (full promotion, no canary: the emergency path)."""
+    from training import registry
+
+    champ = registry.get_alias(store_of(stack, sh), model, "champion")
+    if champ is None:
+        raise DeliveryError(f"{model}: no champion in {stack}'s store: nothing to roll back to")
+    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s)
 
 
 def _incoming(stack: str, model: str, store: str, source: _Source | None, promoter: Promoter) -> str | None:
@@ -239,24 +355,31 @@ def _settled(stack: str, model: str, store: str, version: str, current_version: 
 
 
 def _canary(stack: str, model: str, store: str, version: str, current_version: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
-    """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion (0),
-    or rejected with the pin back on ``current_version`` (1)."""
+    """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion
+    (DELIVERED); rejected on a failed analysis (REJECTED); anything else leaves it the candidate
+    (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version``."""
     from training import registry
 
     print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
     pin(stack, model, version, sh)
     outcome, message = wait(model, version, sh, timeout_s, poll_s)
-    if outcome == "Healthy":
+    if outcome == HEALTHY:
         registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
-        print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version or 'unset'})")
-        return 0
-    result = analysis_summary(model, sh) if outcome == "Degraded" else message
-    reason = f"canary {'aborted' if outcome == 'Degraded' else 'timed out'} on {stack}: {result}"
-    registry.reject(store, model, version, reason=reason)
-    if current_version:
-        pin(stack, model, current_version, sh)
-    print(f"{model}: {reason}; {version} rejected, {stack} stays on {current_version or 'nothing'}", file=sys.stderr)
-    return 1
+        print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version})")
+        return DELIVERED
+    # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps).
+    pin(stack, model, current_version, sh)
+    if outcome == FAILED:
+        reason = f"canary failed its analysis on {stack}: {message}"
+        registry.reject(store, model, version, reason=reason)
+        print(f"{model}: {reason}; {version} rejected, {stack} stays on {current_version}", file=sys.stderr)
+        return REJECTED
+    print(
+        f"{model}: canary of {version} on {stack} NOT JUDGED: {message}; {version} stays the candidate (not rejected), "
+        f"{stack} stays on {current_version}; the next run tries again",
+        file=sys.stderr,
+    )
+    return NOT_JUDGED_EXIT
 
 
 def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stacks") -> None:
@@ -284,24 +407,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="one model (default: every TF model in the stack file)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the canary to finish")
     p.add_argument("--pin-champions", action="store_true", help="only pin every model to the stack's champion (before pulumi up)")
+    p.add_argument("--rollback", action="store_true", help="serve --model's champion at once, no canary (after `ops.models rollback`)")
     args = p.parse_args(argv)
     from training import registry
 
     if args.pin_champions:
         pin_champions(args.stack)
         return 0
+    if args.rollback and not args.model:
+        p.error("--rollback needs --model")
     try:
+        if args.rollback:
+            return roll_back(args.stack, args.model, timeout_s=args.timeout)
         # One model after the other: each canary is analysed alone; the first failure fails the step.
         for model in [args.model] if args.model else tf_models(args.stack):
             if code := deliver(args.stack, model, timeout_s=args.timeout):
                 return code
-        return 0
+        return DELIVERED
     except DeliveryError as exc:
         print(f"deliver: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
     except registry.RegistryError as exc:  # a refused copy (digests), a conflict: nothing was promoted
         print(f"deliver: {exc}", file=sys.stderr)
-        return 1
+        return REJECTED
 
 
 if __name__ == "__main__":

@@ -297,7 +297,9 @@ class Local:
         body = """python3 -c 'import json; print(json.dumps({"instances": [[[0.0] * 28] * 28]}))'"""
         models = outputs.get("models") or {MODEL: {"url": outputs.get("serviceUrl")}}
         serving = "".join(
-            f"  model service {model}: {(entry or {}).get('url') or '(kind gives LoadBalancers no address without cloud-provider-kind)'}\n"
+            # kind has no load balancer: the entry Service is ClusterIP (components/services/gateway.py),
+            # so the URL output is its in-cluster address and a port-forward reaches the model.
+            f"  model service {model}: {(entry or {}).get('url') or '(no url output yet)'} (in-cluster address)\n"
             f"    {forward} {ns['serving']} port-forward svc/{serving_service(model)} {8501 + i}:80\n"
             f"    one prediction: {body} | curl -s -d @- http://localhost:{8501 + i}/v1/models/{model}:predict\n"
             for i, (model, entry) in enumerate(models.items())

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.instances import example  # the builder the canary warm-up shares
+
 
 def _get(url: str, timeout: float = 10):
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) URL given by the operator
@@ -91,14 +93,6 @@ def is_image_model(meta: dict) -> bool:
     return len(inputs) == 1 and inputs[0]["datatype"].startswith("FP") and list(inputs[0]["shape"][1:3]) == [28, 28]
 
 
-def _example(datatype: str, dims: list[int]) -> np.ndarray:
-    """One instance of an input: zeros (an empty string, False) in the signature's shape."""
-    shape = [1 if d < 0 else d for d in dims]
-    if datatype == "BYTES":
-        return np.full(shape, "", dtype=object)
-    return np.zeros(shape, dtype=bool if datatype == "BOOL" else np.float64 if datatype.startswith("FP") else np.int64)
-
-
 def _finite(value) -> bool:
     """Every number in a (nested) answer is finite; strings and booleans pass as they are."""
     if isinstance(value, dict):
@@ -115,7 +109,7 @@ def smoke_signature(base: str, model: str, version: str, meta: dict, api_key: st
     inputs = meta.get("inputs") or []
     if not inputs:
         return False, f"model {model}: metadata lists no inputs"
-    examples = {i["name"]: _example(i["datatype"], list(i["shape"][1:])) for i in inputs}
+    examples = {i["name"]: example(i["datatype"], list(i["shape"][1:])) for i in inputs}
     row = {n: v.tolist() for n, v in examples.items()}
     instances = [row, row] if len(inputs) > 1 else [row[inputs[0]["name"]]] * 2
     try:

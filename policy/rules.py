@@ -263,6 +263,48 @@ def rbac_least_privilege(r: Res) -> list[str]:
     return []
 
 
+# Charts whose default RBAC lets a pod read every Secret of the cluster (a ClusterRole with get/list/
+# watch on secrets), each with the values that confine it to its own namespace. Judged on the values
+# because a Release's rendered ClusterRoles are not resources of the stack. (From the charts' RBAC
+# templates at the pinned versions, from memory: the reference copies hold values.yaml only.)
+SECRET_READ_NARROWING: dict[str, tuple[tuple[str, Any], ...]] = {
+    # KEDA 2.20.2: the operator's and the metrics server's ClusterRoles read Secrets for
+    # TriggerAuthentications in any namespace unless restricted to KEDA's own.
+    "keda": (("permissions.operator.restrict.secret", True), ("permissions.metricServer.restrict.secret", True)),
+    # grafana 12.11.1 (a subchart of kube-prometheus-stack): its dashboard/datasource sidecars get a
+    # ClusterRole on ConfigMaps and Secrets unless rbac.namespaced.
+    "grafana": (("rbac.namespaced", True),),
+    "kube-prometheus-stack": (("grafana.rbac.namespaced", True),),
+}
+# Charts that keep a cluster-wide Secret read, and why (as HOST_ACCESS_ALLOWED): issue 24 item 6.
+SECRET_READ_ALLOWED = {
+    "argo-rollouts": "the controller resolves AnalysisTemplates' secretKeyRefs in each Rollout's namespace; "
+    "namespaced mode (clusterInstall: false) would watch its own namespace only, where no Rollout lives",
+    "gateway-helm": "Envoy Gateway reads the TLS certificate Secrets that Gateways reference in their namespaces",
+    "kube-prometheus-stack": "the Prometheus Operator writes the Prometheus/Alertmanager config Secrets and reads those "
+    "ServiceMonitors reference; kube-state-metrics lists Secrets (it exports their metadata only)",
+    "kueue": "the manager rotates its webhook certificate Secret (unverified: kueue 0.19.2 RBAC not in the reference copy)",
+}
+# Charts whose RBAC reads no Secret outside their namespace (each pinned chart is classified, tested).
+NO_CLUSTER_SECRET_READ = {"cluster-autoscaler", "nvidia-device-plugin", "dcgm-exporter", "prometheus-pushgateway", "jenkins"}
+
+
+def chart_rbac_no_cluster_secret_read(r: Res) -> list[str]:
+    """A chart may not read every Secret of the cluster (on staging that includes the Jenkins
+    credentials for prod) unless its values confine it, or it is on the allow-list with a reason."""
+    if r.type != "kubernetes:helm.sh/v3:Release":
+        return []
+    chart = str(r.props.get("chart", "")).rsplit("/", 1)[-1]
+    values = r.props.get("values") or {}
+    if chart == "kube-prometheus-stack" and _get(values, "grafana.enabled") is False:
+        return []
+    return [
+        f"chart {chart} reads every Secret of the cluster: set {path}: {str(want).lower()}"
+        for path, want in SECRET_READ_NARROWING.get(chart, ())
+        if _get(values, path) != want
+    ]
+
+
 def ecr_hardened(r: Res) -> list[str]:
     if r.type != "aws:ecr/repository:Repository":
         return []
@@ -576,6 +618,10 @@ RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "no-added-capabilities": (no_added_capabilities, "every capability widens what a compromised process can do to the node"),
     "no-unconfined-profiles": (no_unconfined_profiles, "seccomp/AppArmor are the kernel's last filter between a container and the node"),
     "chart-pods-hardened": (chart_pods_hardened, "the pods charts render (and agent pod templates) are pods too"),
+    "chart-rbac-no-cluster-secret-read": (
+        chart_rbac_no_cluster_secret_read,
+        "a chart that reads every Secret hands every credential of the cluster to whoever takes its pod",
+    ),
 }
 
 # ---------------------------------------------------------------- stack rules
@@ -751,7 +797,45 @@ def built_images_by_digest(resources: list[Res]) -> list[tuple[str, str]]:
     return out
 
 
+EKS_CLUSTER_TYPES = {"eks:index:Cluster", "aws:eks/cluster:Cluster"}
+# Helm charts that install a NetworkPolicy engine of their own, in place of the VPC CNI's agent.
+POLICY_ENGINE_CHARTS = {"cilium", "tigera-operator", "calico", "antrea"}
+
+
+def _addon_config(r: Res) -> dict[str, Any]:
+    raw = r.props.get("configurationValues")
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = yaml.safe_load(raw) if isinstance(raw, str) else None  # EKS accepts JSON or YAML
+    except yaml.YAMLError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def network_policies_enforced(resources: list[Res]) -> list[tuple[str, str]]:
+    """An EKS cluster enforces NetworkPolicies only where something implements them: the VPC CNI's
+    network policy agent (the vpc-cni add-on with ``enableNetworkPolicy: "true"``, off by default;
+    Amazon VPC CNI >= 1.14) or another engine's chart. Otherwise default-deny and every other policy
+    of the stack are accepted by the API server and do nothing. A kubeconfig cluster is not judged
+    here: its CNI is not in the program (README, local stack)."""
+    clusters = [r for r in resources if r.type in EKS_CLUSTER_TYPES]
+    if not clusters:
+        return []
+    if any(r.type == "kubernetes:helm.sh/v3:Release" and r.props.get("chart") in POLICY_ENGINE_CHARTS for r in resources):
+        return []
+    cni = [r for r in resources if r.type == "aws:eks/addon:Addon" and r.props.get("addonName") == "vpc-cni"]
+    if not cni:
+        return [(clusters[0].urn, "EKS cluster without the vpc-cni add-on (or another policy engine): NetworkPolicies are not enforced")]
+    return [
+        (r.urn, 'vpc-cni add-on without configurationValues enableNetworkPolicy: "true": NetworkPolicies are not enforced')
+        for r in cni
+        if str(_addon_config(r).get("enableNetworkPolicy", "")).lower() != "true"
+    ]
+
+
 STACK_RULES: dict[str, tuple[Callable[[list[Res]], list[tuple[str, str]]], str]] = {
+    "network-policies-enforced": (network_policies_enforced, "a NetworkPolicy nothing enforces isolates nothing"),
     "namespaces-default-deny": (namespaces_default_deny, "a new workload is reachable only through the policies written for it"),
     "prod-load-balancers-restricted": (prod_load_balancers_restricted, "prod endpoints face the internet only from known networks"),
     "s3-buckets-hardened": (s3_buckets_hardened, "model artifacts: no public access, recoverable, encrypted at rest"),

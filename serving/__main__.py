@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     if n_workers > 1:
         from serving import workers
 
-        return workers.supervise(n_workers, list(sys.argv[1:] if argv is None else argv), args.host, args.metrics_port)
+        argv_ = list(sys.argv[1:] if argv is None else argv)
+        return workers.supervise(n_workers, argv_, args.host, args.metrics_port, args.worker_heartbeat_timeout_s)
     _serve(args, models)
     return 0
 
@@ -77,7 +78,11 @@ def _serve(args: argparse.Namespace, models: dict[str, str]) -> None:
         proxy_headers=False,  # nothing here reads the client address; saves a middleware per request
         loop="auto",
         http=guarded_protocol(
-            args.header_timeout_s, args.body_timeout_s, args.max_connections, lambda reason: closed.labels(reason=reason).inc()
+            args.header_timeout_s,
+            args.body_timeout_s,
+            args.max_connections,
+            lambda reason: closed.labels(reason=reason).inc(),
+            args.write_timeout_s,
         ),
     )
     server = _draining_server(app, args.drain_seconds)(config)

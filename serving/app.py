@@ -22,6 +22,7 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,7 +36,7 @@ from serving import model as model_lib
 from serving.auth import ApiKeys
 from serving.batcher import Batcher
 from serving.errors import MethodNotAllowed, NotFound, PayloadTooLarge, ServingError, Unavailable, status_of
-from serving.metrics import ServingMetrics
+from serving.metrics import TRAFFIC, ServingMetrics
 
 log = logging.getLogger("serving")
 
@@ -72,6 +73,7 @@ class ServedModel:
         self.model: model_lib.LoadedModel | None = None
         self.refused: dict[str, str] = {}  # version -> reason; only versions that failed their checks
         self._retry: dict[str, tuple[int, float]] = {}  # version -> (failed attempts, monotonic time of next try)
+        self._exported_refusal: tuple[str, str] | None = None  # (version, reason) on REFUSED_VERSION
         self.batcher = Batcher(
             lambda: self.model,
             s.max_batch_size,
@@ -82,8 +84,9 @@ class ServedModel:
             inline_below_s=s.inline_inference_below_ms / 1000,
         )
         m = server.metrics
-        self.m_predict_seconds = m.request_seconds.labels(model=name)
-        self.m_ok = m.requests.labels(model=name, route="predict", code="200")
+        # per traffic kind (serving/metrics.py TRAFFIC): bound once, a dict lookup per request
+        self.m_predict_seconds = {t: m.request_seconds.labels(model=name, traffic=t) for t in TRAFFIC}
+        self.m_ok = {t: m.requests.labels(model=name, route="predict", code="200", traffic=t) for t in TRAFFIC}
 
     async def watch(self) -> None:
         """Load a version, then keep following the store (hot swap)."""
@@ -99,8 +102,13 @@ class ServedModel:
 
     async def refresh(self) -> bool:
         """Try the version the pointer names; a pod with nothing loaded falls back to the newest older
-        version that loads. Returns True when it switched."""
+        version that loads and passes its checks. Returns True when it switched."""
         candidates = await asyncio.to_thread(self.source.candidates)
+        switched = await self._first_good(candidates)
+        self._export_champion(candidates[0][0] if candidates else None)
+        return switched
+
+    async def _first_good(self, candidates: list[tuple[str, str]]) -> bool:
         if self.model is not None:
             candidates = candidates[:1]  # serving already: only the pointer's version replaces it
         for version, uri in candidates:
@@ -111,6 +119,20 @@ class ServedModel:
             if await self._try(version, uri):
                 return True
         return False
+
+    def _export_champion(self, champion: str | None) -> None:
+        """Whether the champion (the version LATEST or the pin names) is the one serving, and which
+        champion was refused and why (one series per model: the previous one is dropped)."""
+        m = self.server.metrics
+        m.champion_served.labels(model=self.name).set(1 if self.model is not None and self.model.version == champion else 0)
+        refused = (champion, self.refused[champion]) if champion in self.refused else None
+        if refused != self._exported_refusal:
+            if self._exported_refusal is not None:
+                m.refused_version.labels(self.name, *self._exported_refusal).set(0)  # workers' files keep the last value
+                m.refused_version.remove(self.name, *self._exported_refusal)
+            if refused is not None:
+                m.refused_version.labels(self.name, *refused).set(1)
+            self._exported_refusal = refused
 
     async def _try(self, version: str, uri: str) -> bool:
         s, m = self.server.settings, self.server.metrics
@@ -134,6 +156,7 @@ class ServedModel:
                 log.warning("model %s version %s not available (%s), retry in %.0fs; serving %s", self.name, version, exc, delay, current)
             else:
                 self.refused[version] = exc.reason
+                m.versions_refused.labels(model=self.name, reason=exc.reason).inc()
                 log.error("refusing model %s version %s (%s): %s; serving %s", self.name, version, exc.reason, exc, current)
             return False
         self._retry.pop(version, None)
@@ -197,7 +220,7 @@ class ModelServer:
     @property
     def ready(self) -> bool:
         """Every model loaded, not draining, and (several workers per pod) every worker likewise."""
-        return not self.draining and all(m.model is not None for m in self.models.values()) and workers.all_ready()
+        return not self.draining and all(m.model is not None for m in self.models.values()) and workers.all_ready() and workers.healthy()
 
     # ---- lifecycle ----
 
@@ -208,6 +231,8 @@ class ModelServer:
         for served in self.models.values():
             await served.batcher.start()
             self._tasks.append(asyncio.create_task(served.watch()))
+        if os.environ.get(workers.WORKERS_ENV):
+            self._tasks.append(asyncio.create_task(_heartbeat()))
 
     def _new_pool(self) -> ProcessPoolExecutor | None:
         if self.settings.parse_workers <= 0:
@@ -237,7 +262,9 @@ class ModelServer:
         elif path.startswith("/v2/models/"):
             await self._v2(scope, receive, send, method, path[len("/v2/models/") :])
         elif path in ("/healthz", "/v2/health/live"):
-            await self._json(send, "", "health", 200, {"status": "ok"} if path == "/healthz" else {"live": True})
+            live = workers.healthy()  # False while a sibling worker of this pod is hung (serving/workers.py)
+            doc = ({"status": "ok" if live else "a worker of this pod is hung"}) if path == "/healthz" else {"live": live}
+            await self._json(send, "", "health", 200 if live else 503, doc)
         elif path in ("/readyz", "/v2/health/ready"):
             ready = self.ready
             doc = {"ready": ready, "draining": self.draining}
@@ -252,13 +279,13 @@ class ModelServer:
             hint = " (metrics are on the metrics port)" if path == "/metrics" else ""
             await self._json(send, "", "other", 404, {"error": f"not found: {path!r}{hint}"})
 
-    async def _json(self, send, model: str, route: str, status: int, doc: dict, headers=()) -> None:
-        self.metrics.requests.labels(model=model, route=route, code=str(status)).inc()
+    async def _json(self, send, model: str, route: str, status: int, doc: dict, headers=(), traffic: str = "user") -> None:
+        self.metrics.requests.labels(model=model, route=route, code=str(status), traffic=traffic).inc()
         await _respond(send, status, orjson.dumps(doc), extra=headers)
 
-    async def _error(self, send, model: str, route: str, exc: ServingError) -> None:
+    async def _error(self, send, model: str, route: str, exc: ServingError, traffic: str = "user") -> None:
         status, headers = status_of(exc)
-        await self._json(send, model, route, status, {"error": exc.message}, headers)
+        await self._json(send, model, route, status, {"error": exc.message}, headers, traffic)
 
     def _served(self, name: str, version: str | None) -> ServedModel:
         served = self.models.get(name)
@@ -276,6 +303,7 @@ class ModelServer:
             rest, verb = rest.rsplit(":", 1)
         name, version, sub = _model_path(rest)
         label = name if name in self.models else ""
+        traffic = traffic_of(scope)
         try:
             if verb == "predict" and not sub:
                 await self._predict(scope, receive, send, method, name, version, v2=False)
@@ -286,19 +314,21 @@ class ModelServer:
             if method != "GET":
                 raise MethodNotAllowed(f"{scope['path']} takes GET", "GET")
             if sub == "":
-                await self._json(send, label, "status", 200 if served.model else 503, _tfs_status(served.model))
+                await self._json(send, label, "status", 200 if served.model else 503, _tfs_status(served.model), traffic=traffic)
             elif sub == "metadata":
                 if served.model is None:
                     raise Unavailable(f"model {name!r} is not loaded yet")
-                await self._json(send, label, "metadata", 200, codec.tfs_metadata(name, served.model.version, served.model.specs))
+                doc = codec.tfs_metadata(name, served.model.version, served.model.specs)
+                await self._json(send, label, "metadata", 200, doc, traffic=traffic)
             else:
                 raise NotFound(f"unknown endpoint {scope['path']!r}")
         except ServingError as exc:
-            await self._error(send, label, "status" if verb is None else "predict", exc)
+            await self._error(send, label, "status" if verb is None else "predict", exc, traffic)
 
     async def _v2(self, scope, receive, send, method: str, rest: str) -> None:
         name, version, sub = _model_path(rest)
         label = name if name in self.models else ""
+        traffic = traffic_of(scope)
         try:
             if sub == "infer":
                 await self._predict(scope, receive, send, method, name, version, v2=True)
@@ -308,21 +338,22 @@ class ModelServer:
                 raise MethodNotAllowed(f"{scope['path']} takes GET", "GET")
             if sub == "ready":
                 ready = served.model is not None and not self.draining
-                await self._json(send, label, "health", 200 if ready else 503, {"name": name, "ready": ready})
+                await self._json(send, label, "health", 200 if ready else 503, {"name": name, "ready": ready}, traffic=traffic)
             elif sub == "":
                 if served.model is None:
                     raise Unavailable(f"model {name!r} is not loaded yet")
                 doc = codec.v2_metadata(name, served.model.version, served.model.default.spec)
-                await self._json(send, label, "metadata", 200, doc)
+                await self._json(send, label, "metadata", 200, doc, traffic=traffic)
             else:
                 raise NotFound(f"unknown endpoint {scope['path']!r}")
         except ServingError as exc:
-            await self._error(send, label, "status", exc)
+            await self._error(send, label, "status", exc, traffic)
 
     async def _predict(self, scope, receive, send, method: str, name: str, version: str | None, v2: bool) -> None:
         start = time.perf_counter()
         served = self.models.get(name)
         label = name if served else ""
+        traffic = traffic_of(scope)
         try:
             if method != "POST":
                 raise MethodNotAllowed(f"{scope['path']} takes POST")
@@ -340,7 +371,9 @@ class ModelServer:
                 del body
                 self._inflight_bytes -= reserved
             try:
-                outputs, used = await served.batcher.submit(decoded.signature, decoded.inputs, decoded.n, self.settings.request_timeout_s)
+                outputs, used = await served.batcher.submit(
+                    decoded.signature, decoded.inputs, decoded.n, self.settings.request_timeout_s, traffic == "warmup"
+                )
             except TimeoutError:
                 raise Unavailable("prediction timed out: server overloaded") from None
             if v2:
@@ -349,8 +382,8 @@ class ModelServer:
                 payload, header_length = codec.encode_v2(name, used, outputs, decoded.request_id, decoded.binary_outputs)
             else:
                 payload, header_length = codec.encode_tfs(outputs, decoded.row_format, used), None
-            served.m_ok.inc()
-            served.m_predict_seconds.observe(time.perf_counter() - start)
+            served.m_ok[traffic].inc()
+            served.m_predict_seconds[traffic].observe(time.perf_counter() - start)
             if header_length is None:
                 await _respond(send, 200, payload)
             else:
@@ -363,9 +396,9 @@ class ModelServer:
         except Exception:  # noqa: BLE001 - our bug, not the client's: log it and answer 500, never crash
             log.exception("predict failed")
             status, payload, headers = 500, b'{"error":"internal error"}', []
-        self.metrics.requests.labels(model=label, route="predict", code=str(status)).inc()
+        self.metrics.requests.labels(model=label, route="predict", code=str(status), traffic=traffic).inc()
         if served is not None:
-            served.m_predict_seconds.observe(time.perf_counter() - start)
+            served.m_predict_seconds[traffic].observe(time.perf_counter() - start)
         await _respond(send, status, payload, extra=headers)
 
     async def _read_body(self, scope, receive) -> tuple[bytes, int]:
@@ -408,8 +441,8 @@ class ModelServer:
     async def _decode(self, body: bytes, specs: dict, v2: bool, header_length: int | None = None) -> codec.Decoded:
         parse = codec.parse_v2 if v2 else codec.parse_tfs
         args = (body, specs, self.settings.max_batch_size) + ((header_length,) if v2 else ())
-        if len(body) < self.settings.offload_body_bytes or (header_length is not None and header_length < self.settings.offload_body_bytes):
-            return parse(*args)  # small JSON (binary tensors cost no parsing)
+        if _inline(body, header_length, self.settings.offload_body_bytes):
+            return parse(*args)
         # Decoding megabytes of JSON holds the GIL for hundreds of ms: in another process, the event
         # loop (health checks, small requests) keeps running.
         loop = asyncio.get_running_loop()
@@ -431,6 +464,36 @@ class ModelServer:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _heartbeat() -> None:
+    """Tell the supervisor this worker's event loop runs (a stopped or blocked loop stops beating)."""
+    while True:
+        try:
+            workers.beat()  # in the loop itself: a beat proves the loop runs
+        except OSError:
+            log.warning("heartbeat file not writable", exc_info=True)
+        await asyncio.sleep(workers.HEARTBEAT_S)
+
+
+def _inline(body: bytes, header_length: int | None, offload_bytes: int) -> bool:
+    """Whether a body is cheap enough to decode in the event loop: small JSON, or binary tensors
+    behind a small JSON header, numbers only (numpy views the bytes). BYTES tensors are split element
+    by element, so a binary body with one is judged by its whole size, like JSON (a 4 MB BYTES
+    request decoded inline stalled /healthz for seconds)."""
+    if len(body) < offload_bytes:
+        return True
+    return header_length is not None and header_length < offload_bytes and b'"BYTES"' not in body[:header_length]
+
+
+def traffic_of(scope) -> str:
+    """ "warmup" for a request that says it is warm-up traffic (``X-Mlplatform-Traffic: warmup``, sent
+    by the in-cluster traffic of a canary: serving/warmup.py), "user" for every other request,
+    whatever the header holds: the label has exactly these two values."""
+    for name, value in scope["headers"]:
+        if name == b"x-mlplatform-traffic":
+            return "warmup" if value.strip().lower() == b"warmup" else "user"
+    return "user"
 
 
 def _binary_header_length(scope) -> int | None:

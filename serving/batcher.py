@@ -45,6 +45,9 @@ class _Item:
     inputs: dict[str, np.ndarray]
     n: int
     future: asyncio.Future
+    # Warm-up traffic (serving/warmup.py) is answered like any request but its synthetic instances say
+    # nothing about the classes users see: the class mix counts user requests only.
+    warmup: bool = False
 
     def key(self):
         return self.signature, tuple((k, v.shape[1:]) for k, v in self.inputs.items())
@@ -97,7 +100,7 @@ class Batcher:
         return self._queued
 
     async def submit(
-        self, signature: str, inputs: dict[str, np.ndarray], n: int, timeout_s: float | None = None
+        self, signature: str, inputs: dict[str, np.ndarray], n: int, timeout_s: float | None = None, warmup: bool = False
     ) -> tuple[dict[str, np.ndarray], str]:
         """Outputs for ``inputs`` (``n`` instances) and the model version that produced them;
         TimeoutError after ``timeout_s`` (a timer on the future: cheaper than asyncio.wait_for's task)."""
@@ -105,7 +108,7 @@ class Batcher:
             raise Overloaded(f"queue full ({self._queued}/{self.max_queue} instances waiting): retry later")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending.append(_Item(signature, inputs, n, fut))
+        self._pending.append(_Item(signature, inputs, n, fut, warmup))
         self._queued += n
         self._m_queue.set(self._queued)
         self._wakeup.set()
@@ -152,6 +155,19 @@ class Batcher:
                 break
         return batch
 
+    def _observe(self, batch: list[_Item], y: dict[str, np.ndarray], version: str) -> None:
+        """The class mix the version answered to users, counted once per batch (not per request): the
+        canary analysis' quality signal. All outputs, whatever a v2 client asked back; warm-up rows out."""
+        if any(i.warmup for i in batch):
+            rows = np.concatenate([np.full(i.n, not i.warmup) for i in batch])
+            if not rows.any():
+                return
+            y = {k: v[rows] for k, v in y.items()}
+        try:
+            self._metrics.observe_outputs(self.model_name, version, y)
+        except Exception:  # noqa: BLE001 - a metric must never stop the batcher
+            log.exception("model %s: counting outputs failed", self.model_name)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -185,9 +201,4 @@ class Batcher:
                     else:
                         i.future.set_result(({k: v[offset : offset + i.n] for k, v in y.items()}, model.version))
                 offset += i.n
-            # The class mix the version answered, counted once per batch (not per request): the canary
-            # analysis' quality signal. All outputs, whatever a v2 client asked back.
-            try:
-                self._metrics.observe_outputs(self.model_name, model.version, y)
-            except Exception:  # noqa: BLE001 - a metric must never stop the batcher
-                log.exception("model %s: counting outputs failed", self.model_name)
+            self._observe(batch, y, model.version)

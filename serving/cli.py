@@ -118,12 +118,24 @@ def _deadline_flags(flag: _Flags) -> None:
     flag("--body-timeout-s", type=float, default=30.0, help="time to send the whole body once the headers are in")
     flag("--keep-alive-s", type=float, default=5.0, help="idle time between requests on a keep-alive connection")
     flag("--request-timeout-s", type=float, default=10.0, help="longest wait for a prediction (503 beyond)")
+    flag(
+        "--write-timeout-s",
+        type=float,
+        default=30.0,
+        help="longest a response may wait for the client to read it (its socket full); the connection is closed beyond",
+    )
 
 
 def _process_flags(flag: _Flags) -> None:
     flag("--workers", default="1", help="server processes sharing the port (SO_REUSEPORT), or auto: the container's CPU limit")
     flag("--parse-workers", type=int, default=1, help="processes decoding large JSON bodies off the event loop (0: decode in a thread)")
     flag("--offload-body-bytes", type=int, default=256 * 1024, help="bodies at least this large are decoded by a parse worker")
+    flag(
+        "--worker-heartbeat-timeout-s",
+        type=float,
+        default=10.0,
+        help="--workers > 1: a worker whose event loop has not beaten for this long is hung: /healthz answers 503 (liveness fails)",
+    )
     flag("--drain-seconds", type=float, default=5.0, help="after SIGTERM, keep serving (not ready) this long before closing")
     flag("--log-level", default="info", help="debug, info, warning, error")
 

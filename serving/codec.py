@@ -424,6 +424,9 @@ def _v2_spec(name: str, shape, datatype, sig: SignatureSpec, seen: dict, max_bat
         raise BadRequest(f"{where}: shape must be a list of non-negative integers")
     if sig.batched and shape and shape[0] > max_batch:
         raise BadRequest(f"{where}: {shape[0]} instances exceed the limit of {max_batch} per request: split the batch")
+    # The declared shape against the signature before any data is decoded: it bounds the element
+    # count every decoding loop runs to (the decoded array is checked again, _check).
+    _check_shape(shape, spec, where)
     return spec, where
 
 
@@ -470,19 +473,7 @@ def _from_binary(raw: memoryview, dtype: str, shape: list[int], where: str) -> n
     BOOL as one byte 0 or 1 (the binary tensor data extension)."""
     count = math.prod(shape)
     if dtype == "string":
-        items, pos, raw = [], 0, bytes(raw)
-        while pos < len(raw):
-            if pos + 4 > len(raw):
-                raise BadRequest(f"{where}: BYTES element length cut off at byte {pos}")
-            (n,) = np.frombuffer(raw, "<u4", 1, pos)
-            pos += 4
-            if pos + int(n) > len(raw):
-                raise BadRequest(f"{where}: BYTES element of {int(n)} bytes runs past the binary data")
-            items.append(raw[pos : pos + int(n)])
-            pos += int(n)
-        if len(items) != count:
-            raise BadRequest(f"{where}: {len(items)} BYTES elements do not fill shape {shape}")
-        return np.array(items + [None], dtype=object)[:-1].reshape(shape)  # [None]: keep equal-length bytes as objects
+        return _bytes_elements(bytes(raw), count, shape, where)
     item = np.dtype(dtype).itemsize
     if len(raw) != count * item:
         raise BadRequest(f"{where}: {len(raw)} binary bytes do not fill shape {shape} of {dtype} ({count * item} bytes)")
@@ -494,14 +485,52 @@ def _from_binary(raw: memoryview, dtype: str, shape: list[int], where: str) -> n
     return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
 
 
+def _bytes_elements(raw: bytes, count: int, shape: list[int], where: str) -> np.ndarray:
+    """BYTES elements (4-byte little-endian length + bytes each) as an object array of ``shape``.
+    Every element takes at least 4 bytes, so a declared count the body cannot hold is refused before
+    any loop; the common case, elements of one length (fixed-size records, images), is split by numpy
+    without parsing lengths one by one; the general case loops at most ``count`` times."""
+    if count * 4 > len(raw):
+        raise BadRequest(f"{where}: {len(raw)} binary bytes cannot hold the {count} BYTES elements of shape {shape}")
+    if count == 0:
+        if raw:
+            raise BadRequest(f"{where}: {len(raw)} bytes after the 0 BYTES elements of shape {shape}")
+        return np.empty(shape, dtype=object)
+    first = int.from_bytes(raw[:4], "little")
+    if len(raw) == count * (4 + first):
+        rows = np.frombuffer(raw, np.uint8).reshape(count, 4 + first)
+        if (rows[:, :4].copy().view("<u4").ravel() == first).all():
+            out = np.empty(count, dtype=object)
+            out[:] = [r.tobytes() for r in rows[:, 4:]]
+            return out.reshape(shape)
+    items, pos, end = [], 0, len(raw)
+    for _ in range(count):
+        if pos + 4 > end:
+            raise BadRequest(f"{where}: BYTES element length cut off at byte {pos}")
+        n = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > end:
+            raise BadRequest(f"{where}: BYTES element of {n} bytes runs past the binary data")
+        items.append(raw[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise BadRequest(f"{where}: {end - pos} bytes after the {count} BYTES elements of shape {shape}")
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out.reshape(shape)
+
+
 def _check(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
-    rank = len(spec.shape)
-    if arr.ndim != rank:
-        raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)}")
-    for i, (w, g) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-        if w is not None and w != g:
-            raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)} (dimension {i} must be {w})")
+    _check_shape(list(arr.shape), spec, where)
     return arr
+
+
+def _check_shape(shape: list[int], spec: TensorSpec, where: str) -> None:
+    if len(shape) != len(spec.shape):
+        raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(shape)}")
+    for i, (w, g) in enumerate(zip(spec.shape, shape, strict=True)):
+        if w is not None and w != g:
+            raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(shape)} (dimension {i} must be {w})")
 
 
 def _flatten(data: list, where: str) -> list:

@@ -6,6 +6,11 @@
 * Body deadline: once the headers are in, the whole body must arrive within ``body_timeout_s``;
   a slow body is closed (the app sees a disconnect).
 * Header size cap (``MAX_HEADER_BYTES``): 431 and close beyond it.
+* Write deadline: a response whose bytes the client does not read (its socket buffers full, so the
+  transport pauses writing) must drain within ``write_timeout_s``; beyond it the connection is
+  aborted (close() would wait for a flush that never comes), which ends the request and frees its
+  slot under the connection cap. Without it, clients that send requests and never read their
+  responses held connections forever (8 of them kept a --max-connections 8 server at 503).
 * Connection cap: beyond ``max_connections`` a new connection is answered 503 and closed at once,
   before anything is read, so idle sockets cannot pin memory or file descriptors.
 
@@ -72,10 +77,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout_s: float
     body_timeout_s: float
+    write_timeout_s: float
     max_connections: int
     on_close: Callable[[str], None]  # counts each forced close, by reason
 
     _deadline: asyncio.TimerHandle | None = None
+    _write_deadline: asyncio.TimerHandle | None = None
     _deadline_what = ""
     _header_bytes = 0
     _in_headers = False  # a request line has begun, its headers are not complete
@@ -113,7 +120,29 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # asyncio calls this when the transport's buffer passes its high-water mark: the client is
+        # not reading. It has write_timeout_s to catch up.
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.write_timeout_s, self._write_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _write_expired(self) -> None:
+        self._write_deadline = None
+        if not self.transport.is_closing():
+            self.on_close("write_timeout")
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if not self._in_body:
@@ -153,12 +182,17 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    header_timeout_s: float, body_timeout_s: float, max_connections: int, on_close: Callable[[str], None] = lambda reason: None
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_connections: int,
+    on_close: Callable[[str], None] = lambda reason: None,
+    write_timeout_s: float = 30.0,
 ) -> type[GuardedProtocol]:
     """A uvicorn protocol class with the limits above; ``on_close(reason)`` counts each forced close."""
     settings = {
         "header_timeout_s": header_timeout_s,
         "body_timeout_s": body_timeout_s,
+        "write_timeout_s": write_timeout_s,
         "max_connections": max_connections,
         "on_close": staticmethod(on_close),  # a plain function, not a method of the connection
     }

@@ -18,6 +18,14 @@ INFERENCE_SECONDS = "mlplatform_serving_inference_duration_seconds"
 MODEL_INFO = "mlplatform_serving_model_info"
 MODEL_LOAD_FAILURES = "mlplatform_serving_model_load_failures_total"
 MODEL_READY = "mlplatform_serving_model_ready"
+# Versions refused for the life of the process (failed a check, never retried), by reason; and whether
+# the served version is the one the store's LATEST (the champion) or the pin names. A champion the
+# server refuses (a digest mismatch, a rejection mark, a signature that breaks its clients) leaves the
+# older version serving: CHAMPION_SERVED 0 and REFUSED_VERSION naming it make that visible (alert
+# MlServedVersionNotChampion) instead of one log line.
+VERSIONS_REFUSED = "mlplatform_serving_versions_refused_total"
+CHAMPION_SERVED = "mlplatform_serving_champion_served"
+REFUSED_VERSION = "mlplatform_serving_refused_version_info"
 CONNECTIONS_CLOSED = "mlplatform_serving_connections_closed_total"
 # The model-quality signal that needs no ground truth: what the served version answers, per version,
 # so a canary's class mix can be compared with the stable pods' on the same traffic (Argo Rollouts
@@ -27,8 +35,16 @@ OUTPUT_VALUE = "mlplatform_serving_output_value"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ROUTES = ("predict", "status", "metadata", "health", "other")
-LOAD_FAILURE_REASONS = ("download", "load", "incompatible", "warmup")
-CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "connection_limit")
+# The `traffic` label of REQUESTS and REQUEST_SECONDS: "warmup" for requests marked
+# `X-Mlplatform-Traffic: warmup` (the in-cluster traffic that gives a canary's analysis data on a
+# quiet stack), "user" for all others. User-facing dashboards and alerts select traffic!="warmup"
+# (not traffic="user": series from a server without the label still count); the canary analysis
+# counts both. Exactly these two values, whatever a client sends.
+TRAFFIC = ("user", "warmup")
+# "manifest", "digest", "rejected", "unsafe_key": the registry checks (serving/integrity.py).
+REFUSAL_REASONS = ("manifest", "digest", "rejected", "unsafe_key", "load", "incompatible", "warmup")
+LOAD_FAILURE_REASONS = ("download", *REFUSAL_REASONS)
+CLOSE_REASONS = ("header_timeout", "body_timeout", "write_timeout", "header_too_large", "connection_limit")
 # Class ids 0..MAX_CLASS_LABELS-2 get their own label value, every larger (or negative) id shares
 # OTHER_CLASS: at most MAX_CLASS_LABELS series per model and version, whatever the model's output width.
 MAX_CLASS_LABELS = 32
@@ -70,18 +86,28 @@ class ServingMetrics:
         # Pre-create the label sets dashboards rely on, so they read 0 rather than 'no data'.
         for model in models:
             self.model_ready.labels(model=model).set(0)
+            self.champion_served.labels(model=model).set(0)
             for reason in LOAD_FAILURE_REASONS:
                 self.load_failures.labels(model=model, reason=reason)
+            for reason in REFUSAL_REASONS:
+                self.versions_refused.labels(model=model, reason=reason)
         for reason in CLOSE_REASONS:
             self.connections_closed.labels(reason=reason)
 
     def _traffic(self, registry: CollectorRegistry, max_batch_size: int) -> None:
         """Requests, their latency, batching and queueing."""
         self.requests = Counter(
-            REQUESTS.removesuffix("_total"), "HTTP requests by model, route and status code.", ["model", "route", "code"], registry=registry
+            REQUESTS.removesuffix("_total"),
+            "HTTP requests by model, route, status code and traffic (user or warmup).",
+            ["model", "route", "code", "traffic"],
+            registry=registry,
         )
         self.request_seconds = Histogram(
-            REQUEST_SECONDS, "Latency of predict requests, receipt to response.", ["model"], buckets=LATENCY_BUCKETS, registry=registry
+            REQUEST_SECONDS,
+            "Latency of predict requests, receipt to response, by traffic (user or warmup).",
+            ["model", "traffic"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, max_batch_size})
         self.batch_size = Histogram(
@@ -115,6 +141,26 @@ class ServingMetrics:
         )
         self.model_ready = Gauge(
             MODEL_READY, "1 once a version of the model is loaded and warmed up.", ["model"], registry=registry, multiprocess_mode="livemin"
+        )
+        self.versions_refused = Counter(
+            VERSIONS_REFUSED.removesuffix("_total"),
+            "Model versions refused for good: failed the registry checks (manifest, digest, rejected, unsafe_key) or loading.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.champion_served = Gauge(
+            CHAMPION_SERVED,
+            "1 when the served version is the one the store's LATEST (or the pin) names; 0 when an older one serves instead.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.refused_version = Gauge(
+            REFUSED_VERSION,
+            "1 for the champion version this server refused (at most one per model), with the reason.",
+            ["model", "version", "reason"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.connections_closed = Counter(
             CONNECTIONS_CLOSED.removesuffix("_total"),

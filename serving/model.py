@@ -12,6 +12,7 @@ for the life of the process.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from serving import integrity
 from serving.codec import DEFAULT_SIGNATURE, DTYPES, SignatureSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -81,29 +83,85 @@ def list_versions(model_root: str) -> list[str]:
 
 
 def fetch_dir(uri: str, dest: Path) -> Path:
-    """A local directory with the model files of ``uri`` (downloaded when remote)."""
+    """A copy of the model files of ``uri`` in ``dest`` (an empty folder), local or remote alike, so
+    what is verified is exactly what loads. Every key is checked (``integrity.safe_join``) before the
+    first byte is written: one that is absolute, has a ``..`` part or lands outside ``dest`` refuses
+    the whole version (reason "unsafe_key")."""
     scheme, bucket, key = _split(uri)
-    if scheme == "file":
-        if not Path(key).is_dir():
-            raise ModelLoadError("download", f"{uri}: no such directory", transient=True)
-        return Path(key)
-    s3 = _s3()
-    prefix = key + "/"
-    found = False
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                found = True
-                target = dest / obj["Key"][len(prefix) :]
+        if scheme == "file":
+            src = Path(key)
+            if not src.is_dir():
+                raise ModelLoadError("download", f"{uri}: no such directory", transient=True)
+            # Dot-files in a local store are its own, not objects (lock files, writes in progress):
+            # skipped as training/storage.py list_names skips them.
+            names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+            targets = _targets(uri, dest, names)
+            for rel, target in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(target))
+                shutil.copyfile(src / rel, target)
+        else:
+            s3, prefix = _s3(), key + "/"
+            keys = [
+                obj["Key"]
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for obj in page.get("Contents", [])
+                if not obj["Key"].endswith("/")  # "folder" markers some tools create: no bytes
+            ]
+            targets = _targets(uri, dest, [k[len(prefix) :] for k in keys])
+            for rel, target in targets.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, prefix + rel, str(target))
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - network and store errors are worth another try
         raise ModelLoadError("download", f"{uri}: {type(exc).__name__}: {exc}", transient=True) from None
-    if not found:
+    if not targets:
         raise ModelLoadError("download", f"{uri}: no objects", transient=True)
     return dest
+
+
+def _targets(uri: str, dest: Path, names: list[str]) -> dict[str, Path]:
+    """Every name's local path, all checked before anything is written."""
+    try:
+        return {rel: integrity.safe_join(dest, rel) for rel in names}
+    except integrity.UnsafeKey as exc:
+        raise ModelLoadError("unsafe_key", f"{uri}: {exc}; nothing fetched") from None
+
+
+def check_not_rejected(uri: str) -> None:
+    """A version in a registry's layout (``.../models/<name>/<version>``) with a rejection mark
+    (``models/<name>/rejected/<version>.json``) never serves: checked before anything is downloaded."""
+    found = integrity.store_version(_split(uri)[2])
+    if found is None:
+        return
+    version = found[1]
+    model_root = uri.rstrip("/").rsplit("/", 1)[0]
+    try:
+        mark = read_text(f"{model_root}/rejected/{version}.json")
+    except Exception as exc:  # noqa: BLE001 - cannot tell whether it is rejected: not now, try again
+        raise ModelLoadError("download", f"{uri}: rejection mark unreadable: {type(exc).__name__}: {exc}", transient=True) from None
+    if mark is not None:
+        raise ModelLoadError("rejected", f"{uri}: rejected in the registry: {_rejection_text(mark)}")
+
+
+def check_manifest(uri: str, local: Path) -> None:
+    """A version in a registry's layout may serve only when its fetched files are exactly its
+    manifest's. Other directories (a developer's model folder) have no manifest and load as they are."""
+    if integrity.store_version(_split(uri)[2]) is None:
+        return
+    try:
+        integrity.verify_dir(local, uri)
+    except integrity.Unverified as exc:
+        raise ModelLoadError(exc.reason, str(exc)) from None
+
+
+def _rejection_text(mark: str) -> str:
+    try:
+        doc = json.loads(mark)
+        return f"{doc.get('reason')}, by {doc.get('by')}"
+    except (ValueError, AttributeError):
+        return "unreadable record"
 
 
 @dataclass
@@ -119,10 +177,11 @@ class Source:
 
     def candidates(self) -> list[tuple[str, str]]:
         """(version, uri) to try, best first: LATEST, then older versions newest first (a fallback for
-        a pointer that names a missing or broken version). Versions newer than LATEST may still be
-        uploading (publish writes LATEST last), so they are never candidates."""
+        a pointer that names a missing, broken, unverified or rejected version). Versions newer than
+        LATEST may still be uploading (publish writes LATEST last), so they are never candidates; the
+        registry's own folders (aliases/, audit/, rejected/) never are."""
         latest = read_text(f"{self.model_root}/LATEST")
-        versions = list_versions(self.model_root)
+        versions = [v for v in list_versions(self.model_root) if v not in integrity.RESERVED]
         if latest is None and not versions:
             return [_single(self.uri)]
         out = [(latest, f"{self.model_root}/{latest}")] if latest else []
@@ -131,15 +190,9 @@ class Source:
 
 
 def _single(uri: str) -> tuple[str, str]:
+    """One directory: its version is its name in the store's path (``.../models/<name>/<version>``),
+    never what the version's own metadata.json claims (the version's writer controls that file)."""
     base = uri.rstrip("/")
-    meta = read_text(f"{base}/metadata.json")
-    if meta:
-        import json
-
-        try:
-            return str(json.loads(meta).get("version") or Path(_split(base)[2]).name), base
-        except ValueError:
-            pass
     return Path(_split(base)[2]).name or "unversioned", base
 
 
@@ -223,7 +276,9 @@ def load(version: str, uri: str, warmup_batch_sizes: tuple[int, ...] = (1, 64)) 
     """Load ``uri``, read its signatures, call each on sample batches (first calls are slow) and check the outputs."""
     tmp = Path(tempfile.mkdtemp(prefix="model-"))
     try:
+        check_not_rejected(uri)
         local = fetch_dir(uri, tmp)
+        check_manifest(uri, local)
         signatures = _load_signatures(local)
         rng = np.random.default_rng(0)
         max_batch_seconds = 0.0

@@ -10,6 +10,12 @@ alternative, but they multiply series by N and every rule would need a ``sum``; 
 the metric names, labels, rules and dashboards as they are. Gauges choose how to combine:
 queue depth and capacity add up, readiness is the minimum, the served version the maximum.
 
+Liveness: a worker that is hung, not dead (stopped, or its event loop blocked), never exits, so the
+supervisor would never notice. Each worker's event loop touches a heartbeat file every second; the
+supervisor marks the pod unhealthy while any worker's heartbeat is older than
+--worker-heartbeat-timeout-s, and every worker then answers /healthz (and /readyz) 503, so the
+kubelet's liveness probe (answered by whichever worker the kernel picks) restarts the container.
+
 Readiness: a worker answers /readyz 200 only when every worker has loaded its models (a marker file per
 worker), so a probe that reaches one worker speaks for the pod. Shutdown: SIGTERM is passed to every
 worker, each drains as a single server does, and the supervisor exits 0 when all exited 0. A worker
@@ -34,6 +40,8 @@ from pathlib import Path
 log = logging.getLogger("serving.workers")
 READY_DIR_ENV = "SERVING_INTERNAL_READY_DIR"
 WORKERS_ENV = "SERVING_INTERNAL_WORKERS"
+HEARTBEAT_S = 1.0
+UNHEALTHY = "unhealthy"  # a file in the ready dir while some worker's heartbeat is stale
 
 
 def cpu_limit() -> int:
@@ -80,12 +88,49 @@ def mark_ready() -> None:
         Path(d, f"ready-{os.getpid()}").touch()
 
 
+def beat() -> None:
+    """This worker's event loop is alive (called every HEARTBEAT_S from it)."""
+    d = os.environ.get(READY_DIR_ENV)
+    if d:
+        Path(d, f"alive-{os.getpid()}").touch()
+
+
+def healthy() -> bool:
+    """False while the supervisor sees a hung worker in this pod (always True for a single process)."""
+    d = os.environ.get(READY_DIR_ENV)
+    return d is None or not os.path.exists(os.path.join(d, UNHEALTHY))
+
+
+def _hung(procs: list[subprocess.Popen], ready_dir: Path, timeout_s: float) -> list[int]:
+    """Pids of running workers whose heartbeat is older than ``timeout_s`` (a worker that has not
+    beaten yet is starting: its readiness covers it)."""
+    now, hung = time.time(), []
+    for p in procs:
+        try:
+            if p.poll() is None and now - Path(ready_dir, f"alive-{p.pid}").stat().st_mtime > timeout_s:
+                hung.append(p.pid)
+        except FileNotFoundError:
+            pass
+    return hung
+
+
+def _mark_health(hung: list[int], ready_dir: Path, was: list[int]) -> list[int]:
+    marker = ready_dir / UNHEALTHY
+    if hung and not was:
+        log.error("worker(s) %s hung: no heartbeat: failing liveness", hung)
+        marker.write_text(" ".join(map(str, hung)))
+    elif was and not hung:
+        log.warning("worker(s) %s beat again: liveness restored", was)
+        marker.unlink(missing_ok=True)
+    return hung
+
+
 def all_ready() -> bool:
     d, n = os.environ.get(READY_DIR_ENV), int(os.environ.get(WORKERS_ENV, "1"))
     return d is None or len(list(Path(d).glob("ready-*"))) >= n
 
 
-def supervise(n: int, argv: list[str], host: str, metrics_port: int) -> int:
+def supervise(n: int, argv: list[str], host: str, metrics_port: int, heartbeat_timeout_s: float = 10.0) -> int:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     base = Path(tempfile.mkdtemp(prefix="serving-workers-"))
@@ -117,7 +162,7 @@ def supervise(n: int, argv: list[str], host: str, metrics_port: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = 0
+    code, hung = 0, []
     try:
         while any(p.poll() is None for p in procs):
             dead = [p for p in procs if p.poll() is not None]
@@ -125,6 +170,7 @@ def supervise(n: int, argv: list[str], host: str, metrics_port: int) -> int:
                 log.error("worker %d exited with %s: stopping the others", dead[0].pid, dead[0].returncode)
                 code = 1
                 forward(signal.SIGTERM, None)
+            hung = _mark_health(_hung(procs, ready_dir, heartbeat_timeout_s), ready_dir, hung)
             time.sleep(0.2)
         if any(p.returncode != 0 for p in procs):
             code = code or 1

@@ -100,6 +100,12 @@ class Record:
     delete_before_replace: bool = False
     replace_on_changes: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)  # URNs this resource was known by (Pulumi aliases)
+    # Resource options the convergence check (tools/convergence.py) reads: the engine's create/update/
+    # delete timeouts ("" where unset: the provider's default), and what a destroy does to it.
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    protect: bool = False
+    retain_on_delete: bool = False
+    deleted_with: str = ""
 
     @property
     def is_k8s_object(self) -> bool:
@@ -304,6 +310,10 @@ class RecordingMonitor(pmocks.MockMonitor):
                     delete_before_replace=request.deleteBeforeReplace,
                     replace_on_changes=list(request.replaceOnChanges),
                     aliases=alias_urns(request, self.make_urn),
+                    custom_timeouts=timeouts(request),
+                    protect=bool(request.protect),
+                    retain_on_delete=bool(request.retainOnDelete),
+                    deleted_with=request.deletedWith,
                 )
             )
         return response
@@ -314,6 +324,14 @@ class RecordingMonitor(pmocks.MockMonitor):
 
             self.outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
         return super().RegisterResourceOutputs(request)
+
+
+def timeouts(request: Any) -> dict[str, str]:
+    """The registration's customTimeouts that are set (``create``/``update``/``delete``: "10m")."""
+    if not request.HasField("customTimeouts"):
+        return {}
+    t = request.customTimeouts
+    return {k: v for k, v in (("create", t.create), ("update", t.update), ("delete", t.delete)) if v}
 
 
 def alias_urns(request: Any, make_urn: Any) -> list[str]:

@@ -78,6 +78,10 @@ class ContractError(ValueError):
     """A contract variable is malformed; the message names it."""
 
 
+class SignatureBreak(ContractError):
+    """The new version's serving signature breaks the champion's: not published (the message says how)."""
+
+
 @dataclass
 class RunState:
     """What a checkpoint records next to the model file."""
@@ -178,6 +182,92 @@ def _publish_champion(value: str) -> bool:
     if value not in ("candidate", "champion"):
         raise ContractError(f"TRAIN_PUBLISH_AS must be 'candidate' or 'champion', got {value!r}")
     return value == "champion"
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "0").strip().lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ContractError(f"{name} must be 1 or 0 (true or false), got {value!r}")
+    return value in ("1", "true")
+
+
+# ---- the serving signature: stable across versions ----
+
+
+def serving_signatures(saved_model_pb: bytes) -> dict[str, dict[str, dict[str, tuple]]]:
+    """{signature: {"inputs"|"outputs": {name: (dtype, shape)}}} of a SavedModel, read from its
+    saved_model.pb alone (no weights loaded). A shape is a tuple with None for any size, or None for
+    an unknown rank. These names, dtypes and shapes are what the model server's clients send and get."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(saved_model_pb)
+
+    def tensors(m) -> dict[str, tuple]:
+        return {
+            k: (
+                tf.dtypes.as_dtype(t.dtype).name,
+                None if t.tensor_shape.unknown_rank else tuple(None if d.size < 0 else d.size for d in t.tensor_shape.dim),
+            )
+            for k, t in m.items()
+        }
+
+    graph = sm.meta_graphs[0]
+    return {
+        name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+        for name, sig in graph.signature_def.items()
+        if not name.startswith("__")  # __saved_model_init_op: TF's own, no client calls it
+    }
+
+
+def signature_breaks(old: dict, new: dict) -> list[str]:
+    """Why clients of ``old`` would break on ``new``; the model server's rule (serving/codec.py
+    incompatibilities): same signatures, input and output names, dtypes and ranks; a fixed
+    dimension may become any size, never another size."""
+    problems = []
+    for name, sig in sorted(old.items()):
+        if name not in new:
+            problems.append(f"signature {name!r} is gone")
+            continue
+        for kind in ("inputs", "outputs"):
+            a, b = sig[kind], new[name][kind]
+            if set(a) != set(b):
+                problems.append(f"{name}: {kind} {sorted(a)} became {sorted(b)}")
+                continue
+            for t, (dtype, shape) in sorted(a.items()):
+                ndtype, nshape = b[t]
+                if ndtype != dtype:
+                    problems.append(f"{name}: {kind[:-1]} {t!r} dtype {dtype} became {ndtype}")
+                elif _shape_breaks(shape, nshape):
+                    problems.append(f"{name}: {kind[:-1]} {t!r} shape {list(shape or [])} became {list(nshape or [])}")
+    return problems
+
+
+def _shape_breaks(old: tuple | None, new: tuple | None) -> bool:
+    if old is None or new is None:
+        return old != new
+    return len(old) != len(new) or any(n is not None and n != o for o, n in zip(old, new, strict=True))
+
+
+def champion_signatures(root: str, name: str) -> tuple[str, dict] | None:
+    """(version, serving signatures) of the champion in ``root``, its saved_model.pb checked against
+    its manifest digest; None when there is no champion or it has no SavedModel."""
+    import hashlib
+
+    from training import registry, storage
+
+    doc = registry.get_alias(root, name, "champion")
+    if doc is None:
+        return None
+    version = doc["version"]
+    want = registry.read_manifest(root, name, version)["files"].get("saved_model/saved_model.pb")
+    if want is None:
+        return None
+    data = storage.read_bytes(storage.join(registry.model_root(root, name), version, "saved_model/saved_model.pb"))
+    if hashlib.sha256(data).hexdigest() != want["sha256"]:
+        raise registry.VerifyError(f"{name}/{version}", ["saved_model/saved_model.pb does not match its manifest digest"])
+    return version, serving_signatures(data)
 
 
 def configure_devices(cpu_devices: int | None) -> None:
@@ -289,8 +379,11 @@ class Run:
         cluster: clusters.Cluster | None = None,
         cpu_devices: int | None = None,
         publish_champion: bool = True,
+        allow_signature_change: bool = False,
     ):
         self.started = time.time()
+        # False: a version whose serving signature breaks the champion's is not published (SignatureBreak).
+        self.allow_signature_change = allow_signature_change
         # False: publish as candidate only; the champion moves through a canary (ops/deliver.py).
         self.publish_champion = publish_champion
         self.model_name = model_name
@@ -364,6 +457,7 @@ class Run:
             cluster=clusters.from_env(env),
             cpu_devices=env_int(env, "TRAIN_CPU_DEVICES", None, ContractError),
             publish_champion=_publish_champion(env.get("TRAIN_PUBLISH_AS") or "champion"),
+            allow_signature_change=_flag(env, "TRAIN_ALLOW_SIGNATURE_CHANGE"),
             **values,
             **kw,
         )
@@ -548,6 +642,32 @@ class Run:
         )
         return False
 
+    def check_signature(self, out: Path) -> None:
+        """Refuse (SignatureBreak) a version whose serving signature breaks the champion's, unless
+        the catalogue entry allows it (``training.allowSignatureChange``: TRAIN_ALLOW_SIGNATURE_CHANGE=1).
+        A running server refuses such a version anyway (it would break its clients mid-flight); a
+        canary's fresh pods would not, and would break them for good."""
+        pb = out / "saved_model" / "saved_model.pb"
+        champion = champion_signatures(self.output, self.model_name) if pb.exists() else None
+        if champion is None:
+            return
+        version, old = champion
+        problems = signature_breaks(old, serving_signatures(pb.read_bytes()))
+        if not problems:
+            return
+        text = f"serving signature breaks champion {version}'s: {'; '.join(problems)}"
+        if self.allow_signature_change:
+            log.warning("%s (allowed: TRAIN_ALLOW_SIGNATURE_CHANGE)", text)
+            return
+        from training.metrics import GATE_PASSED
+
+        self.metrics.set(GATE_PASSED, 0)
+        self.push()
+        raise SignatureBreak(
+            f"{text}; nothing published (clients of the champion would break: keep the names, dtypes and shapes, "
+            "or set training.allowSignatureChange in the catalogue entry)"
+        )
+
     def publish(self, write: Callable[[Path], None], results: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> str | None:
         """The chief writes the version's files with ``write(dir)`` (a SavedModel under
         ``saved_model/`` and ``model.keras`` at least), then uploads them and moves ``LATEST``
@@ -588,6 +708,7 @@ class Run:
                 meta["gate"] |= self.verdict.metadata()
             meta["finished_at"] = time.time()
             (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            self.check_signature(out)
             uri = artifacts.publish(out, self.output, self.model_name, version, champion=self.publish_champion)
         self.metrics.set(GATE_PASSED, 1)
         self.metrics.set(LAST_SUCCESS, time.time())

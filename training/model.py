@@ -12,6 +12,11 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Several optimizer steps per compiled call: less Python per step (-13 % epoch time on 2 CPU cores,
 # measured). Batch-level callbacks (the SIGTERM check) then run every 8 steps.
 STEPS_PER_EXECUTION = 8
+# The serving signature's input name (the exported SavedModel's ``serving_default`` takes ``image``,
+# returns ``output_0``). Named, not left to Keras: an unnamed Input is called ``keras_tensor_<n>``
+# after a global counter, which differs between a run that loaded a champion for the gate and one
+# that did not, so every second version broke the running servers' contract (issue 23 item 5).
+INPUT_NAME = "image"
 
 
 def resolve_precision(precision: str) -> str:
@@ -34,7 +39,7 @@ def seed_model() -> keras.Model:
     """Exactly the seed's CNN: Conv2D(32, 5x5, relu) -> MaxPooling2D(2x2) -> Flatten -> Dense(10, softmax)."""
     return keras.Sequential(
         [
-            keras.Input((28, 28, 1)),
+            keras.Input((28, 28, 1), name=INPUT_NAME),
             layers.Conv2D(32, (5, 5), activation="relu"),
             layers.MaxPooling2D((2, 2)),
             layers.Flatten(),
@@ -49,7 +54,7 @@ def strong_model() -> keras.Model:
     (bench/training.py): batch norm and XLA both cost more wall time than they buy on CPU."""
     return keras.Sequential(
         [
-            keras.Input((28, 28, 1)),
+            keras.Input((28, 28, 1), name=INPUT_NAME),
             layers.Conv2D(32, (5, 5), activation="relu"),
             layers.MaxPooling2D((2, 2)),
             layers.Conv2D(64, (3, 3), activation="relu"),

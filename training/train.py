@@ -64,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
         default=0.002,
         help="quality gate: how much lower than the serving champion's accuracy (re-evaluated on the same test data) a candidate may be",
     )
+    flag(
+        "--allow-signature-change",
+        type=lambda v: v.strip().lower() in ("1", "true", "yes"),
+        default=False,
+        help="publish even when the serving signature (input/output names, dtypes, shapes) breaks the champion's",
+    )
     flag("--seed", type=int, default=42, help="random seed (weights, shuffling): same seed + data + code -> same model")
     flag("--checkpoint-dir", help="where to checkpoint each epoch (path or s3://); a restart resumes from the last complete epoch")
     flag("--pushgateway", help="Prometheus Pushgateway URL (host:port) for training metrics")
@@ -100,6 +106,7 @@ def _contract_run(args: argparse.Namespace, precision: str, cluster: clusters.Cl
         args.model_name,
         gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy", champion_margin=args.champion_margin),
         publish_champion=args.publish_as == "champion",
+        allow_signature_change=bool(args.allow_signature_change),
         output=args.output,
         data=args.data,
         checkpoint_dir=args.checkpoint_dir,
@@ -180,7 +187,11 @@ def run(args: argparse.Namespace) -> int:
     results = {"test_accuracy": float(accuracy), "test_loss": float(loss)}
     if not run.gate_passes(results, evaluate=gate.keras_classifier_evaluator(test)):
         return EXIT_GATE
-    _publish(run, model, args, mnist, state, results)
+    try:
+        _publish(run, model, args, mnist, state, results)
+    except contract.SignatureBreak as exc:
+        print(f"contract: {exc}", file=sys.stderr)
+        return EXIT_GATE
     return EXIT_OK
 
 

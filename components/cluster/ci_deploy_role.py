@@ -4,8 +4,13 @@ No long-lived key: a job trades its OIDC token (AssumeRoleWithWebIdentity) for t
 policy admits exactly one subject per forge, this environment's:
 - GitHub: ``repo:OWNER/NAME:environment:<stack>``, the subject GitHub issues to a job that runs in the
   GitHub environment of that name (whose branch policy and reviewers gate it);
-- GitLab: ``project_path:GROUP/NAME:ref_type:branch:ref:<deployBranch>`` (protected branch; GitLab's
-  per-environment separation is its protected, environment-scoped variables).
+- GitLab: ``project_path:GROUP/NAME:ref_type:branch:ref:<deployBranch>`` (protected branch) AND the
+  audience ``mlplatform-<stack>`` (``gitlab_audience``). GitLab's subject names the branch, never the
+  environment, so every deploy job of main carries the same one; AWS conditions an OIDC role only on
+  ``aud`` and ``sub`` (IAM "Available keys for AWS web identity federation"), so the environment is
+  told by the audience each job asks for (``id_tokens: aud`` in .gitlab-ci.yml): the token of
+  ``deploy:dev`` (unapproved, on every push) cannot be traded for staging's or prod's role. Each
+  audience must be a client ID of the GitLab OIDC provider in IAM.
 The role administers the account because ``pulumi up`` creates VPCs, clusters and IAM roles; one
 account (or at least one role) per environment is what keeps dev's pipeline away from prod. It is
 also an admin of this stack's cluster (an EKS access entry), so ``make train-wait`` works with the
@@ -27,16 +32,21 @@ CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPol
 AUDIENCE = "sts.amazonaws.com"
 
 
+def gitlab_audience(stack: str) -> str:
+    """The ``aud`` a GitLab job asks for to deploy ``stack`` (.gitlab-ci.yml, per job)."""
+    return f"mlplatform-{stack}"
+
+
 def trust_policy(config: CiConfig, stack: str) -> dict:
     """One statement per configured forge, exact ``aud`` and ``sub`` (StringEquals, no wildcard)."""
 
-    def statement(provider_arn: str, subject: str) -> dict:
+    def statement(provider_arn: str, subject: str, audience: str = AUDIENCE) -> dict:
         issuer = provider_arn.split(":oidc-provider/", 1)[1]
         return {
             "Effect": "Allow",
             "Principal": {"Federated": provider_arn},
             "Action": "sts:AssumeRoleWithWebIdentity",
-            "Condition": {"StringEquals": {f"{issuer}:aud": AUDIENCE, f"{issuer}:sub": subject}},
+            "Condition": {"StringEquals": {f"{issuer}:aud": audience, f"{issuer}:sub": subject}},
         }
 
     statements = []
@@ -45,7 +55,7 @@ def trust_policy(config: CiConfig, stack: str) -> dict:
         statements.append(statement(config.github_oidc_provider, f"repo:{config.github_repo}:environment:{stack}"))
     if config.gitlab_project and config.gitlab_oidc_provider:
         subject = f"project_path:{config.gitlab_project}:ref_type:branch:ref:{config.deploy_branch}"
-        statements.append(statement(config.gitlab_oidc_provider, subject))
+        statements.append(statement(config.gitlab_oidc_provider, subject, gitlab_audience(stack)))
     return {"Version": "2012-10-17", "Statement": statements}
 
 

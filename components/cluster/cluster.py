@@ -5,6 +5,7 @@ Either way it exposes ``provider``, the ``kubernetes.Provider`` every Kubernetes
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pulumi
@@ -30,12 +31,19 @@ IRSA_ADDONS: dict[str, tuple[str, str, str]] = {
     "vpc-cni": ("kube-system", "aws-node", "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"),
     "aws-ebs-csi-driver": ("kube-system", "ebs-csi-controller-sa", "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"),
 }
+# Add-on configuration values (the add-on's JSON schema, `aws eks describe-addon-configuration`).
+# The VPC CNI enforces NetworkPolicies only with its network policy agent on, which is off by default
+# (Amazon VPC CNI >= 1.14, "enableNetworkPolicy": "true"; EKS user guide, "Restrict pod traffic with
+# Kubernetes network policies"): without it every NetworkPolicy of the stack is decorative.
+# policy/rules.py (network-policies-enforced) fails a stack whose vpc-cni lacks it.
+ADDON_CONFIGURATION: dict[str, dict[str, str]] = {"vpc-cni": {"enableNetworkPolicy": "true"}}
 # IMDSv2 only, and a response hop limit of 1: the token reply cannot cross the extra hop into a pod's
 # network namespace, so pods (host-network ones aside) cannot read the node role's credentials.
 METADATA_HOP_LIMIT = 1
 # Zone-aware storage: a volume is created in the zone of the pod that first claims it (not in a
 # zone picked before scheduling), so replicas spread over zones each get a volume in their own zone.
 STORAGE_CLASS = "gp3-zonal"
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
 
 @dataclass
@@ -147,10 +155,15 @@ class Cluster(pulumi.ComponentResource):
         # profile baked in, so it is stable across runs and machines (pulumi-eks #764/#207 were
         # profile/env leaking into it). It still grants cluster access: always a secret.
         self.kubeconfig = pulumi.Output.secret(self.eks.kubeconfig_json)
+        # Every Kubernetes object goes through this provider, so it waits (on create) for what they
+        # all need and outlives it (on destroy, reverse dependency order): the system nodes their
+        # pods run on (through the EBS add-on, which waits for them) and the EBS CSI driver that
+        # deletes their volumes. Without it, add-on charts start their 600 s waits before a node
+        # exists, and destroy removes the nodes and the driver first, leaking every PVC's volume.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             k8s.ProviderArgs(kubeconfig=self.kubeconfig),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.addons.values())),
         )
         self._storage_class(name)
 
@@ -232,13 +245,19 @@ class Cluster(pulumi.ComponentResource):
     def _storage_class(self, name: str) -> None:
         k8s.storage.v1.StorageClass(
             f"{name}-storage-class",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS),
+            # The default: EKS >= 1.30 creates no default class (not even gp2's annotation), so a claim
+            # without a class (a chart's, a user's Job) would stay Pending forever.
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS, annotations={DEFAULT_CLASS_ANNOTATION: "true"}),
             provisioner="ebs.csi.aws.com",
             parameters={"type": "gp3", "encrypted": "true"},
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,
             reclaim_policy="Delete",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.addons["aws-ebs-csi-driver"]]),
+            # Nothing in AWS stands behind a StorageClass: a destroy lets it go with the cluster instead
+            # of calling the API (which a CI role whose access entry is already gone could not).
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=self.provider, depends_on=[self.addons["aws-ebs-csi-driver"]], deleted_with=self.eks
+            ),
         )
         self.storage_class = STORAGE_CLASS
 
@@ -268,6 +287,7 @@ class Cluster(pulumi.ComponentResource):
                 cluster_name=args.cluster_name,
                 addon_name=addon,
                 service_account_role_arn=role.arn,
+                configuration_values=json.dumps(ADDON_CONFIGURATION[addon]) if addon in ADDON_CONFIGURATION else None,
                 # Adopt what EKS installed at creation (aws-node) instead of failing on it.
                 resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",

@@ -57,7 +57,11 @@ def serving_resources_for(processes: int) -> dict[str, dict[str, str]]:
 
 
 # What one training worker requests (components/models/training_job.py): the queue's CPU quota must admit a run.
-TRAINING_WORKER_CPU = 2
+# One core (its limit is 4: it bursts where the node has room): a CPU-only run has only the system nodes
+# (the GPU pools are tainted), and an m6i.large (dev, PR stacks) leaves about 1.7 cores to pods after
+# the EKS reservation and the DaemonSets: 2 would never schedule there, and Kueue would admit and evict
+# it in a loop (issue 29 item 6; tools/convergence.py rule (d) checks the fit on every stack).
+TRAINING_WORKER_CPU = 1
 
 
 def cpu_cores(quantity: str) -> float:

@@ -207,6 +207,11 @@ class TrainingConfig(_Model):
         le=1,
         description="a new version must not fall more than this below the published one; unset: the trainer's default",
     )
+    allow_signature_change: bool = Field(
+        default=False,
+        description="publish a version whose serving signature (input/output names, dtypes, shapes) breaks the champion's "
+        "(`TRAIN_ALLOW_SIGNATURE_CHANGE`); its clients must change with it",
+    )
     schedule: str | None = Field(default=None, description="cron for scheduled retraining (a CronJob); unset: none")
     gpus: int = Field(
         default=1,
@@ -278,7 +283,22 @@ class CanaryConfig(_Model):
         default=200,
         ge=1,
         le=1_000_000,
-        description="canary predictions per window below which the class mix is not judged (inconclusive: the rollout pauses)",
+        description="canary user (not warm-up) predictions per window below which the class mix is not judged (inconclusive; on its own it never pauses the rollout)",
+    )
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="predict requests per window each side (canary and stable) must answer before any metric is judged; below it every metric is inconclusive, never failed",
+    )
+    max_client_error_ratio_increase: float = Field(
+        default=0.05, ge=0, lt=1, description="canary 4xx ratio minus the stable pods' 4xx ratio, at most (a broken input contract is a 400 storm)"
+    )
+    warmup_rate: float = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="requests per second the analysis' warm-up Job sends to each side during a canary (instances built from the model's signature); 0: none, the stack's own traffic must reach minRequests",
     )
 
     @field_validator("steps")
@@ -287,6 +307,18 @@ class CanaryConfig(_Model):
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"canary weights must increase: {steps}")
         return steps
+
+    @model_validator(mode="after")
+    def _warmup_reaches_the_minimum(self) -> CanaryConfig:
+        # Otherwise the warm-up alone never gives a side minRequests in a window: on a quiet stack
+        # every canary would pause inconclusive, by construction.
+        if 0 < self.warmup_rate * self.window_seconds < self.min_requests:
+            raise ValueError(
+                f"warmupRate {self.warmup_rate:g}/s x windowSeconds {self.window_seconds} = "
+                f"{self.warmup_rate * self.window_seconds:g} requests per window, below minRequests {self.min_requests}: "
+                "raise warmupRate or windowSeconds, or lower minRequests (warmupRate 0: no warm-up)"
+            )
+        return self
 
 
 class ServingConfig(_Model):

@@ -54,6 +54,10 @@ def keda_values() -> dict[str, Any]:
         "crds": {"install": True},
         # Our NetworkPolicies (below) instead of the chart's Cilium-flavoured ones.
         "networkPolicy": {"enabled": False},
+        # Our triggers (Prometheus, cron) read no Secret: the operator and the metrics server may read
+        # only those of KEDA's own namespace, not every Secret of the cluster (issue 24 item 6; chart
+        # 2.20.2 values permissions.*.restrict.secret).
+        "permissions": {"operator": {"restrict": {"secret": True}}, "metricServer": {"restrict": {"secret": True}}},
         "resources": {
             part: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
             for part in ("operator", "metricServer", "webhooks")

@@ -59,8 +59,13 @@ ARG_NAMESPACE = "namespace"
 PSI_FLOOR = 0.001
 
 METRIC_ERRORS = "error-ratio"
+METRIC_CLIENT_ERRORS = "client-error-ratio"
 METRIC_LATENCY = "latency-p99"
 METRIC_CLASSES = "class-mix"
+METRIC_WARMUP = "warmup"
+# The metrics that judge the version; the warm-up metric only brings their data (ops/deliver.py
+# rejects a version only on one of these).
+JUDGING_METRICS = (METRIC_ERRORS, METRIC_CLIENT_ERRORS, METRIC_LATENCY, METRIC_CLASSES)
 
 # The Gateway API traffic-router plugin (argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi).
 # v0.15.0 is its newest release (tag v0.15.0 = commit 96c63fd7, RELEASE_NOTES.md). Compatible with
@@ -228,21 +233,50 @@ def route_role_rules(http_route: str) -> list[dict[str, Any]]:
 
 
 def _sel(arg: str, extra: str = "") -> str:
-    """The series of one side (canary or stable) of one model's rollout; ``{{args.x}}`` is Argo's syntax."""
+    """The series of one side (canary or stable) of one model's rollout; ``{{args.x}}`` is Argo's syntax.
+    No ``traffic`` label filter: the warm-up's requests (traffic="warmup", serving/warmup.py) are the
+    analysis' data on a quiet stack, and real requests, where there are some, count beside them."""
     return f'model="{{{{args.{ARG_MODEL}}}}}",namespace="{{{{args.{ARG_NAMESPACE}}}}}",{POD_HASH_TARGET_LABEL}="{{{{args.{arg}}}}}"{extra}'
 
 
-def error_ratio_query(window: str) -> str:
-    """Canary 5xx ratio minus the stable pods' (4xx are the clients' errors, not the version's)."""
+def requests_query(arg: str, window: str) -> str:
+    """Predict requests one side answered in the window (any code: a 5xx storm is data too)."""
+    predict = _sel(arg, ',route="predict"')
+    return f"sum(increase(mlplatform_serving_requests_total{{{predict}}}[{window}]))"
+
+
+def with_data(query: str, window: str, min_requests: int) -> str:
+    """``query``'s value only while *both* sides answered at least ``min_requests`` predict requests in
+    the window; otherwise an empty vector. No series at all (a side never scraped), flat counters (no
+    request in the window) and a trickle below the minimum all give the same empty result, which the
+    conditions (``judged``) treat as neither success nor failure: the measurement is Inconclusive."""
+    enough = " and on () ".join(f"({requests_query(arg, window)} >= {min_requests})" for arg in (ARG_CANARY, ARG_STABLE))
+    return f"({query}) and on () {enough}"
+
+
+def code_ratio_change_query(window: str, codes: str) -> str:
+    """The canary's share of predict requests answered with ``codes`` (a regex: ``5..``, ``4..``) minus
+    the stable pods' share, on the same window."""
 
     def ratio(arg: str) -> str:
-        failed, predict = _sel(arg, ',route="predict",code=~"5.."'), _sel(arg, ',route="predict"')
-        errors = f"sum(rate(mlplatform_serving_requests_total{{{failed}}}[{window}]))"
+        matched, predict = _sel(arg, f',route="predict",code=~"{codes}"'), _sel(arg, ',route="predict"')
+        hits = f"sum(rate(mlplatform_serving_requests_total{{{matched}}}[{window}]))"
         total = f"sum(rate(mlplatform_serving_requests_total{{{predict}}}[{window}]))"
-        # No 5xx series at all is a ratio of 0, not "no data".
-        return f"((({errors}) or vector(0)) / {total})"
+        # No series with these codes at all is a ratio of 0, not "no data".
+        return f"((({hits}) or vector(0)) / {total})"
 
     return f"{ratio(ARG_CANARY)} - {ratio(ARG_STABLE)}"
+
+
+def error_ratio_query(window: str) -> str:
+    """Canary 5xx ratio minus the stable pods' (the version's own failures)."""
+    return code_ratio_change_query(window, "5..")
+
+
+def client_error_ratio_query(window: str) -> str:
+    """Canary 4xx ratio minus the stable pods': the same clients sending the same requests get 400s
+    from the canary only when its contract (input names, dtypes, shapes) broke the stable one's."""
+    return code_ratio_change_query(window, "4..")
 
 
 def latency_query(window: str, floor_s: float) -> str:
@@ -257,10 +291,19 @@ def latency_query(window: str, floor_s: float) -> str:
 def class_psi_query(window: str, min_samples: int) -> str:
     """Population stability index of the canary's predicted-class mix against the stable pods':
     sum over classes of (c - s) * ln(c / s), c and s the shares of each class in the window. A class
-    only one side predicts counts with share 0 on the other (floored at PSI_FLOOR). With fewer than
-    ``min_samples`` canary predictions in the window the mix is noise (PSI of two samples of one
-    distribution is about (classes - 1) * (1/n_canary + 1/n_stable)): the query answers -1 then, which
-    the conditions leave inconclusive."""
+    only one side predicts counts with share 0 on the other (floored at PSI_FLOOR).
+
+    Judged on *user* traffic only: the server counts the classes of user requests only (warm-up rows are
+    left out even inside a shared batch: serving/batcher.py), and the query is empty unless the canary
+    answered at least ``min_samples`` predict requests (2xx) that are not warm-up (``traffic!="warmup"``; a
+    series without the label counts as user traffic). The warm-up's instances are built from the signature, not drawn
+    from the model's data: two good versions may classify them differently (measured: two MNIST
+    versions trained on disjoint images put 15 and 16 of 16 uniform-noise instances in the same
+    class, PSI 0.26, above the default bound), so a class mix over them is no evidence about the
+    version. Below ``min_samples`` the mix is noise anyway (PSI of two samples of one distribution is
+    about (classes - 1) * (1/n_canary + 1/n_stable)). An empty result is Inconclusive, and this
+    metric's inconclusiveLimit covers the whole canary (``analysis_template``): on a quiet stack it
+    never pauses the rollout, it only records that the class mix was not judged."""
 
     def counts(arg: str) -> str:
         return f"sum by (class) (rate(mlplatform_serving_predicted_class_total{{{_sel(arg)}}}[{window}]))"
@@ -271,32 +314,186 @@ def class_psi_query(window: str, min_samples: int) -> str:
 
     c, s = share(ARG_CANARY, ARG_STABLE), share(ARG_STABLE, ARG_CANARY)
     psi = f"sum(({c} - {s}) * ln({c} / {s}))"
-    samples = f"sum(increase(mlplatform_serving_predicted_class_total{{{_sel(ARG_CANARY)}}}[{window}]))"
-    return f"({psi} and on () ({samples} >= {min_samples})) or on () vector(-1)"
+    users = _sel(ARG_CANARY, ',route="predict",code=~"2..",traffic!="warmup"')  # answered: each one predicted
+    return f"{psi} and on () (sum(increase(mlplatform_serving_requests_total{{{users}}}[{window}])) >= {min_samples})"
 
 
-def analysis_template(model: str, namespace: str, canary: CanaryConfig, prometheus_url: str = PROMETHEUS_URL) -> dict[str, Any]:
-    """The AnalysisTemplate: three Prometheus metrics, each a number compared with a bound from the
-    stack config. Errors and latency have only a successCondition: a measurement that is not a success
-    (NaN included) is a failure (Argo Rollouts utils/evaluate), and an empty result is an error, never
-    a pass. The class mix also has a failureCondition, so "too few samples" is inconclusive."""
+# How Argo Rollouts v1.9 turns one query result into a measurement (utils/evaluate/evaluate.go
+# EvaluateResult and EvalCondition, metricproviders/prometheus/prometheus.go processResponse;
+# cited from the source as read before, not re-verified here):
+# - a vector result is ``result``, a []float64 of its sample values (empty for an empty vector);
+# - with both a successCondition and a failureCondition: failure true -> Failed, else success true
+#   -> Successful, else (both false) -> Inconclusive; an evaluation error -> the measurement is Error;
+# - ``result[0]`` of an empty vector is an expr runtime error (index out of range) -> Error, and more
+#   than consecutiveErrorLimit (default 4) consecutive Errors make the metric, hence the run, Error,
+#   which aborts the rollout like a failure (analysis/analysis.go assessMetricFailureInconclusiveOrError);
+# - every comparison with NaN is false (Go and expr alike), and ``isNaN`` is one of the functions
+#   Argo adds to the expr environment (with asInt, asFloat, isInf, isNil, default).
+# So each condition starts with ``len(result) > 0 && !isNaN(result[0])``: expr's ``&&`` short-circuits,
+# so an empty result is never indexed (no Error), and an empty or NaN result makes *both* conditions
+# false: Inconclusive, never Failed, never Error. Only a number judges.
+HAS_VALUE = "len(result) > 0 && !isNaN(result[0])"
+
+
+def judged(bound: float, lower: float | None = None) -> tuple[str, str]:
+    """(successCondition, failureCondition) for "the value is at most ``bound``" (and at least
+    ``lower``): both false on an empty or NaN result."""
+    ok = f"{HAS_VALUE} && result[0] <= {bound:g}" + (f" && result[0] >= {lower:g}" if lower is not None else "")
+    return ok, f"{HAS_VALUE} && result[0] > {bound:g}"
+
+
+def inconclusive_limit(canary: CanaryConfig) -> int:
+    """Inconclusive measurements a metric tolerates before the run is Inconclusive (the rollout pauses:
+    a person, or ``deliver``'s timeout, decides). One window's worth of measurements: data that is
+    late by less than a window (canary pods still loading, a scrape missed) is not a pause; a stack
+    where data never comes pauses after about two windows instead of running the steps unjudged."""
+    return max(1, math.ceil(canary.window_seconds / canary.interval_seconds))
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Where the warm-up Job (serving/warmup.py, run by the analysis' ``job`` metric) sends requests:
+    the canary and the stable Service of the model (the controller points each at its ReplicaSet),
+    with the serving image; ``api_key_secret``: the Secret holding the model's API keys, if any."""
+
+    image: str
+    stable_url: str
+    canary_url: str
+    api_key_secret: str | None = None
+
+
+WARMUP_APP = "model-warmup"
+WARMUP_UID = 10001  # the serving image's user (serving/Dockerfile)
+
+
+def warmup_labels(model: str) -> dict[str, str]:
+    """The warm-up pods' labels: the model server's NetworkPolicy admits exactly these."""
+    return {"app.kubernetes.io/name": WARMUP_APP, "app.kubernetes.io/part-of": "mlplatform", "mlplatform.io/model": model}
+
+
+def warmup_seconds(canary: CanaryConfig) -> int:
+    """How long the warm-up sends: the whole canary (the first window, every step's pause) and a
+    margin for the canary pods to start, so the last measurements still have a full window of data.
+    Argo ends the Job earlier when the rollout completes (the run is terminated)."""
+    return canary.window_seconds + len(canary.steps) * canary.step_seconds + 2 * canary.interval_seconds + 120
+
+
+def warmup_job(model: str, canary: CanaryConfig, warmup: Warmup) -> dict[str, Any]:
+    """The ``job`` metric provider's Job (Argo Rollouts v1.9 metricproviders/job: the controller creates
+    it in the run's namespace, owned by the AnalysisRun; Job Complete -> measurement Successful, Job
+    Failed -> Failed). Pod Security `restricted`: non-root, read-only root, no capabilities, no service
+    account token (it talks to the model's Services only), bounded resources."""
+    args = ["--canary", warmup.canary_url, "--stable", warmup.stable_url, "--model", model]
+    args += ["--rate", f"{canary.warmup_rate:g}", "--duration", str(warmup_seconds(canary))]
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if warmup.api_key_secret:
+        ref = {"name": warmup.api_key_secret, "key": "keys"}
+        env.append({"name": "WARMUP_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+    container = {
+        "name": "warmup",
+        "image": warmup.image,
+        "command": ["python", "-m", "serving.warmup"],
+        "args": args,
+        "env": env,
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WARMUP_UID,
+            "runAsGroup": WARMUP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    return {
+        "metadata": {"labels": warmup_labels(model)},
+        "spec": {
+            # One retry (an evicted pod): the warm-up exits 0 whatever the servers answer, so a
+            # failed Job means it could not run at all (serving/warmup.py).
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": warmup_seconds(canary) + 600,
+            "template": {"metadata": {"labels": warmup_labels(model)}, "spec": pod},
+        },
+    }
+
+
+def warmup_network_policy(model: str, server_labels: dict[str, str], port: int) -> dict[str, Any]:
+    """The warm-up pods may reach the model's server pods on the API port, nothing else (DNS comes
+    from the namespace's default-deny policy); the server's own policy admits them (model_service)."""
+    return {
+        "podSelector": {"matchLabels": warmup_labels(model)},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [],
+        "egress": [{"to": [{"podSelector": {"matchLabels": server_labels}}], "ports": [{"protocol": "TCP", "port": port}]}],
+    }
+
+
+def judging_metrics(canary: CanaryConfig, prometheus_url: str) -> list[dict[str, Any]]:
+    """The four Prometheus metrics that judge the version (JUDGING_METRICS), each judged only with
+    data (``with_data``, ``judged``)."""
     window = f"{canary.window_seconds}s"
     common = {
         "interval": f"{canary.interval_seconds}s",
         # Let the canary take traffic for one window before judging it.
         "initialDelay": f"{canary.window_seconds}s",
         "failureLimit": canary.failure_limit,
+        "inconclusiveLimit": inconclusive_limit(canary),
+        # Errors now come only from the query itself (Prometheus unreachable): Argo's default, explicit.
+        "consecutiveErrorLimit": 4,
     }
 
-    def metric(name: str, query: str, condition: str, failure: str | None = None) -> dict[str, Any]:
+    def metric(name: str, query: str, bound: float, lower: float | None = None, **extra: Any) -> dict[str, Any]:
+        ok, failed = judged(bound, lower)
+        gated = with_data(query, window, canary.min_requests)
         return {
             "name": name,
             **common,
-            "successCondition": condition,
-            **({"failureCondition": failure, "inconclusiveLimit": canary.failure_limit} if failure else {}),
-            "provider": {"prometheus": {"address": prometheus_url, "query": query, "timeout": 20}},
+            **extra,
+            "successCondition": ok,
+            "failureCondition": failed,
+            "provider": {"prometheus": {"address": prometheus_url, "query": gated, "timeout": 20}},
         }
 
+    metrics = [
+        metric(METRIC_ERRORS, error_ratio_query(window), canary.max_error_ratio_increase),
+        metric(METRIC_CLIENT_ERRORS, client_error_ratio_query(window), canary.max_client_error_ratio_increase),
+        metric(METRIC_LATENCY, latency_query(window, canary.p99_floor_ms / 1000), canary.max_p99_ratio),
+        # Judged on user traffic only (class_psi_query): inconclusive for as many measurements as the
+        # canary takes, so a quiet stack's canary is decided by the other metrics, not paused by this one.
+        metric(
+            METRIC_CLASSES,
+            class_psi_query(window, canary.min_class_samples),
+            canary.max_class_psi,
+            lower=0,
+            inconclusiveLimit=math.ceil(warmup_seconds(canary) / canary.interval_seconds) + 1,
+        ),
+    ]
+    return metrics
+
+
+def analysis_template(
+    model: str, namespace: str, canary: CanaryConfig, prometheus_url: str = PROMETHEUS_URL, warmup: Warmup | None = None
+) -> dict[str, Any]:
+    """The AnalysisTemplate: four Prometheus metrics, each a number compared with a bound from the
+    stack config, judged only with data (``with_data``, ``judged``); and, with ``warmup``, a ``job``
+    metric that brings the data on a quiet stack: the same run, so Argo starts it with the analysis
+    and ends it with the rollout (no step of its own to order or to clean up)."""
+    metrics = judging_metrics(canary, prometheus_url)
+    if warmup is not None and canary.warmup_rate > 0:
+        # No interval and no count: one measurement (Argo's EffectiveCount is 1), running as long as
+        # the Job does. No initialDelay: the traffic starts with the run, the judging metrics wait a window.
+        metrics.insert(0, {"name": METRIC_WARMUP, "provider": {"job": warmup_job(model, canary, warmup)}})
     return {
         "apiVersion": API_VERSION,
         "kind": "AnalysisTemplate",
@@ -312,17 +509,7 @@ def analysis_template(model: str, namespace: str, canary: CanaryConfig, promethe
                 {"name": ARG_MODEL, "value": model},
                 {"name": ARG_NAMESPACE, "value": namespace},
             ],
-            "metrics": [
-                metric(METRIC_ERRORS, error_ratio_query(window), f"result[0] <= {canary.max_error_ratio_increase:g}"),
-                metric(METRIC_LATENCY, latency_query(window, canary.p99_floor_ms / 1000), f"result[0] <= {canary.max_p99_ratio:g}"),
-                # Too few canary predictions (-1) is neither: inconclusive, the rollout pauses for a person.
-                metric(
-                    METRIC_CLASSES,
-                    class_psi_query(window, canary.min_class_samples),
-                    f"result[0] >= 0 && result[0] <= {canary.max_class_psi:g}",
-                    f"result[0] > {canary.max_class_psi:g}",
-                ),
-            ],
+            "metrics": metrics,
         },
     }
 

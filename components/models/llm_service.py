@@ -52,6 +52,10 @@ UID = 10001
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # A long generation streams for minutes; Envoy's default route timeout (15 s) would cut it.
 ROUTE_TIMEOUT = "600s"
+# Scale-up of a GPU pool from 0: autoscaler decision, EC2 launch, boot, join, device plugin (an
+# estimate, tools/convergence.py NODE_SCALE_UP_S), and pulling the vLLM image onto the new node.
+NODE_SCALE_UP_MINUTES = 5
+IMAGE_PULL_MINUTES = 5
 
 
 def object_name(model: str) -> str:
@@ -282,6 +286,10 @@ class LlmServiceArgs:
     keda: Keda | None = None
     monitoring_release: pulumi.Resource | None = None
     service_monitor_labels: dict[str, str] = field(default_factory=dict)
+    # What gives a replica its GPU: the GPU node groups, the cluster autoscaler (the pools start at 0
+    # nodes) and the device plugin. The StatefulSet waits for them on create and is deleted before
+    # them on destroy (reverse dependency order).
+    gpu_ready: list[pulumi.Resource] = field(default_factory=list)
 
 
 def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
@@ -348,9 +356,15 @@ class LlmService(pulumi.ComponentResource):
         """The StatefulSet and its governing Service (the StatefulSet's ``serviceName``, and the API)."""
         llm, lab = args.config, labels(args.model)
         store_env = [e if isinstance(e, dict) else _env_dict(e) for e in client_env(args.store)] if llm.from_store else []
+        # Not awaited (pulumi.com/skipAwait): its Endpoints fill only once a replica has loaded its
+        # weights (minutes after the StatefulSet, which waits for it), and never while KEDA holds the
+        # model at 0 replicas (dev, nights): awaited, it would fail every first `up` after 10 minutes
+        # (pulumi-kubernetes 4.34.2 provider/pkg/await/service.go; issue 29 item 1).
         service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata=_meta(args),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=object_name(args.model), namespace=args.namespace, labels=lab, annotations={"pulumi.com/skipAwait": "true"}
+            ),
             spec=workload.cluster_ip_service_spec(lab, PORT_NAME, PORT),
             opts=pulumi.ResourceOptions(parent=self),
         )
@@ -359,7 +373,12 @@ class LlmService(pulumi.ComponentResource):
             metadata=_meta(args),
             spec=statefulset_spec(args.model, llm, args.pool_name, token_secret, store_env, args.storage_class),
             # KEDA owns replicas once running: re-applying the configured count would undo its scaling.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*needs, service], ignore_changes=["spec.replicas"]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*needs, service, *args.gpu_ready],
+                ignore_changes=["spec.replicas"],
+                custom_timeouts=pulumi.CustomTimeouts(create=await_timeout(llm), update=await_timeout(llm)),
+            ),
         )
         return service, sts
 
@@ -399,6 +418,14 @@ class LlmService(pulumi.ComponentResource):
             # The release installs the ServiceMonitor CRD.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
         )
+
+
+def await_timeout(llm: LlmConfig) -> str:
+    """How long the engine awaits the StatefulSet's ready replicas (pulumi-kubernetes awaits 10
+    minutes by default): a GPU node scaled up from zero (NODE_SCALE_UP_MINUTES), then the startup
+    probe's allowance (download + load + CUDA graphs), then a margin for the image pull (vLLM's image
+    is ~10 GB). At 0 replicas (an LLM asleep) the StatefulSet is ready at once."""
+    return f"{NODE_SCALE_UP_MINUTES + -(-llm.startup_seconds // 60) + IMAGE_PULL_MINUTES}m"
 
 
 def _env_dict(e: k8s.core.v1.EnvVarArgs) -> dict[str, Any]:

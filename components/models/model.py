@@ -51,6 +51,8 @@ class ModelArgs:
     rollouts: ArgoRollouts | None = None  # a new version reaches traffic through an analysed canary
     # runtime vllm: the pools it may run on, the Hugging Face token (a secret), the weights volumes' class
     gpu_pools: list[GpuPool] = field(default_factory=list)
+    # What makes a GPU schedulable (node groups, autoscaler, device plugin): an LLM waits for it.
+    gpu_ready: list[pulumi.Resource] = field(default_factory=list)
     hf_token: pulumi.Input[str] | None = None
     storage_class: str | None = None
 
@@ -159,6 +161,7 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             ingress_peers=[workload.pods_peer(entry.namespace, gateway.PROXY_LABELS), workload.namespace_peer(args.monitoring_namespace)],
             keda=args.keda,
             monitoring_release=args.monitoring_release,
+            gpu_ready=list(args.gpu_ready),
         ),
         opts=opts,
     )

@@ -196,6 +196,23 @@ def _meta(args: ModelServiceArgs, suffix: str = "", extra: dict[str, str] | None
     )
 
 
+# pulumi-kubernetes (4.34.2, provider/pkg/await/service.go) awaits a selector Service until its
+# Endpoints have a ready pod. These Services' pods come from the Rollout/Deployment, which waits for
+# them (Argo Rollouts refuses a canary whose Services are missing), not yet ready before a model is
+# published: awaited, they would time out after 10 minutes on every first `up` (issue 29 item 1).
+# tools/convergence.py rule (a) keeps it so.
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
+def _service_meta(args: ModelServiceArgs, suffix: str = "", extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=object_name(args.model) + suffix,
+        namespace=args.namespace,
+        labels={**labels(args.model), **(extra or {})},
+        annotations=SKIP_AWAIT,
+    )
+
+
 class ModelService(pulumi.ComponentResource):
     """One method per concern: ``_identity`` (service account, API key), ``_route`` (the API Services,
     the route and, under Argo Rollouts, the canary's plumbing), ``_workload`` (Rollout or Deployment),
@@ -243,13 +260,13 @@ class ModelService(pulumi.ComponentResource):
         spec = workload.cluster_ip_service_spec(labels(model), PORT_NAME, PORT)
         # The API Service (the stable one under Argo Rollouts: the controller adds the stable pods'
         # rollouts-pod-template-hash to its selector, and the canary's to the canary Service's).
-        routed: list[pulumi.Resource] = [k8s.core.v1.Service(f"{name}-service", metadata=_meta(args), spec=spec, opts=child)]
+        routed: list[pulumi.Resource] = [k8s.core.v1.Service(f"{name}-service", metadata=_service_meta(args), spec=spec, opts=child)]
         routing = None
         if args.rollouts is not None:
             routing = rollout_specs.TrafficRouting(
                 stable_service=obj, canary_service=canary_service_name(model), http_route=obj, namespace=args.namespace
             )
-            routed.append(k8s.core.v1.Service(f"{name}-canary-service", metadata=_meta(args, CANARY_SUFFIX), spec=spec, opts=child))
+            routed.append(k8s.core.v1.Service(f"{name}-canary-service", metadata=_service_meta(args, CANARY_SUFFIX), spec=spec, opts=child))
         entry = args.entry
         route_spec = gateway.http_route_spec(model, entry.namespace, entry.listener, obj, PORT, routing.canary_service if routing else None)
         routed.append(
@@ -305,15 +322,7 @@ class ModelService(pulumi.ComponentResource):
             return {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj}, deployment
         # A Rollout with the pod template inline (not workloadRef to a Deployment): one object holds
         # the served version, the preview shows its change there, and KEDA scales what runs.
-        template = rollout_specs.analysis_template(model, args.namespace, cfg.canary)
-        k8s.apiextensions.CustomResource(
-            f"{name}-analysis",
-            api_version=rollout_specs.API_VERSION,
-            kind="AnalysisTemplate",
-            metadata=template["metadata"],
-            spec=template["spec"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.rollouts.release]),
-        )
+        self._analysis(name, args)
         rollout = k8s.apiextensions.CustomResource(
             f"{name}-rollout",
             api_version=rollout_specs.API_VERSION,
@@ -326,6 +335,38 @@ class ModelService(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*needs, args.rollouts.release, *routed], ignore_changes=["spec.replicas"]),
         )
         return {"apiVersion": rollout_specs.API_VERSION, "kind": "Rollout", "name": obj}, rollout
+
+    def _analysis(self, name: str, args: ModelServiceArgs) -> None:
+        """The AnalysisTemplate, with its warm-up Job running the serving image against both Services
+        (rollout_specs.warmup_job), and the warm-up pods' NetworkPolicy."""
+        cfg, model, obj = args.config, args.model, object_name(args.model)
+
+        def svc_url(service: str) -> str:
+            return f"http://{service}.{args.namespace}.svc.cluster.local:{PORT}"
+
+        secret = f"{obj}-api-keys" if cfg.api_key else None
+        template = pulumi.Output.from_input(args.image).apply(
+            lambda image: rollout_specs.analysis_template(
+                model,
+                args.namespace,
+                cfg.canary,
+                warmup=rollout_specs.Warmup(image, svc_url(obj), svc_url(canary_service_name(model)), secret),
+            )
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-analysis",
+            api_version=rollout_specs.API_VERSION,
+            kind="AnalysisTemplate",
+            metadata=rollout_specs.analysis_template(model, args.namespace, cfg.canary)["metadata"],
+            spec=template.apply(lambda t: t["spec"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.rollouts.release]),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-warmup-netpol",
+            metadata=_meta(args, "-warmup"),
+            spec=rollout_specs.warmup_network_policy(model, labels(model), PORT),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def _autoscaling(self, name: str, args: ModelServiceArgs, workload_ref: dict[str, str], deployment: pulumi.Resource) -> None:
         cfg, ns, model = args.config, args.namespace, args.model
@@ -376,6 +417,17 @@ class ModelService(pulumi.ComponentResource):
                         "ports": [{"protocol": "TCP", "port": PORT}],
                     },
                     {"from": [workload.namespace_peer(args.monitoring_namespace)], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                    # The canary analysis' warm-up Job (same namespace), API port only.
+                    *(
+                        [
+                            {
+                                "from": [{"podSelector": {"matchLabels": rollout_specs.warmup_labels(args.model)}}],
+                                "ports": [{"protocol": "TCP", "port": PORT}],
+                            }
+                        ]
+                        if args.rollouts is not None
+                        else []
+                    ),
                 ],
                 "egress": workload.egress(workload.STORE_PORT),
             },
@@ -387,7 +439,7 @@ class ModelService(pulumi.ComponentResource):
         selector = labels(args.model)
         metrics = k8s.core.v1.Service(
             f"{name}-metrics",
-            metadata=_meta(args, "-metrics", METRICS_SERVICE_LABEL),
+            metadata=_service_meta(args, "-metrics", METRICS_SERVICE_LABEL),
             spec=workload.cluster_ip_service_spec(selector, METRICS_PORT_NAME, METRICS_PORT),
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -13,6 +13,24 @@ import pulumi_kubernetes as k8s
 
 from components.services import gateway
 
+# The plugin updates the route with a plain update, so its field manager owns spec.rules, an atomic
+# list (Gateway API's HTTPRoute schema sets no list-map keys on rules): a later route edit applied by
+# Pulumi (server-side apply) would conflict with it. patchForce takes the list back on our apply;
+# ignore_changes above keeps the weights at the values in Pulumi's state (100/0, what the plugin
+# leaves after a canary). pulumi-kubernetes 4.x annotation, docs "Server-Side Apply" (unverified here).
+PATCH_FORCE = {"pulumi.com/patchForce": "true"}
+
+
+def route_metadata(metadata: k8s.meta.v1.ObjectMetaArgs, canary: bool) -> k8s.meta.v1.ObjectMetaArgs:
+    if not canary:
+        return metadata
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=metadata.name,
+        namespace=metadata.namespace,
+        labels=metadata.labels,
+        annotations={**(metadata.annotations or {}), **PATCH_FORCE},
+    )
+
 
 def attach(
     name: str, metadata: k8s.meta.v1.ObjectMetaArgs, spec: dict[str, Any], allowed_cidrs: Sequence[str], opts: pulumi.ResourceOptions
@@ -20,16 +38,19 @@ def attach(
     """``<name>-route``, the HTTPRoute ``spec`` named as ``metadata``, and with ``allowed_cidrs``
     ``<name>-allowed-cidrs``, the SecurityPolicy that targets it by name. ``opts`` is the parent and
     what routes wait for (the entry point's CRDs and Gateway)."""
+    weights = gateway.weight_paths(spec)
     route = k8s.apiextensions.CustomResource(
         f"{name}-route",
         api_version=f"{gateway.GATEWAY_API}/v1",
         kind="HTTPRoute",
-        metadata=metadata,
+        metadata=route_metadata(metadata, canary=bool(weights)),
         spec=spec,
         # Where Argo Rollouts' plugin owns the backend weights during a canary (and leaves them 0/100
         # after), the program never resets them.
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=gateway.weight_paths(spec))),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=weights)),
     )
+    # The Envoy proxies' egress to this route's backends (their namespace is default-deny).
+    gateway.allow_route(name, metadata, spec, opts)
     if allowed_cidrs:
         k8s.apiextensions.CustomResource(
             f"{name}-allowed-cidrs",

@@ -85,6 +85,8 @@ def train_env(
         env.append({"name": "TRAIN_BATCH_SIZE", "value": str(cfg.batch_size)})
     if cfg.champion_margin is not None:
         env.append({"name": "TRAIN_CHAMPION_MARGIN", "value": str(cfg.champion_margin)})
+    if cfg.allow_signature_change:  # the contract refuses a signature that breaks the champion's otherwise
+        env.append({"name": "TRAIN_ALLOW_SIGNATURE_CHANGE", "value": "1"})
     if cfg.data_uri:
         env.append({"name": "TRAIN_DATA", "value": cfg.data_uri})
     if pushgateway:
@@ -252,7 +254,9 @@ class TrainingJob(pulumi.ComponentResource):
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
             spec=pod.apply(lambda p: job_spec(model, p, cfg)),
-            opts=after,
+            # Kueue owns spec.suspend once the Job exists (admits: false; preempts: true): re-applying
+            # our `true` after a refresh would conflict under server-side apply or stop a running run.
+            opts=pulumi.ResourceOptions.merge(after, pulumi.ResourceOptions(ignore_changes=["spec.suspend"])),
         )
         if cfg.schedule:
             k8s.batch.v1.CronJob(

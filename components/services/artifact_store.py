@@ -30,6 +30,10 @@ class ArtifactStoreArgs:
     namespace: str  # where MinIO runs (local)
     client_namespaces: list[str]  # namespaces whose pods use the store
     force_destroy: bool = False
+    # staging/prod: the bucket (every model version) is retained on destroy and, with ``protect``, an
+    # accidental destroy is refused (README "Destroy prod on purpose").
+    retain: bool = False
+    protect: bool = False
     oidc_provider_arn: pulumi.Input[str] | None = None
     oidc_provider_url: pulumi.Input[str] | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -54,7 +58,11 @@ class ArtifactStore(pulumi.ComponentResource):
     def _s3(self, name: str, args: ArtifactStoreArgs) -> None:
         """The bucket: public access blocked, versioned, encrypted with KMS, old versions expired."""
         child = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(force_destroy=args.force_destroy, tags=args.tags), opts=child)
+        bucket = aws.s3.Bucket(
+            f"{name}-bucket",
+            aws.s3.BucketArgs(force_destroy=args.force_destroy, tags=args.tags),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=args.retain, protect=args.protect)),
+        )
         aws.s3.BucketPublicAccessBlock(
             f"{name}-public-access-block",
             bucket=bucket.id,
@@ -165,23 +173,24 @@ class ArtifactStore(pulumi.ComponentResource):
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(access_modes=["ReadWriteOnce"], resources={"requests": {"storage": "10Gi"}}),
             opts=child,
         )
-        self._minio_deployment(name, args.namespace, child)
+        minio = self._minio_deployment(name, args.namespace, child)
         k8s.core.v1.Service(
             f"{name}-service",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace, labels=MINIO_LABELS),
             spec=k8s.core.v1.ServiceSpecArgs(
                 selector=MINIO_LABELS, ports=[k8s.core.v1.ServicePortArgs(name="s3", port=MINIO_PORT, target_port="s3")]
             ),
-            opts=child,
+            # Awaited until a ready pod backs it: after the Deployment (awaited ready), not racing it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[minio]),
         )
         self._minio_network_policy(name, args, child)
         self.uri = pulumi.Output.from_input(f"s3://{BUCKET}")
         self.endpoint_url = f"http://minio.{args.namespace}.svc.cluster.local:{MINIO_PORT}"
         self.bucket_arn = None
 
-    def _minio_deployment(self, name: str, namespace: str, child: pulumi.ResourceOptions) -> None:
+    def _minio_deployment(self, name: str, namespace: str, child: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         """One MinIO pod on its volume, root credentials from the namespace's store Secret."""
-        k8s.apps.v1.Deployment(
+        return k8s.apps.v1.Deployment(
             f"{name}-minio",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=namespace, labels=MINIO_LABELS),
             spec=k8s.apps.v1.DeploymentSpecArgs(

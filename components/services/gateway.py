@@ -59,7 +59,14 @@ def service_annotations(cfg: GatewayConfig, eks: bool) -> dict[str, str]:
     if not eks:
         return {}
     scheme = "internal" if cfg.internal else "internet-facing"
-    return {**NLB_ANNOTATIONS, "service.beta.kubernetes.io/aws-load-balancer-scheme": scheme}
+    annotations = {**NLB_ANNOTATIONS, "service.beta.kubernetes.io/aws-load-balancer-scheme": scheme}
+    if cfg.internal:
+        # The scheme annotation is read only by the AWS Load Balancer Controller, which this program
+        # does not install; EKS's in-tree service controller (kubernetes/cloud-provider-aws
+        # pkg/providers/v1/aws.go, ServiceAnnotationLoadBalancerInternal) reads this one. Without it,
+        # an "internal" entry point is internet-facing (issue 29, Destroy/minor).
+        annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
+    return annotations
 
 
 def gateway_spec(cfg: GatewayConfig, route_namespace: str) -> dict[str, Any]:
@@ -81,12 +88,18 @@ def gateway_spec(cfg: GatewayConfig, route_namespace: str) -> dict[str, Any]:
     return {"gatewayClassName": GATEWAY_CLASS, "listeners": [listener]}
 
 
-def entry_service_spec(cfg: GatewayConfig, namespace: str, source_ranges: list[str]) -> dict[str, Any]:
+def entry_service_spec(cfg: GatewayConfig, namespace: str, source_ranges: list[str], load_balancer: bool = True) -> dict[str, Any]:
+    """The entry point's Service: a LoadBalancer where the cluster has a load-balancer implementation
+    (EKS), else ClusterIP, reached with ``kubectl port-forward`` (kind assigns a LoadBalancer no
+    address, and pulumi-kubernetes would await one for 10 minutes and fail the `up`: issue 29 item 4)."""
     port = 443 if cfg.tls else 80
+    ports = [{"name": listener_name(cfg), "port": port, "targetPort": PROXY_PORTS[port], "protocol": "TCP"}]
+    if not load_balancer:
+        return {"type": "ClusterIP", "selector": proxy_selector(namespace), "ports": ports}
     return {
         "type": "LoadBalancer",
         "selector": proxy_selector(namespace),
-        "ports": [{"name": listener_name(cfg), "port": port, "targetPort": PROXY_PORTS[port], "protocol": "TCP"}],
+        "ports": ports,
         # Local: Envoy sees the client's address, which the models' SecurityPolicies check.
         "externalTrafficPolicy": "Local",
         **({"loadBalancerSourceRanges": source_ranges} if source_ranges else {}),
@@ -95,6 +108,10 @@ def entry_service_spec(cfg: GatewayConfig, namespace: str, source_ranges: list[s
 
 def listener_name(cfg: GatewayConfig) -> str:
     return HTTPS_LISTENER if cfg.tls else HTTP_LISTENER
+
+
+# Set by the canary's warm-up Job (serving/warmup.py), counted apart by the server (serving/app.py).
+TRAFFIC_HEADER = "X-Mlplatform-Traffic"
 
 
 def http_route_spec(
@@ -126,6 +143,10 @@ def http_route_spec(
                     {"path": {"type": "RegularExpression", "value": f"/v1/models/{model}([/:].*)?"}},
                     {"path": {"type": "PathPrefix", "value": f"/v2/models/{model}"}},
                 ],
+                # The warm-up label is the server's to trust only from inside the cluster (the canary's
+                # warm-up Job calls the Services directly): a client that sent it through the entry point
+                # would hide its requests from the user-facing alerts, so the Gateway drops it.
+                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [TRAFFIC_HEADER]}}],
                 "backendRefs": backends,
             }
         ],
@@ -155,6 +176,40 @@ def security_policy_spec(route: str, allowed_cidrs: list[str]) -> dict[str, Any]
             "rules": [{"name": "allowed-cidrs", "action": "Allow", "principal": {"clientCIDRs": list(allowed_cidrs)}}],
         },
     }
+
+
+def route_egress_spec(route_spec: dict[str, Any], route_namespace: str) -> dict[str, Any]:
+    """Envoy's way out to one route's backends: their namespace, on the ports the route's backendRefs
+    name, so a runtime on another port (vLLM on 8000, our server on 8501) is reachable exactly when
+    routed. A NetworkPolicy port matches the destination pod's port (after the Service's translation):
+    our Services map port -> the same container port (tests/stacks/test_network_isolation.py checks
+    each backendRef through its Service to the pods and their ingress policies)."""
+    ports = sorted({int(b["port"]) for rule in route_spec["rules"] for b in rule.get("backendRefs") or [] if b.get("port")})
+    return {
+        "podSelector": {"matchLabels": PROXY_LABELS},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": route_namespace}}}],
+                "ports": [{"protocol": "TCP", "port": p} for p in ports],
+            }
+        ],
+    }
+
+
+def allow_route(
+    name: str, metadata: k8s.meta.v1.ObjectMetaArgs, route_spec: dict[str, Any], opts: pulumi.ResourceOptions
+) -> k8s.networking.v1.NetworkPolicy:
+    """``<name>-proxy-egress``: the NetworkPolicy (in the Gateway's namespace, from the route's
+    parentRef) that lets the Envoy proxies reach this route's backends; policies add up, so each
+    route opens its own ports and nothing else."""
+    gateway_ns = route_spec["parentRefs"][0]["namespace"]
+    return k8s.networking.v1.NetworkPolicy(
+        f"{name}-proxy-egress",
+        metadata={"name": f"envoy-to-{metadata.name}", "namespace": gateway_ns},
+        spec=route_egress_spec(route_spec, metadata.namespace),
+        opts=opts,
+    )
 
 
 @dataclass
@@ -191,14 +246,20 @@ class EntryPoint(pulumi.ComponentResource):
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={"name": ENTRY_SERVICE, "namespace": ns, "annotations": service_annotations(cfg, args.eks) or None},
-            spec=entry_service_spec(cfg, ns, sorted(set(args.source_ranges))),
-            opts=child,
+            spec=entry_service_spec(cfg, ns, sorted(set(args.source_ranges)), load_balancer=args.eks),
+            # Awaited (its address is the stack's URL): its Envoy pods exist only once the controller
+            # (the release) runs and the Gateway is there, so its 10-minute clock starts after both.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, self.gateway]),
         )
         self._network_policies(name, ns, args.serving_namespace, child)
         scheme = "https" if cfg.tls else "http"
         host = cfg.tls.hostname if cfg.tls and cfg.tls.hostname else None
         ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
-        self.base_url = ingress.apply(lambda i: f"{scheme}://{host or ((i.hostname or i.ip) if i else 'pending')}")
+        # Without a load balancer (kind): the in-cluster address; `make up` prints the port-forward.
+        in_cluster = f"{ENTRY_SERVICE}.{ns}.svc.cluster.local"
+        self.base_url = ingress.apply(
+            lambda i: f"{scheme}://{host or ((i.hostname or i.ip) if i else ('pending' if args.eks else in_cluster))}"
+        )
         # Routes and policies are custom resources whose CRDs the chart installs.
         self.route_opts = pulumi.ResourceOptions(depends_on=[self.release, self.gateway])
         self.register_outputs({"base_url": self.base_url})
@@ -255,11 +316,8 @@ class EntryPoint(pulumi.ComponentResource):
                 "policyTypes": ["Ingress", "Egress"],
                 # Clients from anywhere the load balancer admits; per-model CIDRs are enforced by Envoy.
                 "ingress": [{"ports": [{"protocol": "TCP", "port": p} for p in PROXY_PORTS.values()]}],
+                # The backends are opened per route (allow_route), on the ports its backendRefs name.
                 "egress": [
-                    {
-                        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": serving_ns}}}],
-                        "ports": [{"protocol": "TCP", "port": 8501}],
-                    },
                     {"to": [{"podSelector": {"matchLabels": CONTROLLER_LABELS}}], "ports": [{"protocol": "TCP", "port": XDS_PORT}]},
                 ],
             },

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,10 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
 
 
 def context_hash(context: Path, extra: str = "") -> str:
-    """sha256 over (relative path, bytes) of every file in the build context, plus ``extra`` (build args)."""
+    """sha256 over (relative path, mode, bytes) of every file in the build context, plus ``extra`` (build
+    args). The mode bits count because docker-build's own context hash includes them (and a COPY keeps
+    them): a chmod alone changes the image, so it must change the tag, or the rebuild is pushed under
+    the old tag into an IMMUTABLE repository and refused (issue 29, "Later ups")."""
     ignore_file = context / ".dockerignore"
     patterns = [
         line.strip()
@@ -48,6 +52,7 @@ def context_hash(context: Path, extra: str = "") -> str:
         if _ignored(rel, patterns) or "__pycache__" in rel:
             continue
         digest.update(rel.encode() + b"\0")
+        digest.update(f"{stat.S_IMODE(path.stat().st_mode):o}".encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
@@ -72,6 +77,10 @@ class ImagesArgs:
     # model -> its training folder (models.<name>.training.code): one image each, FROM the training image
     model_code: dict[str, str] = field(default_factory=dict)
     force_delete: bool = False  # ephemeral stacks: destroy removes the repositories with their images
+    # staging/prod: the repositories (the images every deployed version runs) are retained on destroy
+    # (left in the account, out of the state) and, with ``protect``, an accidental destroy is refused.
+    retain: bool = False
+    protect: bool = False
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -167,7 +176,7 @@ class Images(pulumi.ComponentResource):
                 force_delete=args.force_delete,
                 tags=args.tags,
             ),
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=args.retain, protect=args.protect)),
         )
         aws.ecr.LifecyclePolicy(
             f"{name}-lifecycle",

@@ -195,9 +195,15 @@ def chart_values(monitoring: bool) -> dict[str, Any]:
     }
 
 
+VISIBILITY_PORT = 8082
+
+
 def network_policy(namespace: str) -> dict[str, Any]:
-    """The controller: its webhook is called by the API server (from outside the pod network on EKS),
-    Prometheus scrapes :8443, and it talks to the API server."""
+    """The controller: its webhook (:9443) and its visibility API server (:8082, behind the chart's
+    v1beta1.visibility.kueue.x-k8s.io APIService: kueue config/components/visibility/service.yaml,
+    targetPort 8082; not in the pinned chart's values.yaml, so unverified here) are called by the API
+    server (from outside the pod network on EKS), Prometheus scrapes :8443, and it talks to the API
+    server. Without :8082 the APIService stays unavailable, and API discovery reports it failing."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -205,7 +211,7 @@ def network_policy(namespace: str) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": {"control-plane": "controller-manager"}},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": 9443}, {"protocol": "TCP", "port": 8443}]}],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": p} for p in (9443, VISIBILITY_PORT, 8443)]}],
             "egress": [egress_except_metadata(443, 6443)],
         },
     }

@@ -16,7 +16,7 @@ import pulumi_random as random
 
 from components.config import AlertingConfig, MonitoringConfig
 from components.lib import helm
-from components.lib.network import IN_CLUSTER, NODE_EXPORTER_NAMESPACE, egress_except_metadata
+from components.lib.network import IN_CLUSTER, NAMESPACES, NODE_EXPORTER_NAMESPACE, egress_except_metadata
 from monitoring.spec import CREDENTIALS_SECRET, RELEASE, alertmanager_config, dashboards, rule_groups, threshold_rules
 
 PUSHGATEWAY_RELEASE = "pushgateway"
@@ -45,6 +45,28 @@ def _spread(replicas: int) -> dict[str, Any]:
     if replicas < 2:
         return {}
     return {"podAntiAffinity": "hard", "podAntiAffinityTopologyKey": ZONE_KEY}
+
+
+def _grafana_values() -> dict[str, Any]:
+    """kube-prometheus-stack's grafana subchart (keys checked against grafana 12.11.1's values.yaml)."""
+    return {
+        "enabled": True,
+        "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+        # Our dashboards are ConfigMaps of this namespace: the sidecar looks here only, and Grafana's
+        # RBAC is a Role here (rbac.namespaced), not a ClusterRole that reads every Secret of the
+        # cluster (issue 24 item 6; the grafana chart grants the sidecar get/list/watch on
+        # ConfigMaps and Secrets).
+        "rbac": {"namespaced": True},
+        "sidecar": {
+            "dashboards": {
+                "enabled": True,
+                "label": "grafana_dashboard",
+                "labelValue": "1",
+                "searchNamespace": NAMESPACES["monitoring"][0],
+            }
+        },
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
 
 
 def stack_values(
@@ -100,18 +122,23 @@ def stack_values(
             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
             "admissionWebhooks": {"patch": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}}},
         },
-        "grafana": {
-            "enabled": True,
-            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
-            "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1", "searchNamespace": "ALL"}},
-            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        },
+        "grafana": _grafana_values(),
     }
+
+
+# What Prometheus ingests from the Pushgateway: training's metrics and the push timestamps, nothing
+# else. honorLabels keeps the labels a push sets, so without this a training job (any code in
+# ml-training) could push `mlplatform_serving_requests_total{...}` and forge the canary analysis or
+# KEDA's inputs (issue 24 item 8). Applied after the scrape, on the pushed names (metric_relabel_configs).
+PUSHGATEWAY_METRIC_RELABELINGS = [
+    {"sourceLabels": ["__name__"], "regex": "mlplatform_training_.+|push_time_seconds|push_failure_time_seconds", "action": "keep"}
+]
 
 
 def pushgateway_values() -> dict[str, Any]:
     return {
-        "serviceMonitor": {"enabled": True, "honorLabels": True},  # keep the job/model labels training pushes
+        # honorLabels: keep the job/model labels training pushes; only training's names get in.
+        "serviceMonitor": {"enabled": True, "honorLabels": True, "metricRelabelings": PUSHGATEWAY_METRIC_RELABELINGS},
         "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
         # The chart's default is {}: without this the pod is refused by `restricted` Pod Security.

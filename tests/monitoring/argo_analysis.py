@@ -19,9 +19,12 @@ What is reproduced, from argoproj/argo-rollouts:
 - A metric that is Failed, Error or Inconclusive terminates the run (analysisutil.IsTerminating): the
   others are assessed as terminated. The run is its worst metric; a Failed or Error run aborts the rollout, an Inconclusive one pauses it.
 
+- Job provider (metricproviders/job): see ``StartJob`` below.
+
 The conditions are expr-lang (github.com/expr-lang/expr). Only a small subset is understood here, and
 anything else raises ``Unsupported`` (the test fails loudly rather than guessing):
-``result``, ``result[<int>]``, numbers, ``< <= > >= == !=``, ``&&``, ``||``, ``!``, parentheses.
+``result``, ``result[<int>]``, numbers, ``< <= > >= == !=``, ``&&`` and ``||`` (short-circuit), ``!``,
+parentheses, ``len(x)`` (expr's builtin) and ``isNaN(x)`` (Argo's, utils/evaluate/evaluate.go).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import json
 import math
 import operator
 import re
+import subprocess
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +78,9 @@ def resolve_args(template: dict[str, Any], given: dict[str, str]) -> dict[str, s
 
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<op><=|>=|==|!=|&&|\|\||[<>!()\[\]])|(?P<name>[A-Za-z_]\w*))")
+# expr-lang's builtin ``len`` and Argo's ``isNaN`` (math.IsNaN, added to the environment by
+# utils/evaluate/evaluate.go EvalCondition); any other name is refused.
+_FUNCTIONS = {"len": len, "isNaN": math.isnan}
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:
@@ -84,8 +92,8 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
             raise Unsupported(f"cannot read {expr[pos:]!r} in condition {expr!r}")
         kind = m.lastgroup
         tok = m.group(kind)
-        if kind == "name" and tok != "result":
-            raise Unsupported(f"{tok!r} in condition {expr!r}: only `result` is supported")
+        if kind == "name" and tok != "result" and tok not in _FUNCTIONS:
+            raise Unsupported(f"{tok!r} in condition {expr!r}: only `result`, len() and isNaN() are supported")
         out.append((kind, tok))
         pos = m.end()
     return out
@@ -101,7 +109,10 @@ def condition(expr: str, result: Any) -> bool:
 
 class _Condition:
     """Recursive descent over one condition's tokens: disjunction (``||``) of conjunctions (``&&``) of
-    comparisons (``!``, ``< <= > >= == !=``) of operands (numbers, ``result``, ``result[i]``, ``( )``)."""
+    comparisons (``!``, ``< <= > >= == !=``) of operands (numbers, ``result``, ``result[i]``,
+    ``len(x)``, ``isNaN(x)``, ``( )``). The parse builds thunks, evaluated afterwards: ``&&`` and
+    ``||`` short-circuit as expr's compiled jumps do (OpJumpIfFalse / OpJumpIfTrue), so
+    ``len(result) > 0 && result[0] < 1`` never indexes an empty result."""
 
     def __init__(self, expr: str, result: Any):
         self.expr, self.result = expr, result
@@ -109,9 +120,10 @@ class _Condition:
         self.i = 0
 
     def evaluate(self) -> bool:
-        out = self.disjunction()
+        thunk = self.disjunction()
         if self.i != len(self.toks):
             raise Unsupported(f"condition {self.expr!r}: trailing {self.toks[self.i][1]!r}")
+        out = thunk()
         if not isinstance(out, bool):
             raise MeasurementError(f"condition {self.expr!r} is not a boolean (expr.AsBool)")
         return out
@@ -125,62 +137,81 @@ class _Condition:
         self.i += 1
         return self.toks[self.i - 1]
 
-    def disjunction(self) -> Any:
+    def disjunction(self):
         v = self.conjunction()
         while self.peek() == "||":
             self.take("||")
-            w = self.conjunction()
-            v = _bool(v) or _bool(w)
+            v = (lambda a, b: lambda: _bool(a()) or _bool(b()))(v, self.conjunction())
         return v
 
-    def conjunction(self) -> Any:
+    def conjunction(self):
         v = self.comparison()
         while self.peek() == "&&":
             self.take("&&")
-            w = self.comparison()
-            v = _bool(v) and _bool(w)
+            v = (lambda a, b: lambda: _bool(a()) and _bool(b()))(v, self.comparison())
         return v
 
-    def comparison(self) -> Any:
+    def comparison(self):
         if self.peek() == "!":
             self.take("!")
-            v = self.comparison()
-            if not isinstance(v, bool):
-                raise MeasurementError("! of a non-boolean")
-            return not v
+            inner = self.comparison()
+            return lambda: not _bool(inner())
         left = self.operand()
         if self.peek() not in _COMPARE:
             return left
         op = self.take()[1]
         right = self.operand()
-        if isinstance(left, (list, bool)) or isinstance(right, (list, bool)):
-            raise MeasurementError(f"cannot compare {left!r} {op} {right!r}")
-        return _COMPARE[op](left, right)
 
-    def operand(self) -> Any:
+        def compare():
+            a, b = left(), right()
+            if isinstance(a, (list, bool)) or isinstance(b, (list, bool)):
+                raise MeasurementError(f"cannot compare {a!r} {op} {b!r}")
+            return _COMPARE[op](a, b)
+
+        return compare
+
+    def operand(self):
         kind, tok = self.take()
         if kind == "num":
-            return float(tok)
+            return lambda: float(tok)
         if tok == "(":
             v = self.disjunction()
             self.take(")")
             return v
+        if tok in _FUNCTIONS:
+            self.take("(")
+            arg = self.disjunction()
+            self.take(")")
+            return lambda: _call(tok, arg())
         if tok == "result":
-            return self.indexed() if self.peek() == "[" else self.result
+            return self.indexed() if self.peek() == "[" else (lambda: self.result)
         raise Unsupported(f"condition {self.expr!r}: unexpected {tok!r}")
 
-    def indexed(self) -> Any:
+    def indexed(self):
         """``result[<int>]``, after ``result``."""
         self.take("[")
         k, idx = self.take()
         if k != "num" or "." in idx:
             raise Unsupported(f"condition {self.expr!r}: only integer indexes")
         self.take("]")
-        if not isinstance(self.result, list):
-            raise MeasurementError(f"cannot index a {type(self.result).__name__} result")
-        if int(idx) >= len(self.result):
-            raise MeasurementError(f"index out of range: {idx} (result has {len(self.result)} values)")
-        return self.result[int(idx)]
+
+        def index():
+            if not isinstance(self.result, list):
+                raise MeasurementError(f"cannot index a {type(self.result).__name__} result")
+            if int(idx) >= len(self.result):
+                raise MeasurementError(f"index out of range: {idx} (result has {len(self.result)} values)")
+            return self.result[int(idx)]
+
+        return index
+
+
+def _call(name: str, value: Any) -> Any:
+    """len of a non-list, isNaN of a non-number: expr's runtime errors (the measurement is Error)."""
+    if name == "len" and not isinstance(value, list):
+        raise MeasurementError(f"invalid argument for len (type {type(value).__name__})")
+    if name == "isNaN" and (isinstance(value, (bool, list)) or not isinstance(value, (int, float))):
+        raise MeasurementError(f"isNaN of a {type(value).__name__}")
+    return _FUNCTIONS[name](value)
 
 
 def _bool(v: Any) -> bool:
@@ -244,9 +275,18 @@ class MetricResult:
             phase = "Error"
         if phase:
             return phase
-        if "count" in metric and len(self.phases) >= int(metric["count"]):
+        count = effective_count(metric)
+        if count is not None and len(self.phases) >= count:
             return "Successful"
         return "Successful" if terminating else "Running"
+
+
+def effective_count(metric: dict[str, Any]) -> int | None:
+    """Metric.EffectiveCount (pkg/apis/rollouts/v1alpha1/analysis_types.go): ``count`` if set, else 1
+    when there is no interval (one measurement), else none (measure until the run is terminated)."""
+    if "count" in metric:
+        return int(metric["count"])
+    return None if "interval" in metric else 1
 
 
 SUPPORTED_METRIC_KEYS = {
@@ -263,22 +303,60 @@ SUPPORTED_METRIC_KEYS = {
 }
 
 
-class Analysis:
-    """One AnalysisRun of ``template`` with ``args``: call ``measure()`` once per interval, then
-    ``phase(terminating=True)`` at the end of the rollout."""
+# The ``job`` provider (metricproviders/job/job.go): the controller creates the metric's Job and the
+# measurement stays Running while it runs; Job Complete -> Successful, Job Failed -> Failed; when the
+# run is terminated (the rollout ends, or another metric ended the run) a running Job is deleted and
+# its measurement marked Successful (JobProvider.Terminate). Here the Job's container runs as a local
+# process: ``start_job(metric name, the provider's job dict)`` returns a ``subprocess.Popen``.
+StartJob = Callable[[str, dict[str, Any]], subprocess.Popen]
 
-    def __init__(self, template: dict[str, Any], args: dict[str, str], prom_url: str):
-        self.template, self.prom_url = template, prom_url
+
+class Analysis:
+    """One AnalysisRun of ``template`` with ``args``: ``start()`` at the start of the rollout (job
+    metrics begin), ``measure()`` once per interval, then ``finish()`` and ``phase(terminating=True)``
+    at the end of the rollout."""
+
+    def __init__(self, template: dict[str, Any], args: dict[str, str], prom_url: str, start_job: StartJob | None = None):
+        self.template, self.prom_url, self.start_job = template, prom_url, start_job
         self.args = resolve_args(template, args)
         self.metrics = template["spec"]["metrics"]
         for m in self.metrics:
             extra = set(m) - SUPPORTED_METRIC_KEYS
-            if extra or set(m["provider"]) != {"prometheus"}:
-                raise Unsupported(f"metric {m['name']}: {sorted(extra) or list(m['provider'])} not emulated")
+            provider = set(m["provider"])
+            if extra or provider not in ({"prometheus"}, {"job"}) or (provider == {"job"} and start_job is None):
+                raise Unsupported(f"metric {m['name']}: {sorted(extra) or list(m['provider'])} not emulated (job needs start_job)")
         self.results = {m["name"]: MetricResult(m["name"]) for m in self.metrics}
+        self.jobs: dict[str, subprocess.Popen] = {}
 
     def queries(self) -> dict[str, str]:
-        return {m["name"]: substitute(m["provider"]["prometheus"]["query"], self.args) for m in self.metrics}
+        return {
+            m["name"]: substitute(m["provider"]["prometheus"]["query"], self.args) for m in self.metrics if "prometheus" in m["provider"]
+        }
+
+    def start(self) -> None:
+        for m in self.metrics:
+            if "job" in m["provider"] and m["name"] not in self.jobs:
+                self.jobs[m["name"]] = self.start_job(m["name"], m["provider"]["job"])
+
+    def _job_measurement(self, m: dict[str, Any]) -> tuple[str, Any] | None:
+        proc = self.jobs.get(m["name"])
+        if proc is None:
+            self.start()
+            return None
+        rc = proc.poll()
+        if rc is None:
+            return None  # the measurement is Running
+        return ("Successful" if rc == 0 else "Failed"), f"job exited {rc}"
+
+    def finish(self) -> None:
+        """The run is terminated: running Jobs are deleted, their measurement Successful."""
+        for name, proc in self.jobs.items():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+                if not self.results[name].phases:
+                    self.results[name].phases.append("Successful")
+                    self.results[name].values.append("terminated")
 
     def measure(self) -> dict[str, tuple[str, Any]]:
         out = {}
@@ -286,6 +364,12 @@ class Analysis:
             res = self.results[m["name"]]
             if res.assess(m, terminating=False) not in ("Running",):
                 continue  # a completed metric takes no more measurements
+            if "job" in m["provider"]:
+                if (done := self._job_measurement(m)) is not None:
+                    res.phases.append(done[0])
+                    res.values.append(done[1])
+                    out[m["name"]] = done
+                continue
             try:
                 value = prometheus_result(self.prom_url, substitute(m["provider"]["prometheus"]["query"], self.args))
                 phase = measurement_phase(m, value)
@@ -309,6 +393,22 @@ class Analysis:
         if any(p == "Running" for p in phases.values()):
             return "Running"
         return max(phases.values(), key=lambda p: SEVERITY[p])
+
+    def run_document(self, name: str, terminating: bool = True) -> dict[str, Any]:
+        """The AnalysisRun as ``kubectl get analysisrun -o json`` shows it (status.phase, and per metric
+        its phase and measurements with their values), for code that reads runs (ops/deliver.py)."""
+        phases = self.metric_phases(terminating)
+        results = [
+            {
+                "name": n,
+                "phase": phases[n],
+                "measurements": [
+                    {"phase": p, "value": json.dumps(v) if isinstance(v, list) else str(v)} for p, v in zip(r.phases, r.values, strict=True)
+                ],
+            }
+            for n, r in self.results.items()
+        ]
+        return {"metadata": {"name": name}, "status": {"phase": self.phase(terminating), "metricResults": results}}
 
     def rollout_decision(self, terminating: bool = True) -> str:
         """What the Rollout does with this run: abort (Failed/Error), pause (Inconclusive), promote."""

@@ -49,6 +49,7 @@ NAMESPACE = "ml-serving"
 # (the config schema needs pydantic, which this environment does not have).
 CANARY = SimpleNamespace(
     steps=[50],
+    step_seconds=20,
     window_seconds=10,
     interval_seconds=5,
     failure_limit=1,
@@ -57,6 +58,10 @@ CANARY = SimpleNamespace(
     p99_floor_ms=50,
     max_class_psi=0.2,
     min_class_samples=200,
+    # This test applies its own (user) load and renders no warm-up Job (tests/monitoring/test_e2e_quiet_stack.py does).
+    min_requests=20,
+    max_client_error_ratio_increase=0.05,
+    warmup_rate=0,
 )
 
 MEASUREMENTS = 3
@@ -74,6 +79,7 @@ def train_version(path: Path, version: str, x: np.ndarray, y: np.ndarray, seed: 
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[..., None], y, epochs=4, batch_size=64, verbose=0)
     path.mkdir(parents=True)
+    model.save(path / "model.keras")
     model.export(str(path / "saved_model"), verbose=False)
     (path / "metadata.json").write_text(json.dumps({"version": version}))
     return path
@@ -184,9 +190,16 @@ def fleet(tmp_path_factory, mnist_file):
     template = analysis_template("mnist", NAMESPACE, CANARY, prometheus_url=prom)
     with np.load(mnist_file) as d:
         x_train, y_train, x_test = d["x_train"][:4000] / 255.0, d["y_train"][:4000], d["x_test"][:2000] / 255.0
-    dirs = train_versions(tmp / "store" / "models" / "mnist", x_train, y_train)
+    dirs = train_versions(tmp / "src", x_train, y_train)
+    # Published to a real store (manifest and digests): the server verifies what it loads.
+    from training import registry
+
+    store = f"file://{tmp / 'store'}"
+    for v, d in dirs.items():
+        registry.publish(d, store, "mnist", v, reason="trained (test)", champion=v == "v1")
     servers = {
-        name: ServerProcess(f"file://{dirs[v]}", "--parse-workers", "0", "--poll-seconds", "0", *extra) for name, (v, extra) in PLAN.items()
+        name: ServerProcess(f"{store}/models/mnist/{v}", "--parse-workers", "0", "--poll-seconds", "0", *extra)
+        for name, (v, extra) in PLAN.items()
     }
     prom_proc = None
     try:

@@ -116,13 +116,13 @@ def test_metrics_exact(store):
         return server.registry, on_api_port
 
     reg, on_api_port = run(with_client(store, fn))
-    mnist = {"model": "mnist"}
-    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "predict", "code": "200"}) == 1
-    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "predict", "code": "400"}) == 1
-    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "status", "code": "200"}) == 1
+    mnist, user = {"model": "mnist"}, {"traffic": "user"}
+    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "predict", "code": "200", **user}) == 1
+    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "predict", "code": "400", **user}) == 1
+    assert reg.get_sample_value(m.REQUESTS, {**mnist, "route": "status", "code": "200", **user}) == 1
     # a request for a model this server does not serve is counted without inventing a label value
-    assert reg.get_sample_value(m.REQUESTS, {"model": "", "route": "predict", "code": "404"}) == 1
-    assert reg.get_sample_value(m.REQUEST_SECONDS + "_count", mnist) == 2
+    assert reg.get_sample_value(m.REQUESTS, {"model": "", "route": "predict", "code": "404", **user}) == 1
+    assert reg.get_sample_value(m.REQUEST_SECONDS + "_count", {**mnist, **user}) == 2
     assert reg.get_sample_value(m.BATCH_SIZE + "_sum", mnist) == 2
     assert reg.get_sample_value(m.INFERENCE_SECONDS + "_count", mnist) >= 1
     assert reg.get_sample_value(m.QUEUE_DEPTH, mnist) == 0
@@ -211,6 +211,32 @@ def test_fuzzed_bodies_never_5xx(store, bodies):
 
     for body, r in zip([b for b in bodies for _ in range(2)], run(with_client(store, fn)), strict=True):
         assert r.status_code < 500, (body[:200], r.status_code, r.text)
+
+
+def test_warmup_traffic_is_counted_apart_and_the_label_stays_bounded(store):
+    """Requests marked ``X-Mlplatform-Traffic: warmup`` (a canary's in-cluster traffic) count under
+    traffic="warmup"; every other request, whatever its header says, under traffic="user"."""
+
+    async def fn(client, server):
+        body = {"instances": [IMAGE.tolist()]}
+        await client.post("/v1/models/mnist:predict", json=body, headers={"X-Mlplatform-Traffic": "warmup"})
+        await client.post("/v2/models/mnist/infer", json={"inputs": "nope"}, headers={"x-mlplatform-traffic": "WarmUp"})
+        await client.get("/v1/models/mnist/metadata", headers={"X-Mlplatform-Traffic": "warmup"})
+        await client.post("/v1/models/mnist:predict", json=body, headers={"X-Mlplatform-Traffic": "a-new-label-value"})
+        await client.post("/v1/models/mnist:predict", json=body)
+        return server.registry
+
+    reg = run(with_client(store, fn))
+
+    def requests(route, code, traffic):
+        return reg.get_sample_value(m.REQUESTS, {"model": "mnist", "route": route, "code": code, "traffic": traffic})
+
+    assert requests("predict", "200", "warmup") == 1 and requests("predict", "200", "user") == 2
+    assert requests("predict", "400", "warmup") == 1 and requests("metadata", "200", "warmup") == 1
+    assert reg.get_sample_value(m.REQUEST_SECONDS + "_count", {"model": "mnist", "traffic": "warmup"}) == 2
+    assert reg.get_sample_value(m.REQUEST_SECONDS + "_count", {"model": "mnist", "traffic": "user"}) == 2
+    values = {s.labels["traffic"] for metric in reg.collect() if metric.name == m.REQUESTS.removesuffix("_total") for s in metric.samples}
+    assert values == {"user", "warmup"}
 
 
 def test_model_from_s3(tmp_path, monkeypatch):

@@ -147,6 +147,31 @@ def test_the_class_mix_is_counted_once_per_batch_for_every_request_in_it():
     assert (count("0"), count("1"), count("2")) == (1.0, None, 2.0)
 
 
+def test_the_class_mix_leaves_out_warm_up_requests_even_inside_a_shared_batch():
+    """Found by the attack review: the canary's warm-up instances (noise built from the signature) made two
+    good versions' class mixes differ (PSI 0.26 > 0.2, or 2.07 on a binary model): only user requests count,
+    also when they share a batch with warm-up ones; a batch of warm-up alone counts nothing."""
+    spec = SignatureSpec("serving_default", (TensorSpec("x", "float32", (None, 3)),), (TensorSpec("p", "float32", (None, 3)),))
+    model = SimpleNamespace(version="v7", signatures={"serving_default": Sig(spec, lambda inputs: {"p": inputs["x"]})})
+    registry = CollectorRegistry()
+    b = Batcher(lambda: model, 64, 0.02, 1024, ServingMetrics(registry, 64, ["m"]), "m")
+    eye = np.eye(3, dtype=np.float32)
+
+    async def go():
+        await b.start()
+        # user: classes 0 and 2; warm-up: class 1 twice (one of them a 2-instance request)
+        mixed = [(eye[[0]], False), (eye[[1, 1]], True), (eye[[2]], False)]
+        answers = await asyncio.gather(*(b.submit("serving_default", {"x": r}, len(r), warmup=w) for r, w in mixed))
+        await b.submit("serving_default", {"x": eye[[1]]}, 1, warmup=True)
+        await b.stop()
+        return answers
+
+    answers = run(go())
+    assert [a["p"].argmax(axis=1).tolist() for a, _ in answers] == [[0], [1, 1], [2]]  # every request answered
+    count = lambda c: registry.get_sample_value("mlplatform_serving_predicted_class_total", {"model": "m", "version": "v7", "class": c})  # noqa: E731
+    assert (count("0"), count("1"), count("2")) == (1.0, None, 1.0)
+
+
 def test_fast_models_run_inline_when_asked_and_slow_ones_in_the_inference_thread():
     """inline_below_s (a process that is one of several in its pod): a model whose full batch was
     timed fast at load runs in the event loop's thread; a slower one, or one not timed, in the

@@ -304,7 +304,7 @@ def test_concurrent_requests_batch_per_model_without_mixing(client, reference):
     for k in ("cnn", "tabular"):
         assert reg.get_sample_value(m.BATCH_SIZE + "_sum", {"model": k}) - before[k] == 24
         assert reg.get_sample_value(m.BATCH_SIZE + "_count", {"model": k}) - calls_before[k] < 24  # merged
-        assert reg.get_sample_value(m.REQUESTS, {"model": k, "route": "predict", "code": "200"}) >= 24
+        assert reg.get_sample_value(m.REQUESTS, {"model": k, "route": "predict", "code": "200", "traffic": "user"}) >= 24
 
 
 # ---- the binary tensor data extension (Open Inference Protocol, as Triton and KServe clients send it) ----

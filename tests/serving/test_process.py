@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import threading
 import time
@@ -12,7 +11,8 @@ import urllib.request
 
 import numpy as np
 
-from tests.serving.conftest import publish
+from tests.serving.conftest import make_model_dir, publish
+from training import artifacts
 
 BODY = json.dumps({"instances": [np.linspace(0, 1, 784).reshape(28, 28).round(4).tolist()]}).encode()
 
@@ -76,7 +76,7 @@ def test_overload_gives_429_then_recovers(store, server_factory):
     assert status == 200
     _, _, h429 = next((post(s.url, big) for _ in range(1)), (None, None, {}))
     assert s.proc.poll() is None
-    assert metric(s.metrics_url, "mlplatform_serving_requests_total", '{code="429",model="mnist",route="predict"}') >= 1
+    assert metric(s.metrics_url, "mlplatform_serving_requests_total", '{code="429",model="mnist",route="predict",traffic="user"}') >= 1
 
 
 def test_429_carries_retry_after(store, server_factory):
@@ -130,11 +130,12 @@ def test_corrupt_version_is_refused_and_old_keeps_serving(tmp_path, server_facto
     root = tmp_path / "store"
     publish(root, "v1", seed=1)
     s = server_factory(f"file://{root}", "--poll-seconds", "0.3")
-    # v2: complete on disk but corrupt (truncated model file, no SavedModel)
-    publish(root, "v2", seed=2)
-    vdir = root / "models" / "mnist" / "v2"
-    shutil.rmtree(vdir / "saved_model")
+    # v2: published with its digests, but corrupt (truncated model files): it passes the registry
+    # checks and fails to load (bytes altered after publishing are a digest refusal: test_integrity.py)
+    vdir = make_model_dir(tmp_path / "build-v2", "v2", seed=2)
+    (vdir / "saved_model" / "saved_model.pb").write_bytes(b"\x08 truncated")
     (vdir / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    artifacts.publish(vdir, f"file://{root}", "mnist", "v2")
     # The first version the server sees is v1 (already loaded); give the poller time to see v2.
     deadline = time.time() + 30
     while (

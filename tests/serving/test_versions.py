@@ -4,6 +4,7 @@ pod falls back to the newest version that loads, and only versions that fail the
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from serving import metrics as m
 from serving.app import ModelServer, ServerSettings
 from tests.serving.conftest import make_model_dir, run
+from training import registry
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +27,16 @@ def builds(tmp_path_factory):
 
 
 def put(root, version, build=None, corrupt=False, latest=True):
+    """A version in the store's layout with a manifest the real registry wrote (of the files as they
+    are, a corrupt model included: a version whose digests match but that does not load)."""
     vdir = root / "models" / "mnist" / version
     if build is not None:
         shutil.copytree(build, vdir)
     if corrupt:
         shutil.rmtree(vdir / "saved_model")
         (vdir / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    if build is not None:
+        (vdir / registry.MANIFEST).write_text(json.dumps(registry.manifest_of(vdir, "mnist", version)))
     if latest:
         (root / "models" / "mnist").mkdir(parents=True, exist_ok=True)
         (root / "models" / "mnist" / "LATEST").write_text(version)

@@ -49,7 +49,7 @@ def test_deploy_role_trusts_only_this_environments_tokens(prod_with_ci):
     }
     gitlab = by_provider[GITLAB_PROVIDER]["Condition"]["StringEquals"]
     assert gitlab == {
-        "gitlab.example.com:aud": "sts.amazonaws.com",
+        "gitlab.example.com:aud": "mlplatform-prod",  # the audience only prod's deploy job asks for
         "gitlab.example.com:sub": "project_path:acme/ml/platform:ref_type:branch:ref:main",
     }
 
@@ -107,3 +107,27 @@ def test_ci_config_refused_in_one_line(name, ci, key):
         validate(_raw(name, ci), f"stacks/Pulumi.{name}.yaml")
     lines = [ln for ln in str(info.value).splitlines() if ":ci" in ln]
     assert len(lines) == 1 and lines[0].startswith(f"stacks/Pulumi.{name}.yaml: mlplatform:{key}"), str(info.value)
+
+
+def test_gitlab_jobs_ask_for_the_audience_their_environments_role_trusts():
+    """Issue 24 item 4: GitLab's subject is the branch for every deploy job of main, so the role of an
+    environment trusts only the audience that environment's job asks for; a dev token is refused by
+    prod's role (and staging's)."""
+    from components.cluster.ci_deploy_role import trust_policy
+    from components.config import CiConfig
+    from tests.unit.test_pipeline import gitlab_ci
+
+    doc = gitlab_ci()
+    cfg = CiConfig(gitlab_project="acme/ml/platform", gitlab_oidc_provider=GITLAB_PROVIDER)
+
+    def trusted(stack):
+        (s,) = trust_policy(cfg, stack)["Statement"]
+        return s["Condition"]["StringEquals"]["gitlab.example.com:aud"]
+
+    asked = {env: doc[f"deploy:{env}"]["id_tokens"]["AWS_ID_TOKEN"]["aud"] for env in ("dev", "staging", "prod")}
+    assert asked == {env: trusted(env) for env in asked}
+    assert len(set(asked.values())) == 3
+    # every job that assumes a role names its audience itself (none inherits a shared one)
+    for name in ("ephemeral:up", "ephemeral:destroy"):
+        assert doc[name]["id_tokens"]["AWS_ID_TOKEN"]["aud"] == "mlplatform-preview", name
+    assert "aud" not in str(doc[".aws-oidc"].get("id_tokens", ""))

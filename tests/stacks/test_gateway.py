@@ -128,9 +128,14 @@ def test_allowed_cidrs_at_the_entry_point(result, stack):
     (lb,) = [s for s in result.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
     all_cidrs = [c for e in catalogue.values() for c in e.get("serving", {}).get("allowedCidrs", [])]
     restricted = all(e.get("serving", {}).get("allowedCidrs") for e in catalogue.values())
+    assert lb.raw["spec"]["selector"] == gateway.proxy_selector("envoy-gateway-system")
+    if cfg(stack)["mlplatform:cluster"]["kind"] != "eks":
+        # kind has no load-balancer implementation: a ClusterIP reached by port-forward (issue 29 item 4)
+        assert lb.raw["spec"]["type"] == "ClusterIP" and "externalTrafficPolicy" not in lb.raw["spec"]
+        return
+    assert lb.raw["spec"]["type"] == "LoadBalancer"
     assert lb.raw["spec"].get("loadBalancerSourceRanges", []) == (sorted(set(all_cidrs)) if restricted else [])
     assert lb.raw["spec"]["externalTrafficPolicy"] == "Local"  # Envoy sees the client address the policies check
-    assert lb.raw["spec"]["selector"] == gateway.proxy_selector("envoy-gateway-system")
 
 
 def test_load_balancer_scheme(result, stack):
@@ -143,6 +148,14 @@ def test_load_balancer_scheme(result, stack):
     internal = c.get("mlplatform:gateway", {}).get("internal", False)
     assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
     assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == ("internal" if internal else "internet-facing")
+    # what EKS's in-tree service controller reads (the scheme annotation is the LB Controller's only)
+    assert annotations.get("service.beta.kubernetes.io/aws-load-balancer-internal") == ("true" if internal else None)
+
+
+def test_internal_entry_point_on_eks_is_internal_for_the_in_tree_controller():
+    res = mock_engine.run("dev", overrides={"mlplatform:gateway": {"internal": True}})
+    (lb,) = [s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
+    assert lb.raw["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
 
 
 def test_prod_runs_two_envoys(result, stack):
@@ -201,3 +214,17 @@ def test_two_models_share_nothing_but_the_gateway():
     (lb,) = [s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
     assert lb.raw["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24", "203.0.113.0/24"]
     assert {"fraud", "mnist"} <= res.raw_outputs["models"].keys()
+
+
+def test_every_model_route_drops_the_warm_up_label_of_outside_requests(result, stack):
+    """Found by the attack review: `X-Mlplatform-Traffic: warmup` moves a request out of the user-facing
+    alerts and dashboards (serving/app.py). Only the canary's warm-up Job, inside the cluster, may set it;
+    a client that sends it through the entry point must not hide a 5xx storm from ModelServerHighErrorRatio."""
+    model_routes = {name: r for name, r in routes(result).items() if name.startswith("model-server-")}
+    assert model_routes, stack
+    for name, route in model_routes.items():
+        for rule in route["spec"]["rules"]:
+            removes = [
+                h for f in rule.get("filters", []) if f["type"] == "RequestHeaderModifier" for h in f["requestHeaderModifier"]["remove"]
+            ]
+            assert gateway.TRAFFIC_HEADER in removes, f"{stack}: HTTPRoute {name}"

@@ -8,6 +8,7 @@ import json
 import yaml
 
 from components.config import ServingConfig, serving_processes
+from components.lib import rollout_specs
 from components.models.model_service import (
     API_KEYS_FILE,
     DRAIN_SECONDS,
@@ -142,13 +143,17 @@ def test_network_policy_admits_the_gateway_and_prometheus_only(result, stack):
     for model in models(stack):
         spec = one(result, "kubernetes:networking.k8s.io/v1:NetworkPolicy", object_name(model)).raw["spec"]
         assert spec["podSelector"] == {"matchLabels": labels(model)}
-        by_port = {r["ports"][0]["port"]: r["from"] for r in spec["ingress"]}
+        by_port: dict[int, list] = {}
+        for r in spec["ingress"]:
+            by_port.setdefault(r["ports"][0]["port"], []).extend(r["from"])
         assert by_port.keys() == {PORT, METRICS_PORT}
         assert by_port[PORT] == [
             {
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}},
                 "podSelector": {"matchLabels": gateway.PROXY_LABELS},
-            }
+            },
+            # the canary's warm-up Job (every stack runs its models under Argo Rollouts)
+            {"podSelector": {"matchLabels": rollout_specs.warmup_labels(model)}},
         ]
         assert by_port[METRICS_PORT] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 

@@ -293,3 +293,45 @@ def test_mnist_keeps_its_pre_catalogue_state(stack, result):
         want = [u for u in want if "training" not in u.split("::")[-1]]
     missing = [u for u in want if f"urn:pulumi:{stack}::mlplatform::{u}" not in aliases]
     assert missing == []
+
+
+def test_data_is_kept_and_prod_refuses_an_accidental_destroy(result, stack):
+    """Issue 29, Destroy: staging/prod keep the model store and the image repositories when destroyed
+    (retain_on_delete: no half-way stop on a non-empty bucket), prod protects them too."""
+    env = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]["mlplatform:environment"]
+    data = result.of_type("aws:s3/bucket:Bucket") + result.of_type("aws:ecr/repository:Repository")
+    for r in data:
+        assert r.retain_on_delete is (env in ("staging", "prod")), r.urn
+        assert r.protect is (env == "prod"), r.urn
+
+
+def test_every_kubernetes_object_outlives_the_system_nodes_and_the_ebs_driver(result):
+    """The Kubernetes provider waits for the EBS CSI add-on (which waits for the system node group):
+    created after them, every object is destroyed before them (tools/convergence.py rule e)."""
+    if not result.of_type("eks:index:Cluster"):
+        pytest.skip("not an EKS stack: no node groups or add-ons of ours")
+    (provider,) = result.of_type("pulumi:providers:kubernetes")
+    (ebs,) = [a for a in result.of_type("aws:eks/addon:Addon") if a.raw["addonName"] == "aws-ebs-csi-driver"]
+    (system,) = [n for n in result.of_type("aws:eks/nodeGroup:NodeGroup") if n.raw["nodeGroupName"] == "system"]
+    assert ebs.urn in provider.depends_on and system.urn in ebs.depends_on
+    (sc,) = result.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert sc.raw["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+
+
+def test_every_kubernetes_object_goes_before_the_ci_access_entry():
+    """Issue 29, Destroy: a destroy run by the CI role deletes every Kubernetes object while that role
+    can still reach the cluster (each waits for its access entry, so is deleted before it)."""
+    from tools import mock_engine
+    from tools.convergence import Graph
+
+    ci = {
+        "githubRepo": "acme/mlplatform",
+        "githubOidcProvider": "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com",
+    }
+    result = mock_engine.run("dev", overrides={"mlplatform:ci": ci})
+    entries = result.of_type("aws:eks/accessEntry:AccessEntry")
+    assert entries
+    graph = Graph(result.records)
+    # (deleted_with the cluster: not deleted through the API at all)
+    late = [r.urn for r in result.k8s_objects() if not r.deleted_with and not all(e.urn in graph.upstream(r.urn) for e in entries)]
+    assert late == []

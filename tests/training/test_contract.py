@@ -180,3 +180,36 @@ def test_runner_refuses_a_missing_entrypoint(entry, message):
     proc = _runner({"TRAIN_ENTRYPOINT": entry})
     assert proc.returncode == 2
     assert f"TRAIN_ENTRYPOINT={entry}: {message}" in proc.stderr
+
+
+def test_signature_breaks_follow_the_servers_rule():
+    """The same rule as the model server's hot-swap check (serving/codec.py incompatibilities)."""
+    from training.contract import signature_breaks
+
+    old = {"serving_default": {"inputs": {"image": ("float32", (None, 28, 28, 1))}, "outputs": {"output_0": ("float32", (None, 10))}}}
+
+    def new(inputs=None, outputs=None):
+        sig = old["serving_default"]
+        return {"serving_default": {"inputs": inputs or sig["inputs"], "outputs": outputs or sig["outputs"]}}
+
+    assert signature_breaks(old, old) == []
+    assert signature_breaks(old, new(inputs={"image": ("float32", (None, None, None, 1))})) == []  # fixed -> any size: clients still fit
+    assert signature_breaks(old, new(inputs={"keras_tensor_55": ("float32", (None, 28, 28, 1))})) == [
+        "serving_default: inputs ['image'] became ['keras_tensor_55']"
+    ]
+    assert signature_breaks(old, new(inputs={"image": ("float16", (None, 28, 28, 1))})) == [
+        "serving_default: input 'image' dtype float32 became float16"
+    ]
+    assert signature_breaks(old, new(outputs={"output_0": ("float32", (None, 3))})) == [
+        "serving_default: output 'output_0' shape [None, 10] became [None, 3]"
+    ]
+    assert signature_breaks(old, {}) == ["signature 'serving_default' is gone"]
+
+
+def test_allow_signature_change_from_the_contract_variable():
+    Run, Gate, ContractError = contract.Run, contract.Gate, contract.ContractError
+    run = Run.from_env("m", gate=Gate("acc", 0.5), env={"TRAIN_ALLOW_SIGNATURE_CHANGE": "1"})
+    assert run.allow_signature_change is True
+    assert Run.from_env("m", gate=Gate("acc", 0.5), env={}).allow_signature_change is False
+    with pytest.raises(ContractError, match="TRAIN_ALLOW_SIGNATURE_CHANGE must be 1 or 0"):
+        Run.from_env("m", gate=Gate("acc", 0.5), env={"TRAIN_ALLOW_SIGNATURE_CHANGE": "maybe"})

@@ -210,3 +210,45 @@ def test_default_recipe_passes_the_gate_in_one_epoch(tmp_path, mnist_file):
     meta = artifacts.read_metadata(store, "mnist", artifacts.latest(store, "mnist"))
     assert meta["arch"] == "strong" and meta["params"]["batch_size"] == 256
     assert meta["metrics"]["test_accuracy"] >= 0.9842
+
+
+def _signatures(store_dir: Path, version: str) -> dict:
+    from training.contract import serving_signatures
+
+    return serving_signatures((store_dir / "models" / "mnist" / version / "saved_model" / "saved_model.pb").read_bytes())
+
+
+def test_the_serving_signature_is_the_same_with_and_without_a_champion(tmp_path, small_mnist):
+    """Issue 23 item 5: Keras named an unnamed Input after a global counter, so a run that loaded a
+    champion for the gate exported another input name than a first run, and every server refused
+    the second version. Two real runs: the first publishes with no champion, the second loads it."""
+    store = f"file://{tmp_path}/store"
+    common = ("--data", str(small_mnist), "--output", store, "--epochs", "1", "--min-accuracy", "0.3", "--arch", "seed")
+    first = train(*common, "--run-id", "first")
+    assert first.returncode == 0, first.stderr
+    v1 = artifacts.latest(store, "mnist")
+    second = train(*common, "--run-id", "second", "--champion-margin", "0.9")
+    assert second.returncode == 0, second.stderr
+    v2 = artifacts.latest(store, "mnist")
+    assert v2 != v1 and "champion " + v1 in second.stdout  # the gate did load and evaluate the champion
+    a, b = _signatures(tmp_path / "store", v1), _signatures(tmp_path / "store", v2)
+    assert a == b
+    assert a["serving_default"]["inputs"] == {"image": ("float32", (None, 28, 28, 1))}
+    assert a["serving_default"]["outputs"] == {"output_0": ("float32", (None, 10))}
+
+
+def test_a_version_that_breaks_the_champions_signature_is_not_published_unless_allowed(tmp_path, small_mnist):
+    from tests.serving.conftest import make_model_dir
+
+    store = f"file://{tmp_path}/store"
+    # a champion whose clients send "images" (another input name than the trainer's "image")
+    artifacts.publish(make_model_dir(tmp_path / "old", "20000101T000000Z-old", seed=1), store, "mnist", "20000101T000000Z-old")
+    common = ("--data", str(small_mnist), "--output", store, "--epochs", "1", "--min-accuracy", "0.3", "--arch", "seed")
+    refused = train(*common, "--champion-margin", "0.9")
+    assert refused.returncode == EXIT_GATE, refused.stderr
+    assert "serving signature breaks champion 20000101T000000Z-old's: " in refused.stderr
+    assert "serving_default: inputs ['images'] became ['image']" in refused.stderr and "nothing published" in refused.stderr
+    assert artifacts.latest(store, "mnist") == "20000101T000000Z-old"
+    allowed = train(*common, "--champion-margin", "0.9", env={"TRAIN_ALLOW_SIGNATURE_CHANGE": "1"})
+    assert allowed.returncode == 0, allowed.stderr
+    assert artifacts.latest(store, "mnist") != "20000101T000000Z-old"

@@ -166,8 +166,8 @@ def test_credentials_secret_names_missing_keys_not_values():
 
 
 def _groovy(path: str) -> str:
-    # code only: comments may name what they explain
-    return "\n".join(line.split("//")[0] for line in (ROOT / path).read_text().splitlines())
+    # code only: comments may name what they explain (a URL's "://" is not a comment)
+    return "\n".join(re.split(r"(?<!:)//", line)[0] for line in (ROOT / path).read_text().splitlines())
 
 
 def test_pr_jenkinsfile_reaches_no_deploy_credential_and_deploys_nothing():
@@ -334,3 +334,160 @@ def test_admission_refuses_unconfined_apparmor_by_annotation():
 def test_admission_refuses_more_than_the_builder_needs(what, change):
     builder = _template_pods()["builder"]
     assert _admits(_with(builder, change)), f"{what} was admitted"
+
+
+# ---- issue 24 item 2: PR code never runs inside a credential; forks get the offline preview only ----
+
+# make targets that run the checked-out code (its Makefile, requirements, program, tests)
+PR_CODE = re.compile(r"make (venv|test|policy|preview-diff|pr-comment|ephemeral-|smoke|data|reap)")
+
+
+def _blocks(text: str, opener: str):
+    """(start, body) of each ``opener ... { body }`` block of Groovy ``text`` (braces balanced; the
+    ``${...}`` of GStrings balance too)."""
+    for m in re.finditer(re.escape(opener), text):
+        i = text.index("{", text.index("])", m.end()) if opener == "withCredentials(" else m.end())
+        depth, j = 0, i
+        while True:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        yield m.start(), text[i + 1 : j]
+
+
+def _stage_at(text: str, pos: int) -> str:
+    return re.findall(r"stage\('([^']+)'\)", text[:pos])[-1]
+
+
+def _stage_body(text: str, name: str) -> str:
+    return next(body for start, body in _blocks(text, f"stage('{name}')"))
+
+
+def test_jenkins_binds_no_credential_around_pr_code():
+    """A credential is bound only where no PR code runs (the comment, from the target branch's
+    checkout in a fresh pod) or after a maintainer approved the change (the ephemeral stack)."""
+    text = _groovy("Jenkinsfile")
+    order = re.findall(r"stage\('([^']+)'\)", text)
+    bindings = [(_stage_at(text, start), body) for start, body in _blocks(text, "withCredentials(")]
+    assert bindings
+    for stage, body in bindings:
+        assert "make venv" not in body, f"{stage}: installs the PR's requirements inside a credential"
+        if stage == "PR comment":
+            comment = _stage_body(text, stage)
+            assert "skipDefaultCheckout()" in comment and "agent {" in text[text.index("stage('PR comment')") :][:400]
+            checkout = comment.index("git url:")
+            assert "branch: env.CHANGE_TARGET" in comment[checkout:].splitlines()[0], "the comment runs the target branch's code"
+            assert checkout < comment.index("unstash 'preview'") < comment.index("make ")
+            continue
+        assert PR_CODE.search(body), stage
+        assert order.index("Approve ephemeral stack") < order.index(stage), f"{stage}: PR code with credentials before any approval"
+
+
+def test_jenkins_unapproved_prs_get_the_offline_preview_only():
+    text = _groovy("Jenkinsfile")
+    approve = _stage_body(text, "Approve ephemeral stack")
+    assert "agent" not in approve  # waiting holds no pod
+    assert re.search(r"input message: .*\n?.*submitter: approvers", approve) and "env.MLPLATFORM_PROD_APPROVERS" in approve
+    assert "timeout(" in approve
+    # what runs before the approval binds nothing but the comment's token
+    order = re.findall(r"stage\('([^']+)'\)", text)
+    before = text[: text.index("stage('Approve ephemeral stack')")]
+    creds = set(re.findall(r"credentialsId: '([a-z0-9-]+)'", before))
+    assert creds == {"github"}, creds
+    assert order.index("PR preview") < order.index("PR comment") < order.index("Approve ephemeral stack") < order.index("Ephemeral stack")
+    # the checks and the preview run on an agent that binds nothing
+    checks = _stage_body(text, "Checks")
+    assert "withCredentials" not in checks and "credentialsId" not in checks
+
+
+def _workflows():
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))}
+
+
+def _on(doc) -> dict:
+    on = doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` as true
+    return on if isinstance(on, dict) else {e: None for e in ([on] if isinstance(on, str) else on)}
+
+
+def _runs_pr_code(job) -> bool:
+    return any(str(s.get("run", "")).startswith("make ") for s in job.get("steps", []))
+
+
+def test_github_pr_code_runs_without_secrets_or_a_write_token():
+    for name, doc in _workflows().items():
+        on = _on(doc)
+        assert "pull_request_target" not in on, f"{name}: pull_request_target runs with the base's secrets"
+        if "pull_request" not in on:
+            continue
+        assert "secrets." not in yaml.safe_dump(doc.get("env") or {}), f"{name}: workflow-wide secrets reach every step"
+        for job_name, job in doc["jobs"].items():
+            if not _runs_pr_code(job) or job.get("environment"):
+                continue  # environment-gated jobs: next test
+            perms = job.get("permissions") or doc.get("permissions") or {}
+            assert all(v in ("read", "none") for v in perms.values()), (name, job_name, perms)
+            dumped = yaml.safe_dump(job)
+            assert "secrets." not in dumped and "github.token" not in dumped, (name, job_name)
+
+
+def test_github_credentialed_pr_jobs_wait_for_a_reviewer_and_install_first():
+    ephemeral = _workflows()["ephemeral.yml"]
+    for job_name in ("up", "destroy"):
+        job = ephemeral["jobs"][job_name]
+        assert job["environment"] == "preview"  # required reviewers (README "CI/CD")
+        assert "github.event.pull_request.head.repo.full_name == github.repository" in job["if"]  # no forks
+        steps = job["steps"]
+        venv = next(i for i, s in enumerate(steps) if str(s.get("run", "")).startswith("make venv"))
+        assume = next(i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("aws-actions/"))
+        assert venv < assume, job_name
+        secret_steps = [i for i, s in enumerate(steps) if "secrets." in yaml.safe_dump(s) and i != assume]
+        assert all(i > assume for i in secret_steps), job_name
+
+
+def test_github_comment_posted_by_a_job_that_runs_no_pr_code():
+    doc = _workflows()["pr-comment.yml"]
+    assert set(_on(doc)) == {"workflow_run"} and _on(doc)["workflow_run"]["workflows"] == ["ci"]
+    (job,) = doc["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "actions": "read", "pull-requests": "write"}
+    (checkout,) = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout@")]
+    assert checkout["with"]["ref"] == "${{ github.event.repository.default_branch }}"
+    (download,) = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact@")]
+    assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
+    check = next(s for s in job["steps"] if s.get("id") == "pr")
+    assert "^[0-9]+$" in check["run"] and "HEAD_SHA" in check["env"]  # the artifact is data, checked
+    # and the PR's own run writes only the artifact: no token, no comment
+    preview = _workflows()["ci.yml"]["jobs"]["preview"]
+    assert preview["permissions"] == {"contents": "read"}
+    assert not any("pr-comment" in str(s.get("run", "")) for s in preview["steps"])
+
+
+def _gitlab():
+    from tests.unit.test_pipeline import gitlab_ci
+
+    return gitlab_ci()
+
+
+def test_gitlab_mr_code_runs_without_credentials_unless_a_maintainer_starts_it():
+    doc = _gitlab()
+    for name, job in doc.items():
+        if name.startswith(".") or not isinstance(job, dict) or "script" not in job:
+            continue
+        mr = any("merge_request_event" in str(r.get("if", "")) for r in job.get("rules") or [])
+        if not mr:
+            continue
+        if "id_tokens" in job:
+            assert all(r.get("when") == "manual" for r in job["rules"]), f"{name}: MR code with an AWS token, unapproved"
+        script = "\n".join(map(str, job["script"]))
+        assert "TOKEN" not in script or name == "preview:comment", name
+    assert "pr-comment" not in str(doc["preview"]["script"])
+
+
+def test_gitlab_comment_job_runs_no_mr_code():
+    job = _gitlab()["preview:comment"]
+    assert job["variables"]["GIT_STRATEGY"] == "none" and job["needs"] == ["preview"] and job["before_script"] == []
+    assert job["environment"]["name"] == "mr-comment"  # MR_COMMENT_TOKEN is scoped to it
+    script = job["script"]
+    clone = next(i for i, line in enumerate(script) if line.startswith("git clone"))
+    assert '--branch "$CI_DEFAULT_BRANCH"' in script[clone]
+    post = next(i for i, line in enumerate(script) if "make pr-comment" in line)
+    assert clone < post and script[post].startswith("cd trusted && ")

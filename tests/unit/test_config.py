@@ -225,10 +225,10 @@ STAGING = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())[
         ),
         (
             "a run bigger than the queue's CPU quota",
-            {"mlplatform:queue": {"cpu": "4"}},
+            {"mlplatform:queue": {"cpu": "2"}},
             {"workers": 3},
             "workers",
-            "3 workers request 6 CPUs, more than queue.cpu (4)",
+            "3 workers request 3 CPUs, more than queue.cpu (2)",
         ),
         (
             "a worker needs more GPUs than any pool's node has",

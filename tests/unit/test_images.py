@@ -51,3 +51,13 @@ def test_dockerignored_files_do_not_change_the_tag(tmp_path):
 def test_base_images_pinned():
     for name, (_ctx, base) in IMAGES.items():
         assert ":" in base and not base.endswith(":latest"), name
+
+
+def test_tag_changes_with_a_mode_bit_only(tmp_path):
+    """docker-build's context hash includes file modes (a COPY keeps them): a chmod alone rebuilds the
+    image, so it must get a new tag, or the push into the IMMUTABLE repository is refused."""
+    ctx = _copy(tmp_path)
+    before = image_tag(ctx, "base:1")
+    dockerfile = ctx / "Dockerfile"
+    dockerfile.chmod(dockerfile.stat().st_mode ^ 0o100)
+    assert image_tag(ctx, "base:1") != before

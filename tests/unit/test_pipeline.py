@@ -57,7 +57,7 @@ def test_gitlab_ci_parses_and_stops_environments():
 def test_jenkinsfile_stages_in_order():
     text = (ROOT / "Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", text)]
-    assert order == ["Set up", "Lint + tests", "Policy", "PR preview", "Ephemeral stack"]
+    assert order == ["Checks", "Set up", "Lint + tests", "Policy", "PR preview", "PR comment", "Approve ephemeral stack", "Ephemeral stack"]
     assert "post {\n        always {" in text and 'sh "make ephemeral-destroy' in text
     deploy = (ROOT / "ci" / "deploy.Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", deploy)]
@@ -112,8 +112,14 @@ def test_github_jobs_assume_their_environments_role_by_oidc():
         assert job["permissions"] == {"contents": "read", "id-token": "write"}, (name, job_name)
         assert job["environment"], (name, job_name)  # the role trusts repo:OWNER/NAME:environment:<env> only
         assert step["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
-    # ephemeral jobs: the preview environment, never a deploy one
-    assert {WORKFLOWS["ephemeral.yml"]["jobs"][j]["environment"] for j in ("up", "destroy", "reap")} == {"preview"}
+    # ephemeral jobs: the preview environment (required reviewers), never a deploy one; the reaper
+    # (default branch, schedule) its own environment without reviewers, main only
+    jobs = WORKFLOWS["ephemeral.yml"]["jobs"]
+    assert {j: jobs[j]["environment"] for j in ("up", "destroy", "reap")} == {
+        "up": "preview",
+        "destroy": "preview",
+        "reap": "preview-reaper",
+    }
     # id-token is granted nowhere else
     for name, doc in WORKFLOWS.items():
         assert "id-token" not in (doc.get("permissions") or {}), name
@@ -133,7 +139,7 @@ def test_github_deploys_each_environment_in_its_own_environment_from_main_only()
 
 def test_gitlab_jobs_assume_roles_by_oidc_per_environment():
     doc = gitlab_ci()
-    assert doc[".aws-oidc"]["id_tokens"] == {"AWS_ID_TOKEN": {"aud": "sts.amazonaws.com"}}
+    assert "id_tokens" not in doc[".aws-oidc"]  # each job asks for its own environment's audience
     assume = "\n".join(doc[".assume-role"]["script"])
     assert 'AWS_ROLE_ARN="$AWS_DEPLOY_ROLE_ARN"' in assume and "AWS_WEB_IDENTITY_TOKEN_FILE=" in assume
 
@@ -145,7 +151,12 @@ def test_gitlab_jobs_assume_roles_by_oidc_per_environment():
     needs_aws = {k for k, j in jobs.items() if re.search(r"make (up-ci|ephemeral-|reap)", str(j["script"]))}
     with_token = {k for k, j in jobs.items() if "id_tokens" in j}
     assert needs_aws == with_token == {"ephemeral:up", "ephemeral:destroy", "deploy:dev", "deploy:staging", "deploy:prod"}
-    assert all(j["script"][0] == ("!reference", [".assume-role", "script"]) for k, j in jobs.items() if k in with_token)
+    # the role is assumed before any step that needs it, after the install (issue 24: install first)
+    for k in with_token:
+        script = jobs[k]["script"]
+        at = script.index(("!reference", [".assume-role", "script"]))
+        assert all(str(line).startswith("make venv") for line in script[:at]), (k, script)
+        assert all(re.search(r"make (up-ci|ephemeral-|reap|pin|train-wait|deliver|smoke)", str(line)) is None for line in script[:at]), k
     deploy = doc[".deploy"]
     assert deploy["extends"] == ".aws-oidc"
     for env in ("dev", "staging", "prod"):
@@ -212,7 +223,9 @@ def test_train_wait_waits_for_every_trained_model(kube, capsys):
 
 
 class Forge:
-    """A tiny GitHub/GitLab API: stores comments, records requests."""
+    """A tiny GitHub/GitLab API: stores comments, records requests; the token is the account ME."""
+
+    ME = "preview-bot"
 
     def __init__(self):
         self.comments: list[dict] = []
@@ -229,13 +242,14 @@ class Forge:
 
             def do_GET(self):
                 outer.requests.append(("GET", self.path, dict(self.headers)))
-                self._reply(outer.comments)
+                self._reply({"login": Forge.ME, "username": Forge.ME} if self.path == "/user" else outer.comments)
 
             def _write(self):
                 doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append((self.command, self.path, dict(self.headers)))
                 if self.command == "POST":
-                    outer.comments.append({"id": len(outer.comments) + 1, "body": doc["body"]})
+                    me = {"login": Forge.ME, "username": Forge.ME}
+                    outer.comments.append({"id": len(outer.comments) + 1, "body": doc["body"], "user": me, "author": me})
                 else:
                     cid = int(self.path.rsplit("/", 1)[1])
                     next(c for c in outer.comments if c["id"] == cid)["body"] = doc["body"]
@@ -265,6 +279,29 @@ def test_pr_comment_created_then_updated(forge):
         assert (method, path) == ("PATCH", "/repos/org/repo/issues/comments/1") and headers["Authorization"] == "Bearer tok"
     else:
         assert (method, path) == ("PUT", "/projects/org%2Frepo/merge_requests/12/notes/1") and headers["Private-Token"] == "tok"
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab"])
+def test_pr_comment_never_edits_a_marked_comment_someone_else_wrote(forge):
+    """Found by the attack review: a comment that quotes the marker made the preview PATCH a stranger's
+    comment (403 there, so no preview at all)."""
+    api = Forge()
+    mallory = {"login": "mallory", "username": "mallory"}
+    api.comments.append({"id": 1, "body": f"{pr_comment.MARKER}\nlooks fine to me", "user": mallory, "author": mallory})
+    try:
+        assert pr_comment.post("preview", forge, "org/repo", 12, "tok", api=api.url) == "created"
+    finally:
+        api.server.shutdown()
+    assert api.comments[0]["body"].endswith("looks fine to me") and api.comments[1]["body"].endswith("preview")
+    assert [m for m, *_ in api.requests].count("POST") == 1 and not {"PATCH", "PUT"} & {m for m, *_ in api.requests}
+
+
+def test_pr_comment_refuses_a_preview_that_is_a_symlink(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("GITHUB_TOKEN", "tok")
+    (tmp_path / "secret").write_text("token=s3cr3t")
+    (tmp_path / "preview.md").symlink_to(tmp_path / "secret")
+    assert pr_comment.main([str(tmp_path / "preview.md"), "--repo", "o/r", "--pr", "1"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
 
 
 def test_pr_comment_needs_a_token(monkeypatch, tmp_path, capsys):

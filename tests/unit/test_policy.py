@@ -126,6 +126,18 @@ CASES = [
         "hop limit is 2",
     ),
     ("node-group-launch-template", Res("aws:eks/nodeGroup:NodeGroup", {"amiType": "AL2023_x86_64_STANDARD"}), "no launch template"),
+    # What the program installed before issue 24: KEDA, Grafana (in kube-prometheus-stack) with the charts' RBAC
+    ("chart-rbac-no-cluster-secret-read", Res("kubernetes:helm.sh/v3:Release", {"chart": "keda", "values": {}}), "restrict.secret"),
+    (
+        "chart-rbac-no-cluster-secret-read",
+        Res("kubernetes:helm.sh/v3:Release", {"chart": "keda", "values": {"permissions": {"operator": {"restrict": {"secret": True}}}}}),
+        "permissions.metricServer.restrict.secret",
+    ),
+    (
+        "chart-rbac-no-cluster-secret-read",
+        Res("kubernetes:helm.sh/v3:Release", {"chart": "kube-prometheus-stack", "values": {"grafana": {"enabled": True}}}),
+        "grafana.rbac.namespaced",
+    ),
 ]
 
 
@@ -152,9 +164,17 @@ def test_policy_lets_compliant_resources_through(policy):
         deployment(env=[{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]),
         Res(
             "kubernetes:helm.sh/v3:Release",
-            {"chart": "grafana", "values": {"admin": {"existingSecret": "grafana-admin", "passwordKey": "admin-password"}}},
+            {
+                "chart": "grafana",
+                "values": {"admin": {"existingSecret": "grafana-admin", "passwordKey": "admin-password"}, "rbac": {"namespaced": True}},
+            },
         ),
         Res("kubernetes:helm.sh/v3:Release", {"chart": "nvidia-device-plugin", "values": {"hostNetwork": True}}),
+        Res(
+            "kubernetes:helm.sh/v3:Release",
+            {"chart": "keda", "values": {"permissions": {p: {"restrict": {"secret": True}} for p in ("operator", "metricServer")}}},
+        ),
+        Res("kubernetes:helm.sh/v3:Release", {"chart": "kube-prometheus-stack", "values": {"grafana": {"enabled": False}}}),
         Res("kubernetes:rbac.authorization.k8s.io/v1:Role", {"kind": "Role", "rules": [{"verbs": ["get", "list"], "resources": ["pods"]}]}),
         Res("aws:ecr/repository:Repository", {"imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}),
         Res(
@@ -286,3 +306,47 @@ def test_gpu_jobs_go_through_a_queue(kind):
     assert rules.gpu_jobs_queued(_gpu_job(kind, QUEUED)) == []
     # CPU runs are not the GPU policy's business (they are queued by the program all the same)
     assert rules.gpu_jobs_queued(_gpu_job(kind, gpus=0, suspend=False)) == []
+
+
+def _cni(config):
+    props = {"addonName": "vpc-cni", **({"configurationValues": config} if config is not None else {})}
+    return Res("aws:eks/addon:Addon", props, urn="urn:cni")
+
+
+EKS = Res("eks:index:Cluster", {"name": "c"}, urn="urn:eks")
+
+
+@pytest.mark.parametrize(
+    "resources,expect",
+    [
+        ([EKS, _cni(None)], 'enableNetworkPolicy: "true"'),  # what every EKS stack had before issue 24
+        ([EKS, _cni('{"enableNetworkPolicy": "false"}')], 'enableNetworkPolicy: "true"'),
+        ([EKS, _cni('{"env": {"WARM_IP_TARGET": "5"}}')], 'enableNetworkPolicy: "true"'),
+        ([EKS], "without the vpc-cni add-on"),
+    ],
+)
+def test_network_policies_enforced_catches_planted_violation(resources, expect):
+    found = rules.network_policies_enforced(resources)
+    assert found and expect in found[0][1], found
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        [EKS, _cni('{"enableNetworkPolicy": "true"}')],
+        [EKS, _cni("enableNetworkPolicy: 'true'\n")],  # EKS accepts YAML too
+        [EKS, _cni(None), Res("kubernetes:helm.sh/v3:Release", {"chart": "cilium"})],  # another engine enforces them
+        [_cni(None)],  # a kubeconfig cluster: its CNI is not the program's
+    ],
+)
+def test_network_policies_enforced_lets_enforcing_clusters_through(resources):
+    assert rules.network_policies_enforced(resources) == []
+
+
+def test_every_pinned_chart_is_classified_for_secret_read():
+    """A new chart must say whether its RBAC reads Secrets outside its namespace (and how that is
+    confined, or why it may): otherwise chart-rbac-no-cluster-secret-read would not see it."""
+    from components.lib.helm import CHARTS
+
+    known = set(rules.SECRET_READ_NARROWING) | set(rules.SECRET_READ_ALLOWED) | rules.NO_CLUSTER_SECRET_READ
+    assert set(CHARTS) - {"grafana"} <= known, set(CHARTS) - known
