@@ -194,15 +194,23 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 # ---- the serving signature: stable across versions ----
 
 
+class SignatureUnreadable(ValueError):
+    """A saved_model.pb that does not parse as a SavedModel."""
+
+
 def serving_signatures(saved_model_pb: bytes) -> dict[str, dict[str, dict[str, tuple]]]:
     """{signature: {"inputs"|"outputs": {name: (dtype, shape)}}} of a SavedModel, read from its
     saved_model.pb alone (no weights loaded). A shape is a tuple with None for any size, or None for
     an unknown rank. These names, dtypes and shapes are what the model server's clients send and get."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()
-    sm.ParseFromString(saved_model_pb)
+    try:
+        sm.ParseFromString(saved_model_pb)
+    except DecodeError as exc:
+        raise SignatureUnreadable(f"saved_model.pb is not a SavedModel ({exc})") from exc
 
     def tensors(m) -> dict[str, tuple]:
         return {
@@ -648,11 +656,18 @@ class Run:
         A running server refuses such a version anyway (it would break its clients mid-flight); a
         canary's fresh pods would not, and would break them for good."""
         pb = out / "saved_model" / "saved_model.pb"
-        champion = champion_signatures(self.output, self.model_name) if pb.exists() else None
-        if champion is None:
+        try:
+            champion = champion_signatures(self.output, self.model_name) if pb.exists() else None
+            if champion is None:
+                return
+            version, old = champion
+            new = serving_signatures(pb.read_bytes())
+        except SignatureUnreadable as exc:
+            # Not a SavedModel protobuf on one side (a model that publishes another format under that
+            # name): there is no signature to compare; the server's load check still applies.
+            log.warning("serving signature not compared with the champion's: %s", exc)
             return
-        version, old = champion
-        problems = signature_breaks(old, serving_signatures(pb.read_bytes()))
+        problems = signature_breaks(old, new)
         if not problems:
             return
         text = f"serving signature breaks champion {version}'s: {'; '.join(problems)}"

@@ -292,7 +292,10 @@ class CanaryConfig(_Model):
         description="predict requests per window each side (canary and stable) must answer before any metric is judged; below it every metric is inconclusive, never failed",
     )
     max_client_error_ratio_increase: float = Field(
-        default=0.05, ge=0, lt=1, description="canary 4xx ratio minus the stable pods' 4xx ratio, at most (a broken input contract is a 400 storm)"
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="canary 4xx ratio minus the stable pods' 4xx ratio, at most (a broken input contract is a 400 storm)",
     )
     warmup_rate: float = Field(
         default=2,

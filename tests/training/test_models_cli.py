@@ -125,17 +125,56 @@ def test_half_a_promotion_between_stores_is_refused(argv, capsys):
     assert capsys.readouterr().err.strip() == "models: error: promotion between stores needs both --from and --to"
 
 
+# Scripted CLIs for `make rollback`: `pulumi` answers the stack outputs and records the pin and the up;
+# `kubectl` answers the Rollout (Healthy on whatever the last `pulumi config set` pinned, once the
+# full promotion was patched) and records the patch.
+FAKE_PULUMI = """#!/usr/bin/env python3
+import json, os, sys
+from pathlib import Path
+d = Path(os.environ["FAKE_DIR"]); a = sys.argv[1:]
+with open(d / "calls.jsonl", "a") as f:
+    f.write(json.dumps(["pulumi", *a]) + "\\n")
+if a[:3] == ["stack", "output", "modelStore"]:
+    print(os.environ["FAKE_STORE"])
+elif a[:3] == ["stack", "output", "kubeconfig"]:
+    print("null")
+elif a[:2] == ["config", "set"]:
+    (d / "pinned").write_text(a[4])
+elif a[:1] != ["up"]:
+    sys.exit(f"unexpected pulumi {a}")
+"""
+FAKE_KUBECTL = """#!/usr/bin/env python3
+import json, os, sys
+from pathlib import Path
+d = Path(os.environ["FAKE_DIR"]); a = sys.argv[1:]
+with open(d / "calls.jsonl", "a") as f:
+    f.write(json.dumps(["kubectl", *a]) + "\\n")
+if "patch" in a:
+    (d / "promoted").write_text("1")
+elif "get" in a and "rollout" in a:
+    pinned, done = (d / "pinned").read_text(), (d / "promoted").exists()
+    status = {"observedGeneration": "2", "phase": "Healthy" if done else "Paused", "stableRS": "s", "currentPodHash": "s" if done else "c"}
+    meta = {"annotations": {"mlplatform.io/model-version": pinned}}
+    print(json.dumps({"metadata": {"generation": 2}, "spec": {"template": {"metadata": meta}}, "status": status}))
+else:
+    sys.exit(f"unexpected kubectl {a}")
+"""
+
+
 def test_make_rollback(tmp_path):
-    """`make rollback MODEL=... STACK=...` reads the stack's modelStore output (a stand-in `pulumi`
-    on PATH answers it) and rolls back there."""
+    """`make rollback MODEL=... STACK=...` reads the stack's modelStore output, rolls the registry back
+    there, then serves that champion at once: pinned, one `pulumi up`, the Rollout promoted in full (no
+    canary). The stack's CLIs are scripted stand-ins on PATH; the store and the registry are real."""
     store = f"file://{tmp_path}/store"
     _publish(tmp_path, store, "20260101T000000Z-a")
     _publish(tmp_path, store, "20260102T000000Z-b")
-    bin_dir = tmp_path / "bin"
+    bin_dir, fake = tmp_path / "bin", tmp_path / "fake"
     bin_dir.mkdir()
-    (bin_dir / "pulumi").write_text(f'#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "stack output modelStore --stack staging" ] && echo "{store}"\n')
-    (bin_dir / "pulumi").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MLPLATFORM_ACTOR": "carol"}
+    fake.mkdir()
+    for name, text in (("pulumi", FAKE_PULUMI), ("kubectl", FAKE_KUBECTL)):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n" + text.split("\n", 1)[1])
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MLPLATFORM_ACTOR": "carol", "FAKE_DIR": str(fake), "FAKE_STORE": store}
     make = [
         "make",
         "--no-print-directory",
@@ -152,6 +191,19 @@ def test_make_rollback(tmp_path):
     assert artifacts.latest(store, "mnist") == "20260101T000000Z-a"
     last = registry.history(store, "mnist", "champion")[-1]
     assert last["by"] == "carol" and last["reason"] == "rollback from 20260102T000000Z-b: canary failed"
+    calls = [json.loads(line) for line in (fake / "calls.jsonl").read_text().splitlines()]
+    assert [
+        "pulumi",
+        "config",
+        "set",
+        "--path",
+        "mlplatform:models.mnist.serving.version",
+        "20260101T000000Z-a",
+        "--stack",
+        "staging",
+    ] in calls
+    assert sum(c[:2] == ["pulumi", "up"] for c in calls) == 1
+    assert sum("patch" in c for c in calls) == 1  # promoted in full, no canary step
 
 
 def test_list_and_show_show_a_rejected_version_and_why(tmp_path):
