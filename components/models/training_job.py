@@ -142,7 +142,7 @@ def pod_spec(
     return spec
 
 
-def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, Any]:
+def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig, ttl: bool = False) -> dict[str, Any]:
     """One run. Created suspended: Kueue admits it (all workers at once) when the stack's quota has
     room, and suspends it again to preempt it for a higher-priority run (it resumes from its
     checkpoint). Several workers: an Indexed Job, pod i is worker i, worker 0 the chief."""
@@ -155,7 +155,10 @@ def job_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str, 
         # A lost worker makes every worker exit and restart together: up to 4 such restarts per run.
         "backoffLimit": 4 * cfg.workers,
         "activeDeadlineSeconds": cfg.active_deadline_seconds,
-        "ttlSecondsAfterFinished": TTL_SECONDS,
+        # Only the CronJob's runs expire. The Job Pulumi manages must not: once the TTL deleted it, the
+        # next `pulumi refresh` + `up` would recreate it, an unplanned retrain (issue 29). A config change
+        # renames the Job (its hash), and Pulumi deletes the old one then.
+        **({"ttlSecondsAfterFinished": TTL_SECONDS} if ttl else {}),
         "podFailurePolicy": {
             "rules": [
                 # A failed gate or bad data fails the same way on every retry: stop now.
@@ -178,7 +181,10 @@ def cron_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str,
         "successfulJobsHistoryLimit": 3,
         "failedJobsHistoryLimit": 3,
         # Scheduled retraining yields to pipeline runs and experiments in the queue.
-        "jobTemplate": {"metadata": {"labels": {**labels(model), **kueue.job_labels("scheduled")}}, "spec": job_spec(model, pod, cfg)},
+        "jobTemplate": {
+            "metadata": {"labels": {**labels(model), **kueue.job_labels("scheduled")}},
+            "spec": job_spec(model, pod, cfg, ttl=True),
+        },
     }
 
 

@@ -13,17 +13,13 @@ import numpy as np
 import pytest
 
 from tests.serving.conftest import ServerProcess
+from tests.serving.test_abuse import _started as started
 from tests.serving.test_process import metric
 
 
 def _started(*args) -> ServerProcess:
-    s = ServerProcess("", *args)
-    try:
-        s.wait_ready()
-    except BaseException:
-        s.stop()
-        raise
-    return s
+    """A ready server whose models all come from ``args`` (no store argument)."""
+    return started("", *args)
 
 
 # Many short elements: the per-element work is what stalled the loop (the signature's batch
