@@ -82,11 +82,12 @@ def test_a_4mb_bytes_request_does_not_stall_healthz(model_dirs):
         s.stop()
 
 
-def _never_reads(port: int, stop: threading.Event) -> None:
+def _never_reads(port: int, stop: threading.Event, connected: threading.Event) -> None:
     """Pipelined requests with large answers (a 404 echoes its 60 KB path), never reading one."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
+    connected.set()
     request = b"GET /" + b"x" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     sock.settimeout(0.5)
     try:
@@ -114,10 +115,15 @@ def stop():
 def test_clients_that_never_read_are_cut_off_by_the_write_deadline(store, stop):
     s = _started("--model-uri", str(store), "--max-connections", "4", "--write-timeout-s", "1", "--header-timeout-s", "30")
     try:
-        threads = [threading.Thread(target=_never_reads, args=(s.port, stop), daemon=True) for _ in range(4)]
-        started = time.monotonic()
+        connected = [threading.Event() for _ in range(4)]
+        threads = [threading.Thread(target=_never_reads, args=(s.port, stop, c), daemon=True) for c in connected]
         for t in threads:
             t.start()
+        # The probe below must not take a slot before the four clients hold theirs (seen on a loaded
+        # machine: the fourth was then refused, and only three could time out).
+        assert all(c.wait(10) for c in connected)
+        time.sleep(1)  # the server accepts them (its event loop is not blocked by their writes)
+        started = time.monotonic()
         closed = 0.0
         full_seen = False
         while time.monotonic() - started < 30 and closed < 4:
