@@ -90,10 +90,10 @@ destroy: venv  ## destroy STACK's resources
 ephemeral-up: venv  ## create/update the ephemeral stack pr-PR (from the dev config)
 	$(PY) -m ops.ephemeral up --pr $(PR)
 
-ephemeral-destroy: venv  ## destroy and remove the ephemeral stack pr-PR
+ephemeral-destroy: venv  ## destroy the ephemeral stack pr-PR, then remove it (kept and tagged for reap if the destroy fails)
 	$(PY) -m ops.ephemeral destroy --pr $(PR)
 
-reap: venv  ## destroy every expired ephemeral stack
+reap: venv  ## destroy every expired ephemeral stack, and every one whose destroy failed before
 	$(PY) -m ops.ephemeral reap
 
 ##@ Offline review (no cloud, no Pulumi CLI)
