@@ -311,9 +311,16 @@ class ModelService(pulumi.ComponentResource):
             )
         )
         if args.rollouts is None:
+            metadata = _meta(args)
+            if cfg.version is None:
+                # Following the store's champion, the pods are ready only once a model is published, and
+                # the first `up` is what starts the training that publishes it: awaited, the Deployment
+                # would time out after 10 minutes on that `up` (issue 29). A pinned version exists
+                # already (delivery copies it before pinning), so that rollout is awaited.
+                metadata.annotations = SKIP_AWAIT
             deployment = k8s.apps.v1.Deployment(
                 f"{name}-deployment",
-                metadata=_meta(args),
+                metadata=metadata,
                 spec=pod_spec,
                 # The HPA owns replicas once running; re-applying the configured count on every `up`
                 # would undo its scaling (and show as a diff).

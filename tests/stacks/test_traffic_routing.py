@@ -293,3 +293,18 @@ def test_without_monitoring_a_model_is_a_deployment_behind_one_backend():
         assert model_service.canary_service_name(model) not in services
         assert [r["name"] for r in routes[name].raw["spec"]["rules"][0]["backendRefs"]] == [name]
         assert f"{name}-rollouts" not in roles  # the controller's Role on the route (present with Rollouts)
+        # No model before the first up's training publishes one: following the champion, the Deployment
+        # is not awaited (it would time out on every first up); a pinned version is awaited.
+        pinned = catalogue[model].get("serving", {}).get("version")
+        annotations = deployments[name].raw["metadata"].get("annotations") or {}
+        assert (annotations.get("pulumi.com/skipAwait") == "true") == (pinned is None), name
+
+
+def test_without_monitoring_a_pinned_version_is_awaited():
+    """The other branch: a pinned version already exists in the store, so its Deployment is awaited."""
+    catalogue = stack_config("dev")["mlplatform:models"]
+    model = tf_models("dev")[0]
+    entry = {**catalogue[model], "serving": {**catalogue[model].get("serving", {}), "version": "20260101T000000Z-run1"}}
+    res = mock_engine.run("dev", overrides={"mlplatform:monitoring": {"enabled": False}, "mlplatform:models": {model: entry}})
+    deployment = named(res, "Deployment")[model_service.object_name(model)]
+    assert "pulumi.com/skipAwait" not in (deployment.raw["metadata"].get("annotations") or {})
