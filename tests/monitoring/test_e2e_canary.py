@@ -18,6 +18,7 @@ cluster would (p99 ratio 3, floor 50 ms) and short windows (10 s windows, a meas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -161,6 +162,29 @@ def scrape_config(servers: dict[str, ServerProcess]) -> dict:
     }
 
 
+@contextlib.contextmanager
+def servers_scraped(tmp: Path, store: str, plan: dict[str, tuple[str, tuple]], prom_port: int):
+    """One real server process per ``plan`` entry (name -> (version, extra flags)) serving that version of
+    the store, all ready, and a real Prometheus scraping them as the ServiceMonitor would; stopped after."""
+    servers = {
+        name: ServerProcess(f"{store}/models/mnist/{v}", "--parse-workers", "0", "--poll-seconds", "0", *extra)
+        for name, (v, extra) in plan.items()
+    }
+    prom_proc = None
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        prom_proc = start_prometheus(tmp, scrape_config(servers), prom_port)
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        yield servers
+    finally:
+        for s in servers.values():
+            s.stop()
+        if prom_proc is not None:
+            prom_proc.terminate()
+            prom_proc.wait(20)
+
+
 def analyse(template: dict, servers: dict[str, ServerProcess], prom: str, images: np.ndarray) -> dict:
     """One AnalysisRun per canary against the stable pods, MEASUREMENTS measurements under load."""
     analyses = {
@@ -197,23 +221,8 @@ def fleet(tmp_path_factory, mnist_file):
     store = f"file://{tmp / 'store'}"
     for v, d in dirs.items():
         registry.publish(d, store, "mnist", v, reason="trained (test)", champion=v == "v1")
-    servers = {
-        name: ServerProcess(f"{store}/models/mnist/{v}", "--parse-workers", "0", "--poll-seconds", "0", *extra)
-        for name, (v, extra) in PLAN.items()
-    }
-    prom_proc = None
-    try:
-        for s in servers.values():
-            s.wait_ready()
-        prom_proc = start_prometheus(tmp, scrape_config(servers), prom_port)
-        wait_http(f"{prom}/-/ready")
+    with servers_scraped(tmp, store, PLAN, prom_port) as servers:
         yield analyse(template, servers, prom, x_test)
-    finally:
-        for s in servers.values():
-            s.stop()
-        if prom_proc is not None:
-            prom_proc.terminate()
-            prom_proc.wait(20)
 
 
 def rollouts_seconds(duration: str) -> float:

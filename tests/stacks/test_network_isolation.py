@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from components.services import gateway
+from tests.stacks.test_llm_service import llm_models
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Rollout", "Job"}
 
@@ -266,10 +267,13 @@ def test_every_backend_ref_reachable_from_the_proxy(result, stack):
 
 def test_llm_route_reachable_where_a_stack_serves_an_llm(result, stack):
     """The break issue 24 found: the proxy's egress opened 8501 only, vLLM listens on 8000."""
+    # Whether the stack serves an LLM is the stack file's word, not the render's: a render that lost
+    # the LLM's route must fail here, not skip.
+    if not llm_models(stack):
+        pytest.skip(f"stacks/Pulumi.{stack}.yaml configures no `runtime: vllm` model")
     net, proxy = network(result), proxy_pod(gateway_namespace(result))
     llm = [(route, pod, port) for route, _, pod, port in backends(result) if pod.labels.get("mlplatform.io/runtime") == "vllm"]
-    if not llm:
-        pytest.skip(f"{stack} serves no LLM")
+    assert {pod.labels.get("mlplatform.io/model") for _, pod, _ in llm} == set(llm_models(stack)), f"{stack}: LLM backends {llm}"
     assert all(port == 8000 and net.allowed(proxy, pod, port) for _, pod, port in llm), llm
 
 

@@ -305,11 +305,12 @@ def test_data_is_kept_and_prod_refuses_an_accidental_destroy(result, stack):
         assert r.protect is (env == "prod"), r.urn
 
 
-def test_every_kubernetes_object_outlives_the_system_nodes_and_the_ebs_driver(result):
+def test_every_kubernetes_object_outlives_the_system_nodes_and_the_ebs_driver(result, stack):
     """The Kubernetes provider waits for the EBS CSI add-on (which waits for the system node group):
     created after them, every object is destroyed before them (tools/convergence.py rule e)."""
-    if not result.of_type("eks:index:Cluster"):
-        pytest.skip("not an EKS stack: no node groups or add-ons of ours")
+    kind = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]["mlplatform:cluster"]["kind"]
+    if kind != "eks":
+        pytest.skip(f"stacks/Pulumi.{stack}.yaml: cluster.kind is {kind}: no node groups or add-ons of ours")
     (provider,) = result.of_type("pulumi:providers:kubernetes")
     (ebs,) = [a for a in result.of_type("aws:eks/addon:Addon") if a.raw["addonName"] == "aws-ebs-csi-driver"]
     (system,) = [n for n in result.of_type("aws:eks/nodeGroup:NodeGroup") if n.raw["nodeGroupName"] == "system"]
