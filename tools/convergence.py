@@ -42,7 +42,7 @@ What it cannot see (say so where a finding or a pass is quoted):
 * time: a race is reported where an awaited object's readiness depends on something it does not wait
   for (its clock starts before its pods' creator), whether or not that race would usually be won;
 * controllers' behaviour beyond the fields listed in ``CONTROLLER_FIELDS`` below, and anything done
-  outside Pulumi (Jobs created by a CronJob or by hand keep Kueue finalizers; see README "Destroy").
+  outside Pulumi (runs started by hand without the training-runs ownerReference; see rule h).
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ from typing import Any
 
 SKIP_AWAIT = "pulumi.com/skipAwait"
 PATCH_FORCE = "pulumi.com/patchForce"
+# pulumi-kubernetes' delete option (annotation): "foreground" makes the provider's delete return only
+# once the API server has removed the object, i.e. after the garbage collector removed every dependent
+# with blockOwnerDeletion (Kubernetes docs, "Garbage collection", foreground cascading deletion).
+DELETE_PROPAGATION = "pulumi.com/deletionPropagationPolicy"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The ConfigMap that owns training runs started by hand (components/services/kueue.py RUNS_OWNER).
+RUNS_OWNER = "training-runs"
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 AWAIT_DEFAULT_S = 600  # awaiters.go: 10 minutes for every awaited kind we create
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -497,7 +504,7 @@ def rule_controller_fields(graph: Graph, facts: Facts) -> Iterator[Finding]:
     for r in graph.records:
         m, k = manifest(r), kind(r)
         name = (m.get("metadata") or {}).get("name", "")
-        if k == "Job" and "kueue.x-k8s.io/queue-name" in ((m.get("metadata") or {}).get("labels") or {}):
+        if k == "Job" and QUEUE_LABEL in ((m.get("metadata") or {}).get("labels") or {}):
             if not _ignored(r, "spec.suspend"):
                 yield Finding("f", r.urn, "Kueue flips spec.suspend: it must be in ignore_changes")
         if (namespace(r), k, name) in scaled and not _ignored(r, "spec.replicas"):
@@ -529,6 +536,41 @@ def rule_namespace_first(graph: Graph, facts: Facts) -> Iterator[Finding]:
             yield Finding("g", obj.urn, f"created in namespace {namespace(obj)!r} without waiting for its Namespace ({ns.name})")
 
 
+# ---------------------------------------------------------------- queued runs
+
+
+def queues_runs(record: Any) -> bool:
+    """A Job naming a Kueue queue, or a CronJob whose Jobs do."""
+    m = manifest(record)
+    if kind(record) == "Job":
+        return QUEUE_LABEL in ((m.get("metadata") or {}).get("labels") or {})
+    if kind(record) == "CronJob":
+        return QUEUE_LABEL in ((((m.get("spec") or {}).get("jobTemplate") or {}).get("metadata") or {}).get("labels") or {})
+    return False
+
+
+def rule_queued_runs(graph: Graph, facts: Facts) -> Iterator[Finding]:
+    """(h) Kueue keeps a finalizer on every Workload (``kueue.x-k8s.io/resource-in-use``) and only its
+    controller removes it: a run still there when the Kueue release is uninstalled holds its namespace
+    in Terminating for good. Every creator of queued runs the program manages (Jobs, CronJobs) and the
+    owner of the runs started by hand must be deleted before the release (depend on it) and delete
+    foreground (the engine waits until their runs and Workloads are gone); a stack with Kueue needs
+    that owner. Runs started by hand without its ownerReference are beyond what this can see."""
+    releases = [r for r in graph.records if chart(r) == "kueue"]
+    if not releases:
+        return
+    owners = [r for r in graph.records if kind(r) == "ConfigMap" and (manifest(r).get("metadata") or {}).get("name") == RUNS_OWNER]
+    if not owners:
+        yield Finding("h", releases[0].urn, f"no {RUNS_OWNER} owner: destroy leaves the Workloads of runs started by hand to a gone Kueue")
+    for r in [*owners, *(r for r in graph.records if queues_runs(r))]:
+        if not any(rel.urn in graph.upstream(r.urn) for rel in releases):
+            yield Finding(
+                "h", r.urn, "destroy may delete the Kueue release first (this does not depend on it): its runs keep their finalizers"
+            )
+        if str(annotations(r).get(DELETE_PROPAGATION, "")).lower() != "foreground":
+            yield Finding("h", r.urn, f"{DELETE_PROPAGATION} is not foreground: destroy moves on before its runs' Workloads are released")
+
+
 RULES = (
     rule_namespace_first,
     rule_service_await,
@@ -538,4 +580,5 @@ RULES = (
     rule_cpu_fit,
     rule_destroy_order,
     rule_controller_fields,
+    rule_queued_runs,
 )

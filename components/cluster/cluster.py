@@ -14,7 +14,8 @@ import pulumi_awsx as awsx
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from components.config import ClusterConfig
+from components.config import ClusterConfig, ConfigError, stack_file
+from components.config.schema import EKS_ACCESS_POLICIES, documentation_cidrs
 from components.lib import iam
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
@@ -83,6 +84,29 @@ def launch_template(name: str, tags: dict[str, str], opts: pulumi.ResourceOption
     )
 
 
+def check_api_allowlist(config: ClusterConfig) -> None:
+    """``cluster.endpointPublicAccessCidrs`` inside a documentation network (the stack files' examples)
+    admits nobody to the EKS API: the cluster would be created (~15 min) and every Kubernetes object
+    after it would fail. An engine-run ``up`` stops here before anything is created; a preview, and
+    the offline synth under mocks, only warn (so the examples still render)."""
+    found = documentation_cidrs(list(config.endpoint_public_access_cidrs))
+    if not found:
+        return
+    key = "cluster.endpointPublicAccessCidrs"
+    message = f"{', '.join(found)} is a documentation range (RFC 5737) that admits nobody: set your office/CI egress CIDRs"
+    if pulumi.runtime.is_dry_run() or _offline():
+        pulumi.log.warn(f"{stack_file(pulumi.get_stack())}: mlplatform:{key}: {message}")
+        return
+    raise ConfigError(stack_file(pulumi.get_stack()), key, message)
+
+
+def _offline() -> bool:
+    """Under Pulumi's mocks (tools/mock_engine.py, the unit tests): no engine, nothing is created."""
+    from pulumi.runtime import mocks, settings
+
+    return isinstance(settings.get_monitor(), mocks.MockMonitor)
+
+
 def node_group_launch_template(lt: aws.ec2.LaunchTemplate) -> aws.eks.NodeGroupLaunchTemplateArgs:
     # A version number, not "$Latest": EKS stores the number and "$Latest" would diff on every preview.
     return aws.eks.NodeGroupLaunchTemplateArgs(id=lt.id, version=lt.latest_version.apply(str))
@@ -119,6 +143,7 @@ class Cluster(pulumi.ComponentResource):
 
     def _eks(self, name: str, args: ClusterArgs) -> None:
         """The VPC, the node role, the control plane, the add-ons and system nodes, the provider and the StorageClass."""
+        check_api_allowlist(args.config)
         child = pulumi.ResourceOptions(parent=self)
         vpc = self._vpc(name, args, child)
         node_role = self._node_role(name, args, child)
@@ -147,6 +172,7 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         self.addons = self._addons_and_system_nodes(name, args, vpc, node_role, child)
+        self.access_entries = self._access_entries(name, args)
         self.oidc_provider_arn = self.eks.oidc_provider_arn
         self.oidc_provider_url = self.eks.oidc_provider_url
         self.node_role_arn = node_role.arn
@@ -163,7 +189,9 @@ class Cluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             k8s.ProviderArgs(kubeconfig=self.kubeconfig),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.addons.values())),
+            # ... and the access entries of the principals that deploy it: on create, nothing starts
+            # before whoever runs the next `up` can read it back; on destroy, the objects go first.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.addons.values(), *self.access_entries]),
         )
         self._storage_class(name)
 
@@ -241,6 +269,34 @@ class Cluster(pulumi.ComponentResource):
         namespace, sa, policy = IRSA_ADDONS["aws-ebs-csi-driver"]
         addons["aws-ebs-csi-driver"] = self._irsa_addon(name, "aws-ebs-csi-driver", namespace, sa, policy, args, after=[system])
         return addons
+
+    def _access_entries(self, name: str, args: ClusterArgs) -> list[pulumi.Resource]:
+        """An access entry and a cluster-wide access policy per ``cluster.accessEntries`` principal.
+        With authenticationMode API nothing else admits them (no aws-auth ConfigMap): without one, a
+        stack deployed by a person, then Jenkins, then GitHub gets ``Unauthorized`` from the second on."""
+        if self.eks is None:  # an invariant: called from _eks only
+            raise RuntimeError(f"{name}: access entries need an EKS cluster")
+        done: list[pulumi.Resource] = []
+        for j, entry in enumerate(args.config.access_entries):
+            opts = pulumi.ResourceOptions(parent=self, depends_on=[self.eks])
+            created = aws.eks.AccessEntry(
+                f"{name}-access-{j}",
+                aws.eks.AccessEntryArgs(cluster_name=args.cluster_name, principal_arn=entry.principal_arn, tags=args.tags),
+                opts=opts,
+            )
+            done.append(
+                aws.eks.AccessPolicyAssociation(
+                    f"{name}-access-{j}-policy",
+                    aws.eks.AccessPolicyAssociationArgs(
+                        cluster_name=args.cluster_name,
+                        principal_arn=created.principal_arn,
+                        policy_arn=EKS_ACCESS_POLICIES[entry.policy],
+                        access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[created]),
+                )
+            )
+        return done
 
     def _storage_class(self, name: str) -> None:
         k8s.storage.v1.StorageClass(

@@ -57,8 +57,15 @@ def context_hash(context: Path, extra: str = "") -> str:
     return digest.hexdigest()
 
 
-def image_tag(context: Path, base_image: str) -> str:
-    return "ctx-" + context_hash(context, extra=f"BASE_IMAGE={base_image}")[:16]
+def image_tag(context: Path, base_image: str, platforms: tuple[str, ...] = ("linux/amd64",)) -> str:
+    """``ctx-<hash>`` of the context, the base image and the platforms (sorted: the order in the stack
+    file does not matter; the machine that builds does not enter it). A platform added or removed is a
+    new image index, so it must be a new tag: pushed under the old one into an IMMUTABLE repository it
+    would be refused. The amd64-only tag stays what it was before platforms were configurable."""
+    extra = f"BASE_IMAGE={base_image}"
+    if tuple(sorted(platforms)) != ("linux/amd64",):
+        extra += "|PLATFORMS=" + ",".join(sorted(platforms))
+    return "ctx-" + context_hash(context, extra=extra)[:16]
 
 
 # A model folder without a Dockerfile of its own is built with this one, FROM the training image.
@@ -145,7 +152,8 @@ class Images(pulumi.ComponentResource):
             ]
         else:
             repository = pulumi.Output.from_input(f"{args.registry.url}/{repo_name}")
-        tag = pulumi.Output.from_input(hashed).apply(lambda h: image_tag(ROOT / context, h))
+        platforms = tuple(sorted(args.registry.platforms))
+        tag = pulumi.Output.from_input(hashed).apply(lambda h: image_tag(ROOT / context, h, platforms))
         built = docker_build.Image(
             f"{name}-{image}",
             tags=[pulumi.Output.concat(repository, ":", tag)],
@@ -154,7 +162,7 @@ class Images(pulumi.ComponentResource):
             context=docker_build.BuildContextArgs(location=context),
             dockerfile=docker_build.DockerfileArgs(location=dockerfile),
             build_args={"BASE_IMAGE": base},
-            platforms=[docker_build.Platform.LINUX_AMD64],
+            platforms=[docker_build.Platform(p) for p in platforms],
             push=True,
             registries=registries,
             builder=docker_build.BuilderConfigArgs(name=args.registry.builder) if args.registry.builder else None,

@@ -176,6 +176,10 @@ def manager_config() -> dict[str, Any]:
         },
         # Only what we submit: Jobs (CronJob runs included) and JobSets.
         "integrations": {"frameworks": ["batch/job", "jobset.x-k8s.io/jobset"]},
+        # Only Jobs that name a queue (QUEUE_LABEL) get a Workload and Kueue's finalizers; any other
+        # Job in the cluster is none of Kueue's business, and cannot be left holding its finalizers
+        # once Kueue is gone. (Kueue's default; explicit because the destroy order below relies on it.)
+        "manageJobsWithoutQueueName": False,
     }
 
 
@@ -215,6 +219,35 @@ def network_policy(namespace: str) -> dict[str, Any]:
             "egress": [egress_except_metadata(443, 6443)],
         },
     }
+
+
+# Kueue keeps a finalizer on each Workload (kueue.x-k8s.io/resource-in-use) and removes it only while
+# its controller runs. The runs Pulumi manages (the pipeline's Job, the retraining CronJob) depend on
+# the queue objects, so destroy deletes them before Kueue, with foreground propagation: the engine's
+# delete returns once their Jobs, pods and Workloads are gone. A run started by hand (an experiment)
+# is owned by RUNS_OWNER (``runs_owner_reference``): destroy deletes that ConfigMap, foreground, before
+# Kueue too, and Kubernetes' garbage collector takes every run it owns with it.
+RUNS_OWNER = "training-runs"
+FOREGROUND = {"pulumi.com/deletionPropagationPolicy": "foreground"}
+
+
+def runs_owner(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": RUNS_OWNER, "namespace": namespace, "annotations": dict(FOREGROUND)},
+        "data": {
+            "purpose": "owner of queued training runs started outside Pulumi (experiments): "
+            "destroy deletes it, foreground, while Kueue still runs, and the runs go with it"
+        },
+    }
+
+
+def runs_owner_reference(uid: str) -> dict[str, Any]:
+    """The ``ownerReferences`` entry a hand-started run (an experiment Job) carries: its UID is the
+    ConfigMap's (``kubectl -n <training ns> get configmap training-runs -o jsonpath='{.metadata.uid}'``).
+    blockOwnerDeletion: a foreground delete of the owner waits for the run."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": RUNS_OWNER, "uid": uid, "blockOwnerDeletion": True}
 
 
 def kubernetes_object(name: str, obj: dict[str, Any], opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
@@ -263,4 +296,12 @@ class Kueue(pulumi.ComponentResource):
         # The CRDs come with the release: the queue objects wait for it.
         after_release = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
         self.objects = [kubernetes_object(f"{name}-{o['kind'].lower()}-{o['metadata']['name']}", o, after_release) for o in objs]
+        owner = runs_owner(args.training_namespace)
+        self.runs_owner = k8s.core.v1.ConfigMap(
+            f"{name}-runs-owner",
+            metadata=owner["metadata"],
+            data=owner["data"],
+            # After the queue objects (and so the release): destroy deletes it, and the runs it owns, first.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.objects),
+        )
         self.register_outputs({"cluster_queue": self.cluster_queue_name})

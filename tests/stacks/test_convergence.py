@@ -313,6 +313,45 @@ def test_g_catches_an_object_racing_its_namespace():
     assert convergence.check([provider(), ns, cm, helm], KIND) == []
 
 
+# ---------------------------------------------------------------- (h) queued runs outlive Kueue
+
+
+def queued_world(foreground: bool, after_kueue: bool, owner: bool = True) -> list[Record]:
+    """Kueue's release, a CronJob of queued runs, a queued Job and the owner of hand-started runs."""
+    kueue = release("kueue")
+    ann = {convergence.DELETE_PROPAGATION: "foreground"} if foreground else {}
+    queued = {"metadata": {"labels": {convergence.QUEUE_LABEL: "training"}}}
+    cron = rec(
+        "kubernetes:batch/v1:CronJob",
+        "cron",
+        {"metadata": {"name": "cron", "namespace": "ml", "annotations": ann}, "spec": {"jobTemplate": queued}},
+        [kueue] if after_kueue else [],
+    )
+    job = pods("Job", "train", LABELS, [kueue] if after_kueue else [], ignore_changes=["spec.suspend"])
+    job.raw["metadata"].update({"labels": {convergence.QUEUE_LABEL: "training"}, "annotations": {**SKIP, **ann}})
+    cm = {"metadata": {"name": convergence.RUNS_OWNER, "namespace": "ml", "annotations": ann}}
+    runs = [rec("kubernetes:core/v1:ConfigMap", "owner", cm, [kueue] if after_kueue else [])] if owner else []
+    return [provider(), kueue, cron, job, *runs]
+
+
+def test_h_catches_queued_runs_that_destroy_leaves_to_a_gone_kueue():
+    late = findings(queued_world(foreground=True, after_kueue=False))
+    assert len([f for f in late if "does not depend on it" in f]) == 3, late
+    background = findings(queued_world(foreground=False, after_kueue=True))
+    assert len([f for f in background if "is not foreground" in f]) == 3, background
+    assert any("no training-runs owner" in f for f in findings(queued_world(foreground=True, after_kueue=True, owner=False)))
+    assert "h" not in rules_of(queued_world(foreground=True, after_kueue=True), KIND)
+
+
+def test_h_names_the_owner_kueue_creates():
+    from components.services import kueue
+
+    assert convergence.RUNS_OWNER == kueue.RUNS_OWNER
+    assert convergence.QUEUE_LABEL == kueue.QUEUE_LABEL
+    assert kueue.FOREGROUND == {convergence.DELETE_PROPAGATION: "foreground"}
+    assert kueue.manager_config()["manageJobsWithoutQueueName"] is False
+
+
 # ---------------------------------------------------------------- the real program, broken on purpose
 
 
@@ -330,7 +369,9 @@ def test_the_check_sees_the_review_findings_in_the_program_records(_results):
     k8s.depends_on = [d for d in k8s.depends_on if "eks:index:Cluster" in d]  # the provider waits for the control plane only
     job = next(r for r in records if r.type == "kubernetes:batch/v1:Job")
     job.ignore_changes = []
+    del job.raw["metadata"]["annotations"][convergence.DELETE_PROPAGATION]  # destroy no longer waits for its Workload
     found = convergence.check(records)
     assert any(f.rule == "a" and f.urn == llm_svc.urn and "deadlock" in f.message for f in found)
     assert any(f.rule == "e" and "mlplatform-cluster-system" in f.message for f in found)
     assert any(f.rule == "f" and f.urn == job.urn for f in found)
+    assert any(f.rule == "h" and f.urn == job.urn for f in found)

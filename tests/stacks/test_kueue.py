@@ -37,6 +37,17 @@ def test_kueue_installed_from_the_pinned_chart(result):
     assert release.inputs["namespace"] == "kueue-system"
 
 
+def test_the_controllers_network_policy_admits_its_webhook_visibility_api_and_metrics(result):
+    """The API server calls the webhook (:9443) and the visibility APIService (:8082: blocked, the
+    APIService stays unavailable and API discovery reports it failing, issue 29); Prometheus scrapes :8443."""
+    (policy,) = [
+        r for r in result.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") if r.raw["metadata"]["name"] == "kueue-controller"
+    ]
+    ports = {p["port"] for rule in policy.raw["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {9443, kueue.VISIBILITY_PORT, 8443}, f"{policy.urn}: ingress ports {sorted(ports)}"
+    assert all("from" not in rule for rule in policy.raw["spec"]["ingress"]), f"{policy.urn}: the API server is outside the pod network"
+
+
 def test_every_training_run_is_queued_and_suspended(result):
     jobs = batch(result, "Job")
     if not trains(result.stack):  # prod never trains: nothing to queue
