@@ -250,16 +250,26 @@ def no_credentials_in_clear(r: Res) -> list[str]:
     return out
 
 
+def _reads_every_secret(rule: dict[str, Any]) -> bool:
+    core = set(rule.get("apiGroups") or []) & {"", "*"}
+    reads = set(rule.get("verbs") or []) & {"get", "list", "watch", "*"}
+    return bool(core and reads and set(rule.get("resources") or []) & {"secrets", "*"} and not rule.get("resourceNames"))
+
+
 def rbac_least_privilege(r: Res) -> list[str]:
     if r.kind in ("ClusterRoleBinding", "RoleBinding"):
         if (r.props.get("roleRef") or {}).get("name") == "cluster-admin":
             return [f"{r.kind} grants cluster-admin"]
     if r.kind in ("ClusterRole", "Role"):
-        return [
+        rules = list(enumerate(r.props.get("rules") or []))
+        out = [
             f"rule {i} grants every verb on every resource"
-            for i, rule in enumerate(r.props.get("rules") or [])
+            for i, rule in rules
             if "*" in (rule.get("verbs") or []) and "*" in (rule.get("resources") or [])
         ]
+        # Issue 24 item 6: no ClusterRole of ours reads every Secret of the cluster.
+        out += [f"rule {i} reads every Secret of the cluster" for i, rule in rules if r.kind == "ClusterRole" and _reads_every_secret(rule)]
+        return out
     return []
 
 
@@ -275,11 +285,12 @@ SECRET_READ_NARROWING: dict[str, tuple[tuple[str, Any], ...]] = {
     # ClusterRole on ConfigMaps and Secrets unless rbac.namespaced.
     "grafana": (("rbac.namespaced", True),),
     "kube-prometheus-stack": (("grafana.rbac.namespaced", True),),
+    # argo-rollouts 2.41.0: the chart's ClusterRole reads every Secret; the program binds its own
+    # (components/services/argo_rollouts.py CONTROLLER_RULES), which the rule below checks like any other.
+    "argo-rollouts": (("controller.createClusterRole", False),),
 }
 # Charts that keep a cluster-wide Secret read, and why (as HOST_ACCESS_ALLOWED): issue 24 item 6.
 SECRET_READ_ALLOWED = {
-    "argo-rollouts": "the controller resolves AnalysisTemplates' secretKeyRefs in each Rollout's namespace; "
-    "namespaced mode (clusterInstall: false) would watch its own namespace only, where no Rollout lives",
     "gateway-helm": "Envoy Gateway reads the TLS certificate Secrets that Gateways reference in their namespaces",
     "kube-prometheus-stack": "the Prometheus Operator writes the Prometheus/Alertmanager config Secrets and reads those "
     "ServiceMonitors reference; kube-state-metrics lists Secrets (it exports their metadata only)",
@@ -594,7 +605,44 @@ def chart_pods_hardened(r: Res) -> list[str]:
     return out
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def rollouts_plugins_pinned(r: Res) -> list[str]:
+    """Argo Rollouts downloads its plugins at every controller start and runs them with the controller's
+    rights: each one fetched over the network carries the SHA-256 the controller checks (issue 24 item 7;
+    argo-rollouts utils/plugin/downloader.go). A ``file://`` plugin baked into the image is the image's pin."""
+    if r.type != "kubernetes:helm.sh/v3:Release" or str(r.props.get("chart", "")).rsplit("/", 1)[-1] != "argo-rollouts":
+        return []
+    controller = (r.props.get("values") or {}).get("controller") or {}
+    plugins = [*(controller.get("trafficRouterPlugins") or []), *(controller.get("metricProviderPlugins") or [])]
+    return [
+        f"plugin {p.get('name')!r} is fetched from {p.get('location')} without a sha256"
+        for p in plugins
+        if not str(p.get("location", "")).startswith("file://") and not _SHA256.match(str(p.get("sha256") or ""))
+    ]
+
+
+def pushgateway_scrape_confined(r: Res) -> list[str]:
+    """A Pushgateway scraped with ``honorLabels`` keeps whatever labels a push sets, so any code that can
+    push (training) could forge a canary's or KEDA's series: the scrape keeps only names matched by a
+    ``keep`` relabeling on ``__name__`` (issue 24 item 8; components/services/monitoring.py)."""
+    if r.type != "kubernetes:helm.sh/v3:Release" or str(r.props.get("chart", "")).rsplit("/", 1)[-1] != "prometheus-pushgateway":
+        return []
+    monitor = (r.props.get("values") or {}).get("serviceMonitor") or {}
+    if not monitor.get("enabled") or not monitor.get("honorLabels"):
+        return []
+    keeps = [
+        m
+        for m in monitor.get("metricRelabelings") or []
+        if m.get("action") == "keep" and m.get("sourceLabels") == ["__name__"] and m.get("regex") not in (None, "", ".*", ".+")
+    ]
+    return [] if keeps else ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
+
+
 RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
+    "rollouts-plugins-pinned": (rollouts_plugins_pinned, "a plugin the controller downloads runs with the controller's rights"),
+    "pushgateway-scrape-confined": (pushgateway_scrape_confined, "what training pushes must not pass for serving or canary metrics"),
     "no-privileged-containers": (no_privileged, "a privileged container owns the node"),
     "no-host-namespaces-or-paths": (no_host_access, "host network/PID/IPC and hostPath escape the pod sandbox"),
     "helm-host-access-allow-list": (helm_host_access_allowed, "charts may get host access only with a written reason"),
@@ -834,7 +882,126 @@ def network_policies_enforced(resources: list[Res]) -> list[tuple[str, str]]:
     ]
 
 
+TLS_ENVIRONMENTS = {"staging", "prod"}
+LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
+LB_SCHEME = "service.beta.kubernetes.io/aws-load-balancer-scheme"
+LB_SSL_CERT = "service.beta.kubernetes.io/aws-load-balancer-ssl-cert"
+LB_SSL_PORTS = "service.beta.kubernetes.io/aws-load-balancer-ssl-ports"
+
+
+def _meta(r: Res) -> dict[str, Any]:
+    return r.props.get("metadata") or {}
+
+
+def _internet_facing(annotations: dict[str, Any]) -> bool:
+    return str(annotations.get(LB_INTERNAL, "")).lower() != "true" and annotations.get(LB_SCHEME) != "internal"
+
+
+def _nlb_tls_covers(annotations: dict[str, Any], ports: list[Any]) -> bool:
+    """The load balancer terminates TLS (an ACM certificate) on every one of ``ports``."""
+    if not annotations.get(LB_SSL_CERT):
+        return False
+    tls_ports = {p.strip() for p in str(annotations.get(LB_SSL_PORTS, "*")).split(",")}
+    return "*" in tls_ports or all(str(p) in tls_ports for p in ports)
+
+
+def _redirect_only(routes: list[Res], gateway: str, namespace: str, listener: str) -> bool:
+    """Every route attached to ``listener`` only answers a redirect to https (no backend), and one is."""
+    attached = [
+        r
+        for r in routes
+        if any(
+            p.get("name") == gateway and p.get("sectionName") == listener and p.get("namespace", _meta(r).get("namespace")) == namespace
+            for p in (r.props.get("spec") or {}).get("parentRefs") or []
+        )
+    ]
+
+    def redirects(rule: dict[str, Any]) -> bool:
+        filters = rule.get("filters") or []
+        https = [f for f in filters if f.get("type") == "RequestRedirect" and (f.get("requestRedirect") or {}).get("scheme") == "https"]
+        return not rule.get("backendRefs") and bool(https) and len(https) == len(filters)
+
+    return bool(attached) and all(all(redirects(rule) for rule in (r.props.get("spec") or {}).get("rules") or []) for r in attached)
+
+
+def _gateway_ports_tls(gateways: list[Res], routes: list[Res], namespace: str, ports: list[Any]) -> list[str]:
+    """The Service ports in front of a Gateway of ``namespace`` that serve anything over plain HTTP."""
+    bad = []
+    for port in ports:
+        listeners = [
+            (g, ln) for g in gateways if _meta(g).get("namespace") == namespace for ln in (g.props.get("spec") or {}).get("listeners") or []
+        ]
+        matching = [(g, ln) for g, ln in listeners if ln.get("port") == port]
+        for g, ln in matching:
+            if ln.get("protocol") in ("HTTPS", "TLS"):
+                continue
+            if not _redirect_only(routes, _meta(g).get("name"), namespace, ln.get("name")):
+                bad.append(f"port {port}: listener {ln.get('name')} serves plain {ln.get('protocol')}")
+        if not matching:
+            bad.append(f"port {port}: no TLS listener")
+    return bad
+
+
+def entry_points_tls(resources: list[Res]) -> list[tuple[str, str]]:
+    """An internet-facing load balancer of a staging/prod stack serves TLS on every port: its own
+    certificate (an NLB's ACM listener), or a Gateway listener that terminates TLS, where a plain-HTTP
+    port only answers a redirect to https (issue 24 item 9). Jenkins' load balancer is read from its
+    chart values (the chart makes the Service)."""
+    env_of = {_meta(r).get("name"): (_meta(r).get("labels") or {}).get(ENV_LABEL) for r in resources if r.kind == "Namespace"}
+    gateways = [r for r in resources if r.kind == "Gateway"]
+    routes = [r for r in resources if r.kind == "HTTPRoute"]
+    out = []
+    for r in resources:
+        spec, meta = r.props.get("spec") or {}, _meta(r)
+        if r.kind == "Service" and spec.get("type") == "LoadBalancer" and env_of.get(meta.get("namespace")) in TLS_ENVIRONMENTS:
+            annotations = meta.get("annotations") or {}
+            ports = [p.get("port") for p in spec.get("ports") or []]
+            if not _internet_facing(annotations) or _nlb_tls_covers(annotations, ports):
+                continue
+            bad = _gateway_ports_tls(gateways, routes, meta.get("namespace"), ports)
+            out += [(r.urn, f"internet-facing LoadBalancer without TLS: {b}") for b in bad]
+        elif r.type == "kubernetes:helm.sh/v3:Release" and str(r.props.get("chart", "")).endswith("jenkins"):
+            controller = (r.props.get("values") or {}).get("controller") or {}
+            if controller.get("serviceType") != "LoadBalancer" or env_of.get(r.props.get("namespace")) not in TLS_ENVIRONMENTS:
+                continue
+            annotations = controller.get("serviceAnnotations") or {}
+            if _internet_facing(annotations) and not _nlb_tls_covers(annotations, [controller.get("servicePort", 8080)]):
+                out.append((r.urn, "Jenkins LoadBalancer without TLS (jenkins.tlsCertificateArn)"))
+    return out
+
+
+ADMIN_POLICY_SUFFIX = ":policy/AdministratorAccess"
+BOUNDARY_SUFFIX = "-deploy-boundary"
+
+
+def iam_roles_bounded(resources: list[Res]) -> list[tuple[str, str]]:
+    """No role of the stack is an AWS administrator, and where the stack has a CI deploy identity every
+    role carries its permission boundary (issue 24 item 3: dev's deploy, which runs unapproved on every
+    push, administered prod; components/cluster/ci_deploy_role.py). A role without the boundary is one
+    the deploy role could not create (the boundary forbids it) and an escape route from it if it could.
+    A boundary unknown at preview (the policy's ARN) counts as present: only a missing one is judged."""
+    out = [
+        (r.urn, "a role of the stack is an AWS administrator (AdministratorAccess): give it a bounded policy of its own")
+        for r in resources
+        if r.type == "aws:iam/rolePolicyAttachment:RolePolicyAttachment" and str(r.props.get("policyArn", "")).endswith(ADMIN_POLICY_SUFFIX)
+    ]
+    roles = [r for r in resources if r.type == "aws:iam/role:Role"]
+    bounded_stack = any(r.type == "aws:iam/policy:Policy" and str(r.props.get("name", "")).endswith(BOUNDARY_SUFFIX) for r in resources)
+    deploy = [r for r in roles if str(r.props.get("name", "")).endswith("-ci-deploy")]
+    if deploy and not bounded_stack:
+        out += [(r.urn, "CI deploy role without a deploy boundary policy (mlplatform-<stack>-deploy-boundary)") for r in deploy]
+    if deploy or bounded_stack:
+        out += [
+            (r.urn, "IAM role without the stack's permission boundary")
+            for r in roles
+            if "permissionsBoundary" not in r.props or r.props.get("permissionsBoundary") == ""
+        ]
+    return out
+
+
 STACK_RULES: dict[str, tuple[Callable[[list[Res]], list[tuple[str, str]]], str]] = {
+    "iam-roles-bounded": (iam_roles_bounded, "one environment's deploy identity must not be able to administer another's"),
+    "entry-points-tls": (entry_points_tls, "nothing crosses the internet in clear: logins, API keys, model inputs"),
     "network-policies-enforced": (network_policies_enforced, "a NetworkPolicy nothing enforces isolates nothing"),
     "namespaces-default-deny": (namespaces_default_deny, "a new workload is reachable only through the policies written for it"),
     "prod-load-balancers-restricted": (prod_load_balancers_restricted, "prod endpoints face the internet only from known networks"),

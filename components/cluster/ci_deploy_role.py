@@ -11,10 +11,17 @@ policy admits exactly one subject per forge, this environment's:
   told by the audience each job asks for (``id_tokens: aud`` in .gitlab-ci.yml): the token of
   ``deploy:dev`` (unapproved, on every push) cannot be traded for staging's or prod's role. Each
   audience must be a client ID of the GitLab OIDC provider in IAM.
-The role administers the account because ``pulumi up`` creates VPCs, clusters and IAM roles; one
-account (or at least one role) per environment is what keeps dev's pipeline away from prod. It is
-also an admin of this stack's cluster (an EKS access entry), so ``make train-wait`` works with the
-stack's kubeconfig output whoever bootstrapped the cluster.
+What it may do: ``pulumi up`` creates VPCs, clusters, IAM roles, buckets and keys, so its own policy
+is broad, and a permission boundary (``mlplatform-<stack>-deploy-boundary``, components/lib/iam.py
+``deploy_boundary_policy``) bounds it: nothing tagged with or named for another stack, no role
+without this boundary (every role the program creates gets it: ``bound_roles``), no boundary
+removed or rewritten, no IAM user or key. The documented topology is one AWS account per
+environment (``cluster.accountId``; the provider refuses any other account), where the account is
+the wall and the boundary a second one; where environments share an account the boundary, the
+stores' bucket policies and the stack tags are the wall (docs/security.md says what they cover).
+Changing a boundary's document is an administrator's ``pulumi up`` (the role cannot rewrite it).
+It is also an admin of this stack's cluster (an EKS access entry), so ``make train-wait`` works
+with the stack's kubeconfig output whoever bootstrapped the cluster.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import pulumi
 import pulumi_aws as aws
 
 from components.config import GITHUB_ISSUER, CiConfig
+from components.config.schema import CI_DEPLOY_ENVIRONMENTS
+from components.lib.iam import deploy_boundary_name, deploy_boundary_policy, deploy_policy
 
-ADMIN_POLICY = "arn:aws:iam::aws:policy/AdministratorAccess"
 CLUSTER_ADMIN = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 AUDIENCE = "sts.amazonaws.com"
 
@@ -59,12 +67,43 @@ def trust_policy(config: CiConfig, stack: str) -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def deploy_boundary(name: str, stack: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.iam.Policy:
+    """The stack's deploy boundary, made before anything else (every role the program creates names it)."""
+    return aws.iam.Policy(
+        name,
+        aws.iam.PolicyArgs(
+            name=deploy_boundary_name(stack),
+            description=f"Bounds {stack}'s deploy identity and every role it creates (docs/security.md)",
+            policy=deploy_boundary_policy(stack, list(CI_DEPLOY_ENVIRONMENTS)),
+            tags=tags,
+        ),
+        opts=opts,
+    )
+
+
+def bound_roles(boundary: aws.iam.Policy):
+    """A stack transformation: every IAM role registered after it carries ``boundary`` (the deploy
+    boundary forbids creating one without) and waits for it. Python-side: the roles a remote
+    component (pulumi-eks' cluster service role) makes inside itself are not reached (docs/security.md)."""
+
+    def transform(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        if args.type_ != "aws:iam/role:Role":
+            return None
+        props = {**args.props, "permissions_boundary": boundary.arn}
+        return pulumi.ResourceTransformationResult(
+            props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(depends_on=[boundary]))
+        )
+
+    return transform
+
+
 @dataclass
 class CiDeployRoleArgs:
     stack: str
     config: CiConfig
     cluster_name: str
     tags: dict[str, str]
+    boundary: aws.iam.Policy | None = None  # deploy_boundary(); None: made here
 
 
 class CiDeployRole(pulumi.ComponentResource):
@@ -74,17 +113,20 @@ class CiDeployRole(pulumi.ComponentResource):
         super().__init__("mlplatform:ci:CiDeployRole", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         role_name = f"mlplatform-{args.stack}-ci-deploy"
+        boundary = args.boundary or deploy_boundary(f"{name}-boundary", args.stack, args.tags, child)
         role = aws.iam.Role(
             name,
             aws.iam.RoleArgs(
                 name=role_name,
                 assume_role_policy=json.dumps(trust_policy(args.config, args.stack)),
                 max_session_duration=4 * 3600,  # a prod deploy with training and smoke test fits
+                permissions_boundary=boundary.arn,
                 tags=args.tags,
             ),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[boundary]),
         )
-        aws.iam.RolePolicyAttachment(f"{name}-admin", aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=ADMIN_POLICY), opts=child)
+        # No AdministratorAccess: a broad policy of its own, bounded (issue 24 item 3).
+        aws.iam.RolePolicy(f"{name}-deploy", aws.iam.RolePolicyArgs(role=role.id, name="deploy", policy=deploy_policy()), opts=child)
         entry = aws.eks.AccessEntry(
             f"{name}-cluster",
             aws.eks.AccessEntryArgs(cluster_name=args.cluster_name, principal_arn=role.arn, tags=args.tags),

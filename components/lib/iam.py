@@ -63,18 +63,43 @@ def cluster_autoscaler_policy(cluster_name: str) -> str:
     )
 
 
-def s3_bucket_policy(bucket_arn: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False) -> str:
+REGISTRY_PREFIX = "models/"
+
+
+def _key_statement(key_arn: str | None, write: bool) -> list[dict]:
+    """The store's customer-managed key (components/services/artifact_store.py): S3 asks KMS for a data
+    key on a write and decrypts one on a read, with the caller's permissions; only through S3."""
+    if not key_arn:
+        return []
+    actions = ["kms:Decrypt"] + (["kms:GenerateDataKey"] if write else [])
+    return [
+        {
+            "Sid": "StoreKey",
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": key_arn,
+            "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
+        }
+    ]
+
+
+def s3_bucket_policy(
+    bucket_arn: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False, key_arn: str | None = None
+) -> str:
     """Access to one bucket only: read (list + get) and, when ``write``, put/delete objects.
 
     ``prefixes`` (e.g. ``models/mnist/``) confine it to those key prefixes: one model's role cannot
     read or overwrite another model's versions. ``read_all`` keeps reads bucket-wide (a training
-    run's data may live anywhere in it) while writes stay under ``prefixes``.
+    run's data may live anywhere in it) while writes stay under ``prefixes``. ``key_arn``: the
+    store's KMS key, which S3 uses with the caller's rights.
     """
     actions = ["s3:GetObject"] + (["s3:PutObject", "s3:DeleteObject"] if write else [])
+    key = _key_statement(key_arn, write)
     if not prefixes:
         return _doc(
             {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn},
             {"Sid": "Objects", "Effect": "Allow", "Action": actions, "Resource": f"{bucket_arn}/*"},
+            *key,
         )
     scoped = [f"{bucket_arn}/{p}*" for p in prefixes]
     listing: dict = {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn}
@@ -85,5 +110,125 @@ def s3_bucket_policy(bucket_arn: str, write: bool, prefixes: list[str] | None = 
         {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{bucket_arn}/*"] if read_all else scoped},
     ]
     if write:
-        statements.append({"Sid": "Write", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"], "Resource": scoped})
+        statements.append({"Sid": "Write", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": scoped})
+        # ``models/`` is the registry: versions are immutable and nobody deletes there (training/registry.py
+        # never does; issue 24 item 8). Elsewhere (checkpoints) a run may prune what it wrote.
+        prunable = [f"{bucket_arn}/{p}*" for p in prefixes if not p.startswith(REGISTRY_PREFIX)]
+        if prunable:
+            statements.append({"Sid": "Prune", "Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": prunable})
+        statements += _registry_guards(bucket_arn, [p for p in prefixes if p.startswith(REGISTRY_PREFIX)])
+    return _doc(*statements, *key)
+
+
+def _registry_guards(bucket_arn: str, registry: list[str]) -> list[dict]:
+    """What a workload that publishes versions (training, the LLM import) may not do in the registry,
+    whatever else it may write there (issue 24 item 8):
+    - ``rejected/``: a rejection is the pipeline's verdict (ops/deliver.py, ops/models.py), written once;
+      no workload writes one, so none can overwrite one with garbage either;
+    - a version's ``MANIFEST.json`` only as a conditional create (``If-None-Match: *``, which
+      training/registry.py always sends; S3 "Enforce conditional writes", condition key
+      ``s3:if-none-match``): an existing version's manifest, which the servers verify every file
+      against, is never replaced, so a complete version stays the bytes it was."""
+    if not registry:
+        return []
+    return [
+        {
+            "Sid": "NoRejections",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject"],
+            "Resource": [f"{bucket_arn}/{p}rejected/*" for p in registry],
+        },
+        {
+            "Sid": "ManifestCreateOnly",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject"],
+            "Resource": [f"{bucket_arn}/{p}*/MANIFEST.json" for p in registry],
+            "Condition": {"Null": {"s3:if-none-match": "true"}},
+        },
+    ]
+
+
+# Every resource the program tags carries its stack (components/platform.py ``tags``): the deploy
+# boundary and the stores' bucket policies tell environments apart by it where they share an account.
+STACK_TAG = "mlplatform.io/stack"
+USER_ACTIONS = [
+    "iam:CreateUser",
+    "iam:CreateAccessKey",
+    "iam:CreateLoginProfile",
+    "iam:UpdateLoginProfile",
+    "iam:AttachUserPolicy",
+    "iam:PutUserPolicy",
+    "iam:AddUserToGroup",
+    "iam:AttachGroupPolicy",
+    "iam:PutGroupPolicy",
+]
+ROLE_POLICY_ACTIONS = ["iam:CreateRole", "iam:PutRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:PutRolePolicy"]
+
+
+def deploy_boundary_name(stack: str) -> str:
+    return f"mlplatform-{stack}-deploy-boundary"
+
+
+def tagged_other(key: str, stack: str) -> dict:
+    """Condition: ``key`` (a tag condition key) is present and names another stack. Both parts are
+    needed: a negated operator is true when the key is missing (untagged resources stay usable)."""
+    return {"Null": {key: "false"}, "StringNotEquals": {key: stack}}
+
+
+def deploy_boundary_policy(stack: str, others: list[str]) -> str:
+    """The permission boundary of ``stack``'s CI deploy role (components/cluster/ci_deploy_role.py):
+    everything in its account except what belongs to the ``others`` stacks, and no way out of the
+    boundary. What it means where environments share an account (docs/security.md):
+    - resources tagged with another stack, or named for it (its EKS cluster ``mlplatform-<other>``
+      and what hangs under it, its named roles ``mlplatform-<other>-*``): no action at all;
+    - no tag that names another stack on a request (no resource made or re-tagged into another's);
+    - roles it creates, or whose policies it changes, carry this very boundary (no unbounded role to
+      escape through), the boundary is never removed, and no deploy boundary's document changes
+      (an administrator's ``pulumi up`` changes it); no IAM users or access keys (no long-lived key).
+    """
+    own = f"arn:aws:iam::*:policy/{deploy_boundary_name(stack)}"
+    others = sorted(o for o in others if o != stack)
+    statements = [
+        {"Sid": "Deploy", "Effect": "Allow", "Action": "*", "Resource": "*"},
+        {
+            "Sid": "NotOtherStacksResources",
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": tagged_other(f"aws:ResourceTag/{STACK_TAG}", stack),
+        },
+        {
+            "Sid": "NotTaggedAsOtherStack",
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": tagged_other(f"aws:RequestTag/{STACK_TAG}", stack),
+        },
+        {
+            "Sid": "NewRolesBounded",
+            "Effect": "Deny",
+            "Action": ROLE_POLICY_ACTIONS,
+            "Resource": "*",
+            "Condition": {"ArnNotLike": {"iam:PermissionsBoundary": own}},
+        },
+        {"Sid": "BoundaryStays", "Effect": "Deny", "Action": ["iam:DeleteRolePermissionsBoundary"], "Resource": "*"},
+        {
+            "Sid": "BoundariesFixed",
+            "Effect": "Deny",
+            "Action": ["iam:CreatePolicyVersion", "iam:DeletePolicy", "iam:DeletePolicyVersion", "iam:SetDefaultPolicyVersion"],
+            "Resource": "arn:aws:iam::*:policy/mlplatform-*-deploy-boundary",
+        },
+        {"Sid": "NoLongLivedIdentities", "Effect": "Deny", "Action": USER_ACTIONS, "Resource": "*"},
+    ]
+    if others:
+        clusters = [a for o in others for a in (f"arn:aws:eks:*:*:cluster/mlplatform-{o}", f"arn:aws:eks:*:*:*/mlplatform-{o}/*")]
+        statements.append({"Sid": "NotOtherClusters", "Effect": "Deny", "Action": "eks:*", "Resource": clusters})
+        roles = [f"arn:aws:iam::*:role/mlplatform-{o}-*" for o in others]
+        statements.append({"Sid": "NotOtherStacksRoles", "Effect": "Deny", "Action": ["iam:*", "sts:*"], "Resource": roles})
     return _doc(*statements)
+
+
+def deploy_policy() -> str:
+    """The deploy role's own policy: ``pulumi up`` creates VPCs, clusters, roles, buckets and keys, so
+    it is broad; the permission boundary (``deploy_boundary_policy``) is what bounds it."""
+    return _doc({"Sid": "DeployWithinBoundary", "Effect": "Allow", "Action": "*", "Resource": "*"})

@@ -1,6 +1,8 @@
-"""The promotion identity's IAM documents, pure (no Pulumi import): the program renders them
-(components/services/model_promoter.py) and the workload tests evaluate the same functions' output for real on
-moto's IAM (tests/training/test_promotion_iam.py, in .venv-ml, which has no Pulumi).
+"""The promotion's IAM documents, pure (no Pulumi import): the program renders them
+(components/services/model_promoter.py, components/services/artifact_store.py) and the tests evaluate the
+same functions' output: on moto's IAM (tests/training/test_promotion_iam.py, in .venv-ml, which has no
+Pulumi) and with the policy evaluator for what moto does not model (bucket and key policies, other
+accounts, boundaries: tools/iam_eval.py, tests/stacks/test_environment_isolation.py).
 
 What a promotion does (ops/deliver.py -> training/registry.promote_between), key by key:
 - source store, ``models/<name>/``: GET ``aliases/champion.json``, ``<version>/MANIFEST.json`` and every
@@ -11,24 +13,33 @@ What a promotion does (ops/deliver.py -> training/registry.promote_between), key
   manifest). No DELETE anywhere: the registry never deletes (versions are immutable).
 ``s3:ListBucket`` is granted on each bucket only for ``s3:prefix`` under those model folders.
 
-No KMS statement: both stores encrypt with the account's AWS-managed key ``aws/s3``
-(components/services/artifact_store.py, ``sse_algorithm: aws:kms`` without a key id), whose key policy lets any
-principal of the account use it through S3 when IAM lets it reach the object. That same key is why
-promotion is same-account only: an ``aws/s3``-encrypted object cannot be decrypted from another
-account, whatever the bucket policy says (components/services/model_promoter.py checks the accounts).
+One AWS account per environment (docs/security.md): the source store is in another account. A
+cross-account read needs both sides (IAM "Cross-account policy evaluation logic"): this role's policy
+(``promoter_policy``) and the source's bucket policy (``store_bucket_policy``, naming the receiver's
+promoter role for its models' folders); the objects are encrypted with the source store's
+customer-managed key, whose key policy (``store_key_policy``) lets that role decrypt through S3 only
+(an ``aws/s3`` key could not be used from another account at all). The source's bucket and account come
+from the receiving stack's reviewed config (``models.<name>.source``), never from shared state.
 """
 
 from __future__ import annotations
 
 import json
 
+from components.lib.iam import STACK_TAG, tagged_other
+
 ROLE_NAME = "mlplatform-{stack}-model-promoter"
 READ = ["s3:GetObject"]
 READ_WRITE = ["s3:GetObject", "s3:PutObject"]
+VIA_S3 = {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}}
 
 
 def role_name(stack: str) -> str:
     return ROLE_NAME.format(stack=stack)
+
+
+def role_arn(account: str, stack: str) -> str:
+    return f"arn:aws:iam::{account}:role/{role_name(stack)}"
 
 
 def bucket_arn(store_uri: str) -> str:
@@ -43,9 +54,17 @@ def _prefixes(models: list[str]) -> list[str]:
     return [f"models/{m}/" for m in sorted(models)]
 
 
-def promoter_policy(own_bucket_arn: str, sources: dict[str, list[str]]) -> str:
+def _keys(accounts: list[str]) -> list[str]:
+    return [f"arn:aws:kms:*:{a}:key/*" for a in sorted(set(accounts))]
+
+
+def promoter_policy(
+    own_bucket_arn: str, sources: dict[str, list[str]], source_accounts: dict[str, str] | None = None, own_account: str | None = None
+) -> str:
     """``sources``: source bucket ARN -> the models received from it. Read on those models' folders in
-    each source bucket; read + write on the same folders of this stack's own bucket. Nothing else."""
+    each source bucket; read + write on the same folders of this stack's own bucket. Nothing else.
+    ``source_accounts`` (bucket ARN -> account) and ``own_account``: the stores' customer-managed keys,
+    used through S3 only: decrypt in the sources' accounts, encrypt/decrypt in its own."""
     statements: list[dict] = []
     own_models: list[str] = []
     for i, (src_arn, models) in enumerate(sorted(sources.items())):
@@ -74,6 +93,26 @@ def promoter_policy(own_bucket_arn: str, sources: dict[str, list[str]]) -> str:
         },
         {"Sid": "ReadWriteOwn", "Effect": "Allow", "Action": READ_WRITE, "Resource": [f"{own_bucket_arn}/{p}*" for p in prefixes]},
     ]
+    if source_accounts:
+        statements.append(
+            {
+                "Sid": "DecryptSources",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": _keys(list(source_accounts.values())),
+                "Condition": VIA_S3,
+            }
+        )
+    if own_account:
+        statements.append(
+            {
+                "Sid": "OwnKey",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": _keys([own_account]),
+                "Condition": VIA_S3,
+            }
+        )
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
@@ -85,3 +124,84 @@ def promoter_trust_policy(principal_arn: str) -> str:
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": principal_arn}, "Action": "sts:AssumeRole"}]},
         sort_keys=True,
     )
+
+
+def store_bucket_policy(bucket: str, stack: str, receivers: dict[str, list[str]]) -> str:
+    """The store's bucket policy. ``receivers``: a receiving stack's promoter role ARN -> the models it
+    receives from this store.
+    - each receiver's role may list and read its models' folders, nothing else (the grant another
+      account needs; the Principal is that account, the role is named in the condition, so the policy
+      is valid before the receiving stack has made its role);
+    - a principal tagged with another stack (``mlplatform.io/stack``: its deploy role and every role it
+      made, where environments share an account) may do nothing here, the receivers' reads excepted:
+      the bucket, its policy and its objects stay this stack's.
+    """
+    statements: list[dict] = []
+    for i, (role, models) in enumerate(sorted(receivers.items())):
+        account = role.split(":")[4]
+        who = {"AWS": f"arn:aws:iam::{account}:root"}
+        only = {"ArnEquals": {"aws:PrincipalArn": role}}
+        prefixes = _prefixes(models)
+        statements += [
+            {
+                "Sid": f"ReceiverList{i}",
+                "Effect": "Allow",
+                "Principal": who,
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {**only, "StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            },
+            {
+                "Sid": f"ReceiverRead{i}",
+                "Effect": "Allow",
+                "Principal": who,
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket}/{p}*" for p in prefixes],
+                "Condition": only,
+            },
+        ]
+    other = tagged_other(f"aws:PrincipalTag/{STACK_TAG}", stack)
+    deny_others = {"Sid": "NotOtherStacks", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [bucket, f"{bucket}/*"]}
+    if receivers:
+        deny_others["Condition"] = {**other, "ArnNotEquals": {"aws:PrincipalArn": sorted(receivers)}}
+        statements.append(deny_others)
+        statements.append(
+            {
+                "Sid": "ReceiversOnlyRead",
+                "Effect": "Deny",
+                "Principal": "*",
+                "NotAction": ["s3:GetObject", "s3:ListBucket"],
+                "Resource": [bucket, f"{bucket}/*"],
+                "Condition": {**other, "ArnEquals": {"aws:PrincipalArn": sorted(receivers)}},
+            }
+        )
+    else:
+        deny_others["Condition"] = other
+        statements.append(deny_others)
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def store_key_policy(account: str, receivers: list[str]) -> str:
+    """The store key's policy: this account's IAM policies decide for its principals (the AWS default
+    statement); each receiver's promoter role (``receivers``, role ARNs) may decrypt, through S3 only."""
+    statements: list[dict] = [
+        {
+            "Sid": "AccountIamPolicies",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ]
+    for i, role in enumerate(sorted(receivers)):
+        statements.append(
+            {
+                "Sid": f"ReceiverDecrypt{i}",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{role.split(':')[4]}:root"},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {**VIA_S3, "ArnEquals": {"aws:PrincipalArn": role}},
+            }
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)

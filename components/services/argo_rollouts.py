@@ -17,10 +17,12 @@ import pulumi_kubernetes as k8s
 
 from components.cluster.namespaces import operator_namespace
 from components.config import CanaryConfig
-from components.lib import helm
+from components.lib import helm, rollout_specs
 from components.lib.rollout_specs import (
     API_VERSION,
+    CONTROLLER_SERVICE_ACCOUNT,
     NAMESPACE,
+    PLUGIN_URL,
     RELEASE,
     TrafficRouting,
     chart_values,
@@ -63,6 +65,60 @@ def rollout(
     }
 
 
+def plugin_pin_problem(environment: str, sha256: str | None) -> str | None:
+    """One line when the traffic-router plugin, which runs with the controller's rights, would be
+    fetched unverified: refused everywhere but the local stack (issue 24 item 7)."""
+    if environment == "local" or (sha256 and len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
+        return None
+    return (
+        f"components/lib/rollout_specs.py: PLUGIN_SHA256: the Argo Rollouts Gateway API plugin is not pinned by digest ({sha256!r}); "
+        f"set it to the output of `curl -sL {PLUGIN_URL} | sha256sum` (64 lowercase hex digits)"
+    )
+
+
+# The controller's cluster-wide rules: argo-rollouts chart 2.41.0 templates/_helpers.tpl
+# "argo-rollouts.controller.roleRules" (argoproj/argo-helm tag argo-rollouts-2.41.0), providers off as
+# in chart_values, minus what this platform never uses (issue 24 item 6):
+# - Secrets: the chart reads every Secret of the cluster "to run analysis templates which reference
+#   secrets"; ours reference none (Prometheus and job metrics; the warm-up Job's API key is resolved by
+#   the kubelet for the Job's pod, not by the controller). Its own namespace's Secrets (the
+#   notifications secret) stay readable through a Role there (``SECRET_RULES``).
+# - Ingress writes: canaries are routed by the Gateway API plugin (per-route Roles, route_role_rules),
+#   never by an Ingress; the informer keeps its read.
+# Everything else as the chart has it: the informers list and watch each kind at start.
+CONTROLLER_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["argoproj.io"],
+        "resources": ["rollouts", "rollouts/status", "rollouts/finalizers"],
+        "verbs": ["get", "list", "watch", "update", "patch"],
+    },
+    {
+        "apiGroups": ["argoproj.io"],
+        "resources": ["analysisruns", "analysisruns/finalizers", "experiments", "experiments/finalizers"],
+        "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"],
+    },
+    {"apiGroups": ["argoproj.io"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
+    {"apiGroups": ["", "apps"], "resources": ["deployments", "podtemplates"], "verbs": ["get", "list", "watch", "update"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "update"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "update", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+    {"apiGroups": ["networking.k8s.io", "extensions"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
+]
+SECRET_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
+CLUSTER_ROLE = "argo-rollouts-controller-mlplatform"
+
+
+def controller_values(monitoring: bool) -> dict[str, Any]:
+    """The chart's values (rollout_specs.chart_values) without the chart's ClusterRole: ours replaces it."""
+    values = chart_values(monitoring=monitoring)
+    return {**values, "controller": {**values["controller"], "createClusterRole": False}}
+
+
 @dataclass
 class ArgoRolloutsArgs:
     environment: str
@@ -79,6 +135,9 @@ class ArgoRollouts(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ArgoRolloutsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:rollouts:ArgoRollouts", name, None, opts)
+        problem = plugin_pin_problem(args.environment, rollout_specs.PLUGIN_SHA256)
+        if problem:
+            raise pulumi.RunError(problem)
         after_ns = operator_namespace(self, name, NAMESPACE, args.environment, "argo-rollouts", network_policy(args.prometheus_namespace))
         mon = args.monitoring_release
         if mon is not None:
@@ -88,12 +147,40 @@ class ArgoRollouts(pulumi.ComponentResource):
                 spec=prometheus_ingress_policy(),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[mon]),
             )
+        rbac = self._rbac(name, after_ns)
         self.release = helm.release(
             f"{name}-release",
             "argo-rollouts",
             NAMESPACE,
-            chart_values(monitoring=mon is not None),
-            pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[mon] if mon else [])),
+            controller_values(monitoring=mon is not None),
+            # The controller starts with its rights in place (else it crash-loops until they are).
+            pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[*rbac, *([mon] if mon else [])])),
             release_name=RELEASE,
         )
         self.register_outputs({})
+
+    def _rbac(self, name: str, after_ns: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """CONTROLLER_RULES cluster-wide, SECRET_RULES in its own namespace, bound to its service account."""
+        subject = [{"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+        role = k8s.rbac.v1.ClusterRole(f"{name}-controller-role", metadata={"name": CLUSTER_ROLE}, rules=CONTROLLER_RULES, opts=after_ns)
+        binding = k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-controller-binding",
+            metadata={"name": CLUSTER_ROLE},
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
+            subjects=subject,
+            opts=pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[role])),
+        )
+        secrets = k8s.rbac.v1.Role(
+            f"{name}-controller-secrets",
+            metadata={"name": "argo-rollouts-own-secrets", "namespace": NAMESPACE},
+            rules=SECRET_RULES,
+            opts=after_ns,
+        )
+        secrets_binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-controller-secrets-binding",
+            metadata={"name": "argo-rollouts-own-secrets", "namespace": NAMESPACE},
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argo-rollouts-own-secrets"},
+            subjects=subject,
+            opts=pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[secrets])),
+        )
+        return [binding, secrets_binding]

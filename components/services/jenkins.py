@@ -7,7 +7,12 @@ root ``Jenkinsfile`` does, so nothing that file can reach may deploy a shared en
 - Folder ``preview``: the multibranch job ``preview/mlplatform`` (GitHub branch source: branches and
   pull requests, fork PRs from users without write access run the target branch's Jenkinsfile) and the
   hourly reaper. Its folder credentials are only what a preview of an ephemeral stack needs: the
-  ``ephemeral`` AWS identity and Pulumi passphrase, and the GitHub token for PR comments.
+  ``ephemeral`` AWS identity and Pulumi passphrase, the read-only GitHub scan/clone token, and a
+  separate token that can only comment on PRs (``github-comment``).
+- Sign-in and authorization (``security_jcasc``): GitHub OAuth, a global matrix where only
+  ``jenkins.admins`` administer; the prod approvers read and approve, never administer (Administer
+  passes any ``input``); anonymous users get nothing. Builds run as ``BUILD_USER`` (authorize-project),
+  which may read and use its own folder's credentials, never as SYSTEM.
 - Folder ``deploy``: one pipeline job, ``deploy/main``, that builds ``jenkins.branch`` (main) and nothing
   else, from ``ci/deploy.Jenkinsfile`` as merged there (branch protection on GitHub is the review gate).
   Its folder credentials are one AWS identity and one Pulumi passphrase per environment; each stage
@@ -49,8 +54,9 @@ ADMIN_SECRET = "jenkins-admin"
 AGENT_SA = "jenkins-agent"
 CONTROLLER_SA = "jenkins"
 BUILDER = "mlplatform-buildkit"  # buildx builder name the builder agent registers (registry.builder)
-AGENT_IMAGE = "pulumi/pulumi-python-3.11:3.272.0"
+AGENT_IMAGE = "pulumi/pulumi-python-3.11:3.272.0"  # tests only: a stack with Jenkins names its toolbox (jenkins.agentImage)
 BUILDKIT_IMAGE = "moby/buildkit:v0.23.2-rootless"
+BUILDKIT_ADDR = "tcp://127.0.0.1:1234"  # the sidecar daemon, reached by the agent over the pod's loopback
 # Rootless BuildKit as upstream runs it on Kubernetes (moby/buildkit examples/kubernetes/pod.rootless.yaml
 # and deployment+service.rootless.yaml: uid/gid 1000, --oci-worker-no-process-sandbox, seccomp and
 # AppArmor Unconfined; docs/rootless.md: seccomp for unshare/mount, AppArmor for mount), minus every
@@ -90,6 +96,11 @@ PLUGINS = [
     "pipeline-utility-steps:2.19.0",
     "timestamper:1.30",
     "prometheus:860.v532442b_44e9a_",
+    # sign-in and authorization (issue 24 item 5): GitHub OAuth realm, matrix authorization
+    "github-oauth:685.v53b_070455063",
+    "matrix-auth:3.3",
+    # builds run as a bounded identity, not SYSTEM (issue 24 item 5; security_jcasc)
+    "authorize-project:534.v2f208c45e11c",
 ]
 
 # The stacks deploy/main rolls out, in order (ci/deploy.Jenkinsfile); PR builds get `ephemeral` only.
@@ -122,13 +133,22 @@ def _passphrase(env: str) -> Credential:
     return Credential(f"pulumi-{env}", f"pulumi-passphrase-{env}", f"Pulumi passphrase of the {env} stack(s)", username="pulumi")
 
 
-GITHUB = Credential("github", "github-token", "GitHub user + token: repository scan, clone, PR comments", user_key="github-user")
+GITHUB = Credential("github", "github-token", "GitHub user + token: repository scan and clone (read-only)", user_key="github-user")
+# Comments only (issue 24 item 11): a fine-grained token whose one permission is "Pull requests: write",
+# separate from the scan/clone token, bound in the PR-comment stage only (Jenkinsfile).
+GITHUB_COMMENT = Credential(
+    "github-comment", "github-comment-token", "GitHub user + token that can only comment on pull requests", user_key="github-comment-user"
+)
 NOTIFY = Credential("notify-webhook", "notify-webhook-url", "pipeline notifications", username="webhook")
 FOLDER_CREDENTIALS: dict[str, tuple[Credential, ...]] = {
-    PREVIEW_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB),
+    PREVIEW_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB, GITHUB_COMMENT),
     DEPLOY_FOLDER: (*(c for env in ENVIRONMENTS for c in (_aws(env), _passphrase(env))), GITHUB, NOTIFY),
 }
-CREDENTIAL_KEYS = sorted({k for creds in FOLDER_CREDENTIALS.values() for c in creds for k in (c.user_key, c.secret_key) if k})
+# Read by the controller itself (JCasC), in no folder: the OAuth App's secret.
+OAUTH_SECRET_KEY = "github-oauth-client-secret"
+CREDENTIAL_KEYS = sorted(
+    {k for creds in FOLDER_CREDENTIALS.values() for c in creds for k in (c.user_key, c.secret_key) if k} | {OAUTH_SECRET_KEY}
+)
 
 _GROOVY_SAFE = re.compile(r"^[A-Za-z0-9 ._:/@,+=()-]*$")
 
@@ -279,6 +299,70 @@ def env_jcasc(repo_url: str, prod_approvers: list[str]) -> str:
     return yaml.safe_dump({"jenkins": {"globalNodeProperties": [{"envVars": {"env": env}}]}}, sort_keys=False)
 
 
+def _entry(principal: str, permissions: list[str], group: bool = False) -> dict[str, Any]:
+    """A matrix-auth 3.x entry: ``ORG*TEAM`` (and an org, ``group``) is a group of the GitHub realm
+    (github-oauth grants each member an authority per org and per ``org*team``), anything else a user."""
+    kind = "group" if group or "*" in principal else "user"
+    return {kind: {"name": principal, "permissions": permissions}}
+
+
+READ = ["Overall/Read", "Job/Read"]
+# Every build runs as this user (authorize-project's global strategy), never as SYSTEM, which may do
+# anything in Jenkins: start deploy/main from a PR's Jenkinsfile (`build job:`), read any job's
+# config. It may read, check out and use the credentials of its own job's folder (Credentials/
+# UseItem, enabled by USE_ITEM_PROPERTY), and nothing else: no Job/Build, no Configure, no Administer.
+# An underscore cannot appear in a GitHub login, so nobody can sign in as it through the realm.
+BUILD_USER = "mlplatform_builds"
+BUILD_PERMISSIONS = ["Overall/Read", "Job/Read", "Credentials/UseItem"]
+# Credentials/UseItem is off by default and then means Job/Configure (credentials plugin,
+# CredentialsProvider.USE_ITEM: enabled by this system property, implied by Job.CONFIGURE).
+USE_ITEM_PROPERTY = "-Dcom.cloudbees.plugins.credentials.UseItemPermission=true"
+# authorize-project runs a build as anonymous when the user has no record (SpecificUsersAuthorizationStrategy
+# .authenticate: User.get(id, false) == null), and the GitHub realm never creates one for a name that is
+# not a GitHub login: an init script (chart controller.initScripts, run at every start) makes the record.
+# Impersonated under the GitHub realm it gets the "authenticated" authority only (Jenkins core
+# User.getUserDetailsForImpersonation2: the realm cannot look it up), so its matrix entry is all it holds.
+BUILD_USER_INIT = f"hudson.model.User.getById('{BUILD_USER}', true).save()\n"
+
+
+def security_jcasc(cfg: JenkinsConfig, with_credentials: bool) -> str:
+    """Who signs in and what they may do (issue 24 item 5), replacing the chart's local admin and
+    "logged-in users can do anything": the GitHub OAuth realm (github-oauth plugin), and a global
+    matrix (matrix-auth) where ``admins`` administer, the repository's organisation and the prod
+    approvers read, and nobody else (anonymous included) has any permission. The approvers hold no
+    Administer, which would let them pass any ``input`` whoever it names (pipeline-input-step:
+    an administrator may always submit), so the deploy's ``submitter`` is what binds. Builds run as
+    ``BUILD_USER`` (authorize-project), not as SYSTEM."""
+    owner, _ = github_repo(cfg.repo_url or "https://github.com/x/y")
+    secret = "${file:" + f"{SECRETS_DIR}/{CREDENTIALS_SECRET}-{OAUTH_SECRET_KEY}" + "}" if with_credentials else ""
+    entries = [_entry(a, ["Overall/Administer"]) for a in cfg.admins]
+    entries += [_entry(owner, READ, group=True)] if owner not in cfg.admins else []
+    entries += [_entry(p, READ) for p in cfg.prod_approvers if p != owner]
+    entries += [_entry(BUILD_USER, BUILD_PERMISSIONS)]
+    doc = {
+        # authorize-project: the queue authenticates every build as BUILD_USER (JCasC form as in the
+        # plugin's ConfigurationAsCodeTest global.config.SpecificUsersAuthorizationStrategy.yml).
+        "security": {
+            "queueItemAuthenticator": {
+                "authenticators": [{"global": {"strategy": {"specificUsersAuthorizationStrategy": {"userid": BUILD_USER}}}}]
+            }
+        },
+        "jenkins": {
+            "securityRealm": {
+                "github": {
+                    "githubWebUri": "https://github.com",
+                    "githubApiUri": "https://api.github.com",
+                    "clientID": cfg.github_oauth_client_id or "",
+                    "clientSecret": secret,
+                    "oauthScopes": "read:org,user:email",
+                }
+            },
+            "authorizationStrategy": {"globalMatrix": {"entries": entries}},
+        },
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def credentials_data(raw: str) -> dict[str, str]:
     """The Secret's data from the ``jenkinsCredentials`` secret config value; names missing or unknown
     keys (never values). Loading the config runs it first (components/config/loading.py) and turns its
@@ -322,17 +406,18 @@ def _agent_pod(containers: list[dict], volumes: list[dict] | None = None) -> dic
     return {"apiVersion": "v1", "kind": "Pod", "spec": {**spec, **({"volumes": volumes} if volumes else {})}}
 
 
-def pod_templates(build_namespace: str) -> dict[str, str]:
+def pod_templates(build_namespace: str, agent_image: str = AGENT_IMAGE) -> dict[str, str]:
     """Kubernetes-plugin pod templates (JCasC YAML), keyed as the chart's agent.podTemplates expects.
     Both run in the build namespace: the only one where the controller may create pods."""
-    python_pod = _agent_pod([_restricted_container("python", AGENT_IMAGE, "1", "4Gi")])
+    python_pod = _agent_pod([_restricted_container("python", agent_image, "1", "4Gi")])
     builder_pod = _agent_pod(
         [
-            _restricted_container("python", AGENT_IMAGE, "1", "4Gi", env=[{"name": "BUILDX_BUILDER", "value": BUILDER}]),
+            # `make up-ci` registers the builder BUILDER (registry.builder) with the remote driver to this address.
+            _restricted_container("python", agent_image, "1", "4Gi", env=[{"name": "BUILDKIT_HOST", "value": BUILDKIT_ADDR}]),
             {
                 "name": "buildkitd",
                 "image": BUILDKIT_IMAGE,
-                "args": ["--addr", "tcp://127.0.0.1:1234", "--oci-worker-no-process-sandbox"],
+                "args": BUILDKITD_ARGS,
                 "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
                 "securityContext": BUILDKITD_SECURITY,
                 "volumeMounts": [{"name": "buildkit", "mountPath": "/home/user/.local/share/buildkit"}],
@@ -399,6 +484,7 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
                 "message": "build pods may add no capability but SETUID/SETGID (rootless BuildKit's newuidmap)",
             },
             *_confinement_validations(),
+            *_baseline_validations(),
             {
                 "expression": "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))",
                 "message": "build pods may not use host ports",
@@ -411,18 +497,80 @@ def build_pod_policy(build_namespace: str) -> dict[str, Any]:
     }
 
 
+BUILDKITD_ARGS = ["--addr", BUILDKIT_ADDR, "--oci-worker-no-process-sandbox"]
+# Pod Security baseline's allowed sysctls (kubernetes.io/docs/concepts/security/pod-security-standards, "Sysctls", 1.33).
+SAFE_SYSCTLS = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+]
+
+
+def _cel_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def builder_exemption() -> str:
+    """CEL: ``c`` is exactly the builder's BuildKit daemon (``BUILDKITD_SECURITY``): its name, image and
+    arguments (no command of its own), uid 1000 non-root, not privileged, every capability dropped.
+    Only that container may run unconfined: a look-alike with another command or user may not."""
+    return (
+        f"(c.name == 'buildkitd' && c.image == '{BUILDKIT_IMAGE}' && !has(c.command)"
+        f" && has(c.args) && c.args == {_cel_list(BUILDKITD_ARGS)}"
+        " && has(c.securityContext) && has(c.securityContext.runAsNonRoot) && c.securityContext.runAsNonRoot"
+        " && has(c.securityContext.runAsUser) && c.securityContext.runAsUser == 1000"
+        " && has(c.securityContext.capabilities) && has(c.securityContext.capabilities.drop)"
+        " && 'ALL' in c.securityContext.capabilities.drop)"
+    )
+
+
+def _baseline_validations() -> list[dict[str, str]]:
+    """Pod Security baseline's /proc mount, SELinux and sysctl checks (the namespace itself is privileged)."""
+    selinux = (
+        "(!has({p}.seLinuxOptions) || ((!has({p}.seLinuxOptions.type) || {p}.seLinuxOptions.type in "
+        "['', 'container_t', 'container_init_t', 'container_kvm_t']) && !has({p}.seLinuxOptions.user) && !has({p}.seLinuxOptions.role)))"
+    )
+    return [
+        {
+            "expression": "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.procMount)"
+            " || c.securityContext.procMount == 'Default')",
+            "message": "build pods may not unmask /proc (procMount)",
+        },
+        {
+            "expression": "variables.containers.all(c, !has(c.securityContext) || "
+            + selinux.format(p="c.securityContext")
+            + ") && (!has(object.spec.securityContext) || "
+            + selinux.format(p="object.spec.securityContext")
+            + ")",
+            "message": "build pods may not set a custom SELinux user, role or type",
+        },
+        {
+            "expression": "!has(object.spec.securityContext) || !has(object.spec.securityContext.sysctls)"
+            f" || object.spec.securityContext.sysctls.all(s, s.name in {_cel_list(SAFE_SYSCTLS)})",
+            "message": "build pods may set only the safe sysctls",
+        },
+    ]
+
+
 def _confinement_validations() -> list[dict[str, str]]:
-    """Seccomp and AppArmor stay on for every container but ``buildkitd`` running ``BUILDKIT_IMAGE``
-    (pod level included), in the field and in the annotation form."""
+    """Seccomp and AppArmor stay on for every container but the builder's BuildKit daemon
+    (``builder_exemption``; pod level included), in the field and in the annotation form."""
     unconfined = (
         "(has({p}.seccompProfile) && {p}.seccompProfile.type == 'Unconfined') || "
         "(has({p}.appArmorProfile) && {p}.appArmorProfile.type == 'Unconfined')"
     )
     return [
         {
-            "expression": "variables.containers.all(c, (c.name == 'buildkitd' && c.image == '"
-            + BUILDKIT_IMAGE
-            + "') || !has(c.securityContext) || !("
+            "expression": "variables.containers.all(c, "
+            + builder_exemption()
+            + " || !has(c.securityContext) || !("
             + unconfined.format(p="c.securityContext")
             + ")) && (!has(object.spec.securityContext) || !("
             + unconfined.format(p="object.spec.securityContext")
@@ -433,11 +581,28 @@ def _confinement_validations() -> list[dict[str, str]]:
             # the annotation form of AppArmor, still honoured
             "expression": "!has(object.metadata.annotations) || object.metadata.annotations.all(k,"
             " !k.startsWith('container.apparmor.security.beta.kubernetes.io/')"
-            " || k == 'container.apparmor.security.beta.kubernetes.io/buildkitd'"
+            " || (k == 'container.apparmor.security.beta.kubernetes.io/buildkitd'"
+            " && variables.containers.all(c, c.name != 'buildkitd' || " + builder_exemption() + "))"
             " || object.metadata.annotations[k] != 'unconfined')",
             "message": "only the buildkitd container may run without AppArmor confinement",
         },
     ]
+
+
+def tls_load_balancer(certificate_arn: str | None) -> dict[str, Any]:
+    """Jenkins behind an NLB that terminates TLS with the ACM certificate, on 443 only: no plain-HTTP
+    port faces the internet (issue 24 item 9). The EKS in-tree service controller reads these
+    annotations (kubernetes/cloud-provider-aws pkg/providers/v1/aws.go: ssl-cert, ssl-ports on an NLB
+    make TLS listeners); the pod still serves HTTP on 8080 inside the cluster."""
+    return {
+        "servicePort": 443,
+        "targetPort": 8080,
+        "serviceAnnotations": {
+            "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": certificate_arn or "",
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": "443",
+        },
+    }
 
 
 def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with_credentials: bool = False) -> dict[str, Any]:
@@ -451,6 +616,8 @@ def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with
         },
         "installPlugins": PLUGINS,
         "installLatestPlugins": False,
+        "javaOpts": USE_ITEM_PROPERTY,
+        "initScripts": {"mlplatform-build-user": BUILD_USER_INIT},
         "overwritePlugins": True,
         "serviceType": cfg.service_type,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
@@ -462,6 +629,9 @@ def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with
             "configScripts": {
                 "mlplatform-jobs": jobs_jcasc(repo_url, cfg.branch, with_credentials),
                 "mlplatform-env": env_jcasc(repo_url, list(cfg.prod_approvers)),
+                # Defines securityRealm and authorizationStrategy: the chart's defaults are then ignored
+                # (jenkins chart 5.9.53 values.yaml, controller.JCasC.securityRealm).
+                "mlplatform-security": security_jcasc(cfg, with_credentials),
             },
         },
     }
@@ -469,6 +639,7 @@ def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with
         controller["additionalExistingSecrets"] = [{"name": CREDENTIALS_SECRET, "keyName": k} for k in CREDENTIAL_KEYS]
     if cfg.service_type == "LoadBalancer":
         controller["loadBalancerSourceRanges"] = list(cfg.allowed_cidrs)
+        controller.update(tls_load_balancer(cfg.tls_certificate_arn))
     return {
         "controller": controller,
         # agent.namespace is also where the chart grants the controller its pod rights (and nowhere else).
@@ -476,7 +647,7 @@ def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with
             "enabled": True,
             "namespace": build_namespace,
             "restrictedPssSecurityContext": True,
-            "podTemplates": pod_templates(build_namespace),
+            "podTemplates": pod_templates(build_namespace, cfg.agent_image or AGENT_IMAGE),
         },
         "persistence": {"enabled": True, "size": f"{cfg.storage_gi_b}Gi"},
         "rbac": {"create": True, "readSecrets": False},

@@ -61,7 +61,8 @@ def test_deploy_role_can_deploy_and_reach_its_cluster(prod_with_ci):
         for a in prod_with_ci.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
         if a.inputs["role"] == role_name
     ]
-    assert attached == ["arn:aws:iam::aws:policy/AdministratorAccess"]
+    assert attached == []  # no AdministratorAccess: a bounded policy (tests/stacks/test_environment_isolation.py)
+    assert _role(prod_with_ci).inputs["permissionsBoundary"].endswith(":policy/mlplatform-prod-deploy-boundary")
     (entry,) = [e for e in prod_with_ci.of_type("aws:eks/accessEntry:AccessEntry") if "ci-deploy" in e.inputs["principalArn"]]
     assert entry.inputs["clusterName"] == "mlplatform-prod" and entry.inputs["principalArn"].endswith(f":role/{role_name}")
     (assoc,) = [

@@ -104,3 +104,91 @@ def test_only_the_trusted_deploy_identity_may_assume_it(world, monkeypatch):
     with pytest.raises(Exception, match="AccessDenied|not authorized"):
         with deliver.as_role(world["role"], "deliver-prod-mnist"):
             pass
+
+
+def test_the_training_role_publishes_and_prunes_checkpoints_but_never_deletes_a_version(monkeypatch, tmp_path):
+    """Issue 24 item 8 (part): ``models/`` is the registry, immutable; the training role, evaluated on
+    moto's IAM with the document the program renders (iam.s3_bucket_policy), publishes a version and
+    prunes its checkpoints, and cannot delete a version, an alias or LATEST."""
+    from moto import mock_aws
+
+    from components.lib.iam import s3_bucket_policy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket=DST)
+        iam = boto3.client("iam")
+        iam.create_user(UserName="train-mnist")
+        policy = s3_bucket_policy(f"arn:aws:s3:::{DST}", write=True, prefixes=["models/mnist/", "checkpoints/mnist/"], read_all=True)
+        # moto puts no S3 header condition key (s3:if-none-match) in its request context, so the
+        # manifest's create-only guard would refuse every manifest here; that one statement is
+        # evaluated with tools/iam_eval.py instead (tests/unit/test_training_store_iam.py).
+        doc = json.loads(policy)
+        doc["Statement"] = [st for st in doc["Statement"] if st.get("Sid") != "ManifestCreateOnly"]
+        assert len(doc["Statement"]) == len(json.loads(policy)["Statement"]) - 1
+        iam.put_user_policy(UserName="train-mnist", PolicyName="store", PolicyDocument=json.dumps(doc))
+        key = iam.create_access_key(UserName="train-mnist")["AccessKey"]
+        session = boto3.Session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1")
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+        with enable_iam_authentication():
+            registry.publish(_version(tmp_path, "mnist"), f"s3://{DST}", "mnist", V1, reason="trained")
+            s3 = boto3.client("s3")
+            s3.put_object(Bucket=DST, Key="checkpoints/mnist/run1/epoch-1", Body=b"c")
+            s3.delete_object(Bucket=DST, Key="checkpoints/mnist/run1/epoch-1")  # pruning its own checkpoints
+            for key_ in (f"models/mnist/{V1}/model.keras", "models/mnist/aliases/champion.json", "models/mnist/LATEST"):
+                _denied(lambda k=key_: s3.delete_object(Bucket=DST, Key=k))
+            _denied(lambda: s3.put_object(Bucket=DST, Key="models/fraud/LATEST", Body=b"x"))  # another model
+            # a rejection is the pipeline's verdict: the training role cannot write (or overwrite) one
+            _denied(lambda: s3.put_object(Bucket=DST, Key=f"models/mnist/rejected/{V1}.json", Body=b"{}"))
+
+
+def _object_requests(bucket: str) -> list[tuple[str, str]]:
+    keys = [
+        f"models/mnist/{V1}/model.keras",
+        f"models/mnist/{V1}/MANIFEST.json",
+        "models/mnist/aliases/champion.json",
+        "models/mnist/LATEST",
+        f"models/mnist/rejected/{V1}.json",
+        "models/mnist-v2/LATEST",  # a name sharing the prefix
+        "models/fraud/LATEST",
+        "checkpoints/mnist/run1/epoch-1",
+        "data/mnist.npz",
+    ]
+    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    return [(a, f"arn:aws:s3:::{bucket}/{k}") for a in actions for k in keys]
+
+
+def test_the_policy_evaluator_agrees_with_moto_on_every_object_request():
+    """tools/iam_eval.py proves what moto cannot model (boundaries, bucket and key policies, other
+    accounts); where both apply, identity policies on object actions (no condition involved), their
+    verdicts must be the same, request by request, on the documents the program renders."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    from components.lib.iam import s3_bucket_policy
+    from tools.iam_eval import Principal, Request, allowed
+
+    def without_conditions(doc: str) -> str:  # moto has no request context for them (module docstring)
+        d = json.loads(doc)
+        d["Statement"] = [s for s in d["Statement"] if "Condition" not in s]
+        return json.dumps(d)
+
+    docs = {
+        "training": s3_bucket_policy(f"arn:aws:s3:::{DST}", write=True, prefixes=["models/mnist/", "checkpoints/mnist/"], read_all=True),
+        "serving": s3_bucket_policy(f"arn:aws:s3:::{DST}", write=False, prefixes=["models/mnist/"]),
+        "promoter": promoter_policy(f"arn:aws:s3:::{DST}", {f"arn:aws:s3:::{SRC}": ["mnist"]}),
+    }
+    compared, verdicts = 0, set()
+    for name, doc in docs.items():
+        doc = without_conditions(doc)
+        for bucket in (SRC, DST, OTHER):
+            for action, resource in _object_requests(bucket):
+                by_moto = IAMPolicy(doc).is_action_permitted(action, resource) == PermissionResult.PERMITTED
+                ours = allowed(Principal("arn:aws:iam::123456789012:role/r", [doc]), Request(action, resource, "123456789012"))
+                assert ours == by_moto, (name, action, resource, ours, by_moto)
+                compared, verdicts = compared + 1, verdicts | {(name, ours)}
+    assert compared == 3 * 3 * 27
+    assert verdicts == {(n, v) for n in docs for v in (True, False)}  # each document both allows and refuses

@@ -138,6 +138,11 @@ def _emitted() -> set[str]:
     names |= {"kueue_pending_workloads", "kueue_admitted_workloads_total"}
     names |= {"kube_pod_status_ready", "kube_statefulset_status_replicas_ready"}  # kube-state-metrics
     names |= {"kube_job_created", "kube_cronjob_created"}  # kube-state-metrics docs/metrics/workload (STABLE)
+    # kube-state-metrics docs/metrics/workload job-metrics.md and pod-metrics.md (STABLE): the LLM weights' alerts
+    names |= {"kube_job_failed", "kube_pod_init_container_status_restarts_total"}
+    # vLLM's HTTP counter (prometheus-fastapi-instrumentator, attached by vllm/entrypoints/serve/instrumentator/metrics.py)
+    # and the golden Job's counts (llm/golden.py): the LLM dashboard's canary panels
+    names |= {"http_requests_total", "mlplatform_llm_golden_answers_total"}
     # Argo Rollouts controller (argoproj/argo-rollouts controller/metrics/prommetrics.go, v1.9)
     names |= {"rollout_info", "rollout_info_replicas_available", "rollout_info_replicas_desired", "analysis_run_info"}
     names |= vllm_exposed() or set()

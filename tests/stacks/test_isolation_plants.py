@@ -1,0 +1,135 @@
+"""The policy pack sees each isolation class of issue 24 on a planted violation, on the resources a
+stack renders: an administrator role, a role outside the deploy boundary, a deploy role without
+one (item 3); and the rendered training role carries the registry guards (item 8)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from components.lib import iam
+from policy import rules
+from tools import mock_engine
+
+GITHUB = "arn:aws:iam::{}:oidc-provider/token.actions.githubusercontent.com"
+
+
+@pytest.fixture(scope="module")
+def prod_ci():
+    acct = mock_engine.stack_config("prod")[0]["mlplatform:cluster"]
+    account = json.loads(acct)["accountId"]
+    return mock_engine.run(
+        "prod", overrides={"mlplatform:ci": {"githubRepo": "acme/mlplatform", "githubOidcProvider": GITHUB.format(account)}}
+    )
+
+
+def _res(result) -> list[rules.Res]:
+    return [rules.Res(type=r.type, props=copy.deepcopy(r.inputs), urn=r.urn, name=r.name, parent=r.parent) for r in result.records]
+
+
+def _deploy_role(res):
+    (role,) = [r for r in res if r.type == "aws:iam/role:Role" and r.props.get("name") == "mlplatform-prod-ci-deploy"]
+    return role
+
+
+def test_the_rendered_stack_passes(prod_ci):
+    res = _res(prod_ci)
+    assert _deploy_role(res).props["permissionsBoundary"]  # the rule has something to judge
+    assert rules.iam_roles_bounded(res) == []
+    assert rules.STACK_RULES["iam-roles-bounded"][0] is rules.iam_roles_bounded
+
+
+def test_planted_administrator_attachment_is_caught(prod_ci):
+    res = _res(prod_ci)
+    role = _deploy_role(res)
+    res.append(
+        rules.Res(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+            {"role": role.props["name"], "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+            urn="planted-admin",
+        )
+    )
+    assert rules.iam_roles_bounded(res) == [
+        ("planted-admin", "a role of the stack is an AWS administrator (AdministratorAccess): give it a bounded policy of its own")
+    ]
+
+
+def test_planted_role_without_the_boundary_is_caught(prod_ci):
+    res = _res(prod_ci)
+    workload = next(r for r in res if r.type == "aws:iam/role:Role" and r is not _deploy_role(res))
+    del workload.props["permissionsBoundary"]
+    assert rules.iam_roles_bounded(res) == [(workload.urn, "IAM role without the stack's permission boundary")]
+
+
+def test_planted_deploy_role_without_its_boundary_policy_is_caught(prod_ci):
+    """The old shape: the deploy role, no boundary anywhere."""
+    res = [r for r in _res(prod_ci) if r.type != "aws:iam/policy:Policy"]
+    for r in res:
+        if r.type == "aws:iam/role:Role":
+            r.props.pop("permissionsBoundary", None)
+    found = rules.iam_roles_bounded(res)
+    role = _deploy_role(res)
+    assert (role.urn, "CI deploy role without a deploy boundary policy (mlplatform-<stack>-deploy-boundary)") in found
+    assert (role.urn, "IAM role without the stack's permission boundary") in found
+
+
+def test_the_training_role_renders_the_registry_guards():
+    res = mock_engine.run("dev")
+    (policy,) = [p for p in res.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == "mlplatform-mnist-training-store-policy"]
+    doc = json.loads(policy.inputs["policy"])
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    bucket = by_sid["List"]["Resource"]
+    assert by_sid["NoRejections"]["Resource"] == [f"{bucket}/models/mnist/rejected/*"]
+    assert by_sid["ManifestCreateOnly"] == {
+        "Sid": "ManifestCreateOnly",
+        "Effect": "Deny",
+        "Action": ["s3:PutObject"],
+        "Resource": [f"{bucket}/models/mnist/*/MANIFEST.json"],
+        "Condition": {"Null": {"s3:if-none-match": "true"}},
+    }
+    assert "s3:DeleteObject" not in json.dumps(
+        [s for s in doc["Statement"] if "models/" in json.dumps(s.get("Resource")) and s["Effect"] == "Allow"]
+    )
+    assert iam.REGISTRY_PREFIX == "models/"
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return mock_engine.run("dev")
+
+
+def _release(result, chart: str) -> rules.Res:
+    (r,) = [r for r in _res(result) if r.type == "kubernetes:helm.sh/v3:Release" and r.props.get("chart") == chart]
+    return r
+
+
+def test_planted_unpinned_rollouts_plugin_is_caught(dev):
+    """Item 7: the controller fetches the Gateway API plugin at every start."""
+    rule = rules.RESOURCE_RULES["rollouts-plugins-pinned"][0]
+    release = _release(dev, "argo-rollouts")
+    (plugin,) = release.props["values"]["controller"]["trafficRouterPlugins"]
+    assert rule(release) == []
+    plugin.pop("sha256")
+    assert rule(release) == [f"plugin 'argoproj-labs/gatewayAPI' is fetched from {plugin['location']} without a sha256"]
+    plugin["sha256"] = "latest"
+    assert len(rule(release)) == 1
+    plugin["location"] = "file:///home/argo-rollouts/plugin-bin/gatewayapi"  # baked into a pinned image
+    assert rule(release) == []
+
+
+def test_planted_pushgateway_scrape_without_name_filter_is_caught(dev):
+    """Item 8: honorLabels without the keep relabeling lets a push forge a canary's 5xx ratio."""
+    rule = rules.RESOURCE_RULES["pushgateway-scrape-confined"][0]
+    release = _release(dev, "prometheus-pushgateway")
+    monitor = release.props["values"]["serviceMonitor"]
+    assert monitor["honorLabels"] is True and rule(release) == []
+    expected = ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
+    keep = monitor.pop("metricRelabelings")
+    assert rule(release) == expected
+    monitor["metricRelabelings"] = [{**keep[0], "regex": ".*"}]  # a keep that keeps everything
+    assert rule(release) == expected
+    monitor["metricRelabelings"] = keep
+    monitor["honorLabels"] = False  # without honorLabels the scrape's own job/instance labels win
+    assert rule(release) == []
