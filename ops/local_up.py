@@ -116,6 +116,25 @@ class Stop(Exception):
     """One line for the user; nothing after it runs."""
 
 
+# What the local stack needs from Docker: kind's node runs the monitoring stack (Prometheus, Grafana,
+# Alertmanager), the controllers (Argo Rollouts, KEDA, Kueue), a model server and a training Job
+# (its requests: models.<name>.training in the stack file).
+NEEDS_CPUS, NEEDS_GIB = 4, 8
+
+
+def resources_note(docker_info: str) -> str:
+    """One line on Docker's CPUs and memory against NEEDS_* (from `docker info` NCPU MemTotal)."""
+    try:
+        cpus, mem = (int(x) for x in docker_info.split()[:2])
+    except ValueError:
+        return f"the local platform needs Docker with >= {NEEDS_CPUS} CPUs and {NEEDS_GIB} GiB of memory"
+    gib = mem / 2**30
+    short = cpus < NEEDS_CPUS or gib < NEEDS_GIB - 0.5
+    return f"Docker has {cpus} CPUs and {gib:.1f} GiB; the local platform needs >= {NEEDS_CPUS} CPUs and {NEEDS_GIB} GiB" + (
+        ": pods may stay Pending (raise Docker's limits, or train with fewer resources)" if short else ""
+    )
+
+
 def run(*cmd: str, check=True, capture=True, input: str | None = None, env=None) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=capture, text=True, input=input, env=env)
     if check and proc.returncode != 0:
@@ -146,11 +165,23 @@ class Local:
         )
         return f"{platform.system().lower()}-{arch}"
 
+    def on_path(self, name: str) -> Path | None:
+        """The tool on PATH when it is the pinned version (no download then), else None."""
+        found = shutil.which(name, path=os.environ.get("PATH", ""))
+        if not found:
+            return None
+        proc = subprocess.run([found, "version"], capture_output=True, text=True, check=False, env=self.env)
+        words = proc.stdout.replace("v", " v").split() if proc.returncode == 0 else []
+        return Path(found) if VERSIONS[name] in words or f"v{VERSIONS[name]}" in words else None
+
     def ensure_tool(self, name: str) -> Path:
         home = self.tools / f"{name}-{VERSIONS[name]}"
         exe = home / name
         if exe.exists():
             return exe
+        if found := self.on_path(name):
+            print(f"{name} {VERSIONS[name]}: {found} (on PATH, the pinned version: no download)")
+            return found
         pin = self.pins[name].get(self.platform_key())
         if pin is None:
             if found := shutil.which(name):
@@ -203,9 +234,10 @@ class Local:
     def check_docker(self) -> None:
         if shutil.which("docker") is None:
             raise Stop("docker not found: install Docker (https://docs.docker.com/get-docker/) and run make up again")
-        proc = run("docker", "info", "--format", "{{.ServerVersion}}", check=False)
+        proc = run("docker", "info", "--format", "{{.NCPU}} {{.MemTotal}}", check=False)
         if proc.returncode != 0:
             raise Stop("no Docker daemon answers (`docker info` failed): start Docker, then run make up again")
+        print(resources_note(proc.stdout))
 
     def ensure_registry(self) -> None:
         state = run("docker", "inspect", "-f", "{{.State.Running}}", REGISTRY, check=False)
@@ -321,21 +353,37 @@ class Local:
         )
 
     # ---- commands ----
-    def up(self) -> None:
+    def use_current_context(self, pulumi: Path) -> None:
+        """Deploy into the current kube context: recorded in the stack file (cluster.context), visibly."""
+        if shutil.which("kubectl") is None:
+            raise Stop("--use-current-context reads the current context with kubectl, which is not on PATH")
+        context = run("kubectl", "config", "current-context").stdout.strip()
+        self.pulumi(pulumi, "config", "set", "--path", "mlplatform:cluster.context", context, "--stack", STACK)
+        print(f"cluster: the current context {context} (set as cluster.context in stacks/Pulumi.{STACK}.yaml; no kind cluster created)")
+
+    def up(self, current_context: bool = False) -> None:
         self.check_docker()
         self.tools.mkdir(parents=True, exist_ok=True)
-        kind, pulumi = self.ensure_tool("kind"), self.ensure_tool("pulumi")
+        # both tools verified before anything is created
+        kind = None if current_context else self.ensure_tool("kind")
+        pulumi = self.ensure_tool("pulumi")
         self.ensure_registry()
-        self.ensure_cluster(str(kind))
+        if kind is not None:
+            self.ensure_cluster(str(kind))
         self.ensure_backend()
         self.pulumi(pulumi, "stack", "select", "--create", STACK)
-        self.pulumi(pulumi, "up", "--yes", "--stack", STACK)
+        if current_context:
+            self.use_current_context(pulumi)
+        # On a terminal Pulumi shows its preview and asks; scripted (no terminal), the laptop's own kind
+        # stack proceeds (the cloud stacks refuse instead: mlp/deploy.py).
+        self.pulumi(pulumi, "up", *([] if sys.stdin.isatty() else ["--yes"]), "--stack", STACK)
         self.next_steps(pulumi)
 
     def down(self) -> None:
         created = self.created()
         pulumi = self.tools / f"pulumi-{PULUMI}" / "pulumi"
-        if pulumi.exists() and self.stack_exists(pulumi):
+        pulumi = pulumi if pulumi.exists() else self.on_path("pulumi")
+        if pulumi and self.stack_exists(pulumi):
             self.pulumi(pulumi, "destroy", "--yes", "--stack", STACK)
         if created.get("cluster"):
             run(str(self.tools / f"kind-{KIND}" / "kind"), "delete", "cluster", "--name", CLUSTER, env=self.env)
@@ -352,6 +400,7 @@ class Local:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m ops.local_up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["up", "down"])
+    p.add_argument("--use-current-context", action="store_true", help="up: deploy into the current kube context, create no kind cluster")
     p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     # For the tests: a JSON file in the shape of PINS (their local server's URLs and checksums).
     p.add_argument("--pins", type=Path, help=argparse.SUPPRESS)
@@ -360,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     pins = json.loads(args.pins.read_text()) if args.pins else PINS
     local = Local(args.root.resolve(), pins, args.registry_port)
     try:
-        local.up() if args.command == "up" else local.down()
+        local.up(args.use_current_context) if args.command == "up" else local.down()
     except Stop as e:
         print(f"make {args.command} STACK=local: {e}", file=sys.stderr)
         return 1

@@ -8,7 +8,9 @@
     python -m ops.models --store s3://bucket reject --model mnist VERSION --reason "..."
     python -m ops.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
 
---store defaults to $MLPLATFORM_MODEL_STORE; who moved an alias is $MLPLATFORM_ACTOR, else the user.
+STORE is a path, file:// or s3:// root (a local store works for every command). --store defaults to
+$MLPLATFORM_STORE (then the older $MLPLATFORM_MODEL_STORE); `mlp models --stack NAME` uses the stack's
+`modelStore` output. Who moved an alias is $MLPLATFORM_ACTOR, else the user. Times are UTC, ISO 8601.
 
 Rejections are final: a rejected version never becomes champion or candidate again and is never
 promoted to another store. `list` marks it (tag "rejected", last column: when, by whom, why) and
@@ -56,10 +58,18 @@ def _figure(store: str, model: str, version: str) -> str:
     return f"{metric}={value:.4f}" if isinstance(value, int | float) else "-"
 
 
+LIST_HEADER = ("MODEL", "VERSION", "TAGS", "GATE", "CREATED", "BY", "REJECTED")
+
+
 def cmd_list(args) -> int:
-    """One tab-separated row per version: model, version, tags (aliases, LATEST, rejected), gate
-    figure, created at, created by, and ``rejected: REASON, by WHO at WHEN`` or "-"."""
+    """One tab-separated row per version, under a header (--no-header for scripts): model, version, tags
+    (aliases, LATEST, rejected), gate figure, created at, created by, and ``rejected: REASON, by WHO at
+    WHEN`` or "-"."""
     models = [args.model] if args.model else sorted({n.split("/", 1)[0] for n in storage.list_names(storage.join(args.store, "models"))})
+    if not models:  # a mistyped path is an empty store: say so rather than print a bare header
+        raise registry.RegistryError(f"no models in {args.store} (nothing under models/): is that the store?")
+    if not args.no_header:
+        print("\t".join(LIST_HEADER))
     for model in models:
         by_version: dict[str, list[str]] = {}
         for alias, doc in registry.aliases(args.store, model).items():
@@ -74,6 +84,18 @@ def cmd_list(args) -> int:
             created = f"{registry.when(manifest.get('created_at'))}\t{manifest.get('created_by', '-')}"
             print(f"{model}\t{version}\t{','.join(tags) or '-'}\t{_figure(args.store, model, version)}\t{created}\t{why}")
     return EXIT_OK
+
+
+TIME_KEYS = ("at", "created_at")
+
+
+def iso_times(doc):
+    """``doc`` with every record time (epoch seconds under "at"/"created_at") as UTC ISO 8601."""
+    if isinstance(doc, dict):
+        return {k: registry.when(v) if k in TIME_KEYS and isinstance(v, int | float) else iso_times(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [iso_times(v) for v in doc]
+    return doc
 
 
 def cmd_show(args) -> int:
@@ -94,7 +116,7 @@ def cmd_show(args) -> int:
         "rejected": registry.rejection(args.store, args.model, version),
         "history": [r for r in registry.history(args.store, args.model) if version in (r["version"], r["from"])],
     }
-    print(json.dumps(out, indent=2, sort_keys=True))
+    print(json.dumps(iso_times(out), indent=2, sort_keys=True))
     return EXIT_OK
 
 
@@ -109,7 +131,7 @@ def cmd_promote(args) -> int:
         print(f"{args.model}: {doc['version']} copied to {args.target} (digests verified) and is its {role} (was {doc['from'] or 'unset'})")
         return EXIT_OK
     if not args.store:
-        raise registry.RegistryError("no store: pass --store or set MLPLATFORM_MODEL_STORE")
+        raise registry.RegistryError("no store: pass --store or set MLPLATFORM_STORE")
     if not args.version:
         raise registry.RegistryError("name the version to promote")
     # forward only: going back is a rollback, which says so in the audit log
@@ -161,23 +183,30 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ops.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=os.environ.get("MLPLATFORM_MODEL_STORE"), help="model store root (path, file:// or s3://)")
+def default_store() -> str | None:
+    return os.environ.get("MLPLATFORM_STORE") or os.environ.get("MLPLATFORM_MODEL_STORE")
+
+
+def parser(prog: str = "python -m ops.models") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default=default_store(), help="model store root: path, file:// or s3:// [env MLPLATFORM_STORE]")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("list", help="versions with their aliases, gate figure and rejection (when, who, why)")
     s.add_argument("--model", help="one model (default: every model in the store)")
+    s.add_argument("--no-header", action="store_true", help="rows only (for scripts)")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("show", help="one version: manifest, metrics, aliases, history, rejection record")
     s.add_argument("--model", required=True)
     s.add_argument("ref", nargs="?", help="version or alias (default: champion)")
+    s.add_argument("--version", dest="version_flag", metavar="VERSION", help="the same, as a flag (mlp's common --version)")
     s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("promote", help="move an alias forward, or copy a version to another store and make it champion there")
     s.add_argument("--model", required=True)
     s.add_argument("version", nargs="?", help="version (between stores, default: the source's champion)")
+    s.add_argument("--version", dest="version_flag", metavar="VERSION", help="the same, as a flag (mlp's common --version)")
     s.add_argument("--alias", default="champion", choices=["champion", "candidate"])
     s.add_argument("--from", dest="source", help="source store (promotion between stores)")
     s.add_argument("--to", dest="target", help="target store (promotion between stores)")
@@ -191,7 +220,8 @@ def parser() -> argparse.ArgumentParser:
         "reject", help="mark a version rejected: never champion, candidate or promoted again (the champion is rolled back first)"
     )
     s.add_argument("--model", required=True)
-    s.add_argument("version")
+    s.add_argument("version", nargs="?")
+    s.add_argument("--version", dest="version_flag", metavar="VERSION", help="the same, as a flag (mlp's common --version)")
     s.add_argument("--reason", required=True, help="why: e.g. the failed analysis metric and value")
     s.set_defaults(fn=cmd_reject)
 
@@ -204,15 +234,30 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check files against their manifest (and repair LATEST if it lags the champion)")
     s.add_argument("--model", required=True)
     s.add_argument("ref", nargs="?", help="version or alias (default: champion)")
+    s.add_argument("--version", dest="version_flag", metavar="VERSION", help="the same, as a flag (mlp's common --version)")
     s.add_argument("--all", action="store_true", help="every version of the model")
     s.set_defaults(fn=cmd_verify)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _version_flag(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--version V`` is the positional VERSION/REF spelled as a flag; giving both is a usage error."""
+    flag = getattr(args, "version_flag", None)
+    slot = "ref" if hasattr(args, "ref") else "version"
+    if flag is not None:
+        if getattr(args, slot, None) not in (None, flag):
+            p.error(f"give the version once: {getattr(args, slot)} or --version {flag}")
+        setattr(args, slot, flag)
+    if args.cmd == "reject" and not args.version:
+        p.error("reject: name the version (VERSION or --version VERSION)")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m ops.models") -> int:
+    p = parser(prog)
+    args = p.parse_args(argv)
+    _version_flag(p, args)
     if getattr(args, "needs_store", True) and not args.store:
-        print("models: error: no store: pass --store or set MLPLATFORM_MODEL_STORE", file=sys.stderr)
+        print("models: error: no store: pass --store, set MLPLATFORM_STORE, or name a deployed --stack (mlp models)", file=sys.stderr)
         return EXIT_USAGE
     try:
         return args.fn(args)

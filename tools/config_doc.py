@@ -1,10 +1,13 @@
-"""The README's stack-config table, generated from the config schema (components/config/schema.py):
+"""What documents the stack config, generated from the config model (components/config/schema.py):
+the README's table, Pulumi.yaml's `config:` declarations (what `pulumi config` shows) and the JSON
+Schema of a stack file (stacks/stack.schema.json: editors complete and check stack files with it,
+through the `# yaml-language-server: $schema=` line at their top).
 
     python -m tools.config_doc            # print the table
-    python -m tools.config_doc --write    # replace it in README.md (between the config-table markers)
+    python -m tools.config_doc --write    # rewrite all three
 
-Every field's description lives in the model; a test fails when the README's table differs from
-this output, so the table cannot drift from what the program accepts.
+Every field's description lives in the model; tests fail when any of the three differs from this
+output, so none can drift from what the program accepts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from components.config import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PULUMI_YAML = ROOT / "Pulumi.yaml"
+SCHEMA = ROOT / "stacks" / "stack.schema.json"
+SCHEMA_LINE = "# yaml-language-server: $schema=./stack.schema.json"
 BEGIN, END = "<!-- config-table:begin (python -m tools.config_doc --write) -->", "<!-- config-table:end -->"
 
 
@@ -102,9 +108,101 @@ def readme_table(text: str) -> str | None:
     return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip("\n") + "\n"
 
 
+# ---- Pulumi.yaml: the project's config declarations ----
+
+_SCALARS = {str: "string", bool: "boolean", int: "integer"}
+
+
+def _scalar(ann: Any) -> str | None:
+    """Pulumi's type for a scalar annotation (a Literal of strings, ``X | None``), else None."""
+    if typing.get_origin(ann) is typing.Literal:
+        return "string" if all(isinstance(a, str) for a in typing.get_args(ann)) else None
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _scalar(args[0])
+    return _SCALARS.get(ann)
+
+
+def _declaration(name: str, field: Any) -> dict[str, Any]:
+    """One `config:` entry: Pulumi's project config types are scalars and arrays only, so an object
+    gets no type, its keys listed in the description, and `{}` as default (the model's defaults apply)."""
+    inner, _ = _sub(field.annotation)
+    description = field.description or ""
+    entry: dict[str, Any] = {}
+    if inner is not None:
+        keys = ", ".join(f.alias or n for n, f in inner.model_fields.items())
+        description += f" (keys: {keys})"
+    elif kind := _scalar(field.annotation):
+        entry["type"] = kind
+    entry["description"] = description
+    if not field.is_required():
+        default = field.default if field.default is not PydanticUndefined else field.default_factory()
+        if isinstance(default, BaseModel | dict):
+            entry["default"] = {}
+        elif isinstance(default, list):
+            entry["default"] = []
+        elif default is not None:
+            entry["default"] = default
+    return entry
+
+
+def pulumi_config() -> str:
+    """Pulumi.yaml's `config:` section, from the model."""
+    import yaml
+
+    decls = {f"{schema.NAMESPACE}:{f.alias or n}": _declaration(n, f) for n, f in schema.PlatformConfig.model_fields.items()}
+    return yaml.safe_dump({"config": decls}, sort_keys=False, width=10_000, allow_unicode=True)
+
+
+def pulumi_yaml(text: str) -> str:
+    """``text`` (Pulumi.yaml) with its `config:` section (always the last) regenerated."""
+    head = text[: text.index("\nconfig:\n") + 1] if "\nconfig:\n" in text else text
+    return head + pulumi_config()
+
+
+# ---- the stack file's JSON Schema ----
+
+
+def stack_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of stacks/Pulumi.<stack>.yaml: every `mlplatform:` key from the model,
+    secrets as Pulumi's `{secure: ...}`, other namespaces (e.g. `aws:`) free."""
+    model = schema.PlatformConfig.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+    defs = model.pop("$defs", {})
+    props = {f"{schema.NAMESPACE}:{k}": v for k, v in model["properties"].items()}
+    secure = {"type": "object", "properties": {"secure": {"type": "string"}}, "required": ["secure"], "additionalProperties": False}
+    props |= {f"{schema.NAMESPACE}:{k}": {**secure, "description": "secret: `pulumi config set --secret`"} for k in schema.SECRET_KEYS}
+    config = {
+        "type": "object",
+        "description": model.get("description", "the stack's config"),
+        "properties": props,
+        "required": [f"{schema.NAMESPACE}:{k}" for k in model.get("required", [])],
+        "patternProperties": {f"^(?!{schema.NAMESPACE}:)[A-Za-z0-9_-]+:": {}},
+        "additionalProperties": False,
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": "generated by `python -m tools.config_doc --write` from components/config/schema.py: do not edit",
+        "title": "mlplatform stack file (stacks/Pulumi.<stack>.yaml)",
+        "type": "object",
+        "properties": {
+            "config": config,
+            "secretsprovider": {"type": "string"},
+            "encryptedkey": {"type": "string"},
+            "encryptionsalt": {"type": "string"},
+            "environment": {},
+        },
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(stack_schema(), indent=2, sort_keys=True) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.config_doc", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="replace the table in README.md")
+    parser.add_argument("--write", action="store_true", help="rewrite README.md's table, Pulumi.yaml's config and stacks/stack.schema.json")
     args = parser.parse_args(argv)
     if not args.write:
         sys.stdout.write(table())
@@ -114,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"README.md: no {BEGIN} ... {END} section", file=sys.stderr)
         return 2
     README.write_text(text[: text.index(BEGIN) + len(BEGIN)] + "\n" + table() + text[text.index(END) :])
+    PULUMI_YAML.write_text(pulumi_yaml(PULUMI_YAML.read_text()))
+    SCHEMA.write_text(schema_text())
     return 0
 
 

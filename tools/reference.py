@@ -1,13 +1,23 @@
-"""Locate the upstream reference data (chart values, CRD schemas) in ../shared/reference.
+"""Locate the upstream reference data (chart values, CRD schemas) the tests check against.
 
-Present on the developers' machines and CI; absent on a user's clone, where tests that need it skip.
-``MLPLATFORM_REFERENCE`` overrides the location.
+Where: ``MLPLATFORM_REFERENCE``, else ../shared/reference (the developers' machines and CI), else
+build/reference, which a user's checkout fills with one command:
+
+    make reference        # = python -m tools.reference fetch
+
+It downloads every pinned upstream file (tools/reference_pins.json: URL at a commit + SHA-256, the
+provenance of each in ../shared/reference/README.md), refuses any whose digest differs, and derives the
+CRDs' JSON Schemas from them. Tests that need a file still missing skip, saying so.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import os
+import sys
+import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,11 +25,108 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+FETCHED = ROOT / "build" / "reference"
+PINS = Path(__file__).with_name("reference_pins.json")
 
 
 def reference_dir() -> Path | None:
-    path = Path(os.environ.get("MLPLATFORM_REFERENCE", ROOT.parent / "shared" / "reference"))
-    return path if path.is_dir() else None
+    if "MLPLATFORM_REFERENCE" in os.environ:
+        path = Path(os.environ["MLPLATFORM_REFERENCE"])
+        return path if path.is_dir() else None
+    for path in (ROOT.parent / "shared" / "reference", FETCHED):
+        if path.is_dir():
+            return path
+    return None
+
+
+# ---- make reference: fetch the pinned files, derive the schemas ----
+
+
+class FetchError(Exception):
+    """One line: which file, what went wrong; nothing half-written is left under its name."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _download(url: str, sha256: str, dest: Path) -> bool:
+    """Put ``url`` at ``dest`` when its digest is ``sha256``; False when ``dest`` already was it."""
+    if dest.exists() and _sha256(dest.read_bytes()) == sha256:
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (pinned https URLs, or a test's file://)
+            data = resp.read()
+    except OSError as exc:
+        raise FetchError(f"{url}: cannot download ({exc}); check the connection or proxy, then run `make reference` again") from exc
+    if (got := _sha256(data)) != sha256:
+        raise FetchError(f"{url}: SHA-256 {got} is not the pinned {sha256}; not installed")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(dest)
+    return True
+
+
+def _rewrite(node: Any, rewrites: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _rewrite(v, rewrites) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite(v, rewrites) for v in node]
+    return rewrites.get(node, node) if isinstance(node, str) else node
+
+
+def derive_schema(crd_text: str, version: str, rewrites: dict[str, str] | None = None) -> dict[str, Any]:
+    """A CRD version's openAPIV3Schema as a draft-07 JSON Schema (../shared/reference/README.md:
+    copied unchanged, except patterns Python's re rejects, rewritten to their equivalents)."""
+    crd = yaml.load(crd_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader; libyaml's when built)
+    entry = next((v for v in crd["spec"]["versions"] if v["name"] == version), None)
+    if entry is None:
+        raise FetchError(f"CRD {crd['metadata']['name']} has no version {version}")
+    title = f"{crd['spec']['names']['kind']} ({crd['spec']['group']}/{version})"
+    header = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": title,
+        "$comment": f"derived from CRD {crd['metadata']['name']}",
+    }
+    return {**header, **_rewrite(entry["schema"]["openAPIV3Schema"], rewrites or {})}
+
+
+def fetch(dest: Path = FETCHED, pins_file: Path = PINS) -> tuple[int, int]:
+    """Fill ``dest``: (files downloaded, files already current). Raises FetchError."""
+    pins = json.loads(pins_file.read_text())
+    got = kept = 0
+    for pin in pins["fetched"]:
+        if _download(pin["url"], pin["sha256"], dest / pin["path"]):
+            got += 1
+        else:
+            kept += 1
+    for der in pins["derived"]:
+        schema = derive_schema((dest / der["from"]).read_text(), der["version"], pins.get("rewrites", {}).get(der["path"]))
+        (dest / der["path"]).write_text(json.dumps(schema, indent=2) + "\n")
+    return got, kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.reference", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["fetch", "where"])
+    p.add_argument("--dest", type=Path, default=FETCHED, help=argparse.SUPPRESS)
+    p.add_argument("--pins", type=Path, default=PINS, help=argparse.SUPPRESS)  # the tests' own pins
+    args = p.parse_args(argv)
+    if args.command == "where":
+        print(reference_dir() or "none: run `make reference`")
+        return 0
+    try:
+        got, kept = fetch(args.dest, args.pins)
+    except FetchError as exc:
+        print(f"reference: {exc}", file=sys.stderr)
+        return 1
+    print(f"reference: {got} downloaded, {kept} already current, schemas derived -> {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 # Subcharts whose values.yaml the parent only overrides in part: checked against the subchart's own.

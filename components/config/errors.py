@@ -25,3 +25,18 @@ class ConfigError(pulumi.RunError):
 def stack_file(stack: str) -> str:
     """The file a stack's config (and so every ConfigError about it) comes from."""
     return f"stacks/Pulumi.{stack}.yaml"
+
+
+def yaml_error_line(path: str, exc: Exception) -> str:
+    """A YAML syntax error as one line, ``FILE:LINE:COLUMN: problem (context)``, instead of PyYAML's
+    multi-line report. Lines and columns count from 1, as editors do."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    hint = (
+        " (check the indentation: YAML nests by spaces, never tabs)"
+        if "indent" in problem or "mapping values" in problem or "block" in problem
+        else ""
+    )
+    return f"{where}: invalid YAML: {problem}" + (f", {context}" if context else "") + hint

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from components.config.capacity import (
     GPU_COUNT,
     SERVING_MEMORY_PER_PROCESS_MI,
-    TRAINING_WORKER_CPU,
     cpu_cores,
     gpus_per_node,
     memory_mib,
@@ -32,7 +31,9 @@ from components.config.schema import (
     GITHUB_ISSUER,
     JENKINS_ENVIRONMENT,
     MODEL_NAME_MAX,
+    PROJECT_ROOT,
     GpuPool,
+    JenkinsConfig,
     ModelConfig,
     PlatformConfig,
     ServingConfig,
@@ -78,6 +79,15 @@ def monitoring_rules(cfg: PlatformConfig) -> Problems:
         )
 
 
+def access_entry_rules(cfg: PlatformConfig) -> Problems:
+    """Who else may use the EKS API (authenticationMode API: the creator, the CI role and these only)."""
+    c = cfg.cluster
+    principals = [e.principal_arn for e in c.access_entries]
+    for j, arn in enumerate(principals):
+        if arn in principals[:j]:
+            yield f"cluster.accessEntries[{j}].principalArn", f"{arn} is listed twice: one entry (and one policy) per principal"
+
+
 def cluster_rules(cfg: PlatformConfig) -> Problems:
     """Where the platform runs: the kind of cluster the environment needs, and its system nodes."""
     c = cfg.cluster
@@ -85,6 +95,8 @@ def cluster_rules(cfg: PlatformConfig) -> Problems:
         yield "cluster.kind", f"the local stack runs on an existing cluster: must be 'kubeconfig' (got {c.kind!r})"
     if c.kind == "eks" and not c.region:
         yield "cluster.region", "required when cluster.kind is 'eks' (e.g. 'eu-west-1')"
+    if c.kind == "eks" and cfg.environment in CI_DEPLOY_ENVIRONMENTS and not c.account_id:
+        yield "cluster.accountId", "required on an EKS stack: its own AWS account (one per environment, docs/security.md)"
     s = c.system_nodes
     if not s.min <= s.desired <= s.max:
         yield "cluster.systemNodes", f"must satisfy min <= desired <= max (got min={s.min}, desired={s.desired}, max={s.max})"
@@ -127,6 +139,14 @@ def registry_rules(cfg: PlatformConfig) -> Problems:
         yield "registry.kind", "'ecr' needs an EKS stack; use kind 'external' with a url (e.g. localhost:5001)"
     if r.kind == "external" and not r.url:
         yield "registry.url", "required when registry.kind is 'external' (e.g. 'localhost:5001')"
+    if len(set(r.platforms)) != len(r.platforms):
+        yield "registry.platforms", "each platform once"
+    if len(r.platforms) > 1 and not r.builder:
+        # The Docker engine's own builder (the legacy `docker` driver) builds one platform only, and
+        # Pulumi's docker-build provider supports only docker-container/kubernetes/remote builders by name.
+        yield "registry.platforms", "several platforms need a BuildKit builder: set registry.builder (`make builder` registers it)"
+    if cfg.cluster.kind == "eks" and "linux/amd64" not in r.platforms:
+        yield "registry.platforms", "must include linux/amd64: the EKS node groups here run x86_64 AMIs"
 
 
 def jenkins_rules(cfg: PlatformConfig) -> Problems:
@@ -139,6 +159,27 @@ def jenkins_rules(cfg: PlatformConfig) -> Problems:
         yield "jenkins.repoUrl", "required when jenkins.enabled (the Git URL of this repository)"
     if j.enabled and cfg.environment == JENKINS_ENVIRONMENT and not j.prod_approvers:
         yield "jenkins.prodApprovers", "required when jenkins.enabled: the Jenkins users or groups who may approve a prod deploy"
+    if j.enabled and cfg.environment == JENKINS_ENVIRONMENT:
+        yield from jenkins_realm_rules(j)
+    if j.enabled and cfg.environment == JENKINS_ENVIRONMENT and not j.agent_image:
+        yield (
+            "jenkins.agentImage",
+            "required when jenkins.enabled: the CI toolbox image the agents run (`make toolbox-push TOOLBOX_REPO=...`)",
+        )
+    if j.agent_image and j.agent_image.endswith(":latest"):
+        yield "jenkins.agentImage", "pin the toolbox by its content tag or digest, not ':latest' (agents must run what was reviewed)"
+
+
+def jenkins_realm_rules(j: JenkinsConfig) -> Problems:
+    """Who signs in (GitHub OAuth) and who administers: an administrator passes every ``input``
+    whatever its submitter, so the prod approvers must not be one (issue 24 item 5)."""
+    if not j.admins:
+        yield "jenkins.admins", "required when jenkins.enabled: the GitHub logins or ORG*TEAM teams that administer Jenkins"
+    if not j.github_oauth_client_id:
+        yield "jenkins.githubOauthClientId", "required when jenkins.enabled: the GitHub OAuth App users sign in with"
+    both = sorted(set(j.admins) & set(j.prod_approvers))
+    if both:
+        yield "jenkins.admins", f"{', '.join(both)} also approve prod: Administer bypasses the approval, keep the two apart"
 
 
 def jenkins_exposure_rules(cfg: PlatformConfig) -> Problems:
@@ -147,9 +188,17 @@ def jenkins_exposure_rules(cfg: PlatformConfig) -> Problems:
         return
     if not cfg.jenkins.allowed_cidrs:
         yield "jenkins.allowedCidrs", "required when jenkins.serviceType is 'LoadBalancer'"
+    if not cfg.jenkins.tls_certificate_arn:
+        yield "jenkins.tlsCertificateArn", "required when jenkins.serviceType is 'LoadBalancer' (no login crosses the internet in clear)"
     for j, cidr in enumerate(cfg.jenkins.allowed_cidrs):
         if cidr in ANY_CIDRS:
             yield f"jenkins.allowedCidrs[{j}]", "Jenkins must not be open to the world (0.0.0.0/0)"
+
+
+def entry_tls_rules(cfg: PlatformConfig) -> Problems:
+    """An internet-facing staging/prod entry point serves HTTPS only (issue 24 item 9)."""
+    if cfg.is_eks and cfg.environment in ("staging", "prod") and not cfg.gateway.internal and cfg.gateway.tls is None:
+        yield "gateway.tls", "required: the entry point faces the internet (certificateSecret: a TLS Secret), or internal: true"
 
 
 def ci_rules(cfg: PlatformConfig) -> Problems:
@@ -189,6 +238,7 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Problems:
     elif model.llm is not None:
         yield f"{key}.llm", "only for runtime 'vllm' (this model's runtime is 'tensorflow')"
     yield from model_source_rules(cfg, key, name, model)
+    yield from receiver_rules(cfg, key, model)
     # A received model's training is not run here.
     if model.runtime == "tensorflow" and model.source is None:
         yield from training_rules(cfg, key, model.training)
@@ -196,17 +246,37 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Problems:
 
 
 def model_source_rules(cfg: PlatformConfig, key: str, name: str, model: ModelConfig) -> Problems:
-    """Prod receives its models; a received model is not trained here, and never from its own stack."""
+    """Prod receives its models (a vLLM model's weights too: prod never talks to Hugging Face); a
+    received model is not trained or imported here, and never from its own stack."""
     if model.runtime == "tensorflow" and model.source is None and cfg.environment == "prod":
         yield f"{key}.source", "prod never trains: receive the model from the stack that validated it (e.g. source: {stack: staging})"
+    hub = model.llm is not None and not model.llm.from_store
+    if model.runtime == "vllm" and hub and model.source is None and cfg.environment == "prod":
+        yield (
+            f"{key}.source",
+            "prod never downloads from Hugging Face: receive the weights from the stack that validated them (e.g. source: {stack: staging})",
+        )
     if model.source is None:
         return
-    if model.runtime != "tensorflow":
-        yield f"{key}.source", "only for runtime 'tensorflow' (a vllm model is served from llm.source)"
+    if model.runtime == "vllm" and model.llm is not None and model.llm.from_store:
+        yield f"{key}.source", "a vllm model received from another stack is a Hugging Face import there (llm.source: an id, not s3://)"
     elif model.training.model_fields_set:
         yield f"{key}.training", f"not used: this stack receives {name} from stack {model.source.stack!r} (source) and trains nothing"
     if model.source.stack == cfg.environment:
         yield f"{key}.source.stack", "must name another stack (a stack cannot promote from itself)"
+    for field in ("account", "bucket") if cfg.is_eks else ():
+        if getattr(model.source, field) is None:
+            yield f"{key}.source.{field}", f"required on an EKS stack: the source store's {field}, from this reviewed file"
+
+
+def receiver_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Problems:
+    """Who may read this model from this stack's store: other EKS stacks' promoters."""
+    for i, r in enumerate(model.receivers):
+        if not cfg.is_eks:
+            yield f"{key}.receivers", "only on an EKS stack (the bucket and key policies name the receivers' roles)"
+            return
+        if r.stack == cfg.environment:
+            yield f"{key}.receivers[{i}].stack", "must name another stack"
 
 
 def training_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Problems:
@@ -214,6 +284,7 @@ def training_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Problems
     if t.gpus > 0 and not cfg.has_gpus:
         yield f"{key}.training.gpus", "must be 0 on a stack without gpuPools or cluster.hasGpus (nothing could schedule it)"
     yield from training_fit_rules(cfg, key, t)
+    yield from training_resource_rules(cfg, key, t)
 
 
 def training_fit_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Problems:
@@ -241,10 +312,26 @@ def training_fit_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Prob
             f"{key}.training.workers",
             f"workers x gpus = {need} GPUs, more than queue.gpuQuota ({cfg.queue.gpu_quota}): it would wait forever",
         )
-    if t.workers * TRAINING_WORKER_CPU > cpu_cores(cfg.queue.cpu):
+
+
+def training_resource_rules(cfg: PlatformConfig, key: str, t: TrainingConfig) -> Problems:
+    """A worker's requests within its limits, and a run's requests within the queue's quota (else it
+    would wait forever)."""
+    req, lim = t.resources.requests, t.resources.limits
+    if cpu_cores(req.cpu) > cpu_cores(lim.cpu):
+        yield f"{key}.training.resources.requests.cpu", f"{req.cpu} is more than the limit ({lim.cpu})"
+    if memory_mib(req.memory) > memory_mib(lim.memory):
+        yield f"{key}.training.resources.requests.memory", f"{req.memory} is more than the limit ({lim.memory})"
+    cpu, mem = t.workers * cpu_cores(req.cpu), t.workers * memory_mib(req.memory)
+    if cpu > cpu_cores(cfg.queue.cpu):
         yield (
             f"{key}.training.workers",
-            f"{t.workers} workers request {t.workers * TRAINING_WORKER_CPU} CPUs, more than queue.cpu ({cfg.queue.cpu}): it would wait forever",
+            f"{t.workers} workers request {cpu:g} CPUs, more than queue.cpu ({cfg.queue.cpu}): it would wait forever",
+        )
+    if mem > memory_mib(cfg.queue.memory):
+        yield (
+            f"{key}.training.workers",
+            f"{t.workers} workers request {mem:g}Mi of memory, more than queue.memory ({cfg.queue.memory}): it would wait forever",
         )
 
 
@@ -288,8 +375,9 @@ def serving_access_rules(cfg: PlatformConfig, key: str, sv: ServingConfig) -> Pr
             yield f"{key}.serving.allowedCidrs[{j}]", "prod entry points must not be open to the world (0.0.0.0/0)"
 
 
-# The serving keys a vLLM model uses (who may call it); the rest configure our TF server.
-VLLM_SERVING_KEYS = {"allowed_cidrs"}
+# The serving keys a vLLM model uses (who may call it, its canary, the pinned version); the rest
+# configure our TF server.
+VLLM_SERVING_KEYS = {"allowed_cidrs", "canary", "version"}
 
 
 def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Problems:
@@ -305,6 +393,31 @@ def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
     if not cfg.monitoring.enabled:
         yield f"{key}.runtime", "vllm models scale on vLLM's queue, read from Prometheus: needs monitoring.enabled"
     yield from llm_rules(model.llm, key, cfg.gpu_pools, cfg.has_gpus, cfg.environment)
+    yield from llm_canary_rules(cfg, key, model)
+
+
+def llm_canary_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Problems:
+    """A vLLM model's analysed canary (components/lib/llm_canary.py) can run: a one-pod canary fits
+    its pool, and its golden set (models/<name>/golden.yaml) exists and is valid."""
+    from components.config.llm import choose_pool
+    from components.lib import llm_canary
+    from llm import golden
+
+    pool = choose_pool(model.llm, cfg.gpu_pools) if cfg.gpu_pools else None
+    if pool is not None and pool.gpus_per_node >= model.llm.gpus:
+        held = pool.max * (pool.gpus_per_node // model.llm.gpus)
+        short = llm_canary.gpu_short(model.llm.max_replicas, held)
+        if problem := llm_canary.short_pool_problem(model.llm.max_replicas, short):
+            yield f"{key}.llm.maxReplicas", f"{problem} (pool {pool.name!r} holds {held})"
+    path = llm_canary.golden_path(PROJECT_ROOT, key.removeprefix("models."))
+    if not path.is_file():
+        yield key, f"{path.relative_to(PROJECT_ROOT)} missing: a vllm model's canary checks its golden prompts (docs/llm.md)"
+        return
+    try:
+        golden.load(path)
+    except golden.GoldenSetError as exc:
+        for line in str(exc).splitlines():
+            yield key, line.replace(str(PROJECT_ROOT) + "/", "")
 
 
 # The sections in the order their problems are reported (kept from before the split: the first
@@ -320,6 +433,8 @@ SECTIONS: tuple[Callable[[PlatformConfig], Problems], ...] = (
     ci_rules,
     catalogue_rules,
     jenkins_exposure_rules,
+    access_entry_rules,
+    entry_tls_rules,
 )
 
 

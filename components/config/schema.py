@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from components.config.capacity import GPU_COUNT, serving_resources_for
+from components.config.capacity import GPU_COUNT, TRAINING_WORKER_CPU, serving_resources_for
 from components.config.llm import LlmConfig
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
@@ -49,6 +49,36 @@ class NodeGroupSize(_Model):
     max: int = Field(default=4, ge=1, le=100, description="largest node count")
 
 
+AWS_ACCOUNT = r"^[0-9]{12}$"
+
+
+# RFC 5737's documentation networks: an allowlist of one of them admits nobody (the stack files' examples).
+DOCUMENTATION_CIDRS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+# cluster.accessEntries[].policy -> the EKS access policy it associates (EKS user guide, "Access policy permissions").
+EKS_ACCESS_POLICIES = {
+    "cluster-admin": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+    "admin": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminPolicy",
+    "edit": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSEditPolicy",
+    "view": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSViewPolicy",
+}
+
+
+def documentation_cidrs(cidrs: list[str]) -> list[str]:
+    """The entries of ``cidrs`` inside a documentation network (RFC 5737)."""
+    docs = [ipaddress.ip_network(d) for d in DOCUMENTATION_CIDRS]
+    return [c for c in cidrs if any(ipaddress.ip_network(c).subnet_of(d) for d in docs if ipaddress.ip_network(c).version == 4)]
+
+
+class AccessEntry(_Model):
+    principal_arn: str = Field(
+        pattern=r"^arn:aws:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}$",
+        description="IAM role or user ARN that deploys or operates this stack (a person's SSO role, Jenkins's identity, a CI role)",
+    )
+    policy: Literal["cluster-admin", "admin", "edit", "view"] = Field(
+        default="cluster-admin", description="EKS access policy, cluster-wide (`cluster-admin` for a principal that runs `pulumi up`)"
+    )
+
+
 class ClusterConfig(_Model):
     kind: Literal["eks", "kubeconfig"] = Field(description="create an EKS cluster, or use an existing one from a kubeconfig")
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$", description="AWS region; required for `eks`")
@@ -61,6 +91,17 @@ class ClusterConfig(_Model):
     availability_zones: int = Field(default=2, ge=2, le=6, description="AZs of the VPC's private/public subnets")
     vpc_cidr: Cidr = Field(default="10.0.0.0/16", description="VPC CIDR")
     has_gpus: bool = Field(default=False, description="existing cluster with NVIDIA GPUs: install the device plugin and DCGM exporter")
+    access_entries: list[AccessEntry] = Field(
+        default=[],
+        description="EKS: every principal but the cluster's creator that deploys or reads this stack gets an access entry "
+        "(authenticationMode API admits no one else); ignored on a kubeconfig cluster",
+    )
+    account_id: str | None = Field(
+        default=None,
+        pattern=AWS_ACCOUNT,
+        description="the AWS account of this stack, one per environment (docs/security.md); the AWS provider refuses credentials "
+        "of any other account; required on the dev/staging/prod EKS stacks",
+    )
 
 
 class GpuPool(_Model):
@@ -91,6 +132,11 @@ class RegistryConfig(_Model):
     builder: str | None = Field(
         default=None, description="buildx builder for the image builds (e.g. remote rootless BuildKit in CI); unset: local Docker"
     )
+    platforms: list[Literal["linux/amd64", "linux/arm64"]] = Field(
+        default=["linux/amd64"],
+        min_length=1,
+        description="image platforms (one multi-platform image each); several need `builder`; EKS nodes here are x86_64",
+    )
 
 
 # The one stack (by environment) that runs Jenkins: it deploys every environment with that environment's
@@ -100,7 +146,8 @@ JENKINS_ENVIRONMENT = "staging"
 # Pasted into job-dsl Groovy (components/services/jenkins.py): nothing that can end a literal or interpolate.
 GITHUB_REPO_URL = re.compile(r"^https://github\.com/[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
 GIT_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
-JENKINS_PRINCIPAL = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
+# A GitHub login, or a team as the GitHub OAuth realm names it: `ORG*TEAM` (github-oauth plugin groups).
+JENKINS_PRINCIPAL = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}(\*[A-Za-z0-9][A-Za-z0-9._-]{0,99})?$"
 
 
 class JenkinsConfig(_Model):
@@ -110,11 +157,31 @@ class JenkinsConfig(_Model):
     )
     branch: str = Field(default="main", description="the protected branch the `deploy/main` job builds and rolls out")
     prod_approvers: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
-        default=[], description="Jenkins users/groups who may approve the prod deploy (`input` submitter); required when enabled"
+        default=[],
+        description="GitHub logins or `ORG*TEAM` teams who may approve the prod deploy (`input` submitter; never Administer); required when enabled",
+    )
+    admins: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
+        default=[], description="GitHub logins or `ORG*TEAM` teams with Overall/Administer; none of them an approver; required when enabled"
+    )
+    github_oauth_client_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{8,64}$",
+        description="client ID of the GitHub OAuth App users sign in with (its secret: `jenkinsCredentials` key "
+        "`github-oauth-client-secret`); required when enabled",
     )
     service_type: Literal["ClusterIP", "LoadBalancer"] = Field(default="ClusterIP", description="`LoadBalancer` requires `allowedCidrs`")
     allowed_cidrs: list[Cidr] = Field(default=[], description="sources allowed to the Jenkins load balancer")
+    tls_certificate_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$",
+        description="ACM certificate the Jenkins load balancer (an NLB) terminates TLS with, on 443 only; required with `LoadBalancer`",
+    )
     storage_gi_b: int = Field(default=20, ge=1, le=1000, alias="storageGiB", description="Jenkins home volume, GiB")
+    agent_image: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$",
+        description="the CI toolbox image (ci/toolbox, `make toolbox-push`) the agents run, by tag or digest; required when enabled",
+    )
 
     @field_validator("repo_url")
     @classmethod
@@ -177,6 +244,27 @@ CODE_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_
 ParamValue = str | int | float | bool
 
 
+class ResourceAmounts(_Model):
+    cpu: Quantity = Field(description="CPU, e.g. `500m`")
+    memory: Quantity = Field(description="memory, e.g. `1Gi`")
+
+
+class Resources(_Model):
+    requests: ResourceAmounts = Field(default=ResourceAmounts(cpu="500m", memory="1Gi"), description="container requests")
+    limits: ResourceAmounts = Field(default=ResourceAmounts(cpu="2", memory="2Gi"), description="container limits")
+
+
+class TrainingResources(Resources):
+    """One training worker's container. The queue admits a run by its requests (`queue.cpu`/`queue.memory`);
+    the defaults let it burst to 4 CPUs where the node has room."""
+
+    requests: ResourceAmounts = Field(
+        default=ResourceAmounts(cpu=str(TRAINING_WORKER_CPU), memory="4Gi"),
+        description="what a worker is scheduled and admitted by (a laptop's kind stack: e.g. `500m` / `2Gi`)",
+    )
+    limits: ResourceAmounts = Field(default=ResourceAmounts(cpu="4", memory="8Gi"), description="what a worker may use at most")
+
+
 class TrainingConfig(_Model):
     """One model's training run (a Job, and a CronJob when scheduled)."""
 
@@ -185,7 +273,8 @@ class TrainingConfig(_Model):
         description=(
             "the model's training folder, relative to the project (its `train.py` on the training contract, optional "
             "`requirements.txt` and `Dockerfile`), e.g. `models/diabetes`: `pulumi up` builds the model's image from it; "
-            "unset: the platform's MNIST trainer"
+            "any framework: TensorFlow publishes a SavedModel, PyTorch (`models/mnist_torch`), scikit-learn "
+            "(`models/breast_cancer`) and others ONNX (docs/frameworks.md); unset: the platform's MNIST trainer"
         ),
     )
     params: dict[str, ParamValue] = Field(
@@ -224,6 +313,10 @@ class TrainingConfig(_Model):
     )
     data_uri: str | None = Field(default=None, description="training data URI (s3:// or path); unset: the trainer's download")
     active_deadline_seconds: int = Field(default=7200, ge=60, le=7 * 86400, description="hard time limit per run")
+    resources: TrainingResources = Field(
+        default=TrainingResources(),
+        description="one worker's container (default: requests 1 CPU / 4Gi, limits 4 CPU / 8Gi; GPUs come from `gpus`)",
+    )
 
     @field_validator("code")
     @classmethod
@@ -245,16 +338,6 @@ class TrainingConfig(_Model):
         return v
 
 
-class ResourceAmounts(_Model):
-    cpu: Quantity = Field(description="CPU, e.g. `500m`")
-    memory: Quantity = Field(description="memory, e.g. `1Gi`")
-
-
-class Resources(_Model):
-    requests: ResourceAmounts = Field(default=ResourceAmounts(cpu="500m", memory="1Gi"), description="container requests")
-    limits: ResourceAmounts = Field(default=ResourceAmounts(cpu="2", memory="2Gi"), description="container limits")
-
-
 class CanaryConfig(_Model):
     """How a new model version reaches traffic: an Argo Rollouts canary whose analysis compares the
     canary pods with the stable ones (README "Model delivery")."""
@@ -262,7 +345,8 @@ class CanaryConfig(_Model):
     steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
         default=[25, 50],
         min_length=1,
-        description="canary weights in percent, increasing; with replica-ratio canaries a weight is rounded to whole pods",
+        description="canary weights in percent, increasing; with replica-ratio canaries a weight is rounded to whole pods "
+        "(vllm: not used, the canary is one pod for stepSeconds; docs/llm.md)",
     )
     step_seconds: int = Field(default=300, ge=10, le=86400, description="pause after each weight while the analysis runs")
     interval_seconds: int = Field(default=60, ge=5, le=3600, description="how often the analysis measures")
@@ -297,11 +381,26 @@ class CanaryConfig(_Model):
         lt=1,
         description="canary 4xx ratio minus the stable pods' 4xx ratio, at most (a broken input contract is a 400 storm)",
     )
+    # runtime vllm (components/lib/llm_canary.py): vLLM's own latencies and the model's golden prompts
+    max_ttft_p95_ratio: float = Field(
+        default=1.5, ge=1, le=100, description="vllm: canary p95 time to first token over the stable pods', at most"
+    )
+    max_itl_p95_ratio: float = Field(
+        default=1.5, ge=1, le=100, description="vllm: canary p95 inter-token latency over the stable pods', at most"
+    )
+    max_golden_failure_ratio: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="vllm: share of the canary's answers to models/<name>/golden.yaml that miss their expectations, at most "
+        "(judged once every prompt was answered; above 0 for GPU numerics that may flip a token at temperature 0)",
+    )
     warmup_rate: float = Field(
         default=2,
         ge=0,
         le=100,
-        description="requests per second the analysis' warm-up Job sends to each side during a canary (instances built from the model's signature); 0: none, the stack's own traffic must reach minRequests",
+        description="requests per second the analysis' warm-up Job sends to each side during a canary (instances built from the model's signature; "
+        "vllm: the golden prompts); 0: none, the stack's own traffic must reach minRequests",
     )
 
     @field_validator("steps")
@@ -378,19 +477,45 @@ class ModelSource(_Model):
         description="the stack whose store the pipeline promotes versions from (byte-identical copy, digests verified); "
         "this stack runs no training for the model",
     )
+    account: str | None = Field(
+        default=None, pattern=AWS_ACCOUNT, description="the source stack's AWS account (its `cluster.accountId`); required on EKS stacks"
+    )
+    bucket: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="the source stack's store bucket (`pulumi stack output modelStore --stack <source>`, without `s3://`); required on "
+        "EKS stacks: the promotion reads what this reviewed file names, the source stack's outputs are only a cross-check",
+    )
+
+
+class ModelReceiver(_Model):
+    """A stack that receives this model's versions from this stack's store (README "Model delivery")."""
+
+    stack: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", description="the receiving stack")
+    account: str = Field(
+        pattern=AWS_ACCOUNT, description="its AWS account: its promoter role `mlplatform-<stack>-model-promoter` there may read"
+    )
 
 
 class ModelConfig(_Model):
     """One catalogue entry: a model the stack trains, gates, publishes and serves."""
 
     runtime: Literal["tensorflow", "vllm"] = Field(
-        default="tensorflow", description="serving runtime: `tensorflow` (our SavedModel server) or `vllm` (an open-weights LLM, see `llm`)"
+        default="tensorflow",
+        description="serving runtime: `tensorflow` (our model server: a version's `format` in its metadata picks TensorFlow for a "
+        "SavedModel or ONNX Runtime for `model.onnx`) or `vllm` (an open-weights LLM, see `llm`)",
     )
     training: TrainingConfig = Field(default=TrainingConfig(), description="training run")
     source: ModelSource | None = Field(
-        default=None, description="receive versions from another stack instead of training here (prod: required)"
+        default=None,
+        description="receive versions from another stack instead of training (vllm: importing) here (prod: required; never Hugging Face)",
     )
     serving: ServingConfig = Field(default=ServingConfig(), description="model server")
+    receivers: list[ModelReceiver] = Field(
+        default=[],
+        description="EKS: the stacks that promote this model from this stack's store; their promoter roles may read its folder "
+        "(bucket policy) and decrypt it (key policy), nobody else outside this stack",
+    )
     llm: LlmConfig | None = Field(
         default=None, description='runtime `vllm` only: the LLM and its vLLM options (README "Serve an open-weights LLM")'
     )
@@ -403,7 +528,11 @@ class TlsConfig(_Model):
 
 class GatewayConfig(_Model):
     internal: bool = Field(default=False, description="internal load balancer: reachable only from inside the VPC")
-    tls: TlsConfig | None = Field(default=None, description="serve HTTPS on 443 with this certificate; unset: plain HTTP on 80")
+    tls: TlsConfig | None = Field(
+        default=None,
+        description="serve HTTPS on 443 with this certificate, port 80 only redirects to it; unset: plain HTTP on 80 "
+        "(refused on an internet-facing staging/prod entry point)",
+    )
 
 
 class MonitoringConfig(_Model):
@@ -468,6 +597,17 @@ class PlatformConfig(_Model):
     alerting: AlertingConfig = Field(default=AlertingConfig(), description="Alertmanager receivers")
     ephemeral: EphemeralConfig = Field(default=EphemeralConfig(), description="PR stacks made from this stack")
     queue: QueueConfig = Field(default=QueueConfig(), description="training quota and queueing (Kueue)")
+    protect: bool | None = Field(
+        default=None,
+        description=(
+            "Pulumi `protect` on the stateful resources (the cluster and everything in it, the model store, the image repositories): "
+            "`pulumi destroy` and replacements are refused; unset: true on prod. To lift it: set false, `mlp up`, then destroy"
+        ),
+    )
+
+    @property
+    def protected(self) -> bool:
+        return self.protect if self.protect is not None else self.environment == "prod"
 
     @property
     def is_eks(self) -> bool:

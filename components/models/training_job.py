@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION
-from components.config import TRAINING_WORKER_CPU, TrainingConfig
+from components.config import TrainingConfig
 from components.lib import workload
 from components.lib.security import container_security, pod_security
 from components.services import kueue
@@ -26,8 +26,12 @@ APP = "training"
 # training.train exit codes: 2 bad data/arguments, 3 quality gate failed -> retrying cannot help.
 NON_RETRYABLE_EXIT_CODES = [2, 3]
 TTL_SECONDS = 7 * 86400
-# The port each worker's TensorFlow server listens on (training/cluster.py DEFAULT_PORT).
+# The port each worker's TensorFlow server listens on (training/cluster.py DEFAULT_PORT); PyTorch's rendezvous too.
 WORKER_PORT = 2222
+# PyTorch's collectives (gloo, NCCL) connect the workers on ephemeral ports, not the rendezvous port: a
+# multi-worker run pins its pods' ephemeral range (net.ipv4.ip_local_port_range, a namespaced sysctl Pod
+# Security allows) and its NetworkPolicies open that range between its own workers, nothing else.
+COLLECTIVE_PORTS = (33000, 33999)
 
 
 def workers_service(model: str) -> str:
@@ -51,7 +55,9 @@ def labels(model: str) -> dict[str, str]:
 
 def run_name(model: str, image: str, cfg: TrainingConfig) -> str:
     """``train-<model>-<hash>`` of everything that changes what a run produces."""
-    params = cfg.model_dump(mode="json", exclude={"schedule", "active_deadline_seconds"})
+    # resources: where a run gets its CPU/memory changes not what it produces (and a new key must not
+    # rename, so rerun, every stack's Job at the next up)
+    params = cfg.model_dump(mode="json", exclude={"schedule", "active_deadline_seconds", "resources"})
     digest = hashlib.sha256(json.dumps({"image": image, "params": params}, sort_keys=True).encode()).hexdigest()
     return f"{object_name(model)}-{digest[:10]}"
 
@@ -112,7 +118,7 @@ def pod_spec(
     publish_as: str = "champion",
 ) -> dict[str, Any]:
     gpu = cfg.gpus > 0
-    resources: dict[str, Any] = {"requests": {"cpu": str(TRAINING_WORKER_CPU), "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+    resources: dict[str, Any] = cfg.resources.model_dump()  # training.resources (default: 1 CPU / 4Gi requested)
     if gpu:
         resources["limits"][GPU_RESOURCE] = cfg.gpus
         resources["requests"][GPU_RESOURCE] = cfg.gpus
@@ -139,6 +145,9 @@ def pod_spec(
     if cfg.workers > 1:
         spec["subdomain"] = workers_service(model)  # pod i answers at <job>-<i>.<service>
         spec["containers"][0]["ports"] = [{"name": "worker", "containerPort": WORKER_PORT, "protocol": "TCP"}]
+        pod = pod_security()
+        pod.sysctls = [k8s.core.v1.SysctlArgs(name="net.ipv4.ip_local_port_range", value=f"{COLLECTIVE_PORTS[0]} {COLLECTIVE_PORTS[1]}")]
+        spec["securityContext"] = pod
     return spec
 
 
@@ -191,9 +200,12 @@ def cron_spec(model: str, pod: dict[str, Any], cfg: TrainingConfig) -> dict[str,
 def network_policies(model: str, cfg: TrainingConfig) -> dict[str, dict[str, Any]]:
     """role -> NetworkPolicy spec. Egress: S3 / Keras' dataset download over HTTPS (never the metadata
     service) and, in-cluster, the model store (MinIO) and the Pushgateway. A multi-worker run's
-    workers reach each other on the worker port, and nothing else does."""
+    workers reach each other on the worker port and the collectives' range, and nothing else does."""
     selector = {"podSelector": {"matchLabels": labels(model)}}
-    worker_port = [{"protocol": "TCP", "port": WORKER_PORT}]
+    worker_port = [
+        {"protocol": "TCP", "port": WORKER_PORT},
+        {"protocol": "TCP", "port": COLLECTIVE_PORTS[0], "endPort": COLLECTIVE_PORTS[1]},
+    ]
     peers = [{"to": [selector], "ports": worker_port}] if cfg.workers > 1 else []
     out = {"egress": {**selector, "policyTypes": ["Egress"], "egress": [*workload.egress(workload.STORE_PORT, 9091), *peers]}}
     if cfg.workers > 1:
@@ -257,7 +269,9 @@ class TrainingJob(pulumi.ComponentResource):
                 name=self.job_name,
                 namespace=args.namespace,
                 labels={**labels(model), **kueue.job_labels("pipeline")},
-                annotations={"pulumi.com/skipAwait": "true"},
+                # Foreground: destroy (which deletes this before Kueue) waits until the run's pods and
+                # Workload are gone, so Kueue is still there to release its finalizer (kueue.FOREGROUND).
+                annotations={"pulumi.com/skipAwait": "true", **kueue.FOREGROUND},
             ),
             spec=pod.apply(lambda p: job_spec(model, p, cfg)),
             # Kueue owns spec.suspend once the Job exists (admits: false; preempts: true): re-applying
@@ -265,9 +279,11 @@ class TrainingJob(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(after, pulumi.ResourceOptions(ignore_changes=["spec.suspend"])),
         )
         if cfg.schedule:
-            k8s.batch.v1.CronJob(
-                f"{name}-cron", metadata=_meta(args, object_name(model)), spec=pod.apply(lambda p: cron_spec(model, p, cfg)), opts=after
+            # Foreground too: deleting it takes its runs (and their Workloads) while Kueue still runs.
+            meta = k8s.meta.v1.ObjectMetaArgs(
+                name=object_name(model), namespace=args.namespace, labels=labels(model), annotations=dict(kueue.FOREGROUND)
             )
+            k8s.batch.v1.CronJob(f"{name}-cron", metadata=meta, spec=pod.apply(lambda p: cron_spec(model, p, cfg)), opts=after)
         return job
 
     def _workers(self, name: str, args: TrainingJobArgs) -> None:

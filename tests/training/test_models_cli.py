@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,9 @@ def test_the_cli_end_to_end_on_the_local_store(tmp_path):
         _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}", acc)
     out = cli("--store", store, "list")
     assert out.returncode == 0, out.stderr
-    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    header, *lines = out.stdout.splitlines()
+    assert header.split("\t") == ["MODEL", "VERSION", "TAGS", "GATE", "CREATED", "BY", "REJECTED"]
+    rows = [line.split("\t") for line in lines]
     assert [r[:4] for r in rows] == [
         ["mnist", "20260101T000000Z-run1", "previous", "test_accuracy=0.9910"],
         ["mnist", "20260102T000000Z-run2", "candidate,champion,LATEST", "test_accuracy=0.9930"],
@@ -85,8 +88,8 @@ def test_errors_are_one_line_with_distinct_exit_codes(tmp_path):
         out = cli("--store", store, *args)
         assert out.returncode == code and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)
         assert "Traceback" not in out.stderr
-    out = cli("rollback", "--model", "mnist", "--reason", "x", env={"MLPLATFORM_MODEL_STORE": ""})
-    assert out.returncode == 2 and out.stderr.strip() == "models: error: no store: pass --store or set MLPLATFORM_MODEL_STORE"
+    out = cli("rollback", "--model", "mnist", "--reason", "x", env={"MLPLATFORM_MODEL_STORE": "", "MLPLATFORM_STORE": ""})
+    assert out.returncode == 2 and out.stderr.strip().startswith("models: error: no store: pass --store, set MLPLATFORM_STORE")
     storage.write_bytes(storage.join(registry.model_root(store, "mnist"), "20260101T000000Z-old", "model.keras"), b"evil")
     out = cli("--store", store, "verify", "--model", "mnist", "--all")
     assert out.returncode == 4
@@ -219,12 +222,12 @@ def test_list_and_show_show_a_rejected_version_and_why(tmp_path):
     )
     mark = registry.rejection(store, "mnist", "20260102T000000Z-run2")
     at = registry.when(mark["at"])
-    rows = {r[1]: r for r in (line.split("\t") for line in cli("--store", store, "list").stdout.splitlines())}
+    rows = {r[1]: r for r in (line.split("\t") for line in cli("--store", store, "list", "--no-header").stdout.splitlines())}
     assert rows["20260102T000000Z-run2"][2] == "previous,rejected"
     assert rows["20260102T000000Z-run2"][6] == f"rejected: PSI 0.38, by bob at {at}"
     assert rows["20260101T000000Z-run1"][6] == "-" and rows["20260103T000000Z-run3"][6] == "-"
     shown = json.loads(cli("--store", store, "show", "--model", "mnist", "20260102T000000Z-run2").stdout)
-    assert shown["rejected"] == {"version": "20260102T000000Z-run2", "reason": "PSI 0.38", "by": "bob", "at": mark["at"]}
+    assert shown["rejected"] == {"version": "20260102T000000Z-run2", "reason": "PSI 0.38", "by": "bob", "at": at}
     assert json.loads(cli("--store", store, "show", "--model", "mnist").stdout)["rejected"] is None
 
 
@@ -252,3 +255,114 @@ def test_help_documents_the_exit_codes():
     for code in ("0 done", "1 refused or failed", "2 usage", "3 conflict", "4 verification failed"):
         assert code in text
     assert "rollback` rejects the version it leaves" in text
+
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def test_show_prints_iso_times_and_the_store_comes_from_mlplatform_store(tmp_path):
+    """Every record time in `show` is UTC ISO 8601 (not epoch seconds); $MLPLATFORM_STORE, the one
+    store setting every `mlp` subcommand honours, is the default store, a plain local path included."""
+    store = str(tmp_path / "store")  # a path, not a URI: a local store is accepted as is
+    for i in (1, 2):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    out = cli("show", "--model", "mnist", env={"MLPLATFORM_STORE": store, "MLPLATFORM_MODEL_STORE": ""})
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert ISO.match(shown["manifest"]["created_at"]), shown["manifest"]["created_at"]
+    assert shown["history"] and all(ISO.match(r["at"]) for r in shown["history"])
+
+
+def test_rollback_twice_goes_further_back_never_forward(tmp_path):
+    store = f"file://{tmp_path}/store"
+    for i in (1, 2, 3):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    first = cli("--store", store, "rollback", "--model", "mnist", "--reason", "bad")
+    assert first.returncode == 0, first.stderr
+    assert artifacts.latest(store, "mnist") == "20260102T000000Z-run2"
+    second = cli("--store", store, "rollback", "--model", "mnist", "--reason", "also bad")
+    assert second.returncode == 0, second.stderr
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"  # not back to run3 (rejected)
+    third = cli("--store", store, "rollback", "--model", "mnist", "--reason", "nothing left")
+    assert third.returncode == models.EXIT_ERROR and artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
+
+
+def _without_pulumi() -> str:
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (p and os.path.exists(os.path.join(p, "pulumi"))))
+
+
+def test_make_rollback_takes_a_local_store(tmp_path):
+    """`make rollback STORE=<path>`: the registry of a local store, no stack and no Pulumi CLI needed
+    (a laptop server follows the store's LATEST)."""
+    store = str(tmp_path / "store")
+    for i in (1, 2):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    proc = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-o", ".venv-ml/.installed", "rollback", f"STORE={store}", "REASON=bad canary"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": _without_pulumi()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rolled back 20260102T000000Z-run2 -> 20260101T000000Z-run1" in proc.stdout
+    assert artifacts.latest(store, "mnist") == "20260101T000000Z-run1"
+
+
+def test_make_smoke_without_pulumi_is_one_line():
+    proc = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-o", ".venv-ml/.installed", "-o", "data/mnist.npz", "-o", "data", "smoke", "STACK=dev"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": _without_pulumi()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
+    assert len(lines) == 1 and lines[0].startswith("smoke: the Pulumi CLI is not on PATH"), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_version_as_a_flag_or_a_positional_is_the_same(tmp_path):
+    store = f"file://{tmp_path}/store"
+    for i in (1, 2):
+        _publish(tmp_path, store, f"2026010{i}T000000Z-run{i}")
+    by_flag = cli("--store", store, "show", "--model", "mnist", "--version", "20260101T000000Z-run1")
+    by_position = cli("--store", store, "show", "--model", "mnist", "20260101T000000Z-run1")
+    assert by_flag.returncode == 0 and json.loads(by_flag.stdout) == json.loads(by_position.stdout)
+    both = cli("--store", store, "show", "--model", "mnist", "20260101T000000Z-run1", "--version", "20260102T000000Z-run2")
+    assert both.returncode == 2 and "give the version once" in both.stderr
+
+
+def test_mlp_models_reads_the_stacks_store_output(tmp_path):
+    """`mlp models --stack dev list`: the store is the stack's `modelStore` output (a scripted `pulumi`
+    on PATH answers it), with no --store and no MLPLATFORM_STORE."""
+    store = str(tmp_path / "store")
+    _publish(tmp_path, store, "20260101T000000Z-run1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pulumi = bin_dir / "pulumi"
+    pulumi.write_text(
+        f"#!{sys.executable}\nimport sys\nassert sys.argv[1:] == ['stack', 'output', 'modelStore', '--stack', 'dev'], sys.argv\nprint({store!r})\n"
+    )
+    pulumi.chmod(0o755)
+    environ = {k: v for k, v in os.environ.items() if k not in ("MLPLATFORM_STORE", "MLPLATFORM_MODEL_STORE")}
+    environ["PATH"] = f"{bin_dir}{os.pathsep}{environ['PATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlp", "models", "--stack", "dev", "list", "--no-header"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\t")[:2] == ["mnist", "20260101T000000Z-run1"]
+
+
+def test_list_of_an_empty_or_mistyped_store_says_so(tmp_path):
+    out = cli("--store", str(tmp_path / "no-such-store"), "list")
+    assert out.returncode == models.EXIT_ERROR and out.stdout == ""
+    assert out.stderr.strip() == f"models: error: no models in {tmp_path / 'no-such-store'} (nothing under models/): is that the store?"

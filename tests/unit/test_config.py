@@ -16,6 +16,8 @@ from tests.conftest import ROOT
 from tools import mock_engine
 
 PROD = yaml.safe_load((ROOT / "stacks" / "Pulumi.prod.yaml").read_text())["config"]
+# An EKS receiver names its source store itself (issue 24 item 3).
+STAGING_SOURCE = {"stack": "staging", "account": "222222222222", "bucket": "staging-store"}
 
 
 def prod_with(**changes):
@@ -119,13 +121,18 @@ CASES = [
     ("old top-level serving key", {"serving": {"replicas": 3}}, "mlplatform:serving:", "moved to models.<name>.serving"),
     (
         "model name not DNS-1123",
-        {"models.Fraud_Model": {"source": {"stack": "staging"}, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        {
+            "models.Fraud_Model": {
+                "source": STAGING_SOURCE,
+                "serving": {"allowedCidrs": ["203.0.113.0/24"]},
+            }
+        },
         "mlplatform:models.Fraud_Model:",
         "DNS-1123",
     ),
     (
         "model name too long",
-        {"models." + "m" * 31: {"source": {"stack": "staging"}, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
+        {"models." + "m" * 31: {"source": STAGING_SOURCE, "serving": {"allowedCidrs": ["203.0.113.0/24"]}}},
         "mlplatform:models." + "m" * 31 + ":",
         "at most 30",
     ),
@@ -133,7 +140,7 @@ CASES = [
         "per-model rule on a second model",
         {
             "models.fraud": {
-                "source": {"stack": "staging"},
+                "source": STAGING_SOURCE,
                 "serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]},
             }
         },
@@ -264,7 +271,7 @@ def test_non_prod_gpu_pools_may_scale_to_zero():
     cfg = validate(
         {
             "environment": "dev",
-            "cluster": {"kind": "eks", "region": "eu-west-1", "endpointPublicAccessCidrs": ["203.0.113.0/24"]},
+            "cluster": {"kind": "eks", "region": "eu-west-1", "endpointPublicAccessCidrs": ["203.0.113.0/24"], "accountId": "111111111111"},
             "jenkins": {"enabled": False},
             "gpuPools": [{"name": "g", "instanceTypes": ["g5.xlarge"], "min": 0, "desired": 0, "max": 1}],
         },
@@ -296,7 +303,7 @@ def test_every_problem_reported_at_once_one_line_each():
             "monitoring.retention": "forever",
             "gpuPools[0].min": 9,
             "models.fraud": {
-                "source": {"stack": "staging"},
+                "source": STAGING_SOURCE,
                 "serving": {"minReplicas": 3, "maxReplicas": 2, "allowedCidrs": ["203.0.113.0/24"]},
             },
         }
