@@ -5,6 +5,7 @@ protected stack (prod by default, `mlplatform:protect`) is destroyed only after 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -42,6 +43,43 @@ def protected(stack: str) -> bool:
 
 def _pulumi(*args: str) -> int:
     return subprocess.call([env.pulumi(), *args], cwd=ROOT)
+
+
+def source_stacks(stack: str) -> dict[str, str]:
+    """The stacks STACK receives models from, each with the first key naming it
+    (``models.<name>.source.stack``): ModelPromoter reads each through a StackReference."""
+    sources: dict[str, str] = {}
+    for name, model in sorted((stack_config(stack).get("mlplatform:models") or {}).items()):
+        src = model.get("source") if isinstance(model, dict) else None
+        if isinstance(src, dict) and isinstance(src.get("stack"), str):
+            sources.setdefault(src["stack"], f"models.{name}.source.stack")
+    return sources
+
+
+def require_sources(stack: str) -> None:
+    """Before `pulumi up|preview`: every source stack exists in the backend, else one line naming the
+    key and what to do (exit 2) instead of the engine's `unknown stack "<org>/mlplatform/<source>"`.
+    `pulumi stack ls --json` lists this project's stacks, unqualified when they are in the default
+    organization (the one an unqualified --stack and its StackReferences use). When the listing itself
+    fails (not logged in), the check stands aside: `pulumi up` says why in its own words."""
+    sources = source_stacks(stack)
+    if not sources:
+        return
+    listing = subprocess.run([env.pulumi(), "stack", "ls", "--json"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        existing = {s["name"] for s in json.loads(listing.stdout)} if listing.returncode == 0 else None
+    except (ValueError, TypeError, KeyError):
+        existing = None
+    if existing is None:
+        return
+    for source, key in sources.items():
+        if source not in existing:
+            click.echo(
+                f"stacks/Pulumi.{stack}.yaml: mlplatform:{key}: source stack {source!r} does not exist in this backend "
+                f"(pulumi stack ls): `mlp up --stack {source}` first (docs/architecture.md, first `up` order), then rerun",
+                err=True,
+            )
+            raise SystemExit(EXIT_USAGE)
 
 
 def _interactive_or_refuse(yes: bool, what: str) -> None:
@@ -89,6 +127,7 @@ def up(stack, yes, use_current_context):
         raise SystemExit(local_up.main(["up", *(["--use-current-context"] if use_current_context else [])]))
     pulumi = env.pulumi()
     _interactive_or_refuse(yes, "up")
+    require_sources(stack)
     builder = (stack_config(stack).get("mlplatform:registry") or {}).get("builder")
     script = ROOT / "ci" / "toolbox" / "builder.sh"
     # the stack's image builds need this buildx builder: registered now, not 20 minutes into the up
@@ -135,6 +174,7 @@ def down(stack, yes, confirm):
 def preview(stack):
     """`pulumi preview --diff` of STACK with the policy pack (needs the Pulumi CLI and the stack's backend)."""
     env.ensure("program", sys.argv[1:])
+    require_sources(stack)
     raise SystemExit(_pulumi("preview", "--diff", "--non-interactive", "--stack", stack, "--policy-pack", "policy"))
 
 

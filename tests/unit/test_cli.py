@@ -154,6 +154,30 @@ def test_up_with_yes_is_the_ci_form_with_the_policy_pack(fake_pulumi, tmp_path):
     assert "inspect mlplatform-buildkit" in (tmp_path / "buildx.log").read_text()
 
 
+@pytest.mark.parametrize("args", [["up", "--stack", "prod", "--yes"], ["preview", "--stack", "prod"]])
+def test_a_receiving_stack_whose_source_was_never_up_fails_in_one_line(fake_pulumi, args):
+    """prod receives its models from staging (a StackReference): with no staging stack in the backend,
+    one line naming the key and what to do, exit 2, and no `pulumi up|preview` (nor `stack select --create`)."""
+    extra, calls = fake_pulumi  # the backend holds prod and dev, not staging
+    proc = mlp(*args, **extra)
+    assert proc.returncode == env.EXIT_USAGE, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "stacks/Pulumi.prod.yaml: mlplatform:models.chat.source.stack: source stack 'staging' does not exist in this backend "
+        "(pulumi stack ls): `mlp up --stack staging` first (docs/architecture.md, first `up` order), then rerun"
+    ]
+    assert calls() == [["stack", "ls", "--json"]]
+
+
+def test_a_receiving_stack_whose_source_exists_goes_on_to_pulumi(fake_pulumi):
+    """staging receives from dev, which the backend holds: the check passes and the preview runs."""
+    extra, calls = fake_pulumi
+    assert deploy.source_stacks("staging") == {"dev": "models.chat.source.stack"}
+    assert deploy.source_stacks("prod") == {"staging": "models.chat.source.stack"} and deploy.source_stacks("dev") == {}
+    proc = mlp("preview", "--stack", "staging", **extra)
+    assert proc.returncode == 0, proc.stderr
+    assert calls() == [["stack", "ls", "--json"], ["preview", "--diff", "--stack", "staging", "--policy-pack", "policy"]]
+
+
 def test_the_ci_targets_and_only_they_pass_yes():
     text = (ROOT / "Makefile").read_text()
     recipes = {}
