@@ -14,7 +14,11 @@ generator (wrk, a separate C process; 64 keep-alive connections, fixed duration)
 - overload: --overload-connections against a queue of --overload-queue instances (429s beyond it),
   beside /healthz at as many connections (the floor the event loop and wrk set there);
 - the in-process limit: batched model calls of 64 images, no HTTP;
-- with --naive, Flask + model.predict per request (bench/naive_server.py).
+- with --naive, Flask + model.predict per request (bench/naive_server.py);
+- ONNX against TensorFlow (issue 28): the same CNN converted by tf2onnx (the converter of record for
+  TensorFlow; checked equal to the SavedModel on 64 images before any load), served by the same server
+  through ONNX Runtime, in the same interleaved rounds (1 and --workers processes) and its own
+  in-process limit; reported as medians and ratios to the SavedModel's figures (--no-onnx: skip).
 On a 2-core machine the load generator shares the cores with the server: N processes then compete
 with wrk for the second core, so the N-process figure is a lower bound of what a pod with N cores
 does. The last line is one JSON object.
@@ -100,7 +104,7 @@ def in_process_limit(model_dir: Path, seconds: float = 5.0, batch: int = 64) -> 
     from serving import model as m
 
     loaded = m.load("bench", str(model_dir), warmup_batch_sizes=(batch,))
-    x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)  # the MNIST CNN's input, either runtime
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         loaded(x)
@@ -138,6 +142,7 @@ class Server:
     """``python -m serving`` from ``cwd`` (ours, or a baseline revision's tree) on a free port."""
 
     def __init__(self, cwd: Path, model_dir: Path, workers: int = 1, extra: tuple[str, ...] = ()):
+        # ours picks the runtime (TensorFlow or ONNX Runtime) from what the folder holds (serving/runtime.py)
         self.port = free_port()
         cmd = [sys.executable, "-m", "serving", "--model-uri", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--poll-seconds", "0", "--log-level", "warning", "--metrics-port", str(free_port()), *extra]
@@ -180,6 +185,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="ours with this many server processes as well (0: skip)")
     p.add_argument("--overload-connections", type=int, default=256, help="connections of the overload run")
     p.add_argument("--overload-queue", type=int, default=16, help="--max-queue of the server in the overload run")
+    p.add_argument(
+        "--onnx", action=argparse.BooleanOptionalAction, default=True, help="also the same CNN as ONNX (tf2onnx) in ONNX Runtime"
+    )
     return p
 
 
@@ -194,15 +202,18 @@ def main() -> None:
     import numpy as np
 
     with np.load(args.data) as d:
-        images = (d["x_test"][:64] / 255.0).round(4)  # float64: short JSON numbers, as clients send them
+        # float64: short JSON numbers, as clients send them; 28x28x1: the signature's rank
+        images = (d["x_test"][:64] / 255.0).round(4)[..., None]
     body = tmp / "body.json"
     body.write_text(json.dumps({"instances": [images[0].tolist()]}))
     script = lua(tmp / "post.lua", body)
     _print_machine(args, body)
-    med = _compare(args, model_dir, tmp, script)
+    onnx_dir = export_onnx(model_dir, tmp / "onnx-v1", images) if args.onnx else None
+    med = _compare(args, model_dir, tmp, script, onnx_dir)
     runs = _single_runs(args, model_dir, tmp, images, script)
     runs["naive"] = _naive(args, model_dir, script) if args.naive else None
     limit = in_process_limit(model_dir)
+    runs["onnx_limit"] = in_process_limit(onnx_dir) if onnx_dir else None
     _print_summary(args, med, runs, limit)
     out = _result(args, med, runs, limit)
     print(json.dumps(out))
@@ -213,27 +224,37 @@ def _print_machine(args: argparse.Namespace, body: Path) -> None:
     import tensorflow as tf
 
     cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), platform.processor())
+    try:
+        import onnxruntime
+
+        ort = f", ONNX Runtime {onnxruntime.__version__}"
+    except ImportError:
+        ort = ""
     print(
         f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}; load: wrk -t2 -c{args.connections} -d{args.duration}s (the load generator shares "
+        f"TensorFlow {tf.__version__}{ort}; load: wrk -t2 -c{args.connections} -d{args.duration}s (the load generator shares "
         f"these cores), single-image requests ({body.stat().st_size} bytes)",
         flush=True,
     )
 
 
-def _compare(args: argparse.Namespace, model_dir: Path, tmp: Path, script: Path) -> dict[str, dict[str, float]]:
+def _compare(args: argparse.Namespace, model_dir: Path, tmp: Path, script: Path, onnx_dir: Path | None) -> dict[str, dict[str, float]]:
     """The single-image comparison, interleaved round by round so that drift in the machine's speed
-    hits every server alike: the baseline revision, ours with one process, ours with N. Medians per server."""
-    contenders: list[tuple[str, Path, int]] = []
+    hits every server alike: the baseline revision, ours with one process, ours with N, and the
+    same with the ONNX export. Medians per server."""
+    contenders: list[tuple[str, Path, int, Path]] = []
     if args.baseline:
-        contenders.append((f"baseline {args.baseline}, 1 process", baseline_tree(args.baseline, tmp), 1))
-    contenders.append(("ours, 1 process", ROOT, 1))
-    if args.workers > 1:
-        contenders.append((f"ours, {args.workers} processes", ROOT, args.workers))
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+        contenders.append((f"baseline {args.baseline}, 1 process", baseline_tree(args.baseline, tmp), 1, model_dir))
+    for label, folder in (("", model_dir), (", ONNX", onnx_dir)):
+        if folder is None:
+            continue
+        contenders.append((f"ours, 1 process{label}", ROOT, 1, folder))
+        if args.workers > 1:
+            contenders.append((f"ours, {args.workers} processes{label}", ROOT, args.workers, folder))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _, _ in contenders}
     for i in range(args.rounds):
-        for name, cwd, workers in contenders:
-            with Server(cwd, model_dir, workers) as server:
+        for name, cwd, workers, folder in contenders:
+            with Server(cwd, folder, workers) as server:
                 r = server.measure(PREDICT, args.duration, args.connections, script)
             runs[name].append(r)
             print(
@@ -296,11 +317,18 @@ def _print_summary(args: argparse.Namespace, med: dict[str, dict[str, float]], r
     if runs["naive"]:
         print(f"  naive Flask + model.predict: {runs['naive']['rps']:.1f} req/s")
     print(f"  in-process limit: {limit:.0f} images/s (batches of 64, no HTTP)")
+    if runs["onnx_limit"]:
+        print(f"  in-process limit, ONNX Runtime: {runs['onnx_limit']:.0f} images/s ({runs['onnx_limit'] / limit:.2f}x TensorFlow's)")
+        for name, ratios in _onnx_ratios(med).items():
+            print(
+                f"  ONNX / SavedModel, {name}: {ratios['rps']:.2f}x req/s, {ratios['p99_ms']:.2f}x p99, {ratios['cpu_us_per_req']:.2f}x CPU per request"
+            )
 
 
 def _result(args: argparse.Namespace, med: dict[str, dict[str, float]], runs: dict[str, dict], limit: float) -> dict:
     """The run's figures as one JSON object, with the verdict against the targets printed before it."""
-    best_name = max((n for n in med if n.startswith("ours")), key=lambda n: med[n]["rps"])
+    # the targets against the baseline are the SavedModel's (the baseline serves only that); ONNX has its own block
+    best_name = max((n for n in med if n.startswith("ours") and not n.endswith("ONNX")), key=lambda n: med[n]["rps"])
     best, naive = med[best_name], runs["naive"]
     out = {
         "ours_rps": round(best["rps"], 1),
@@ -320,6 +348,13 @@ def _result(args: argparse.Namespace, med: dict[str, dict[str, float]], runs: di
         "naive_rps": round(naive["rps"], 1) if naive else None,
         "rounds": args.rounds,
     }
+    if runs["onnx_limit"]:
+        out["onnx"] = {
+            "medians": {n: {k: round(v, 2) for k, v in m.items()} for n, m in med.items() if n.endswith("ONNX")},
+            "ratios_vs_savedmodel": _onnx_ratios(med),
+            "limit_images_per_s": round(runs["onnx_limit"]),
+            "limit_ratio_vs_savedmodel": round(runs["onnx_limit"] / limit, 2),
+        }
     if args.baseline:
         base = next(iter(med.values()))
         out["baseline"] = args.baseline
@@ -331,10 +366,40 @@ def _result(args: argparse.Namespace, med: dict[str, dict[str, float]], runs: di
     return out
 
 
+def _onnx_ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """ONNX's median over the SavedModel's, per process count and figure (req/s > 1: ONNX faster;
+    p99 and CPU per request < 1: ONNX better)."""
+    return {
+        name.removeprefix("ours, "): {k: round(med[f"{name}, ONNX"][k] / med[name][k], 2) for k in ("rps", "p99_ms", "cpu_us_per_req")}
+        for name in med
+        if name.startswith("ours") and f"{name}, ONNX" in med
+    }
+
+
+def export_onnx(model_dir: Path, out: Path, images) -> Path:
+    """The SavedModel of ``model_dir`` as ``out/model.onnx`` by tf2onnx (its serving_default
+    signature: same input and output names), checked against TensorFlow on ``images`` first."""
+    import numpy as np
+
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(model_dir / "saved_model"), "--signature_def", "serving_default"]
+    subprocess.run([*cmd, "--opset", "17", "--output", str(out / "model.onnx")], cwd=ROOT, check=True, capture_output=True)
+    (out / "metadata.json").write_text(json.dumps({"version": "onnx-v1", "format": "onnx", "converted_from": str(model_dir)}))
+    from serving import model as m
+
+    x = images.astype(np.float32)
+    tf_y, onnx_y = m.load("tf", str(model_dir), (64,))(x), m.load("onnx", str(out), (64,))(x)
+    diff = float(np.abs(tf_y - onnx_y).max())
+    print(f"onnx: tf2onnx export of {model_dir.name}: max |TF - ONNX| on {len(x)} images = {diff:.2e}", flush=True)
+    if diff > 1e-4:
+        raise SystemExit(f"the ONNX export differs from the SavedModel by {diff} (> 1e-4): not the same model, not comparable")
+    return out
+
+
 def train_seed_model(data: str, tmp: Path) -> Path:
     print("training the seed model (1 epoch) ...", flush=True)
     cmd = [sys.executable, "-m", "training.train", "--data", data, "--arch", "seed", "--epochs", "1", "--min-accuracy", "0.9"]
-    cmd += ["--output", f"file://{tmp}/store", "--run-id", "bench"]
+    cmd += ["--store", f"file://{tmp}/store", "--run-id", "bench"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     version = (tmp / "store/models/mnist/LATEST").read_text().strip()
     return tmp / "store/models/mnist" / version

@@ -35,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 def _models_and_workers(args: argparse.Namespace) -> tuple[dict[str, str], int]:
     """What to serve, and in how many processes; ValueError with the line to print when a flag is wrong."""
     models = parse_models(args)
+    from serving import model as model_lib
     from serving import workers
+
+    for name, uri in models.items():
+        try:
+            model_lib.check_uri(uri)
+        except ValueError as exc:
+            raise ValueError(f"model {name!r}: {exc}") from None
 
     try:
         n_workers = workers.count(args.workers)
@@ -45,7 +52,27 @@ def _models_and_workers(args: argparse.Namespace) -> tuple[dict[str, str], int]:
         raise ValueError(
             f"--api-keys-file {args.api_keys_file}: no such file (authentication was asked for: refusing to start without keys)"
         )
+    if not os.environ.get(workers.WORKERS_ENV):  # a worker shares the port its supervisor checked
+        _check_ports(args)
     return models, n_workers
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    """A port already taken is one line now, not a traceback once TensorFlow and the model loaded."""
+    import socket
+
+    for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and prometheus_client bind
+            try:
+                sock.bind((args.host, port))
+            except OSError as exc:
+                raise ValueError(
+                    f"{flag} {port} on {args.host}: {exc.strerror or exc} (another server running? choose another {flag})"
+                ) from None
 
 
 def _serve(args: argparse.Namespace, models: dict[str, str]) -> None:
@@ -58,7 +85,9 @@ def _serve(args: argparse.Namespace, models: dict[str, str]) -> None:
     from serving.http import guarded_protocol
     from serving.model import configure_threads
 
-    configure_threads()
+    # This process is one of SERVING_INTERNAL_WORKERS in its pod (serving/workers.py): ONNX Runtime's
+    # pool gets its share of the CPU limit.
+    configure_threads(int(os.environ.get(workers.WORKERS_ENV, "1")), args.onnx_threads)
     app = ModelServer(_settings(args, models))
     if args.metrics_port:
         # A plain threaded HTTP server on its own port: scrapes never queue behind API traffic, and the

@@ -342,7 +342,10 @@ class ModelServer:
             elif sub == "":
                 if served.model is None:
                     raise Unavailable(f"model {name!r} is not loaded yet")
-                doc = codec.v2_metadata(name, served.model.version, served.model.default.spec)
+                loaded = served.model
+                doc = codec.v2_metadata(
+                    name, loaded.version, loaded.default.spec, loaded.platform, loaded.format, self.settings.max_batch_size
+                )
                 await self._json(send, label, "metadata", 200, doc, traffic=traffic)
             else:
                 raise NotFound(f"unknown endpoint {scope['path']!r}")

@@ -1,11 +1,17 @@
 """The server's command line (importable without TensorFlow, for the program's contract tests).
 
+    python -m serving --store URI --model NAME [--model NAME2 ...]   (models of one artifact store)
     python -m serving --model NAME=URI [--model NAME2=URI2 ...] [--host H] [--port P] ...
     python -m serving --model-uri URI [--model-name NAME]          (the one-model form)
 
 URI is an artifact store root (the server follows models/<NAME>/LATEST) or a model directory;
-path, file:// or s3://. Every flag can be set by an environment variable SERVING_<FLAG>
-(e.g. SERVING_MODEL_URI); SERVING_MODELS takes comma-separated NAME=URI pairs.
+path, file:// (file://./relative, file:///absolute) or s3://. The store defaults to the first of
+SERVING_STORE, MLPLATFORM_STORE, TRAIN_OUTPUT, MLPLATFORM_MODEL_STORE that is set; --store alone
+serves --model-name (mnist) from it. Every flag can be set by an environment variable
+SERVING_<FLAG> (e.g. SERVING_MODEL_URI); SERVING_MODELS takes comma-separated NAME[=URI] entries.
+
+Listening: --host 127.0.0.1 by default (this machine only); the container image sets
+SERVING_HOST=0.0.0.0 so the pod's Service reaches it.
 
 Ports: the API on --port (8501, TF-Serving's REST port); Prometheus /metrics on --metrics-port (9091)
 only, so a public Service exposes the API without the metrics.
@@ -66,25 +72,36 @@ def parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# The platform's one store setting (the `mlp` CLI, the trainer), then the names used before it.
+STORE_ENV = ("MLPLATFORM_STORE", "TRAIN_OUTPUT", "MLPLATFORM_MODEL_STORE")
+
+
 def _model_flags(flag: _Flags) -> None:
+    env_store = next((flag.env[n] for n in STORE_ENV if flag.env.get(n)), None)
+    flag("--store", default=env_store, help="artifact store root the --model NAME entries come from")
     flag("--model-uri", help="one-model form: artifact store root (follows models/<name>/LATEST) or a model directory")
     flag("--model-name", default="mnist", help="one-model form: the model's name in the API (/v1/models/<name>)")
     flag.group.add_argument(
         "--model",
         action="append",
         default=None,
-        metavar="NAME=URI",
-        help="a model to serve (repeatable) [env SERVING_MODELS: comma-separated NAME=URI]",
+        metavar="NAME[=URI]",
+        help="a model to serve (repeatable): NAME from --store, or NAME=URI [env SERVING_MODELS: comma-separated]",
     )
     flag.p.get_default("env_names").append("SERVING_MODELS")
     flag("--poll-seconds", type=float, default=30.0, help="how often to check for a new model version (0: never)")
     flag(
-        "--allow-signature-change", type=_bool, default=False, help="hot-swap to a version whose signature breaks the served one's clients"
+        "--allow-signature-change",
+        type=_bool,
+        nargs="?",
+        const=True,  # a flag; "--allow-signature-change true|false" (the old form) still parses
+        default=False,
+        help="hot-swap to a version whose signature breaks the served one's clients",
     )
 
 
 def _network_flags(flag: _Flags) -> None:
-    flag("--host", default="0.0.0.0", help="listen address")
+    flag("--host", default="127.0.0.1", help="listen address (0.0.0.0: every interface, as the container image sets)")
     flag("--port", type=int, default=8501, help="API port (TF-Serving's REST port)")
     flag("--metrics-port", type=int, default=9091, help="Prometheus /metrics port (0: off); the API port answers 404 on /metrics")
     flag(
@@ -128,6 +145,12 @@ def _deadline_flags(flag: _Flags) -> None:
 
 def _process_flags(flag: _Flags) -> None:
     flag("--workers", default="1", help="server processes sharing the port (SO_REUSEPORT), or auto: the container's CPU limit")
+    flag(
+        "--onnx-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads per process (0: the CPU limit / --workers, so threads x processes = the limit)",
+    )
     flag("--parse-workers", type=int, default=1, help="processes decoding large JSON bodies off the event loop (0: decode in a thread)")
     flag("--offload-body-bytes", type=int, default=256 * 1024, help="bodies at least this large are decoded by a parse worker")
     flag(
@@ -149,8 +172,12 @@ def parse_models(args: argparse.Namespace, environ: dict[str, str] | None = None
     models: dict[str, str] = {}
     for pair in pairs:
         name, sep, uri = pair.partition("=")
-        if not sep or not uri:
-            raise ValueError(f"--model {pair!r}: expected NAME=URI")
+        if sep and not uri:
+            raise ValueError(f"--model {pair!r}: expected NAME=URI or NAME (with --store)")
+        if not sep:
+            if not args.store:
+                raise ValueError(f"--model {pair!r}: no store to find it in: give --store URI (or MLPLATFORM_STORE), or --model NAME=URI")
+            uri = args.store
         if not MODEL_NAME.match(name):
             raise ValueError(f"--model {pair!r}: the name must be a DNS-1123 label (lowercase letters, digits, '-')")
         if name in models:
@@ -160,8 +187,10 @@ def parse_models(args: argparse.Namespace, environ: dict[str, str] | None = None
         if args.model_name in models:
             raise ValueError(f"model {args.model_name!r} given by both --model and --model-uri")
         models[args.model_name] = args.model_uri
+    if not models and args.store:
+        models[args.model_name] = args.store
     if not models:
-        raise ValueError("no model: give --model NAME=URI (or SERVING_MODELS), or --model-uri (SERVING_MODEL_URI)")
+        raise ValueError("no model: give --store URI --model NAME (or MLPLATFORM_STORE), --model NAME=URI, or --model-uri URI")
     return models
 
 

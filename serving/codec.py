@@ -181,12 +181,13 @@ def _check_kind(arr: np.ndarray, want: np.dtype, spec: TensorSpec, where: str) -
 
 
 def _fit_shape(arr: np.ndarray, spec: TensorSpec, where: str, batched: bool) -> np.ndarray:
+    # The rank must be the signature's, as /v2 requires it: no trailing dimension of size 1 is
+    # guessed (a 28x28 image for a 28x28x1 input is refused, with how to send it).
     rank = len(spec.shape)
-    if arr.ndim == rank - 1 and spec.shape[-1] == 1:
-        arr = arr[..., None]  # a trailing dimension of size 1 may be left out (28x28 for 28x28x1)
     if arr.ndim != rank:
         got = "a scalar" if arr.ndim == 0 else f"shape {list(arr.shape)}"
-        raise BadRequest(f"{where}: expected {spec.describe()}, got {got}")
+        hint = " (add the trailing dimension of size 1: each value as [v])" if arr.ndim == rank - 1 and spec.shape[-1] == 1 else ""
+        raise BadRequest(f"{where}: expected {spec.describe()}, got {got}{hint}")
     for i, (want_dim, got_dim) in enumerate(zip(spec.shape, arr.shape, strict=True)):
         if want_dim is not None and want_dim != got_dim:
             raise BadRequest(f"{where}: expected {spec.describe()}, got shape {list(arr.shape)} (dimension {i} must be {want_dim})")
@@ -609,16 +610,23 @@ def tfs_metadata(model: str, version: str, signatures: dict[str, SignatureSpec])
     }
 
 
-def v2_metadata(model: str, version: str, sig: SignatureSpec) -> dict:
+def v2_metadata(
+    model: str, version: str, sig: SignatureSpec, platform: str = "tensorflow_savedmodel", fmt: str = "savedmodel", max_batch: int = 0
+) -> dict:
+    """The Open Inference Protocol's model metadata; ``parameters`` adds the version's format and,
+    as Triton's model configuration does, ``max_batch_size``: 0 when the model has no dynamic batch
+    dimension (each request is one model call), else the most instances merged into one call."""
+
     def tensors(ts):
         return [{"name": t.name, "datatype": DTYPES[t.dtype][1], "shape": [-1 if d is None else d for d in t.shape]} for t in ts]
 
     return {
         "name": model,
         "versions": [version],
-        "platform": "tensorflow_savedmodel",
+        "platform": platform,
         "inputs": tensors(sig.inputs),
         "outputs": tensors(sig.outputs),
+        "parameters": {"format": fmt, "max_batch_size": max_batch if sig.batched else 0},
     }
 
 

@@ -2,7 +2,8 @@
 
 A model URI is either the artifact store root the training job publishes to (we follow
 ``<root>/models/<name>/LATEST``) or a model directory (``saved_model/`` and/or ``model.keras``, or a
-SavedModel directory itself). Local paths, file:// and s3:// are accepted.
+SavedModel directory itself; or ``model.onnx``). Local paths, file:// and s3:// are accepted. The
+runtime that serves a version (TensorFlow or ONNX Runtime) follows its format (serving/runtime.py).
 
 Failures come in two kinds. *Transient* ones (the version is not there yet, the store does not
 answer) are retried with backoff. A version that is there but fails its checks (does not load, has
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,8 +24,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from serving import integrity
-from serving.codec import DEFAULT_SIGNATURE, DTYPES, SignatureSpec, TensorSpec
+from serving import integrity, runtime
+from serving.codec import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
+from serving.runtime import Signature
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,39 @@ def _s3():
 
 
 def _split(uri: str) -> tuple[str, str, str]:
+    """(scheme, bucket, key); ("file", "", path) for a path or file:// URI. training/storage.py
+    ``parse``'s rules: a relative file URI is a relative path (``file://./artifacts`` is
+    ``./artifacts``; urlparse reads the ``.`` as a host); a file URI naming a host, an s3 URI without
+    a bucket, an empty path or another scheme is refused (ValueError, the line to show)."""
     u = urlparse(uri)
     if u.scheme == "s3":
+        if not u.netloc:
+            raise ValueError(f"{uri!r}: an s3 URI needs a bucket: s3://BUCKET/PREFIX")
         return "s3", u.netloc, u.path.strip("/")
-    if u.scheme in ("", "file"):
-        return "file", "", (u.path if u.scheme == "file" else uri).rstrip("/")
-    raise ValueError(f"unsupported model URI {uri!r}: use a path, file:// or s3://")
+    if u.scheme == "":
+        if not uri:
+            raise ValueError("empty model URI: give a path, file:// or s3:// URI")
+        return "file", "", uri.rstrip("/") or "/"
+    if u.scheme != "file":
+        raise ValueError(f"unsupported model URI {uri!r}: use a path, file:// or s3://")
+    if u.netloc in (".", ".."):
+        path = u.netloc + u.path
+    elif u.netloc in ("", "localhost"):
+        path = u.path
+    else:
+        raise ValueError(f"{uri!r}: a file URI names no host ({u.netloc!r}): use file:///absolute/path or file://./relative/path")
+    if not path:
+        raise ValueError(f"{uri!r}: no path: use file:///absolute/path or file://./relative/path")
+    return "file", "", path.rstrip("/") or "/"
+
+
+def check_uri(uri: str) -> None:
+    """Refuse at start (ValueError, one line) a URI that cannot name a model: malformed, or a local
+    path that does not exist (a typo would otherwise be retried for ever as "not available yet").
+    A store that exists but has no version yet is waited for: the first training run publishes it."""
+    scheme, _, key = _split(uri)
+    if scheme == "file" and not Path(key).exists():
+        raise ValueError(f"{uri}: no such file or directory ({Path(key).absolute()})")
 
 
 def read_text(uri: str) -> str | None:
@@ -200,18 +228,6 @@ def _single(uri: str) -> tuple[str, str]:
 
 
 @dataclass
-class Signature:
-    spec: SignatureSpec
-    fn: object  # concrete function: keyword tensors -> dict of tensors
-
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        out = self.fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        return {t.name: out[t.name].numpy() for t in self.spec.outputs}
-
-
-@dataclass
 class LoadedModel:
     version: str
     source: str
@@ -219,6 +235,11 @@ class LoadedModel:
     # Seconds one full batch takes (the slowest signature, measured at load after its warm-up):
     # whether a batch may run inline in the event loop (serving/batcher.py). Unknown: never.
     max_batch_seconds: float = float("inf")
+    format: str = runtime.SAVEDMODEL  # which runtime serves it (serving/runtime.py)
+
+    @property
+    def platform(self) -> str:
+        return runtime.PLATFORMS[self.format]
 
     @property
     def specs(self) -> dict[str, SignatureSpec]:
@@ -234,32 +255,6 @@ class LoadedModel:
         return sig({sig.spec.inputs[0].name: x})[sig.spec.outputs[0].name]
 
 
-def _dtype_name(tf_dtype) -> str | None:
-    name = "string" if tf_dtype.name == "string" else tf_dtype.name
-    return name if name in DTYPES else None
-
-
-def _spec_of(name: str, fn) -> SignatureSpec:
-    args, kwargs = fn.structured_input_signature
-    if args:
-        raise ModelLoadError("incompatible", f"signature {name!r} takes positional inputs; only named inputs can be served")
-
-    def tensor(key, ts) -> TensorSpec:
-        dtype = _dtype_name(ts.dtype)
-        if dtype is None:
-            raise ModelLoadError("incompatible", f"signature {name!r}: {key!r} has dtype {ts.dtype.name}, which JSON cannot carry")
-        if ts.shape.rank is None:
-            raise ModelLoadError("incompatible", f"signature {name!r}: {key!r} has an unknown rank")
-        return TensorSpec(key, dtype, tuple(ts.shape.as_list()))
-
-    outputs = fn.structured_outputs
-    if not isinstance(outputs, dict):
-        raise ModelLoadError("incompatible", f"signature {name!r} does not return named outputs")
-    return SignatureSpec(
-        name, tuple(tensor(k, v) for k, v in sorted(kwargs.items())), tuple(tensor(k, v) for k, v in sorted(outputs.items()))
-    )
-
-
 def _sample(spec: TensorSpec, n: int, rng: np.random.Generator) -> np.ndarray:
     shape = tuple(n if i == 0 and d is None else (d if d is not None else 1) for i, d in enumerate(spec.shape))
     if spec.dtype == "string":
@@ -273,96 +268,52 @@ def _sample(spec: TensorSpec, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def load(version: str, uri: str, warmup_batch_sizes: tuple[int, ...] = (1, 64)) -> LoadedModel:
-    """Load ``uri``, read its signatures, call each on sample batches (first calls are slow) and check the outputs."""
+    """Load ``uri`` in the runtime its format needs (serving/runtime.py), read its signatures, call
+    each on sample batches (first calls are slow) and check the outputs."""
     tmp = Path(tempfile.mkdtemp(prefix="model-"))
     try:
         check_not_rejected(uri)
         local = fetch_dir(uri, tmp)
         check_manifest(uri, local)
-        signatures = _load_signatures(local)
-        rng = np.random.default_rng(0)
-        max_batch_seconds = 0.0
-        for sig in signatures.values():
-            sizes = warmup_batch_sizes if sig.spec.batched else (1,)
-            for n in sizes:
-                x = {t.name: _sample(t, n, rng) for t in sig.spec.inputs}
-                try:
-                    y = sig(x)
-                except Exception as exc:  # noqa: BLE001 - a model that fails on well-formed input is broken
-                    raise ModelLoadError("warmup", f"{uri}: signature {sig.spec.name!r} fails on a sample batch of {n}: {exc}") from None
-                for t in sig.spec.outputs:
-                    arr = y[t.name]
-                    if sig.spec.batched and (arr.ndim == 0 or len(arr) != n):
-                        raise ModelLoadError("incompatible", f"{uri}: output {t.name!r} does not have one row per instance")
-                    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                        raise ModelLoadError("warmup", f"{uri}: output {t.name!r} is not finite on a sample batch")
-            runs = []
-            for _ in range(3):  # the largest batch again, now warm: what one batch costs (best of 3)
-                start = time.perf_counter()
-                sig(x)
-                runs.append(time.perf_counter() - start)
-            max_batch_seconds = max(max_batch_seconds, min(runs))
-        return LoadedModel(version=version, source=uri, signatures=signatures, max_batch_seconds=max_batch_seconds)
+        try:
+            fmt = runtime.format_of(local)
+        except runtime.FormatError as exc:
+            raise ModelLoadError("incompatible", f"{uri}: {exc}") from None
+        signatures = runtime.load_signatures(local, fmt)
+        max_batch_seconds = max(_warm_up(sig, warmup_batch_sizes if sig.spec.batched else (1,), uri) for sig in signatures.values())
+        return LoadedModel(version=version, source=uri, signatures=signatures, max_batch_seconds=max_batch_seconds, format=fmt)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_signatures(local: Path) -> dict[str, Signature]:
-    import tensorflow as tf
-
-    saved = local / "saved_model" if (local / "saved_model").is_dir() else local
-    try:
-        if (saved / "saved_model.pb").exists():
-            loaded = tf.saved_model.load(str(saved))
-            fns = dict(loaded.signatures)
-            keep = loaded  # the signatures' variables live as long as the loaded object
-        elif (local / "model.keras").exists():
-            keep, fns = _keras_signature(local / "model.keras")
-        else:
-            raise ModelLoadError("load", f"{local}: neither saved_model/saved_model.pb nor model.keras")
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to deserialize means this version is unusable
-        raise ModelLoadError("load", f"{local}: cannot load model: {type(exc).__name__}: {exc}") from None
-    if DEFAULT_SIGNATURE not in fns:
-        raise ModelLoadError("incompatible", f"{local}: no {DEFAULT_SIGNATURE!r} signature (has {sorted(fns)})")
-    out = {}
-    for name, fn in fns.items():
-        fn._mlplatform_keep = keep  # noqa: SLF001 - keep the owner alive with the function
-        out[name] = Signature(_spec_of(name, fn), fn)
-    return out
+def _warm_up(sig: Signature, sizes: tuple[int, ...], uri: str) -> float:
+    """Call ``sig`` on a sample batch of each size, check its outputs; the seconds the largest batch
+    takes once warm (best of 3)."""
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        x = {t.name: _sample(t, n, rng) for t in sig.spec.inputs}
+        try:
+            y = sig(x)
+        except Exception as exc:  # noqa: BLE001 - a model that fails on well-formed input is broken
+            raise ModelLoadError("warmup", f"{uri}: signature {sig.spec.name!r} fails on a sample batch of {n}: {exc}") from None
+        for t in sig.spec.outputs:
+            arr = y[t.name]
+            if sig.spec.batched and (arr.ndim == 0 or len(arr) != n):
+                raise ModelLoadError("incompatible", f"{uri}: output {t.name!r} does not have one row per instance")
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise ModelLoadError("warmup", f"{uri}: output {t.name!r} is not finite on a sample batch")
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sig(x)
+        runs.append(time.perf_counter() - start)
+    return min(runs)
 
 
-def _keras_signature(path: Path):
-    import keras
-    import tensorflow as tf
+def configure_threads(workers: int = 1, onnx_threads: int = 0) -> None:
+    """The runtimes' thread pools for this process, one of ``workers`` in its pod. ONNX Runtime's
+    here (serving/runtime_onnx.py); TensorFlow's are set before its first model loads
+    (serving/runtime_tf.py), so a server of ONNX models never imports TensorFlow."""
+    from serving import runtime_onnx
 
-    model = keras.models.load_model(path, compile=False)
-    names = [t.name.split(":")[0] for t in model.inputs]
-    specs = {n: tf.TensorSpec(t.shape, t.dtype, name=n) for n, t in zip(names, model.inputs, strict=True)}
-    out_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
-
-    @tf.function(input_signature=[specs])
-    def serve(inputs):
-        y = model([inputs[n] for n in names] if len(names) > 1 else inputs[names[0]], training=False)
-        ys = y if isinstance(y, (list, tuple)) else [y]
-        return dict(zip(out_names, ys, strict=True))
-
-    concrete = serve.get_concrete_function()
-
-    class Fn:
-        structured_input_signature = ((), specs)
-        structured_outputs = concrete.structured_outputs
-
-        def __call__(self, **kw):
-            return serve(kw)
-
-    return model, {DEFAULT_SIGNATURE: Fn()}
-
-
-def configure_threads() -> None:
-    """TF uses its own pools; keep them small so the HTTP event loop keeps a core (env overrides)."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(int(os.environ.get("SERVING_TF_THREADS", "1")))
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    runtime_onnx.configure(workers, onnx_threads)

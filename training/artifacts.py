@@ -27,7 +27,9 @@ def new_version(run_id: str, now: float | None = None) -> str:
 def publish(local_dir: Path, root: str, name: str, version: str, reason: str = "published by training", champion: bool = True) -> str:
     """Upload ``local_dir`` as ``version`` of model ``name`` and make it the candidate and (with
     ``champion``) the champion, which LATEST follows; the champion only moves forward. Returns its URI."""
-    missing = [f for f in REQUIRED if not (local_dir / f).exists()]
+    if not (local_dir / "metadata.json").exists():
+        raise ValueError(f"refusing to publish an incomplete model: missing ['metadata.json'] in {local_dir}")
+    missing = [f for f in registry.FORMATS[registry.record_format(local_dir)] if not (local_dir / f).exists()]
     if missing:
         raise ValueError(f"refusing to publish an incomplete model: missing {missing} in {local_dir}")
     return registry.publish(local_dir, root, name, version, reason=reason, champion=champion).uri

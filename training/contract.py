@@ -25,7 +25,8 @@ Environment (the platform sets these; a local run may set any of them by hand):
 
 ==========================  ================================================================
 ``TRAIN_DATA``              data location (path, file:// or s3://); its format is the model's
-``TRAIN_OUTPUT``            model store root: versions go to <output>/models/<name>/<version>/
+``MLPLATFORM_STORE``        model store root: versions go to <store>/models/<name>/<version>/
+                            (``TRAIN_OUTPUT``, then ``MLPLATFORM_MODEL_STORE``, when it is unset)
 ``TRAIN_CHECKPOINT_DIR``    per-run checkpoint directory (path or s3://); a restart resumes
 ``TRAIN_MODEL_NAME``        the model's name in the store (default: the code's own)
 ``TRAIN_EPOCHS``            hyperparameters common to all models ...
@@ -64,6 +65,7 @@ from typing import Any
 
 from training import cluster as clusters
 from training.env import env_float, env_int
+from training.progress import Progress
 
 EXIT_OK, EXIT_USAGE, EXIT_GATE, EXIT_PREEMPTED = 0, 2, 3, 143
 # A multi-worker run lost a peer (its collectives abort): retry; every worker resumes from the
@@ -182,6 +184,32 @@ def _publish_champion(value: str) -> bool:
     if value not in ("candidate", "champion"):
         raise ContractError(f"TRAIN_PUBLISH_AS must be 'candidate' or 'champion', got {value!r}")
     return value == "champion"
+
+
+# The store, by name, first set wins: the platform-wide name (the `mlp` CLI, a user's shell), then
+# the names read before it (the Kubernetes Job sets TRAIN_OUTPUT; the registry tools read the last).
+STORE_ENV = ("MLPLATFORM_STORE", "TRAIN_OUTPUT", "MLPLATFORM_MODEL_STORE")
+DEFAULT_STORE = "file://./artifacts"
+
+
+def default_store(env: Mapping[str, str] | None = None) -> str:
+    """The store a run publishes to when no flag names one (see STORE_ENV)."""
+    env = os.environ if env is None else env
+    return next((env[name] for name in STORE_ENV if env.get(name)), DEFAULT_STORE)
+
+
+def _store(env: Mapping[str, str]) -> str:
+    """The store (MLPLATFORM_STORE, else TRAIN_OUTPUT, else MLPLATFORM_MODEL_STORE), refused before
+    any training when it is malformed or, local, not writable: a run must not train for minutes to
+    fail at publish."""
+    from training import storage
+
+    uri = default_store(env)
+    try:
+        storage.check_writable(uri)
+    except storage.BadURI as exc:
+        raise ContractError(f"store: {exc}") from None
+    return uri
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -357,6 +385,25 @@ def keras_multi_worker_fit(model, strategy) -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def _feedback(progress):
+    """A Keras callback feeding ``progress`` (training/progress.py: a bar with ETA on a terminal,
+    one line per epoch with its training and validation metrics everywhere)."""
+    import keras
+
+    class Feedback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            progress.begin_epoch(epoch, (self.params or {}).get("steps"))
+
+        def on_train_batch_end(self, batch, logs=None):
+            progress.step(batch + 1, logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if not Stop.requested:
+                progress.end_epoch(logs)
+
+    return Feedback()
+
+
 def peer_lost(exc: BaseException) -> bool:
     """A collective failed because another worker went away (killed, evicted, OOM)."""
     import tensorflow as tf
@@ -455,7 +502,7 @@ class Run:
                 gate.label,
                 env_float(env, "TRAIN_CHAMPION_MARGIN", gate.champion_margin, ContractError),
             ),
-            output=env.get("TRAIN_OUTPUT") or "file://./artifacts",
+            output=_store(env),
             data=env.get("TRAIN_DATA") or None,
             checkpoint_dir=env.get("TRAIN_CHECKPOINT_DIR") or None,
             pushgateway=env.get("TRAIN_PUSHGATEWAY") or None,
@@ -539,6 +586,11 @@ class Run:
         peer worker was lost (both resume from the checkpoint)."""
         try:
             if state.epoch < self.epochs:
+                # The contract prints the progress (training/progress.py): Keras' own would repeat it.
+                fit_kwargs.setdefault("verbose", 0)
+                # A tf.data input is shuffled by the code that built it; Keras ignores shuffle=True
+                # for one but warns on every run that it did.
+                fit_kwargs.setdefault("shuffle", False)
                 callbacks = self.callbacks(state) + list(fit_kwargs.pop("callbacks", []))
                 model.fit(self.shard(dataset), epochs=self.epochs, initial_epoch=state.epoch, callbacks=callbacks, **fit_kwargs)
         except Exception as exc:
@@ -601,7 +653,7 @@ class Run:
                     run.checkpoint.save(self.model, state)
                 run.push()
 
-        return [EpochEnd()]
+        return [EpochEnd(), _feedback(Progress(self.epochs, state.epoch))]
 
     # ---- gate, metrics, publish ----
 
@@ -725,10 +777,16 @@ class Run:
             (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             self.check_signature(out)
             uri = artifacts.publish(out, self.output, self.model_name, version, champion=self.publish_champion)
+            curve = (out / "training_curve.png").exists()
         self.metrics.set(GATE_PASSED, 1)
         self.metrics.set(LAST_SUCCESS, time.time())
         self.metrics.set(DURATION_SECONDS, time.time() - self.started)
         self.push()
-        log.info("published %s", uri)
+        from training import storage
+
+        shown = storage.display(uri)
+        log.info("published %s%s", uri, f" ({shown})" if shown != uri else "")
+        if curve:
+            log.info("training curve: %s", storage.display(storage.join(uri, "training_curve.png")))
         print(json.dumps({"published": uri, "version": version, **{k: float(v) for k, v in results.items()}}))
         return uri

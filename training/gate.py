@@ -45,15 +45,18 @@ class Verdict:
         return asdict(self)
 
     def line(self) -> str:
-        op = ">=" if self.higher_is_better else "<="
-        parts = [f"gate: {self.metric} {self.value:.4f} {op} {self.threshold:.4f} (absolute)"]
+        """The decision first (``gate PASSED`` / ``gate FAILED (why)``), then the figures it compared."""
+        meets = (self.value >= self.threshold) if self.higher_is_better else (self.value <= self.threshold)
+        op = (">=" if meets else "<") if self.higher_is_better else ("<=" if meets else ">")
+        parts = [f"{self.metric} {self.value:.4f} {op} {self.threshold:.4f} (absolute)"]
         if self.champion_value is not None:
             bound = self.champion_value - self.margin if self.higher_is_better else self.champion_value + self.margin
             sign = "-" if self.higher_is_better else "+"
             parts.append(f"champion {self.champion_version} {self.champion_value:.4f} {sign} margin {self.margin:.4f} = {bound:.4f}")
         else:
             parts.append(f"no champion comparison ({self.note})")
-        return f"{'; '.join(parts)}: {'passed' if self.passed else 'FAILED: ' + self.reason}"
+        head = "gate PASSED" if self.passed else f"gate FAILED ({self.reason})"
+        return f"{head}: {'; '.join(parts)}"
 
 
 def judge(

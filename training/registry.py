@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 ALIASES = ("champion", "candidate", "previous")
 REQUIRED = ("metadata.json", "model.keras", "saved_model/saved_model.pb")
+# A version's format (``"format"`` in its metadata.json; the model server picks its runtime from it,
+# serving/runtime.py) and the files it must have. Versions published before the field: savedmodel.
+FORMATS = {"savedmodel": REQUIRED, "onnx": ("metadata.json", "model.onnx")}
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SYNC_ATTEMPTS = 20
 
@@ -137,10 +140,32 @@ def _write_manifest(root: str, name: str, version: str, manifest: dict) -> None:
         raise RegistryError(f"{name}/{version} already exists: versions are immutable, publish under a new version name") from None
 
 
-def add_version(local_dir: Path, root: str, name: str, version: str) -> str:
-    """Upload ``local_dir`` as an immutable ``version``: every file first, the manifest last. Returns its URI."""
+def record_format(local_dir: Path) -> str:
+    """The format of the model in ``local_dir``, written into its metadata.json when the writer left
+    it out (a model.onnx without a SavedModel is onnx, anything else savedmodel); RegistryError for
+    a format the server does not run."""
+    path = local_dir / "metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"refusing to publish: {path} is not readable JSON ({exc})") from None
+    fmt = meta.get("format")
+    if fmt is None:
+        onnx_only = (local_dir / "model.onnx").exists() and not (local_dir / "saved_model").exists()
+        fmt = meta["format"] = "onnx" if onnx_only else "savedmodel"
+        path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if fmt not in FORMATS:
+        raise RegistryError(f"refusing to publish: format {fmt!r} in {path} is not one of {sorted(FORMATS)}")
+    return fmt
+
+
+def add_version(local_dir: Path, root: str, name: str, version: str, required: tuple[str, ...] | None = None) -> str:
+    """Upload ``local_dir`` as an immutable ``version``: every file first, the manifest last. Returns
+    its URI. ``required``: the files it must have (default: those of its format, recorded in its metadata)."""
     _check_version(version)
-    missing = [f for f in REQUIRED if not (local_dir / f).exists()]
+    if required is None:
+        required = FORMATS[record_format(local_dir)] if (local_dir / "metadata.json").exists() else REQUIRED
+    missing = [f for f in required if not (local_dir / f).exists()]  # an LLM's files differ (llm/importer.py)
     if missing:
         raise RegistryError(f"refusing to publish an incomplete model: missing {missing} in {local_dir}")
     if storage.exists(storage.join(model_root(root, name), version, MANIFEST)):
@@ -400,10 +425,12 @@ class Published:
     note: str = ""
 
 
-def publish(local_dir: Path, root: str, name: str, version: str, *, reason: str, champion: bool = True) -> Published:
+def publish(
+    local_dir: Path, root: str, name: str, version: str, *, reason: str, champion: bool = True, required: tuple[str, ...] | None = None
+) -> Published:
     """Add ``version``, make it the candidate and, with ``champion``, the champion (forward only: a
     run that finishes after a newer version was published leaves the champion where it is)."""
-    uri = add_version(local_dir, root, name, version)
+    uri = add_version(local_dir, root, name, version, required)
     try:
         move(root, name, "candidate", version, reason=reason, forward_only=True)
     except RegistryError as exc:

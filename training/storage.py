@@ -58,14 +58,58 @@ def _s3():
     return boto3.client("s3")
 
 
+class BadURI(ValueError):
+    """A store URI that names no usable location; the message is the one line to show."""
+
+
 def parse(uri: str) -> tuple[str, str, str]:
-    """(scheme, bucket, key) for s3://; ("file", "", path) otherwise."""
+    """(scheme, bucket, key) for s3://; ("file", "", path) for a path or file:// URI. A relative
+    file URI is a relative path (``file://./artifacts`` is ``./artifacts``, not ``/artifacts``:
+    urlparse reads the ``.`` as a host); a file URI naming a host, an s3 URI without a bucket, an
+    empty path or another scheme is refused (BadURI). serving/model.py ``_split`` repeats these rules."""
     u = urlparse(uri)
     if u.scheme == "s3":
+        if not u.netloc:
+            raise BadURI(f"{uri!r}: an s3 URI needs a bucket: s3://BUCKET/PREFIX")
         return "s3", u.netloc, u.path.lstrip("/")
-    if u.scheme in ("", "file"):
-        return "file", "", u.path if u.scheme == "file" else uri
-    raise ValueError(f"unsupported URI scheme {u.scheme!r} in {uri!r}: use a path, file:// or s3://")
+    if u.scheme == "":
+        if not uri:
+            raise BadURI("empty store URI: give a path, file:// or s3:// URI")
+        return "file", "", uri
+    if u.scheme != "file":
+        raise BadURI(f"unsupported URI scheme {u.scheme!r} in {uri!r}: use a path, file:// or s3://")
+    if u.netloc in (".", ".."):
+        path = u.netloc + u.path
+    elif u.netloc in ("", "localhost"):
+        path = u.path
+    else:
+        raise BadURI(f"{uri!r}: a file URI names no host ({u.netloc!r}): use file:///absolute/path or file://./relative/path")
+    if not path:
+        raise BadURI(f"{uri!r}: no path: use file:///absolute/path or file://./relative/path")
+    return "file", "", path
+
+
+def display(uri: str) -> str:
+    """Where ``uri`` is, for a person: a local path resolved to an absolute one, an s3 URI as it is."""
+    scheme, _, key = parse(uri)
+    return uri if scheme == "s3" else str(Path(key).resolve())
+
+
+def check_writable(uri: str) -> None:
+    """Refuse (BadURI, one line) a store a run could not publish to, before any training (a non-root
+    user and ``/artifacts`` used to find out after the gate). A local store, or the nearest folder
+    above it that exists (publish creates the rest), must be a writable folder; nothing is created
+    here. An s3 store is not probed: writing needs the run's credentials, which only the chief's
+    publish uses."""
+    scheme, _, key = parse(uri)
+    if scheme == "s3":
+        return
+    path = Path(key).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise BadURI(f"store {uri} ({path}): {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadURI(f"store {uri} ({path}) is not writable: {existing} does not let this user ({os.geteuid()}) create files")
 
 
 def join(uri: str, *parts: str) -> str:

@@ -2,8 +2,11 @@
 use of the training contract (training/contract.py), with a CLI on top.
 
 Every flag can also be set by an environment variable (TRAIN_<FLAG>, e.g. TRAIN_EPOCHS=12), which is
-how the Kubernetes Job configures it. Exit codes: 0 published; 2 bad arguments or data;
-3 quality gate failed (nothing published); 75 a peer worker was lost (multi-worker: retry, it resumes);
+how the Kubernetes Job configures it; the store (``--store``, formerly ``--output``) comes from the
+first of MLPLATFORM_STORE, TRAIN_OUTPUT, MLPLATFORM_MODEL_STORE that is set, and is checked writable
+before any training. Progress: a bar with the epoch's ETA on a terminal, one line per epoch (training
+and held-out metrics, the run's ETA) anywhere; the training curve's path once published. Exit codes:
+0 published; 2 bad arguments or data; 3 quality gate failed (nothing published); 75 a peer worker was lost (multi-worker: retry, it resumes);
 143 stopped by SIGTERM (resumable from the checkpoint).
 """
 
@@ -17,12 +20,34 @@ import sys
 from pathlib import Path
 
 from training import cluster as clusters
-from training import contract
+from training import contract, storage
 from training.contract import EXIT_GATE, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE
 
 __all__ = ["EXIT_GATE", "EXIT_OK", "EXIT_PREEMPTED", "EXIT_USAGE", "main", "parser"]
 MODEL_NAME = "mnist"
 log = logging.getLogger("training")
+
+
+def _bool(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _store_flag(p: argparse.ArgumentParser) -> None:
+    """``--store`` (``--output``, its old name, still works): the platform's one store setting."""
+    p.add_argument(
+        "--store",
+        "--output",
+        dest="store",
+        default=contract.default_store(),
+        help="artifact store root (path, file:// or s3://): models go to <store>/models/<name>/<version>/ "
+        f"[env {' / '.join(contract.STORE_ENV)}; default: %(default)s]",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(name, default=default, **kw)
 
     flag("--data", help="MNIST mnist.npz (Keras layout): path, file:// or s3://; unset: Keras' download")
-    flag("--output", default="file://./artifacts", help="artifact store root: models go to <output>/models/<name>/<version>/")
+    _store_flag(p)
     flag("--arch", default="strong", choices=["seed", "strong"], help="seed: the reference CNN; strong: the default, more accurate")
     flag("--epochs", type=int, default=10, help="training epochs")
     flag("--batch-size", type=int, help="minibatch size (default: 128 seed, 256 strong)")
@@ -66,7 +91,9 @@ def parser() -> argparse.ArgumentParser:
     )
     flag(
         "--allow-signature-change",
-        type=lambda v: v.strip().lower() in ("1", "true", "yes"),
+        type=_bool,
+        nargs="?",
+        const=True,  # a flag; "--allow-signature-change true|false" (the old form) still parses
         default=False,
         help="publish even when the serving signature (input/output names, dtypes, shapes) breaks the champion's",
     )
@@ -86,13 +113,17 @@ def _curve_png(history: dict[str, list[float]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    epochs = range(1, len(history.get("loss", [])) + 1)
-    ax1.plot(epochs, history.get("loss", []), marker="o")
-    ax1.set(title="training loss", xlabel="epoch")
-    ax2.plot(epochs, history.get("accuracy", []), marker="o")
-    ax2.set(title="training accuracy", xlabel="epoch")
+    for ax, key in ((ax1, "loss"), (ax2, "accuracy")):
+        for name, label in ((key, "training"), (f"val_{key}", "held-out")):
+            values = history.get(name, [])
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        ax.set(title=key, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -107,7 +138,7 @@ def _contract_run(args: argparse.Namespace, precision: str, cluster: clusters.Cl
         gate=contract.Gate("test_accuracy", args.min_accuracy, label="test accuracy", champion_margin=args.champion_margin),
         publish_champion=args.publish_as == "champion",
         allow_signature_change=bool(args.allow_signature_change),
-        output=args.output,
+        output=args.store,
         data=args.data,
         checkpoint_dir=args.checkpoint_dir,
         pushgateway=args.pushgateway,
@@ -173,10 +204,12 @@ def run(args: argparse.Namespace) -> int:
     steps = -(-len(mnist.x_train) // run.global_batch_size)
     with strategy.scope():
         model, state = run.restore(lambda: build(args.arch, steps, args.epochs, run.learning_rate, precision, run.steps_per_execution))
-    stopped = run.train(model, train_dataset(mnist.x_train, mnist.y_train, run.global_batch_size, args.seed), state, verbose=2)
+    test = run.shard(eval_dataset(mnist.x_test, mnist.y_test))
+    # val_* per epoch: the held-out test images, for the person watching only (nothing is tuned or
+    # stopped on them; the gate evaluates the final model once, below).
+    stopped = run.train(model, train_dataset(mnist.x_train, mnist.y_train, run.global_batch_size, args.seed), state, validation_data=test)
     if stopped is not None:
         return stopped
-    test = run.shard(eval_dataset(mnist.x_test, mnist.y_test))
     try:
         loss, accuracy = model.evaluate(test, verbose=0)
     except Exception as exc:
@@ -210,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value <= 0:
             print(f"--{name.replace('_', '-')} must be > 0, got {value}", file=sys.stderr)
             return EXIT_USAGE
+    try:
+        storage.check_writable(args.store)
+    except storage.BadURI as exc:
+        print(f"--store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     contract.Stop.install()
     return run(args)
 

@@ -18,15 +18,18 @@ learnt nothing fails it by construction. Ordinary least squares reaches 0.50 on 
 leaves room for seed noise on 89 test patients while refusing a broken model. MAE and RMSE (in
 progression units) are recorded in the metadata too.
 
-Run it: ``TRAIN_ENTRYPOINT=models/diabetes/train.py python -m training`` (or ``python
-models/diabetes/train.py``). Its own hyperparameters come in ``TRAIN_PARAMS`` (``hidden``,
-``test_fraction``); ``TRAIN_DATA`` may name a CSV with the header ``age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,target``.
+Run it: ``python models/diabetes/train.py --store file://./artifacts --epochs 40`` (``--help`` lists
+the flags), or as the TrainingJob does, ``TRAIN_ENTRYPOINT=models/diabetes/train.py python -m
+training``: each flag overrides its contract variable (``--epochs`` is ``TRAIN_EPOCHS``, ...). Its own
+hyperparameters are ``--hidden`` and ``--test-fraction`` (``TRAIN_PARAMS``); ``--data`` may name a CSV
+with the header ``age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,target``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import sys
@@ -152,6 +155,13 @@ class Split:
             .batch(batch_size)
         )
 
+    def validation(self, batch_size: int):
+        """The held-out patients as Keras validation data: val_loss / val_mae per epoch, shown to the
+        person watching (nothing is tuned or stopped on them)."""
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((self.inputs(self.test), {"progression": self.target[self.test]})).batch(batch_size)
+
     def score(self, candidate) -> dict[str, float]:
         """Held-out metrics of ``candidate`` (this run's model, or the champion's, for the gate)."""
         predicted = np.asarray(candidate.predict(self.inputs(self.test), verbose=0)["progression"], dtype=np.float64)
@@ -190,11 +200,85 @@ def _publish(run: contract.Run, model, split: Split, source: str, digest: str, s
     )
 
 
-def main() -> int:
+# flag -> (contract variable, type, help); the defaults are the contract's (training/contract.py Run.from_env)
+FLAGS = {
+    "--data": (
+        "TRAIN_DATA",
+        str,
+        "a CSV with the header age,sex,bmi,bp,s1..s6,target (path, file:// or s3://); unset: scikit-learn's copy",
+    ),
+    "--epochs": ("TRAIN_EPOCHS", int, "training epochs (default 100)"),
+    "--batch-size": ("TRAIN_BATCH_SIZE", int, "minibatch size per device (default 32)"),
+    "--learning-rate": ("TRAIN_LEARNING_RATE", float, "peak learning rate at one replica (default 0.01)"),
+    "--min-r2": ("TRAIN_GATE_MIN", float, f"quality gate: minimum held-out R^2 to publish (default {GATE.threshold})"),
+    "--champion-margin": (
+        "TRAIN_CHAMPION_MARGIN",
+        float,
+        f"how much lower than the champion's R^2 a candidate may be (default {GATE.champion_margin})",
+    ),
+    "--publish-as": ("TRAIN_PUBLISH_AS", str, "candidate (a canary decides) or champion (serves at once; default)"),
+    "--seed": ("TRAIN_SEED", int, "random seed (default 42)"),
+    "--checkpoint-dir": ("TRAIN_CHECKPOINT_DIR", str, "checkpoint each epoch here; a restart resumes"),
+    "--model-name": ("TRAIN_MODEL_NAME", str, f"the model's name in the store (default {NAME})"),
+    "--run-id": ("TRAIN_RUN_ID", str, "names the version (default: the Job's name or a random id)"),
+    "--pushgateway": ("TRAIN_PUSHGATEWAY", str, "Prometheus Pushgateway host:port for the run's metrics"),
+    "--cpu-devices": ("TRAIN_CPU_DEVICES", int, "split the CPU into N logical devices (data parallel without GPUs)"),
+}
+PARAMS = {"--hidden": (int, "hidden units (default 16)"), "--test-fraction": (float, "share of patients held out (default 0.2)")}
+
+
+def parser():
+    """The trainer's flags, as the platform's (training/train.py): each overrides its contract
+    variable, so a flag, the Job's TRAIN_* variable and the code's default mean the same thing."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python models/diabetes/train.py",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="Every flag can be set by its environment variable instead (the Kubernetes Job does); "
+        "exit codes: 0 published, 2 bad arguments or data, 3 quality gate failed, 75 a peer worker lost, 143 SIGTERM.",
+    )
+    p.add_argument(
+        "--store", "--output", dest="store", help="artifact store root (path, file:// or s3://) [env MLPLATFORM_STORE, TRAIN_OUTPUT]"
+    )
+    for flag, (var, kind, text) in FLAGS.items():
+        p.add_argument(flag, type=kind, help=f"{text} [env {var}]")
+    for flag, (kind, text) in PARAMS.items():
+        p.add_argument(flag, type=kind, help=f"{text} [env TRAIN_PARAMS: a JSON object]")
+    p.add_argument(
+        "--allow-signature-change", action="store_true", default=None, help="publish even when the serving signature breaks the champion's"
+    )
+    return p
+
+
+def environment(argv: list[str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The contract's environment with the flags in ``argv`` applied (argparse exits 2 on a bad one)."""
+    args = parser().parse_args(argv)
+    env = dict(os.environ if base is None else base)
+    if args.store:
+        env["MLPLATFORM_STORE"] = args.store
+    for flag, (var, _, _) in FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            env[var] = str(value)
+    params = {k[2:].replace("-", "_"): getattr(args, k[2:].replace("-", "_")) for k in PARAMS}
+    if any(v is not None for v in params.values()):
+        try:
+            merged = json.loads(env.get("TRAIN_PARAMS") or "{}")
+        except json.JSONDecodeError:
+            merged = {}  # the contract names the malformed variable when a flag does not replace it
+        env["TRAIN_PARAMS"] = json.dumps({**merged, **{k: v for k, v in params.items() if v is not None}})
+    if args.allow_signature_change:
+        env["TRAIN_ALLOW_SIGNATURE_CHANGE"] = "1"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = environment(argv)  # --help and bad flags exit here, before TensorFlow loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        run = contract.Run.from_env(NAME, gate=GATE, epochs=100, batch_size=32, learning_rate=1e-2)
+        run = contract.Run.from_env(NAME, gate=GATE, epochs=100, batch_size=32, learning_rate=1e-2, env=env)
         hidden, test_fraction = _params(run)
         features, sex, target, source, digest = load(run.data)
     except (contract.ContractError, DataError, ValueError) as exc:
@@ -209,7 +293,7 @@ def main() -> int:
     with strategy.scope():
         mean, variance = features[split.train].mean(axis=0), features[split.train].var(axis=0)
         model, state = run.restore(lambda: build(mean, variance, hidden, run.learning_rate, run.steps_per_execution))
-    stopped = run.train(model, ds, state, verbose=0)
+    stopped = run.train(model, ds, state, validation_data=split.validation(run.global_batch_size))
     if stopped is not None:
         return stopped  # 143 SIGTERM / 75 a peer worker was lost: a restart resumes from the checkpoint
     results = split.score(model)

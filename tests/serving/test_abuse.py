@@ -141,7 +141,7 @@ def test_oversized_headers_are_431_and_closed(strict):
         pass
     _, got = closed_after(c, 3)
     assert got.startswith(b"HTTP/1.1 431"), got[:100]
-    big_body = json.dumps({"instances": [np.zeros((28, 28)).tolist()] * 40}).encode()
+    big_body = json.dumps({"instances": [np.zeros((28, 28, 1)).tolist()] * 40}).encode()
     assert len(big_body) > 70_000
     assert post(strict.url, big_body)[0] == 200  # a large body is not a large header
 
@@ -257,4 +257,4 @@ def test_memory_bounded_under_many_unfinished_large_bodies(default, record_prope
     assert growth_mb < 120, growth_mb
     assert answered >= 50, answered
     assert ready_s < 0.3
-    assert post(s.url, json.dumps({"instances": [np.zeros((28, 28)).tolist()]}).encode())[0] == 200
+    assert post(s.url, json.dumps({"instances": [np.zeros((28, 28, 1)).tolist()]}).encode())[0] == 200

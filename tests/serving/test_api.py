@@ -17,7 +17,7 @@ from serving import metrics as m
 from serving.app import ModelServer, ServerSettings
 from tests.serving.conftest import run
 
-IMAGE = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28)
+IMAGE = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28, 1)  # the signature's rank: [-1, 28, 28, 1]
 
 
 async def with_client(store, fn, **settings_kw):
@@ -55,11 +55,10 @@ def test_model_status(store):
     "body",
     [
         {"instances": [IMAGE.tolist()]},
-        {"instances": [IMAGE[..., None].tolist()]},
         {"inputs": [IMAGE.tolist()]},
         {"inputs": {"images": [IMAGE.tolist()]}},
     ],
-    ids=["instances-28x28", "instances-28x28x1", "inputs-list", "inputs-named"],
+    ids=["instances-28x28x1", "inputs-list", "inputs-named"],
 )
 def test_predict_formats(store, body):
     r, server = call(store, "POST", "/v1/models/mnist:predict", json=body)
@@ -67,7 +66,7 @@ def test_predict_formats(store, body):
     # TF-Serving answers the row format with "predictions", the columnar format with "outputs"
     preds = np.array(r.json()["predictions" if "instances" in body else "outputs"])
     assert preds.shape == (1, 10)
-    expected = server.model(IMAGE[None, ..., None])
+    expected = server.model(IMAGE[None])
     np.testing.assert_allclose(preds, expected, rtol=1e-5)
     assert abs(preds.sum() - 1) < 1e-4
 
@@ -77,7 +76,7 @@ def test_batch_request_keeps_order(store):
 
     async def fn(client, server):
         r = await client.post("/v1/models/mnist:predict", json={"instances": images.tolist()})
-        return r, server.model(images[..., None])
+        return r, server.model(images)
 
     r, expected = run(with_client(store, fn))
     np.testing.assert_allclose(np.array(r.json()["predictions"]), expected, rtol=1e-5)
@@ -144,7 +143,9 @@ MALFORMED = [
     ("instances not a list", b'{"instances": "x"}', "non-empty list"),
     ("empty instances", b'{"instances": []}', "non-empty list"),
     ("scalar instance", b'{"instances": [1]}', "expected float32 with shape [-1, 28, 28, 1], got shape [1]"),
-    ("wrong width", orjson.dumps({"instances": [[[0.0] * 27] * 28]}), "got shape [1, 28, 27, 1] (dimension 2 must be 28)"),
+    ("wrong width", orjson.dumps({"instances": [[[[0.0]] * 27] * 28]}), "got shape [1, 28, 27, 1] (dimension 2 must be 28)"),
+    # the rank is the signature's, as on /v2: a 28x28 image for a 28x28x1 input is refused, saying how
+    ("28x28 without the channel", orjson.dumps({"instances": [[[0.0] * 28] * 28]}), "got shape [1, 28, 28] (add the trailing dimension"),
     ("3 channels", orjson.dumps({"instances": [[[[0.0] * 3] * 28] * 28]}), "(dimension 3 must be 1)"),
     ("ragged rows", orjson.dumps({"instances": [[[0.0] * 28] * 27 + [[0.0] * 5]]}), "ragged"),
     ("ragged batch", orjson.dumps({"instances": [IMAGE.tolist(), [[0.0] * 28] * 20]}), "ragged"),
@@ -274,7 +275,7 @@ def test_large_bodies_are_decoded_by_the_parse_worker_which_is_replaced_when_it_
         await asyncio.sleep(0.2)
         died = await client.post("/v1/models/mnist:predict", json=batch)
         again = await client.post("/v1/models/mnist:predict", json=batch)
-        bad = await client.post("/v1/models/mnist:predict", json={"instances": [[[0.5] * 27] * 28] * 8})
+        bad = await client.post("/v1/models/mnist:predict", json={"instances": [[[[0.5]] * 27] * 28] * 8})
         return first, died, again, bad, pid, list(server._pool._processes)
 
     first, died, again, bad, pid, now = run(with_client(store, fn, parse_workers=1, offload_body_bytes=16 * 1024))

@@ -1,5 +1,6 @@
-"""bench/serving.py runs end to end: a baseline revision's server, ours with 1 and 2 processes,
-batch-64, binary and ceiling runs under wrk, and one JSON result line (slow: several server starts)."""
+"""bench/serving.py runs end to end: a baseline revision's server, ours with 1 and 2 processes (the
+SavedModel and its ONNX export), batch-64, binary and ceiling runs under wrk, and one JSON result line
+(slow: several server starts)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_bench_compares_the_baseline_revision_ours_and_the_limit_in_one_run(tmp_
     result = json.loads(lines[-1])
     assert result["baseline"] == "HEAD" and result["baseline_rps"] > 0 and result["ours_rps"] > 0
     assert result["ratio_vs_baseline"] == round(result["ours_rps"] / result["baseline_rps"], 2)
-    assert set(result["cpu_us_per_req"]) == {"baseline HEAD, 1 process", "ours, 1 process", "ours, 2 processes"}
+    ours = {"ours, 1 process", "ours, 2 processes"}
+    assert set(result["cpu_us_per_req"]) == {"baseline HEAD, 1 process", *ours, *(f"{n}, ONNX" for n in ours)}
     assert all(v > 0 for v in result["cpu_us_per_req"].values())
     assert result["limit_images_per_s"] > 0 and result["binary_rps"] > 0 and result["batch64_images_per_s"] > 0
     assert result["ceiling_rps"] > result["ours_1_process_rps"]  # /healthz costs less than a predict
@@ -41,4 +43,9 @@ def test_bench_compares_the_baseline_revision_ours_and_the_limit_in_one_run(tmp_
     assert result["overload_healthz_p99_ms"] > 0
     assert lines[0].startswith("machine: ") and "load average" in lines[0]
     rounds = [line for line in lines if line.startswith("round 1 ")]
-    assert len(rounds) == 3 and all(re.search(r"non-2xx 0\b", line) for line in rounds), out.stdout
+    assert len(rounds) == 5 and all(re.search(r"non-2xx 0\b", line) for line in rounds), out.stdout
+    # ONNX against the SavedModel of the same CNN, in the same run: medians, ratios, its own limit
+    onnx = result["onnx"]
+    assert set(onnx["ratios_vs_savedmodel"]) == {"1 process", "2 processes"} and onnx["limit_images_per_s"] > 0
+    assert all(r["rps"] > 0 and r["cpu_us_per_req"] > 0 for r in onnx["ratios_vs_savedmodel"].values())
+    assert "max |TF - ONNX| on 64 images" in out.stdout

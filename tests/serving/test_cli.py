@@ -52,7 +52,8 @@ def test_environment_sets_every_flag_and_flags_win():
     "argv,message",
     [
         ([], "no model"),
-        (["--model", "mnist"], "expected NAME=URI"),
+        (["--model", "mnist"], "no store to find it in: give --store URI"),
+        (["--model", "mnist="], "expected NAME=URI or NAME"),
         (["--model", "Bad_Name=/x"], "DNS-1123"),
         (["--model", "a=/x", "--model", "a=/y"], "given twice"),
         (["--model", "mnist=/x", "--model-uri", "/y"], "both --model and --model-uri"),
@@ -88,3 +89,78 @@ def test_each_error_type_has_its_status():
 
     again = pickle.loads(pickle.dumps(errors.MethodNotAllowed("use GET", "GET")))  # noqa: S301 - our own bytes
     assert again.message == "use GET" and again.allow == "GET"
+
+
+def test_store_and_model_names_share_one_store_setting():
+    """--store + --model NAME, the store from SERVING_STORE, else MLPLATFORM_STORE, else the old names;
+    NAME=URI and --model-uri keep working beside it."""
+    args = cli.parser({}).parse_args(["--store", "s3://b/root", "--model", "mnist", "--model", "fraud=file:///m"])
+    assert cli.parse_models(args, {}) == {"mnist": "s3://b/root", "fraud": "file:///m"}
+    for env, want in (
+        ({"MLPLATFORM_STORE": "/a", "TRAIN_OUTPUT": "/b"}, "/a"),
+        ({"TRAIN_OUTPUT": "/b", "MLPLATFORM_MODEL_STORE": "/c"}, "/b"),
+        ({"MLPLATFORM_MODEL_STORE": "/c"}, "/c"),
+        ({"SERVING_STORE": "/s", "MLPLATFORM_STORE": "/a"}, "/s"),
+    ):
+        args = cli.parser(env).parse_args(["--model", "mnist"])
+        assert cli.parse_models(args, env) == {"mnist": want}, env
+    alone = cli.parser({"MLPLATFORM_STORE": "/a"}).parse_args([])  # a store alone serves --model-name
+    assert cli.parse_models(alone, {}) == {"mnist": "/a"}
+    pinned = cli.parser({"MLPLATFORM_STORE": "/a"}).parse_args(["--model-uri", "/v", "--model-name", "x"])
+    assert cli.parse_models(pinned, {}) == {"x": "/v"}
+
+
+def test_allow_signature_change_is_a_flag_and_the_old_form_still_parses():
+    p = cli.parser({})
+    assert p.parse_args([]).allow_signature_change is False
+    assert p.parse_args(["--allow-signature-change"]).allow_signature_change is True
+    assert p.parse_args(["--allow-signature-change", "true"]).allow_signature_change is True
+    assert p.parse_args(["--allow-signature-change", "false"]).allow_signature_change is False
+    assert p.parse_args(["--allow-signature-change", "--port", "1"]).port == 1
+
+
+def test_a_laptop_run_listens_on_loopback_and_the_image_on_every_interface():
+    assert cli.parser({}).parse_args([]).host == "127.0.0.1"
+    assert cli.parser({"SERVING_HOST": "0.0.0.0"}).parse_args([]).host == "0.0.0.0"
+    assert "SERVING_HOST=0.0.0.0" in (ROOT / "serving" / "Dockerfile").read_text()
+
+
+def _main(*argv: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys; from serving.__main__ import main; rc = main(sys.argv[1:]); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was loaded'; sys.exit(rc)"
+    )
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "mnist=/no/such/store"], "model 'mnist': /no/such/store: no such file or directory"),
+        (["--model-uri", "file://./no-such-dir"], "file://./no-such-dir: no such file or directory"),
+        (["--model-uri", "file://host/x"], "a file URI names no host ('host')"),
+        (["--model-uri", "s3:///prefix"], "an s3 URI needs a bucket"),
+        (["--model-uri", "gs://b/x"], "unsupported model URI"),
+    ],
+)
+def test_a_model_uri_that_cannot_be_is_refused_at_start_in_one_line(argv, message):
+    proc = _main(*argv)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_a_port_in_use_is_one_line_before_tensorflow_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag, argv in (
+            ("--port", ["--port", str(port), "--metrics-port", "0"]),
+            ("--metrics-port", ["--port", "0", "--metrics-port", str(port)]),
+        ):
+            proc = _main("--model-uri", str(tmp_path), *argv)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+            assert lines[0].startswith(f"{flag} {port} on 127.0.0.1: ") and "in use" in lines[0], lines

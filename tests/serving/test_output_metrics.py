@@ -27,7 +27,7 @@ def counts(reg: CollectorRegistry, model: str, version: str) -> dict[str, float]
 
 def test_predict_counts_each_instance_by_its_argmax_under_the_served_version(store):
     rng = np.random.default_rng(0)
-    images = np.clip(IMAGE[None] * rng.uniform(0, 2, (16, 1, 1)) + rng.normal(0, 0.3, (16, 28, 28)), 0, 1).astype(np.float32)
+    images = np.clip(IMAGE[None] * rng.uniform(0, 2, (16, 1, 1, 1)) + rng.normal(0, 0.3, (16, 28, 28, 1)), 0, 1).astype(np.float32)
 
     async def fn(client, server):
         r1 = await client.post("/v1/models/mnist:predict", json={"instances": images[:10].tolist()})
@@ -40,7 +40,7 @@ def test_predict_counts_each_instance_by_its_argmax_under_the_served_version(sto
     r1, r2, server = run(with_client(store, fn))
     assert r1.status_code == 200 and r2.status_code == 200, (r1.text, r2.text)
     expected: dict[str, float] = {}
-    for c in server.model(images[..., None]).argmax(axis=1).tolist():
+    for c in server.model(images).argmax(axis=1).tolist():
         expected[str(c)] = expected.get(str(c), 0) + 1
     assert counts(server.registry, "mnist", "v1") == expected
     assert sum(expected.values()) == 16

@@ -14,7 +14,7 @@ import numpy as np
 from tests.serving.conftest import make_model_dir, publish
 from training import artifacts
 
-BODY = json.dumps({"instances": [np.linspace(0, 1, 784).reshape(28, 28).round(4).tolist()]}).encode()
+BODY = json.dumps({"instances": [np.linspace(0, 1, 784).reshape(28, 28, 1).round(4).tolist()]}).encode()
 
 
 def post(url, body=BODY, timeout=30):
@@ -64,8 +64,11 @@ def metric(url, name, labels=""):
 
 
 def test_overload_gives_429_then_recovers(store, server_factory):
-    s = server_factory(str(store), "--max-queue", "64", "--max-batch-size", "64", "--batch-timeout-ms", "20")
-    big = json.dumps({"instances": [np.zeros((28, 28)).tolist()] * 64}).encode()
+    # decoded inline (the ~300 KB body would otherwise queue behind the one parse worker, not in the model's queue)
+    s = server_factory(
+        str(store), "--max-queue", "64", "--max-batch-size", "64", "--batch-timeout-ms", "20", "--offload-body-bytes", "1048576"
+    )
+    big = json.dumps({"instances": [np.zeros((28, 28, 1)).tolist()] * 64}).encode()
     with Load(s.url, threads=16, body=big) as load:
         time.sleep(3)
     codes = {c for c, _ in load.results}
@@ -81,7 +84,7 @@ def test_overload_gives_429_then_recovers(store, server_factory):
 
 def test_429_carries_retry_after(store, server_factory):
     s = server_factory(str(store), "--max-queue", "1", "--batch-timeout-ms", "50")
-    two = json.dumps({"instances": [np.zeros((28, 28)).tolist()] * 2}).encode()
+    two = json.dumps({"instances": [np.zeros((28, 28, 1)).tolist()] * 2}).encode()
     status, doc, headers = post(s.url, two)
     assert status == 429 and headers.get("retry-after") == "1" and "queue full" in doc["error"]
 

@@ -25,7 +25,21 @@ def test_publish_then_latest(tmp_path, s3_bucket):
     uri = artifacts.publish(_version_dir(tmp_path, 1), root, "mnist", "v0001")
     assert uri == f"s3://{s3_bucket}/store/models/mnist/v0001"
     assert artifacts.latest(root, "mnist") == "v0001"
-    assert artifacts.read_metadata(root, "mnist", "v0001") == {"version": "v0001"}
+    assert artifacts.read_metadata(root, "mnist", "v0001") == {"version": "v0001", "format": "savedmodel"}  # the format recorded at publish
+
+
+def test_an_onnx_version_needs_its_graph_and_records_its_format(tmp_path, s3_bucket):
+    d = tmp_path / "onnx"
+    d.mkdir()
+    (d / "metadata.json").write_text('{"version": "v0001", "format": "onnx"}')
+    with pytest.raises(ValueError, match=r"missing \['model.onnx'\]"):
+        artifacts.publish(d, f"s3://{s3_bucket}/store", "m", "v0001")
+    (d / "model.onnx").write_bytes(b"graph")
+    artifacts.publish(d, f"s3://{s3_bucket}/store", "m", "v0001")
+    assert artifacts.read_metadata(f"s3://{s3_bucket}/store", "m", "v0001")["format"] == "onnx"
+    (d / "metadata.json").write_text('{"format": "pickle"}')
+    with pytest.raises(registry.RegistryError, match="format 'pickle'"):
+        artifacts.publish(d, f"s3://{s3_bucket}/store", "m", "v0002")
 
 
 def test_incomplete_model_is_refused(tmp_path, s3_bucket):

@@ -127,8 +127,8 @@ def test_training_refuses_a_candidate_worse_than_the_champion(tmp_path, small_mn
     )
     assert second.returncode == EXIT_GATE, second.stdout[-2000:] + second.stderr[-2000:]
     assert f"worse than champion {champion}" in second.stderr and "more than the margin 0.0100; nothing published" in second.stderr
-    line = next(x for x in second.stdout.splitlines() if "gate: test_accuracy" in x)
-    assert f"champion {champion} " in line and "FAILED" in line  # both figures in the log
+    line = next(x for x in second.stdout.splitlines() if "gate FAILED" in x)
+    assert f"champion {champion} " in line and ": test_accuracy " in line  # the verdict first, both figures in the log
     assert registry.get_alias(store, "mnist", "champion")["version"] == champion
     assert registry.versions(store, "mnist") == [champion]
     # the same candidate with a margin wide enough passes, and its metadata carries both figures

@@ -78,7 +78,12 @@ def test_trains_gates_and_publishes(tmp_path, small_mnist):
     assert len(meta["history"]["loss"]) == 2
     assert meta["params"]["batch_size"] == 256 and meta["params"]["learning_rate"] == 1.2e-2  # the strong recipe's defaults
     assert (vdir / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert "Epoch 2/2" in proc.stdout  # Keras progress on stdout
+    # the contract's progress (not a terminal: one line per epoch), with the held-out metrics
+    epoch_lines = [x for x in proc.stdout.splitlines() if x.startswith("epoch ")]
+    assert [x.split()[1] for x in epoch_lines] == ["1/2", "2/2"] and all(" val_accuracy " in x for x in epoch_lines), epoch_lines
+    assert "run ETA" in epoch_lines[0] and epoch_lines[1].endswith("training done")
+    assert f"training curve: {vdir}/training_curve.png" in proc.stdout  # where the picture went, as a path
+    assert "gate PASSED" in proc.stdout and meta["format"] == "savedmodel"  # the verdict first; the format recorded
 
 
 def test_env_vars_configure_flags(tmp_path, small_mnist):
@@ -159,7 +164,7 @@ def test_killed_job_resumes_from_last_epoch(tmp_path, small_mnist):
     resumed = train(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {ckpt} after epoch {killed_at}" in resumed.stdout
-    assert f"Epoch {killed_at + 1}/4" in resumed.stdout and "Epoch 1/4" not in resumed.stdout
+    assert f"epoch {killed_at + 1}/4 " in resumed.stdout and "epoch 1/4 " not in resumed.stdout
     meta = artifacts.read_metadata(str(tmp_path / "store"), "mnist", artifacts.latest(str(tmp_path / "store"), "mnist"))
     assert len(meta["history"]["loss"]) == 4  # history carried across the restart
 

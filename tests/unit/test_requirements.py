@@ -30,7 +30,7 @@ RUNTIME_ONLY = {
 }
 # requirements file -> the code that runs with it
 INSTALLS = {
-    "requirements.txt": ["__main__.py", "components", "policy", "tools", "ops", "bench"],
+    "requirements.txt": ["__main__.py", "components", "policy", "tools", "ops", "bench", "mlp"],
     "serving/requirements.txt": ["serving"],
 }
 
