@@ -128,13 +128,16 @@ def test_multi_worker_run_is_one_indexed_job_with_a_headless_service(target):
     (svc,) = [s for s in batch(result, "Service") if s.raw["metadata"]["name"] == service]
     assert svc.raw["spec"]["clusterIP"] == "None" and svc.raw["spec"]["publishNotReadyAddresses"] is True
     assert svc.raw["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
-    # The workers may reach each other on the worker port (the namespace denies everything else).
+    # The workers may reach each other on the worker port and, for PyTorch's gloo/NCCL connections, on
+    # the ephemeral range the pods pin (the namespace denies everything else).
     ingress = [
         p
         for p in batch(result, "NetworkPolicy")
         if p.raw["metadata"]["name"] == f"train-{model}-workers" and "Ingress" in p.raw["spec"]["policyTypes"]
     ]
-    assert ingress and ingress[0].raw["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 2222}]
+    ports = [{"protocol": "TCP", "port": 2222}, {"protocol": "TCP", "port": 33000, "endPort": 33999}]
+    assert ingress and ingress[0].raw["spec"]["ingress"][0]["ports"] == ports
+    assert {"name": "net.ipv4.ip_local_port_range", "value": "33000 33999"} in pod["securityContext"]["sysctls"]
 
 
 def test_single_worker_run_stays_a_plain_job(result):
