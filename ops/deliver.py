@@ -1,6 +1,13 @@
 """Deliver one model to one stack: the pipeline's promotion + canary step (README "Model delivery").
 
-    python -m ops.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every TF model of the stack)
+    python -m ops.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every model of the stack)
+
+Both runtimes take the same path: a TF model's SavedModel versions and a vLLM model's weights
+(``runtime: vllm``: imported by the stack's import Job as a candidate, components/models/llm_import.py)
+are registry versions, promoted byte for byte, pinned with ``serving.version``, and judged by their
+Rollout's analysis (``model-server-<name>``: components/lib/rollout_specs.py; ``llm-<name>``:
+components/lib/llm_canary.py - vLLM's error ratio, TTFT and inter-token p95 against the stable pods,
+and the model's golden prompts).
 
 1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
    takes the source stack's champion and copies it into its own store, byte for byte, digests checked
@@ -52,11 +59,16 @@ from pathlib import Path
 
 import yaml
 
+from components.lib import llm_canary
 from components.lib.network import SERVING_NAMESPACE
-from components.lib.rollout_specs import JUDGING_METRICS, VERSION_ANNOTATION
+from components.lib.rollout_specs import JUDGING_METRICS as TF_JUDGING_METRICS
+from components.lib.rollout_specs import VERSION_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = SERVING_NAMESPACE
+# The metrics whose failure rejects a version, both runtimes' (the golden Job and the TF warm-up only
+# bring data: their failure is "not judged").
+JUDGING_METRICS = (*TF_JUDGING_METRICS, *(m for m in llm_canary.JUDGING_METRICS if m not in TF_JUDGING_METRICS))
 
 Runner = Callable[[list[str]], str]
 # (role ARN or None, session name) -> a context in which the S3 store calls run as that role
@@ -75,8 +87,37 @@ class DeliveryError(Exception):
 
 
 def tf_models(stack: str, stacks_dir: Path = ROOT / "stacks") -> list[str]:
+    return [m for m, runtime in runtimes(stack, stacks_dir).items() if runtime == "tensorflow"]
+
+
+def delivered_models(stack: str, stacks_dir: Path = ROOT / "stacks") -> list[str]:
+    """Every model the pipeline delivers: both runtimes go through the same registry and canary."""
+    return list(runtimes(stack, stacks_dir))
+
+
+def runtimes(stack: str, stacks_dir: Path = ROOT / "stacks") -> dict[str, str]:
+    """Every model of the stack file -> its runtime (``tensorflow`` or ``vllm``)."""
     models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
-    return [m for m, e in models.items() if (e or {}).get("runtime", "tensorflow") == "tensorflow"]
+    return {m: (e or {}).get("runtime", "tensorflow") for m, e in models.items()}
+
+
+def _check_llm_pin(stack: str, model: str, store: str, version: str, stacks_dir: Path) -> None:
+    """For a vLLM model whose weights come from Hugging Face: ``version`` in ``store`` was imported from
+    this stack's ``llm.source`` at its ``llm.revision`` (llm/importer.py check_pin; ImportRefused, a
+    RegistryError, otherwise: exit 1, a refused copy). TF models and s3:// weights: nothing to check."""
+    entry = (yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {})[model] or {}
+    llm = entry.get("llm") or {}
+    if entry.get("runtime") != "vllm" or str(llm.get("source", "")).startswith("s3://"):
+        return
+    from llm import importer
+
+    importer.check_pin(store, model, version, llm["source"], llm.get("revision"))
+
+
+def rollout_name(model: str, runtime: str = "tensorflow") -> str:
+    """The model's Rollout: ``model-server-<m>`` (components/models/model_service.py) or ``llm-<m>``
+    (components/models/llm_service.py)."""
+    return f"llm-{model}" if runtime == "vllm" else f"model-server-{model}"
 
 
 def source_stack(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> str | None:
@@ -88,6 +129,15 @@ def source_stack(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> 
 
 def store_of(stack: str, sh: Runner) -> str:
     return sh(["pulumi", "stack", "output", "modelStore", "--stack", stack]).strip()
+
+
+def source_store(stack: str, model: str, src_stack: str, sh: Runner, stacks_dir: Path = ROOT / "stacks") -> str:
+    """The source store as this stack's reviewed file names it (``models.<name>.source.bucket``, issue 24
+    item 3: never another stack's state, which another account's deploy identity may not even read);
+    a file from before that key falls back to the source stack's output."""
+    models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    bucket = (((models.get(model) or {}).get("source")) or {}).get("bucket")
+    return f"s3://{bucket}" if bucket else store_of(src_stack, sh)
 
 
 def promotion_role(stack: str, sh: Runner) -> str | None:
@@ -135,8 +185,8 @@ def pin(stack: str, model: str, version: str, sh: Runner) -> None:
     sh(["pulumi", "up", "--yes", "--non-interactive", "--stack", stack, "--policy-pack", "policy"])
 
 
-def rollout_state(model: str, sh: Runner) -> dict:
-    return json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "rollout", f"model-server-{model}", "-o", "json"]))
+def rollout_state(model: str, sh: Runner, obj: str | None = None) -> dict:
+    return json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "rollout", obj or rollout_name(model), "-o", "json"]))
 
 
 def current_run(model: str, rollout: dict, sh: Runner) -> dict | None:
@@ -210,11 +260,11 @@ def judge(rollout: dict, run: dict | None, version: str) -> tuple[str, str] | No
     return None
 
 
-def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10) -> tuple[str, str]:
+def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10, obj: str | None = None) -> tuple[str, str]:
     """(HEALTHY | FAILED | NOT_JUDGED, why) once the canary is decided, or NOT_JUDGED at the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ro = rollout_state(model, sh)
+        ro = rollout_state(model, sh, obj)
         if (verdict := judge(ro, current_run(model, ro, sh), version)) is not None:
             return verdict
         if time.monotonic() >= deadline:
@@ -223,22 +273,22 @@ def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
-def promote_full(model: str, sh: Runner) -> None:
+def promote_full(model: str, sh: Runner, obj: str | None = None) -> None:
     """Skip every remaining step and the analysis: what ``kubectl argo rollouts promote --full`` does
     (argo-rollouts v1.9 pkg/kubectl-argo-rollouts/cmd/promote/promote.go: a merge patch of
     ``status.promoteFull: true`` on the status subresource; the controller then scales the new
     ReplicaSet to full and makes it stable). Plain kubectl: the pipeline needs no plugin."""
     patch = json.dumps({"status": {"promoteFull": True}})
-    sh(["kubectl", "-n", NAMESPACE, "patch", "rollout", f"model-server-{model}", "--subresource=status", "--type=merge", "-p", patch])
+    sh(["kubectl", "-n", NAMESPACE, "patch", "rollout", obj or rollout_name(model), "--subresource=status", "--type=merge", "-p", patch])
 
 
-def full_promotion(stack: str, model: str, version: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+def full_promotion(stack: str, model: str, version: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None = None) -> int:
     """The emergency path: pin ``version`` (bytes that already served as champion here) and promote
     the Rollout in full, no canary; wait until it is stable."""
     pin(stack, model, version, sh)
-    if (judge(rollout_state(model, sh), None, version) or ("",))[0] != HEALTHY:
-        promote_full(model, sh)
-    outcome, message = wait(model, version, sh, timeout_s, poll_s)
+    if (judge(rollout_state(model, sh, obj), None, version) or ("",))[0] != HEALTHY:
+        promote_full(model, sh, obj)
+    outcome, message = wait(model, version, sh, timeout_s, poll_s, obj)
     if outcome != HEALTHY:
         print(f"{model}: full promotion of {version} on {stack} did not finish: {message}", file=sys.stderr)
         return REJECTED
@@ -268,8 +318,13 @@ def deliver(
     from training import registry
 
     src_stack = source_stack(stack, model, stacks_dir)
+    obj = rollout_name(model, runtimes(stack, stacks_dir)[model])
     store = store_of(stack, sh)
-    source = _Source(src_stack, store_of(src_stack, sh), promotion_role(stack, sh), f"deliver-{stack}-{model}") if src_stack else None
+    source = (
+        _Source(src_stack, source_store(stack, model, src_stack, sh, stacks_dir), promotion_role(stack, sh), f"deliver-{stack}-{model}")
+        if src_stack
+        else None
+    )
     version = _incoming(stack, model, store, source, promoter)
     if version is None:
         return 0
@@ -278,9 +333,12 @@ def deliver(
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
     if current_version is not None and registry.served_as_champion(store, model, version):
-        return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s)
+        return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
     if source:
         with promoter(source.role, source.session):
+            # An LLM version must be what this stack pins (source, revision) before a byte is copied:
+            # the weights init container would refuse it anyway, after a GPU node was paid for.
+            _check_llm_pin(stack, model, source.store, version, stacks_dir)
             registry.promote_between(
                 source.store, store, model, version, reason=f"pipeline: promote from {source.stack} for a canary", champion=False
             )
@@ -292,10 +350,12 @@ def deliver(
         pin(stack, model, version, sh)
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
         return DELIVERED
-    return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s)
+    return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
 
 
-def _roll_back_to(stack: str, model: str, store: str, version: str, current: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+def _roll_back_to(
+    stack: str, model: str, store: str, version: str, current: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None = None
+) -> int:
     """``version`` already served as champion here (e.g. the source stack rolled back to it): the
     emergency path. The registry rolls back first (``current`` rejected, audited, candidate moved
     off it: the record says what the cluster is about to do), then a full promotion, no canary."""
@@ -303,10 +363,12 @@ def _roll_back_to(stack: str, model: str, store: str, version: str, current: str
 
     registry.rollback(store, model, to=version, reason=f"pipeline: {version} already served as {stack}'s champion: rollback from {current}")
     print(f"{model}: {version} already served as {stack}'s champion: rollback from {current} (rejected), full promotion, no canary")
-    return full_promotion(stack, model, version, sh, timeout_s, poll_s)
+    return full_promotion(stack, model, version, sh, timeout_s, poll_s, obj)
 
 
-def roll_back(stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10) -> int:
+def roll_back(
+    stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10, stacks_dir: Path = ROOT / "stacks"
+) -> int:
     """``make rollback``, after ``ops.models rollback`` moved the store's champion back: serve that
     champion at once (full promotion, no canary: the emergency path)."""
     from training import registry
@@ -314,7 +376,8 @@ def roll_back(stack: str, model: str, sh: Runner = run, timeout_s: float = 3600,
     champ = registry.get_alias(store_of(stack, sh), model, "champion")
     if champ is None:
         raise DeliveryError(f"{model}: no champion in {stack}'s store: nothing to roll back to")
-    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s)
+    obj = rollout_name(model, runtimes(stack, stacks_dir).get(model, "tensorflow"))
+    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s, obj)
 
 
 def _incoming(stack: str, model: str, store: str, source: _Source | None, promoter: Promoter) -> str | None:
@@ -354,7 +417,17 @@ def _settled(stack: str, model: str, store: str, version: str, current_version: 
     return False
 
 
-def _canary(stack: str, model: str, store: str, version: str, current_version: str, sh: Runner, timeout_s: float, poll_s: float) -> int:
+def _canary(
+    stack: str,
+    model: str,
+    store: str,
+    version: str,
+    current_version: str,
+    sh: Runner,
+    timeout_s: float,
+    poll_s: float,
+    obj: str | None = None,
+) -> int:
     """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion
     (DELIVERED); rejected on a failed analysis (REJECTED); anything else leaves it the candidate
     (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version``."""
@@ -362,7 +435,7 @@ def _canary(stack: str, model: str, store: str, version: str, current_version: s
 
     print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
     pin(stack, model, version, sh)
-    outcome, message = wait(model, version, sh, timeout_s, poll_s)
+    outcome, message = wait(model, version, sh, timeout_s, poll_s, obj)
     if outcome == HEALTHY:
         registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
         print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version})")
@@ -383,7 +456,7 @@ def _canary(stack: str, model: str, store: str, version: str, current_version: s
 
 
 def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stacks") -> None:
-    """Before ``pulumi up``: pin every TF model to the stack's current champion, so an up for another
+    """Before ``pulumi up``: pin every model (TF and vLLM) to the stack's current champion, so an up for another
     change (a new image, a config edit) keeps serving what serves now instead of un-pinning it (the
     stack files in git carry no version: the store's champion is the record). A stack with no store
     or no champion yet stays unpinned (its first version is delivered by this step afterwards)."""
@@ -394,7 +467,7 @@ def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stack
     except DeliveryError:
         print(f"{stack}: no modelStore output yet (first up): nothing to pin")
         return
-    for model in tf_models(stack, stacks_dir):
+    for model in delivered_models(stack, stacks_dir):
         champ = registry.get_alias(store, model, "champion") if store else None
         if champ:
             sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", champ["version"], "--stack", stack])
@@ -404,7 +477,7 @@ def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stack
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ops.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stack", required=True)
-    p.add_argument("--model", help="one model (default: every TF model in the stack file)")
+    p.add_argument("--model", help="one model (default: every model in the stack file, TF and vLLM)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the canary to finish")
     p.add_argument("--pin-champions", action="store_true", help="only pin every model to the stack's champion (before pulumi up)")
     p.add_argument("--rollback", action="store_true", help="serve --model's champion at once, no canary (after `ops.models rollback`)")
@@ -420,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback:
             return roll_back(args.stack, args.model, timeout_s=args.timeout)
         # One model after the other: each canary is analysed alone; the first failure fails the step.
-        for model in [args.model] if args.model else tf_models(args.stack):
+        for model in [args.model] if args.model else delivered_models(args.stack):
             if code := deliver(args.stack, model, timeout_s=args.timeout):
                 return code
         return DELIVERED

@@ -40,6 +40,37 @@ GPU_COUNT: dict[str, int] = {
 }
 
 
+# Memory of one GPU of each family, MiB, as the driver reports it (nvidia-smi "memory.total", what
+# vLLM's gpuMemoryUtilization is a share of; torch.cuda.mem_get_info). The GPUs (AWS instance type
+# pages): g4dn T4 16 GB, g5 A10G 24 GB, g6 L4 24 GB, g6e L40S 48 GB, p3 V100 16 GB, p4d A100 40 GB,
+# p5 H100 80 GB. The MiB figures are the drivers' usual reports for those boards (recalled, not
+# measured here: no GPU on this machine); the fit check (llm/fit.py) also keeps OVERHEAD_GIB free.
+GPU_MEMORY_MIB: dict[str, int] = {
+    "g4dn": 15360,
+    "g5": 23028,
+    "g6": 23034,
+    "g6e": 46068,
+    "p3": 16384,
+    "p4d": 40960,
+    "p5": 81559,
+}
+
+
+def gpu_memory_mib(instance_type: str) -> int:
+    """Memory of one GPU of ``instance_type`` (its family's); 0 for a type outside the catalogue."""
+    return GPU_MEMORY_MIB.get(instance_type.split(".")[0], 0)
+
+
+def pool_gpu_memory_mib(pool: Any) -> int:
+    """The smallest GPU of a pool's instance types: the autoscaler may start any of them."""
+    return min(gpu_memory_mib(t) for t in pool.instance_types)
+
+
+def gpu_catalogue() -> dict[str, tuple[int, int]]:
+    """Instance type -> (GPU MiB, GPUs per node), for the fit check's suggestions."""
+    return {t: (gpu_memory_mib(t), n) for t, n in GPU_COUNT.items()}
+
+
 # One model server process holds its own TensorFlow runtime and model: measured for MNIST with TF 2.21,
 # ~290 MB private memory per process plus ~350 MB of shared libraries (README "Serving throughput").
 SERVING_MEMORY_PER_PROCESS_MI = 512

@@ -22,6 +22,9 @@ VLLM_VERSION = "0.33.0"
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 CRON_FIELD = re.compile(r"^[0-9*,/-]+$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Stacks that serve users pin the weights' revision; prod pins a commit (a branch or tag can move).
+PINNED_ENVIRONMENTS = ("staging", "prod")
 
 
 class _Strict(BaseModel):
@@ -67,7 +70,8 @@ class LlmConfig(_Strict):
     """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
 
     source: str = Field(
-        description="Hugging Face id (`Qwen/Qwen2.5-1.5B-Instruct`) or `s3://<store bucket>/models/<name>/...` with the weights (streamed by vLLM)"
+        description="Hugging Face id (`Qwen/Qwen2.5-7B-Instruct-AWQ`: imported into the store as a registry version where the stack imports, "
+        "served from that version) or `s3://<store bucket>/models/<name>/...` with raw weights (streamed by vLLM)"
     )
     revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$", description="Hugging Face branch, tag or commit to pin")
     served_model_name: str | None = Field(
@@ -125,6 +129,7 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
         # The model's IAM role reads only its own prefix of the store (components/services/artifact_store.py).
         yield f"{key}.llm.source", f"weights in the model store go under models/{model}/ (e.g. s3://<store bucket>/models/{model}/weights/)"
     yield from llm_schedule_rules(llm, key, environment)
+    yield from llm_revision_rules(llm, key, environment)
     if pools:
         yield from llm_pool_rules(llm, key, pools)
     elif llm.pool is not None:
@@ -140,6 +145,45 @@ def llm_schedule_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[t
         yield f"{key}.llm.awake", "prod models do not sleep: remove the schedule"
     if environment == "prod" and llm.min_replicas < 1:
         yield f"{key}.llm.minReplicas", "prod needs >= 1 replica at all times"
+
+
+def llm_revision_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[tuple[str, str]]:
+    """The weights a user-facing stack serves are a pinned revision: what the import recorded
+    (llm/importer.py) and what promotion checks a version against."""
+    if llm.from_store or environment not in PINNED_ENVIRONMENTS:
+        return
+    if llm.revision is None:
+        yield (
+            f"{key}.llm.revision",
+            f"required on {environment}: pin the Hugging Face revision the weights are imported at (prod: a 40-hex commit)",
+        )
+    elif environment == "prod" and not COMMIT.match(llm.revision):
+        yield f"{key}.llm.revision", f"prod pins a 40-hex commit hash, not a branch or tag that can move (got {llm.revision!r})"
+
+
+def llm_fit_rules(llm: LlmConfig, key: str, pool: Any) -> Iterator[tuple[str, str]]:
+    """Weights + KV cache fit one replica's GPUs (llm/fit.py), where a committed card (llm/cards/)
+    knows the model's shape; otherwise the import checks it from the snapshot's own config.json."""
+    from components.config import capacity
+    from llm import fit
+
+    shape = None if llm.from_store else fit.card_shape(llm.source)
+    mib = capacity.pool_gpu_memory_mib(pool)
+    if shape is None or mib == 0:
+        return
+    seqs = llm.max_num_seqs or 1
+    result = fit.check(shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus)
+    if result.fits:
+        return
+    hints = fit.suggestions(
+        shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus, pool.gpus_per_node, capacity.gpu_catalogue()
+    )
+    yield (
+        f"{key}.llm",
+        f"{llm.source} does not fit GPU pool {pool.name!r} ({llm.gpus} x {mib / 1024:.1f} GiB x gpuMemoryUtilization "
+        f"{llm.gpu_memory_utilization:g}): {result.numbers()} ({llm.max_model_len} tokens x {seqs} sequences); "
+        f"would fit: {'; or '.join(hints) or 'nothing in the instance catalogue'}",
+    )
 
 
 def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any]) -> Iterator[tuple[str, str]]:
@@ -161,6 +205,8 @@ def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any]) -> Iterator[tuple
             f"{key}.llm.maxReplicas",
             f"{llm.max_replicas} replicas x {llm.gpus} GPUs exceed GPU pool {chosen.name!r} ({capacity} GPUs at its max): they could never schedule",
         )
+    if chosen is not None:
+        yield from llm_fit_rules(llm, key, chosen)
 
 
 def choose_pool(llm: LlmConfig, pools: list[Any]) -> Any | None:

@@ -84,11 +84,14 @@ PLUGIN_URL = (
 )
 # SHA-256 of that binary: the controller refuses a download that does not match (argo-rollouts v1.9.0
 # utils/plugin/downloader.go, checkShaOfPlugin; the chart passes the item through verbatim,
-# templates/controller/configmap.yaml). Upstream publishes no checksum file (its release workflow
-# uploads the bare binaries) and this machine cannot reach github.com to hash the asset, so it is not
-# recorded yet (the plugin is pinned by release tag only): `curl -sL PLUGIN_URL | sha256sum` and set it
-# here; chart_values then passes it to the controller.
-PLUGIN_SHA256: str | None = None
+# templates/controller/configmap.yaml), so a release asset replaced upstream never runs with the
+# controller's rights. Upstream publishes no checksum file and this machine cannot reach github.com:
+# the value is the one another public deployment pins for this exact URL (a Nix/nixidy Argo Rollouts
+# module, "Tamper-evident pin"), not hashed here. A wrong value fails closed (the controller refuses
+# the plugin, canaries do not start). Check it once with `curl -sL PLUGIN_URL | sha256sum`; on a
+# version bump, set the new digest with it (components/services/argo_rollouts.py refuses a non-local
+# stack without one).
+PLUGIN_SHA256: str | None = "24816da0e613836b3f180a2b50f6199431668c72d7f4adeef09284bffc6582a1"
 # The controller's service account (chart values serviceAccount.name, set explicitly below), which the
 # plugin runs as: the per-route Roles bind it.
 CONTROLLER_SERVICE_ACCOUNT = "argo-rollouts"

@@ -2,14 +2,26 @@
 
 What it renders, and why:
 
-* a **StatefulSet** of the pinned ``vllm/vllm-openai`` image (not a Deployment): each replica gets its
-  own weights volume from ``volumeClaimTemplates`` (gp3 on EKS), kept when KEDA scales the model to
-  zero at night (``persistentVolumeClaimRetentionPolicy.whenScaled: Retain``) and deleted with the
-  model. ``HF_HOME`` lives there, so a restart or a morning wake-up loads the weights from disk
-  instead of downloading them again; vLLM's compile cache (``VLLM_CACHE_ROOT``) too. A Deployment
-  would need a ReadWriteMany volume (EFS) to do the same. Weights in the model store (``s3://``)
-  are streamed from S3 by vLLM's Run:ai streamer loader (``--load-format runai_streamer``, vllm
-  0.33.0 vllm/model_executor/model_loader/__init__.py) with the pod's read-only IRSA role;
+* an Argo Rollouts **Rollout** of the pinned ``vllm/vllm-openai`` image: a new model version (or
+  revision, or vLLM flag) reaches traffic only through an analysed canary of one pod that is aborted
+  by itself when vLLM's own metrics or the model's golden prompts say it is worse
+  (components/lib/llm_canary.py: the strategy that works on a GPU-short pool, the AnalysisTemplate,
+  the golden Job). It replaced a StatefulSet, whose rolling update judged nothing;
+* each replica's weights and compile cache on its **own volume**: a generic ephemeral volume (a PVC
+  made with the pod from ``volumeClaimTemplate``, gp3 on EKS, deleted with the pod). A Rollout's pods
+  come from ReplicaSets, which have no volumeClaimTemplates; the ephemeral claim keeps what the
+  StatefulSet's claim gave a running replica (a crashed or liveness-killed vLLM restarts on the
+  weights already on disk, verified again, no fetch) and sizes it apart from the node's root disk. What
+  it no longer keeps is the copy across a pod's replacement (a scale to zero at night): the morning's
+  pod fetches again from the store (docs/llm.md "Cold start" weighs it);
+* the **pinned registry version**, never Hugging Face: the ``weights`` init container
+  (components/models/llm_import.py ``served_weights``) fills that volume with the version
+  ``serving.version`` pins (``deliver`` sets it; unpinned: the store's champion, resolved at start)
+  from the stack's store and verifies every digest before vLLM starts offline on the folder
+  (``HF_HUB_OFFLINE=1``, no token, no ``--revision``), with the pod's read-only role on
+  ``models/<model>/``. The version is imported by the stack's import Job (dev) or promoted as bytes
+  (staging, prod). Only raw weights under an ``s3://`` prefix (``llm.source``, not a registry version)
+  are still streamed by vLLM's Run:ai streamer loader (``--load-format runai_streamer``);
 * GPU placement: the pool's node label, the GPU taint's toleration, ``nvidia.com/gpu`` limits
   (= tensor-parallel size, checked against the pool's GPUs per node by components/config/llm.py);
 * ``/dev/shm`` as a memory-backed emptyDir (vLLM's workers and NCCL exchange tensors through it;
@@ -17,30 +29,39 @@ What it renders, and why:
 * probes on vLLM's ``/health`` (vllm/entrypoints/serve/instrumentator/health.py: 200, or 503 once
   the engine is dead); the HTTP server only starts after the weights are loaded, so a startup probe
   allows ``startupSeconds`` for download + load + CUDA graph capture before liveness counts;
-* the Hugging Face token from a Secret (``HF_TOKEN``, read by huggingface_hub), never in argv;
-* a ClusterIP Service, a ServiceMonitor (vLLM's ``/metrics`` on the same port), a PDB, a
-  NetworkPolicy, a KEDA ScaledObject on ``vllm:num_requests_waiting``, and an HTTPRoute on the
+* three ClusterIP Services: ``llm-<model>`` (the route's backend: every pod, so the canary pod takes
+  its share of requests), ``-canary`` and ``-stable`` (the controller adds each side's pod template
+  hash to their selectors; the golden Job calls them); a ServiceMonitor on the first (vLLM's
+  ``/metrics`` on the same port, with the pods' template hash and version as labels: the analysis
+  compares the two sides, the dashboard shows the versions side by side), a PDB, NetworkPolicies, a
+  KEDA ScaledObject on ``vllm:num_requests_waiting`` scaling the Rollout, and an HTTPRoute on the
   stack's Gateway exposing only the OpenAI routes under ``/llm/<model>/v1/...``.
 
-Nothing can run vLLM here (no GPU): every flag is checked against the list derived from vLLM
-0.33.0's own parser (../shared/reference/vllm/0.33.0/serve-flags.txt) by the tests.
+Every flag is checked against the list derived from vLLM 0.33.0's own parser
+(../shared/reference/vllm/0.33.0/serve-flags.txt) by the tests, and the real vLLM (PyPI's CPU build)
+runs the analysis queries in tests/llm/.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
+from components.config import CanaryConfig
 from components.config.llm import VLLM_VERSION, LlmConfig
-from components.lib import keda_specs, workload
-from components.models import route
+from components.lib import keda_specs, llm_canary, rollout_specs, workload
+from components.models import llm_import, route
+from components.services.argo_rollouts import ArgoRollouts
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 from components.services.keda import Keda, scaled_object
 
+ROOT = Path(__file__).resolve().parents[2]
 # Pinned tag of the image vLLM publishes per release (docker.io/vllm/vllm-openai:v<version>).
 VLLM_IMAGE = f"docker.io/vllm/vllm-openai:v{VLLM_VERSION}"
 PORT = 8000  # vLLM's default --port (vllm/entrypoints/common/cli_args.py: FrontendArgs.port)
@@ -52,10 +73,13 @@ UID = 10001
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # A long generation streams for minutes; Envoy's default route timeout (15 s) would cut it.
 ROUTE_TIMEOUT = "600s"
-# Scale-up of a GPU pool from 0: autoscaler decision, EC2 launch, boot, join, device plugin (an
-# estimate, tools/convergence.py NODE_SCALE_UP_S), and pulling the vLLM image onto the new node.
-NODE_SCALE_UP_MINUTES = 5
-IMAGE_PULL_MINUTES = 5
+# The route's Service (every pod) carries this label; the ServiceMonitor selects it alone, so the
+# canary and stable Services (same pods) do not scrape each pod three times.
+API_SERVICE_LABEL = {"mlplatform.io/service": "api"}
+# The served version as a pod label too (the annotation is rollout_specs.VERSION_ANNOTATION): the
+# ServiceMonitor copies it onto every series, the LLM dashboard groups by it.
+VERSION_LABEL = "mlplatform.io/model-version"
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
 def object_name(model: str) -> str:
@@ -72,16 +96,42 @@ def served_name(model: str, llm: LlmConfig) -> str:
     return llm.served_model_name or model
 
 
+# What an unpinned pod template serves: the store's champion at the pod's start (llm/fetch.py @champion).
+UNPINNED = "champion"
+
+
+def served_version(llm: LlmConfig, version: str | None) -> str:
+    """What the pod template says it serves: the pinned registry version, else the store's champion
+    (``unpinned`` for raw ``s3://`` weights). A change of it is a new template, i.e. a canary."""
+    return version or ("unpinned" if llm.from_store else UNPINNED)
+
+
+def weights_version(version: str | None) -> str:
+    """The init container's ``--version``: the pinned one, else the champion alias (llm/fetch.py)."""
+    return version or f"@{UNPINNED}"
+
+
+def golden_prompts(model: str, root: Path = ROOT) -> list[dict[str, Any]]:
+    """The model's golden set as committed (validated by the config rules before the program runs)."""
+    import yaml
+
+    return yaml.safe_load(llm_canary.golden_path(root, model).read_text())["prompts"]
+
+
 def shm_size_gi(llm: LlmConfig) -> int:
     """2 GiB per GPU: room for the engine/worker shared-memory queues and NCCL's buffers between
     tensor-parallel ranks. Counted against the container's memory limit."""
     return 2 * llm.gpus
 
 
-def vllm_args(model: str, llm: LlmConfig) -> list[str]:
-    """``vllm serve`` arguments (the model is the positional ``model_tag``)."""
+def vllm_args(model: str, llm: LlmConfig, model_path: str | None = None) -> list[str]:
+    """``vllm serve`` arguments (the model is the positional ``model_tag``): the registry version's
+    verified folder (``model_path``, filled by the ``weights`` init container), or raw ``s3://``
+    weights streamed. Never a Hugging Face id: a serving pod never downloads."""
+    if model_path is None and not llm.from_store:
+        raise ValueError(f"vLLM model {model}: a Hugging Face source is served from its registry version (model_path), never downloaded")
     args = [
-        llm.source,
+        model_path or llm.source,
         *("--served-model-name", served_name(model, llm)),
         *("--host", "0.0.0.0"),
         *("--port", str(PORT)),
@@ -93,15 +143,13 @@ def vllm_args(model: str, llm: LlmConfig) -> list[str]:
         # Probes and scrapes every few seconds would drown the log.
         *("--disable-access-log-for-endpoints", "/health,/metrics"),
     ]
-    if llm.revision:
-        args += ["--revision", llm.revision]
     if llm.max_num_seqs:
         args += ["--max-num-seqs", str(llm.max_num_seqs)]
     if llm.quantization:
         args += ["--quantization", llm.quantization]
     if llm.enforce_eager:
         args.append("--enforce-eager")
-    if llm.from_store:
+    if model_path is None:  # raw s3:// weights; a verified local folder is read as is
         args += ["--load-format", "runai_streamer"]
     return args
 
@@ -110,8 +158,9 @@ def flags(args: list[str]) -> list[str]:
     return [a for a in args if a.startswith("--")]
 
 
-def env(llm: LlmConfig, hf_token_secret: str | None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [
+def env(llm: LlmConfig) -> list[dict[str, Any]]:
+    """No Hugging Face token: a serving pod never reaches the hub (offline env from the weights mount)."""
+    return [
         {"name": "HOME", "value": "/tmp"},
         # We run as a UID without a passwd entry: getpass.getuser() (torch's compile caches use it)
         # reads USER first instead of failing on the lookup.
@@ -125,9 +174,6 @@ def env(llm: LlmConfig, hf_token_secret: str | None) -> list[dict[str, Any]]:
         {"name": "VLLM_DO_NOT_TRACK", "value": "1"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
-    if hf_token_secret:
-        out.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf_token_secret, "key": "token"}}})
-    return out
 
 
 def pod_placement(llm: LlmConfig, pool_name: str | None) -> dict[str, Any]:
@@ -136,27 +182,31 @@ def pod_placement(llm: LlmConfig, pool_name: str | None) -> dict[str, Any]:
     return {"nodeSelector": selector, "tolerations": [GPU_TOLERATION]}
 
 
-def cache_claim(model: str, llm: LlmConfig, storage_class: str | None) -> dict[str, Any]:
-    """Each replica's weights and compile-cache volume (the StatefulSet's volumeClaimTemplate)."""
-    claim: dict[str, Any] = {
-        "metadata": {"name": "cache", "labels": labels(model)},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{llm.cache_gi_b}Gi"}}},
-    }
+def cache_volume(model: str, llm: LlmConfig, storage_class: str | None) -> dict[str, Any]:
+    """Each pod's weights and compile-cache volume: a generic ephemeral volume (Kubernetes >= 1.23,
+    core/v1 EphemeralVolumeSource), i.e. a PVC the ephemeral-volume controller makes for the pod from
+    this template, owned by the pod and deleted with it (module docstring)."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{llm.cache_gi_b}Gi"}}}
     if storage_class:
-        claim["spec"]["storageClassName"] = storage_class
-    return claim
+        spec["storageClassName"] = storage_class
+    return {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"metadata": {"labels": labels(model)}, "spec": spec}}}
 
 
-def vllm_container(model: str, llm: LlmConfig, hf_token_secret: str | None, store_env: list) -> dict[str, Any]:
+def vllm_container(model: str, llm: LlmConfig, store_env: list, weights: llm_import.WeightsMount | None = None) -> dict[str, Any]:
     r = llm.resources
     health = {"httpGet": {"path": "/health", "port": PORT_NAME}, "timeoutSeconds": 5}
+    # A registry version: vLLM reads the verified folder, offline, with no store access (a variable
+    # in both lists is kept once).
+    base = env(llm)
+    offline = [e for e in weights.env if e["name"] not in {x["name"] for x in base}] if weights else []
+    container_env = base + offline if weights else base + store_env
     return {
         "name": "vllm",
         "image": VLLM_IMAGE,
         "command": ["vllm", "serve"],
-        "args": vllm_args(model, llm),
+        "args": vllm_args(model, llm, weights.model_path if weights else None),
         "ports": [{"name": PORT_NAME, "containerPort": PORT}],
-        "env": env(llm, hf_token_secret) + store_env,
+        "env": container_env,
         "resources": {
             "requests": {"cpu": r.cpu, "memory": r.memory, GPU_RESOURCE: llm.gpus},
             "limits": {"memory": r.memory_limit, GPU_RESOURCE: llm.gpus},
@@ -178,41 +228,66 @@ def vllm_container(model: str, llm: LlmConfig, hf_token_secret: str | None, stor
     }
 
 
-def statefulset_spec(
-    model: str, llm: LlmConfig, pool_name: str | None, hf_token_secret: str | None, store_env: list, storage_class: str | None
+def pod_template(
+    model: str,
+    llm: LlmConfig,
+    pool_name: str | None,
+    store_env: list,
+    storage_class: str | None,
+    version: str | None = None,
+    weights: llm_import.WeightsMount | None = None,
 ) -> dict[str, Any]:
-    name, lab = object_name(model), labels(model)
+    """The vLLM pod: the served version on it (annotation; label where it is a valid label value);
+    with ``weights`` (a registry version: every source but raw ``s3://`` weights) the init container
+    that fetches and verifies it first (components/models/llm_import.py)."""
+    served = served_version(llm, version)
+    pod_labels = {**labels(model), **({VERSION_LABEL: served} if LABEL_VALUE.match(served) else {})}
     return {
-        "serviceName": name,
-        "replicas": llm.replicas,
-        # Replicas start and stop independently (KEDA adds several at once); order means nothing here.
-        "podManagementPolicy": "Parallel",
-        "selector": {"matchLabels": lab},
-        "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Delete"},
-        "volumeClaimTemplates": [cache_claim(model, llm, storage_class)],
-        "template": {
-            "metadata": {"labels": lab},
-            "spec": {
-                "serviceAccountName": name,
-                "automountServiceAccountToken": False,
-                # No <SERVICE>_PORT variables: one named VLLM_PORT would break vLLM (object_name).
-                "enableServiceLinks": False,
-                "terminationGracePeriodSeconds": 60,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": UID,
-                    "runAsGroup": UID,
-                    "fsGroup": UID,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                **pod_placement(llm, pool_name),
-                "containers": [vllm_container(model, llm, hf_token_secret, store_env)],
-                "volumes": [
-                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_gi(llm)}Gi"}},
-                    {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
-                ],
+        "metadata": {"labels": pod_labels, "annotations": {rollout_specs.VERSION_ANNOTATION: served}},
+        "spec": {
+            "serviceAccountName": object_name(model),
+            "automountServiceAccountToken": False,
+            # No <SERVICE>_PORT variables: one named VLLM_PORT would break vLLM (object_name).
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 60,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": UID,
+                "runAsGroup": UID,
+                "fsGroup": UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
             },
+            **pod_placement(llm, pool_name),
+            **({"initContainers": [weights.init_container]} if weights else {}),
+            "containers": [vllm_container(model, llm, store_env, weights)],
+            "volumes": [
+                cache_volume(model, llm, storage_class),
+                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_gi(llm)}Gi"}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
+                *(weights.volumes if weights else []),
+            ],
         },
+    }
+
+
+def rollout_spec(
+    model: str,
+    llm: LlmConfig,
+    canary: CanaryConfig,
+    pool_name: str | None,
+    pool_replicas: int | None,
+    store_env: list | None = None,
+    storage_class: str | None = None,
+    version: str | None = None,
+    weights: llm_import.WeightsMount | None = None,
+) -> dict[str, Any]:
+    """The Rollout's spec: the pod template, and the one-pod canary (llm_canary.strategy)."""
+    return {
+        "replicas": llm.replicas,
+        "revisionHistoryLimit": 3,
+        "selector": {"matchLabels": labels(model)},
+        "template": pod_template(model, llm, pool_name, store_env or [], storage_class, version, weights),
+        "strategy": llm_canary.strategy(model, object_name(model), canary, llm.max_replicas, pool_replicas),
     }
 
 
@@ -236,16 +311,17 @@ def http_route_spec(model: str, gateway: dict[str, str], prefix: str | None = No
 
 
 def network_policy_spec(model: str, peers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Ingress on the one port from ``peers`` only (the entry point's proxies, Prometheus' namespace);
-    no peers given: from anywhere in the cluster."""
+    """Ingress on the one port from ``peers`` only (the entry point's proxies, Prometheus' namespace)
+    and from the model's golden Job; no peers given: from anywhere in the cluster."""
     rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": PORT}]}
+    ingress = [rule]
     if peers:
-        rule = {"from": peers, **rule}
+        ingress = [{"from": peers, **rule}, {"from": [{"podSelector": {"matchLabels": llm_canary.golden_labels(model)}}], **rule}]
     return {
         "podSelector": {"matchLabels": labels(model)},
         "policyTypes": ["Ingress", "Egress"],
-        "ingress": [rule],
-        # Hugging Face / S3 over HTTPS, never the instance metadata service; the in-cluster MinIO.
+        "ingress": ingress,
+        # the store (S3 over HTTPS, never the instance metadata service; the in-cluster MinIO): the weights init container
         "egress": workload.egress(workload.STORE_PORT),
     }
 
@@ -256,7 +332,8 @@ def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_ur
         a = llm.awake
         schedule = keda_specs.SleepSchedule(timezone=a.timezone, start=a.start, end=a.end, replicas=a.replicas)
     return keda_specs.scaled_object_spec(
-        {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": object_name(model)},
+        # KEDA scales anything with a /scale subresource; the Rollout CRD has one (spec.replicas).
+        {"apiVersion": rollout_specs.API_VERSION, "kind": "Rollout", "name": object_name(model)},
         llm.min_replicas,
         llm.max_replicas,
         keda_specs.vllm_queue_query(namespace, served_name(model, llm)),
@@ -268,6 +345,33 @@ def scaled_object_spec(model: str, llm: LlmConfig, namespace: str, prometheus_ur
     )
 
 
+def service_monitor_spec(model: str, namespace: str) -> dict[str, Any]:
+    """vLLM's ``/metrics`` on the API port of the route's Service only; each series gets the pod's
+    template hash (canary vs stable in the analysis) and served version (the dashboard)."""
+    spec = workload.service_monitor_spec({**labels(model), **API_SERVICE_LABEL}, namespace, PORT_NAME, "10s")
+    return {**spec, "targetLabels": [workload.MODEL_LABEL], "podTargetLabels": [rollout_specs.POD_HASH_LABEL, VERSION_LABEL]}
+
+
+def _cluster_url(service: str, namespace: str) -> str:
+    return f"http://{service}.{namespace}.svc.cluster.local:{PORT}"
+
+
+def analysis_template(model: str, namespace: str, llm: LlmConfig, canary: CanaryConfig, image: str, prompts: int | None) -> dict[str, Any]:
+    """The model's AnalysisTemplate (llm_canary.analysis_template) with its golden Job on ``image``."""
+    obj = object_name(model)
+    golden = None
+    if prompts:
+        golden = llm_canary.Golden(
+            image=image,
+            config_map=f"{obj}-golden",
+            stable_url=_cluster_url(llm_canary.stable_service(obj), namespace),
+            canary_url=_cluster_url(llm_canary.canary_service(obj), namespace),
+            served_name=served_name(model, llm),
+            prompts=prompts,
+        )
+    return llm_canary.analysis_template(model, namespace, obj, canary, golden=golden)
+
+
 @dataclass
 class LlmServiceArgs:
     model: str  # the catalogue name (DNS-1123 label)
@@ -275,7 +379,6 @@ class LlmServiceArgs:
     config: LlmConfig
     store: ArtifactStore
     pool_name: str | None  # GPU pool (EKS); None on an existing cluster with GPUs
-    hf_token: pulumi.Input[str] | None = None  # a Pulumi secret
     storage_class: str | None = None
     gateway: dict[str, str] | None = None  # parentRef of the stack's Gateway (name, namespace[, sectionName])
     gateway_url: pulumi.Input[str] | None = None  # the Gateway's base URL (http[s]://host), for ``url``
@@ -285,11 +388,20 @@ class LlmServiceArgs:
     ingress_peers: list[dict[str, Any]] | None = None  # who may reach the pods (NetworkPolicy peers)
     keda: Keda | None = None
     monitoring_release: pulumi.Resource | None = None
+    monitoring_namespace: str = "monitoring"
     service_monitor_labels: dict[str, str] = field(default_factory=dict)
     # What gives a replica its GPU: the GPU node groups, the cluster autoscaler (the pools start at 0
-    # nodes) and the device plugin. The StatefulSet waits for them on create and is deleted before
-    # them on destroy (reverse dependency order).
+    # nodes) and the device plugin. The Rollout waits for them on create and is deleted before them
+    # on destroy (reverse dependency order).
     gpu_ready: list[pulumi.Resource] = field(default_factory=list)
+    # The canary (components/lib/llm_canary.py): the controller, the stack's canary settings, how
+    # many replicas the model's pool holds at its max (None: unknown), the pinned version (None: the
+    # store's champion at each pod's start), and the image whose Python runs the golden Job.
+    rollouts: ArgoRollouts | None = None
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    pool_replicas: int | None = None
+    version: str | None = None
+    golden_image: pulumi.Input[str] | None = None
 
 
 def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
@@ -298,89 +410,149 @@ def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] |
     )
 
 
+# Not awaited (pulumi.com/skipAwait): a Service's Endpoints fill only once a replica has loaded its
+# weights (minutes after the Rollout, which waits for the Services), and never while KEDA holds the
+# model at 0 replicas (dev, nights): awaited, it would fail every first `up` after 10 minutes
+# (pulumi-kubernetes 4.34.2 provider/pkg/await/service.go; issue 29 item 1, tools/convergence.py rule a).
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
 class LlmService(pulumi.ComponentResource):
-    """One method per concern: ``_identity`` (service account, Hugging Face token), ``_workload``
-    (Service, StatefulSet), ``_guards`` (PDB, NetworkPolicy), ``_autoscaling`` (KEDA), ``_scrape``
-    (ServiceMonitor), ``_route`` (the OpenAI routes on the entry point)."""
+    """One method per concern: ``_identity`` (service account), ``_services`` (the
+    route's, canary and stable Services), ``_workload`` (the Rollout), ``_canary`` (AnalysisTemplate,
+    golden set, its Job's network and scrape), ``_guards`` (PDB, NetworkPolicy), ``_autoscaling``
+    (KEDA), ``_scrape`` (ServiceMonitor), ``_route`` (the OpenAI routes on the entry point)."""
 
     endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway (/llm/<model>/v1)
     url: pulumi.Output[str]  # the OpenAI base URL clients use (ops/smoke takes it as is)
 
     def __init__(self, name: str, args: LlmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:llm_service:LlmService", name, None, opts)
-        model = args.model
-        token_secret, needs = self._identity(name, args)
-        service, sts = self._workload(name, args, token_secret, needs)
+        if args.rollouts is None:
+            # Config validation refuses a vllm model without monitoring, and the platform runs Argo
+            # Rollouts wherever monitoring and models are: this is a wiring error, not a config one.
+            raise ValueError(f"LlmService {args.model}: needs the stack's Argo Rollouts (LlmServiceArgs.rollouts)")
+        needs = self._identity(name, args)
+        service, services = self._services(name, args)
+        needs += services + self._canary(name, args)
+        rollout = self._workload(name, args, needs)
         self._guards(name, args)
-        self._autoscaling(name, args, sts)
+        self._autoscaling(name, args, rollout)
         self._scrape(name, args, service)
-        prefix = f"/llm/{model}"
+        prefix = f"/llm/{args.model}"
         self._route(name, args, service, prefix)
         self.endpoint = pulumi.Output.from_input(f"{prefix}/v1")
         base = args.gateway_url if args.gateway_url is not None else "http://pending"
         self.url = pulumi.Output.concat(base, prefix, "/v1")
         self.register_outputs({"endpoint": self.endpoint, "url": self.url})
 
-    def _identity(self, name: str, args: LlmServiceArgs) -> tuple[str | None, list[pulumi.Resource]]:
-        """The Hugging Face token's Secret (its name, or None) and the pods' service account: what the
-        StatefulSet waits for."""
-        child, obj = pulumi.ResourceOptions(parent=self), object_name(args.model)
-        needs: list[pulumi.Resource] = []
-        token_secret = None
-        if args.hf_token is not None:
-            token_secret = f"{obj}-hf-token"
-            needs.append(
-                k8s.core.v1.Secret(
-                    f"{name}-hf-token",
-                    metadata=_meta(args, token_secret),
-                    type="Opaque",
-                    # Output.secret: encrypted in the state, "[secret]" in previews and synth output.
-                    string_data={"token": pulumi.Output.secret(args.hf_token)},
-                    opts=child,
-                )
-            )
-        if args.config.from_store:
-            # Weights streamed from the store: read-only, and only this model's prefix.
-            prefixes = [f"models/{args.model}/"]
-            needs.append(
-                store_service_account(self, name, args.store, args.namespace, obj, labels(args.model), write=False, prefixes=prefixes)
-            )
-        else:
-            # Weights from Hugging Face: no cloud credentials at all.
-            needs.append(k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=_meta(args), automount_service_account_token=False, opts=child))
-        return token_secret, needs
+    def _identity(self, name: str, args: LlmServiceArgs) -> list[pulumi.Resource]:
+        """The pods' service account (what the Rollout waits for): read-only on this model's prefix of
+        the store, where its registry versions (or raw s3:// weights) are. No Hugging Face token."""
+        obj = object_name(args.model)
+        prefixes = [f"models/{args.model}/"]
+        return [store_service_account(self, name, args.store, args.namespace, obj, labels(args.model), write=False, prefixes=prefixes)]
 
-    def _workload(
-        self, name: str, args: LlmServiceArgs, token_secret: str | None, needs: list[pulumi.Resource]
-    ) -> tuple[k8s.core.v1.Service, k8s.apps.v1.StatefulSet]:
-        """The StatefulSet and its governing Service (the StatefulSet's ``serviceName``, and the API)."""
-        llm, lab = args.config, labels(args.model)
-        store_env = [e if isinstance(e, dict) else _env_dict(e) for e in client_env(args.store)] if llm.from_store else []
-        # Not awaited (pulumi.com/skipAwait): its Endpoints fill only once a replica has loaded its
-        # weights (minutes after the StatefulSet, which waits for it), and never while KEDA holds the
-        # model at 0 replicas (dev, nights): awaited, it would fail every first `up` after 10 minutes
-        # (pulumi-kubernetes 4.34.2 provider/pkg/await/service.go; issue 29 item 1).
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=object_name(args.model), namespace=args.namespace, labels=lab, annotations={"pulumi.com/skipAwait": "true"}
-            ),
-            spec=workload.cluster_ip_service_spec(lab, PORT_NAME, PORT),
-            opts=pulumi.ResourceOptions(parent=self),
+    def _services(self, name: str, args: LlmServiceArgs) -> tuple[k8s.core.v1.Service, list[pulumi.Resource]]:
+        """The route's Service (every pod of the model) and the canary and stable Services (the Argo
+        controller adds each side's pod template hash to their selector; Argo refuses a canary whose
+        Services are missing, so the Rollout waits for them). None is awaited (SKIP_AWAIT)."""
+        lab, obj, child = labels(args.model), object_name(args.model), pulumi.ResourceOptions(parent=self)
+        spec = workload.cluster_ip_service_spec(lab, PORT_NAME, PORT)
+
+        def meta(svc: str, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+            return k8s.meta.v1.ObjectMetaArgs(name=svc, namespace=args.namespace, labels={**lab, **(extra or {})}, annotations=SKIP_AWAIT)
+
+        service = k8s.core.v1.Service(f"{name}-service", metadata=meta(obj, API_SERVICE_LABEL), spec=spec, opts=child)
+        canary = k8s.core.v1.Service(f"{name}-canary-service", metadata=meta(llm_canary.canary_service(obj)), spec=spec, opts=child)
+        stable = k8s.core.v1.Service(f"{name}-stable-service", metadata=meta(llm_canary.stable_service(obj)), spec=spec, opts=child)
+        return service, [service, canary, stable]
+
+    def _canary(self, name: str, args: LlmServiceArgs) -> list[pulumi.Resource]:
+        """The AnalysisTemplate (what the Rollout's analysis runs), the golden set's ConfigMap, and the
+        golden Job's NetworkPolicy and PodMonitor. Returns what the Rollout waits for."""
+        model, obj, rollouts = args.model, object_name(args.model), args.rollouts
+        prompts = golden_prompts(model)
+        child = pulumi.ResourceOptions(parent=self)
+        from llm import golden  # the runner's source goes into the ConfigMap as is
+
+        config_map = k8s.core.v1.ConfigMap(
+            f"{name}-golden",
+            metadata=_meta(args, f"{obj}-golden"),
+            data=llm_canary.golden_config_map_data(Path(golden.__file__).read_text(), prompts),
+            opts=child,
         )
-        sts = k8s.apps.v1.StatefulSet(
-            f"{name}-statefulset",
+        image = args.golden_image if args.golden_image is not None else "pending"
+        spec = pulumi.Output.from_input(image).apply(
+            lambda img: analysis_template(model, args.namespace, args.config, args.canary, img, len(prompts))["spec"]
+        )
+        template = k8s.apiextensions.CustomResource(
+            f"{name}-analysis",
+            api_version=rollout_specs.API_VERSION,
+            kind="AnalysisTemplate",
+            metadata=llm_canary.analysis_template(model, args.namespace, obj, args.canary)["metadata"],
+            spec=spec,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[rollouts.release, config_map]),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-golden-netpol",
+            metadata=_meta(args, f"{obj}-golden"),
+            spec=llm_canary.golden_network_policy(model, labels(model), PORT, args.monitoring_namespace),
+            opts=child,
+        )
+        if args.monitoring_release is not None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-golden-podmonitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="PodMonitor",
+                metadata=_meta(args, f"{obj}-golden", args.service_monitor_labels),
+                spec=llm_canary.golden_pod_monitor(model, args.namespace),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release]),
+            )
+        return [template, config_map]
+
+    def _workload(self, name: str, args: LlmServiceArgs, needs: list[pulumi.Resource]) -> pulumi.Resource:
+        """The Rollout (pod template inline: one object holds the served version, and a preview shows
+        its change there). Custom resources are not awaited by pulumi-kubernetes (its await logic covers
+        built-in kinds): the pods' readiness is the controller's to report, deliver's to wait for."""
+        llm, model = args.config, args.model
+        store_env = [e if isinstance(e, dict) else _env_dict(e) for e in client_env(args.store)]
+        code_map = None if llm.from_store else self._weights_code(name, args)
+
+        def spec(store_uri: str) -> dict[str, Any]:
+            weights = None
+            if code_map is not None:
+                weights = llm_import.served_weights(model, llm, weights_version(args.version), store_uri, store_env, code_map)
+            return rollout_spec(
+                model, llm, args.canary, args.pool_name, args.pool_replicas, store_env, args.storage_class, args.version, weights
+            )
+
+        if code_map is not None:
+            needs = [*needs, self._code_map]
+        return k8s.apiextensions.CustomResource(
+            f"{name}-rollout",
+            api_version=rollout_specs.API_VERSION,
+            kind="Rollout",
             metadata=_meta(args),
-            spec=statefulset_spec(args.model, llm, args.pool_name, token_secret, store_env, args.storage_class),
+            spec=pulumi.Output.from_input(args.store.uri).apply(spec),
             # KEDA owns replicas once running: re-applying the configured count would undo its scaling.
             opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[*needs, service, *args.gpu_ready],
-                ignore_changes=["spec.replicas"],
-                custom_timeouts=pulumi.CustomTimeouts(create=await_timeout(llm), update=await_timeout(llm)),
+                parent=self, depends_on=[*needs, args.rollouts.release, *args.gpu_ready], ignore_changes=["spec.replicas"]
             ),
         )
-        return service, sts
+
+    def _weights_code(self, name: str, args: LlmServiceArgs) -> str:
+        """The platform code the ``weights`` init container runs (llm/fetch.py and what it imports), in
+        this namespace: an immutable ConfigMap named by its content's digest (llm_import.code_files)."""
+        configmap = llm_import.code_configmap_name()
+        self._code_map = k8s.core.v1.ConfigMap(
+            f"{name}-weights-code",
+            metadata=_meta(args, configmap),
+            immutable=True,
+            data=llm_import.code_files(),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return configmap
 
     def _guards(self, name: str, args: LlmServiceArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
@@ -390,10 +562,10 @@ class LlmService(pulumi.ComponentResource):
             f"{name}-netpol", metadata=_meta(args), spec=network_policy_spec(args.model, args.ingress_peers), opts=child
         )
 
-    def _autoscaling(self, name: str, args: LlmServiceArgs, sts: k8s.apps.v1.StatefulSet) -> None:
+    def _autoscaling(self, name: str, args: LlmServiceArgs, rollout: pulumi.Resource) -> None:
         """KEDA on the engine's queue; with an awake window, to zero outside it."""
         spec = scaled_object_spec(args.model, args.config, args.namespace)
-        after = pulumi.ResourceOptions(parent=self, depends_on=[sts])
+        after = pulumi.ResourceOptions(parent=self, depends_on=[rollout])
         scaled_object(f"{name}-scaledobject", object_name(args.model), args.namespace, labels(args.model), spec, args.keda, after)
 
     def _route(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service, prefix: str) -> None:
@@ -414,18 +586,10 @@ class LlmService(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="ServiceMonitor",
             metadata=_meta(args, extra=args.service_monitor_labels),
-            spec=workload.service_monitor_spec(labels(args.model), args.namespace, PORT_NAME, "10s"),
+            spec=service_monitor_spec(args.model, args.namespace),
             # The release installs the ServiceMonitor CRD.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.monitoring_release, service]),
         )
-
-
-def await_timeout(llm: LlmConfig) -> str:
-    """How long the engine awaits the StatefulSet's ready replicas (pulumi-kubernetes awaits 10
-    minutes by default): a GPU node scaled up from zero (NODE_SCALE_UP_MINUTES), then the startup
-    probe's allowance (download + load + CUDA graphs), then a margin for the image pull (vLLM's image
-    is ~10 GB). At 0 replicas (an LLM asleep) the StatefulSet is ready at once."""
-    return f"{NODE_SCALE_UP_MINUTES + -(-llm.startup_seconds // 60) + IMAGE_PULL_MINUTES}m"
 
 
 def _env_dict(e: k8s.core.v1.EnvVarArgs) -> dict[str, Any]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_aws as aws
 
 from components.config import GpuPool, ModelConfig
 from components.config.llm import choose_pool
 from components.lib import workload
+from components.models import llm_import
 from components.models.llm_service import LlmService, LlmServiceArgs
 from components.models.model_service import ModelService, ModelServiceArgs
 from components.models.training_job import TrainingJob, TrainingJobArgs
@@ -29,6 +31,10 @@ from components.services.kueue import Kueue
 # so migrating a stack updates its resources in place instead of deleting and recreating them.
 LEGACY_MODEL = "mnist"
 LEGACY_PARTS = {"training": "mlplatform:training_job:TrainingJob", "serving": "mlplatform:model_service:ModelService"}
+# Where an EKS stack records the version each model's pods serve (SSM Parameter Store, in the stack's
+# account): ``<prefix><model>``, the value a version name or UNPINNED. See ``served_version``.
+SERVED_VERSION_PREFIX = "/mlplatform/{stack}/served-version/"
+UNPINNED = "champion"
 
 
 @dataclass
@@ -111,14 +117,48 @@ def build_training(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> 
     )
 
 
+def served_version(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> str | None:
+    """The version the pods serve: ``serving.version`` where the config says one, else (EKS) the one
+    the last ``up`` of this stack served, read from the account at ``up`` time; None: the champion
+    (LATEST), unpinned.
+
+    The pipeline pins the version per run (``make pin`` / ``make deliver`` set ``serving.version`` in
+    the CI workspace, never in git: the champion moves after a canary, not in a commit). Without the
+    record, an ``up`` from a clean checkout (a person, another CI) rendered the pod template unpinned
+    and started a canary of what already served (issue 29). So every ``up`` writes the version it
+    rendered to an SSM parameter (a resource of this stack: destroy removes it) and an ``up`` whose
+    config names none renders that one: the same pod template as the last pipeline run. Not in git
+    (a bot commit per delivery, and a checkout of an older commit would roll back); not Pulumi ESC
+    (Pulumi Cloud only; these stacks use a self-managed backend). A stack on an existing cluster
+    (local) keeps its state and workspace on one machine: its config is the record."""
+    pinned = args.config.serving.version
+    if args.store.endpoint_url is not None:  # the in-cluster MinIO: not an AWS stack
+        return pinned
+    key = SERVED_VERSION_PREFIX.format(stack=pulumi.get_stack()) + args.model
+    if pinned is None:
+        # An invoke at program time (synchronous): the pod templates below are plain values.
+        found = aws.ssm.get_parameters_by_path(path=key.rsplit("/", 1)[0] + "/", opts=pulumi.InvokeOptions(parent=opts.parent))
+        recorded = dict(zip(found.names, found.values, strict=True)).get(key)
+        pinned = None if recorded in (None, UNPINNED) else recorded
+    aws.ssm.Parameter(
+        f"{name}-served-version",
+        aws.ssm.ParameterArgs(
+            name=key, type="String", insecure_value=pinned or UNPINNED, description=f"the version the {args.model} pods serve (last up)"
+        ),
+        opts=opts,
+    )
+    return pinned
+
+
 def build_server(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> ModelService:
+    version = served_version(name, args, opts)
     return ModelService(
         f"{name}-serving",
         ModelServiceArgs(
             model=args.model,
             namespace=args.serving_namespace,
             image=args.serving_image,
-            config=args.config.serving,
+            config=args.config.serving.model_copy(update={"version": version}),
             store=args.store,
             entry=args.entry,
             monitoring_namespace=args.monitoring_namespace,
@@ -132,11 +172,16 @@ def build_server(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> Mo
 
 
 def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmService:
-    """The LLM on the pool that fits it, its OpenAI routes on the stack's entry point (restricted to
-    the model's allowedCidrs like every route), reachable only from the entry point's proxies and
-    Prometheus."""
+    """The LLM's weights import (where this stack imports: not where the model is received from
+    another stack, e.g. prod, which gets its versions by promotion only and never reaches Hugging
+    Face; components/models/llm_import.py), then the LLM on the pool that fits it, serving the pinned
+    registry version, its OpenAI routes on the stack's entry point (restricted to the model's
+    allowedCidrs like every route), reachable only from the entry point's proxies and Prometheus."""
     cfg, entry = args.config, args.entry
     assert cfg.llm is not None  # config validation requires it for runtime vllm
+    # Not awaited and not a dependency of the Rollout: its pods wait (the weights init container)
+    # until the import and the first delivery made a champion.
+    llm_import.for_model(name, args, opts)
     pool = choose_pool(cfg.llm, args.gpu_pools) if args.gpu_pools else None
     return LlmService(
         f"{name}-llm",
@@ -146,7 +191,6 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             config=cfg.llm,
             store=args.store,
             pool_name=pool.name if pool else None,
-            hf_token=args.hf_token,
             storage_class=args.storage_class,
             gateway={
                 "group": gateway.GATEWAY_API,
@@ -161,7 +205,15 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             ingress_peers=[workload.pods_peer(entry.namespace, gateway.PROXY_LABELS), workload.namespace_peer(args.monitoring_namespace)],
             keda=args.keda,
             monitoring_release=args.monitoring_release,
+            monitoring_namespace=args.monitoring_namespace,
             gpu_ready=list(args.gpu_ready),
+            # The analysed canary (components/lib/llm_canary.py): how many replicas the pool holds
+            # at its max decides whether the canary pod is added or takes a stable replica's GPU.
+            rollouts=args.rollouts,
+            canary=cfg.serving.canary,
+            pool_replicas=pool.max * (pool.gpus_per_node // cfg.llm.gpus) if pool else None,
+            version=served_version(name, args, opts),
+            golden_image=args.serving_image,
         ),
         opts=opts,
     )

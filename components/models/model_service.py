@@ -64,6 +64,7 @@ def server_env(model: str, cfg: ServingConfig, model_uri: str) -> list[dict[str,
     env = [
         {"name": "SERVING_MODEL_URI", "value": model_uri},
         {"name": "SERVING_MODEL_NAME", "value": model},
+        {"name": "SERVING_HOST", "value": "0.0.0.0"},  # the server's own default is loopback (a laptop run)
         {"name": "SERVING_PORT", "value": str(PORT)},
         {"name": "SERVING_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "SERVING_MAX_BATCH_SIZE", "value": str(cfg.max_batch_size)},

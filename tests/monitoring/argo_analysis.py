@@ -19,7 +19,8 @@ What is reproduced, from argoproj/argo-rollouts:
 - A metric that is Failed, Error or Inconclusive terminates the run (analysisutil.IsTerminating): the
   others are assessed as terminated. The run is its worst metric; a Failed or Error run aborts the rollout, an Inconclusive one pauses it.
 
-- Job provider (metricproviders/job): see ``StartJob`` below.
+- Job provider (metricproviders/job): see ``StartJob`` below; ``{{args.X}}`` in the Job's spec is
+  substituted like in a query (Argo resolves args over the whole metric before it runs).
 
 The conditions are expr-lang (github.com/expr-lang/expr). Only a small subset is understood here, and
 anything else raises ``Unsupported`` (the test fails loudly rather than guessing):
@@ -336,7 +337,10 @@ class Analysis:
     def start(self) -> None:
         for m in self.metrics:
             if "job" in m["provider"] and m["name"] not in self.jobs:
-                self.jobs[m["name"]] = self.start_job(m["name"], m["provider"]["job"])
+                # Argo resolves the run's args in the whole metric, the Job's spec included (the vLLM
+                # golden Job takes the canary's and the stable pods' template hashes that way).
+                job = json.loads(substitute(json.dumps(m["provider"]["job"]), self.args))
+                self.jobs[m["name"]] = self.start_job(m["name"], job)
 
     def _job_measurement(self, m: dict[str, Any]) -> tuple[str, Any] | None:
         proc = self.jobs.get(m["name"])

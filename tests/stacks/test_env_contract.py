@@ -24,7 +24,8 @@ def serving_envs(result):
 
 
 def training_envs(result):
-    jobs = result.of_type("kubernetes:batch/v1:Job")
+    # training runs only (train-<model>-<hash>); an LLM's import Job (import-<model>-...) runs llm/importer.py
+    jobs = [j for j in result.of_type("kubernetes:batch/v1:Job") if j.raw["metadata"]["name"].startswith("train-")]
     return [_env(c) for j in jobs for c in j.raw["spec"]["template"]["spec"]["containers"]]
 
 

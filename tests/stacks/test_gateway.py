@@ -56,9 +56,11 @@ def test_envoy_gateway_installed_and_pinned(result):
 def test_one_gateway_and_a_route_per_model(result, stack):
     (gw,) = of_kind(result, "Gateway")
     assert gw.raw["metadata"]["namespace"] == "envoy-gateway-system"
-    (listener,) = gw.raw["spec"]["listeners"]
+    # The models' listener is the first; with TLS a second, on 80, only redirects (tests/stacks/test_entry_tls.py).
+    listener = gw.raw["spec"]["listeners"][0]
+    assert [ln["name"] for ln in gw.raw["spec"]["listeners"]] == (["https", "http"] if listener["protocol"] == "HTTPS" else ["http"])
     assert listener["allowedRoutes"]["namespaces"]["selector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ml-serving"}
-    found = routes(result)
+    found = {n: r for n, r in routes(result).items() if n != gateway.REDIRECT_ROUTE}
     # Every model of the catalogue, whatever its runtime, has a route at this Gateway.
     for model in cfg(stack)["mlplatform:models"]:
         attached = [
@@ -164,18 +166,34 @@ def test_prod_runs_two_envoys(result, stack):
     assert kube["envoyDeployment"]["replicas"] == (2 if cfg(stack)["mlplatform:environment"] == "prod" else 1)
     assert kube["envoyService"] == {"type": "ClusterIP"}  # the load balancer is ours (ENTRY_SERVICE)
     assert kube["envoyPDB"] == {"maxUnavailable": 1}
+    # two Envoys go to two zones where they can (issue 24, Low)
+    spread = kube["envoyDeployment"].get("pod", {}).get("topologySpreadConstraints", [])
+    if kube["envoyDeployment"]["replicas"] > 1:
+        (c,) = spread
+        assert c["topologyKey"] == "topology.kubernetes.io/zone" and c["labelSelector"]["matchLabels"] == gateway.proxy_selector(
+            proxy.raw["metadata"]["namespace"]
+        )
+    else:
+        assert spread == []
+    if reference.crd_schema("EnvoyProxy") is not None:
+        assert manifests.validate(proxy.inputs, "1.33") == []
 
 
 def test_tls_where_a_certificate_is_configured():
     tls = {"certificateSecret": "entry-tls", "hostname": "models.example.com"}
     res = mock_engine.run("dev", overrides={"mlplatform:gateway": {"tls": tls}})
     (gw,) = of_kind(res, "Gateway")
-    (listener,) = gw.raw["spec"]["listeners"]
+    listener, redirect = gw.raw["spec"]["listeners"]
     assert listener["protocol"] == "HTTPS" and listener["port"] == 443 and listener["hostname"] == "models.example.com"
     assert listener["tls"] == {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "entry-tls"}]}
+    assert (redirect["protocol"], redirect["port"], redirect["allowedRoutes"]) == ("HTTP", 80, {"namespaces": {"from": "Same"}})
     (lb,) = [s for s in res.of_type("kubernetes:core/v1:Service") if s.raw["metadata"]["name"] == gateway.ENTRY_SERVICE]
-    assert lb.raw["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": 10443, "protocol": "TCP"}]
-    assert all(r.raw["spec"]["parentRefs"][0]["sectionName"] == "https" for r in of_kind(res, "HTTPRoute"))
+    assert lb.raw["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": 10443, "protocol": "TCP"},
+        {"name": "http", "port": 80, "targetPort": 10080, "protocol": "TCP"},
+    ]
+    model_routes = [r for r in of_kind(res, "HTTPRoute") if r.raw["metadata"]["name"] != gateway.REDIRECT_ROUTE]
+    assert model_routes and all(r.raw["spec"]["parentRefs"][0]["sectionName"] == "https" for r in model_routes)
     assert res.raw_outputs["models"]["mnist"]["url"] == "https://models.example.com/v1/models/mnist"
     if reference.crd_schema("Gateway") is not None:
         assert manifests.validate(gw.inputs, "1.33") == []
@@ -205,7 +223,7 @@ def test_two_models_share_nothing_but_the_gateway():
     services = sorted(r.raw["metadata"]["name"] for r in of_kind(res, "Service") if r.raw["metadata"]["name"].startswith("model-server-"))
     # dev runs Argo Rollouts: each model has a stable (model-server-<m>) and a canary Service.
     assert services == sorted(n for m in tf for n in (f"model-server-{m}", f"model-server-{m}-canary", f"model-server-{m}-metrics"))
-    jobs = of_kind(res, "Job")
+    jobs = [j for j in of_kind(res, "Job") if j.raw["metadata"]["name"].startswith("train-")]  # not an LLM's import-<model>-...
     prefixes = [
         next(e["value"] for e in j.raw["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "TRAIN_MODEL_NAME") for j in jobs
     ]

@@ -1,6 +1,9 @@
-"""The vLLM runtime on every stack that configures an LLM model (dev and prod): GPU placement that a
-pool can satisfy, probes, /dev/shm, the Hugging Face token only as a secret, KEDA scaling that may
-sleep outside prod, the OpenAI routes on the stack's Gateway, and schema-valid objects."""
+"""The vLLM runtime on every stack that configures an LLM model (dev, staging, prod): an Argo Rollout
+with the one-pod canary its pool allows and the analysis that judges it (vLLM's metrics, the golden
+prompts), GPU placement that a pool can satisfy, probes, /dev/shm, a per-pod weights volume filled
+with the registry version by the ``weights`` init container (never Hugging Face), the import Job only
+where the stack imports (dev; the Hugging Face token only there, as a secret), KEDA scaling the
+Rollout (asleep outside prod), the OpenAI routes on the stack's Gateway, and schema-valid objects."""
 
 from __future__ import annotations
 
@@ -27,8 +30,15 @@ def llm_models(stack: str) -> dict[str, dict]:
 LLM_STACKS = [s for s in STACKS if llm_models(s)]
 
 
-def test_dev_and_prod_serve_an_llm():
-    assert {"dev", "prod"} <= set(LLM_STACKS)
+def test_dev_staging_and_prod_serve_an_llm_received_along_the_chain():
+    """One chain (docs/llm.md): dev imports, staging receives from dev, prod from staging, all at the
+    same pinned source and revision (the promotion and the init container check that pin)."""
+    assert {"dev", "staging", "prod"} <= set(LLM_STACKS)
+    chat = {s: stack_doc(s)["mlplatform:models"]["chat"] for s in ("dev", "staging", "prod")}
+    assert "source" not in chat["dev"]
+    assert chat["staging"]["source"]["stack"] == "dev" and chat["prod"]["source"]["stack"] == "staging"
+    pins = {(c["llm"]["source"], c["llm"]["revision"]) for c in chat.values()}
+    assert len(pins) == 1, pins
 
 
 @pytest.fixture(params=LLM_STACKS)
@@ -54,10 +64,11 @@ def objects(result, kind: str) -> dict[str, dict]:
 
 
 def each_llm(llm_stack, result):
-    sets = objects(result, "StatefulSet")
+    sets = objects(result, "Rollout")
+    assert not objects(result, "StatefulSet"), f"{llm_stack}: a StatefulSet left (vLLM is a Rollout)"
     for name, model in llm_models(llm_stack).items():
         obj = llm_service.object_name(name)
-        assert obj in sets, f"{llm_stack}: no StatefulSet {obj} for model {name}"
+        assert obj in sets, f"{llm_stack}: no Rollout {obj} for model {name}"
         yield name, model["llm"], sets[obj]
 
 
@@ -73,7 +84,8 @@ def test_gpu_placement_on_a_pool_that_fits(llm_stack, res):
         # no GPU request that no node of the pool could satisfy (tensor parallelism stays in one node)
         assert GPU_COUNT[pool["instanceTypes"][0]] >= gpus, (sts.urn, pool["name"])
         assert c["image"] == llm_service.VLLM_IMAGE
-        assert c["args"][0] == llm["source"]
+        # the registry version the weights init container verified, never the Hugging Face id
+        assert c["args"][0].startswith("/cache/models/") and llm["source"] not in c["args"], sts.urn
 
 
 def test_probes_shm_and_weights_volume(llm_stack, res):
@@ -85,24 +97,43 @@ def test_probes_shm_and_weights_volume(llm_stack, res):
         assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= llm.get("startupSeconds", 1800)
         (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
         assert shm["emptyDir"]["medium"] == "Memory"
-        assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == f"{llm.get('cacheGiB', 50)}Gi"
-        assert spec["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+        # each pod's own weights volume: a generic ephemeral PVC of the cluster's class
+        (cache,) = [v for v in pod["volumes"] if v["name"] == "cache"]
+        claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
+        assert claim["resources"]["requests"]["storage"] == f"{llm.get('cacheGiB', 50)}Gi", sts.urn
+        assert claim["storageClassName"], sts.urn
+        assert {"name": "cache", "mountPath": llm_service.CACHE_DIR} in c["volumeMounts"]
         assert "spec.replicas" in sts.ignore_changes  # KEDA owns replicas
 
 
-def test_hf_token_only_as_a_secret(llm_stack):
-    """With the token set (pulumi config set --secret mlplatform:hfToken ...), it reaches the pod only
-    through a Secret, and never appears in clear in any resource."""
+def test_hugging_face_only_in_the_import_job_where_the_stack_imports(llm_stack):
+    """With the token set (pulumi config set --secret mlplatform:hfToken ...): on a stack that imports
+    (dev) it reaches the import Job only, through a Secret; a stack that receives the model (staging,
+    prod) renders no import Job and no token at all. No vLLM pod ever has the token, a Hugging Face id
+    as its model, or --revision: it serves the registry version its init container verified."""
+    from components.models import llm_import
     from tools import mock_engine
 
     result = mock_engine.run(llm_stack, overrides={"mlplatform:hfToken": {"secure": "v1:x"}})
-    secrets = objects(result, "Secret")
-    for name, _, sts in each_llm(llm_stack, result):
-        secret = secrets[f"{llm_service.object_name(name)}-hf-token"]
-        assert secret.inputs["stringData"] == {"token": "[secret]"}, secret.urn
-        env = {e["name"]: e for e in sts.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret.raw["metadata"]["name"]
-        assert "value" not in env["HF_TOKEN"]
+    secrets, jobs = objects(result, "Secret"), objects(result, "Job")
+    for name, _, ro in each_llm(llm_stack, result):
+        model = llm_models(llm_stack)[name]
+        pod = ro.raw["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert "HF_TOKEN" not in {e["name"] for e in c["env"]} and "--revision" not in c["args"], ro.urn
+        assert c["args"][0].startswith(llm_import.MODELS_DIR + "/") and [i["name"] for i in pod["initContainers"]] == ["weights"]
+        imports = [j for n, j in jobs.items() if n.startswith(f"{llm_import.object_name(name)}-")]
+        token = secrets.get(f"{llm_import.object_name(name)}-hf-token")
+        if "source" in model:  # received: never Hugging Face
+            assert imports == [] and token is None, (llm_stack, name)
+            assert not [s for s in secrets if "hf-token" in s], llm_stack
+            continue
+        (job,) = imports
+        assert token is not None and token.inputs["stringData"] == {"token": "[secret]"}, llm_stack
+        env = {e["name"]: e for e in job.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == token.raw["metadata"]["name"] and "value" not in env["HF_TOKEN"]
+        assert job.raw["metadata"]["namespace"] != ro.raw["metadata"]["namespace"]  # the training namespace, queued
+        assert job.raw["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] and job.raw["spec"]["suspend"] is True
     text = str([r.inputs for r in result.records])
     assert not any(s in text for s in result.sensitive)
 
@@ -113,7 +144,7 @@ def test_scaled_on_waiting_requests_and_sleeps_outside_prod(llm_stack, res):
     for name, llm, sts in each_llm(llm_stack, res):
         so = scalers[llm_service.object_name(name)]
         spec = so.raw["spec"]
-        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts.raw["metadata"]["name"]}
+        assert spec["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": sts.raw["metadata"]["name"]}
         assert "vllm:num_requests_waiting" in spec["triggers"][0]["metadata"]["query"]
         assert spec["maxReplicaCount"] == llm.get("maxReplicas", 2)
         if env != "prod":
@@ -141,7 +172,8 @@ def test_openai_routes_on_the_stack_gateway(llm_stack, res):
 
 def test_llm_objects_schema_valid(llm_stack, res):
     version = stack_doc(llm_stack)["mlplatform:kubernetesVersion"]
-    for kind in ("StatefulSet", "ScaledObject", "HTTPRoute", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceMonitor"):
+    kinds = ("Rollout", "AnalysisTemplate", "ScaledObject", "HTTPRoute", "NetworkPolicy", "PodDisruptionBudget", "Service")
+    for kind in (*kinds, "ServiceMonitor", "PodMonitor", "ConfigMap"):
         for r in objects(res, kind).values():
             if r.raw["metadata"]["name"].startswith("llm-"):
                 assert manifests.validate(r.inputs, version) == [], r.urn
@@ -156,12 +188,144 @@ def test_policies_pass(llm_stack, res):
             assert rule(res_) == [], (rule_name, sts.urn)
 
 
-def test_hugging_face_models_get_no_cloud_credentials(llm_stack, res):
+def test_vllm_pods_read_only_their_models_versions(llm_stack, res):
+    """The pods' role reads ``models/<model>/`` of the stack's store (the weights init container) and
+    writes nothing."""
+    import json
+
     accounts = objects(res, "ServiceAccount")
-    for name, llm, sts in each_llm(llm_stack, res):
-        if llm["source"].startswith("s3://"):
-            continue
-        sa = accounts[sts.raw["spec"]["template"]["spec"]["serviceAccountName"]]
-        assert "eks.amazonaws.com/role-arn" not in (sa.raw["metadata"].get("annotations") or {}), sa.urn
-        assert sa.raw["automountServiceAccountToken"] is False
-        assert not [r for r in res.of_type("aws:iam/role:Role") if f"-{name}-llm" in r.name], f"an IAM role for {name}"
+    for name, _, ro in each_llm(llm_stack, res):
+        sa = accounts[ro.raw["spec"]["template"]["spec"]["serviceAccountName"]]
+        assert "eks.amazonaws.com/role-arn" in (sa.raw["metadata"].get("annotations") or {}), sa.urn
+        policies = [r for r in res.of_type("aws:iam/rolePolicy:RolePolicy") if f"-{name}-llm" in r.name]
+        assert policies, f"{llm_stack}: no policy for {name}'s vLLM role"
+        for pol in policies:
+            doc = pol.inputs["policy"]
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            actions = {
+                a
+                for st in doc["Statement"]
+                if st["Effect"] == "Allow"
+                for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+            }
+            assert not {a for a in actions if a.startswith("s3:Put") or a.startswith("s3:Delete")}, (pol.urn, actions)
+            assert f"models/{name}/" in json.dumps(doc), pol.urn
+
+
+# ---------------------------------------------------------------- the analysed canary (issue 25 item 3)
+
+
+def pool_replicas(llm_stack: str, llm: dict) -> int:
+    """How many replicas of ``llm`` the pool it runs on holds at its max (the stack file's numbers)."""
+    pools = stack_doc(llm_stack).get("mlplatform:gpuPools", [])
+    pool = next(p for p in pools if llm.get("pool") in (None, p["name"]))
+    return pool["max"] * (GPU_COUNT[pool["instanceTypes"][0]] // llm.get("gpus", 1))
+
+
+def test_one_canary_pod_added_or_taking_a_stable_gpu_where_the_pool_is_full(llm_stack, res):
+    """Prod's chat may run 2 replicas on a 2-GPU pool: at 2 the canary takes one stable replica's GPU
+    (maxUnavailable 1); dev's runs 1 on a 2-GPU pool: the canary is added (maxUnavailable 0). Either
+    way the weight gives exactly one canary pod (components/lib/llm_canary.py)."""
+    from components.lib import llm_canary
+
+    for name, llm, ro in each_llm(llm_stack, res):
+        canary = ro.raw["spec"]["strategy"]["canary"]
+        top, held = llm.get("maxReplicas", 2), pool_replicas(llm_stack, llm)
+        assert canary["maxSurge"] == 1 and canary["maxUnavailable"] == (1 if top + 1 > held else 0), (ro.urn, top, held)
+        assert "trafficRouting" not in canary, ro.urn  # a routed canary never frees a stable GPU first
+        (weight,) = [s["setWeight"] for s in canary["steps"] if "setWeight" in s]
+        for r in range(1, top + 1):
+            c, s, _ = llm_canary.effective_weight(r, weight, max_surge=canary["maxSurge"])
+            assert (c, s) == (1, r - 1 if (top + 1 > held and r == top) else r), (ro.urn, r, c, s)
+        obj = llm_service.object_name(name)
+        assert (canary["canaryService"], canary["stableService"]) == (f"{obj}-canary", f"{obj}-stable")
+        assert canary["analysis"]["templates"] == [{"templateName": llm_canary.template_name(name)}]
+
+
+def test_the_analysis_judges_vllm_metrics_and_the_golden_prompts(llm_stack, res):
+    from components.lib import llm_canary
+    from llm import golden
+
+    templates, maps = objects(res, "AnalysisTemplate"), objects(res, "ConfigMap")
+    for name, _, ro in each_llm(llm_stack, res):
+        t = templates[llm_canary.template_name(name)]
+        assert t.raw["metadata"]["namespace"] == ro.raw["metadata"]["namespace"]
+        metrics = {m["name"]: m for m in t.raw["spec"]["metrics"]}
+        assert set(metrics) == {*llm_canary.JUDGING_METRICS, llm_canary.METRIC_GOLDEN_JOB}, t.urn
+        queries = " ".join(m["provider"]["prometheus"]["query"] for m in metrics.values() if "prometheus" in m["provider"])
+        for family in ("vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket", "http_requests_total"):
+            assert family in queries, (t.urn, family)
+        # the golden Job runs the committed runner on the committed set, from its ConfigMap
+        job = metrics[llm_canary.METRIC_GOLDEN_JOB]["provider"]["job"]
+        (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+        data = maps[volume["configMap"]["name"]].raw["data"]
+        assert data["golden.py"] == (ROOT / "llm" / "golden.py").read_text()
+        committed = golden.load(ROOT / "models" / name / "golden.yaml")
+        assert [p.id for p in golden.parse(yaml.safe_load(data["set.json"]), "rendered")] == [p.id for p in committed]
+        assert f">= {len(committed)}" in metrics[llm_canary.METRIC_GOLDEN]["provider"]["prometheus"]["query"]
+        assert t.urn in ro.depends_on, f"{ro.urn} does not wait for its AnalysisTemplate"
+
+
+def test_vllm_series_carry_the_side_and_the_version_and_are_scraped_once(llm_stack, res):
+    monitors, services = objects(res, "ServiceMonitor"), objects(res, "Service")
+    for name, _, ro in each_llm(llm_stack, res):
+        obj = llm_service.object_name(name)
+        spec = monitors[obj].raw["spec"]
+        assert spec["podTargetLabels"] == ["rollouts-pod-template-hash", llm_service.VERSION_LABEL]
+        selected = [
+            s for s in services.values() if spec["selector"]["matchLabels"].items() <= (s.raw["metadata"].get("labels") or {}).items()
+        ]
+        assert [s.raw["metadata"]["name"] for s in selected] == [obj], "each vLLM pod scraped through one Service only"
+        template = ro.raw["spec"]["template"]["metadata"]
+        assert template["labels"][llm_service.VERSION_LABEL] == template["annotations"]["mlplatform.io/model-version"]
+
+
+def test_golden_pods_reach_the_vllm_pods_and_prometheus_reaches_them(llm_stack, res):
+    from components.lib import llm_canary
+
+    policies = objects(res, "NetworkPolicy")
+    for name, _, _ in each_llm(llm_stack, res):
+        obj = llm_service.object_name(name)
+        golden_peer = {"podSelector": {"matchLabels": llm_canary.golden_labels(name)}}
+        assert any(golden_peer in rule.get("from", []) for rule in policies[obj].raw["spec"]["ingress"])
+        own = policies[f"{obj}-golden"].raw["spec"]
+        assert own["egress"] == [
+            {"to": [{"podSelector": {"matchLabels": llm_service.labels(name)}}], "ports": [{"protocol": "TCP", "port": llm_service.PORT}]}
+        ]
+        assert objects(res, "PodMonitor")[f"{obj}-golden"].raw["spec"]["selector"]["matchLabels"] == llm_canary.golden_labels(name)
+
+
+def test_a_pinned_version_is_loaded_verified_from_the_store(llm_stack):
+    """``serving.version`` set (what ``deliver`` pins): the ``weights`` init container fetches and
+    verifies that version (components/models/llm_import.py), vLLM serves the verified folder offline
+    with no token, and the version is on the pod template (a new one is a canary)."""
+    import copy
+
+    from components.models import llm_import
+    from tools import mock_engine
+
+    models = copy.deepcopy(stack_doc(llm_stack)["mlplatform:models"])
+    for name in llm_models(llm_stack):
+        models[name].setdefault("serving", {})["version"] = "v7"
+    result = mock_engine.run(llm_stack, overrides={"mlplatform:models": models, "mlplatform:hfToken": {"secure": "v1:x"}})
+    for name, _, ro in each_llm(llm_stack, result):
+        pod = ro.raw["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert init["name"] == "weights" and "llm.fetch" in init["command"] and "v7" in init["command"], ro.urn
+        (c,) = pod["containers"]
+        assert c["args"][0] == llm_import.model_path(name, "v7") and "--revision" not in c["args"], c["args"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert "HF_TOKEN" not in env and env.get("HF_HUB_OFFLINE") == "1", env
+        (code,) = [v for v in pod["volumes"] if v["name"] == llm_import.CODE_VOLUME]
+        # the code ConfigMap in the pods' own namespace (the import Job's copy lives in the training one)
+        assert any(
+            m.raw["metadata"]["name"] == code["configMap"]["name"] and m.raw["metadata"]["namespace"] == ro.raw["metadata"]["namespace"]
+            for m in result.k8s_objects()
+            if m.raw.get("kind") == "ConfigMap"
+        ), ro.urn
+        assert ro.raw["spec"]["template"]["metadata"]["annotations"]["mlplatform.io/model-version"] == "v7"
+        sa = objects(result, "ServiceAccount")[pod["serviceAccountName"]]
+        assert "eks.amazonaws.com/role-arn" in (sa.raw["metadata"].get("annotations") or {}) or llm_stack == "local", sa.urn
+    from tools import convergence
+
+    assert convergence.check(result.records) == []  # the pinned stack converges too (issue 29's rules)

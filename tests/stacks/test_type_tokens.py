@@ -48,7 +48,8 @@ RENDERED = {
         "mlplatform:promotion:ModelPromoter",
     },
     "prod": TYPE_TOKENS - {"mlplatform:ci:CiDeployRole", "mlplatform:jenkins:Jenkins", "mlplatform:training_job:TrainingJob"},
-    "staging": TYPE_TOKENS - {"mlplatform:ci:CiDeployRole", "mlplatform:llm_service:LlmService", "mlplatform:training_job:TrainingJob"},
+    # staging serves the LLM dev imported (received: docs/llm.md "dev -> staging -> prod")
+    "staging": TYPE_TOKENS - {"mlplatform:ci:CiDeployRole", "mlplatform:training_job:TrainingJob"},
 }
 
 TOKEN = re.compile(r"[\"'](mlplatform:[a-z_]+:[A-Za-z]+)[\"']")

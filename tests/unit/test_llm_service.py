@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from components.cluster.gpu_pools import GPU_TOLERATION, POOL_LABEL
-from components.config import GpuPool
+from components.config import CanaryConfig, GpuPool
 from components.config.llm import AwakeSchedule, LlmConfig, choose_pool, llm_rules
-from components.models import llm_service
+from components.models import llm_import, llm_service
 from tests.conftest import unavailable
 from tools import manifests, reference
 
@@ -42,10 +42,15 @@ def serve_flags() -> set[str]:
     return set(path.read_text().split())
 
 
+def args_of(llm: LlmConfig) -> list[str]:
+    """What the pod runs: a registry version's folder, or raw s3:// weights streamed."""
+    return llm_service.vllm_args("m", llm, None if llm.from_store else llm_import.model_path("m", "v1"))
+
+
 @pytest.mark.parametrize("llm", [FULL, STORE, LlmConfig(source="org/m")], ids=["all-options", "from-store", "defaults"])
 def test_every_flag_exists_in_the_pinned_vllm(llm):
     need_reference()
-    used = set(llm_service.flags(llm_service.vllm_args("m", llm)))
+    used = set(llm_service.flags(args_of(llm)))
     assert used and used - serve_flags() == set()
 
 
@@ -58,18 +63,31 @@ def test_image_pinned_to_the_checked_version():
     assert llm_service.VLLM_IMAGE.endswith(f":v{llm_service.VLLM_VERSION}")
 
 
-def sts(llm=FULL, pool="gpu-big", ref="llm-m-hf-credentials"):
+def weights(llm=FULL, version=None):
+    if llm.from_store:
+        return None
+    return llm_import.served_weights("m", llm, llm_service.weights_version(version), "s3://store", [], "llm-code-abc")
+
+
+def sts(llm=FULL, pool="gpu-big", version=None):
+    """The vLLM pods as a Deployment of the Rollout's pod template: Kubernetes' own strict schema
+    checks the template (the Rollout itself is checked against its CRD below)."""
+    spec = llm_service.rollout_spec("m", llm, CanaryConfig(), pool, 2, [], "gp3-zonal", version, weights(llm, version))
     return {
         "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
+        "kind": "Deployment",
         "metadata": {"name": "llm-m", "namespace": "ml-serving"},
-        "spec": llm_service.statefulset_spec("m", llm, pool, ref, [], "gp3-zonal"),
+        "spec": {k: v for k, v in spec.items() if k != "strategy"},
     }
 
 
-def test_statefulset_valid_for_kubernetes():
+def test_pod_template_valid_for_kubernetes_and_the_rollout_for_its_crd():
     for llm in (FULL, STORE):
         assert manifests.validate(sts(llm), "1.33") == []
+    need_reference()
+    spec = llm_service.rollout_spec("m", FULL, CanaryConfig(), "gpu-big", 2, [], "gp3-zonal", None, weights())
+    ro = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "llm-m", "namespace": "ml-serving"}, "spec": spec}
+    assert manifests.validate(ro, "1.33") == []
 
 
 def test_gpu_placement_and_limits():
@@ -96,11 +114,11 @@ def test_probes_on_health_with_a_startup_allowance():
     assert allowance >= FULL.startup_seconds
 
 
-def test_weights_cached_on_a_volume_kept_across_scale_to_zero():
+def test_weights_cached_on_each_pods_own_ephemeral_volume():
     spec = sts()["spec"]
-    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Delete"}
-    (claim,) = spec["volumeClaimTemplates"]
-    assert claim["spec"]["storageClassName"] == "gp3-zonal"
+    (cache,) = [v for v in spec["template"]["spec"]["volumes"] if v["name"] == "cache"]
+    claim = cache["ephemeral"]["volumeClaimTemplate"]
+    assert claim["spec"]["storageClassName"] == "gp3-zonal" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_HOME"].startswith(llm_service.CACHE_DIR + "/")
     assert env["VLLM_CACHE_ROOT"].startswith(llm_service.CACHE_DIR + "/")
@@ -113,13 +131,23 @@ def test_runs_as_a_non_root_uid_that_needs_no_passwd_entry():
     assert env["USER"] and env["HOME"] == "/tmp"  # getpass.getuser() and ~ without /etc/passwd
 
 
-def test_token_only_from_a_secret():
-    c = sts()["spec"]["template"]["spec"]["containers"][0]
-    (tok,) = [e for e in c["env"] if e["name"] == "HF_TOKEN"]
-    assert tok == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "llm-m-hf-credentials", "key": "token"}}}
-    assert not any("token" in a.lower() for a in c["args"])
-    no_token = sts(ref=None)["spec"]["template"]["spec"]["containers"][0]
-    assert "HF_TOKEN" not in {e["name"] for e in no_token["env"]}
+@pytest.mark.parametrize("version", [None, "20261207T000000Z-aaaaaaaaaaaa"], ids=["unpinned", "pinned"])
+def test_a_serving_pod_never_reaches_hugging_face(version):
+    """A Hugging Face model is served from its registry version: the ``weights`` init container
+    fetches and verifies it (pinned, or the store's champion at start), vLLM reads that folder offline,
+    with no token, no --revision, no streamer; the served version is on the pod template."""
+    pod = sts(version=version)["spec"]["template"]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["command"][init["command"].index("--version") + 1] == (version or "@champion")
+    (c,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert "HF_TOKEN" not in env and env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert len(c["env"]) == len(env), "a variable set twice"
+    assert c["args"][0] == llm_import.model_path("m", version or "@champion")
+    assert "--revision" not in c["args"] and "--load-format" not in c["args"]
+    assert pod["metadata"]["annotations"]["mlplatform.io/model-version"] == (version or "champion")
+    with pytest.raises(ValueError, match="never downloaded"):
+        llm_service.vllm_args("m", FULL)
 
 
 def test_no_service_links_and_no_vllm_named_service():
@@ -143,13 +171,13 @@ def test_http_route_exposes_only_the_openai_routes():
     assert all(r["backendRefs"] == [{"name": "llm-qwen", "port": 8000}] for r in spec["rules"])
 
 
-def test_scaled_object_targets_the_statefulset_on_waiting_requests():
+def test_scaled_object_targets_the_rollout_on_waiting_requests():
     need_reference()
     llm = LlmConfig(source="org/m", minReplicas=1, maxReplicas=3, waitingPerReplica=8, awake=AwakeSchedule())
     spec = llm_service.scaled_object_spec("qwen", llm, "ml-serving")
     so = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "llm-qwen"}, "spec": spec}
     assert manifests.validate(so, "1.33") == []
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "llm-qwen"}
+    assert spec["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "llm-qwen"}
     prom = spec["triggers"][0]["metadata"]
     assert prom["threshold"] == "8" and 'model_name="qwen"' in prom["query"]
     assert spec["minReplicaCount"] == 0  # the awake window lets it sleep
@@ -213,7 +241,18 @@ def test_bad_values_refused(bad):
 def test_network_policy_admits_only_the_given_peers():
     proxies = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}
     spec = llm_service.network_policy_spec("qwen", [proxies])
-    assert spec["ingress"] == [{"from": [proxies], "ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
+    port = [{"protocol": "TCP", "port": llm_service.PORT}]
+    # the given peers, and the model's own golden Job (its canary analysis' traffic)
+    golden = {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "llm-golden",
+                "app.kubernetes.io/part-of": "mlplatform",
+                "mlplatform.io/model": "qwen",
+            }
+        }
+    }
+    assert spec["ingress"] == [{"from": [proxies], "ports": port}, {"from": [golden], "ports": port}]
     assert llm_service.network_policy_spec("qwen")["ingress"] == [{"ports": [{"protocol": "TCP", "port": llm_service.PORT}]}]
     # Hugging Face / S3 over HTTPS, never the instance metadata service
     assert {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]} in [

@@ -1,0 +1,429 @@
+"""The analysed canary of a vLLM model (``runtime: vllm``): its Argo Rollouts strategy, its
+AnalysisTemplate (vLLM's own metrics + the model's golden prompts) and the golden Job. Pure (no Pulumi,
+no pydantic): the tests run the very template the program renders against real vLLM servers and a real
+Prometheus (tests/llm/test_canary.py, with tests/monitoring/argo_analysis.py). The TF model server's
+canary is components/lib/rollout_specs.py; what both share (conditions that are inconclusive without
+data, the pod-template-hash labels, the args) comes from there.
+
+**GPU-short pools: a replica-ratio canary of exactly one pod.** A GPU replica cannot be conjured: the
+TF canary's traffic routing keeps every stable pod and adds canary pods (Argo Rollouts v1.9.0
+utils/replicaset/canary.go ``CalculateReplicaCountsForTrafficRoutedCanary``: the stable ReplicaSet
+stays at spec.replicas; ``dynamicStableScale`` shrinks it only *after* traffic left it, i.e. after the
+canary pod runs), so on a pool at its maximum the canary pod would stay Pending. The basic canary
+(no ``trafficRouting``) is the one Argo path that takes a stable pod away *first*:
+``CalculateReplicaCountsForBasicCanary`` scales the stable ReplicaSet down toward its desired count
+within ``maxUnavailable`` in the same reconcile that adds the canary within ``maxSurge``. So:
+
+* ``maxSurge: 1`` always: where the pool has a free GPU (fewer replicas than it holds) the canary is
+  *added* beside every stable replica;
+* ``maxUnavailable: 1`` where the pool cannot hold ``maxReplicas + 1`` replicas (``gpu_short``), else 0;
+* one ``setWeight`` step with the weight ``one_pod_weight`` picks, then a pause: for every replica
+  count R the desired split (``approximateWeightedCanaryStableReplicaCounts``, ported as
+  rollout_specs.effective_weight) is one canary pod beside R stable pods while R is below the pool's
+  limit (surge: capacity never drops), and one canary pod beside R - 1 stable pods at the limit: the
+  controller deletes one stable pod and its GPU goes to the Pending canary (capacity R - 1 + 1 for the
+  canary's length). tests/unit/test_llm_canary.py checks both for every R.
+
+Traffic then reaches the canary as the Service spreads it over pods (one pod of R or R + 1); the same
+golden prompts reach both sides from the golden Job, so the latency comparison has data on a quiet
+stack. The route's Service selects every pod of the model; the controller points ``-canary`` and
+``-stable`` (selector + ``rollouts-pod-template-hash``) at one side each, for the golden Job.
+
+**What judges the version** (each only with data: ``rollout_specs.judged`` - an empty or NaN result is
+Inconclusive, never Failed):
+
+* ``error-ratio``: the canary's share of 5xx answers on the OpenAI completion routes minus the stable
+  side's (``http_requests_total{handler, status}``, prometheus-fastapi-instrumentator's counter that
+  vLLM attaches in vllm/entrypoints/serve/instrumentator/metrics.py; statuses grouped ``2xx``...);
+* ``ttft-p95``: the canary's p95 time to first token over the stable side's
+  (``vllm:time_to_first_token_seconds``), the stable one floored;
+* ``itl-p95``: the same for the inter-token latency (``vllm:inter_token_latency_seconds``);
+* ``golden``: the canary's share of failed golden answers in the window (llm/golden.py), judged only
+  once every golden prompt was answered by the canary in the window (``golden_query``: why windowed).
+
+Every Prometheus metric waits until both sides answered ``minRequests`` completion requests in the
+window; the golden Job (a ``job`` metric) brings that traffic where users do not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.lib.keda_specs import PROMETHEUS_URL
+from components.lib.rollout_specs import (
+    API_VERSION,
+    ARG_CANARY,
+    ARG_MODEL,
+    ARG_NAMESPACE,
+    ARG_STABLE,
+    POD_HASH_TARGET_LABEL,
+    effective_weight,
+    inconclusive_limit,
+    judged,
+    warmup_seconds,
+)
+
+if TYPE_CHECKING:
+    from components.config import CanaryConfig
+
+ARG_SERVICE = "service"  # the Service the ServiceMonitor scrapes: Prometheus' `service` target label
+
+METRIC_ERRORS = "error-ratio"
+METRIC_TTFT = "ttft-p95"
+METRIC_ITL = "itl-p95"
+METRIC_GOLDEN = "golden"
+METRIC_GOLDEN_JOB = "golden-traffic"
+# What judges the version; the golden Job only brings data (ops/deliver.py rejects only on these).
+JUDGING_METRICS = (METRIC_ERRORS, METRIC_TTFT, METRIC_ITL, METRIC_GOLDEN)
+
+# The OpenAI routes whose answers are judged (prometheus-fastapi-instrumentator's `handler` label is
+# the route's path template).
+COMPLETION_HANDLERS = "/v1/chat/completions|/v1/completions"
+GOLDEN_METRIC = "mlplatform_llm_golden_answers_total"  # llm/golden.py METRIC
+GOLDEN_APP = "llm-golden"
+GOLDEN_PORT = 9102
+GOLDEN_PORT_NAME = "metrics"
+GOLDEN_UID = 10001  # the serving image's user (serving/Dockerfile), whose Python runs the Job
+GOLDEN_DIR = "/golden"
+# Floors of the stable side's p95s: below them a ratio measures noise (a few ms on an idle GPU).
+TTFT_FLOOR_S = 0.05
+ITL_FLOOR_S = 0.005
+
+
+def golden_path(root: Path, model: str) -> Path:
+    """The golden set committed with a vLLM model's catalogue entry (llm/golden.py reads it)."""
+    return root / "models" / model / "golden.yaml"
+
+
+def template_name(model: str) -> str:
+    return f"llm-{model}-canary"
+
+
+def canary_service(obj: str) -> str:
+    return f"{obj}-canary"
+
+
+def stable_service(obj: str) -> str:
+    return f"{obj}-stable"
+
+
+# ---------------------------------------------------------------- the strategy
+
+
+def gpu_short(max_replicas: int, pool_replicas: int | None) -> bool:
+    """True when the pool cannot hold one more replica than the model's maximum: the canary must take
+    a stable replica's GPU at that maximum. ``pool_replicas`` None (an existing cluster with GPUs,
+    whose capacity the config does not know and its owner scales): the canary is added (surge)."""
+    return pool_replicas is not None and max_replicas + 1 > pool_replicas
+
+
+# Argo's weights are whole percents: from 12 replicas on no integer weight is closer to 1/M than to
+# 1/(M+1) while giving one canary pod (tests/unit/test_llm_canary.py finds the bound by brute force).
+MAX_SHORT_REPLICAS = 11
+
+
+def short_pool_problem(max_replicas: int, short: bool) -> str | None:
+    """Why a one-pod canary cannot work on this pool (None: it can); the config rules say it in one line."""
+    if not short:
+        return None
+    if max_replicas < 2:
+        return "the GPU pool cannot hold maxReplicas + 1 replicas and maxReplicas is 1: no stable replica would be left during a canary (raise the pool's max or maxReplicas to 2)"
+    if max_replicas > MAX_SHORT_REPLICAS:
+        return (
+            f"the GPU pool cannot hold maxReplicas + 1 replicas and maxReplicas {max_replicas} > {MAX_SHORT_REPLICAS}: "
+            "Argo Rollouts' whole-percent weights cannot make a one-pod canary there (give the pool room for one more replica)"
+        )
+    return None
+
+
+def one_pod_weight(max_replicas: int, short: bool) -> int:
+    """The setWeight that gives exactly one canary pod for every replica count 1..max_replicas (module
+    docstring): beside all R stable pods (surge), and at R = max_replicas on a short pool beside R - 1.
+    Surge: a weight at most 100/(M+1) makes (1 canary, R+1 pods) the closest split for every R <= M.
+    Short: 100/M makes (1, M) the closest at R = M and (1, R + 1) below it."""
+    if problem := short_pool_problem(max_replicas, short):
+        raise ValueError(problem)
+    return max(1, math.floor(100 / (max_replicas if short else max_replicas + 1)))
+
+
+def canary_split(replicas: int, max_replicas: int, short: bool) -> tuple[int, int]:
+    """(canary pods, stable pods) Argo Rollouts aims for at ``replicas`` with this strategy."""
+    canary, stable, _ = effective_weight(replicas, one_pod_weight(max_replicas, short), max_surge=1)
+    return canary, stable
+
+
+def strategy(model: str, obj: str, canary: CanaryConfig, max_replicas: int, pool_replicas: int | None) -> dict[str, Any]:
+    """``spec.strategy`` of the vLLM Rollout: a basic canary of one pod, analysed in the background from
+    the start (a failed metric aborts at once), for ``stepSeconds``; then the full rollout."""
+    short = gpu_short(max_replicas, pool_replicas)
+    return {
+        "canary": {
+            "canaryService": canary_service(obj),
+            "stableService": stable_service(obj),
+            "maxSurge": 1,
+            # Short pool: the controller may delete one stable pod first, whose GPU the canary takes.
+            "maxUnavailable": 1 if short else 0,
+            "analysis": {
+                "templates": [{"templateName": template_name(model)}],
+                "args": [
+                    {"name": ARG_CANARY, "valueFrom": {"podTemplateHashValue": "Latest"}},
+                    {"name": ARG_STABLE, "valueFrom": {"podTemplateHashValue": "Stable"}},
+                ],
+            },
+            "steps": [{"setWeight": one_pod_weight(max_replicas, short)}, {"pause": {"duration": f"{canary.step_seconds}s"}}],
+        }
+    }
+
+
+# ---------------------------------------------------------------- the queries
+
+
+def _sel(arg: str, extra: str = "") -> str:
+    """One side's series of one vLLM model, as its ServiceMonitor labels them."""
+    return (
+        f'namespace="{{{{args.{ARG_NAMESPACE}}}}}",service="{{{{args.{ARG_SERVICE}}}}}",{POD_HASH_TARGET_LABEL}="{{{{args.{arg}}}}}"{extra}'
+    )
+
+
+def _completions(arg: str, extra: str = "") -> str:
+    return _sel(arg, f',handler=~"{COMPLETION_HANDLERS}"{extra}')
+
+
+def requests_query(arg: str, window: str) -> str:
+    """Completion requests one side answered in the window (any status)."""
+    return f"sum(increase(http_requests_total{{{_completions(arg)}}}[{window}]))"
+
+
+def with_data(query: str, window: str, min_requests: int) -> str:
+    """``query`` only while both sides answered ``min_requests`` completion requests in the window."""
+    enough = " and on () ".join(f"({requests_query(arg, window)} >= {min_requests})" for arg in (ARG_CANARY, ARG_STABLE))
+    return f"({query}) and on () {enough}"
+
+
+FIVE_XX = ',status="5xx"'  # the instrumentator groups statuses (should_group_status_codes, its default)
+
+
+def error_ratio_query(window: str) -> str:
+    """The canary's 5xx share of completion answers minus the stable side's."""
+
+    def ratio(arg: str) -> str:
+        errors = f"sum(rate(http_requests_total{{{_completions(arg, FIVE_XX)}}}[{window}]))"
+        total = f"sum(rate(http_requests_total{{{_completions(arg)}}}[{window}]))"
+        return f"((({errors}) or vector(0)) / {total})"
+
+    return f"{ratio(ARG_CANARY)} - {ratio(ARG_STABLE)}"
+
+
+def p95_ratio_query(histogram: str, window: str, floor_s: float) -> str:
+    """The canary's p95 of ``histogram`` (a vLLM histogram, without ``_bucket``) over the stable side's,
+    the latter at least ``floor_s``."""
+
+    def p95(arg: str) -> str:
+        return f"histogram_quantile(0.95, sum by (le) (rate({histogram}_bucket{{{_sel(arg)}}}[{window}])))"
+
+    return f"{p95(ARG_CANARY)} / clamp_min({p95(ARG_STABLE)}, {floor_s:g})"
+
+
+def golden_query(prompts: int, window: str) -> str:
+    """The canary's failed share of its golden answers in the window, only once each of the ``prompts``
+    golden prompts was answered (pass or fail) in the window: before that, empty (inconclusive). Errors
+    (no answer) are not failures of the version's answers: the error ratio judges them.
+
+    Windowed, not since the Job started: the golden Job reaches "the canary" through the canary
+    Service, which the controller points at the new ReplicaSet only once it is available
+    (argo-rollouts rollout/service.go ``reconcileStableAndCanaryService`` / ``ensureSVCTargets``);
+    until then that Service still selects the previous canary's pods - today's stable ones - so the
+    first answers may be the stable version's. A window after the switch, every answer counted is the
+    canary's (the pause step only starts once the canary pod is available)."""
+    sel = f'namespace="{{{{args.{ARG_NAMESPACE}}}}}",model="{{{{args.{ARG_MODEL}}}}}",{POD_HASH_TARGET_LABEL}="{{{{args.{ARG_CANARY}}}}}"'
+
+    def answers(results: str, by: str = "") -> str:
+        return f'sum{by} (increase({GOLDEN_METRIC}{{{sel},result=~"{results}"}}[{window}]))'
+
+    ratio = f"({answers('fail')} / {answers('pass|fail')})"
+    return f"{ratio} and on () (count({answers('pass|fail', ' by (prompt)')} > 0) >= {prompts})"
+
+
+# ---------------------------------------------------------------- the golden Job
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The golden Job's inputs: the image whose Python runs llm/golden.py (the serving image), the
+    ConfigMap holding the script and the set (``golden_config_map``), the two Services' base URLs,
+    the served model name, and the number of prompts (the golden metric's minimum)."""
+
+    image: str
+    config_map: str
+    stable_url: str
+    canary_url: str
+    served_name: str
+    prompts: int
+
+
+def golden_labels(model: str) -> dict[str, str]:
+    """The golden pods' labels: the vLLM pods' NetworkPolicy admits them, the PodMonitor scrapes them."""
+    return {"app.kubernetes.io/name": GOLDEN_APP, "app.kubernetes.io/part-of": "mlplatform", "mlplatform.io/model": model}
+
+
+def golden_config_map_data(script: str, golden_set: list[dict[str, Any]] | dict[str, Any]) -> dict[str, str]:
+    """The ConfigMap's data: the runner (llm/golden.py's source) and the set as JSON (the Job's Python
+    needs no YAML parser). Sorted keys: the same set renders the same bytes (no perpetual diff)."""
+    doc = golden_set if isinstance(golden_set, dict) else {"prompts": golden_set}
+    return {"golden.py": script, "set.json": json.dumps(doc, sort_keys=True, indent=1)}
+
+
+def golden_job(model: str, canary: CanaryConfig, golden: Golden) -> dict[str, Any]:
+    """The ``job`` metric's Job: llm/golden.py ``canary`` against both Services for the canary's length
+    (rollout_specs.warmup_seconds), counts on its metrics port. Pod Security ``restricted``."""
+    args = [
+        f"{GOLDEN_DIR}/golden.py",
+        "canary",
+        *("--canary", golden.canary_url, "--stable", golden.stable_url),
+        *("--canary-hash", f"{{{{args.{ARG_CANARY}}}}}", "--stable-hash", f"{{{{args.{ARG_STABLE}}}}}"),
+        *("--model", golden.served_name, "--label-model", model),
+        *("--set", f"{GOLDEN_DIR}/set.json"),
+        *("--rate", f"{canary.warmup_rate:g}", "--duration", str(warmup_seconds(canary))),
+        *("--metrics-port", str(GOLDEN_PORT)),
+    ]
+    container = {
+        "name": "golden",
+        "image": golden.image,
+        "command": ["python"],
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "ports": [{"name": GOLDEN_PORT_NAME, "containerPort": GOLDEN_PORT}],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "golden", "mountPath": GOLDEN_DIR, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": GOLDEN_UID,
+            "runAsGroup": GOLDEN_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "golden", "configMap": {"name": golden.config_map}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    return {
+        "metadata": {"labels": golden_labels(model)},
+        "spec": {
+            # Exits 0 whatever the answers (the Prometheus metric judges): a failed Job could not run.
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": warmup_seconds(canary) + 600,
+            "template": {"metadata": {"labels": golden_labels(model)}, "spec": pod},
+        },
+    }
+
+
+def golden_network_policy(model: str, server_labels: dict[str, str], port: int, prometheus_namespace: str) -> dict[str, Any]:
+    """Golden pods: out to the model's vLLM pods on the API port only; in from Prometheus on the metrics port."""
+    return {
+        "podSelector": {"matchLabels": golden_labels(model)},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": prometheus_namespace}}}],
+                "ports": [{"protocol": "TCP", "port": GOLDEN_PORT}],
+            }
+        ],
+        "egress": [{"to": [{"podSelector": {"matchLabels": server_labels}}], "ports": [{"protocol": "TCP", "port": port}]}],
+    }
+
+
+def golden_pod_monitor(model: str, namespace: str) -> dict[str, Any]:
+    """The PodMonitor spec that scrapes the golden pods (their counts are the golden metric's data)."""
+    return {
+        "selector": {"matchLabels": golden_labels(model)},
+        "namespaceSelector": {"matchNames": [namespace]},
+        "podMetricsEndpoints": [{"port": GOLDEN_PORT_NAME, "path": "/metrics", "interval": "10s", "scrapeTimeout": "5s"}],
+    }
+
+
+# ---------------------------------------------------------------- the template
+
+
+def judging_metrics(canary: CanaryConfig, prometheus_url: str, golden_prompts: int | None) -> list[dict[str, Any]]:
+    window = f"{canary.window_seconds}s"
+    common = {
+        "interval": f"{canary.interval_seconds}s",
+        "initialDelay": f"{canary.window_seconds}s",
+        "failureLimit": canary.failure_limit,
+        "inconclusiveLimit": inconclusive_limit(canary),
+        "consecutiveErrorLimit": 4,
+    }
+
+    def metric(name: str, query: str, bound: float, gated: bool = True) -> dict[str, Any]:
+        ok, failed = judged(bound)
+        q = with_data(query, window, canary.min_requests) if gated else query
+        return {
+            "name": name,
+            **common,
+            "successCondition": ok,
+            "failureCondition": failed,
+            "provider": {"prometheus": {"address": prometheus_url, "query": q, "timeout": 20}},
+        }
+
+    metrics = [
+        metric(METRIC_ERRORS, error_ratio_query(window), canary.max_error_ratio_increase),
+        metric(METRIC_TTFT, p95_ratio_query("vllm:time_to_first_token_seconds", window, TTFT_FLOOR_S), canary.max_ttft_p95_ratio),
+        metric(METRIC_ITL, p95_ratio_query("vllm:inter_token_latency_seconds", window, ITL_FLOOR_S), canary.max_itl_p95_ratio),
+    ]
+    if golden_prompts:
+        # Gated on its own data (every prompt answered), not on the request counts.
+        metrics.append(metric(METRIC_GOLDEN, golden_query(golden_prompts, window), canary.max_golden_failure_ratio, gated=False))
+    return metrics
+
+
+def analysis_template(
+    model: str,
+    namespace: str,
+    service: str,
+    canary: CanaryConfig,
+    prometheus_url: str = PROMETHEUS_URL,
+    golden: Golden | None = None,
+) -> dict[str, Any]:
+    """The vLLM model's AnalysisTemplate: the Prometheus metrics above and, with ``golden``, the golden
+    Job (a ``job`` metric: one measurement lasting as long as the Job, started with the run, ended
+    with the rollout) and the golden metric that reads its counts."""
+    # Without its Job (warmupRate 0) the golden metric would never have data: not rendered.
+    runs_golden = golden is not None and canary.warmup_rate > 0
+    metrics = judging_metrics(canary, prometheus_url, golden.prompts if runs_golden else None)
+    if runs_golden:
+        metrics.insert(0, {"name": METRIC_GOLDEN_JOB, "provider": {"job": golden_job(model, canary, golden)}})
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AnalysisTemplate",
+        "metadata": {
+            "name": template_name(model),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "mlplatform", "mlplatform.io/model": model},
+        },
+        "spec": {
+            "args": [
+                {"name": ARG_CANARY},
+                {"name": ARG_STABLE},
+                {"name": ARG_MODEL, "value": model},
+                {"name": ARG_NAMESPACE, "value": namespace},
+                {"name": ARG_SERVICE, "value": service},
+            ],
+            "metrics": metrics,
+        },
+    }

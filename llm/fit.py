@@ -1,0 +1,214 @@
+"""Does a model fit the GPUs of one replica? Weights + KV cache against GPU memory x gpuMemoryUtilization.
+Standard library only: the config rules (components/config/llm.py, at preview), the importer (at import,
+from the snapshot's own config.json) and the tests share it.
+
+The shape comes from a Hugging Face ``config.json`` (dense decoder families: Llama, Mistral, Qwen2):
+
+* KV cache per token = layers x KV heads x head dim x 2 (K and V) x KV dtype bytes (the model's dtype;
+  vLLM's ``--kv-cache-dtype auto``);
+* weights = the bytes of the ``*.safetensors`` files when known (the import records them), else the
+  parameter count computed from the shape x dtype bytes; a quantized checkpoint (``quantization_config``
+  with ``bits``/``group_size``, AWQ/GPTQ) counts its linear layers at ``bits`` plus one fp16 scale and
+  one packed zero point per group, and its embeddings at 16 bits;
+* what one replica needs: weights + KV for ``max_model_len`` tokens x ``seqs`` sequences, where
+  ``seqs`` is ``maxNumSeqs`` when the stack sets it (the concurrency it promises at full context) and 1
+  otherwise: vLLM refuses to start when the KV cache cannot hold one sequence of ``--max-model-len``
+  (vllm/v1/core/kv_cache_utils.py, check_enough_kv_cache_memory) and admits further sequences only as
+  blocks free up;
+* what a replica has: per GPU, its memory x ``gpuMemoryUtilization`` less ``OVERHEAD_GIB`` (the
+  activation peak of vLLM's profiling run, CUDA graphs and the CUDA context, which vLLM takes from the
+  same budget; an estimate, about 1 GiB for 7-8B models at the default batch), times the
+  tensor-parallel GPUs (weights and KV heads are split across them).
+
+Memory figures are GiB (2**30 bytes). Mixture-of-experts configs are not estimated from the shape (their
+weights are the recorded bytes of an import or nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+GIB = 2**30
+OVERHEAD_GIB = 1.0
+DTYPE_BYTES = {"float32": 4, "float16": 2, "half": 2, "bfloat16": 2, "float": 4}
+TP_SIZES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: str  # the KV cache's (and unquantized weights') dtype
+    params: int
+    weights_bytes: int
+    quant_bits: int | None = None
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.layers * self.kv_heads * self.head_dim * 2 * DTYPE_BYTES[self.dtype]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelShape:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _dtype(config: dict) -> str:
+    dt = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return dt if dt in DTYPE_BYTES else "bfloat16"
+
+
+def param_counts(config: dict) -> tuple[int, int]:
+    """(linear-layer parameters, other parameters: embeddings, norms, biases) of a dense decoder."""
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    hd = config.get("head_dim") or h // heads
+    inter, vocab = config["intermediate_size"], config["vocab_size"]
+    q, k = heads * hd, kv * hd
+    linear = layers * (h * q + 2 * h * k + q * h + 3 * h * inter)
+    # Qwen2 has q/k/v biases (config has no attention_bias key); Llama/Mistral none unless the key says so.
+    bias = config.get("attention_bias", config.get("model_type") == "qwen2")
+    other = vocab * h * (1 if config.get("tie_word_embeddings") else 2) + layers * (2 * h + ((q + 2 * k) if bias else 0)) + h
+    return linear, other
+
+
+def weights_estimate(config: dict) -> tuple[int, int, int | None]:
+    """(parameters, weight bytes, quantization bits or None) from the shape alone."""
+    if config.get("num_local_experts") or config.get("num_experts"):
+        raise ValueError("a mixture-of-experts config: its weights are not estimated from the shape; import it to record them")
+    linear, other = param_counts(config)
+    q = config.get("quantization_config") or {}
+    bits = q.get("bits") or q.get("w_bit")
+    if bits:
+        group = q.get("group_size") or q.get("q_group_size") or 128
+        per_param = bits / 8 + 2 / group + bits / 8 / group
+        return linear + other, math.ceil(linear * per_param + other * 2), int(bits)
+    return linear + other, (linear + other) * DTYPE_BYTES[_dtype(config)], None
+
+
+def shape_of(config: dict, weights_bytes: int | None = None) -> ModelShape:
+    """The shape of a Hugging Face ``config.json``; ``weights_bytes`` (the safetensors on disk) wins over the estimate."""
+    heads = config["num_attention_heads"]
+    if weights_bytes is None:
+        params, estimate, bits = weights_estimate(config)
+    else:
+        params, estimate, bits = _params_or_zero(config), weights_bytes, _bits(config)
+    return ModelShape(
+        layers=config["num_hidden_layers"],
+        kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        dtype=_dtype(config),
+        params=params,
+        weights_bytes=estimate,
+        quant_bits=bits,
+    )
+
+
+def _params_or_zero(config: dict) -> int:
+    try:
+        return sum(param_counts(config))
+    except KeyError:
+        return 0
+
+
+def _bits(config: dict) -> int | None:
+    q = config.get("quantization_config") or {}
+    b = q.get("bits") or q.get("w_bit")
+    return int(b) if b else None
+
+
+@dataclass(frozen=True)
+class Fit:
+    fits: bool
+    need_gib: float
+    have_gib: float
+    weights_gib: float
+    kv_gib: float
+    max_tokens: int  # the largest max_model_len that fits with the same sequences (0: not even the weights)
+
+    def numbers(self) -> str:
+        return f"weights {self.weights_gib:.1f} GiB + KV cache {self.kv_gib:.1f} GiB = {self.need_gib:.1f} GiB > {self.have_gib:.1f} GiB usable"
+
+
+def usable_gib(gpu_mib: int, utilization: float, gpus: int) -> float:
+    return max(0.0, gpu_mib / 1024 * utilization - OVERHEAD_GIB) * gpus
+
+
+def check(shape: ModelShape, max_model_len: int, seqs: int, gpu_mib: int, utilization: float, gpus: int) -> Fit:
+    weights = shape.weights_bytes / GIB
+    kv = shape.kv_bytes_per_token * max_model_len * seqs / GIB
+    have = usable_gib(gpu_mib, utilization, gpus)
+    room = (have - weights) * GIB
+    max_tokens = max(0, int(room // (shape.kv_bytes_per_token * seqs))) if room > 0 else 0
+    return Fit(weights + kv <= have, weights + kv, have, weights, kv, max_tokens)
+
+
+def four_bit(shape: ModelShape, config_linear_share: float = 0.85) -> int:
+    """Weight bytes of a 4-bit (AWQ/GPTQ, group 128) version of an unquantized model: linear layers are
+    ~85 % of a 7-70B dense decoder's parameters (computed by ``param_counts`` for the families in
+    tests/llm/test_fit.py)."""
+    linear = shape.params * config_linear_share
+    return int(linear * (0.5 + 2 / 128 + 0.5 / 128) + (shape.params - linear) * 2)
+
+
+def suggestions(
+    shape: ModelShape,
+    max_model_len: int,
+    seqs: int,
+    gpu_mib: int,
+    utilization: float,
+    gpus: int,
+    gpus_per_node: int,
+    catalogue: dict[str, tuple[int, int]],
+) -> list[str]:
+    """What would fit, most local change first: fewer tokens, 4-bit weights, more GPUs of this node,
+    another instance type (``catalogue``: type -> (GPU MiB, GPUs per node); the fewest GPUs, then the
+    smallest GPU, then the smallest node)."""
+    out: list[str] = []
+    f = check(shape, max_model_len, seqs, gpu_mib, utilization, gpus)
+    if f.max_tokens >= 256:
+        out.append(
+            f"maxModelLen <= {f.max_tokens}" + (f" (or maxNumSeqs {max(1, f.max_tokens * seqs // max_model_len)})" if seqs > 1 else "")
+        )
+    if shape.quant_bits is None:
+        q = ModelShape(**{**shape.to_dict(), "weights_bytes": four_bit(shape), "quant_bits": 4})
+        if check(q, max_model_len, seqs, gpu_mib, utilization, gpus).fits:
+            out.append("a 4-bit AWQ/GPTQ checkpoint of the model (quantization: awq_marlin)")
+    more = next(
+        (n for n in TP_SIZES if gpus < n <= gpus_per_node and check(shape, max_model_len, seqs, gpu_mib, utilization, n).fits), None
+    )
+    if more:
+        out.append(f"gpus: {more} (tensor parallelism on this node)")
+    fitting = [
+        (n, mib, per_node, itype)
+        for itype, (mib, per_node) in catalogue.items()
+        for n in TP_SIZES
+        if n <= per_node and check(shape, max_model_len, seqs, mib, utilization, n).fits
+    ]
+    if fitting:
+        n, mib, _, itype = min(fitting)
+        out.append(f"a pool of {itype} ({mib / 1024:.0f} GiB GPUs) with gpus: {n}")
+    return out
+
+
+# ---- model cards: the shape of a catalogue source, committed (llm/cards/<org>--<name>.json) ----
+
+CARDS = Path(__file__).resolve().parent / "cards"
+
+
+def card(source: str) -> dict | None:
+    """The committed card of a Hugging Face id (its published config.json fields), or None."""
+    path = CARDS / f"{source.replace('/', '--')}.json"
+    return json.loads(path.read_text()) if "/" in source and path.is_file() else None
+
+
+def card_shape(source: str) -> ModelShape | None:
+    c = card(source)
+    return shape_of(c["config"]) if c else None
