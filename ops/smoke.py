@@ -7,7 +7,8 @@ URL is the service URL (http://host or the stack's `serviceUrl` output). Checks 
 AVAILABLE, then, for a 28x28 image model (MNIST), predicts real MNIST test images (data/mnist.npz) and
 requires the accuracy to reach --min-accuracy; any other model gets instances built from its serving
 signature and must answer each with finite values on both protocols. Where the service requires an API key, pass it with --api-key or SMOKE_API_KEY.
-Exit 0 ok, 1 failed (with the reason), 2 usage.
+`--stack NAME` smokes every model of a deployed stack (its `models` output, through the Pulumi CLI).
+Exit 0 ok, 1 failed (with the reason), 2 usage, 5 no Pulumi CLI or no such deployed stack (one line).
 """
 
 from __future__ import annotations
@@ -71,9 +72,8 @@ def smoke(
     correct, first = 0, None
     for i in range(0, len(x), 32):
         try:
-            preds = _post(f"{base}/v1/models/{model}:predict", {"instances": x[i : i + 32].round(4).tolist()}, api_key=api_key)[
-                "predictions"
-            ]
+            batch = x[i : i + 32].reshape(-1, *meta["inputs"][0]["shape"][1:])  # the signature's rank: 28x28x1 for Keras'
+            preds = _post(f"{base}/v1/models/{model}:predict", {"instances": batch.round(4).tolist()}, api_key=api_key)["predictions"]
         except urllib.error.HTTPError as exc:
             return False, f"predict answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
         first = preds if first is None else first
@@ -177,8 +177,33 @@ def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wai
     return 1 if failed else 0
 
 
+def stack_models(stack: str) -> str | None:
+    """``pulumi stack output models --json`` of ``stack``; None after one line on stderr saying why."""
+    import shutil
+    import subprocess
+
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        print(
+            f"smoke: the Pulumi CLI is not on PATH (it reads stack {stack}'s `models` output): install it from https://www.pulumi.com/docs/install/",
+            file=sys.stderr,
+        )
+        return None
+    proc = subprocess.run([pulumi, "stack", "output", "models", "--json", "--stack", stack], capture_output=True, text=True)
+    if proc.returncode != 0 or proc.stdout.strip() in ("", "null"):
+        why = (proc.stderr.strip().splitlines() or ["no `models` output"])[-1]
+        print(f"smoke: stack {stack}: no `models` output ({why}); is it deployed?", file=sys.stderr)
+        return None
+    return proc.stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--stack"] and len(argv) >= 2:  # make smoke / mlp smoke --stack NAME: every model of the stack
+        models = stack_models(argv[1])
+        if models is None:
+            return 5
+        argv = ["--models", models, *argv[2:]]
     if "--models" in argv:  # the stack's `models` output (JSON): every model, TF and LLM
         p = argparse.ArgumentParser(prog="python -m ops.smoke --models JSON")
         p.add_argument("--models", required=True, help="`pulumi stack output models --json`")
@@ -187,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--min-accuracy", type=float, default=0.95)
         p.add_argument("--wait", type=float, default=600)
         args = p.parse_args(argv)
-        return smoke_models(json.loads(args.models), args.data, args.images, args.min_accuracy, args.wait)
+        try:
+            models = json.loads(args.models)
+        except json.JSONDecodeError as exc:
+            print(f"smoke: --models is not the stack's `models` output as JSON ({exc})", file=sys.stderr)
+            return 2
+        return smoke_models(models, args.data, args.images, args.min_accuracy, args.wait)
     if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
         from ops import smoke_openai
 

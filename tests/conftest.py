@@ -12,6 +12,22 @@ ROOT = Path(__file__).resolve().parent.parent
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 
 
+def pytest_configure(config):
+    """Make targets the tests run write the stacks' kubeconfigs here, not into the checkout's build/
+    (Makefile KUBECONFIG_DIR): a test run leaves no kubeconfig of a fake stack behind."""
+    if "KUBECONFIG_DIR" not in os.environ:
+        import tempfile
+
+        config._kubeconfig_dir = tempfile.TemporaryDirectory(prefix="mlplatform-kubeconfigs-")
+        os.environ["KUBECONFIG_DIR"] = config._kubeconfig_dir.name
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_kubeconfig_dir"):
+        os.environ.pop("KUBECONFIG_DIR", None)
+        config._kubeconfig_dir.cleanup()
+
+
 def pytest_generate_tests(metafunc):
     if "stack" in metafunc.fixturenames:
         metafunc.parametrize("stack", STACKS)

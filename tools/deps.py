@@ -29,6 +29,12 @@ def _any_command(*names: str) -> Callable[[], bool]:
     return lambda: any(shutil.which(n) for n in names)
 
 
+def _library(name: str) -> Callable[[], bool]:
+    import ctypes.util
+
+    return lambda: ctypes.util.find_library(name) is not None
+
+
 def _venv_works() -> bool:
     # Debian splits ensurepip out of python3.11; without it `python3 -m venv` (make venv) fails.
     import importlib.util
@@ -55,6 +61,7 @@ SLOW: dict[str, Callable[[], bool]] = {
     "debootstrap": _commands("debootstrap"),
     "default-jre-headless": _commands("java"),
     "wrk": _commands("wrk"),  # the load in the KEDA end-to-end test (and `make bench`)
+    "libnuma1": _library("numa"),  # vLLM's CPU build (.venv-llm) links libnuma.so.1
 }
 LANES = {"fast": FAST, "slow": SLOW}
 

@@ -132,6 +132,13 @@ class Result:
         return [r for r in self.records if r.is_k8s_object]
 
 
+def _account_of(stack: str) -> str:
+    """The account a stack's provider is pinned to (``cluster.accountId``, docs/security.md), else the mocks' one."""
+    path = stacks_dir() / f"Pulumi.{stack}.yaml"
+    doc = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return ((doc or {}).get("config", {}).get("mlplatform:cluster") or {}).get("accountId") or ACCOUNT
+
+
 def reference_bucket(stack: str) -> str:
     """The model store bucket a StackReference to ``stack`` reports under the mocks (its own per stack,
     unlike the auto-named bucket the mocks give every stack's own program)."""
@@ -196,6 +203,10 @@ _OUTPUTS = {
     "aws:ecr/repository:Repository": _repository,
     "docker-build:index:Image": _image,
     "aws:s3/bucket:Bucket": _bucket,
+    "aws:kms/key:Key": lambda name, inputs: {
+        "arn": f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{_h(name, 'key', n=32)}",
+        "keyId": _h(name, "key", n=32),
+    },
     "kubernetes:core/v1:Service": _service,
 }
 
@@ -207,10 +218,12 @@ class PlatformMocks(pulumi.runtime.Mocks):
     (passwords, tokens, kubeconfigs), so tests can assert none of them reaches any output in clear.
     """
 
-    def __init__(self, references: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, references: dict[str, dict[str, Any]] | None = None, parameters: dict[str, str] | None = None):
         super().__init__()
         self.sensitive: set[str] = set()
         self.references = references or {}
+        # SSM Parameter Store of the account (name -> value), as getParametersByPath reads it.
+        self.parameters = parameters or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         t, name, inputs = args.typ, args.name, dict(args.inputs)
@@ -250,7 +263,7 @@ class PlatformMocks(pulumi.runtime.Mocks):
         (stack -> outputs) overrides them. The engine reads them, so they come back as `outputs`."""
         ref = inputs.get("name") or args.resource_id or args.name
         other = ref.rsplit("/", 1)[-1]
-        outputs = {"environment": other, "modelStore": f"s3://{reference_bucket(other)}", "awsAccountId": ACCOUNT}
+        outputs = {"environment": other, "modelStore": f"s3://{reference_bucket(other)}", "awsAccountId": _account_of(other)}
         outs = {"outputs": {**outputs, **self.references.get(other, {})}, "secretOutputNames": []}
         return ref, {**inputs, **outs}
 
@@ -269,6 +282,11 @@ class PlatformMocks(pulumi.runtime.Mocks):
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "AIDA"}
         if args.token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+        if args.token == "aws:ssm/getParametersByPath:getParametersByPath":
+            # Non-recursive: the parameters directly under the path (the AWS API's default).
+            path = args.args["path"]
+            found = sorted((k, v) for k, v in self.parameters.items() if k.startswith(path) and "/" not in k[len(path) :])
+            return {"path": path, "names": [k for k, _ in found], "values": [v for _, v in found], "types": ["String"] * len(found)}
         return {}
 
 
@@ -421,10 +439,16 @@ def _drop_pending_tasks() -> None:
         psettings.SETTINGS.outputs.clear()
 
 
-def run(stack: str, overrides: dict[str, Any] | None = None, references: dict[str, dict[str, Any]] | None = None) -> Result:
+def run(
+    stack: str,
+    overrides: dict[str, Any] | None = None,
+    references: dict[str, dict[str, Any]] | None = None,
+    parameters: dict[str, str] | None = None,
+) -> Result:
     """Run ``__main__.py`` for ``stack`` under mocks; return every registered resource (sorted by URN).
-    ``references``: stack -> outputs a StackReference to that stack reports (over the mocks' own)."""
-    mocks = PlatformMocks(references)
+    ``references``: stack -> outputs a StackReference to that stack reports (over the mocks' own).
+    ``parameters``: the account's SSM parameters (name -> value) the program may read."""
+    mocks = PlatformMocks(references, parameters)
     monitor = RecordingMonitor(mocks)
     psettings.ROOT.set(None)
     pmocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)

@@ -1,6 +1,10 @@
 """Offline preview diff between two synth outputs, as Markdown for a PR comment:
 
     python -m tools.preview_diff BASE_DIR HEAD_DIR > diff.md
+    python -m tools.preview_diff --stack dev [--base-ref origin/main]   (make preview-diff, mlp preview-diff)
+
+The second form synths BASE_REF (a git worktree in build/base-src, removed after) and the work tree,
+writes the diff to build/preview.md and prints it; a stack missing at BASE_REF diffs against nothing.
 
 Resources added / removed / changed by URN, field by field; changes that make Pulumi replace the
 resource are flagged (a new Job name is a new training run). A resource whose new URN carries an
@@ -12,6 +16,8 @@ credentials, so it works for PRs from forks.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,8 +158,39 @@ def _notes(base: dict, head: dict, changed: dict) -> list[str]:
     return notes
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _synth(cwd: Path, stack: str, out: Path) -> int:
+    return subprocess.call([sys.executable, "-m", "tools.synth", "--stack", stack, "--out", str(out)], cwd=cwd)
+
+
+def offline(stack: str, base_ref: str, build: Path = ROOT / "build") -> int:
+    """Synth ``base_ref`` and the work tree for ``stack``; write and print the Markdown diff."""
+    base_src, base_out, head_out = build / "base-src", build / "synth-base" / stack, build / "synth-head" / stack
+    shutil.rmtree(base_src, ignore_errors=True)
+    if subprocess.call(["git", "worktree", "add", "--force", "--detach", str(base_src), base_ref], cwd=ROOT):
+        print(f"preview-diff: cannot check out {base_ref} (fetch it first, or pass --base-ref)", file=sys.stderr)
+        return 2
+    try:
+        if _synth(base_src, stack, base_out):  # the stack may not exist at the base: everything is new
+            base_out.mkdir(parents=True, exist_ok=True)
+    finally:
+        subprocess.call(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT)
+    if not (base_out / "resources.json").exists():
+        (base_out / "resources.json").write_text("[]\n")
+    if rc := _synth(ROOT, stack, head_out):
+        return rc
+    text = render(load(base_out), load(head_out))
+    (build / "preview.md").write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--stack"] and len(argv) in (2, 4) and (len(argv) == 2 or argv[2] == "--base-ref"):
+        return offline(argv[1], argv[3] if len(argv) == 4 else "origin/main")
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from components.config import ConfigError
+from components.config.errors import yaml_error_line
 from tools import manifests, mock_engine
 
 
@@ -64,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output directory (replaced)")
     args = parser.parse_args(argv)
     if not (mock_engine.stacks_dir() / f"Pulumi.{args.stack}.yaml").exists():
-        print(f"stacks/Pulumi.{args.stack}.yaml: no such stack file", file=sys.stderr)
+        known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in mock_engine.stacks_dir().glob("Pulumi.*.yaml"))
+        print(f"stacks/Pulumi.{args.stack}.yaml: no such stack file; the stacks are: {', '.join(known)}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
         n_res, n_obj = synth(args.stack, args.out)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    except yaml.YAMLError as exc:  # a syntax error in the stack file: one line, file:line:column
+        print(yaml_error_line(f"stacks/Pulumi.{args.stack}.yaml", exc), file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"stacks/Pulumi.{args.stack}.yaml: {exc}", file=sys.stderr)

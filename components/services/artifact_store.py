@@ -1,7 +1,12 @@
 """ArtifactStore: where trained models are published and served from.
 
-EKS stacks: an S3 bucket (versioned, encrypted, public access blocked, old versions expired) that
-workloads reach through IRSA roles scoped to it. The local stack has no cloud account: a single
+EKS stacks: an S3 bucket (versioned, encrypted with the store's own customer-managed KMS key, public
+access blocked, old versions expired) that workloads reach through IRSA roles scoped to it. Its bucket
+and key policies (components/lib/promotion_iam.py) let the receiving stacks' promoter roles read
+their models' folders (``models.<name>.receivers``, normally in other accounts), and refuse every
+principal tagged with another stack (where environments share an account). Objects written before the
+key existed stay under ``aws/s3``, which another account cannot use: docs/security.md says how to
+re-encrypt them. The local stack has no cloud account: a single
 MinIO (S3 API) in the cluster, its credentials generated and kept as Kubernetes Secrets.
 """
 
@@ -14,7 +19,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.lib import iam
+from components.config.schema import ModelConfig
+from components.lib import iam, promotion_iam
 from components.lib.security import container_security, pod_security
 
 MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
@@ -37,6 +43,18 @@ class ArtifactStoreArgs:
     oidc_provider_arn: pulumi.Input[str] | None = None
     oidc_provider_url: pulumi.Input[str] | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    stack: str = ""
+    account_id: str | None = None  # cluster.accountId; None: the provider's credentials
+    receivers: dict[str, list[str]] = field(default_factory=dict)  # promoter role ARN -> models (store_receivers)
+
+
+def store_receivers(models: dict[str, ModelConfig]) -> dict[str, list[str]]:
+    """``models.<name>.receivers`` as the policies need them: receiving promoter role ARN -> models."""
+    out: dict[str, list[str]] = {}
+    for name, model in sorted(models.items()):
+        for r in model.receivers:
+            out.setdefault(promotion_iam.role_arn(r.account, r.stack), []).append(name)
+    return out
 
 
 class ArtifactStore(pulumi.ComponentResource):
@@ -45,6 +63,7 @@ class ArtifactStore(pulumi.ComponentResource):
     uri: pulumi.Output[str]
     endpoint_url: str | None
     bucket_arn: pulumi.Output[str] | None
+    key_arn: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: ArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:artifact_store:ArtifactStore", name, None, opts)
@@ -56,14 +75,12 @@ class ArtifactStore(pulumi.ComponentResource):
         self.register_outputs({"uri": self.uri})
 
     def _s3(self, name: str, args: ArtifactStoreArgs) -> None:
-        """The bucket: public access blocked, versioned, encrypted with KMS, old versions expired."""
+        """The bucket: public access blocked, versioned, encrypted with its key, old versions expired."""
         child = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(
-            f"{name}-bucket",
-            aws.s3.BucketArgs(force_destroy=args.force_destroy, tags=args.tags),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=args.retain, protect=args.protect)),
-        )
-        aws.s3.BucketPublicAccessBlock(
+        keep = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=args.retain, protect=args.protect))
+        bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(force_destroy=args.force_destroy, tags=args.tags), opts=keep)
+        key = self._key(name, args, keep)
+        block = aws.s3.BucketPublicAccessBlock(
             f"{name}-public-access-block",
             bucket=bucket.id,
             block_public_acls=True,
@@ -85,7 +102,7 @@ class ArtifactStore(pulumi.ComponentResource):
             rules=[
                 aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
                     apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                        sse_algorithm="aws:kms"
+                        sse_algorithm="aws:kms", kms_master_key_id=key.arn
                     ),
                     bucket_key_enabled=True,
                 )
@@ -93,9 +110,45 @@ class ArtifactStore(pulumi.ComponentResource):
             opts=child,
         )
         self._s3_lifecycle(name, bucket, child)
+        aws.s3.BucketPolicy(
+            f"{name}-policy",
+            bucket=bucket.id,
+            policy=pulumi.Output.all(bucket.arn, key.arn).apply(
+                lambda a: promotion_iam.store_bucket_policy(a[0], args.stack, args.receivers, a[1])
+            ),
+            # After the public access block: S3 checks a new policy against it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
+        )
         self.uri = pulumi.Output.concat("s3://", bucket.bucket)
         self.bucket_arn = bucket.arn
+        self.key_arn = key.arn
         self.endpoint_url = None
+
+    def _key(self, name: str, args: ArtifactStoreArgs, keep: pulumi.ResourceOptions) -> aws.kms.Key:
+        """The store's own key (kept like the bucket: without it the models cannot be read). Its policy
+        lets the receivers' promoter roles decrypt through S3; this account's IAM decides the rest."""
+        account = (
+            pulumi.Output.from_input(args.account_id)
+            if args.account_id
+            else aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+        )
+        key = aws.kms.Key(
+            f"{name}-key",
+            aws.kms.KeyArgs(
+                description=f"mlplatform {args.stack} model store",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                policy=account.apply(lambda a: promotion_iam.store_key_policy(a, sorted(args.receivers))),
+                tags=args.tags,
+            ),
+            opts=keep,
+        )
+        aws.kms.Alias(
+            f"{name}-key-alias",
+            aws.kms.AliasArgs(name=f"alias/mlplatform-{args.stack}-store", target_key_id=key.key_id),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return key
 
     def _s3_lifecycle(self, name: str, bucket: aws.s3.Bucket, child: pulumi.ResourceOptions) -> None:
         aws.s3.BucketLifecycleConfiguration(
@@ -148,7 +201,10 @@ class ArtifactStore(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             aws.iam.RolePolicyArgs(
-                role=role.id, policy=self.bucket_arn.apply(lambda arn: iam.s3_bucket_policy(arn, write, prefixes, read_all))
+                role=role.id,
+                policy=pulumi.Output.all(self.bucket_arn, self.key_arn).apply(
+                    lambda a: iam.s3_bucket_policy(a[0], write, prefixes, read_all, a[1])
+                ),
             ),
             opts=child,
         )
@@ -187,6 +243,7 @@ class ArtifactStore(pulumi.ComponentResource):
         self.uri = pulumi.Output.from_input(f"s3://{BUCKET}")
         self.endpoint_url = f"http://minio.{args.namespace}.svc.cluster.local:{MINIO_PORT}"
         self.bucket_arn = None
+        self.key_arn = None
 
     def _minio_deployment(self, name: str, namespace: str, child: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
         """One MinIO pod on its volume, root credentials from the namespace's store Secret."""

@@ -69,31 +69,65 @@ def service_annotations(cfg: GatewayConfig, eks: bool) -> dict[str, str]:
     return annotations
 
 
+REDIRECT_ROUTE = "https-redirect"
+
+
 def gateway_spec(cfg: GatewayConfig, route_namespace: str) -> dict[str, Any]:
-    """One listener (HTTPS with the configured certificate, else HTTP), open to routes of the
-    serving namespace only."""
+    """The models' listener (HTTPS with the configured certificate, else HTTP), open to routes of the
+    serving namespace only. With TLS, port 80 stays open only to answer a redirect to HTTPS: its one
+    route (``redirect_route_spec``) lives in the Gateway's own namespace, where no model can attach."""
     allowed = {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": route_namespace}}}}
-    if cfg.tls:
-        listener: dict[str, Any] = {
-            "name": HTTPS_LISTENER,
-            "protocol": "HTTPS",
-            "port": 443,
-            "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": cfg.tls.certificate_secret}]},
-            "allowedRoutes": allowed,
+    if not cfg.tls:
+        return {
+            "gatewayClassName": GATEWAY_CLASS,
+            "listeners": [{"name": HTTP_LISTENER, "protocol": "HTTP", "port": 80, "allowedRoutes": allowed}],
         }
-        if cfg.tls.hostname:
-            listener["hostname"] = cfg.tls.hostname
-    else:
-        listener = {"name": HTTP_LISTENER, "protocol": "HTTP", "port": 80, "allowedRoutes": allowed}
-    return {"gatewayClassName": GATEWAY_CLASS, "listeners": [listener]}
+    listener: dict[str, Any] = {
+        "name": HTTPS_LISTENER,
+        "protocol": "HTTPS",
+        "port": 443,
+        "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": cfg.tls.certificate_secret}]},
+        "allowedRoutes": allowed,
+    }
+    redirect: dict[str, Any] = {"name": HTTP_LISTENER, "protocol": "HTTP", "port": 80, "allowedRoutes": {"namespaces": {"from": "Same"}}}
+    if cfg.tls.hostname:
+        listener["hostname"] = redirect["hostname"] = cfg.tls.hostname
+    return {"gatewayClassName": GATEWAY_CLASS, "listeners": [listener, redirect]}
+
+
+def redirect_route_spec(gateway_namespace: str) -> dict[str, Any]:
+    """Every plain-HTTP request answered with a 301 to the same URL on https (Gateway API
+    HTTPRequestRedirectFilter: without a port, the scheme's well-known one, 443). No backend: nothing
+    is served over HTTP."""
+    return {
+        "parentRefs": [
+            {"group": GATEWAY_API, "kind": "Gateway", "namespace": gateway_namespace, "name": GATEWAY_NAME, "sectionName": HTTP_LISTENER}
+        ],
+        "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}],
+    }
+
+
+def proxy_spread(namespace: str, replicas: int) -> dict[str, Any]:
+    """More than one Envoy: one per zone where the zones allow (a zone outage leaves an Envoy up);
+    ScheduleAnyway, so a node shortage in one zone never blocks the entry point from starting."""
+    if replicas < 2:
+        return {}
+    constraint = {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": proxy_selector(namespace)},
+    }
+    return {"pod": {"topologySpreadConstraints": [constraint]}}
 
 
 def entry_service_spec(cfg: GatewayConfig, namespace: str, source_ranges: list[str], load_balancer: bool = True) -> dict[str, Any]:
     """The entry point's Service: a LoadBalancer where the cluster has a load-balancer implementation
     (EKS), else ClusterIP, reached with ``kubectl port-forward`` (kind assigns a LoadBalancer no
     address, and pulumi-kubernetes would await one for 10 minutes and fail the `up`: issue 29 item 4)."""
-    port = 443 if cfg.tls else 80
-    ports = [{"name": listener_name(cfg), "port": port, "targetPort": PROXY_PORTS[port], "protocol": "TCP"}]
+    ports = [{"name": HTTPS_LISTENER, "port": 443, "targetPort": PROXY_PORTS[443], "protocol": "TCP"}] if cfg.tls else []
+    # With TLS, port 80 only redirects (gateway_spec).
+    ports.append({"name": HTTP_LISTENER, "port": 80, "targetPort": PROXY_PORTS[80], "protocol": "TCP"})
     if not load_balancer:
         return {"type": "ClusterIP", "selector": proxy_selector(namespace), "ports": ports}
     return {
@@ -252,6 +286,15 @@ class EntryPoint(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, self.gateway]),
         )
         self._network_policies(name, ns, args.serving_namespace, child)
+        if cfg.tls:
+            k8s.apiextensions.CustomResource(
+                f"{name}-https-redirect",
+                api_version=f"{GATEWAY_API}/v1",
+                kind="HTTPRoute",
+                metadata={"name": REDIRECT_ROUTE, "namespace": ns},
+                spec=redirect_route_spec(ns),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, self.gateway]),
+            )
         scheme = "https" if cfg.tls else "http"
         host = cfg.tls.hostname if cfg.tls and cfg.tls.hostname else None
         ingress = service.status.apply(lambda s: (s.load_balancer.ingress or [None])[0] if s and s.load_balancer else None)
@@ -277,7 +320,7 @@ class EntryPoint(pulumi.ComponentResource):
                 "provider": {
                     "type": "Kubernetes",
                     "kubernetes": {
-                        "envoyDeployment": {"replicas": args.proxy_replicas},
+                        "envoyDeployment": {"replicas": args.proxy_replicas, **proxy_spread(ns, args.proxy_replicas)},
                         "envoyService": {"type": "ClusterIP"},
                         # A node drain takes one Envoy at a time (never the only one where there are two).
                         "envoyPDB": {"maxUnavailable": 1},

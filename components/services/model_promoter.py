@@ -8,12 +8,12 @@ source stack's store and read/write the same folders of this stack's store, noth
 (components/lib/promotion_iam.py lists the keys). ``ops/deliver.py`` assumes it for the copy; ``pulumi
 up`` and kubectl keep the deploy identity.
 
-The source store's bucket comes from a StackReference to the source stack
-(``<organization>/<project>/<source>``, this stack's own organization and project: the stacks share
-one backend, as ``pulumi stack output modelStore --stack <source>`` in the delivery step already
-assumes). Promotion is same-account only (the stores' ``aws/s3`` key cannot be used from another
-account): a source stack that reports another account fails the update in one line, here rather than
-at the first copy.
+The source store's bucket and account come from this stack's reviewed config
+(``models.<name>.source.{account,bucket}``), never from shared state; a StackReference to the source
+stack (``<organization>/<project>/<source>``) is only a cross-check: when it reports another store or
+account, the update fails in one line naming the key. The source is normally in another AWS account
+(one per environment, docs/security.md): the read works because the source stack's bucket policy and
+store key name this role (its ``models.<name>.receivers``), which a test checks across the stack files.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.config import ConfigError
+from components.config.schema import ModelSource
 from components.lib.promotion_iam import bucket_arn, promoter_policy, promoter_trust_policy, role_name
 
 # The stack outputs a source stack must have (__main__.py exports them).
@@ -36,8 +37,11 @@ def stack_reference_name(stack: str) -> str:
     return f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{stack}"
 
 
-def account_id(provider: pulumi.ProviderResource | None, parent: pulumi.Resource) -> pulumi.Output[str]:
-    """The AWS account the stack deploys into (its provider's credentials)."""
+def account_id(provider: pulumi.ProviderResource | None, parent: pulumi.Resource, configured: str | None = None) -> pulumi.Output[str]:
+    """The AWS account the stack deploys into: ``cluster.accountId`` (the provider is pinned to it), else
+    its provider's credentials."""
+    if configured:
+        return pulumi.Output.from_input(configured)
     return aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=parent, provider=provider)).account_id
 
 
@@ -45,7 +49,7 @@ def account_id(provider: pulumi.ProviderResource | None, parent: pulumi.Resource
 class ModelPromoterArgs:
     stack: str
     stack_file: str  # stacks/Pulumi.<stack>.yaml, for one-line errors
-    received: dict[str, str]  # model -> source stack
+    received: dict[str, ModelSource]  # model -> where it comes from (stack, account, bucket)
     own_bucket_arn: pulumi.Input[str]
     account_id: pulumi.Input[str]
     deploy_role_arn: pulumi.Input[str] | None = None  # the stack's CI deploy role; None: the account root
@@ -60,18 +64,18 @@ class ModelPromoter(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         by_source: dict[str, list[str]] = {}
         for model, src in sorted(args.received.items()):
-            by_source.setdefault(src, []).append(model)
-        # source bucket ARN -> models, once every source stack has answered (and is in our account)
-        sources: list[pulumi.Output] = []
-        for src, models in sorted(by_source.items()):
-            ref = pulumi.StackReference(f"{name}-{src}", stack_reference_name(src), opts=child)
-            key = f"models.{models[0]}.source.stack"
-            sources.append(
-                pulumi.Output.all(ref.get_output(STORE_OUTPUT), ref.get_output(ACCOUNT_OUTPUT), args.account_id).apply(
-                    lambda a, src=src, models=models, key=key: (self._source_arn(args.stack_file, key, src, *a), models)
-                )
+            by_source.setdefault(src.stack, []).append(model)
+        sources = {}
+        for src_stack, models in sorted(by_source.items()):
+            ref = pulumi.StackReference(f"{name}-{src_stack}", stack_reference_name(src_stack), opts=child)
+            src = args.received[models[0]]
+            key = f"models.{models[0]}.source"
+            sources[src_stack] = pulumi.Output.all(ref.get_output(STORE_OUTPUT), ref.get_output(ACCOUNT_OUTPUT)).apply(
+                lambda a, src=src, models=models, key=key: (self._cross_check(args.stack_file, key, src, *a), src.account, models)
             )
-        policy = pulumi.Output.all(args.own_bucket_arn, *sources).apply(lambda a: promoter_policy(a[0], {arn: m for arn, m in a[1:]}))
+        policy = pulumi.Output.all(args.own_bucket_arn, args.account_id, *sources.values()).apply(
+            lambda a: promoter_policy(a[0], {arn: m for arn, _, m in a[2:]}, {arn: acct for arn, acct, _ in a[2:] if acct}, a[1])
+        )
         principal = args.deploy_role_arn or pulumi.Output.concat("arn:aws:iam::", args.account_id, ":root")
         role = aws.iam.Role(
             name,
@@ -91,20 +95,28 @@ class ModelPromoter(pulumi.ComponentResource):
         self.register_outputs({"role_arn": role.arn})
 
     @staticmethod
-    def _source_arn(stack_file: str, key: str, src: str, store: str | None, src_account: str | None, account: str) -> str:
-        if not store:
-            raise ConfigError(stack_file, key, f"stack {src!r} has no {STORE_OUTPUT} output: deploy it first (pulumi up --stack {src})")
-        try:
-            arn = bucket_arn(store)
-        except ValueError:
-            raise ConfigError(
-                stack_file, key, f"stack {src!r} keeps its models in {store}, not an S3 bucket: cannot promote from it"
-            ) from None
-        if src_account and src_account != account:
+    def _cross_check(stack_file: str, key: str, src: ModelSource, store: str | None, src_account: str | None) -> str:
+        """The source's bucket ARN, from the config; the source stack's outputs must agree with it."""
+        if not src.bucket:  # config rules require it on EKS stacks; kept for a kubeconfig stack's mistake
+            raise ConfigError(stack_file, f"{key}.bucket", "required: the source store's bucket")
+        arn = f"arn:aws:s3:::{src.bucket}"
+        if store:
+            try:
+                reported = bucket_arn(store)
+            except ValueError:
+                raise ConfigError(
+                    stack_file, f"{key}.stack", f"stack {src.stack!r} keeps its models in {store}, not an S3 bucket: cannot promote from it"
+                ) from None
+            if reported != arn:
+                raise ConfigError(
+                    stack_file,
+                    f"{key}.bucket",
+                    f"stack {src.stack!r} reports its store is {store}, this file says s3://{src.bucket}: which is it?",
+                )
+        if src_account and src.account and src_account != src.account:
             raise ConfigError(
                 stack_file,
-                key,
-                f"stack {src!r} is in AWS account {src_account}, this stack in {account}: promotion between accounts is not supported "
-                "(the stores' aws/s3 KMS key cannot be used from another account)",
+                f"{key}.account",
+                f"stack {src.stack!r} reports AWS account {src_account}, this file says {src.account}: which is it?",
             )
         return arn

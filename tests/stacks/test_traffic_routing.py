@@ -273,9 +273,28 @@ def test_plugin_installed_from_the_chart_values_pinned_to_a_release():
         "https://github.com/argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi/releases/download/"
         f"{rollout_specs.PLUGIN_VERSION}/gatewayapi-plugin-linux-amd64"
     )
-    assert set(plugin) <= {"name", "location", "sha256"}
-    # The checksum goes to the controller when recorded (PLUGIN_SHA256; not yet: no network where it was written).
-    assert plugin.get("sha256") == rollout_specs.PLUGIN_SHA256
+    assert set(plugin) == {"name", "location", "sha256"}
+    # The controller verifies the download against the pinned digest (issue 24 item 7).
+    assert re.fullmatch(r"[0-9a-f]{64}", plugin["sha256"]) and plugin["sha256"] == rollout_specs.PLUGIN_SHA256
+
+
+@pytest.mark.parametrize(
+    "environment, sha, refused",
+    [
+        ("prod", None, True),
+        ("dev", "", True),
+        ("staging", "24816DA0", True),  # not a digest
+        ("local", None, False),  # the local stack may run an unpinned plugin (a developer's cluster)
+        ("prod", "a" * 64, False),
+    ],
+)
+def test_an_unpinned_plugin_is_refused_outside_the_local_stack(environment, sha, refused):
+    from components.services.argo_rollouts import plugin_pin_problem
+
+    problem = plugin_pin_problem(environment, sha)
+    assert (problem is not None) is refused
+    if problem:
+        assert "\n" not in problem and problem.startswith("components/lib/rollout_specs.py: PLUGIN_SHA256: ") and "sha256sum" in problem
 
 
 def test_without_monitoring_a_model_is_a_deployment_behind_one_backend():

@@ -141,7 +141,10 @@ def test_bucket_hardened_and_role_scoped(stack, result):
         return
     policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "mlplatform-mnist-training-store-policy").inputs["policy"])
     resources = {r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
-    assert all(r.startswith(f"arn:aws:s3:::{bucket.name}-") for r in resources), resources  # this bucket, nothing else
+    # this bucket, nothing else, and the store's own key (S3 encrypts with it: issue 24 item 3)
+    s3 = {r for r in resources if not r.startswith("arn:aws:kms:")}
+    assert all(r.startswith(f"arn:aws:s3:::{bucket.name}-") for r in s3), resources
+    assert len(resources - s3) == 1 and len(result.of_type("aws:kms/key:Key")) == 1, resources
     trust = json.loads(result.one("aws:iam/role:Role", "mlplatform-mnist-training-store-role").inputs["assumeRolePolicy"])
     assert "system:serviceaccount:ml-training:train-mnist" in trust["Statement"][0]["Condition"]["StringEquals"].values()
 

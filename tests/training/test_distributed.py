@@ -142,7 +142,7 @@ def test_a_lost_worker_resumes_the_whole_run_from_the_checkpoint(tmp_path, small
     assert codes == [EXIT_OK, EXIT_OK], [o[-3000:] for o in out]
     for o in out:
         assert f"resuming from {ckpt} after epoch {killed_at}" in o
-        assert f"Epoch {killed_at + 1}/{epochs}" in o and "Epoch 1/" not in o
+        assert f"epoch {killed_at + 1}/{epochs} " in o and "epoch 1/" not in o
     assert len(_versions(store)) == 1  # the chief alone published, once
     meta = artifacts.read_metadata(str(store), "mnist", artifacts.latest(str(store), "mnist"))
     assert len(meta["history"]["loss"]) == epochs  # history carried across the restart

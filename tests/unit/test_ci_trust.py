@@ -33,7 +33,14 @@ def with_jenkins(stack: str, **jenkins_cfg) -> dict:
     return raw
 
 
-JENKINS_ON = {"enabled": True, "repoUrl": "https://github.com/acme/mlplatform.git", "prodApprovers": ["release-managers"]}
+JENKINS_ON = {
+    "enabled": True,
+    "repoUrl": "https://github.com/acme/mlplatform.git",
+    "prodApprovers": ["release-managers"],
+    "admins": ["acme*platform-admins"],
+    "githubOauthClientId": "Ov23liExampleClientId",
+    "agentImage": "222222222222.dkr.ecr.eu-west-1.amazonaws.com/mlplatform-ci/toolbox:ctx-0123456789abcdef",
+}
 
 
 # ---- config: one controller, safe job-dsl inputs, an approver for prod ----
@@ -119,7 +126,7 @@ def test_deploy_credentials_live_only_in_the_deploy_folder():
     ids = lambda block: set(re.findall(r"id\('([^']+)'\)", block))  # noqa: E731
     deploy, preview = ids(_folder_block(script, "deploy")), ids(_folder_block(script, "preview"))
     assert {f"aws-{e}" for e in ("dev", "staging", "prod")} | {f"pulumi-{e}" for e in ("dev", "staging", "prod")} <= deploy
-    assert preview == {"aws-ephemeral", "pulumi-ephemeral", "github"}
+    assert preview == {"aws-ephemeral", "pulumi-ephemeral", "github", "github-comment"}
     # nothing is defined outside a folder (the root store would be visible to every job)
     assert "credentials:" not in jenkins.env_jcasc("https://github.com/acme/mlplatform.git", ["x"])
     assert script.count("folderCredentialsProperty") == 2
@@ -130,7 +137,7 @@ def test_credential_values_come_base64_from_the_mounted_secret():
     values = re.findall(r"(?:username|password)\((new String[^\n]*)\)", script)
     assert values and all(v.startswith("new String('${base64:${file:/run/secrets/additional/jenkins-ci-credentials-") for v in values)
     keys = set(re.findall(r"jenkins-ci-credentials-([a-z0-9-]+)\}\}", script))
-    assert keys == set(jenkins.CREDENTIAL_KEYS)
+    assert keys == set(jenkins.CREDENTIAL_KEYS) - {jenkins.OAUTH_SECRET_KEY}  # the OAuth secret is the controller's (security_jcasc)
     # the only JCasC interpolations are those reads: repo, branch and descriptions cannot add any
     assert script.count("${") == 2 * len(values)
     assert "folderCredentialsProperty" not in _dsl(with_credentials=False)
@@ -394,7 +401,7 @@ def test_jenkins_unapproved_prs_get_the_offline_preview_only():
     order = re.findall(r"stage\('([^']+)'\)", text)
     before = text[: text.index("stage('Approve ephemeral stack')")]
     creds = set(re.findall(r"credentialsId: '([a-z0-9-]+)'", before))
-    assert creds == {"github"}, creds
+    assert creds == {"github", "github-comment"}, creds  # clone the target branch; comment with the comment-only token
     assert order.index("PR preview") < order.index("PR comment") < order.index("Approve ephemeral stack") < order.index("Ephemeral stack")
     # the checks and the preview run on an agent that binds nothing
     checks = _stage_body(text, "Checks")

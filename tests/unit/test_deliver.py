@@ -322,7 +322,7 @@ def test_a_not_judged_candidate_is_judged_again_on_the_next_run(tmp_path, stacks
 
 def test_main_exits_3_when_not_judged(stacks, monkeypatch, capsys):
     d, stores = stacks
-    monkeypatch.setattr(deliver, "tf_models", lambda stack: ["mnist"])
+    monkeypatch.setattr(deliver, "delivered_models", lambda stack: ["mnist"])
     real = deliver.deliver
     monkeypatch.setattr(
         deliver,

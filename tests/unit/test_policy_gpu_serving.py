@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from components.config import CanaryConfig
 from components.config.llm import AwakeSchedule, LlmConfig
 from components.models import llm_service
 from policy.rules import STACK_RULES, Res, gpu_serving_sleeps_off_prod
@@ -17,9 +18,9 @@ def namespace(env):
 
 
 def server(llm):
-    spec = llm_service.statefulset_spec("qwen", llm, "gpu-spot", None, [], None)
-    props = {"kind": "StatefulSet", "metadata": {"name": "llm-qwen", "namespace": "ml-serving"}, "spec": spec}
-    return Res("kubernetes:apps/v1:StatefulSet", props, "urn:sts")
+    spec = llm_service.rollout_spec("qwen", llm, CanaryConfig(), "gpu-spot", 2)
+    props = {"kind": "Rollout", "metadata": {"name": "llm-qwen", "namespace": "ml-serving"}, "spec": spec}
+    return Res("kubernetes:argoproj.io/v1alpha1:Rollout", props, "urn:ro")
 
 
 def scaler(llm):
@@ -42,8 +43,8 @@ def test_registered():
 def test_dev_gpu_server_always_on_is_refused():
     (violation,) = gpu_serving_sleeps_off_prod([namespace("dev"), server(ALWAYS_ON), scaler(ALWAYS_ON)])
     assert violation == (
-        "urn:sts",
-        "GPU serving StatefulSet 'llm-qwen' outside prod keeps 1 replicas day and night: set minReplicas 0 or an awake schedule",
+        "urn:ro",
+        "GPU serving Rollout 'llm-qwen' outside prod keeps 1 replicas day and night: set minReplicas 0 or an awake schedule",
     )
 
 
