@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llm import finetune
+from llm import finetune, fit
 from training import registry, storage
 
 EXIT_OK, EXIT_REFUSED, EXIT_GATE = 0, 2, 3
@@ -193,6 +193,22 @@ def promote(src: str, dst: str, name: str, version: str, *, reason: str) -> dict
             f"base {b.get('model')}/{b.get('version')} in {dst} has digest {there['digest']}, the adapter's is {b.get('digest')}: refused"
         )
     return registry.promote_between(src, dst, name, version, reason=reason, champion=False)
+
+
+def lora_buffer_bytes(config: dict, max_rank: int, max_loras: int, tp: int = 1) -> int:
+    """GPU memory vLLM preallocates per GPU for ``--enable-lora`` (what the fit check adds to weights +
+    KV cache): every linear layer gets stacked A (``max_loras x slices x max_rank x input``) and B
+    (``max_loras x slices x output x max_rank``) buffers in the model's dtype (vllm/lora/layers/
+    base_linear.py ``create_lora_weights``, read in the 0.32.0 install); column-parallel layers (q/k/v,
+    gate/up) split their output across ``tp`` GPUs, row-parallel ones (o, down) their input. Independent
+    of the adapters' own ranks: the buffers are sized by ``--max-lora-rank`` and ``--max-loras``."""
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    hd = config.get("head_dim") or h // heads
+    a = 3 * h + heads * hd // tp + 2 * h + inter // tp  # A: qkv (3 slices), o, gate_up (2 slices), down
+    b = (heads * hd + 2 * kv * hd) // tp + h + 2 * inter // tp + h  # B: qkv, o, gate_up, down
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return config["num_hidden_layers"] * max_loras * max_rank * (a + b) * fit.DTYPE_BYTES.get(dtype, 2)
 
 
 def serve_args(adapters: dict[str, Path | str], max_rank: int, max_loras: int | None = None) -> list[str]:

@@ -451,3 +451,42 @@ def test_vllm_serves_the_published_adapter_by_model_name(lab, published, tmp_pat
         with pytest.raises(urllib.error.HTTPError) as e:
             complete(server, "no-such-adapter", "the canary")
         assert e.value.code in (400, 404)
+
+
+def test_lora_buffers_for_the_fit_check():
+    """Llama-3.1-8B (its committed card): per layer and rank, A = 3h + h + 2h + I and B = (h + 2 x 1024) + h
+    + 2I + h elements = 81,920; x 32 layers x rank 16 x 4 adapters x 2 bytes = 320 MiB."""
+    cfg = json.loads((ROOT / "llm/cards/meta-llama--Llama-3.1-8B-Instruct.json").read_text())["config"]
+    assert lora_gate.lora_buffer_bytes(cfg, max_rank=16, max_loras=4) == 32 * 16 * 4 * 81_920 * 2 == 320 * 2**20
+    assert lora_gate.lora_buffer_bytes(cfg, 16, 4, tp=2) < lora_gate.lora_buffer_bytes(cfg, 16, 4)
+    assert lora_gate.lora_buffer_bytes(cfg, 32, 4) == 2 * lora_gate.lora_buffer_bytes(cfg, 16, 4)
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    dev, prod = str(tmp_path / "dev"), str(tmp_path / "prod")
+    base = _hand_base(tmp_path, dev)
+    v = _hand_adapter(tmp_path, dev, base)
+    fetch = ["fetch", "--store", dev, "--adapter", "bot", "--version", v, "--base", "chat", "--dest", str(tmp_path / "d")]
+    assert lora_gate.main([*fetch, "--base-version", "other"]) == lora_gate.EXIT_REFUSED
+    assert "lora gate: REFUSED: adapter bot/" in capsys.readouterr().err
+    assert lora_gate.main([*fetch, "--base-version", base["version"]]) == lora_gate.EXIT_OK
+    promote = ["promote", "--from", dev, "--to", prod, "--adapter", "bot", "--version", v]
+    assert lora_gate.main(promote) == lora_gate.EXIT_REFUSED and "promote the base first" in capsys.readouterr().err
+    gate = [
+        "gate",
+        "--store",
+        dev,
+        "--adapter",
+        "bot",
+        "--base",
+        "chat",
+        "--base-version",
+        base["version"],
+        "--run",
+        str(tmp_path / "none"),
+    ]
+    assert lora_gate.main([*gate, "--heldout", str(tmp_path / "h.txt")]) == lora_gate.EXIT_REFUSED
+    assert "not a finished LoRA run" in capsys.readouterr().err
+    ft = ["--store", dev, "--base", "chat", "--base-version", "missing", "--data", str(tmp_path / "t.txt")]
+    assert finetune.main([*ft, "--checkpoint", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--rank", "0"]) == finetune.EXIT_USAGE
+    assert "rank must be >= 1" in capsys.readouterr().err
