@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components.cluster.ci_deploy_role import CiDeployRole, CiDeployRoleArgs
+from components.cluster.ci_deploy_role import CiDeployRole, CiDeployRoleArgs, bound_roles, deploy_boundary
 from components.cluster.cluster import Cluster, ClusterArgs
 from components.cluster.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from components.cluster.gpu_addons import GpuAddons, GpuAddonsArgs
@@ -16,7 +16,7 @@ from components.lib.keda_specs import NAMESPACE as KEDA_NAMESPACE
 from components.lib.network import NAMESPACES
 from components.models.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.services.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
-from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs
+from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs, store_receivers
 from components.services.gateway import EntryPoint, EntryPointArgs
 from components.services.images import Images, ImagesArgs, model_image
 from components.services.jenkins import Jenkins, JenkinsArgs
@@ -70,11 +70,27 @@ class Platform(pulumi.ComponentResource):
         name, cfg = self.name, self.settings.config
         self.providers: list[pulumi.ProviderResource] = []
         if cfg.is_eks:
-            # One explicit AWS provider, region from the stack config: no ambient aws:region needed.
+            # One explicit AWS provider, region from the stack config: no ambient aws:region needed. Pinned
+            # to the stack's account: another environment's credentials fail before anything is touched.
+            pin = [cfg.cluster.account_id] if cfg.cluster.account_id else None
             self.providers.append(
-                aws.Provider(f"{name}-aws", aws.ProviderArgs(region=cfg.cluster.region), opts=pulumi.ResourceOptions(parent=self))
+                aws.Provider(
+                    f"{name}-aws",
+                    # Every AWS resource carries the stack's tags, those a component forgets too (the
+                    # deploy boundary and the stores tell stacks apart by them: docs/security.md).
+                    aws.ProviderArgs(
+                        region=cfg.cluster.region, allowed_account_ids=pin, default_tags=aws.ProviderDefaultTagsArgs(tags=self.tags)
+                    ),
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
             )
         self.aws_opts = pulumi.ResourceOptions(parent=self, providers=self.providers)
+        # The CI deploy role's boundary first: every role made from here on carries it (docs/security.md).
+        self.deploy_boundary, self.role_bounds = None, []
+        if cfg.is_eks and cfg.ci.enabled:
+            self.deploy_boundary = deploy_boundary(f"{name}-ci-deploy-boundary", self.settings.stack, self.tags, self.aws_opts)
+            self.role_bounds = [bound_roles(self.deploy_boundary)]
+            self.aws_opts = pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(transformations=self.role_bounds))
         self.cluster = Cluster(
             f"{name}-cluster",
             ClusterArgs(
@@ -84,16 +100,22 @@ class Platform(pulumi.ComponentResource):
                 high_availability_nat=cfg.environment == "prod",
                 tags=self.tags,
             ),
-            opts=self.aws_opts,
+            # `protect` (mlplatform:protect, default on prod) is inherited by every child: the VPC,
+            # the control plane, the system nodes. Lifted by setting it false and running `up`.
+            opts=pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(protect=cfg.protected)),
         )
         # Every Kubernetes object goes through the cluster's provider, never an ambient kubeconfig.
-        self.k8s_opts = pulumi.ResourceOptions(parent=self, providers=[*self.providers, self.cluster.provider])
+        self.k8s_opts = pulumi.ResourceOptions(
+            parent=self, providers=[*self.providers, self.cluster.provider], transformations=self.role_bounds
+        )
         # GitHub Actions / GitLab CI deploy this stack through its own role (README "CI/CD").
         self.ci_role: CiDeployRole | None = None
         if cfg.is_eks and cfg.ci.enabled:
             self.ci_role = CiDeployRole(
                 f"{name}-ci-deploy",
-                CiDeployRoleArgs(stack=self.settings.stack, config=cfg.ci, cluster_name=self.cluster_name, tags=self.tags),
+                CiDeployRoleArgs(
+                    stack=self.settings.stack, config=cfg.ci, cluster_name=self.cluster_name, tags=self.tags, boundary=self.deploy_boundary
+                ),
                 opts=pulumi.ResourceOptions.merge(self.aws_opts, pulumi.ResourceOptions(depends_on=[self.cluster])),
             )
             # The CI role's access entry is how CI reaches the cluster: every Kubernetes object waits
@@ -164,6 +186,7 @@ class Platform(pulumi.ComponentResource):
                 oidc_provider_arn=self.cluster.oidc_provider_arn,
                 oidc_provider_url=self.cluster.oidc_provider_url,
                 kubernetes_version=cfg.kubernetes_version,
+                tags=self.tags,
             ),
             opts=self.k8s_opts,
         )
@@ -252,7 +275,7 @@ class Platform(pulumi.ComponentResource):
                 repo_prefix=self.cluster_name,
                 force_delete=cfg.environment in ("ephemeral", "local", "dev"),
                 retain=cfg.environment in KEEPS_DATA,
-                protect=cfg.environment == "prod",
+                protect=cfg.protected,
                 tags=self.tags,
                 # A model with its own training code gets its own image, built FROM the training image.
                 model_code={
@@ -271,10 +294,13 @@ class Platform(pulumi.ComponentResource):
                 client_namespaces=[ns["training"], ns["serving"]],
                 force_destroy=cfg.environment in ("ephemeral", "dev"),
                 retain=cfg.environment in KEEPS_DATA,
-                protect=cfg.environment == "prod",
+                protect=cfg.protected,
                 oidc_provider_arn=self.cluster.oidc_provider_arn,
                 oidc_provider_url=self.cluster.oidc_provider_url,
                 tags=self.tags,
+                stack=self.settings.stack,
+                account_id=cfg.cluster.account_id,
+                receivers=store_receivers(cfg.models),
             ),
             opts=self.in_namespaces,
         )
@@ -283,8 +309,9 @@ class Platform(pulumi.ComponentResource):
     def _promoter(self) -> None:
         """The identity that copies received models into this store, least privilege (components/services/model_promoter.py)."""
         cfg = self.settings.config
-        self.account_id = account_id(self.providers[0], self) if cfg.is_eks else None
-        received = {m: e.source.stack for m, e in cfg.models.items() if e.runtime == "tensorflow" and e.source}
+        self.account_id = account_id(self.providers[0], self, cfg.cluster.account_id) if cfg.is_eks else None
+        # Every runtime: an LLM's weights are promoted like any version (same registry layout, same copy).
+        received = {m: e.source for m, e in cfg.models.items() if e.source}
         self.promoter: ModelPromoter | None = None
         if cfg.is_eks and received:
             self.promoter = ModelPromoter(

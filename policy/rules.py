@@ -10,6 +10,7 @@ returns (urn, message) pairs.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -251,9 +252,33 @@ def no_credentials_in_clear(r: Res) -> list[str]:
 
 
 def _reads_every_secret(rule: dict[str, Any]) -> bool:
+    """A ClusterRole rule that reads Secrets: every one, or (``resourceNames``) the Secrets of those
+    names in every namespace (a ClusterRole's names are not scoped to a namespace)."""
     core = set(rule.get("apiGroups") or []) & {"", "*"}
     reads = set(rule.get("verbs") or []) & {"get", "list", "watch", "*"}
-    return bool(core and reads and set(rule.get("resources") or []) & {"secrets", "*"} and not rule.get("resourceNames"))
+    return bool(core and reads and set(rule.get("resources") or []) & {"secrets", "*"})
+
+
+# Creating any of these runs a pod, which may mount any Secret and use any service account of its
+# namespace: cluster-wide, that is every Secret of the cluster (Kubernetes RBAC good practices,
+# "Workload creation").
+WORKLOAD_RESOURCES = {
+    "": {"pods"},
+    "apps": {"deployments", "replicasets", "statefulsets", "daemonsets"},
+    "batch": {"jobs", "cronjobs"},
+    "argoproj.io": {"rollouts"},
+}
+
+
+def _creates_workloads(rule: dict[str, Any]) -> bool:
+    if not set(rule.get("verbs") or []) & {"create", "*"}:
+        return False
+    resources = set(rule.get("resources") or [])
+    for group in rule.get("apiGroups") or []:
+        kinds = set().union(*WORKLOAD_RESOURCES.values()) if group == "*" else WORKLOAD_RESOURCES.get(group, set())
+        if "*" in resources or resources & kinds:
+            return True
+    return False
 
 
 def rbac_least_privilege(r: Res) -> list[str]:
@@ -268,7 +293,12 @@ def rbac_least_privilege(r: Res) -> list[str]:
             if "*" in (rule.get("verbs") or []) and "*" in (rule.get("resources") or [])
         ]
         # Issue 24 item 6: no ClusterRole of ours reads every Secret of the cluster.
-        out += [f"rule {i} reads every Secret of the cluster" for i, rule in rules if r.kind == "ClusterRole" and _reads_every_secret(rule)]
+        out += [f"rule {i} reads Secrets in every namespace" for i, rule in rules if r.kind == "ClusterRole" and _reads_every_secret(rule)]
+        out += [
+            f"rule {i} creates workloads in every namespace (a pod may mount any Secret there)"
+            for i, rule in rules
+            if r.kind == "ClusterRole" and _creates_workloads(rule)
+        ]
         return out
     return []
 
@@ -623,6 +653,22 @@ def rollouts_plugins_pinned(r: Res) -> list[str]:
     ]
 
 
+# Series a push must not be able to forge: serving, canary, KEDA and Prometheus' own (and any name).
+FOREIGN_SERIES = ("up", "http_requests_total", "envoy_cluster_upstream_rq_xx", "vllm:num_requests_running", "mlplatform_serving_x", "a")
+
+
+def _keeps_foreign(regex: Any) -> bool:
+    """Whether a keep regex (anchored, as Prometheus anchors it) admits a series no training pushes;
+    an invalid regex counts as admitting everything."""
+    if not regex:
+        return True
+    try:
+        pattern = re.compile(str(regex))
+    except re.error:
+        return True
+    return any(pattern.fullmatch(name) for name in FOREIGN_SERIES)
+
+
 def pushgateway_scrape_confined(r: Res) -> list[str]:
     """A Pushgateway scraped with ``honorLabels`` keeps whatever labels a push sets, so any code that can
     push (training) could forge a canary's or KEDA's series: the scrape keeps only names matched by a
@@ -635,7 +681,7 @@ def pushgateway_scrape_confined(r: Res) -> list[str]:
     keeps = [
         m
         for m in monitor.get("metricRelabelings") or []
-        if m.get("action") == "keep" and m.get("sourceLabels") == ["__name__"] and m.get("regex") not in (None, "", ".*", ".+")
+        if m.get("action") == "keep" and m.get("sourceLabels") == ["__name__"] and not _keeps_foreign(m.get("regex"))
     ]
     return [] if keeps else ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
 
@@ -691,11 +737,20 @@ def namespaces_default_deny(resources: list[Res]) -> list[tuple[str, str]]:
             and not spec.get("egress")
         ):
             denied.add((r.props.get("metadata") or {}).get("namespace"))
-    return [
+    out = [
         (r.urn, f"namespace {r.props['metadata']['name']!r} has no default-deny NetworkPolicy")
         for r in ours
         if r.props["metadata"]["name"] not in denied
     ]
+    # Policies add up: one that admits everything undoes the default-deny beside it.
+    out += [
+        (r.urn, f"NetworkPolicy {_meta(r).get('name')!r} allows all {d} (a rule with no peers and no ports)")
+        for r in resources
+        if r.kind == "NetworkPolicy"
+        for d, key in (("ingress", "from"), ("egress", "to"))
+        if any(not rule.get(key) and not rule.get("ports") for rule in (r.props.get("spec") or {}).get(d) or [])
+    ]
+    return out
 
 
 def prod_load_balancers_restricted(resources: list[Res]) -> list[tuple[str, str]]:
@@ -905,13 +960,25 @@ def _nlb_tls_covers(annotations: dict[str, Any], ports: list[Any]) -> bool:
     return "*" in tls_ports or all(str(p) in tls_ports for p in ports)
 
 
-def _redirect_only(routes: list[Res], gateway: str, namespace: str, listener: str) -> bool:
+def _attaches(ref: dict[str, Any], route_ns: Any, gateway: Any, namespace: Any, listener: dict[str, Any]) -> bool:
+    """Whether a parentRef may attach its route to ``listener``: a ref without ``sectionName`` attaches
+    to every listener of the Gateway, one with ``port`` to every listener on that port (Gateway API
+    ParentReference); which namespaces a listener admits is not judged (it could change with a label)."""
+    return (
+        ref.get("name") == gateway
+        and ref.get("namespace", route_ns) == namespace
+        and ref.get("sectionName") in (None, listener.get("name"))
+        and ref.get("port") in (None, listener.get("port"))
+    )
+
+
+def _redirect_only(routes: list[Res], gateway: str, namespace: str, listener: dict[str, Any]) -> bool:
     """Every route attached to ``listener`` only answers a redirect to https (no backend), and one is."""
     attached = [
         r
         for r in routes
         if any(
-            p.get("name") == gateway and p.get("sectionName") == listener and p.get("namespace", _meta(r).get("namespace")) == namespace
+            _attaches(p, _meta(r).get("namespace"), gateway, namespace, listener)
             for p in (r.props.get("spec") or {}).get("parentRefs") or []
         )
     ]
@@ -935,11 +1002,33 @@ def _gateway_ports_tls(gateways: list[Res], routes: list[Res], namespace: str, p
         for g, ln in matching:
             if ln.get("protocol") in ("HTTPS", "TLS"):
                 continue
-            if not _redirect_only(routes, _meta(g).get("name"), namespace, ln.get("name")):
+            if not _redirect_only(routes, _meta(g).get("name"), namespace, ln):
                 bad.append(f"port {port}: listener {ln.get('name')} serves plain {ln.get('protocol')}")
         if not matching:
             bad.append(f"port {port}: no TLS listener")
     return bad
+
+
+def _envoy_service(resources: list[Res], gateway: Res) -> dict[str, Any] | None:
+    """The LoadBalancer Service Envoy Gateway makes for ``gateway`` (its ``envoyService``), None when the
+    proxy's Service is not a LoadBalancer. Envoy Gateway's default, with no EnvoyProxy or no type, is a
+    LoadBalancer (EnvoyProxy ``envoyService.type``)."""
+    cls = next(
+        (
+            c
+            for c in resources
+            if c.kind == "GatewayClass" and _meta(c).get("name") == (gateway.props.get("spec") or {}).get("gatewayClassName")
+        ),
+        None,
+    )
+    ref = ((cls.props.get("spec") or {}).get("parametersRef") or {}) if cls else {}
+    proxy = next(
+        (p for p in resources if p.kind == "EnvoyProxy" and _meta(p).get("name") == ref.get("name") and ref.get("kind") == "EnvoyProxy"),
+        None,
+    )
+    spec = proxy.props.get("spec") or {} if proxy else {}
+    service = ((spec.get("provider") or {}).get("kubernetes") or {}).get("envoyService") or {}
+    return service if service.get("type", "LoadBalancer") == "LoadBalancer" else None
 
 
 def entry_points_tls(resources: list[Res]) -> list[tuple[str, str]]:
@@ -960,6 +1049,13 @@ def entry_points_tls(resources: list[Res]) -> list[tuple[str, str]]:
                 continue
             bad = _gateway_ports_tls(gateways, routes, meta.get("namespace"), ports)
             out += [(r.urn, f"internet-facing LoadBalancer without TLS: {b}") for b in bad]
+        elif r.kind == "Gateway" and env_of.get(meta.get("namespace")) in TLS_ENVIRONMENTS:
+            service = _envoy_service(resources, r)
+            if service is None or not _internet_facing(service.get("annotations") or {}):
+                continue
+            ports = sorted({ln.get("port") for ln in spec.get("listeners") or []}, key=str)
+            bad = _gateway_ports_tls([r], routes, meta.get("namespace"), ports)
+            out += [(r.urn, f"Gateway exposed by Envoy's own LoadBalancer without TLS: {b}") for b in bad]
         elif r.type == "kubernetes:helm.sh/v3:Release" and str(r.props.get("chart", "")).endswith("jenkins"):
             controller = (r.props.get("values") or {}).get("controller") or {}
             if controller.get("serviceType") != "LoadBalancer" or env_of.get(r.props.get("namespace")) not in TLS_ENVIRONMENTS:
@@ -974,20 +1070,82 @@ ADMIN_POLICY_SUFFIX = ":policy/AdministratorAccess"
 BOUNDARY_SUFFIX = "-deploy-boundary"
 
 
+def _grants_everything(doc: Any) -> bool:
+    """An identity policy document with an Allow of every action on every resource (AdministratorAccess
+    by another name)."""
+    if isinstance(doc, str):
+        try:
+            doc = json.loads(doc)
+        except json.JSONDecodeError:
+            return False
+    if not isinstance(doc, dict):
+        return False
+    statements = doc.get("Statement") or []
+    for st in statements if isinstance(statements, list) else [statements]:
+        actions = st.get("Action") or []
+        resources = st.get("Resource") or []
+        actions = actions if isinstance(actions, list) else [actions]
+        resources = resources if isinstance(resources, list) else [resources]
+        if st.get("Effect") == "Allow" and "*" in actions and "*" in resources and not st.get("Condition"):
+            return True
+    return False
+
+
+ADMIN_ATTACHMENTS = {
+    # type -> the props holding the attached managed policy ARN(s)
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("policyArn",),
+    "aws:iam/policyAttachment:PolicyAttachment": ("policyArn",),
+    "aws:iam/rolePolicyAttachmentsExclusive:RolePolicyAttachmentsExclusive": ("policyArns",),
+    "aws:iam/role:Role": ("managedPolicyArns",),
+}
+
+
+def _attached_admin(r: Res) -> bool:
+    arns: list[Any] = []
+    for key in ADMIN_ATTACHMENTS.get(r.type, ()):
+        v = r.props.get(key)
+        arns += v if isinstance(v, list) else [v]
+    return any(str(a or "").endswith(ADMIN_POLICY_SUFFIX) for a in arns)
+
+
+def _inline_admin(resources: list[Res], deploy: list[Res]) -> list[tuple[str, str]]:
+    """Inline policies granting * on *: only the CI deploy role's own (bounded) one may. A policy's
+    ``role`` is the role's id, its name on AWS (``<resource name>-id`` under the test mocks)."""
+    deploy_refs = {str(d.props.get("name")) for d in deploy} | {f"{d.name}-id" for d in deploy}
+    msg = "an inline policy grants every action on every resource (AdministratorAccess by another name)"
+    out = []
+    for r in resources:
+        if r.type == "aws:iam/rolePolicy:RolePolicy" and _grants_everything(r.props.get("policy")):
+            if str(r.props.get("role") or "") not in deploy_refs:
+                out.append((r.urn, msg))
+        if r.type == "aws:iam/role:Role" and any(_grants_everything(p.get("policy")) for p in r.props.get("inlinePolicies") or []):
+            out.append((r.urn, msg))
+    return out
+
+
 def iam_roles_bounded(resources: list[Res]) -> list[tuple[str, str]]:
     """No role of the stack is an AWS administrator, and where the stack has a CI deploy identity every
     role carries its permission boundary (issue 24 item 3: dev's deploy, which runs unapproved on every
     push, administered prod; components/cluster/ci_deploy_role.py). A role without the boundary is one
     the deploy role could not create (the boundary forbids it) and an escape route from it if it could.
+    An administrator is AdministratorAccess however attached (a RolePolicyAttachment, a PolicyAttachment,
+    RolePolicyAttachmentsExclusive, the role's managedPolicyArns), an inline * on * other than the
+    deploy role's own, or a boundary that is AdministratorAccess (which bounds nothing).
     A boundary unknown at preview (the policy's ARN) counts as present: only a missing one is judged."""
     out = [
         (r.urn, "a role of the stack is an AWS administrator (AdministratorAccess): give it a bounded policy of its own")
         for r in resources
-        if r.type == "aws:iam/rolePolicyAttachment:RolePolicyAttachment" and str(r.props.get("policyArn", "")).endswith(ADMIN_POLICY_SUFFIX)
+        if _attached_admin(r)
     ]
     roles = [r for r in resources if r.type == "aws:iam/role:Role"]
-    bounded_stack = any(r.type == "aws:iam/policy:Policy" and str(r.props.get("name", "")).endswith(BOUNDARY_SUFFIX) for r in resources)
     deploy = [r for r in roles if str(r.props.get("name", "")).endswith("-ci-deploy")]
+    out += _inline_admin(resources, deploy)
+    out += [
+        (r.urn, "a role's permission boundary is AdministratorAccess, which bounds nothing")
+        for r in roles
+        if str(r.props.get("permissionsBoundary") or "").endswith(ADMIN_POLICY_SUFFIX)
+    ]
+    bounded_stack = any(r.type == "aws:iam/policy:Policy" and str(r.props.get("name", "")).endswith(BOUNDARY_SUFFIX) for r in resources)
     if deploy and not bounded_stack:
         out += [(r.urn, "CI deploy role without a deploy boundary policy (mlplatform-<stack>-deploy-boundary)") for r in deploy]
     if deploy or bounded_stack:

@@ -9,11 +9,12 @@ kept from another (docs/security.md). This follows the documented evaluation log
 - an identity policy's Allow counts only inside the permission boundary, when the principal has one;
 - same account: an Allow of the identity policy (within the boundary) or of the resource policy;
   other account: both (the identity policy within its boundary, and the resource policy);
+- an S3 general purpose bucket's tags never reach a condition (S3 ABAC is off by default; ``_context``);
 - a KMS key is reached only through its key policy: an Allow there naming the principal, or naming
   its account root (the key then defers to that account's IAM policies, as above).
 
 Conditions: String/Arn operators (Equals, NotEquals, Like, NotLike), Null, Bool, the ``IfExists``
-suffix; a negated operator is true when the key is absent, a positive one false (as AWS). Unknown
+suffix, the ``ForAnyValue:`` prefix; a negated operator is true when the key is absent, a positive one false (as AWS). Unknown
 operators raise: a document using one must extend this, not be half-evaluated. Pure Python (both venvs).
 """
 
@@ -79,6 +80,11 @@ def _one(op: str, want: list, have: Any) -> bool:
 
 def _conditions_hold(conditions: dict, ctx: dict[str, Any]) -> bool:
     for op, pairs in conditions.items():
+        # ForAnyValue: true when any request value matches (what _one does over a list); false when the
+        # key is absent (no value matches). ForAllValues is not used, so not modelled.
+        if op.startswith("ForAllValues:"):
+            raise ValueError(f"condition operator {op} is not modelled")
+        op = op.removeprefix("ForAnyValue:")
         for key, want in pairs.items():
             want = _list(want)
             present = key in ctx
@@ -133,10 +139,22 @@ def _decide(doc: str | None, principal: Principal, req: Request, ctx: dict) -> s
     return result
 
 
+def _s3_general_purpose(resource: str) -> bool:
+    """A general purpose bucket or an object in one (``arn:aws:s3:::bucket[/key]``; access points and
+    directory buckets have other ARNs)."""
+    return resource.startswith("arn:aws:s3:::")
+
+
 def _context(principal: Principal, req: Request) -> dict[str, Any]:
     ctx = {"aws:PrincipalArn": principal.arn, "aws:PrincipalAccount": principal.account, **req.context}
     ctx.update({f"aws:PrincipalTag/{k}": v for k, v in principal.tags.items()})
-    ctx.update({f"aws:ResourceTag/{k}": v for k, v in req.resource_tags.items()})
+    # A general purpose bucket's tags are in no request context unless ABAC is enabled on it, which is
+    # off by default and which this program never turns on (S3 User Guide, "Enabling ABAC in general
+    # purpose buckets": "By default, ABAC is disabled for all Amazon S3 general purpose buckets"; API
+    # AbacStatus: "When ABAC is disabled ... you can only use tags for cost tracking purposes"). So a
+    # bucket's tag protects nothing here, whatever the caller passes.
+    if not _s3_general_purpose(req.resource):
+        ctx.update({f"aws:ResourceTag/{k}": v for k, v in req.resource_tags.items()})
     return ctx
 
 

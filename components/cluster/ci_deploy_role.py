@@ -14,7 +14,9 @@ policy admits exactly one subject per forge, this environment's:
 What it may do: ``pulumi up`` creates VPCs, clusters, IAM roles, buckets and keys, so its own policy
 is broad, and a permission boundary (``mlplatform-<stack>-deploy-boundary``, components/lib/iam.py
 ``deploy_boundary_policy``) bounds it: nothing tagged with or named for another stack, no role
-without this boundary (every role the program creates gets it: ``bound_roles``), no boundary
+without this boundary (every role the program creates gets it: ``bound_roles``) or without this
+stack's tag (the AWS provider's default tags), no role changed, passed or assumed unless tagged with
+this stack, the stack tag never removed or re-set on a role, no boundary
 removed or rewritten, no IAM user or key. The documented topology is one AWS account per
 environment (``cluster.accountId``; the provider refuses any other account), where the account is
 the wall and the boundary a second one; where environments share an account the boundary, the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -31,6 +31,7 @@ class ClusterAutoscalerArgs:
     oidc_provider_url: pulumi.Input[str]
     kubernetes_version: str  # the cluster's minor ("1.33"): picks the matching autoscaler release
     namespace: str = "kube-system"
+    tags: dict[str, str] = field(default_factory=dict)  # the stack's tags: its role is a principal of this stack
 
 
 def autoscaler_values(cluster_name: str, region: str, role_arn: pulumi.Input[str], kubernetes_version: str) -> dict:
@@ -68,7 +69,8 @@ class ClusterAutoscaler(pulumi.ComponentResource):
             aws.iam.RoleArgs(
                 assume_role_policy=pulumi.Output.all(args.oidc_provider_arn, args.oidc_provider_url).apply(
                     lambda a: iam.irsa_trust_policy(a[0], a[1], args.namespace, SERVICE_ACCOUNT)
-                )
+                ),
+                tags=args.tags,
             ),
             opts=child,
         )

@@ -163,6 +163,26 @@ USER_ACTIONS = [
     "iam:PutGroupPolicy",
 ]
 ROLE_POLICY_ACTIONS = ["iam:CreateRole", "iam:PutRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:PutRolePolicy"]
+# What one may do to an existing role, or as it: allowed only on a role tagged with this very stack.
+# (``iam:PermissionsBoundary`` is not in the request context of most of these, e.g. UpdateAssumeRolePolicy
+# and DeleteRole: IAM Service Authorization Reference, so the role's tag is what tells.)
+ROLE_USE_ACTIONS = [
+    "iam:UpdateAssumeRolePolicy",
+    "iam:DeleteRole",
+    "iam:PutRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:AttachRolePolicy",
+    "iam:DetachRolePolicy",
+    "iam:PutRolePermissionsBoundary",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
+    "iam:UntagRole",
+    "iam:PassRole",
+    "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "sts:AssumeRole",
+    "sts:TagSession",
+]
 
 
 def deploy_boundary_name(stack: str) -> str:
@@ -173,6 +193,40 @@ def tagged_other(key: str, stack: str) -> dict:
     """Condition: ``key`` (a tag condition key) is present and names another stack. Both parts are
     needed: a negated operator is true when the key is missing (untagged resources stay usable)."""
     return {"Null": {key: "false"}, "StringNotEquals": {key: stack}}
+
+
+def _own_roles_only(stack: str) -> list[dict]:
+    """Roles: created with this stack's tag, used only when they carry it, the tag never changed."""
+    return [
+        {
+            # A new role carries this stack's tag (absent included: an untagged role would be a
+            # principal that no store's bucket policy can tell apart)...
+            "Sid": "NewRolesTagged",
+            "Effect": "Deny",
+            "Action": "iam:CreateRole",
+            "Resource": "*",
+            "Condition": {"StringNotEquals": {f"aws:RequestTag/{STACK_TAG}": stack}},
+        },
+        {
+            # ...and only a role tagged with this stack is changed, deleted, passed or assumed (a role
+            # another stack made, an untagged one an administrator made: neither is this stack's).
+            "Sid": "OnlyOwnRoles",
+            "Effect": "Deny",
+            "Action": ROLE_USE_ACTIONS,
+            "Resource": "arn:aws:iam::*:role/*",
+            "Condition": {"StringNotEquals": {f"aws:ResourceTag/{STACK_TAG}": stack}},
+        },
+        {
+            # The stack tag is set when a role is created, never after: not removed (untagging the
+            # deploy role would make it a principal of no stack), not changed, not added to a role
+            # someone else made (adopting an untagged administrator role, then rewriting its trust).
+            "Sid": "StackTagStays",
+            "Effect": "Deny",
+            "Action": ["iam:UntagRole", "iam:TagRole"],
+            "Resource": "*",
+            "Condition": {"ForAnyValue:StringEquals": {"aws:TagKeys": [STACK_TAG]}},
+        },
+    ]
 
 
 def deploy_boundary_policy(stack: str, others: list[str]) -> str:
@@ -204,6 +258,7 @@ def deploy_boundary_policy(stack: str, others: list[str]) -> str:
             "Resource": "*",
             "Condition": tagged_other(f"aws:RequestTag/{STACK_TAG}", stack),
         },
+        *_own_roles_only(stack),
         {
             "Sid": "NewRolesBounded",
             "Effect": "Deny",

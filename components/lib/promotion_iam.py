@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 
-from components.lib.iam import STACK_TAG, tagged_other
+from components.lib.iam import STACK_TAG
 
 ROLE_NAME = "mlplatform-{stack}-model-promoter"
 READ = ["s3:GetObject"]
@@ -126,16 +126,8 @@ def promoter_trust_policy(principal_arn: str) -> str:
     )
 
 
-def store_bucket_policy(bucket: str, stack: str, receivers: dict[str, list[str]]) -> str:
-    """The store's bucket policy. ``receivers``: a receiving stack's promoter role ARN -> the models it
-    receives from this store.
-    - each receiver's role may list and read its models' folders, nothing else (the grant another
-      account needs; the Principal is that account, the role is named in the condition, so the policy
-      is valid before the receiving stack has made its role);
-    - a principal tagged with another stack (``mlplatform.io/stack``: its deploy role and every role it
-      made, where environments share an account) may do nothing here, the receivers' reads excepted:
-      the bucket, its policy and its objects stay this stack's.
-    """
+def _receiver_reads(bucket: str, receivers: dict[str, list[str]]) -> list[dict]:
+    """Each receiver's role may list and read its models' folders (store_bucket_policy)."""
     statements: list[dict] = []
     for i, (role, models) in enumerate(sorted(receivers.items())):
         account = role.split(":")[4]
@@ -160,10 +152,32 @@ def store_bucket_policy(bucket: str, stack: str, receivers: dict[str, list[str]]
                 "Condition": only,
             },
         ]
-    other = tagged_other(f"aws:PrincipalTag/{STACK_TAG}", stack)
-    deny_others = {"Sid": "NotOtherStacks", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [bucket, f"{bucket}/*"]}
+    return statements
+
+
+def store_bucket_policy(bucket: str, stack: str, receivers: dict[str, list[str]], key_arn: str | None = None) -> str:
+    """The store's bucket policy. ``receivers``: a receiving stack's promoter role ARN -> the models it
+    receives from this store. ``key_arn``: the store's customer-managed key.
+    - each receiver's role may list and read its models' folders, nothing else (the grant another
+      account needs; the Principal is that account, the role is named in the condition, so the policy
+      is valid before the receiving stack has made its role);
+    - every other principal not tagged with this stack (``mlplatform.io/stack``), untagged ones
+      included, may do nothing here: where environments share an account, another stack's deploy role
+      and every role it made, and any role made outside the program. The bucket's own tag cannot do
+      this (S3 general purpose buckets have ABAC off: a bucket tag is in no condition), so the
+      principal's tag is the test. An administrator of this stack's account manages the store through
+      a role carrying its stack tag (the account's root user can still delete a bucket policy that
+      locks everyone out);
+    - with ``key_arn``: no object is written under any other encryption than that key (an explicit
+      SSE-S3 or ``aws/s3`` or another key's header; SSE-C), so every version stays readable by exactly
+      the key policy's principals. A PUT without encryption headers gets the bucket default, this key.
+    """
+    statements = _receiver_reads(bucket, receivers)
+    # A negated operator is true when the key is absent: an untagged principal is "not this stack".
+    not_ours = {"StringNotEquals": {f"aws:PrincipalTag/{STACK_TAG}": stack}}
+    deny_others = {"Sid": "OnlyThisStack", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [bucket, f"{bucket}/*"]}
     if receivers:
-        deny_others["Condition"] = {**other, "ArnNotEquals": {"aws:PrincipalArn": sorted(receivers)}}
+        deny_others["Condition"] = {**not_ours, "ArnNotEquals": {"aws:PrincipalArn": sorted(receivers)}}
         statements.append(deny_others)
         statements.append(
             {
@@ -172,13 +186,61 @@ def store_bucket_policy(bucket: str, stack: str, receivers: dict[str, list[str]]
                 "Principal": "*",
                 "NotAction": ["s3:GetObject", "s3:ListBucket"],
                 "Resource": [bucket, f"{bucket}/*"],
-                "Condition": {**other, "ArnEquals": {"aws:PrincipalArn": sorted(receivers)}},
+                "Condition": {"ArnEquals": {"aws:PrincipalArn": sorted(receivers)}},
             }
         )
     else:
-        deny_others["Condition"] = other
+        deny_others["Condition"] = not_ours
         statements.append(deny_others)
+    if key_arn:
+        statements += _only_key(bucket, key_arn)
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+SSE = "s3:x-amz-server-side-encryption"
+SSE_KEY = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+
+
+def _only_key(bucket: str, key_arn: str) -> list[dict]:
+    """PutObject (CopyObject is one too) under the store's key or the bucket default (also that key):
+    an encryption header that names anything else is refused. ``aws:kms`` without a key id would use
+    the account's ``aws/s3`` key, so it is refused too (S3 User Guide, "Specifying server-side
+    encryption with AWS KMS"; the condition keys are those of the request headers)."""
+    objects = f"{bucket}/*"
+    return [
+        {
+            "Sid": "OnlyStoreKeyAlgorithm",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {SSE: "false"}, "StringNotEquals": {SSE: "aws:kms"}},
+        },
+        {
+            "Sid": "OnlyStoreKeyNamed",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {SSE: "false", SSE_KEY: "true"}},
+        },
+        {
+            "Sid": "OnlyStoreKey",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {SSE_KEY: "false"}, "StringNotEquals": {SSE_KEY: key_arn}},
+        },
+        {
+            "Sid": "NoCustomerKeys",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}},
+        },
+    ]
 
 
 def store_key_policy(account: str, receivers: list[str]) -> str:

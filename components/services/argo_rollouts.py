@@ -18,6 +18,7 @@ import pulumi_kubernetes as k8s
 from components.cluster.namespaces import operator_namespace
 from components.config import CanaryConfig
 from components.lib import helm, rollout_specs
+from components.lib.network import SERVING_NAMESPACE
 from components.lib.rollout_specs import (
     API_VERSION,
     CONTROLLER_SERVICE_ACCOUNT,
@@ -86,6 +87,14 @@ def plugin_pin_problem(environment: str, sha256: str | None) -> str | None:
 # - Ingress writes: canaries are routed by the Gateway API plugin (per-route Roles, route_role_rules),
 #   never by an Ingress; the informer keeps its read.
 # Everything else as the chart has it: the informers list and watch each kind at start.
+# - Writes that make pods (ReplicaSets, the analysis/warm-up Jobs) and the other writes on serving
+#   objects (Services, Deployments, pod labels, evictions) only in ``SERVING_NAMESPACE``, where every
+#   Rollout lives: a Role there (``SERVING_RULES``). Cluster-wide, creating a ReplicaSet or a Job in any
+#   namespace would mount any Secret of the cluster (policy rbac-least-privilege). The chart's
+#   ``controller.namespaced`` mode (values.yaml: "`false` runs controller in namespaced mode") would
+#   also narrow the informers, but watches the controller's own namespace, not ml-serving.
+# Everything else as the chart has it: the informers list and watch each kind at start, cluster-wide.
+READ = ["get", "list", "watch"]
 CONTROLLER_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["argoproj.io"],
@@ -97,18 +106,27 @@ CONTROLLER_RULES: list[dict[str, Any]] = [
         "resources": ["analysisruns", "analysisruns/finalizers", "experiments", "experiments/finalizers"],
         "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"],
     },
-    {"apiGroups": ["argoproj.io"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
-    {"apiGroups": ["", "apps"], "resources": ["deployments", "podtemplates"], "verbs": ["get", "list", "watch", "update"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+    {"apiGroups": ["argoproj.io"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": READ},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
+    {"apiGroups": ["", "apps"], "resources": ["deployments", "podtemplates"], "verbs": READ},
+    {"apiGroups": [""], "resources": ["services"], "verbs": READ},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "update"]},
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "update", "watch"]},
-    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": READ},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
-    {"apiGroups": ["networking.k8s.io", "extensions"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
+    {"apiGroups": ["networking.k8s.io", "extensions"], "resources": ["ingresses"], "verbs": READ},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ},
 ]
+# The controller's writes on what runs the models, in SERVING_NAMESPACE only.
+SERVING_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["create", "update", "patch", "delete"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "update", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["patch", "create", "delete"]},
+    {"apiGroups": ["", "apps"], "resources": ["deployments"], "verbs": ["update"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["update"]},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+]
+SERVING_ROLE = "argo-rollouts-serving"
 SECRET_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
 CLUSTER_ROLE = "argo-rollouts-controller-mlplatform"
 
@@ -160,7 +178,8 @@ class ArgoRollouts(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _rbac(self, name: str, after_ns: pulumi.ResourceOptions) -> list[pulumi.Resource]:
-        """CONTROLLER_RULES cluster-wide, SECRET_RULES in its own namespace, bound to its service account."""
+        """CONTROLLER_RULES cluster-wide, SECRET_RULES in its own namespace, SERVING_RULES in ml-serving,
+        bound to its service account."""
         subject = [{"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": NAMESPACE}]
         role = k8s.rbac.v1.ClusterRole(f"{name}-controller-role", metadata={"name": CLUSTER_ROLE}, rules=CONTROLLER_RULES, opts=after_ns)
         binding = k8s.rbac.v1.ClusterRoleBinding(
@@ -183,4 +202,17 @@ class ArgoRollouts(pulumi.ComponentResource):
             subjects=subject,
             opts=pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[secrets])),
         )
-        return [binding, secrets_binding]
+        serving = k8s.rbac.v1.Role(
+            f"{name}-controller-serving",
+            metadata={"name": SERVING_ROLE, "namespace": SERVING_NAMESPACE},
+            rules=SERVING_RULES,
+            opts=after_ns,
+        )
+        serving_binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-controller-serving-binding",
+            metadata={"name": SERVING_ROLE, "namespace": SERVING_NAMESPACE},
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SERVING_ROLE},
+            subjects=subject,
+            opts=pulumi.ResourceOptions.merge(after_ns, pulumi.ResourceOptions(depends_on=[serving])),
+        )
+        return [binding, secrets_binding, serving_binding]

@@ -15,8 +15,12 @@ root ``Jenkinsfile`` does, so nothing that file can reach may deploy a shared en
   which may read and use its own folder's credentials, never as SYSTEM.
 - Folder ``deploy``: one pipeline job, ``deploy/main``, that builds ``jenkins.branch`` (main) and nothing
   else, from ``ci/deploy.Jenkinsfile`` as merged there (branch protection on GitHub is the review gate).
-  Its folder credentials are one AWS identity and one Pulumi passphrase per environment; each stage
-  binds only its own environment's. The prod ``input`` names its approvers (``jenkins.prodApprovers``).
+  Its folder credentials are one AWS identity and one Pulumi passphrase per environment it deploys,
+  ``DEPLOY_ENVIRONMENTS`` (dev and staging); each stage binds only its own environment's. Never prod's:
+  this cluster is staging's, and a credential on it is reachable by whoever administers it (staging's
+  deploy identity is cluster admin here, and deploys Jenkins itself). Prod deploys from prod's own
+  identity: GitHub environment ``prod`` (required reviewers) or GitLab ``deploy:prod`` (manual,
+  protected), each an OIDC role of prod's account (components/cluster/ci_deploy_role.py).
   Folder credentials are invisible to jobs outside the folder, so no PR build can name them.
 - Agents: every agent pod runs in the build namespace (Pod Security ``privileged`` for rootless BuildKit, no Secrets in it,
   agents' service account without a token or any RBAC). The chart grants the controller pod rights in
@@ -104,7 +108,10 @@ PLUGINS = [
 ]
 
 # The stacks deploy/main rolls out, in order (ci/deploy.Jenkinsfile); PR builds get `ephemeral` only.
-ENVIRONMENTS = ("dev", "staging", "prod")
+# What the deploy folder holds credentials for: the environments no more sensitive than the cluster
+# Jenkins runs on (config.JENKINS_ENVIRONMENT, staging). Prod's credentials never live on a non-prod
+# cluster (issue 24 review H2).
+DEPLOY_ENVIRONMENTS = ("dev", "staging")
 PREVIEW_FOLDER = "preview"
 DEPLOY_FOLDER = "deploy"
 CREDENTIALS_SECRET = "jenkins-ci-credentials"
@@ -142,7 +149,7 @@ GITHUB_COMMENT = Credential(
 NOTIFY = Credential("notify-webhook", "notify-webhook-url", "pipeline notifications", username="webhook")
 FOLDER_CREDENTIALS: dict[str, tuple[Credential, ...]] = {
     PREVIEW_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB, GITHUB_COMMENT),
-    DEPLOY_FOLDER: (*(c for env in ENVIRONMENTS for c in (_aws(env), _passphrase(env))), GITHUB, NOTIFY),
+    DEPLOY_FOLDER: (*(c for env in DEPLOY_ENVIRONMENTS for c in (_aws(env), _passphrase(env))), GITHUB, NOTIFY),
 }
 # Read by the controller itself (JCasC), in no folder: the OAuth App's secret.
 OAUTH_SECRET_KEY = "github-oauth-client-secret"
@@ -216,7 +223,7 @@ def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool) -> str:
             _pr_job(owner, name, https),
             _branch_pipeline_job(
                 f"{DEPLOY_FOLDER}/main",
-                _q(f"Deploys {branch} to {', '.join(ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only."),
+                _q(f"Deploys {branch} to {', '.join(DEPLOY_ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only."),
                 "pollSCM { scmpoll_spec('H/5 * * * *') }",
                 "ci/deploy.Jenkinsfile",
                 https,
@@ -290,7 +297,7 @@ def _branch_pipeline_job(job: str, description: str, trigger: str, script_path: 
 
 def env_jcasc(repo_url: str, prod_approvers: list[str]) -> str:
     """Global environment for pipelines: the GitHub owner/name the PR comments go to, and who may
-    approve the prod deploy (the ``submitter`` of its ``input``)."""
+    approve a PR's ephemeral stack (the ``submitter`` of its ``input``)."""
     owner, name = github_repo(repo_url)
     env = [
         {"key": "GITHUB_REPOSITORY", "value": f"{owner}/{name}"},

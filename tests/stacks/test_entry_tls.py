@@ -137,3 +137,45 @@ def test_config_refuses_plain_http_on_the_internet(env, overrides, key):
     with pytest.raises(ConfigError) as err:
         mock_engine.run(stack, overrides=overrides)
     assert f"stacks/Pulumi.{stack}.yaml: {key}: required" in str(err.value)
+
+
+def _model_route(res):
+    return next(r for r in res if r.kind == "HTTPRoute" and r.props["metadata"]["name"] != gateway.REDIRECT_ROUTE)
+
+
+@pytest.mark.parametrize(
+    "attach",
+    [
+        lambda ref: ref.update(port=80) or ref.pop("sectionName"),  # by port, no sectionName
+        lambda ref: ref.pop("sectionName"),  # no sectionName: every listener of the Gateway
+    ],
+    ids=["parentRef.port-80", "no-sectionName"],
+)
+def test_planted_model_route_on_port_80_is_caught(prod, attach):
+    """A model route that attaches to the plain-HTTP listener serves models in clear, whatever the
+    listener's allowedRoutes says today (a namespace label away from admitting it)."""
+
+    def plant(res):
+        for ref in _model_route(res).props["spec"]["parentRefs"]:
+            attach(ref)
+
+    assert _plant(prod, plant) == ["internet-facing LoadBalancer without TLS: port 80: listener http serves plain HTTP"]
+
+
+def test_planted_gateway_behind_envoys_own_load_balancer_is_caught(prod):
+    """Envoy Gateway makes its own LoadBalancer Service unless the EnvoyProxy says otherwise (its
+    default type): without the program's Service in front, the Gateway's listeners are the entry point."""
+
+    def plant(res):
+        res.remove(_one(res, "Service", gateway.ENTRY_SERVICE))
+        proxy = next(r for r in res if r.kind == "EnvoyProxy")
+        proxy.props["spec"]["provider"]["kubernetes"]["envoyService"].pop("type")  # Envoy Gateway's default: LoadBalancer
+        gw = _one(res, "Gateway", gateway.GATEWAY_NAME)
+        gw.props["spec"]["listeners"] = [ln for ln in gw.props["spec"]["listeners"] if ln["name"] == "http"]
+        for ref in _model_route(res).props["spec"]["parentRefs"]:
+            ref["sectionName"] = "http"
+
+    assert _plant(prod, plant) == ["Gateway exposed by Envoy's own LoadBalancer without TLS: port 80: listener http serves plain HTTP"]
+    # control: the rendered proxy's Service is a ClusterIP, so the Gateway itself is not judged
+    res = _res(prod)
+    assert next(r for r in res if r.kind == "EnvoyProxy").props["spec"]["provider"]["kubernetes"]["envoyService"]["type"] == "ClusterIP"

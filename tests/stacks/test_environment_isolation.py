@@ -116,7 +116,9 @@ def test_the_store_renders_its_bucket_and_key_policies(env):
         for r in (e or {}).get("receivers", []):
             receivers.setdefault(promotion_iam.role_arn(r["account"], r["stack"]), []).append(m)
     (policy,) = res.of_type("aws:s3/bucketPolicy:BucketPolicy")
-    assert policy.inputs["policy"] == promotion_iam.store_bucket_policy(own, stack, receivers)
+    (sse,) = res.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    key_arn = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["kmsMasterKeyId"]
+    assert policy.inputs["policy"] == promotion_iam.store_bucket_policy(own, stack, receivers, key_arn)
     (key,) = res.of_type("aws:kms/key:Key")
     assert key.inputs["policy"] == promotion_iam.store_key_policy(account(stack), sorted(receivers))
     assert key.inputs["enableKeyRotation"] is True
@@ -196,7 +198,7 @@ def test_dev_deploy_cannot_touch_prods_cluster_roles_or_keys(action, resource, t
     assert not allowed(deployer("dev"), Request(action, resource, ONE, resource_policy=policy, resource_tags=tags, context=bounded("prod")))
     # control: the same request on dev's own things is allowed
     own = resource.replace("mlplatform-prod", "mlplatform-dev").replace("prod-store", "dev-store")
-    own_tags = {TAG: "dev"} if tags else {}
+    own_tags = {TAG: "dev"} if tags or ":role/" in own else {}  # only a role tagged dev is dev's
     assert allowed(deployer("dev"), Request(action, own, ONE, resource_policy=policy, resource_tags=own_tags, context=bounded("dev")))
 
 
@@ -208,7 +210,14 @@ BOUNDARY = f"arn:aws:iam::{ONE}:policy/mlplatform-dev-deploy-boundary"
     [
         ("iam:CreateRole", f"arn:aws:iam::{ONE}:role/escape", {}, False),  # an unbounded role to escape through
         ("iam:CreateRole", f"arn:aws:iam::{ONE}:role/escape", {"iam:PermissionsBoundary": BOUNDARY.replace("dev", "prod")}, False),
-        ("iam:CreateRole", f"arn:aws:iam::{ONE}:role/mlplatform-x", {"iam:PermissionsBoundary": BOUNDARY}, True),
+        (
+            "iam:CreateRole",
+            f"arn:aws:iam::{ONE}:role/mlplatform-x",
+            {"iam:PermissionsBoundary": BOUNDARY, f"aws:RequestTag/{TAG}": "dev"},
+            True,
+        ),
+        # bounded but untagged: a principal no store could tell apart (the shared-account escape)
+        ("iam:CreateRole", f"arn:aws:iam::{ONE}:role/helper", {"iam:PermissionsBoundary": BOUNDARY}, False),
         (
             "iam:PutRolePermissionsBoundary",
             f"arn:aws:iam::{ONE}:role/x",
@@ -294,3 +303,103 @@ def test_in_one_account_the_receiver_reads_and_nothing_more():
     assert not allowed(same, Request("s3:PutObject", f"{SRC}/models/mnist/x", ONE, resource_policy=bucket_policy))
     assert not allowed(same, Request("s3:PutBucketPolicy", SRC, ONE, resource_policy=bucket_policy))
     assert not allowed(deployer("prod"), Request("s3:GetObject", OBJECT, ONE, resource_policy=bucket_policy))
+
+
+# --- one account: no principal of no stack (untagged), no write under another key -----------------
+
+UNTAGGED = f"arn:aws:iam::{ONE}:role/helper"
+
+
+@pytest.mark.parametrize(
+    "action, resource, tags, context",
+    [
+        ("iam:UntagRole", f"arn:aws:iam::{ONE}:role/mlplatform-dev-ci-deploy", {TAG: "dev"}, {"aws:TagKeys": [TAG]}),
+        (
+            "iam:TagRole",
+            f"arn:aws:iam::{ONE}:role/mlplatform-dev-ci-deploy",
+            {TAG: "dev"},
+            {"aws:TagKeys": [TAG], f"aws:RequestTag/{TAG}": "dev"},
+        ),
+        ("iam:TagRole", UNTAGGED, {}, {"aws:TagKeys": [TAG], f"aws:RequestTag/{TAG}": "dev"}),  # adopting a role
+        ("sts:AssumeRole", UNTAGGED, {}, {}),
+        ("iam:UpdateAssumeRolePolicy", UNTAGGED, {}, {}),
+        ("iam:DeleteRolePolicy", UNTAGGED, {}, {"iam:PermissionsBoundary": BOUNDARY}),
+        ("iam:DeleteRole", UNTAGGED, {}, {}),
+        ("iam:PassRole", UNTAGGED, {}, {}),
+        # a session tag overrides the role's tag of the same key: passing stack=prod is refused
+        ("sts:TagSession", f"arn:aws:iam::{ONE}:role/mlplatform-train-role-abc", {TAG: "dev"}, {f"aws:RequestTag/{TAG}": "prod"}),
+    ],
+)
+def test_dev_deploy_cannot_untag_itself_or_use_an_untagged_role(action, resource, tags, context):
+    assert not allowed(deployer("dev"), Request(action, resource, ONE, resource_tags=tags, context=context))
+
+
+def test_control_dev_deploy_manages_its_own_tagged_roles():
+    mine = f"arn:aws:iam::{ONE}:role/mlplatform-train-role-abc"
+    for action in ("sts:AssumeRole", "iam:UpdateAssumeRolePolicy", "iam:DeleteRole", "iam:PassRole"):
+        assert allowed(deployer("dev"), Request(action, mine, ONE, resource_tags={TAG: "dev"}))
+    assert allowed(deployer("dev"), Request("iam:TagRole", mine, ONE, resource_tags={TAG: "dev"}, context={"aws:TagKeys": ["team"]}))
+
+
+@pytest.mark.parametrize("action", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:PutBucketPolicy"])
+def test_an_untagged_principal_gets_nothing_from_a_store(action):
+    """Whatever its own policies (an administrator role made outside the program, no boundary)."""
+    admin = Principal(UNTAGGED, [iam.deploy_policy()])
+    key = None if action == "s3:PutBucketPolicy" else "models/mnist/aliases/champion.json"
+    assert not allowed(admin, _prod_bucket_request(action, key))
+    # a role carrying prod's tag is prod's: allowed
+    assert allowed(Principal(UNTAGGED, [iam.deploy_policy()], tags={TAG: "prod"}), _prod_bucket_request(action, key))
+
+
+def test_a_bucket_tag_is_no_condition():
+    """S3 general purpose buckets have ABAC off by default: the evaluator gives a bucket's tags to no
+    condition, whatever the caller passes (an IAM role's tags, by contrast, are seen)."""
+    deny_tagged = iam.deploy_boundary_policy("dev", ENVS)
+    req = Request("s3:PutObject", bucket("prod") + "/x", ONE, resource_tags={TAG: "prod"})
+    assert allowed(Principal(UNTAGGED, [iam.deploy_policy()], deny_tagged), req)
+    role = Request("iam:DeleteRole", f"arn:aws:iam::{ONE}:role/r", ONE, resource_tags={TAG: "prod"})
+    assert not allowed(Principal(UNTAGGED, [iam.deploy_policy()], deny_tagged), role)
+
+
+KEY = f"arn:aws:kms:eu-west-1:{ONE}:key/prod-store"
+SSE, SSE_KEY = "s3:x-amz-server-side-encryption", "s3:x-amz-server-side-encryption-aws-kms-key-id"
+
+
+@pytest.mark.parametrize(
+    "headers, ok",
+    [
+        ({}, True),  # the bucket default: the store's key
+        ({SSE: "aws:kms", SSE_KEY: KEY}, True),
+        ({SSE: "AES256"}, False),  # SSE-S3: past the key policy
+        ({SSE: "aws:kms"}, False),  # the account's aws/s3 key
+        ({SSE: "aws:kms", SSE_KEY: KEY.replace("prod-store", "other")}, False),
+        ({"s3:x-amz-server-side-encryption-customer-algorithm": "AES256"}, False),  # SSE-C
+    ],
+)
+def test_objects_are_written_under_the_stores_key_only(headers, ok):
+    policy = promotion_iam.store_bucket_policy(bucket("prod"), "prod", {}, KEY)
+    req = Request("s3:PutObject", bucket("prod") + "/models/mnist/v2/model.keras", ONE, resource_policy=policy, context=headers)
+    assert allowed(deployer("prod"), req) is ok
+
+
+def test_the_store_renders_the_key_in_its_bucket_policy(prod_ci):
+    (policy,) = prod_ci.of_type("aws:s3/bucketPolicy:BucketPolicy")
+    doc = json.loads(policy.inputs["policy"])
+    (only_key,) = [s for s in doc["Statement"] if s["Sid"] == "OnlyStoreKey"]
+    assert only_key["Condition"]["StringNotEquals"][SSE_KEY].startswith("arn:aws:kms:")
+    assert {s["Sid"] for s in doc["Statement"]} >= {"OnlyThisStack", "OnlyStoreKey", "OnlyStoreKeyAlgorithm", "NoCustomerKeys"}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_aws_resource_carries_the_stack_tag(env):
+    """The provider's default tags reach every AWS resource, those a component forgets (the
+    autoscaler's role, the served-version SSM parameters) included; every role, a principal the
+    stores and the boundary tell apart by its tag, carries it in its own inputs too."""
+    res = mock_engine.run(env)
+    (provider,) = res.of_type("pulumi:providers:aws")
+    assert json.loads(provider.inputs["defaultTags"])["tags"][TAG] == env
+    for r in res.records:
+        if r.custom and r.type.startswith("aws:"):
+            assert r.provider.startswith(provider.urn), (r.type, r.name, r.provider)
+    untagged = [r.name for r in res.of_type("aws:iam/role:Role") if (r.inputs.get("tags") or {}).get(TAG) != env]
+    assert untagged == []

@@ -133,3 +133,66 @@ def test_planted_pushgateway_scrape_without_name_filter_is_caught(dev):
     monitor["metricRelabelings"] = keep
     monitor["honorLabels"] = False  # without honorLabels the scrape's own job/instance labels win
     assert rule(release) == []
+
+
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+
+
+@pytest.mark.parametrize(
+    "type_, props, message",
+    [
+        ("aws:iam/role:Role", {"name": "x", "managedPolicyArns": [ADMIN]}, "is an AWS administrator"),
+        (
+            "aws:iam/policyAttachment:PolicyAttachment",
+            {"roles": ["mlplatform-prod-ci-deploy"], "policyArn": ADMIN},
+            "is an AWS administrator",
+        ),
+        (
+            "aws:iam/rolePolicyAttachmentsExclusive:RolePolicyAttachmentsExclusive",
+            {"roleName": "x", "policyArns": [ADMIN]},
+            "is an AWS administrator",
+        ),
+        ("aws:iam/role:Role", {"name": "y", "permissionsBoundary": ADMIN}, "bounds nothing"),
+        (
+            "aws:iam/rolePolicy:RolePolicy",
+            {"role": "mlplatform-mnist-serving-store-role-id", "policy": ALL},
+            "every action on every resource",
+        ),
+        ("aws:iam/role:Role", {"name": "z", "inlinePolicies": [{"name": "p", "policy": ALL}]}, "every action on every resource"),
+    ],
+)
+def test_planted_administrator_by_another_route_is_caught(prod_ci, type_, props, message):
+    """AdministratorAccess however attached, an inline * on * on any role but the (bounded) deploy
+    role's own, a boundary that bounds nothing."""
+    res = _res(prod_ci)
+    boundary = _deploy_role(res).props["permissionsBoundary"]
+    if type_ == "aws:iam/role:Role":
+        props = {"permissionsBoundary": boundary, **props}
+    res.append(rules.Res(type_, props, urn="planted"))
+    assert [m for urn, m in rules.iam_roles_bounded(res) if urn == "planted" and message in m], rules.iam_roles_bounded(res)
+    # control: the deploy role's own inline * on * (bounded) is what the stack renders, and passes
+    assert rules.iam_roles_bounded(_res(prod_ci)) == []
+
+
+def test_planted_allow_all_network_policy_beside_default_deny_is_caught(dev):
+    res = _res(dev)
+    assert rules.namespaces_default_deny(res) == []
+    open_all = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "open", "namespace": "ml-serving"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]},
+    }
+    res.append(rules.Res("kubernetes:networking.k8s.io/v1:NetworkPolicy", open_all, urn="planted"))
+    assert rules.namespaces_default_deny(res) == [
+        ("planted", "NetworkPolicy 'open' allows all ingress (a rule with no peers and no ports)"),
+        ("planted", "NetworkPolicy 'open' allows all egress (a rule with no peers and no ports)"),
+    ]
+
+
+@pytest.mark.parametrize("regex", ["(.*)", ".*|mlplatform_training_.+", "mlplatform_training_.+|.+", "[a-z_:]+", "(["])
+def test_planted_pushgateway_keep_that_keeps_everything_is_caught(dev, regex):
+    rule = rules.RESOURCE_RULES["pushgateway-scrape-confined"][0]
+    release = _release(dev, "prometheus-pushgateway")
+    release.props["values"]["serviceMonitor"]["metricRelabelings"][0]["regex"] = regex
+    assert rule(release) == ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]

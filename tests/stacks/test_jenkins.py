@@ -108,7 +108,8 @@ def test_ci_credentials_from_secret_config(stack, result):
     on = mock_engine.run(stack, overrides={"mlplatform:jenkinsCredentials": creds})
     (secret,) = [s for s in on.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == CREDENTIALS_SECRET]
     assert secret.inputs["metadata"]["namespace"] == "jenkins" and set(secret.raw["stringData"]) == set(CREDENTIAL_KEYS)
-    assert secret.inputs["stringData"]["aws-prod-secret-access-key"] == "[secret]"
+    assert secret.inputs["stringData"]["aws-staging-secret-access-key"] == "[secret]"
+    assert not [k for k in secret.raw["stringData"] if "prod" in k]  # no prod credential on staging's cluster
     (rel,) = [r for r in on.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "jenkins"]
     mounted = {m["keyName"] for m in rel.raw["values"]["controller"]["additionalExistingSecrets"]}
     assert mounted == set(CREDENTIAL_KEYS)

@@ -28,15 +28,20 @@ def test_the_chart_makes_no_cluster_role_and_ours_reads_no_secret(dev):
     resources = {res for rule in role.raw["rules"] for res in rule["resources"]}
     assert "secrets" not in resources and "*" not in resources
     assert rules.rbac_least_privilege(rules.Res(role.type, role.raw)) == []
-    # what the canary needs is still there: Rollouts, AnalysisRuns, ReplicaSets, Services, the warm-up Job
+    # what the canary needs is still there: Rollouts, AnalysisRuns cluster-wide; ReplicaSets, Services
+    # and the warm-up Job written in ml-serving only (a Role there), read everywhere (the informers)
     verbs = {(res, v) for rule in role.raw["rules"] for res in rule["resources"] for v in rule["verbs"]}
-    assert {
-        ("rollouts", "update"),
-        ("analysisruns", "create"),
-        ("replicasets", "create"),
-        ("services", "patch"),
-        ("jobs", "create"),
-    } <= verbs
+    assert {("rollouts", "update"), ("analysisruns", "create"), ("replicasets", "watch"), ("jobs", "watch")} <= verbs
+    assert not {(res, v) for res, v in verbs if res in ("replicasets", "jobs", "services", "pods")} - {
+        (res, v) for res in ("replicasets", "jobs", "services", "pods") for v in ("get", "list", "watch")
+    }
+    (serving,) = [r for r in _of_kind(dev, "Role") if r.inputs["metadata"]["name"] == argo_rollouts.SERVING_ROLE]
+    assert serving.inputs["metadata"]["namespace"] == "ml-serving"
+    written = {(res, v) for rule in serving.raw["rules"] for res in rule["resources"] for v in rule["verbs"]}
+    assert {("replicasets", "create"), ("services", "patch"), ("jobs", "create")} <= written
+    (binding,) = [r for r in _of_kind(dev, "RoleBinding") if r.inputs["metadata"]["name"] == argo_rollouts.SERVING_ROLE]
+    assert binding.inputs["metadata"]["namespace"] == "ml-serving"
+    assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": NAMESPACE}]
     assert not {v for res, v in verbs if res == "ingresses"} - {"get", "list", "watch"}  # no Ingress routing here
     (binding,) = [b for b in _of_kind(dev, "ClusterRoleBinding") if b.raw["roleRef"]["name"] == argo_rollouts.CLUSTER_ROLE]
     assert binding.raw["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": NAMESPACE}]
@@ -71,14 +76,39 @@ def test_planted_cluster_wide_secret_read_is_caught():
         "rules": [*argo_rollouts.CONTROLLER_RULES, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
     }
     assert rules.rbac_least_privilege(rules.Res("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", planted)) == [
-        f"rule {len(argo_rollouts.CONTROLLER_RULES)} reads every Secret of the cluster"
+        f"rule {len(argo_rollouts.CONTROLLER_RULES)} reads Secrets in every namespace"
     ]
-    # one named Secret, or a namespaced Role, is not "every Secret of the cluster"
-    named = {"kind": "ClusterRole", "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["x"], "verbs": ["get"]}]}
-    assert rules.rbac_least_privilege(rules.Res("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", named)) == []
+    # a named Secret in a ClusterRole is that name in every namespace (jenkins-ci-credentials included)
+    named = {
+        "kind": "ClusterRole",
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["jenkins-ci-credentials"], "verbs": ["get"]}],
+    }
+    assert rules.rbac_least_privilege(rules.Res("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", named)) == [
+        "rule 0 reads Secrets in every namespace"
+    ]
+    # a namespaced Role reading its own namespace's Secrets is not
     assert (
         rules.rbac_least_privilege(
             rules.Res("kubernetes:rbac.authorization.k8s.io/v1:Role", {"kind": "Role", "rules": argo_rollouts.SECRET_RULES})
         )
         == []
     )
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]},
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["create"]},
+    ],
+)
+def test_planted_cluster_wide_workload_creation_is_caught(rule):
+    """Creating a ReplicaSet or a Job in any namespace mounts any Secret of the cluster: the chart's
+    controller rules put back cluster-wide are caught; the same rules in ml-serving's Role are not."""
+    planted = {"kind": "ClusterRole", "rules": [*argo_rollouts.CONTROLLER_RULES, rule]}
+    found = rules.rbac_least_privilege(rules.Res("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole", planted))
+    assert f"rule {len(argo_rollouts.CONTROLLER_RULES)} creates workloads in every namespace (a pod may mount any Secret there)" in found
+    role = {"kind": "Role", "rules": argo_rollouts.SERVING_RULES}
+    assert rules.rbac_least_privilege(rules.Res("kubernetes:rbac.authorization.k8s.io/v1:Role", role)) == []

@@ -125,7 +125,9 @@ def test_deploy_credentials_live_only_in_the_deploy_folder():
     script = _dsl()
     ids = lambda block: set(re.findall(r"id\('([^']+)'\)", block))  # noqa: E731
     deploy, preview = ids(_folder_block(script, "deploy")), ids(_folder_block(script, "preview"))
-    assert {f"aws-{e}" for e in ("dev", "staging", "prod")} | {f"pulumi-{e}" for e in ("dev", "staging", "prod")} <= deploy
+    assert {f"aws-{e}" for e in ("dev", "staging")} | {f"pulumi-{e}" for e in ("dev", "staging")} <= deploy
+    # prod's credentials never live on the staging cluster Jenkins runs on (issue 24 review H2)
+    assert not {i for i in deploy | preview if "prod" in i}
     assert preview == {"aws-ephemeral", "pulumi-ephemeral", "github", "github-comment"}
     # nothing is defined outside a folder (the root store would be visible to every job)
     assert "credentials:" not in jenkins.env_jcasc("https://github.com/acme/mlplatform.git", ["x"])
@@ -162,9 +164,12 @@ def test_pr_job_discovers_pull_requests_from_github():
 def test_credentials_secret_names_missing_keys_not_values():
     good = {k: "v" for k in jenkins.CREDENTIAL_KEYS}
     assert jenkins.credentials_data(json.dumps(good)) == good
-    with pytest.raises(ValueError, match=r"missing keys \['aws-prod-access-key-id'\]") as info:
-        jenkins.credentials_data(json.dumps({k: v for k, v in good.items() if k != "aws-prod-access-key-id"} | {"x": "hunter2"}))
+    with pytest.raises(ValueError, match=r"missing keys \['aws-staging-access-key-id'\]") as info:
+        jenkins.credentials_data(json.dumps({k: v for k, v in good.items() if k != "aws-staging-access-key-id"} | {"x": "hunter2"}))
     assert "hunter2" not in str(info.value) and "unknown keys ['x']" in str(info.value)
+    # a prod credential is refused by name: it has no place on this cluster
+    with pytest.raises(ValueError, match=r"unknown keys \['aws-prod-secret-access-key'\]"):
+        jenkins.credentials_data(json.dumps(good | {"aws-prod-secret-access-key": "v"}))
     with pytest.raises(ValueError, match="JSON object"):
         jenkins.credentials_data("[1]")
 
@@ -190,13 +195,15 @@ def test_pr_jenkinsfile_reaches_no_deploy_credential_and_deploys_nothing():
 
 def test_deploy_jenkinsfile_binds_each_environment_only_in_its_stage():
     text = _groovy("ci/deploy.Jenkinsfile")
-    for env in ("dev", "staging", "prod"):
+    for env in ("dev", "staging"):
         assert f"deployTo('{env}')" in text
     # credentials ids are built from the stack the stage deploys, nothing else
     assert re.findall(r"credentialsId: \"([^\"]+)\"", text) == ["aws-${stack}", "pulumi-${stack}"]
-    assert "submitter: approvers" in text and "env.MLPLATFORM_PROD_APPROVERS" in text
     order = re.findall(r"stage\('([^']+)'\)", text)
-    assert order.index("Deploy staging") < order.index("Approve prod") < order.index("Deploy prod")
+    assert order.index("Deploy dev") < order.index("Deploy staging")
+    # no prod stage: prod deploys from prod's own OIDC identity (GitHub environment / GitLab job), never
+    # with a credential held on the staging cluster
+    assert "prod" not in text
 
 
 def test_prod_approvers_reach_the_input_from_config():
