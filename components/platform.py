@@ -243,7 +243,8 @@ class Platform(pulumi.ComponentResource):
                 ArgoRolloutsArgs(
                     environment=cfg.environment, prometheus_namespace=ns["monitoring"], monitoring_release=self.monitoring_release
                 ),
-                opts=self.k8s_opts,
+                # its Role in ml-serving waits for that namespace
+                opts=self.in_namespaces,
             )
         if cfg.has_gpus:
             addons = GpuAddons(

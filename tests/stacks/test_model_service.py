@@ -167,7 +167,10 @@ def test_store_access_is_read_only(result, stack):
         assert sa.raw["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
         policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", f"mlplatform-{model}-serving-store-policy").inputs["policy"])
         actions = {a for s in policy["Statement"] for a in s["Action"]}
-        assert actions == {"s3:ListBucket", "s3:GetObject"}
+        # reading SSE-KMS objects needs kms:Decrypt on the store's own key (only through S3); nothing that writes
+        assert actions == {"s3:ListBucket", "s3:GetObject", "kms:Decrypt"}, sa.urn
+        (key,) = [s for s in policy["Statement"] if "kms:Decrypt" in s["Action"]]
+        assert key["Resource"] != "*" and key["Condition"]["StringLike"]["kms:ViaService"] == "s3.*.amazonaws.com", sa.urn
 
 
 def test_model_urls_exported(result, stack):

@@ -61,8 +61,10 @@ def test_jenkinsfile_stages_in_order():
     assert "post {\n        always {" in text and 'sh "make ephemeral-destroy' in text
     deploy = (ROOT / "ci" / "deploy.Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", deploy)]
-    assert order == ["Lint + tests", "Deploy dev", "Deploy staging", "Approve prod", "Deploy prod"]
-    assert "input message:" in deploy
+    # prod's credentials never live on the staging cluster's Jenkins (issue 24, H2): prod deploys only
+    # from its own OIDC identity (GitHub environment `prod` / GitLab `deploy:prod`), behind its reviewers
+    assert order == ["Lint + tests", "Deploy dev", "Deploy staging"]
+    assert "aws-prod" not in deploy and "pulumi-passphrase-prod" not in deploy
 
 
 def test_every_deploy_promotes_through_a_canary_before_the_smoke_test():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from components.config import CanaryConfig
 from components.config.llm import AwakeSchedule, LlmConfig
-from components.models import llm_service
+from components.models import llm_import, llm_service
 from policy.rules import STACK_RULES, Res, gpu_serving_sleeps_off_prod
 
 
@@ -18,7 +18,9 @@ def namespace(env):
 
 
 def server(llm):
-    spec = llm_service.rollout_spec("qwen", llm, CanaryConfig(), "gpu-spot", 2)
+    # served from its registry version, as every vLLM pod is (components/models/llm_import.py)
+    weights = llm_import.served_weights("qwen", llm, "@champion", "s3://store", [], "llm-fetch-code")
+    spec = llm_service.rollout_spec("qwen", llm, CanaryConfig(), "gpu-spot", 2, weights=weights)
     props = {"kind": "Rollout", "metadata": {"name": "llm-qwen", "namespace": "ml-serving"}, "spec": spec}
     return Res("kubernetes:argoproj.io/v1alpha1:Rollout", props, "urn:ro")
 
