@@ -3,6 +3,7 @@
 import pulumi
 
 from components import config
+from components.models.model import llm_api_keys
 from components.platform import Platform
 
 settings = config.load()
@@ -15,6 +16,8 @@ pulumi.export("images", platform.images.refs)
 pulumi.export("namespaces", {role: ns.name for role, ns in platform.namespaces.items()})
 pulumi.export("modelStore", platform.store.uri)
 pulumi.export("models", {name: m.outputs() for name, m in platform.models.items()})
+# The LLM routes' API keys (issue 24 item 10), a secret: `pulumi stack output llmApiKeys --show-secrets`.
+pulumi.export("llmApiKeys", llm_api_keys(platform.models))
 pulumi.export("entryPoint", platform.entry.base_url)
 # The first trained catalogue entry's, for `make train-wait` (a vllm model has no training).
 first = next((m for m in platform.models.values() if m.training), None)

@@ -159,16 +159,18 @@ def is_openai(url: str) -> bool:
     return url.rstrip("/").endswith("/v1")
 
 
-def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float) -> int:
+def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float, llm_keys: dict | None = None) -> int:
     """Every model of a stack (its ``models`` output: name -> {url, runtime, ...}), each by its runtime;
-    exit status 1 when any fails."""
+    exit status 1 when any fails. ``llm_keys``: the stack's ``llmApiKeys`` output (model -> client ->
+    key), the key an LLM route asks for where ``OPENAI_API_KEY`` is unset."""
     from ops import smoke_openai
 
     failed = 0
     for name, m in models.items():
         url = m["url"]
         if m.get("runtime") == "vllm" or is_openai(url):
-            ok, message = smoke_openai.smoke_openai(url, wait_s=wait_s, api_key=os.environ.get("OPENAI_API_KEY"))
+            key = os.environ.get("OPENAI_API_KEY") or next(iter(((llm_keys or {}).get(name) or {}).values()), None)
+            ok, message = smoke_openai.smoke_openai(url, wait_s=wait_s, api_key=key)
         else:
             key = m.get("apiKey") if m.get("apiKey") not in (None, "[secret]") else os.environ.get("SMOKE_API_KEY")
             ok, message = smoke(url, data, images, min_accuracy, model=name, wait_s=wait_s, api_key=key)
@@ -197,12 +199,32 @@ def stack_models(stack: str) -> str | None:
     return proc.stdout
 
 
+def stack_llm_keys(stack: str) -> dict:
+    """The stack's ``llmApiKeys`` output (a secret, read with --show-secrets and kept in this process,
+    never on a command line); {} where the stack has none or the CLI cannot read it."""
+    import shutil
+    import subprocess
+
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        return {}
+    cmd = [pulumi, "stack", "output", "llmApiKeys", "--json", "--show-secrets", "--stack", stack]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        keys = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except json.JSONDecodeError:
+        keys = None
+    return keys if isinstance(keys, dict) else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    llm_keys: dict = {}
     if argv[:1] == ["--stack"] and len(argv) >= 2:  # make smoke / mlp smoke --stack NAME: every model of the stack
         models = stack_models(argv[1])
         if models is None:
             return 5
+        llm_keys = stack_llm_keys(argv[1])
         argv = ["--models", models, *argv[2:]]
     if "--models" in argv:  # the stack's `models` output (JSON): every model, TF and LLM
         p = argparse.ArgumentParser(prog="python -m ops.smoke --models JSON")
@@ -217,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as exc:
             print(f"smoke: --models is not the stack's `models` output as JSON ({exc})", file=sys.stderr)
             return 2
-        return smoke_models(models, args.data, args.images, args.min_accuracy, args.wait)
+        return smoke_models(models, args.data, args.images, args.min_accuracy, args.wait, llm_keys)
     if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
         from ops import smoke_openai
 

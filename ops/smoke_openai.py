@@ -33,7 +33,10 @@ def base_url(url: str) -> str:
 def _request(url: str, body: dict | None, api_key: str | None, timeout: float) -> Any:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
+        # vLLM's own --api-key reads the bearer token; the entry point's key check (an LLM route with
+        # serving.apiKey, components/services/gateway.py API_KEY_HEADER) reads x-api-key.
         headers["Authorization"] = f"Bearer {api_key}"
+        headers["x-api-key"] = api_key
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - URL given by the operator
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310

@@ -23,7 +23,7 @@ CRD_KINDS = {
     *("ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"),  # Kueue
     "JobSet",
     *("Gateway", "GatewayClass", "HTTPRoute", "ReferenceGrant"),  # Gateway API
-    *("EnvoyProxy", "SecurityPolicy"),  # Envoy Gateway v1.9.0 (gateway.envoyproxy.io)
+    *("EnvoyProxy", "SecurityPolicy", "BackendTrafficPolicy"),  # Envoy Gateway v1.9.0 (gateway.envoyproxy.io)
     *("ScaledObject", "ScaledJob", "TriggerAuthentication"),  # KEDA
     *("Rollout", "AnalysisTemplate", "ClusterAnalysisTemplate", "AnalysisRun", "Experiment"),  # Argo Rollouts
 }

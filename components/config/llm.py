@@ -66,6 +66,19 @@ class LlmResources(_Strict):
     memory_limit: str = Field(default="13Gi", pattern=r"^[0-9]+(Mi|Gi)$", description="memory limit, including `/dev/shm` (2 GiB per GPU)")
 
 
+# An API client's name: a key of the Secret the gateway reads the keys from, and the value of the
+# client-id header its rate limit counts by.
+CLIENT_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class LlmRateLimit(_Strict):
+    """Requests per client the entry point admits before answering 429 (Envoy Gateway's local rate
+    limit: counted by each Envoy replica, so the stack admits up to this times its proxy replicas)."""
+
+    requests: int = Field(default=60, ge=1, le=1_000_000, description="requests per `unit` per API client (per route without keys)")
+    unit: Literal["Second", "Minute", "Hour"] = Field(default="Minute", description="the rate limit's interval")
+
+
 class LlmConfig(_Strict):
     """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
 
@@ -101,6 +114,23 @@ class LlmConfig(_Strict):
         default=1800, ge=60, le=7200, description="allowance for download + load + CUDA graphs before liveness counts"
     )
     resources: LlmResources = Field(default=LlmResources(), description="container CPU/memory (GPUs: `gpus`)")
+    api_clients: list[str] = Field(
+        default=["default"],
+        min_length=1,
+        max_length=50,
+        description="with `serving.apiKey`: one generated key per client (stack output `llmApiKeys`, a secret), each rate-limited apart",
+    )
+    rate_limit: LlmRateLimit = Field(default=LlmRateLimit(), description="requests admitted per API client (per route without keys)")
+
+    @field_validator("api_clients")
+    @classmethod
+    def _clients(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not re.match(CLIENT_ID, c):
+                raise ValueError(f"client names are lowercase letters, digits and '-' (got {c!r})")
+        if len(set(v)) != len(v):
+            raise ValueError("client names must be unique")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -143,8 +173,10 @@ def llm_schedule_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[t
         yield f"{key}.llm.minReplicas", "0 needs an awake schedule (llm.awake), or the model never starts again"
     if environment == "prod" and llm.awake is not None:
         yield f"{key}.llm.awake", "prod models do not sleep: remove the schedule"
-    if environment == "prod" and llm.min_replicas < 1:
-        yield f"{key}.llm.minReplicas", "prod needs >= 1 replica at all times"
+    if environment == "prod" and llm.min_replicas < 2:
+        # The PDB allows one pod down at a time (maxUnavailable 1): with one replica a node drain
+        # (an upgrade, the autoscaler) takes the only vLLM, and a new one needs minutes to load.
+        yield f"{key}.llm.minReplicas", "prod needs >= 2 replicas: a node drain takes one at a time (PDB maxUnavailable 1)"
 
 
 def llm_revision_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[tuple[str, str]]:

@@ -158,7 +158,7 @@ def jenkins_rules(cfg: PlatformConfig) -> Problems:
     elif j.enabled and not j.repo_url:
         yield "jenkins.repoUrl", "required when jenkins.enabled (the Git URL of this repository)"
     if j.enabled and cfg.environment == JENKINS_ENVIRONMENT and not j.prod_approvers:
-        yield "jenkins.prodApprovers", "required when jenkins.enabled: the Jenkins users or groups who may approve a prod deploy"
+        yield "jenkins.prodApprovers", "required when jenkins.enabled: the Jenkins users or groups who may approve a PR's ephemeral stack"
     if j.enabled and cfg.environment == JENKINS_ENVIRONMENT:
         yield from jenkins_realm_rules(j)
     if j.enabled and cfg.environment == JENKINS_ENVIRONMENT and not j.agent_image:
@@ -377,7 +377,9 @@ def serving_access_rules(cfg: PlatformConfig, key: str, sv: ServingConfig) -> Pr
 
 # The serving keys a vLLM model uses (who may call it, its canary, the pinned version); the rest
 # configure our TF server.
-VLLM_SERVING_KEYS = {"allowed_cidrs", "canary", "version"}
+VLLM_SERVING_KEYS = {"allowed_cidrs", "api_key", "canary", "version"}
+# Stacks whose public LLM routes must ask for an API key (the gateway checks it: docs/llm.md "API keys").
+LLM_KEYED_ENVIRONMENTS = ("staging", "prod")
 
 
 def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Problems:
@@ -392,6 +394,11 @@ def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
         yield f"{key}.serving.{alias}", f"configures the TF server, not vLLM: use {key}.llm (see README)"
     if not cfg.monitoring.enabled:
         yield f"{key}.runtime", "vllm models scale on vLLM's queue, read from Prometheus: needs monitoring.enabled"
+    if cfg.environment in LLM_KEYED_ENVIRONMENTS and not cfg.gateway.internal and not model.serving.api_key:
+        yield (
+            f"{key}.serving.apiKey",
+            f"required on {cfg.environment}: an LLM on a public entry point admits only API keys (set apiKey: true; docs/llm.md)",
+        )
     yield from llm_rules(model.llm, key, cfg.gpu_pools, cfg.has_gpus, cfg.environment)
     yield from llm_canary_rules(cfg, key, model)
 

@@ -158,7 +158,8 @@ class JenkinsConfig(_Model):
     branch: str = Field(default="main", description="the protected branch the `deploy/main` job builds and rolls out")
     prod_approvers: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
         default=[],
-        description="GitHub logins or `ORG*TEAM` teams who may approve the prod deploy (`input` submitter; never Administer); required when enabled",
+        description="GitHub logins or `ORG*TEAM` teams who may approve a PR's ephemeral stack (`input` submitter; never Administer; "
+        "prod deploys from GitHub/GitLab, never from Jenkins); required when enabled",
     )
     admins: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
         default=[], description="GitHub logins or `ORG*TEAM` teams with Overall/Administer; none of them an approver; required when enabled"

@@ -51,6 +51,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
 from components.config import CanaryConfig
@@ -59,6 +60,7 @@ from components.lib import keda_specs, llm_canary, rollout_specs, workload
 from components.models import llm_import, route
 from components.services.argo_rollouts import ArgoRollouts
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
+from components.services.gateway import rate_limit_spec
 from components.services.keda import Keda, scaled_object
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +81,10 @@ API_SERVICE_LABEL = {"mlplatform.io/service": "api"}
 # The served version as a pod label too (the annotation is rollout_specs.VERSION_ANNOTATION): the
 # ServiceMonitor copies it onto every series, the LLM dashboard groups by it.
 VERSION_LABEL = "mlplatform.io/model-version"
+# The label the Prometheus Operator puts on the Prometheus pods it runs (kube-prometheus-stack's
+# Prometheus; the same selector as components/lib/rollout_specs.py prometheus_ingress_policy): of the
+# monitoring namespace only they reach vLLM's port (Grafana, Alertmanager, the exporters do not).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -152,6 +158,11 @@ def vllm_args(model: str, llm: LlmConfig, model_path: str | None = None) -> list
     if model_path is None:  # raw s3:// weights; a verified local folder is read as is
         args += ["--load-format", "runai_streamer"]
     return args
+
+
+def api_keys_secret(model: str) -> str:
+    """The Secret (serving namespace) holding the model's API keys, one data key per client."""
+    return f"{object_name(model)}-api-keys"
 
 
 def flags(args: list[str]) -> list[str]:
@@ -282,11 +293,14 @@ def rollout_spec(
     weights: llm_import.WeightsMount | None = None,
 ) -> dict[str, Any]:
     """The Rollout's spec: the pod template, and the one-pod canary (llm_canary.strategy)."""
+    template = pod_template(model, llm, pool_name, store_env or [], storage_class, version, weights)
     return {
         "replicas": llm.replicas,
         "revisionHistoryLimit": 3,
+        # A canary still loading its weights is progress: the startup probe's allowance and a margin.
+        "progressDeadlineSeconds": llm_canary.progress_deadline_seconds(template),
         "selector": {"matchLabels": labels(model)},
-        "template": pod_template(model, llm, pool_name, store_env or [], storage_class, version, weights),
+        "template": template,
         "strategy": llm_canary.strategy(model, object_name(model), canary, llm.max_replicas, pool_replicas),
     }
 
@@ -385,6 +399,8 @@ class LlmServiceArgs:
     route_opts: pulumi.ResourceOptions | None = None  # e.g. wait for the Gateway and its CRDs
     # Only these client networks reach the route (the entry point's SecurityPolicy); empty: anyone.
     allowed_cidrs: list[str] = field(default_factory=list)
+    # The gateway requires a key per llm.apiClients entry (serving.apiKey), generated here.
+    api_key: bool = False
     ingress_peers: list[dict[str, Any]] | None = None  # who may reach the pods (NetworkPolicy peers)
     keda: Keda | None = None
     monitoring_release: pulumi.Resource | None = None
@@ -425,6 +441,7 @@ class LlmService(pulumi.ComponentResource):
 
     endpoint: pulumi.Output[str]  # the OpenAI base path on the Gateway (/llm/<model>/v1)
     url: pulumi.Output[str]  # the OpenAI base URL clients use (ops/smoke takes it as is)
+    api_keys: pulumi.Output[dict[str, str]] | None  # client name -> key, a Pulumi secret (serving.apiKey)
 
     def __init__(self, name: str, args: LlmServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:llm_service:LlmService", name, None, opts)
@@ -569,13 +586,39 @@ class LlmService(pulumi.ComponentResource):
         scaled_object(f"{name}-scaledobject", object_name(args.model), args.namespace, labels(args.model), spec, args.keda, after)
 
     def _route(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service, prefix: str) -> None:
-        """The OpenAI routes under ``prefix`` on the stack's Gateway (and its SecurityPolicy), if it has one."""
+        """The OpenAI routes under ``prefix`` on the stack's Gateway, with their SecurityPolicy (CIDRs,
+        API keys) and rate limit, if the stack has a Gateway."""
+        self.api_keys = None
         if args.gateway is None:
             return
         opts = pulumi.ResourceOptions.merge(
             pulumi.ResourceOptions(parent=self, depends_on=[service]), args.route_opts or pulumi.ResourceOptions()
         )
-        route.attach(name, _meta(args), http_route_spec(args.model, args.gateway, prefix), args.allowed_cidrs, opts)
+        clients = list(args.config.api_clients) if args.api_key else None
+        guard = route.Guard(
+            rate_limit=rate_limit_spec(object_name(args.model), args.config.rate_limit.requests, args.config.rate_limit.unit, clients)
+        )
+        if clients:
+            secret = self._api_keys(name, args, clients)
+            guard = route.Guard(api_keys_secret=api_keys_secret(args.model), rate_limit=guard.rate_limit, depends_on=[secret])
+        route.attach(name, _meta(args), http_route_spec(args.model, args.gateway, prefix), args.allowed_cidrs, opts, guard)
+
+    def _api_keys(self, name: str, args: LlmServiceArgs, clients: list[str]) -> k8s.core.v1.Secret:
+        """One random key per client (a Pulumi secret in state and outputs, never in config or clear
+        text), in the Secret the gateway's apiKeyAuth reads (data key = client name, value = key)."""
+        child = pulumi.ResourceOptions(parent=self)
+        keys = {
+            c: random.RandomPassword(f"{name}-api-key-{c}", random.RandomPasswordArgs(length=40, special=False), opts=child).result
+            for c in clients
+        }
+        self.api_keys = pulumi.Output.secret(pulumi.Output.all(**keys))
+        return k8s.core.v1.Secret(
+            f"{name}-api-keys",
+            metadata=_meta(args, api_keys_secret(args.model)),
+            type="Opaque",
+            string_data=self.api_keys,
+            opts=child,
+        )
 
     def _scrape(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service) -> None:
         """vLLM's ``/metrics``, on the API port, where the stack runs Prometheus."""

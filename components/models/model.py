@@ -16,7 +16,7 @@ from components.config import GpuPool, ModelConfig
 from components.config.llm import choose_pool
 from components.lib import workload
 from components.models import llm_import
-from components.models.llm_service import LlmService, LlmServiceArgs
+from components.models.llm_service import PROMETHEUS_POD_LABELS, LlmService, LlmServiceArgs
 from components.models.model_service import ModelService, ModelServiceArgs
 from components.models.training_job import TrainingJob, TrainingJobArgs
 from components.services import gateway
@@ -86,6 +86,14 @@ class Model(pulumi.ComponentResource):
             "url": self.service.url,
             "apiKey": self.service.api_key,
         }
+
+
+def llm_api_keys(models: dict[str, Model]) -> dict[str, pulumi.Output] | None:
+    """The stack output ``llmApiKeys``: per LLM with ``serving.apiKey``, client name -> key (a Pulumi
+    secret). Apart from ``models``: a secret inside it would make that whole output secret, and
+    ``make smoke`` / ``train-wait`` read it without ``--show-secrets``."""
+    keys = {name: m.service.api_keys for name, m in models.items() if isinstance(m.service, LlmService) and m.service.api_keys is not None}
+    return keys or None
 
 
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
@@ -202,7 +210,13 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             gateway_url=entry.base_url,
             route_opts=entry.route_opts,
             allowed_cidrs=list(cfg.serving.allowed_cidrs),
-            ingress_peers=[workload.pods_peer(entry.namespace, gateway.PROXY_LABELS), workload.namespace_peer(args.monitoring_namespace)],
+            api_key=cfg.serving.api_key,
+            # The entry point's proxies and Prometheus' own pods (it scrapes vLLM's /metrics, which is
+            # on the API port: vLLM serves both on --port), not the rest of the monitoring namespace.
+            ingress_peers=[
+                workload.pods_peer(entry.namespace, gateway.PROXY_LABELS),
+                workload.pods_peer(args.monitoring_namespace, PROMETHEUS_POD_LABELS),
+            ],
             keda=args.keda,
             monitoring_release=args.monitoring_release,
             monitoring_namespace=args.monitoring_namespace,

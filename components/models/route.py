@@ -6,6 +6,7 @@ route. Both serving runtimes attach the same way; what differs is the route's sp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -32,12 +33,30 @@ def route_metadata(metadata: k8s.meta.v1.ObjectMetaArgs, canary: bool) -> k8s.me
     )
 
 
+@dataclass(frozen=True)
+class Guard:
+    """What a route admits besides its CIDRs: ``api_keys_secret``, the Secret (in the route's
+    namespace) whose keys the gateway requires; ``rate_limit``, the BackendTrafficPolicy spec
+    (gateway.rate_limit_spec) limiting its clients. None: neither (our server checks its own key)."""
+
+    api_keys_secret: str | None = None
+    rate_limit: dict[str, Any] | None = None
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
 def attach(
-    name: str, metadata: k8s.meta.v1.ObjectMetaArgs, spec: dict[str, Any], allowed_cidrs: Sequence[str], opts: pulumi.ResourceOptions
+    name: str,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    spec: dict[str, Any],
+    allowed_cidrs: Sequence[str],
+    opts: pulumi.ResourceOptions,
+    guard: Guard | None = None,
 ) -> k8s.apiextensions.CustomResource:
-    """``<name>-route``, the HTTPRoute ``spec`` named as ``metadata``, and with ``allowed_cidrs``
-    ``<name>-allowed-cidrs``, the SecurityPolicy that targets it by name. ``opts`` is the parent and
-    what routes wait for (the entry point's CRDs and Gateway)."""
+    """``<name>-route``, the HTTPRoute ``spec`` named as ``metadata``, and with ``allowed_cidrs`` or
+    an API key ``<name>-allowed-cidrs``, the SecurityPolicy that targets it by name (and with a rate
+    limit ``<name>-rate-limit``, its BackendTrafficPolicy). ``opts`` is the parent and what routes
+    wait for (the entry point's CRDs and Gateway)."""
+    guard = guard or Guard()
     weights = gateway.weight_paths(spec)
     route = k8s.apiextensions.CustomResource(
         f"{name}-route",
@@ -51,13 +70,24 @@ def attach(
     )
     # The Envoy proxies' egress to this route's backends (their namespace is default-deny).
     gateway.allow_route(name, metadata, spec, opts)
-    if allowed_cidrs:
+    after = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[route, *guard.depends_on]))
+    if allowed_cidrs or guard.api_keys_secret:
         k8s.apiextensions.CustomResource(
+            # The name kept from when the policy held only the CIDRs (no replacement on upgrade).
             f"{name}-allowed-cidrs",
             api_version=f"{gateway.ENVOY_GATEWAY_API}/v1alpha1",
             kind="SecurityPolicy",
             metadata=metadata,
-            spec=gateway.security_policy_spec(metadata.name, list(allowed_cidrs)),
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[route])),
+            spec=gateway.security_policy_spec(metadata.name, list(allowed_cidrs), guard.api_keys_secret),
+            opts=after,
+        )
+    if guard.rate_limit:
+        k8s.apiextensions.CustomResource(
+            f"{name}-rate-limit",
+            api_version=f"{gateway.ENVOY_GATEWAY_API}/v1alpha1",
+            kind="BackendTrafficPolicy",
+            metadata=metadata,
+            spec=guard.rate_limit,
+            opts=after,
         )
     return route

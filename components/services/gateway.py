@@ -200,16 +200,51 @@ def weight_paths(route_spec: dict[str, Any]) -> list[str]:
     ]
 
 
-def security_policy_spec(route: str, allowed_cidrs: list[str]) -> dict[str, Any]:
+# Where a route asks for API keys (LLM routes with ``serving.apiKey``): the header clients send the key
+# in (Envoy Gateway v1.9 task "API Key Authentication" uses it), and the header Envoy sets to the
+# matching client's name, which the rate limit counts by.
+API_KEY_HEADER = "x-api-key"
+CLIENT_ID_HEADER = "x-mlplatform-client"
+
+
+def security_policy_spec(route: str, allowed_cidrs: list[str], api_keys_secret: str | None = None) -> dict[str, Any]:
     """Only ``allowed_cidrs`` reach the route (403 otherwise): Envoy Gateway's authorization by
-    client address (api/v1alpha1/authorization_types.go, Principal.clientCIDRs, v1.9.0)."""
-    return {
-        "targetRefs": [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route}],
-        "authorization": {
+    client address (api/v1alpha1/authorization_types.go, Principal.clientCIDRs, v1.9.0). With
+    ``api_keys_secret`` (a Secret in the route's namespace, one key per client name) every request
+    also needs one of those keys in ``API_KEY_HEADER`` (401 otherwise; apiKeyAuth): the key is removed
+    before the backend (``sanitize``) and the client's name forwarded in ``CLIENT_ID_HEADER``. One
+    policy holds both: Envoy Gateway applies one SecurityPolicy per route."""
+    spec: dict[str, Any] = {"targetRefs": [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route}]}
+    if allowed_cidrs:
+        spec["authorization"] = {
             "defaultAction": "Deny",
             "rules": [{"name": "allowed-cidrs", "action": "Allow", "principal": {"clientCIDRs": list(allowed_cidrs)}}],
-        },
-    }
+        }
+    if api_keys_secret:
+        spec["apiKeyAuth"] = {
+            "credentialRefs": [{"group": "", "kind": "Secret", "name": api_keys_secret}],
+            "extractFrom": [{"headers": [API_KEY_HEADER]}],
+            "forwardClientIDHeader": CLIENT_ID_HEADER,
+            "sanitize": True,
+        }
+    return spec
+
+
+def rate_limit_spec(route: str, requests: int, unit: str, clients: list[str] | None = None) -> dict[str, Any]:
+    """A BackendTrafficPolicy limiting the route to ``requests`` per ``unit`` (429 beyond): with
+    ``clients`` (API-key names) one bucket per client, selected by the client name the key check
+    forwards (``CLIENT_ID_HEADER``: Envoy Gateway orders its api_key_auth filter before the local rate
+    limit; that Envoy overwrites a client-sent header of that name is not verified here); without, one
+    bucket for the whole route. Local: counted by each Envoy replica (api/v1alpha1/ratelimit_types.go,
+    LocalRateLimit, v1.9.0)."""
+    limit = {"requests": requests, "unit": unit}
+    if clients:
+        rules = [
+            {"clientSelectors": [{"headers": [{"name": CLIENT_ID_HEADER, "type": "Exact", "value": c}]}], "limit": limit} for c in clients
+        ]
+    else:
+        rules = [{"limit": limit}]
+    return {"targetRefs": [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route}], "rateLimit": {"local": {"rules": rules}}}
 
 
 def route_egress_spec(route_spec: dict[str, Any], route_namespace: str) -> dict[str, Any]:

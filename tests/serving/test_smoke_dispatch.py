@@ -37,3 +37,18 @@ def test_every_model_of_a_stack_by_its_runtime(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("chat: smoke ok: chat: chat completion in ")
     assert out[1].startswith("mnist: smoke FAILED: ") and "unreachable" in out[1]
+
+
+def test_an_llm_gets_its_key_from_the_stack_output(monkeypatch, capsys):
+    """`make smoke` on staging/prod (keys at the entry point): the LLM's key comes from the stack's
+    llmApiKeys output unless OPENAI_API_KEY is set; a TF model is untouched by it."""
+    used = []
+    monkeypatch.setattr(smoke_openai, "smoke_openai", lambda url, wait_s, api_key: (used.append(api_key), (True, "ok"))[1])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    models = {"chat": {"runtime": "vllm", "url": "http://gw/llm/chat/v1"}}
+    assert smoke.smoke_models(models, None, 0, 0.0, 0.1, {"chat": {"default": "from-output"}}) == 0
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    assert smoke.smoke_models(models, None, 0, 0.0, 0.1, {"chat": {"default": "from-output"}}) == 0
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert smoke.smoke_models(models, None, 0, 0.0, 0.1, {}) == 0
+    assert used == ["from-output", "from-env", None]

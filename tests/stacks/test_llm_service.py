@@ -240,6 +240,13 @@ def test_one_canary_pod_added_or_taking_a_stable_gpu_where_the_pool_is_full(llm_
         obj = llm_service.object_name(name)
         assert (canary["canaryService"], canary["stableService"]) == (f"{obj}-canary", f"{obj}-stable")
         assert canary["analysis"]["templates"] == [{"templateName": llm_canary.template_name(name)}]
+        # The analysis starts at the pause after the setWeight step (the canary pod available), and a
+        # canary still within its startup probe's allowance is not Degraded.
+        assert "setWeight" in canary["steps"][canary["analysis"]["startingStep"] - 1], ro.urn
+        assert "pause" in canary["steps"][canary["analysis"]["startingStep"]], ro.urn
+        (vllm,) = [c for c in ro.raw["spec"]["template"]["spec"]["containers"] if c["name"] == "vllm"]
+        probe = vllm["startupProbe"]
+        assert ro.raw["spec"]["progressDeadlineSeconds"] > probe["periodSeconds"] * probe["failureThreshold"], ro.urn
 
 
 def test_the_analysis_judges_vllm_metrics_and_the_golden_prompts(llm_stack, res):
@@ -253,7 +260,7 @@ def test_the_analysis_judges_vllm_metrics_and_the_golden_prompts(llm_stack, res)
         metrics = {m["name"]: m for m in t.raw["spec"]["metrics"]}
         assert set(metrics) == {*llm_canary.JUDGING_METRICS, llm_canary.METRIC_GOLDEN_JOB}, t.urn
         queries = " ".join(m["provider"]["prometheus"]["query"] for m in metrics.values() if "prometheus" in m["provider"])
-        for family in ("vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket", "http_requests_total"):
+        for family in ("vllm:time_to_first_token_seconds_sum", "vllm:inter_token_latency_seconds_count", "http_requests_total"):
             assert family in queries, (t.urn, family)
         # the golden Job runs the committed runner on the committed set, from its ConfigMap
         job = metrics[llm_canary.METRIC_GOLDEN_JOB]["provider"]["job"]
@@ -329,3 +336,59 @@ def test_a_pinned_version_is_loaded_verified_from_the_store(llm_stack):
     from tools import convergence
 
     assert convergence.check(result.records) == []  # the pinned stack converges too (issue 29's rules)
+
+
+def test_llm_route_keys_and_rate_limit_at_the_gateway(llm_stack, res):
+    """Issue 24 item 10: where ``serving.apiKey`` is on (staging, prod) the route's SecurityPolicy
+    requires one of the generated keys (a Secret of Pulumi secrets, one per llm.apiClients entry, an
+    output as a secret) on every OpenAI route, /v1/models included; every LLM route has a local rate
+    limit, per client with keys, per route without. All valid against the pinned CRD schemas."""
+    from components.services import gateway
+
+    version = stack_doc(llm_stack)["mlplatform:kubernetesVersion"]
+    policies, limits = objects(res, "SecurityPolicy"), objects(res, "BackendTrafficPolicy")
+    for name, llm, _ in each_llm(llm_stack, res):
+        obj, model = llm_service.object_name(name), llm_models(llm_stack)[name]
+        keyed = bool(model.get("serving", {}).get("apiKey"))
+        clients = llm.get("apiClients", ["default"])
+        rate = {"requests": 60, "unit": "Minute", **llm.get("rateLimit", {})}
+        limit = limits[obj]
+        assert manifests.validate(limit.inputs, version) == [], limit.urn
+        assert limit.raw["spec"]["targetRefs"] == [{"group": gateway.GATEWAY_API, "kind": "HTTPRoute", "name": obj}]
+        rules = limit.raw["spec"]["rateLimit"]["local"]["rules"]
+        assert all(r["limit"] == rate for r in rules)
+        if not keyed:
+            assert llm_stack == "dev", f"{llm_stack}: an LLM route without keys"
+            assert obj not in policies or "apiKeyAuth" not in policies[obj].raw["spec"]
+            assert [r.get("clientSelectors") for r in rules] == [None]
+            continue
+        policy = policies[obj]
+        assert manifests.validate(policy.inputs, version) == [], policy.urn
+        assert policy.raw["spec"]["targetRefs"] == [{"group": gateway.GATEWAY_API, "kind": "HTTPRoute", "name": obj}]
+        (ref,) = policy.raw["spec"]["apiKeyAuth"]["credentialRefs"]
+        secret = objects(res, "Secret")[ref["name"]]
+        assert secret.raw["metadata"]["namespace"] == policy.raw["metadata"]["namespace"]  # no cross-namespace reference
+        assert secret.inputs["stringData"] == "[secret]" or set(secret.inputs["stringData"].values()) == {"[secret]"}
+        assert sorted(secret.raw["stringData"]) == sorted(clients)
+        assert all(len(k) == 40 and k in res.sensitive for k in secret.raw["stringData"].values())
+        assert [r["clientSelectors"][0]["headers"][0]["value"] for r in rules] == clients
+        # A separate secret output: inside `models` it would make that whole output secret (make smoke reads it).
+        assert "apiKeys" not in res.raw_outputs["models"][name]
+        assert sorted(res.raw_outputs["llmApiKeys"][name]) == sorted(clients)
+        assert res.outputs["llmApiKeys"] == "[secret]" or set(res.outputs["llmApiKeys"][name].values()) == {"[secret]"}
+
+
+def test_only_prometheus_pods_of_monitoring_reach_vllm(llm_stack, res):
+    """Issue 24 item 2 (review): vLLM serves /metrics on its API port (8000), so what may scrape it
+    may also call the API: of the monitoring namespace only Prometheus' pods, not Grafana's (its
+    users' queries and plugins), Alertmanager or the exporters."""
+    from tests.stacks.test_network_isolation import Pod, network, pods
+
+    net = network(res)
+    prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus", "prometheus": "monitoring-prometheus"}, name="prometheus")
+    others = [Pod("monitoring", {"app.kubernetes.io/name": n}, name=n) for n in ("grafana", "alertmanager", "prometheus-pushgateway")]
+    for name, _, _ in each_llm(llm_stack, res):
+        (vllm,) = [p for p in pods(res) if p.name == llm_service.object_name(name) and p.namespace == "ml-serving"]
+        assert net.allowed(prometheus, vllm, llm_service.PORT), f"{llm_stack}: Prometheus cannot scrape {vllm.name}"
+        reached = [o.name for o in others if net.allowed(o, vllm, llm_service.PORT)]
+        assert reached == [], f"{llm_stack}: {reached} reach {vllm.name}:{llm_service.PORT}"

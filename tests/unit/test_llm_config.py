@@ -98,3 +98,32 @@ def test_a_mixed_pool_is_checked_against_its_smallest_gpu():
         instance_types = ["g5.xlarge", "g6.xlarge", "g4dn.xlarge"]
 
     assert capacity.pool_gpu_memory_mib(Pool()) == 15360
+
+
+STAGING = {
+    k.removeprefix("mlplatform:"): v for k, v in yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())["config"].items()
+}
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_a_public_llm_route_needs_api_keys_on_staging_and_prod(env):
+    """Issue 24 item 10: the OpenAI routes of staging/prod are not open to anyone in the CIDRs."""
+    cfg = copy.deepcopy(PROD if env == "prod" else STAGING)
+    stack_file = f"stacks/Pulumi.{env}.yaml"
+    validate(copy.deepcopy(cfg), stack_file)  # as committed: keys on
+    cfg["models"]["chat"]["serving"].pop("apiKey")
+    with pytest.raises(ConfigError) as info:
+        validate(copy.deepcopy(cfg), stack_file)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{stack_file}: mlplatform:models.chat.serving.apiKey: required on {env}"), message
+    if env == "staging":  # an internal entry point (inside the VPC) may go without
+        cfg["gateway"] = {**cfg.get("gateway", {}), "internal": True, "tls": None}
+        cfg["gateway"].pop("tls")
+        validate(cfg, stack_file)
+
+
+def test_prod_llm_keeps_two_replicas_through_a_node_drain():
+    """Issue 24 (Low): one replica and a PDB of maxUnavailable 1 let a drain stop prod's only vLLM."""
+    message = one_error(prod_chat(minReplicas=1, replicas=1))
+    assert message.startswith(f"{STACK_FILE}: mlplatform:models.chat.llm.minReplicas: prod needs >= 2 replicas"), message

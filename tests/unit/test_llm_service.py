@@ -258,3 +258,61 @@ def test_network_policy_admits_only_the_given_peers():
     assert {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]} in [
         p["ipBlock"] for r in spec["egress"] for p in r.get("to", []) if "ipBlock" in p
     ]
+
+
+def _policy(kind: str, spec: dict) -> dict:
+    return {
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "llm-qwen", "namespace": "ml-serving"},
+        "spec": spec,
+    }
+
+
+def test_api_keys_and_cidrs_in_one_security_policy_valid_against_the_crd():
+    """Issue 24 item 10: the LLM route's keys are checked by the gateway (apiKeyAuth), in the same
+    SecurityPolicy as its CIDRs (Envoy Gateway applies one per route); the key never reaches vLLM."""
+    from components.services import gateway
+
+    need_reference()
+    spec = gateway.security_policy_spec("llm-qwen", ["203.0.113.0/24"], "llm-qwen-api-keys")
+    assert manifests.validate(_policy("SecurityPolicy", spec), "1.33") == []
+    assert spec["authorization"]["rules"][0]["principal"] == {"clientCIDRs": ["203.0.113.0/24"]}
+    auth = spec["apiKeyAuth"]
+    assert auth["credentialRefs"] == [{"group": "", "kind": "Secret", "name": "llm-qwen-api-keys"}]
+    assert auth["extractFrom"] == [{"headers": [gateway.API_KEY_HEADER]}]
+    assert auth["sanitize"] is True and auth["forwardClientIDHeader"] == gateway.CLIENT_ID_HEADER
+    # keys without CIDRs (an internal entry point): the policy has no authorization section
+    keys_only = gateway.security_policy_spec("llm-qwen", [], "llm-qwen-api-keys")
+    assert "authorization" not in keys_only and manifests.validate(_policy("SecurityPolicy", keys_only), "1.33") == []
+    # the schema is strict: a misspelt field fails
+    bad = {**spec, "apiKeyAuth": {**auth, "forwardClientIdHeader": "x"}}
+    assert manifests.validate(_policy("SecurityPolicy", bad), "1.33")
+
+
+def test_rate_limit_one_bucket_per_client_valid_against_the_crd():
+    """A local rate limit per API client (the client name the key check forwards), or per route
+    without keys; the pinned BackendTrafficPolicy schema (v1.9.0) accepts both."""
+    from components.services import gateway
+
+    need_reference()
+    per_client = gateway.rate_limit_spec("llm-qwen", 30, "Minute", ["app", "batch"])
+    assert manifests.validate(_policy("BackendTrafficPolicy", per_client), "1.33") == []
+    rules = per_client["rateLimit"]["local"]["rules"]
+    assert [r["clientSelectors"][0]["headers"] for r in rules] == [
+        [{"name": gateway.CLIENT_ID_HEADER, "type": "Exact", "value": c}] for c in ("app", "batch")
+    ]
+    assert all(r["limit"] == {"requests": 30, "unit": "Minute"} for r in rules)
+    route_wide = gateway.rate_limit_spec("llm-qwen", 60, "Minute")
+    assert route_wide["rateLimit"]["local"]["rules"] == [{"limit": {"requests": 60, "unit": "Minute"}}]
+    assert manifests.validate(_policy("BackendTrafficPolicy", route_wide), "1.33") == []
+    bad = {**route_wide, "rateLimit": {"local": {"rules": [{"limit": {"requests": 60, "units": "Minute"}}]}}}
+    assert manifests.validate(_policy("BackendTrafficPolicy", bad), "1.33")
+
+
+def test_rate_limit_defaults_and_client_names():
+    llm = LlmConfig(source="org/m")
+    assert (llm.rate_limit.requests, llm.rate_limit.unit, llm.api_clients) == (60, "Minute", ["default"])
+    for clients in (["Bad_Name"], ["a", "a"], []):
+        with pytest.raises(ValueError):
+            LlmConfig(source="org/m", apiClients=clients)

@@ -130,3 +130,36 @@ def test_shape_check_on_a_real_vllm_style_answer():
     assert smoke_openai.check_chat_completion(answer, "qwen") is None
     answer["choices"][0]["message"]["content"] = ""
     assert smoke_openai.check_chat_completion(answer, "qwen") == "choices[0].message.content is empty"
+
+
+def test_the_key_goes_in_both_headers_the_gateway_and_vllm_read():
+    """An LLM route with serving.apiKey is checked by the entry point in x-api-key (components/services/
+    gateway.py API_KEY_HEADER); vLLM's own --api-key reads the bearer token. The smoke sends both."""
+    import http.server
+    import json as _json
+    import threading
+
+    from components.services import gateway
+    from ops import smoke_openai
+
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.update({k.lower(): v for k, v in self.headers.items()})
+            body = _json.dumps({"object": "list", "data": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        smoke_openai._request(f"http://127.0.0.1:{server.server_port}/v1/models", None, "k3y", timeout=5)
+    finally:
+        server.shutdown()
+    assert seen[gateway.API_KEY_HEADER] == "k3y" and seen["authorization"] == "Bearer k3y"
