@@ -3,7 +3,7 @@
 import pulumi
 
 from components import config
-from components.models.model import llm_api_keys
+from components.models.model import api_keys, llm_api_keys
 from components.platform import Platform
 
 settings = config.load()
@@ -16,7 +16,9 @@ pulumi.export("images", platform.images.refs)
 pulumi.export("namespaces", {role: ns.name for role, ns in platform.namespaces.items()})
 pulumi.export("modelStore", platform.store.uri)
 pulumi.export("models", {name: m.outputs() for name, m in platform.models.items()})
-# The LLM routes' API keys (issue 24 item 10), a secret: `pulumi stack output llmApiKeys --show-secrets`.
+# The routes' API keys (issue 24 item 10), secrets: `pulumi stack output apiKeys --show-secrets`; llmApiKeys: the LLMs' (older scripts).
+# Every model's with serving.apiKey (the entry point checks them for every runtime), model -> client -> key.
+pulumi.export("apiKeys", api_keys(platform.models))
 pulumi.export("llmApiKeys", llm_api_keys(platform.models))
 pulumi.export("entryPoint", platform.entry.base_url)
 # The first trained catalogue entry's, for `make train-wait` (a vllm model has no training).

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--payload", type=Path, default=HERE / "mnist-infer-v2.json")
     p.add_argument("--api-key", default=os.environ.get("MLPLATFORM_API_KEY"))
     args = p.parse_args(argv)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}  # the header the entry point checks (serving.apiKey)
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=30) as client:
         out = infer(client, args.model, json.loads(args.payload.read_text()))
     tensor = out["outputs"][0]

@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def predict(url: str, model: str, payload: dict, api_key: str | None = None) -> list:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    # X-API-Key: the header the entry point checks (serving.apiKey); the server accepts it too.
+    headers = {"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"{url}: not an http(s) URL")
     request = urllib.request.Request(f"{url}/v1/models/{model}:predict", data=json.dumps(payload).encode(), headers=headers)  # noqa: S310 (http(s), checked above)

@@ -28,13 +28,21 @@ import numpy as np
 from serving.instances import example  # the builder the canary warm-up shares
 
 
-def _get(url: str, timeout: float = 10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) URL given by the operator
+def key_header(api_key: str | None) -> dict[str, str]:
+    """The key where the model's routes ask for one (``serving.apiKey``), in the header the entry point
+    checks (components/services/gateway.py API_KEY_HEADER, for every runtime; our server reads it too):
+    on every request, status and metadata included, which the entry point guards as well."""
+    return {"X-API-Key": api_key} if api_key else {}
+
+
+def _get(url: str, timeout: float = 10, api_key: str | None = None):
+    req = urllib.request.Request(url, headers=key_header(api_key))  # noqa: S310 - http(s) URL given by the operator
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
         return json.loads(r.read())
 
 
 def _post(url: str, body: dict, timeout: float = 30, api_key: str | None = None):
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    headers = {"Content-Type": "application/json", **key_header(api_key)}
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)  # noqa: S310 - URL given by the operator
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
         return json.loads(r.read())
@@ -52,7 +60,7 @@ def smoke(
     deadline = time.time() + wait_s
     while True:  # a fresh LoadBalancer takes a while to answer
         try:
-            status = _get(f"{base}/v1/models/{model}")
+            status = _get(f"{base}/v1/models/{model}", api_key=api_key)
             break
         except (urllib.error.URLError, OSError) as exc:
             if time.time() > deadline:
@@ -62,7 +70,7 @@ def smoke(
     if state["state"] != "AVAILABLE":
         return False, f"model {model} is {state['state']}: {state['status']}"
     try:
-        meta = _get(f"{base}/v2/models/{model}")
+        meta = _get(f"{base}/v2/models/{model}", api_key=api_key)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return False, f"{base}/v2/models/{model}: no metadata ({exc})"
     if not is_image_model(meta):
@@ -134,15 +142,13 @@ def smoke_signature(base: str, model: str, version: str, meta: dict, api_key: st
 def _binary_disagrees(base: str, model: str, x: np.ndarray, json_preds: np.ndarray, api_key: str | None) -> str | None:
     """The same images as Open Inference Protocol binary tensors must get the JSON path's answers."""
     try:
-        meta = _get(f"{base}/v2/models/{model}")
+        meta = _get(f"{base}/v2/models/{model}", api_key=api_key)
         name, shape = meta["inputs"][0]["name"], [len(x), *meta["inputs"][0]["shape"][1:]]
         raw = x.astype("<f4").tobytes()
         head = json.dumps(
             {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}]}
         ).encode()
-        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head)), **key_header(api_key)}
         req = urllib.request.Request(f"{base}/v2/models/{model}/infer", data=head + raw, headers=headers)  # noqa: S310 - operator's URL
         with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
             out = json.loads(r.read())["outputs"][0]
@@ -159,20 +165,22 @@ def is_openai(url: str) -> bool:
     return url.rstrip("/").endswith("/v1")
 
 
-def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float, llm_keys: dict | None = None) -> int:
+def smoke_models(models: dict, data: Path, images: int, min_accuracy: float, wait_s: float, api_keys: dict | None = None) -> int:
     """Every model of a stack (its ``models`` output: name -> {url, runtime, ...}), each by its runtime;
-    exit status 1 when any fails. ``llm_keys``: the stack's ``llmApiKeys`` output (model -> client ->
-    key), the key an LLM route asks for where ``OPENAI_API_KEY`` is unset."""
+    exit status 1 when any fails. ``api_keys``: the stack's ``apiKeys`` output (model -> client -> key,
+    every runtime), the key a route with ``serving.apiKey`` asks for at the entry point, the first
+    client's, where ``OPENAI_API_KEY`` (LLM) / ``SMOKE_API_KEY`` (TF) is unset."""
     from ops import smoke_openai
 
     failed = 0
     for name, m in models.items():
         url = m["url"]
+        generated = next(iter(((api_keys or {}).get(name) or {}).values()), None)
         if m.get("runtime") == "vllm" or is_openai(url):
-            key = os.environ.get("OPENAI_API_KEY") or next(iter(((llm_keys or {}).get(name) or {}).values()), None)
+            key = os.environ.get("OPENAI_API_KEY") or generated
             ok, message = smoke_openai.smoke_openai(url, wait_s=wait_s, api_key=key)
         else:
-            key = m.get("apiKey") if m.get("apiKey") not in (None, "[secret]") else os.environ.get("SMOKE_API_KEY")
+            key = os.environ.get("SMOKE_API_KEY") or generated
             ok, message = smoke(url, data, images, min_accuracy, model=name, wait_s=wait_s, api_key=key)
         print(f"{name}: " + ("smoke ok: " if ok else "smoke FAILED: ") + message)
         failed += not ok
@@ -199,32 +207,36 @@ def stack_models(stack: str) -> str | None:
     return proc.stdout
 
 
-def stack_llm_keys(stack: str) -> dict:
-    """The stack's ``llmApiKeys`` output (a secret, read with --show-secrets and kept in this process,
-    never on a command line); {} where the stack has none or the CLI cannot read it."""
+def stack_api_keys(stack: str) -> dict:
+    """The stack's ``apiKeys`` output (every runtime; ``llmApiKeys`` on a stack deployed before it
+    existed): a secret, read with --show-secrets and kept in this process, never on a command line;
+    {} where the stack has none or the CLI cannot read it."""
     import shutil
     import subprocess
 
     pulumi = shutil.which("pulumi")
     if pulumi is None:
         return {}
-    cmd = [pulumi, "stack", "output", "llmApiKeys", "--json", "--show-secrets", "--stack", stack]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    try:
-        keys = json.loads(proc.stdout) if proc.returncode == 0 else None
-    except json.JSONDecodeError:
-        keys = None
-    return keys if isinstance(keys, dict) else {}
+    for output in ("apiKeys", "llmApiKeys"):
+        cmd = [pulumi, "stack", "output", output, "--json", "--show-secrets", "--stack", stack]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            keys = json.loads(proc.stdout) if proc.returncode == 0 else None
+        except json.JSONDecodeError:
+            keys = None
+        if isinstance(keys, dict):
+            return keys
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    llm_keys: dict = {}
+    api_keys: dict = {}
     if argv[:1] == ["--stack"] and len(argv) >= 2:  # make smoke / mlp smoke --stack NAME: every model of the stack
         models = stack_models(argv[1])
         if models is None:
             return 5
-        llm_keys = stack_llm_keys(argv[1])
+        api_keys = stack_api_keys(argv[1])
         argv = ["--models", models, *argv[2:]]
     if "--models" in argv:  # the stack's `models` output (JSON): every model, TF and LLM
         p = argparse.ArgumentParser(prog="python -m ops.smoke --models JSON")
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as exc:
             print(f"smoke: --models is not the stack's `models` output as JSON ({exc})", file=sys.stderr)
             return 2
-        return smoke_models(models, args.data, args.images, args.min_accuracy, args.wait, llm_keys)
+        return smoke_models(models, args.data, args.images, args.min_accuracy, args.wait, api_keys)
     if "--openai" in argv or any(is_openai(a) for a in argv if not a.startswith("-")):
         from ops import smoke_openai
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic.alias_generators import to_camel
 
 from components.config.capacity import GPU_COUNT, TRAINING_WORKER_CPU, serving_resources_for
-from components.config.llm import LlmConfig
+from components.config.llm import CLIENT_ID, LlmConfig, LlmRateLimit
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
 NAMESPACE = "mlplatform"
@@ -349,7 +349,12 @@ class CanaryConfig(_Model):
         description="canary weights in percent, increasing; with replica-ratio canaries a weight is rounded to whole pods "
         "(vllm: not used, the canary is one pod for stepSeconds; docs/llm.md)",
     )
-    step_seconds: int = Field(default=300, ge=10, le=86400, description="pause after each weight while the analysis runs")
+    step_seconds: int = Field(
+        default=360,
+        ge=10,
+        le=86400,
+        description="pause after each weight while the analysis runs (vllm: longer than windowSeconds + (inconclusive limit + 1) x intervalSeconds + 30)",
+    )
     interval_seconds: int = Field(default=60, ge=5, le=3600, description="how often the analysis measures")
     window_seconds: int = Field(default=120, ge=5, le=3600, description="rate window of the analysis queries (at least 4 scrape intervals)")
     failure_limit: int = Field(default=1, ge=0, le=10, description="failed measurements tolerated per metric before the rollout aborts")
@@ -384,10 +389,16 @@ class CanaryConfig(_Model):
     )
     # runtime vllm (components/lib/llm_canary.py): vLLM's own latencies and the model's golden prompts
     max_ttft_p95_ratio: float = Field(
-        default=1.5, ge=1, le=100, description="vllm: canary p95 time to first token over the stable pods', at most"
+        default=1.5,
+        ge=1,
+        le=100,
+        description="vllm: canary mean time to first token over the stable pods', at most (docs/llm.md: why means)",
     )
     max_itl_p95_ratio: float = Field(
-        default=1.5, ge=1, le=100, description="vllm: canary p95 inter-token latency over the stable pods', at most"
+        default=1.5,
+        ge=1,
+        le=100,
+        description="vllm: canary mean inter-token latency over the stable pods', at most (docs/llm.md: why means)",
     )
     max_golden_failure_ratio: float = Field(
         default=0.05,
@@ -422,6 +433,14 @@ class CanaryConfig(_Model):
                 "raise warmupRate or windowSeconds, or lower minRequests (warmupRate 0: no warm-up)"
             )
         return self
+
+
+class ServingRateLimit(LlmRateLimit):
+    """Requests per API client a TF model's route admits at the entry point (429 beyond): the LLM
+    routes' limit, with defaults for a batching server (a request is up to ``maxBatchSize`` instances)."""
+
+    requests: int = Field(default=100, ge=1, le=1_000_000, description="requests per `unit` per API client")
+    unit: Literal["Second", "Minute", "Hour"] = Field(default="Second", description="the rate limit's interval")
 
 
 class ServingConfig(_Model):
@@ -460,7 +479,22 @@ class ServingConfig(_Model):
     )
     target_cpu_utilization: int = Field(default=70, ge=10, le=100, description="HPA CPU target, percent")
     resources: Resources = Field(default=Resources(), description="container resources")
-    api_key: bool = Field(default=False, description="require an API key on predict routes (a generated key in a Secret)")
+    api_key: bool = Field(
+        default=False,
+        description="require an API key on every route of the model (predict, status, metadata), checked at the entry point "
+        "(and again by our TF server): one generated key per `apiClients` entry (vLLM: `llm.apiClients`), stack output `apiKeys`, a secret",
+    )
+    api_clients: list[Annotated[str, Field(pattern=CLIENT_ID)]] = Field(
+        default=["default"],
+        min_length=1,
+        max_length=50,
+        description="with `apiKey`: one generated key per client, each rate-limited apart (`rateLimit`); TF models (vLLM: `llm.apiClients`)",
+    )
+    rate_limit: ServingRateLimit = Field(
+        default=ServingRateLimit(),
+        description="with `apiKey`: requests admitted per API client at the entry point, per Envoy replica (429 beyond); "
+        "a predict request carries up to `maxBatchSize` instances. TF models (vLLM: `llm.rateLimit`)",
+    )
     canary: CanaryConfig = Field(default=CanaryConfig(), description="canary rollout of a new version (Argo Rollouts)")
     version: str | None = Field(
         default=None,
@@ -468,6 +502,13 @@ class ServingConfig(_Model):
         description="the model version served, pinned in the pod template: a change is a canary rollout (set by the pipeline's "
         "promotion step); unset: the server follows the store's champion (LATEST) with no canary",
     )
+
+    @field_validator("api_clients")
+    @classmethod
+    def _unique_clients(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("client names must be unique")
+        return v
 
 
 class ModelSource(_Model):

@@ -76,7 +76,7 @@ class Model(pulumi.ComponentResource):
         self.register_outputs({"training_job": self.training.job_name if self.training else None, "url": self.service.url})
 
     def outputs(self) -> dict[str, pulumi.Input[str] | None]:
-        """What the stack exports per model (the API key is a Pulumi secret); `make smoke` reads it."""
+        """What the stack exports per model; `make smoke` reads it. No keys: they are ``apiKeys``."""
         if isinstance(self.service, LlmService):
             return {"runtime": self.runtime, "url": self.service.url}
         return {
@@ -84,16 +84,24 @@ class Model(pulumi.ComponentResource):
             # None where the model is received from another stack (models.<name>.source): nothing trains here.
             "trainingJob": self.training.job_name if self.training else None,
             "url": self.service.url,
-            "apiKey": self.service.api_key,
         }
 
 
-def llm_api_keys(models: dict[str, Model]) -> dict[str, pulumi.Output] | None:
-    """The stack output ``llmApiKeys``: per LLM with ``serving.apiKey``, client name -> key (a Pulumi
-    secret). Apart from ``models``: a secret inside it would make that whole output secret, and
-    ``make smoke`` / ``train-wait`` read it without ``--show-secrets``."""
-    keys = {name: m.service.api_keys for name, m in models.items() if isinstance(m.service, LlmService) and m.service.api_keys is not None}
+def api_keys(models: dict[str, Model], runtimes: tuple[str, ...] | None = None) -> dict[str, pulumi.Output] | None:
+    """The stack output ``apiKeys``: per model with ``serving.apiKey`` (of ``runtimes``; None: every
+    runtime), client name -> key (a Pulumi secret). Apart from ``models``: a secret inside it would
+    make that whole output secret, and ``make smoke`` / ``train-wait`` read it without ``--show-secrets``."""
+    keys = {
+        name: m.service.api_keys
+        for name, m in models.items()
+        if m.service.api_keys is not None and (runtimes is None or m.runtime in runtimes)
+    }
     return keys or None
+
+
+def llm_api_keys(models: dict[str, Model]) -> dict[str, pulumi.Output] | None:
+    """The stack output ``llmApiKeys``: ``apiKeys``' LLMs, kept for scripts written before TF models' keys moved to the gateway."""
+    return api_keys(models, ("vllm",))
 
 
 def build(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> tuple[TrainingJob | None, ModelService | LlmService]:
@@ -226,6 +234,7 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             rollouts=args.rollouts,
             canary=cfg.serving.canary,
             pool_replicas=pool.max * (pool.gpus_per_node // cfg.llm.gpus) if pool else None,
+            pool_instance_types=tuple(pool.instance_types) if pool else (),
             version=served_version(name, args, opts),
             golden_image=args.serving_image,
         ),

@@ -2,7 +2,7 @@
 
 Deployment (maxUnavailable 0, spread across zones/nodes, graceful drain), a ClusterIP Service that
 only the entry point's HTTPRoute reaches (the API port only), a separate metrics Service for the
-ServiceMonitor (port 9091, never routed), HPA, PDB, NetworkPolicy, an optional generated API key,
+ServiceMonitor (port 9091, never routed), HPA, PDB, NetworkPolicy, optional generated API keys (checked at the entry point and by the server),
 and an IRSA role that can only read the model bucket. Every object is named ``model-server-<model>``
 and labelled with the model, so two models never share a Service, PDB, HPA or ServiceMonitor.
 
@@ -19,7 +19,6 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.config import ServingConfig, serving_processes
 from components.lib import keda_specs, rollout_specs, workload
@@ -42,12 +41,20 @@ GRACEFUL_SHUTDOWN_SECONDS = 30
 
 
 CANARY_SUFFIX = "-canary"
+# The Secret the entry point reads the model's keys from (one data key per client); the server's
+# file is ``<object>-api-keys`` (API_KEYS_FILE, every key a line).
+GATEWAY_KEYS_SUFFIX = "-client-keys"
 ROUTE_ROLE_SUFFIX = "-rollouts"
 
 
 def object_name(model: str) -> str:
     """The name of every serving object of ``model`` (Deployment, Service, HPA, PDB, ...)."""
     return f"{APP}-{model}"
+
+
+def gateway_keys_secret(model: str) -> str:
+    """The Secret (serving namespace) the entry point's apiKeyAuth reads: client name -> key."""
+    return object_name(model) + GATEWAY_KEYS_SUFFIX
 
 
 def canary_service_name(model: str) -> str:
@@ -220,7 +227,7 @@ class ModelService(pulumi.ComponentResource):
     ``_autoscaling`` (KEDA or a CPU HPA), ``_guards`` (PDB, NetworkPolicy), ``_scrape`` (metrics)."""
 
     url: pulumi.Output[str]
-    api_key: pulumi.Output[str] | None
+    api_keys: pulumi.Output[dict[str, str]] | None  # client name -> key, a Pulumi secret (serving.apiKey)
 
     def __init__(self, name: str, args: ModelServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:model_service:ModelService", name, None, opts)
@@ -240,18 +247,36 @@ class ModelService(pulumi.ComponentResource):
         sa = store_service_account(
             self, name, args.store, args.namespace, object_name(model), labels(model), write=False, prefixes=[f"models/{model}/"]
         )
-        self.api_key = None
-        if not args.config.api_key:
+        self.api_keys, self._guard = None, route.Guard()
+        cfg = args.config
+        if not cfg.api_key:
             return [sa]
-        key = random.RandomPassword(f"{name}-api-key", random.RandomPasswordArgs(length=40, special=False), opts=child)
-        self.api_key = pulumi.Output.secret(key.result)
+        # The keys are checked twice. At the entry point (the route's SecurityPolicy, the same builder
+        # as the LLM routes: route.guard), for every route of the model, status and metadata included,
+        # with a rate limit per client. And again by our server on predict (serving/auth.py; the gateway
+        # leaves the key on the request, sanitize off): what reaches the Service without passing the
+        # gateway (the canary's warm-up Job by design, any pod the NetworkPolicies would have to stop:
+        # they hold only where the CNI enforces them, issue 24 item 1) still needs a key. One SHA-256
+        # per request buys that; the keys are the same, so a client never sees two answers.
+        rate = cfg.rate_limit
+        access = route.Access(
+            gateway_keys_secret(model),
+            list(cfg.api_clients),
+            rate.requests,
+            rate.unit,
+            sanitize=False,
+            limit_without_keys=False,
+            resource_suffix=GATEWAY_KEYS_SUFFIX,
+        )
+        self._guard, self.api_keys = route.guard(self, name, _meta(args), access)
         secret = k8s.core.v1.Secret(
             f"{name}-api-keys",
             metadata=_meta(args, "-api-keys"),
-            string_data={"keys": self.api_key.apply(lambda k: k + "\n")},
+            # The server's file: every client's key, one a line (the warm-up Job sends the first).
+            string_data={"keys": self.api_keys.apply(lambda keys: "".join(k + "\n" for k in keys.values()))},
             opts=child,
         )
-        return [sa, secret]
+        return [sa, secret, *self._guard.depends_on]
 
     def _route(self, name: str, args: ModelServiceArgs) -> tuple[rollout_specs.TrafficRouting | None, list[pulumi.Resource]]:
         """The API Service and the model's route on the entry point; under Argo Rollouts also the canary
@@ -271,7 +296,9 @@ class ModelService(pulumi.ComponentResource):
         entry = args.entry
         route_spec = gateway.http_route_spec(model, entry.namespace, entry.listener, obj, PORT, routing.canary_service if routing else None)
         routed.append(
-            route.attach(name, _meta(args), route_spec, args.config.allowed_cidrs, pulumi.ResourceOptions.merge(child, entry.route_opts))
+            route.attach(
+                name, _meta(args), route_spec, args.config.allowed_cidrs, pulumi.ResourceOptions.merge(child, entry.route_opts), self._guard
+            )
         )
         if args.rollouts is not None:
             routed.append(self._route_role(name, args))

@@ -200,19 +200,20 @@ def weight_paths(route_spec: dict[str, Any]) -> list[str]:
     ]
 
 
-# Where a route asks for API keys (LLM routes with ``serving.apiKey``): the header clients send the key
+# Where a route asks for API keys (any model's routes with ``serving.apiKey``): the header clients send the key
 # in (Envoy Gateway v1.9 task "API Key Authentication" uses it), and the header Envoy sets to the
 # matching client's name, which the rate limit counts by.
 API_KEY_HEADER = "x-api-key"
 CLIENT_ID_HEADER = "x-mlplatform-client"
 
 
-def security_policy_spec(route: str, allowed_cidrs: list[str], api_keys_secret: str | None = None) -> dict[str, Any]:
+def security_policy_spec(route: str, allowed_cidrs: list[str], api_keys_secret: str | None = None, sanitize: bool = True) -> dict[str, Any]:
     """Only ``allowed_cidrs`` reach the route (403 otherwise): Envoy Gateway's authorization by
     client address (api/v1alpha1/authorization_types.go, Principal.clientCIDRs, v1.9.0). With
     ``api_keys_secret`` (a Secret in the route's namespace, one key per client name) every request
     also needs one of those keys in ``API_KEY_HEADER`` (401 otherwise; apiKeyAuth): the key is removed
-    before the backend (``sanitize``) and the client's name forwarded in ``CLIENT_ID_HEADER``. One
+    before the backend where ``sanitize`` (kept where the backend checks it again: our TF server) and
+    the client's name forwarded in ``CLIENT_ID_HEADER``. One
     policy holds both: Envoy Gateway applies one SecurityPolicy per route."""
     spec: dict[str, Any] = {"targetRefs": [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route}]}
     if allowed_cidrs:
@@ -225,7 +226,7 @@ def security_policy_spec(route: str, allowed_cidrs: list[str], api_keys_secret: 
             "credentialRefs": [{"group": "", "kind": "Secret", "name": api_keys_secret}],
             "extractFrom": [{"headers": [API_KEY_HEADER]}],
             "forwardClientIDHeader": CLIENT_ID_HEADER,
-            "sanitize": True,
+            "sanitize": sanitize,
         }
     return spec
 

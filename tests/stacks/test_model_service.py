@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from components.config import ServingConfig, serving_processes
@@ -182,26 +183,103 @@ def test_model_urls_exported(result, stack):
     assert result.raw_outputs["serviceUrl"] == urls[next(iter(models(stack)))]
 
 
+def _keyed_stack(stack: str, **serving):
+    """``stack`` with its first TF model's ``serving.apiKey`` on (and ``serving`` overrides)."""
+    catalogue = cfg(stack)["mlplatform:models"]
+    name = next(iter(models(stack)))
+    entry = dict(catalogue[name], serving=dict(catalogue[name].get("serving", {}), apiKey=True, **serving))
+    return name, mock_engine.run(stack, overrides={"mlplatform:models": {**catalogue, name: entry}})
+
+
+def _named(res, kind: str, name: str):
+    (r,) = [r for r in res.k8s_objects() if r.raw.get("kind") == kind and r.raw["metadata"]["name"] == name]
+    return r
+
+
 def test_api_key_is_a_generated_secret_mounted_as_a_file(_results):
-    """models.<name>.serving.apiKey: a random key in a Secret (a Pulumi secret: never in clear in
-    the synth), mounted read-only, its path in SERVING_API_KEYS_FILE; the key is a secret output."""
-    catalogue = cfg("dev")["mlplatform:models"]
-    mnist = dict(catalogue["mnist"], serving=dict(catalogue["mnist"]["serving"], apiKey=True))
-    res = mock_engine.run("dev", overrides={"mlplatform:models": {"mnist": mnist}})
+    """models.<name>.serving.apiKey: random keys, one per serving.apiClients entry, in a Secret (Pulumi
+    secrets: never in clear in the synth), mounted read-only, its path in SERVING_API_KEYS_FILE (the
+    server checks them too); the keys are the secret output ``apiKeys``, not inside ``models``."""
+    _, res = _keyed_stack("dev", apiClients=["app", "batch"])
     secret = one(res, "kubernetes:core/v1:Secret", "model-server-mnist-api-keys")
     assert secret.inputs["stringData"] == {"keys": "[secret]"}
-    key = secret.raw["stringData"]["keys"].strip()
-    assert len(key) == 40 and key in res.sensitive
+    keys = secret.raw["stringData"]["keys"].splitlines()
+    assert len(keys) == 2 and all(len(k) == 40 and k in res.sensitive for k in keys)
     pod = workload(res, "model-server-mnist").raw["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert {e["name"]: e.get("value") for e in c["env"]}["SERVING_API_KEYS_FILE"] == API_KEYS_FILE
     mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
     assert mount["readOnly"] is True and API_KEYS_FILE.startswith(mount["mountPath"] + "/")
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "model-server-mnist-api-keys"
-    assert res.outputs["models"]["mnist"]["apiKey"] == "[secret]"
+    # The gateway's Secret holds the same keys, by client; the server's file has each once.
+    gw = one(res, "kubernetes:core/v1:Secret", "model-server-mnist-client-keys")
+    assert sorted(gw.raw["stringData"]) == ["app", "batch"] and sorted(gw.raw["stringData"].values()) == sorted(keys)
+    assert "apiKey" not in res.raw_outputs["models"]["mnist"]
+    assert sorted(res.raw_outputs["apiKeys"]["mnist"]) == ["app", "batch"]
+    assert res.outputs["apiKeys"] == "[secret]" or set(res.outputs["apiKeys"]["mnist"].values()) == {"[secret]"}
+    assert "mnist" not in (res.raw_outputs.get("llmApiKeys") or {})
     # ... and none of it where the key is off
     base = _results["dev"] if "dev" in _results else _results.setdefault("dev", mock_engine.run("dev"))  # the cached dev render
-    assert not [r for r in base.of_type("kubernetes:core/v1:Secret") if r.raw["metadata"]["name"].endswith("-api-keys")]
+    assert not [r for r in base.of_type("kubernetes:core/v1:Secret") if r.raw["metadata"]["name"].startswith("model-server-")]
+    assert not [
+        r for r in base.k8s_objects() if r.raw.get("kind") == "BackendTrafficPolicy" and "model-server-" in r.raw["metadata"]["name"]
+    ]
+
+
+@pytest.mark.parametrize("keyed", ["dev", "prod"])
+def test_tf_route_keys_and_rate_limit_at_the_gateway(keyed):
+    """Issue 24 item 10, every runtime: with serving.apiKey the TF model's route (predict, status,
+    metadata: one HTTPRoute, so one policy) admits only the generated keys at the entry point, in the
+    same SecurityPolicy as its CIDRs, and each client is rate-limited apart (serving.rateLimit). The key
+    stays on the request (sanitize off): the server checks it again. Valid against the pinned CRDs."""
+    import re
+
+    stack = keyed
+
+    from components.models.model_service import gateway_keys_secret
+    from tools import manifests
+
+    name, res = _keyed_stack(stack, apiClients=["app", "batch"], rateLimit={"requests": 7, "unit": "Minute"})
+    obj, version = object_name(name), cfg(stack)["mlplatform:kubernetesVersion"]
+    policy, limit, route = (_named(res, k, obj) for k in ("SecurityPolicy", "BackendTrafficPolicy", "HTTPRoute"))
+    for r in (policy, limit):
+        assert manifests.validate(r.inputs, version) == [], r.urn
+        assert r.raw["spec"]["targetRefs"] == [{"group": gateway.GATEWAY_API, "kind": "HTTPRoute", "name": obj}]
+        assert r.raw["metadata"]["namespace"] == route.raw["metadata"]["namespace"]
+    auth = policy.raw["spec"]["apiKeyAuth"]
+    assert auth["credentialRefs"] == [{"group": "", "kind": "Secret", "name": gateway_keys_secret(name)}]
+    assert auth["extractFrom"] == [{"headers": [gateway.API_KEY_HEADER]}] and auth["sanitize"] is False
+    assert auth["forwardClientIDHeader"] == gateway.CLIENT_ID_HEADER
+    cidrs = models(stack)[name].get("allowedCidrs")
+    if cidrs:  # one policy per route: the CIDRs and the keys together
+        assert policy.raw["spec"]["authorization"]["rules"][0]["principal"]["clientCIDRs"] == cidrs
+    secret = _named(res, "Secret", gateway_keys_secret(name))
+    assert secret.raw["metadata"]["namespace"] == policy.raw["metadata"]["namespace"]
+    assert set(secret.inputs["stringData"].values()) == {"[secret]"} or secret.inputs["stringData"] == "[secret]"
+    rules = limit.raw["spec"]["rateLimit"]["local"]["rules"]
+    assert [r["clientSelectors"][0]["headers"][0]["value"] for r in rules] == ["app", "batch"]
+    assert all(r["limit"] == {"requests": 7, "unit": "Minute"} for r in rules)
+    # The status and metadata routes are this route's (so behind the same key), as predict is.
+    matches = [m["path"] for rule in route.raw["spec"]["rules"] for m in rule["matches"]]
+    for path in (f"/v1/models/{name}", f"/v1/models/{name}/metadata", f"/v1/models/{name}:predict", f"/v2/models/{name}"):
+        assert any(re.fullmatch(m["value"], path) if m["type"] == "RegularExpression" else path.startswith(m["value"]) for m in matches), (
+            path
+        )
+
+
+def test_tf_rate_limit_default_and_config_errors():
+    """serving.rateLimit defaults to 100 requests/second per client; client names are the Secret's
+    keys (DNS-label-like, unique)."""
+    import pydantic
+
+    sv = ServingConfig()
+    assert (sv.rate_limit.requests, sv.rate_limit.unit, sv.api_clients) == (100, "Second", ["default"])
+    for bad in ({"apiClients": ["Bad_Name"]}, {"apiClients": ["a", "a"]}, {"apiClients": []}, {"rateLimit": {"requests": 0}}):
+        try:
+            ServingConfig.model_validate(bad)
+        except pydantic.ValidationError:
+            continue
+        raise AssertionError(f"accepted {bad}")
 
 
 def test_alerts_select_every_model_deployment(result, stack):
