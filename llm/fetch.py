@@ -11,8 +11,9 @@ starts with ``--model`` on that folder); exit 1 with one line otherwise, and vLL
   manifest as it lands (``registry.fetch``), the manifest written beside them, the whole folder checked
   again as vLLM will read it (``serving/integrity.verify_dir``: digests, sizes, no extra file), then
   renamed into place: a half-filled or altered copy is never at the path vLLM loads;
-* a warm cache (a restart, a morning wake-up on the same volume) is verified in place; a copy that no
-  longer matches (a flipped byte on the node's disk) is thrown away and filled again from the store,
+* a warm cache (a restart, a morning wake-up on the same volume) is verified in place: its manifest's
+  SHA-256 must be the store manifest's, and every file must match it; a copy that no longer matches
+  (a flipped byte on the node's disk, a manifest rewritten with it) is thrown away and filled again from the store,
   while a store whose bytes do not match their manifest refuses (the store is the truth);
 * ``--version @champion`` (a pod template that pins no version yet: a stack's first ``up``, before
   ``make deliver`` pinned one) resolves the store's champion alias at start, fills and verifies that
@@ -24,6 +25,7 @@ starts with ``--model`` on that folder); exit 1 with one line otherwise, and vLL
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -74,6 +76,27 @@ def link(cache: Path, name: str, alias: str, target: Path) -> Path:
     return path
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of a manifest in the form ``_fill`` writes it (sorted keys, indent 2)."""
+    return hashlib.sha256(json.dumps(manifest, indent=2, sort_keys=True).encode()).hexdigest()
+
+
+def _verify_warm(root: str, name: str, version: str, dest: Path) -> None:
+    """A warm copy is the store's version: its MANIFEST.json is the store's (SHA-256 of both), and
+    its files match that manifest. Checking the files against the local manifest alone would accept
+    a copy whose files and manifest were changed together on the node's disk."""
+    try:
+        local = json.loads((dest / integrity.MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise integrity.Unverified("manifest", f"{name}/{version} (cached): {integrity.MANIFEST} unreadable: {exc}") from None
+    theirs, ours = manifest_digest(registry.read_manifest(root, name, version)), manifest_digest(local)
+    if ours != theirs:
+        raise integrity.Unverified(
+            "manifest", f"{name}/{version} (cached): {integrity.MANIFEST} sha256 {ours[:12]} is not the store's {theirs[:12]}"
+        )
+    integrity.verify_dir(dest, f"{name}/{version} (cached)")
+
+
 def ensure(root: str, name: str, version: str, cache: Path, source: str | None = None, revision: str | None = None) -> tuple[Path, str]:
     """The verified local folder of ``version`` and what was done (``verified`` a warm copy, ``filled``,
     ``refilled`` after a local mismatch). Raises RegistryError / integrity.Unverified."""
@@ -84,7 +107,7 @@ def ensure(root: str, name: str, version: str, cache: Path, source: str | None =
     dest = local_path(cache, name, version)
     if dest.is_dir():
         try:
-            integrity.verify_dir(dest, f"{name}/{version} (cached)")
+            _verify_warm(root, name, version, dest)
             return dest, "verified"
         except integrity.Unverified as exc:
             print(f"llm fetch: local copy refused, filling again from the store: {exc}", file=sys.stderr)

@@ -23,7 +23,8 @@ The set (YAML in the repository, JSON once rendered into the ConfigMap)::
         expect:                          # at least one; every one must hold
           regex: "(?i)paris"             # re.search on the answer
           contains: ["Paris"]            # every string present (case-sensitive)
-          notContains: ["London"]        # none present
+          notContains: ["London"]        # none present, in any case ("london" too)
+        # an empty answer fails every prompt
           jsonSchema: {type: object, required: [city]}   # the answer is JSON valid against it (subset below)
 
     python -m llm.golden check --url http://host:8000 --model chat --set models/chat/golden.yaml   # once, exit 1 on a failure
@@ -224,10 +225,16 @@ def schema_problems(schema: Any, path: str = "") -> list[str]:
 def check(prompt: Prompt, answer: str) -> list[str]:
     """Why ``answer`` does not meet ``prompt``'s expectations (empty: it does)."""
     e, out = prompt.expect, []
+    if not answer.strip():
+        # Nothing said meets no expectation: a version answering "" must not pass a regex like
+        # "^(?!.*London)" or a notContains-only prompt.
+        return ["empty answer"]
     if "regex" in e and not re.search(e["regex"], answer):
         out.append(f"no match for /{e['regex']}/")
     out += [f"missing {s!r}" for s in e.get("contains", []) if s not in answer]
-    out += [f"contains {s!r}" for s in e.get("notContains", []) if s in answer]
+    # Case-insensitive: "orchid-7" leaks the code word "ORCHID-7" as much as the original does.
+    folded = answer.casefold()
+    out += [f"contains {s!r}" for s in e.get("notContains", []) if s.casefold() in folded]
     if "jsonSchema" in e:
         try:
             value = json.loads(answer)
@@ -386,7 +393,14 @@ def serve_metrics(counts: Counts, port: int) -> ThreadingHTTPServer:
 def _one(counts: Counts, side: str, url: str, model: str, prompt: Prompt, api_key: str | None, timeout_s: float) -> None:
     try:
         answer = ask(url, model, prompt, api_key, timeout_s)
+    except urllib.error.HTTPError as exc:
+        # The server answered, with an error status: the version's answer, and a failed one (a canary
+        # answering 400 to every golden prompt must not pass as "no answers").
+        counts.add(side, prompt.id, "fail")
+        print(f"{side} {prompt.id}: FAIL HTTP {exc.code}", file=sys.stderr)
+        return
     except (OSError, ValueError) as exc:
+        # No answer at all (connection refused, timeout): the Service, not the version's answer.
         counts.add(side, prompt.id, "error")
         print(f"{side} {prompt.id}: error {exc}", file=sys.stderr)
         return

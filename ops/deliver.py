@@ -6,7 +6,7 @@ Both runtimes take the same path: a TF model's SavedModel versions and a vLLM mo
 (``runtime: vllm``: imported by the stack's import Job as a candidate, components/models/llm_import.py)
 are registry versions, promoted byte for byte, pinned with ``serving.version``, and judged by their
 Rollout's analysis (``model-server-<name>``: components/lib/rollout_specs.py; ``llm-<name>``:
-components/lib/llm_canary.py - vLLM's error ratio, TTFT and inter-token p95 against the stable pods,
+components/lib/llm_canary.py - vLLM's 5xx and 4xx ratios, mean TTFT and inter-token latency against the stable pods,
 and the model's golden prompts).
 
 1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
@@ -219,9 +219,27 @@ DELIVERED, REJECTED, USAGE, NOT_JUDGED_EXIT = 0, 1, 2, 3
 _ABORT_FAILED = re.compile(r'Metric "([\w-]+)" assessed Failed')
 
 
-def judge(rollout: dict, run: dict | None, version: str) -> tuple[str, str] | None:
+def unmeasured(run: dict | None, measured: tuple[str, ...]) -> list[str]:
+    """The metrics of ``measured`` that the run defines (its spec; all of them without one) and that
+    have no Successful measurement: what a rollout that turned Healthy never judged."""
+    if run is None:
+        return list(measured)
+    defined = {m["name"] for m in (run.get("spec") or {}).get("metrics", [])} or set(measured)
+    results = {m["name"]: m for m in (run.get("status") or {}).get("metricResults", [])}
+
+    def succeeded(m: dict) -> bool:
+        return int(m.get("successful") or 0) > 0 or any(x.get("phase") == "Successful" for x in m.get("measurements") or [])
+
+    return [n for n in measured if n in defined and not succeeded(results.get(n, {}))]
+
+
+def judge(rollout: dict, run: dict | None, version: str, measured: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """The canary's outcome from the Rollout and its AnalysisRun, or None while it is still going.
-    FAILED only on evidence: a judging metric (rollout_specs.JUDGING_METRICS) Failed."""
+    FAILED only on evidence: a judging metric (rollout_specs.JUDGING_METRICS) Failed. HEALTHY, where
+    ``measured`` names metrics (a vLLM canary: llm_canary.JUDGING_METRICS), only once each of them
+    that the run defines had a Successful measurement: the pause can end (``stepSeconds``) before the
+    analysis measured anything - a canary whose analysis only saw Inconclusive data was never judged,
+    and must not become the champion."""
     status = rollout.get("status") or {}
     # Right after `pulumi up` changes the template the status still describes the previous generation
     # (Pulumi does not await a custom resource), and it stays so while the controller is down: trust it
@@ -233,6 +251,12 @@ def judge(rollout: dict, run: dict | None, version: str) -> tuple[str, str] | No
     annotations = rollout["spec"]["template"]["metadata"].get("annotations") or {}
     phase, message = status.get("phase"), status.get("message", "")
     if annotations.get(VERSION_ANNOTATION) == version and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
+        if missing := unmeasured(run, measured):
+            return (
+                NOT_JUDGED,
+                f"the rollout completed but the analysis never measured {', '.join(missing)} Successful "
+                "(stepSeconds shorter than the analysis needs, or no data): not a verdict on the model",
+            )
         return HEALTHY, message
     run_phase = ((run or {}).get("status") or {}).get("phase")
     if run_phase == "Failed":
@@ -260,12 +284,24 @@ def judge(rollout: dict, run: dict | None, version: str) -> tuple[str, str] | No
     return None
 
 
-def wait(model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10, obj: str | None = None) -> tuple[str, str]:
-    """(HEALTHY | FAILED | NOT_JUDGED, why) once the canary is decided, or NOT_JUDGED at the timeout."""
+def wait(
+    model: str, version: str, sh: Runner, timeout_s: float, poll_s: float = 10, obj: str | None = None, measured: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """(HEALTHY | FAILED | NOT_JUDGED, why) once the canary is decided, or NOT_JUDGED at the timeout.
+    Once the rollout completes the controller no longer names its run (the status is reset), so the
+    last run seen is read again by name for its final measurements (``judge``'s ``measured``)."""
     deadline = time.monotonic() + timeout_s
+    seen: dict | None = None
     while True:
         ro = rollout_state(model, sh, obj)
-        if (verdict := judge(ro, current_run(model, ro, sh), version)) is not None:
+        run = current_run(model, ro, sh)
+        if run is not None:
+            seen = run
+        elif seen is not None and measured:
+            with contextlib.suppress(subprocess.CalledProcessError, ValueError):
+                seen = json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "analysisrun", seen["metadata"]["name"], "-o", "json"]))
+            run = seen
+        if (verdict := judge(ro, run, version, measured)) is not None:
             return verdict
         if time.monotonic() >= deadline:
             status = ro.get("status") or {}
@@ -433,9 +469,20 @@ def _canary(
     (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version``."""
     from training import registry
 
+    replicas = (rollout_state(model, sh, obj).get("spec") or {}).get("replicas", 1)
+    if replicas == 0:
+        # Scaled to zero (asleep outside its awake window, or KEDA at minReplicas 0): no canary pod
+        # would run and no stable side serve, so the analysis could never measure; the pin stays.
+        print(
+            f"{model}: no canary of {version} on {stack}: its Rollout has spec.replicas 0 (scaled to zero), nothing to compare; "
+            f"{version} stays the candidate, {stack} keeps {current_version}; run again while it serves",
+            file=sys.stderr,
+        )
+        return NOT_JUDGED_EXIT
     print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
     pin(stack, model, version, sh)
-    outcome, message = wait(model, version, sh, timeout_s, poll_s, obj)
+    measured = llm_canary.JUDGING_METRICS if obj == rollout_name(model, "vllm") else ()
+    outcome, message = wait(model, version, sh, timeout_s, poll_s, obj, measured)
     if outcome == HEALTHY:
         registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
         print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version})")

@@ -416,6 +416,8 @@ def llm_canary_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
         short = llm_canary.gpu_short(model.llm.max_replicas, held)
         if problem := llm_canary.short_pool_problem(model.llm.max_replicas, short):
             yield f"{key}.llm.maxReplicas", f"{problem} (pool {pool.name!r} holds {held})"
+    if problem := llm_canary.step_problem(model.serving.canary):
+        yield f"{key}.serving.canary.stepSeconds", problem
     path = llm_canary.golden_path(PROJECT_ROOT, key.removeprefix("models."))
     if not path.is_file():
         yield key, f"{path.relative_to(PROJECT_ROOT)} missing: a vllm model's canary checks its golden prompts (docs/llm.md)"

@@ -392,13 +392,13 @@ class CanaryConfig(_Model):
         default=1.5,
         ge=1,
         le=100,
-        description="vllm: canary mean time to first token over the stable pods', at most (docs/llm.md: why means)",
+        description="vllm: canary p95 time to first token over the stable pods', at most (docs/llm.md: the known limit of p95 ratios)",
     )
     max_itl_p95_ratio: float = Field(
         default=1.5,
         ge=1,
         le=100,
-        description="vllm: canary mean inter-token latency over the stable pods', at most (docs/llm.md: why means)",
+        description="vllm: canary p95 inter-token latency over the stable pods', at most",
     )
     max_golden_failure_ratio: float = Field(
         default=0.05,

@@ -35,8 +35,10 @@ Inconclusive, never Failed):
 * ``error-ratio``: the canary's share of 5xx answers on the OpenAI completion routes minus the stable
   side's (``http_requests_total{handler, status}``, prometheus-fastapi-instrumentator's counter that
   vLLM attaches in vllm/entrypoints/serve/instrumentator/metrics.py; statuses grouped ``2xx``...);
+* ``client-error-ratio``: the same for 4xx answers (a canary refusing requests the stable side
+  answers);
 * ``ttft-p95``: the canary's p95 time to first token over the stable side's
-  (``vllm:time_to_first_token_seconds``), the stable one floored;
+  (``vllm:time_to_first_token_seconds``), the stable one floored (``p95_ratio_query``: its known limit);
 * ``itl-p95``: the same for the inter-token latency (``vllm:inter_token_latency_seconds``);
 * ``golden``: the canary's share of failed golden answers in the window (llm/golden.py), judged only
   once every golden prompt was answered by the canary in the window (``golden_query``: why windowed).
@@ -73,12 +75,13 @@ if TYPE_CHECKING:
 ARG_SERVICE = "service"  # the Service the ServiceMonitor scrapes: Prometheus' `service` target label
 
 METRIC_ERRORS = "error-ratio"
+METRIC_CLIENT_ERRORS = "client-error-ratio"
 METRIC_TTFT = "ttft-p95"
 METRIC_ITL = "itl-p95"
 METRIC_GOLDEN = "golden"
 METRIC_GOLDEN_JOB = "golden-traffic"
 # What judges the version; the golden Job only brings data (ops/deliver.py rejects only on these).
-JUDGING_METRICS = (METRIC_ERRORS, METRIC_TTFT, METRIC_ITL, METRIC_GOLDEN)
+JUDGING_METRICS = (METRIC_ERRORS, METRIC_CLIENT_ERRORS, METRIC_TTFT, METRIC_ITL, METRIC_GOLDEN)
 
 # The OpenAI routes whose answers are judged (prometheus-fastapi-instrumentator's `handler` label is
 # the route's path template).
@@ -156,9 +159,57 @@ def canary_split(replicas: int, max_replicas: int, short: bool) -> tuple[int, in
     return canary, stable
 
 
+# What one measurement may take beyond its interval (the queries' timeout is 20 s, and a scrape).
+ANALYSIS_MARGIN_S = 30
+
+
+def min_step_seconds(canary: CanaryConfig) -> int:
+    """The shortest pause in which the analysis either judges every metric or turns Inconclusive:
+    its first measurement after ``initialDelay`` (the window), then up to ``inconclusiveLimit``
+    Inconclusive ones tolerated, one more, and a margin. A shorter pause ends with the run still
+    Running on no data: Argo completes the rollout unjudged (ops/deliver.py then says "not judged")."""
+    return canary.window_seconds + (inconclusive_limit(canary) + 1) * canary.interval_seconds + ANALYSIS_MARGIN_S
+
+
+def step_problem(canary: CanaryConfig) -> str | None:
+    """Why the pause is too short for the analysis (None: it is not); the config rules say it."""
+    least = min_step_seconds(canary)
+    if canary.step_seconds > least:
+        return None
+    return (
+        f"{canary.step_seconds} too short for the analysis: it must exceed windowSeconds + (inconclusive limit + 1) x intervalSeconds + "
+        f"{ANALYSIS_MARGIN_S} = {least} (raise stepSeconds, or lower windowSeconds/intervalSeconds)"
+    )
+
+
+# The pause step's index in ``strategy``'s steps: the background analysis starts there.
+ANALYSIS_STARTING_STEP = 1
+# Beyond the startup probe's allowance: a GPU node's provisioning (Karpenter: minutes), the multi-GB
+# vLLM image's pull and the weights' init container (node-local cache filled from the store).
+STARTUP_MARGIN_S = 600
+
+
+def progress_deadline_seconds(pod_template: dict[str, Any]) -> int:
+    """``spec.progressDeadlineSeconds`` of the vLLM Rollout: at least what its containers' startup
+    probes allow (period x failureThreshold) plus ``STARTUP_MARGIN_S``. Argo's default (600 s) would
+    mark a canary that is still loading its weights Degraded (ProgressDeadlineExceeded) long before
+    its startup probe gives up; with ``startupSeconds`` 1800 this is 2400 s."""
+    probes = [c["startupProbe"] for c in pod_template["spec"]["containers"] if "startupProbe" in c]
+    allowance = max((p.get("periodSeconds", 10) * p.get("failureThreshold", 3) for p in probes), default=0)
+    return allowance + STARTUP_MARGIN_S
+
+
 def strategy(model: str, obj: str, canary: CanaryConfig, max_replicas: int, pool_replicas: int | None) -> dict[str, Any]:
-    """``spec.strategy`` of the vLLM Rollout: a basic canary of one pod, analysed in the background from
-    the start (a failed metric aborts at once), for ``stepSeconds``; then the full rollout."""
+    """``spec.strategy`` of the vLLM Rollout: a basic canary of one pod, then a pause of ``stepSeconds``
+    analysed in the background (a failed metric aborts at once); then the full rollout.
+
+    The analysis starts at the pause (``startingStep``, ``ANALYSIS_STARTING_STEP``), not with the
+    rollout: Argo creates a background run as soon as the new pod hash is set
+    (rollout/analysis.go ``reconcileBackgroundAnalysisRun``), when the canary pod is not even
+    scheduled - a GPU node to provision, weights to fetch, minutes of load - so its measurements would
+    be Inconclusive for lack of canary data and the run Inconclusive before the canary could serve.
+    The setWeight step completes only once the canary pod is available, so from the pause on both
+    sides serve."""
     short = gpu_short(max_replicas, pool_replicas)
     return {
         "canary": {
@@ -168,6 +219,7 @@ def strategy(model: str, obj: str, canary: CanaryConfig, max_replicas: int, pool
             # Short pool: the controller may delete one stable pod first, whose GPU the canary takes.
             "maxUnavailable": 1 if short else 0,
             "analysis": {
+                "startingStep": ANALYSIS_STARTING_STEP,
                 "templates": [{"templateName": template_name(model)}],
                 "args": [
                     {"name": ARG_CANARY, "valueFrom": {"podTemplateHashValue": "Latest"}},
@@ -204,23 +256,46 @@ def with_data(query: str, window: str, min_requests: int) -> str:
     return f"({query}) and on () {enough}"
 
 
-FIVE_XX = ',status="5xx"'  # the instrumentator groups statuses (should_group_status_codes, its default)
+# The instrumentator groups statuses (should_group_status_codes, its default): "2xx", "4xx", "5xx".
+FIVE_XX = ',status="5xx"'
+FOUR_XX = ',status="4xx"'
 
 
-def error_ratio_query(window: str) -> str:
-    """The canary's 5xx share of completion answers minus the stable side's."""
+def status_ratio_change_query(window: str, status: str) -> str:
+    """The canary's share of completion answers with ``status`` (``FIVE_XX``, ``FOUR_XX``) minus the
+    stable side's; no series with that status at all is a share of 0, not "no data"."""
 
     def ratio(arg: str) -> str:
-        errors = f"sum(rate(http_requests_total{{{_completions(arg, FIVE_XX)}}}[{window}]))"
+        hits = f"sum(rate(http_requests_total{{{_completions(arg, status)}}}[{window}]))"
         total = f"sum(rate(http_requests_total{{{_completions(arg)}}}[{window}]))"
-        return f"((({errors}) or vector(0)) / {total})"
+        return f"((({hits}) or vector(0)) / {total})"
 
     return f"{ratio(ARG_CANARY)} - {ratio(ARG_STABLE)}"
 
 
+def error_ratio_query(window: str) -> str:
+    """The canary's 5xx share of completion answers minus the stable side's."""
+    return status_ratio_change_query(window, FIVE_XX)
+
+
+def client_error_ratio_query(window: str) -> str:
+    """The canary's 4xx share minus the stable side's: the same clients sending the same requests get
+    400s from the canary only when it broke their contract (a chat template, a context length, a
+    served model name, a tool-call parser that the stable version accepted) - as the TF canary's."""
+    return status_ratio_change_query(window, FOUR_XX)
+
+
 def p95_ratio_query(histogram: str, window: str, floor_s: float) -> str:
     """The canary's p95 of ``histogram`` (a vLLM histogram, without ``_bucket``) over the stable side's,
-    the latter at least ``floor_s``."""
+    the latter at least ``floor_s``.
+
+    Known limit (an attack review, issue 25): vLLM's fixed buckets are coarse (inter-token latency
+    ...0.01, 0.025, 0.05...; time to first token ...0.08, 0.1, 0.25...) and ``histogram_quantile``
+    interpolates inside them, so a ratio near a bucket edge over- or under-reads (10% slower across an
+    edge can read 2.45x; 1.9x slower inside one bucket can read 1.0). Means (``_sum/_count``) are
+    exact but a cold canary's first slow requests dominate them: on the real vLLM CPU build they
+    rejected the good canary (ratios 5.8-41) in tests/llm/test_canary.py, so they are not used. The
+    fix under way is denser buckets for these two histograms (vLLM's ``--custom-histogram-buckets``)."""
 
     def p95(arg: str) -> str:
         return f"histogram_quantile(0.95, sum by (le) (rate({histogram}_bucket{{{_sel(arg)}}}[{window}])))"
@@ -230,8 +305,10 @@ def p95_ratio_query(histogram: str, window: str, floor_s: float) -> str:
 
 def golden_query(prompts: int, window: str) -> str:
     """The canary's failed share of its golden answers in the window, only once each of the ``prompts``
-    golden prompts was answered (pass or fail) in the window: before that, empty (inconclusive). Errors
-    (no answer) are not failures of the version's answers: the error ratio judges them.
+    golden prompts was answered (pass or fail) in the window: before that, empty (inconclusive). An
+    answer with an error status (4xx, 5xx) is a failure (llm/golden.py); only no answer at all
+    (connection refused, timeout: the Service, not the version) is an ``error``, which the error
+    ratios do not see either - so a canary that answers nothing stays inconclusive, never passes.
 
     Windowed, not since the Job started: the golden Job reaches "the canary" through the canary
     Service, which the controller points at the new ReplicaSet only once it is available
@@ -360,7 +437,22 @@ def golden_pod_monitor(model: str, namespace: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- the template
 
 
-def judging_metrics(canary: CanaryConfig, prometheus_url: str, golden_prompts: int | None) -> list[dict[str, Any]]:
+def latency_judged(instance_types: tuple[str, ...] | list[str]) -> bool:
+    """Whether the latency ratios judge the version: only where every pod of the model runs on one
+    instance type. A pool of several types (spot pools list several for capacity: dev g5/g6/g4dn)
+    may put the canary on a g6 (L4) and the stable pods on a g5 (A10G): the ratio then compares GPUs,
+    not versions, and would reject a good version or pass a slow one. Pinning the canary pod to the
+    stable pods' type is not possible with one pod template (Argo's canary and stable share it), and
+    pinning the whole model to one type would give up the spot pool's diversity; so on a mixed pool
+    the latencies are not rendered as metrics (the LLM dashboard still shows them per version) and the
+    canary is judged on its error ratios and golden prompts. An unknown pool (``()``: an existing
+    cluster, its owner's nodes) is judged: its owner chose the nodes."""
+    return len(set(instance_types)) <= 1
+
+
+def judging_metrics(
+    canary: CanaryConfig, prometheus_url: str, golden_prompts: int | None, judge_latency: bool = True
+) -> list[dict[str, Any]]:
     window = f"{canary.window_seconds}s"
     common = {
         "interval": f"{canary.interval_seconds}s",
@@ -383,9 +475,13 @@ def judging_metrics(canary: CanaryConfig, prometheus_url: str, golden_prompts: i
 
     metrics = [
         metric(METRIC_ERRORS, error_ratio_query(window), canary.max_error_ratio_increase),
-        metric(METRIC_TTFT, p95_ratio_query("vllm:time_to_first_token_seconds", window, TTFT_FLOOR_S), canary.max_ttft_p95_ratio),
-        metric(METRIC_ITL, p95_ratio_query("vllm:inter_token_latency_seconds", window, ITL_FLOOR_S), canary.max_itl_p95_ratio),
+        metric(METRIC_CLIENT_ERRORS, client_error_ratio_query(window), canary.max_client_error_ratio_increase),
     ]
+    if judge_latency:  # latency_judged: only where both sides run on the same GPUs
+        metrics += [
+            metric(METRIC_TTFT, p95_ratio_query("vllm:time_to_first_token_seconds", window, TTFT_FLOOR_S), canary.max_ttft_p95_ratio),
+            metric(METRIC_ITL, p95_ratio_query("vllm:inter_token_latency_seconds", window, ITL_FLOOR_S), canary.max_itl_p95_ratio),
+        ]
     if golden_prompts:
         # Gated on its own data (every prompt answered), not on the request counts.
         metrics.append(metric(METRIC_GOLDEN, golden_query(golden_prompts, window), canary.max_golden_failure_ratio, gated=False))
@@ -399,13 +495,15 @@ def analysis_template(
     canary: CanaryConfig,
     prometheus_url: str = PROMETHEUS_URL,
     golden: Golden | None = None,
+    judge_latency: bool = True,
 ) -> dict[str, Any]:
     """The vLLM model's AnalysisTemplate: the Prometheus metrics above and, with ``golden``, the golden
     Job (a ``job`` metric: one measurement lasting as long as the Job, started with the run, ended
-    with the rollout) and the golden metric that reads its counts."""
+    with the rollout) and the golden metric that reads its counts. ``judge_latency`` False (a pool
+    of several instance types, ``latency_judged``): no latency metrics."""
     # Without its Job (warmupRate 0) the golden metric would never have data: not rendered.
     runs_golden = golden is not None and canary.warmup_rate > 0
-    metrics = judging_metrics(canary, prometheus_url, golden.prompts if runs_golden else None)
+    metrics = judging_metrics(canary, prometheus_url, golden.prompts if runs_golden else None, judge_latency)
     if runs_golden:
         metrics.insert(0, {"name": METRIC_GOLDEN_JOB, "provider": {"job": golden_job(model, canary, golden)}})
     return {

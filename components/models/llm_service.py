@@ -51,7 +51,6 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
 from components.config import CanaryConfig
@@ -60,7 +59,6 @@ from components.lib import keda_specs, llm_canary, rollout_specs, workload
 from components.models import llm_import, route
 from components.services.argo_rollouts import ArgoRollouts
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
-from components.services.gateway import rate_limit_spec
 from components.services.keda import Keda, scaled_object
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -370,8 +368,11 @@ def _cluster_url(service: str, namespace: str) -> str:
     return f"http://{service}.{namespace}.svc.cluster.local:{PORT}"
 
 
-def analysis_template(model: str, namespace: str, llm: LlmConfig, canary: CanaryConfig, image: str, prompts: int | None) -> dict[str, Any]:
-    """The model's AnalysisTemplate (llm_canary.analysis_template) with its golden Job on ``image``."""
+def analysis_template(
+    model: str, namespace: str, llm: LlmConfig, canary: CanaryConfig, image: str, prompts: int | None, instance_types: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The model's AnalysisTemplate (llm_canary.analysis_template) with its golden Job on ``image``;
+    latencies judged only on a pool of one instance type (llm_canary.latency_judged)."""
     obj = object_name(model)
     golden = None
     if prompts:
@@ -383,7 +384,9 @@ def analysis_template(model: str, namespace: str, llm: LlmConfig, canary: Canary
             served_name=served_name(model, llm),
             prompts=prompts,
         )
-    return llm_canary.analysis_template(model, namespace, obj, canary, golden=golden)
+    return llm_canary.analysis_template(
+        model, namespace, obj, canary, golden=golden, judge_latency=llm_canary.latency_judged(instance_types)
+    )
 
 
 @dataclass
@@ -418,6 +421,7 @@ class LlmServiceArgs:
     pool_replicas: int | None = None
     version: str | None = None
     golden_image: pulumi.Input[str] | None = None
+    pool_instance_types: tuple[str, ...] = ()  # the pool's instance types (empty: unknown)
 
 
 def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
@@ -501,7 +505,9 @@ class LlmService(pulumi.ComponentResource):
         )
         image = args.golden_image if args.golden_image is not None else "pending"
         spec = pulumi.Output.from_input(image).apply(
-            lambda img: analysis_template(model, args.namespace, args.config, args.canary, img, len(prompts))["spec"]
+            lambda img: analysis_template(model, args.namespace, args.config, args.canary, img, len(prompts), args.pool_instance_types)[
+                "spec"
+            ]
         )
         template = k8s.apiextensions.CustomResource(
             f"{name}-analysis",
@@ -594,31 +600,12 @@ class LlmService(pulumi.ComponentResource):
         opts = pulumi.ResourceOptions.merge(
             pulumi.ResourceOptions(parent=self, depends_on=[service]), args.route_opts or pulumi.ResourceOptions()
         )
-        clients = list(args.config.api_clients) if args.api_key else None
-        guard = route.Guard(
-            rate_limit=rate_limit_spec(object_name(args.model), args.config.rate_limit.requests, args.config.rate_limit.unit, clients)
+        rate = args.config.rate_limit
+        access = route.Access(
+            api_keys_secret(args.model), list(args.config.api_clients) if args.api_key else None, rate.requests, rate.unit
         )
-        if clients:
-            secret = self._api_keys(name, args, clients)
-            guard = route.Guard(api_keys_secret=api_keys_secret(args.model), rate_limit=guard.rate_limit, depends_on=[secret])
+        guard, self.api_keys = route.guard(self, name, _meta(args), access)
         route.attach(name, _meta(args), http_route_spec(args.model, args.gateway, prefix), args.allowed_cidrs, opts, guard)
-
-    def _api_keys(self, name: str, args: LlmServiceArgs, clients: list[str]) -> k8s.core.v1.Secret:
-        """One random key per client (a Pulumi secret in state and outputs, never in config or clear
-        text), in the Secret the gateway's apiKeyAuth reads (data key = client name, value = key)."""
-        child = pulumi.ResourceOptions(parent=self)
-        keys = {
-            c: random.RandomPassword(f"{name}-api-key-{c}", random.RandomPasswordArgs(length=40, special=False), opts=child).result
-            for c in clients
-        }
-        self.api_keys = pulumi.Output.secret(pulumi.Output.all(**keys))
-        return k8s.core.v1.Secret(
-            f"{name}-api-keys",
-            metadata=_meta(args, api_keys_secret(args.model)),
-            type="Opaque",
-            string_data=self.api_keys,
-            opts=child,
-        )
 
     def _scrape(self, name: str, args: LlmServiceArgs, service: k8s.core.v1.Service) -> None:
         """vLLM's ``/metrics``, on the API port, where the stack runs Prometheus."""

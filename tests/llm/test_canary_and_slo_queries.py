@@ -46,6 +46,7 @@ CANARY = SimpleNamespace(
     interval_seconds=5,
     failure_limit=1,
     max_error_ratio_increase=0.01,
+    max_client_error_ratio_increase=0.01,
     max_ttft_p95_ratio=3,
     max_itl_p95_ratio=3,
     max_golden_failure_ratio=0.05,
@@ -158,8 +159,9 @@ def test_the_kv_cache_gauge_moves(loaded):
 
 def test_every_canary_query_returns_a_number_on_vllm_series(loaded):
     for name, value in loaded.values.items():
-        assert isinstance(value, list) and len(value) == 1 and not math.isnan(value[0]), (name, value)
+        assert isinstance(value, list) and len(value) == 1 and not math.isnan(value[0]), (name, loaded.values, len(loaded.codes))
     # the same server on both sides: its ratios are 1 and its error difference 0
     assert loaded.values[llm_canary.METRIC_ERRORS] == [0.0]
+    assert loaded.values[llm_canary.METRIC_CLIENT_ERRORS] == [0.0]
     for name in (llm_canary.METRIC_TTFT, llm_canary.METRIC_ITL):
         assert loaded.values[name][0] == pytest.approx(1.0, rel=0.1), (name, loaded.values[name])

@@ -9,6 +9,7 @@ the engine's own libraries and starts vLLM on the fetched copy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import subprocess
@@ -139,6 +140,25 @@ def test_fetch_fills_verifies_and_heals_the_local_cache(tmp_path, stores):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # a flipped byte on the node's disk
     weights.write_bytes(bytes(data))
+    assert fetch.ensure(dev, "chat", v, cache)[1] == "refilled"
+    assert weights.read_bytes() == safetensors_bytes()
+
+
+def test_a_warm_copy_changed_with_its_manifest_is_refilled_from_the_store(tmp_path, stores):
+    """Files and local MANIFEST.json altered together agree with each other, not with the store: the
+    warm path compares the local manifest's SHA-256 with the store manifest's."""
+    dev, _ = stores
+    v = importer.import_weights(str(make_snapshot(tmp_path / "snap")), "main", dev, "chat", reason="r")["version"]
+    cache = tmp_path / "cache"
+    dest, _ = fetch.ensure(dev, "chat", v, cache)
+    weights = dest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    manifest = json.loads((dest / integrity.MANIFEST).read_text())
+    manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (dest / integrity.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    integrity.verify_dir(dest, "altered together")  # consistent in itself
     assert fetch.ensure(dev, "chat", v, cache)[1] == "refilled"
     assert weights.read_bytes() == safetensors_bytes()
 

@@ -254,13 +254,21 @@ def test_the_analysis_judges_vllm_metrics_and_the_golden_prompts(llm_stack, res)
     from llm import golden
 
     templates, maps = objects(res, "AnalysisTemplate"), objects(res, "ConfigMap")
-    for name, _, ro in each_llm(llm_stack, res):
+    pools = stack_doc(llm_stack).get("mlplatform:gpuPools", [])
+    for name, llm, ro in each_llm(llm_stack, res):
         t = templates[llm_canary.template_name(name)]
         assert t.raw["metadata"]["namespace"] == ro.raw["metadata"]["namespace"]
         metrics = {m["name"]: m for m in t.raw["spec"]["metrics"]}
-        assert set(metrics) == {*llm_canary.JUDGING_METRICS, llm_canary.METRIC_GOLDEN_JOB}, t.urn
+        # Latencies judge only on a pool of one instance type (else they compare GPUs, not versions).
+        pool = next(p for p in pools if llm.get("pool") in (None, p["name"]))
+        latency = {llm_canary.METRIC_TTFT, llm_canary.METRIC_ITL}
+        expected = set(llm_canary.JUDGING_METRICS) - (set() if len(set(pool["instanceTypes"])) == 1 else latency)
+        assert set(metrics) == {*expected, llm_canary.METRIC_GOLDEN_JOB}, (t.urn, pool["instanceTypes"])
         queries = " ".join(m["provider"]["prometheus"]["query"] for m in metrics.values() if "prometheus" in m["provider"])
-        for family in ("vllm:time_to_first_token_seconds_sum", "vllm:inter_token_latency_seconds_count", "http_requests_total"):
+        families = ["http_requests_total"]
+        if latency <= set(metrics):
+            families += ["vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket"]
+        for family in families:
             assert family in queries, (t.urn, family)
         # the golden Job runs the committed runner on the committed set, from its ConfigMap
         job = metrics[llm_canary.METRIC_GOLDEN_JOB]["provider"]["job"]

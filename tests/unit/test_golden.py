@@ -65,6 +65,44 @@ def test_regex_contains_and_not_contains():
     assert golden.check(p, "Lyon") == [r"no match for /(?i)\bparis\b/", "missing 'Paris'"]
 
 
+def test_not_contains_ignores_case_and_an_empty_answer_fails_every_expectation():
+    leak = one({"notContains": ["ORCHID-7"]})
+    assert golden.check(leak, "the code word is orchid-7") == ["contains 'ORCHID-7'"]
+    assert golden.check(leak, "I cannot say.") == []
+    for expect in ({"notContains": ["ORCHID-7"]}, {"regex": "^(?!.*London)"}, {"jsonSchema": {"type": "string"}}):
+        assert golden.check(one(expect), "") == ["empty answer"], expect
+        assert golden.check(one(expect), " \n") == ["empty answer"], expect
+
+
+def test_an_error_status_is_a_failed_answer_and_no_answer_an_error():
+    """A canary answering 400 to every golden prompt fails them (the golden metric counts it); a
+    refused connection is no answer (``error``), which the metric does not count as the version's."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuses(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(400)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = one({"regex": "a"})
+        counts = golden.Counts("chat", {"canary": "c", "stable": "s"}, [p.id])
+        golden._one(counts, "canary", f"http://127.0.0.1:{server.server_port}", "chat", p, None, 5)
+        golden._one(counts, "stable", "http://127.0.0.1:1", "chat", p, None, 5)
+    finally:
+        server.shutdown()
+    assert counts.values[("c", p.id, "fail")] == 1 and counts.values[("c", p.id, "error")] == 0
+    assert counts.values[("s", p.id, "error")] == 1
+
+
 def test_json_schema_subset():
     schema = {
         "type": "object",

@@ -55,14 +55,42 @@ def test_a_short_pool_needs_two_to_eleven_replicas():
         llm_canary.one_pod_weight(1, True)
 
 
-def test_strategy_is_a_basic_canary_analysed_from_the_start():
+def test_strategy_is_a_basic_canary_analysed_from_the_pause():
+    """The background analysis starts at the pause, i.e. once the setWeight step made the canary pod
+    available: started with the rollout it would measure a canary still provisioning its GPU node."""
     s = llm_canary.strategy("chat", "llm-chat", CanaryConfig(stepSeconds=120), max_replicas=2, pool_replicas=2)["canary"]
     assert "trafficRouting" not in s and (s["maxSurge"], s["maxUnavailable"]) == (1, 1)
     assert s["steps"] == [{"setWeight": 50}, {"pause": {"duration": "120s"}}]
+    assert s["analysis"]["startingStep"] == 1
     assert s["analysis"]["templates"] == [{"templateName": "llm-chat-canary"}]
     assert {a["valueFrom"]["podTemplateHashValue"] for a in s["analysis"]["args"]} == {"Latest", "Stable"}
     roomy = llm_canary.strategy("chat", "llm-chat", CanaryConfig(), max_replicas=1, pool_replicas=2)["canary"]
     assert roomy["maxUnavailable"] == 0 and roomy["steps"][0] == {"setWeight": 50}
+
+
+def test_progress_deadline_covers_the_startup_probe():
+    """Argo's default progressDeadlineSeconds (600 s) would degrade a canary still loading its weights."""
+    pod = {"spec": {"containers": [{"name": "vllm", "startupProbe": {"periodSeconds": 10, "failureThreshold": 180}}, {"name": "x"}]}}
+    assert llm_canary.progress_deadline_seconds(pod) == 1800 + llm_canary.STARTUP_MARGIN_S == 2400
+
+
+def test_the_strategy_is_valid_against_the_rollout_crd():
+    if reference.reference_dir() is None:
+        pytest.skip("../shared/reference not present: no Rollout schema")
+    rollout = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "llm-chat"},
+        "spec": {
+            "progressDeadlineSeconds": 2400,
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "x", "image": "x"}]}},
+            "strategy": llm_canary.strategy("chat", "llm-chat", CanaryConfig(), 2, 2),
+        },
+    }
+    assert manifests.validate(rollout, "1.33") == []
+    rollout["spec"]["strategy"]["canary"]["analysis"]["startingStepX"] = 1
+    assert manifests.validate(rollout, "1.33") != []
 
 
 def template(golden=True, **canary):
@@ -97,8 +125,9 @@ def test_queries_name_only_metrics_vllm_0_33_exposes():
         llm_canary.p95_ratio_query("vllm:time_to_first_token_seconds", "60s", 0.05),
         llm_canary.p95_ratio_query("vllm:inter_token_latency_seconds", "60s", 0.005),
     ):
-        family = query.split("rate(")[1].split("_bucket")[0]
-        assert family in names, family
+        for part in query.split("rate(")[1:]:
+            family = part.split("{")[0].removesuffix("_bucket")
+            assert family in names, family
 
 
 def test_golden_metric_waits_for_every_prompt_and_the_job_only_where_it_runs():
@@ -109,8 +138,8 @@ def test_golden_metric_waits_for_every_prompt_and_the_job_only_where_it_runs():
     assert list(metrics)[0] == llm_canary.METRIC_GOLDEN_JOB  # the traffic starts with the run
     # no Job (warmupRate 0): no golden metric either (it would never have data, a pause by construction)
     quiet = {m["name"] for m in template(warmupRate=0, minRequests=1)["spec"]["metrics"]}
-    assert quiet == {"error-ratio", "ttft-p95", "itl-p95"}
-    assert {m["name"] for m in template(golden=False)["spec"]["metrics"]} == {"error-ratio", "ttft-p95", "itl-p95"}
+    assert quiet == {"error-ratio", "client-error-ratio", "ttft-p95", "itl-p95"}
+    assert {m["name"] for m in template(golden=False)["spec"]["metrics"]} == {"error-ratio", "client-error-ratio", "ttft-p95", "itl-p95"}
 
 
 def test_golden_job_is_restricted_and_takes_the_hashes_from_the_run():
@@ -153,6 +182,23 @@ def test_a_one_replica_model_on_a_full_pool_is_refused_in_one_line():
     assert [k for k, m in found if "no stable replica would be left" in m and "holds 1" in m] == ["models.chat.llm.maxReplicas"], found
 
 
+def test_a_pause_shorter_than_the_analysis_needs_is_refused_in_one_line():
+    """stepSeconds <= window + (inconclusiveLimit + 1) x interval + margin: the pause could end with
+    every metric still unmeasured and Argo would complete the rollout unjudged."""
+    assert llm_canary.min_step_seconds(CanaryConfig()) == 120 + 3 * 60 + 30 < CanaryConfig().step_seconds
+
+    def short_pause(raw):
+        raw["mlplatform:models"]["chat"].setdefault("serving", {})["canary"] = {"stepSeconds": 300}
+
+    found = prod_problems(short_pause)
+    assert [k for k, m in found if "too short for the analysis" in m and "= 330" in m] == ["models.chat.serving.canary.stepSeconds"], found
+
+    def longer_window(raw):
+        raw["mlplatform:models"]["chat"].setdefault("serving", {})["canary"] = {"stepSeconds": 400, "windowSeconds": 240}
+
+    assert [k for k, _ in prod_problems(longer_window)] == ["models.chat.serving.canary.stepSeconds"]
+
+
 def test_a_vllm_model_without_a_golden_set_is_refused():
     def renamed(raw):
         models = raw["mlplatform:models"]
@@ -179,3 +225,121 @@ def test_warmup_rate_is_per_side():
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--rate") + 1] == "3"
     assert int(args[args.index("--duration") + 1]) == rollout_specs.warmup_seconds(canary)
+
+
+# ---------------------------------------------------------------- the rendered queries on promtool
+
+_LABELS = 'namespace="ml-serving",service="llm-chat",rollouts_pod_template_hash="{h}"'
+ITL_BUCKETS = ("0.01", "0.025", "0.05", "0.075", "0.1")  # vLLM 0.33's, around tens of ms
+TTFT_BUCKETS = ("0.04", "0.06", "0.08", "0.1", "0.25", "0.5")
+PROMPTS = ("a", "b", "c")
+
+
+def _counter(per_step: float, steps: int = 40) -> str:
+    return f"0+{per_step:g}x{steps}"
+
+
+def _histogram(name: str, side: str, edges: tuple[str, ...], seconds: float, per_step: int) -> list[dict]:
+    """``per_step`` observations of ``seconds`` each per scrape, as vLLM exposes them."""
+    labels = _LABELS.format(h=side)
+    out = [{"series": f'{name}_bucket{{{labels},le="{le}"}}', "values": _counter(per_step if seconds <= float(le) else 0)} for le in edges]
+    out.append({"series": f'{name}_bucket{{{labels},le="+Inf"}}', "values": _counter(per_step)})
+    out.append({"series": f"{name}_sum{{{labels}}}", "values": _counter(per_step * seconds)})
+    out.append({"series": f"{name}_count{{{labels}}}", "values": _counter(per_step)})
+    return out
+
+
+def _vllm_side(side: str, itl: float, ttft: float, status: str = "2xx", golden: str = "pass") -> list[dict]:
+    labels = _LABELS.format(h=side)
+    served = status == "2xx"
+    series = [{"series": f'http_requests_total{{{labels},handler="/v1/chat/completions",status="{status}"}}', "values": _counter(30)}]
+    series += _histogram("vllm:inter_token_latency_seconds", side, ITL_BUCKETS, itl, 300 if served else 0)
+    series += _histogram("vllm:time_to_first_token_seconds", side, TTFT_BUCKETS, ttft, 30 if served else 0)
+    gold = 'mlplatform_llm_golden_answers_total{{namespace="ml-serving",model="chat",rollouts_pod_template_hash="{h}",prompt="{p}",result="{r}"}}'
+    series += [
+        {"series": gold.format(h=side, p=p, r=r), "values": _counter(1 if r == golden else 0)}
+        for p in PROMPTS
+        for r in ("pass", "fail", "error")
+    ]
+    return series
+
+
+STABLE = _vllm_side("s", itl=0.024, ttft=0.095)
+# metric -> 1 (above its bound: Failed), 0 (within: Successful), None (empty: Inconclusive), absent: not asserted
+LLM_SCENARIOS = {
+    # A canary clearly slower on both latencies (2x, across bucket edges): rejected on both.
+    "2x slower": (
+        _vllm_side("c", itl=0.05, ttft=0.2) + STABLE,
+        {llm_canary.METRIC_ITL: 1, llm_canary.METRIC_TTFT: 1, llm_canary.METRIC_ERRORS: 0, llm_canary.METRIC_GOLDEN: 0},
+    ),
+    # The same speed: every judging metric passes.
+    "same speed": (_vllm_side("c", itl=0.024, ttft=0.095) + STABLE, dict.fromkeys(llm_canary.JUDGING_METRICS, 0)),
+    # Every completion and every golden prompt answered 400: rejected on the 4xx ratio and on golden.
+    "4xx on everything": (
+        _vllm_side("c", itl=0.024, ttft=0.095, status="4xx", golden="fail") + STABLE,
+        {llm_canary.METRIC_CLIENT_ERRORS: 1, llm_canary.METRIC_ERRORS: 0, llm_canary.METRIC_GOLDEN: 1},
+    ),
+    "5xx on everything": (
+        _vllm_side("c", itl=0.024, ttft=0.095, status="5xx", golden="fail") + STABLE,
+        {llm_canary.METRIC_ERRORS: 1, llm_canary.METRIC_CLIENT_ERRORS: 0, llm_canary.METRIC_GOLDEN: 1},
+    ),
+    # The golden Job reached nothing: no answer is no verdict.
+    "golden answers only errors": (_vllm_side("c", itl=0.024, ttft=0.095, golden="error") + STABLE, {llm_canary.METRIC_GOLDEN: None}),
+    "no canary traffic": (STABLE, {m: None for m in llm_canary.JUDGING_METRICS}),
+}
+
+
+def test_rendered_queries_on_promtool_judge_latencies_statuses_and_golden(tmp_path):
+    """`promtool test rules` evaluates each rendered query (args substituted as the AnalysisRun does)
+    over each scenario: a canary as fast passes, one 2x slower fails on both latencies, a 4xx canary
+    fails, no data is empty (Inconclusive)."""
+    import shutil
+    import subprocess
+
+    from tests.monitoring import argo_analysis as argo
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
+    canary = CanaryConfig(windowSeconds=120, minRequests=10)
+    tpl = llm_canary.analysis_template(
+        "chat", "ml-serving", "llm-chat", canary, golden=llm_canary.Golden("i", "m", "http://s", "http://c", "chat", len(PROMPTS))
+    )
+    args = argo.resolve_args(tpl, {llm_canary.ARG_CANARY: "c", llm_canary.ARG_STABLE: "s"})
+    metrics = {m["name"]: m for m in tpl["spec"]["metrics"] if "prometheus" in m["provider"]}
+    assert set(metrics) == set(llm_canary.JUDGING_METRICS)
+    bound = {
+        llm_canary.METRIC_ERRORS: canary.max_error_ratio_increase,
+        llm_canary.METRIC_CLIENT_ERRORS: canary.max_client_error_ratio_increase,
+        llm_canary.METRIC_TTFT: canary.max_ttft_p95_ratio,
+        llm_canary.METRIC_ITL: canary.max_itl_p95_ratio,
+        llm_canary.METRIC_GOLDEN: canary.max_golden_failure_ratio,
+    }
+    tests = []
+    for name, (series, expected) in LLM_SCENARIOS.items():
+        exprs = [
+            {
+                "expr": f"({argo.substitute(metrics[metric]['provider']['prometheus']['query'], args)}) > bool {bound[metric]:g}",
+                "eval_time": "8m",
+                "exp_samples": [] if value is None else [{"labels": "{}", "value": value}],
+            }
+            for metric, value in expected.items()
+        ]
+        tests.append({"name": name, "interval": "15s", "input_series": series, "promql_expr_test": exprs})
+    (tmp_path / "none.yaml").write_text("groups: []\n")
+    (tmp_path / "q.test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["none.yaml"], "evaluation_interval": "15s", "tests": tests}, width=100000)
+    )
+    proc = subprocess.run([promtool, "test", "rules", "q.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_latencies_judge_only_on_a_pool_of_one_instance_type():
+    """On a pool of several instance types the canary may run on another GPU than the stable pods:
+    the latency ratios would compare GPUs, not versions, so they are not rendered there."""
+    assert llm_canary.latency_judged(("g5.2xlarge",)) and llm_canary.latency_judged(())
+    assert not llm_canary.latency_judged(("g5.xlarge", "g6.xlarge"))
+    mixed = llm_canary.analysis_template("chat", "ml-serving", "llm-chat", CanaryConfig(), judge_latency=False)
+    assert {m["name"] for m in mixed["spec"]["metrics"]} == {llm_canary.METRIC_ERRORS, llm_canary.METRIC_CLIENT_ERRORS}
+    one = llm_canary.analysis_template("chat", "ml-serving", "llm-chat", CanaryConfig())
+    assert {llm_canary.METRIC_TTFT, llm_canary.METRIC_ITL} <= {m["name"] for m in one["spec"]["metrics"]}
