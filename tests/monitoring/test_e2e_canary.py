@@ -90,7 +90,8 @@ class Load:
     """Per server, two client threads sending the same real test images in the same order."""
 
     def __init__(self, urls: dict[str, str], images: np.ndarray, threads: int = 2):
-        self.bodies = [json.dumps({"instances": [img.round(3).tolist()]}).encode() for img in images]
+        # each image as the model declares it, [28, 28, 1] (the server refuses a rank-2 image: serving/codec.py)
+        self.bodies = [json.dumps({"instances": [img.round(3)[..., None].tolist()]}).encode() for img in images]
         self.codes: dict[str, dict[int, int]] = {name: {} for name in urls}
         self.stop = threading.Event()
         self.workers = [
