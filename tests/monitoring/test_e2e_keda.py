@@ -68,6 +68,10 @@ def tf_scaling(objs: dict) -> tuple[dict, dict, dict[str, str]]:
         dep = objs.get((target.get("kind", "Deployment"), target.get("name")))
         if not dep or not any(c["name"] == "model-server" for c in dep["spec"]["template"]["spec"]["containers"]):
             continue
+        # a model whose replicas are fixed (minReplicas == maxReplicas, e.g. dev's breast-cancer) has
+        # nothing to scale between: the first TF server that can scale out is the one under test
+        if so["spec"].get("minReplicaCount", 0) >= so["spec"].get("maxReplicaCount", 100):  # KEDA's default max: 100
+            continue
         ns, pod_labels = so["metadata"]["namespace"], dep["spec"]["template"]["metadata"]["labels"]
         services = [
             s

@@ -26,7 +26,9 @@ def test_bench_compares_the_baseline_revision_ours_and_the_limit_in_one_run(tmp_
     model_dir = make_cnn_dir(tmp_path / "v1")
     (model_dir / "metadata.json").write_text(json.dumps({"version": "v1"}))
     # HEAD as the baseline: any clone has it (a shallow clone may lack the default's revision).
-    cmd = [sys.executable, "-m", "bench.serving", "--model-dir", str(model_dir), "--duration", "1", "--rounds", "1"]
+    # 4 s, not 1: a 64-image request under 64 connections waits ~2.8 s in the queue on 2 cores, so a 1 s
+    # window after the warm-up can complete no request at all (batch64 read 0 req/s)
+    cmd = [sys.executable, "-m", "bench.serving", "--model-dir", str(model_dir), "--duration", "4", "--rounds", "1"]
     cmd += ["--baseline", "HEAD", "--workers", "2"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
