@@ -29,10 +29,16 @@ def _any_command(*names: str) -> Callable[[], bool]:
     return lambda: any(shutil.which(n) for n in names)
 
 
-def _library(name: str) -> Callable[[], bool]:
-    import ctypes.util
+# Where the dynamic loader finds Debian's shared libraries (multiarch first). A probe looks for the file
+# itself rather than asking ldconfig, so the tests can stand in for it (MLPLATFORM_LIB_DIRS).
+LIB_DIRS = os.environ.get(
+    "MLPLATFORM_LIB_DIRS",
+    "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu:/usr/lib64:/usr/lib:/lib:/usr/local/lib",
+).split(":")
 
-    return lambda: ctypes.util.find_library(name) is not None
+
+def _library(soname: str) -> Callable[[], bool]:
+    return lambda: any((Path(d) / soname).exists() for d in LIB_DIRS if d)
 
 
 def _venv_works() -> bool:
@@ -61,7 +67,7 @@ SLOW: dict[str, Callable[[], bool]] = {
     "debootstrap": _commands("debootstrap"),
     "default-jre-headless": _commands("java"),
     "wrk": _commands("wrk"),  # the load in the KEDA end-to-end test (and `make bench`)
-    "libnuma1": _library("numa"),  # vLLM's CPU build (.venv-llm) links libnuma.so.1
+    "libnuma1": _library("libnuma.so.1"),  # vLLM's CPU build (.venv-llm) links libnuma.so.1
 }
 LANES = {"fast": FAST, "slow": SLOW}
 

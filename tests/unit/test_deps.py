@@ -29,6 +29,7 @@ PROVIDES = {
     "docker.io": ["docker", "dockerd"],
     "debootstrap": ["debootstrap"],
     "default-jre-headless": ["java"],
+    "libnuma1": ["lib:libnuma.so.1"],  # a shared library: a file in the loader's directories, not a command
 }
 
 FAKE_APT = f"""#!{sys.executable}
@@ -43,7 +44,7 @@ if args[:1] == ["install"]:
     provides = json.loads(os.environ["FAKE_PROVIDES"])
     for pkg in (a for a in args[1:] if not a.startswith("-")):
         for b in provides[pkg]:
-            p = Path(os.environ["FAKE_HAVE"]) / b
+            p = Path(os.environ["MLPLATFORM_LIB_DIRS"]) / b[4:] if b.startswith("lib:") else Path(os.environ["FAKE_HAVE"]) / b
             p.write_text("#!/bin/sh\\n")
             p.chmod(0o755)
 with open(os.environ["FAKE_LOG"], "a") as f:
@@ -77,8 +78,8 @@ class Machine:
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.have, self.fake, self.sys = tmp / "have", tmp / "fake", tmp / "sys"
-        for d in (self.have, self.fake, self.sys):
+        self.have, self.fake, self.sys, self.lib = tmp / "have", tmp / "fake", tmp / "sys", tmp / "lib"
+        for d in (self.have, self.fake, self.sys, self.lib):
             d.mkdir()
         # The plain tools the step and the fakes call; nothing that could satisfy a probe.
         for tool in ("sh", "env", "rm", "chmod", "true", "printf"):
@@ -89,7 +90,7 @@ class Machine:
 
     def add(self, *names: str) -> None:
         for n in names:
-            _exe(self.have / n, "#!/bin/sh\n")
+            _exe(self.lib / n[4:] if n.startswith("lib:") else self.have / n, "#!/bin/sh\n")
 
     def install_fakes(self, *which: str) -> None:
         texts = {"apt-get": FAKE_APT, "sudo": FAKE_SUDO, "id": FAKE_ID}
@@ -105,6 +106,7 @@ class Machine:
             "FAKE_UID": uid,
             "FAKE_SUDO": sudo,
             "MLPLATFORM_POLICY_RC_D": str(self.policy),
+            "MLPLATFORM_LIB_DIRS": str(self.lib),  # none of the machine's libraries count
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),
         }
@@ -207,8 +209,9 @@ def test_slow_lane_adds_docker_debootstrap_jre_git_wrk(machine):
     assert proc.returncode == 0, proc.stderr
     install = machine.calls()[-1]["args"]
     assert sorted(a for a in install if not a.startswith("-") and a != "install") == sorted(
-        ["git", "docker.io", "debootstrap", "default-jre-headless", "wrk"]
+        ["git", "docker.io", "debootstrap", "default-jre-headless", "wrk", "libnuma1"]
     )
+    assert (machine.lib / "libnuma.so.1").exists()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make runs this check")
