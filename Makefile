@@ -16,7 +16,7 @@ OUT ?= build/synth
 BASE_REF ?= origin/main
 MODEL ?= mnist
 
-.PHONY: help deps deps-slow venv venv-ml venv-llm data clean reference train serve models \
+.PHONY: help deps deps-slow venv venv-lock lock venv-ml venv-llm data clean reference train serve models \
 	up down up-ci builder toolbox-push preview destroy ephemeral-up ephemeral-destroy reap \
 	synth synth-all policy policy-all preview-diff \
 	train-wait smoke pin deliver rollback \
@@ -60,6 +60,21 @@ $(VENV_ML)/.installed: requirements-ml.txt training/requirements.txt serving/req
 venv: $(VENV)/.installed  ## program + test environment (.venv), with the `mlp` command (.venv/bin/mlp)
 
 venv-ml: $(VENV_ML)/.installed  ## TensorFlow training/serving environment (.venv-ml)
+
+# The jobs that hold cloud credentials (deploy, ephemeral, reap, the PR comment) install the program
+# from requirements.lock: every artifact checked against its SHA-256 (--require-hashes), wheels only (no
+# build step fetching unpinned build tools), the venv's bundled pip (no upgrade fetched), no editable
+# install (the targets run `python -m mlp` from the checkout). It counts as `venv` for the targets after it.
+venv-lock:  ## program environment (.venv) from the hash-locked requirements.lock (what the credentialed CI jobs install)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --no-input --require-hashes --only-binary=:all: -r requirements.lock
+	touch $(VENV)/.installed
+
+lock:  ## regenerate requirements.lock from requirements.txt (needs uv: pip install uv)
+	mkdir -p build
+	uv pip compile requirements.txt --generate-hashes --universal --python-version 3.11 --no-header --emit-index-url -o build/requirements.lock
+	{ sed -n '/^#/p' requirements.lock; cat build/requirements.lock; } > build/requirements.lock.new && mv build/requirements.lock.new requirements.lock
 
 # PyPI's CPU build of vLLM (~3.5 GB, ~1.5 min): only the slow lane's tests/llm use it. pip resolves CUDA
 # builds of torchvision/torchaudio/torchcodec, which break transformers' import beside the CPU torch.

@@ -69,6 +69,18 @@ def trust_policy(config: CiConfig, stack: str) -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def ephemeral_trust_policy(config: CiConfig) -> dict:
+    """The trust of the ephemeral stacks' role, which the program does not make (a sandbox account's:
+    docs/cicd.md; paste this document). It admits what runs from the default branch's pipeline files
+    only (issue 24 review M2): GitHub's environments ``preview`` (reviewers) and ``preview-reaper``, both
+    admitting ``main`` only by their branch policy, and GitLab's default-branch subject with the
+    audience only the ephemeral jobs ask for. No PR or MR pipeline's token carries either."""
+    doc = trust_policy(config, "preview")
+    reaper = trust_policy(config, "preview-reaper")["Statement"]
+    doc["Statement"] += [s for s in reaper if s["Principal"]["Federated"].endswith(f"/{GITHUB_ISSUER}")]
+    return doc
+
+
 def deploy_boundary(name: str, stack: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.iam.Policy:
     """The stack's deploy boundary, made before anything else (every role the program creates names it)."""
     return aws.iam.Policy(

@@ -5,11 +5,16 @@ Trust model (README "CI/CD"): whoever can push a branch or open a pull request c
 root ``Jenkinsfile`` does, so nothing that file can reach may deploy a shared environment.
 
 - Folder ``preview``: the multibranch job ``preview/mlplatform`` (GitHub branch source: branches and
-  pull requests, fork PRs from users without write access run the target branch's Jenkinsfile) and the
-  hourly reaper. Its folder credentials are only what a preview of an ephemeral stack needs: the
-  ``ephemeral`` AWS identity and Pulumi passphrase, the read-only GitHub scan/clone token, and a
-  separate token that can only comment on PRs (``github-comment``).
-- Sign-in and authorization (``security_jcasc``): GitHub OAuth, a global matrix where only
+  pull requests). Each branch or PR build runs that branch's own Jenkinsfile (fork PRs from users
+  without write access: the target branch's), so the folder holds no cloud credential at all: only the
+  read-only GitHub scan/clone token and a separate token that can only comment on PRs
+  (``github-comment``). Whatever a PR writes in its Jenkinsfile, it can name nothing else.
+- Folder ``ephemeral`` (issue 24 review M2): the ephemeral stacks' AWS identity and Pulumi passphrase,
+  seen only by its two jobs, each a pipeline whose script is read from ``jenkins.branch`` (main) and
+  never from a PR: ``ephemeral/pr-stack`` (``ci/ephemeral.Jenkinsfile``: a PR's stack at the commit a
+  maintainer reviewed, started only by the prod approvers, who alone hold Job/Build on it) and the
+  hourly reaper. The approval is Jenkins' authorization, outside anything a PR can edit.
+- Sign-in and authorization (``security_jcasc``): GitHub OAuth, a project matrix where only
   ``jenkins.admins`` administer; the prod approvers read and approve, never administer (Administer
   passes any ``input``); anonymous users get nothing. Builds run as ``BUILD_USER`` (authorize-project),
   which may read and use its own folder's credentials, never as SYSTEM.
@@ -113,7 +118,11 @@ PLUGINS = [
 # cluster (issue 24 review H2).
 DEPLOY_ENVIRONMENTS = ("dev", "staging")
 PREVIEW_FOLDER = "preview"
+EPHEMERAL_FOLDER = "ephemeral"
 DEPLOY_FOLDER = "deploy"
+# The one job that deploys a PR's code (ci/ephemeral.Jenkinsfile from main), and what its starters hold.
+PR_STACK_JOB = f"{EPHEMERAL_FOLDER}/pr-stack"
+PR_STACK_PERMISSIONS = ["Job/Build", "Job/Cancel"]
 CREDENTIALS_SECRET = "jenkins-ci-credentials"
 SECRETS_DIR = "/run/secrets/additional"  # where the chart mounts controller.additionalExistingSecrets
 
@@ -148,7 +157,8 @@ GITHUB_COMMENT = Credential(
 )
 NOTIFY = Credential("notify-webhook", "notify-webhook-url", "pipeline notifications", username="webhook")
 FOLDER_CREDENTIALS: dict[str, tuple[Credential, ...]] = {
-    PREVIEW_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB, GITHUB_COMMENT),
+    PREVIEW_FOLDER: (GITHUB, GITHUB_COMMENT),
+    EPHEMERAL_FOLDER: (_aws("ephemeral"), _passphrase("ephemeral"), GITHUB),
     DEPLOY_FOLDER: (*(c for env in DEPLOY_ENVIRONMENTS for c in (_aws(env), _passphrase(env))), GITHUB, NOTIFY),
 }
 # Read by the controller itself (JCasC), in no folder: the OAuth App's secret.
@@ -157,7 +167,7 @@ CREDENTIAL_KEYS = sorted(
     {k for creds in FOLDER_CREDENTIALS.values() for c in creds for k in (c.user_key, c.secret_key) if k} | {OAUTH_SECRET_KEY}
 )
 
-_GROOVY_SAFE = re.compile(r"^[A-Za-z0-9 ._:/@,+=()-]*$")
+_GROOVY_SAFE = re.compile(r"^[A-Za-z0-9 ._:/@,+=()*-]*$")
 
 
 def _q(value: str) -> str:
@@ -205,16 +215,18 @@ def github_repo(repo_url: str) -> tuple[str, str]:
     return owner, name
 
 
-def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool) -> str:
-    """JCasC (job-dsl): the two folders with their credentials, the PR/branch job, the deploy job
-    and the reaper, as the chart's configScripts entry."""
+def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool, approvers: list[str]) -> str:
+    """JCasC (job-dsl): the three folders with their credentials, the PR/branch job, the PR-stack job
+    (startable by ``approvers`` only), the reaper and the deploy job, as the chart's configScripts entry."""
     owner, name = github_repo(repo_url)
     https = f"https://github.com/{owner}/{name}"
+    hourly = "pipelineTriggers { triggers { cron { spec('H * * * *') } } }"
     script = "\n".join(
         [
+            _folder(PREVIEW_FOLDER, "Branches and pull requests: tests and offline previews. No cloud credential.", with_credentials),
             _folder(
-                PREVIEW_FOLDER,
-                "Branches and pull requests: tests, previews, ephemeral stacks. Ephemeral credentials only.",
+                EPHEMERAL_FOLDER,
+                f"Ephemeral PR stacks, from the pipelines on {branch} only. Ephemeral credentials only.",
                 with_credentials,
             ),
             _folder(
@@ -222,24 +234,47 @@ def jobs_jcasc(repo_url: str, branch: str, with_credentials: bool) -> str:
             ),
             _pr_job(owner, name, https),
             _branch_pipeline_job(
-                f"{DEPLOY_FOLDER}/main",
-                _q(f"Deploys {branch} to {', '.join(DEPLOY_ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only."),
-                "pollSCM { scmpoll_spec('H/5 * * * *') }",
-                "ci/deploy.Jenkinsfile",
+                PR_STACK_JOB,
+                _q(
+                    f"The ephemeral stack of a PR at the commit you reviewed: see ci/ephemeral.Jenkinsfile (from {branch}). Approvers only."
+                ),
+                [_starters(approvers)],
+                "ci/ephemeral.Jenkinsfile",
+                https,
+                branch,
+                parameters=[
+                    "stringParam('PR', '', 'The pull request number')",
+                    "stringParam('COMMIT', '', 'The full SHA of the PR head you reviewed: exactly this commit is deployed')",
+                ],
+            ),
+            _branch_pipeline_job(
+                f"{EPHEMERAL_FOLDER}/reap-ephemeral-stacks",
+                "'Destroys ephemeral pr-N stacks past their expiry'",
+                [hourly],
+                "ci/reap.Jenkinsfile",
                 https,
                 branch,
             ),
             _branch_pipeline_job(
-                f"{PREVIEW_FOLDER}/reap-ephemeral-stacks",
-                "'Destroys ephemeral pr-N stacks past their expiry'",
-                "cron { spec('H * * * *') }",
-                "ci/reap.Jenkinsfile",
+                f"{DEPLOY_FOLDER}/main",
+                _q(f"Deploys {branch} to {', '.join(DEPLOY_ENVIRONMENTS)}: see ci/deploy.Jenkinsfile. Builds this branch only."),
+                ["pipelineTriggers { triggers { pollSCM { scmpoll_spec('H/5 * * * *') } } }"],
+                "ci/deploy.Jenkinsfile",
                 https,
                 branch,
             ),
         ]
     )
     return yaml.safe_dump({"jobs": [{"script": script}]}, sort_keys=False)
+
+
+def _starters(approvers: list[str]) -> str:
+    """A job's matrix (matrix-auth 3.2+ job-dsl syntax) adding Job/Build to ``approvers`` on top of the
+    global matrix, where nobody else but an administrator holds it (builds included: BUILD_USER)."""
+    entries = " ".join(
+        f"{'group' if '*' in a else 'user'} {{ name({_q(a)}); permissions({json.dumps(PR_STACK_PERMISSIONS)}) }}" for a in approvers
+    )
+    return f"authorizationMatrix {{ inheritanceStrategy {{ inheriting() }}; entries {{ {entries} }} }}"
 
 
 def _pr_job(owner: str, name: str, https: str) -> str:
@@ -278,13 +313,17 @@ def _pr_job(owner: str, name: str, https: str) -> str:
 }}"""
 
 
-def _branch_pipeline_job(job: str, description: str, trigger: str, script_path: str, https: str, branch: str) -> str:
+def _branch_pipeline_job(
+    job: str, description: str, properties: list[str], script_path: str, https: str, branch: str, parameters: list[str] | None = None
+) -> str:
     """A pipeline job that runs ``script_path`` as merged on ``branch`` only (never a branch's or a PR's
-    copy); ``description`` is a Groovy literal, ``trigger`` a job-dsl trigger block."""
+    copy: the script is read from that ref, ``lightweight``); ``description`` is a Groovy literal,
+    ``properties`` and ``parameters`` job-dsl blocks."""
     git = f"git {{ remote {{ url({_q(https + '.git')}); credentials('{GITHUB.id}') }}; branch({_q('refs/heads/' + branch)}) }}"
+    params = f"\n  parameters {{ {'; '.join(parameters)} }}" if parameters else ""
     return f"""pipelineJob('{job}') {{
-  description({description})
-  properties {{ pipelineTriggers {{ triggers {{ {trigger} }} }} }}
+  description({description}){params}
+  properties {{ {"; ".join(properties)} }}
   definition {{
     cpsScm {{
       scm {{ {git} }}
@@ -334,11 +373,12 @@ BUILD_USER_INIT = f"hudson.model.User.getById('{BUILD_USER}', true).save()\n"
 
 def security_jcasc(cfg: JenkinsConfig, with_credentials: bool) -> str:
     """Who signs in and what they may do (issue 24 item 5), replacing the chart's local admin and
-    "logged-in users can do anything": the GitHub OAuth realm (github-oauth plugin), and a global
-    matrix (matrix-auth) where ``admins`` administer, the repository's organisation and the prod
-    approvers read, and nobody else (anonymous included) has any permission. The approvers hold no
-    Administer, which would let them pass any ``input`` whoever it names (pipeline-input-step:
-    an administrator may always submit), so the deploy's ``submitter`` is what binds. Builds run as
+    "logged-in users can do anything": the GitHub OAuth realm (github-oauth plugin), and a project
+    matrix (matrix-auth ``projectMatrix``: these entries hold on every item, and a job's own
+    ``authorizationMatrix`` may only add to them) where ``admins`` administer, the repository's
+    organisation and the prod approvers read, and nobody else (anonymous included) has any permission.
+    The approvers' one right beyond reading is starting ``PR_STACK_JOB`` (its own matrix, ``_starters``);
+    they hold no Administer, which would pass any ``input`` and configure any job. Builds run as
     ``BUILD_USER`` (authorize-project), not as SYSTEM."""
     owner, _ = github_repo(cfg.repo_url or "https://github.com/x/y")
     secret = "${file:" + f"{SECRETS_DIR}/{CREDENTIALS_SECRET}-{OAUTH_SECRET_KEY}" + "}" if with_credentials else ""
@@ -364,7 +404,7 @@ def security_jcasc(cfg: JenkinsConfig, with_credentials: bool) -> str:
                     "oauthScopes": "read:org,user:email",
                 }
             },
-            "authorizationStrategy": {"globalMatrix": {"entries": entries}},
+            "authorizationStrategy": {"projectMatrix": {"entries": entries}},
         },
     }
     return yaml.safe_dump(doc, sort_keys=False)
@@ -634,7 +674,7 @@ def jenkins_values(cfg: JenkinsConfig, build_namespace: str, metrics: bool, with
         "JCasC": {
             "defaultConfig": True,
             "configScripts": {
-                "mlplatform-jobs": jobs_jcasc(repo_url, cfg.branch, with_credentials),
+                "mlplatform-jobs": jobs_jcasc(repo_url, cfg.branch, with_credentials, list(cfg.prod_approvers)),
                 "mlplatform-env": env_jcasc(repo_url, list(cfg.prod_approvers)),
                 # Defines securityRealm and authorizationStrategy: the chart's defaults are then ignored
                 # (jenkins chart 5.9.53 values.yaml, controller.JCasC.securityRealm).

@@ -71,12 +71,13 @@ def test_plugins_pinned(stack, result):
     assert values["controller"]["installLatestPlugins"] is False
 
 
-def test_jcasc_defines_pr_deploy_and_reaper_jobs(stack, result):
+def test_jcasc_defines_pr_ephemeral_deploy_and_reaper_jobs(stack, result):
     jobs = yaml.safe_load(release(stack, result)["controller"]["JCasC"]["configScripts"]["mlplatform-jobs"])
     script = jobs["jobs"][0]["script"]
     assert "multibranchPipelineJob('preview/mlplatform')" in script and "scriptPath('Jenkinsfile')" in script
     assert "pipelineJob('deploy/main')" in script and "scriptPath('ci/deploy.Jenkinsfile')" in script
-    assert "pipelineJob('preview/reap-ephemeral-stacks')" in script and "cron { spec('H * * * *') }" in script
+    assert "pipelineJob('ephemeral/reap-ephemeral-stacks')" in script and "cron { spec('H * * * *') }" in script
+    assert "pipelineJob('ephemeral/pr-stack')" in script and "scriptPath('ci/ephemeral.Jenkinsfile')" in script
     assert "repositoryUrl('https://github.com/mlplatform/mlplatform')" in script
 
 
@@ -189,7 +190,7 @@ def test_sign_in_with_github_and_a_matrix_where_approvers_do_not_administer(stac
     realm = sec["securityRealm"]["github"]
     assert realm["clientID"] == "Ov23liExampleClientId" and realm["githubWebUri"] == "https://github.com"
     assert realm["clientSecret"] == ""  # as filed: no jenkinsCredentials, so nobody can sign in (fail closed)
-    entries = sec["authorizationStrategy"]["globalMatrix"]["entries"]
+    entries = sec["authorizationStrategy"]["projectMatrix"]["entries"]
     perms = {(kind, e["name"]): set(e["permissions"]) for entry in entries for kind, e in entry.items()}
     assert perms == {
         ("group", "mlplatform*platform-admins"): {"Overall/Administer"},
@@ -220,7 +221,7 @@ def test_builds_run_as_a_bounded_user_not_as_system(stack, result):
     ]
     # a GitHub login has no underscore: nobody can sign in through the realm as the build user
     assert "_" in jenkins.BUILD_USER
-    entries = doc["jenkins"]["authorizationStrategy"]["globalMatrix"]["entries"]
+    entries = doc["jenkins"]["authorizationStrategy"]["projectMatrix"]["entries"]
     (granted,) = [e["user"]["permissions"] for e in entries if e.get("user", {}).get("name") == jenkins.BUILD_USER]
     assert not {p for p in granted if p.split("/")[1] in ("Build", "Configure", "Administer", "Create", "Delete")}
     # Credentials/UseItem is a real, enabled permission only with the credentials plugin's property
@@ -253,7 +254,7 @@ def test_pr_comments_use_a_comment_only_credential_separate_from_the_scan_token(
     text = (ROOT / "Jenkinsfile").read_text()
     bound = re.findall(r"credentialsId: '([a-z-]+)', usernameVariable: 'GITHUB_USER'", text)
     assert bound == ["github-comment"]
-    comment_stage = text[text.index("stage('PR comment')") : text.index("stage('Approve ephemeral stack')")]
+    comment_stage = text[text.index("stage('PR comment')") :]
     assert "credentialsId: 'github-comment'" in comment_stage and "make pr-comment" in comment_stage
 
 

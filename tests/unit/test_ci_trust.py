@@ -112,7 +112,9 @@ def test_groovy_literals_refuse_what_validation_would_refuse():
 
 
 def _dsl(with_credentials=True) -> str:
-    return yaml.safe_load(jenkins.jobs_jcasc("https://github.com/acme/mlplatform.git", "main", with_credentials))["jobs"][0]["script"]
+    return yaml.safe_load(jenkins.jobs_jcasc("https://github.com/acme/mlplatform.git", "main", with_credentials, ["release-managers"]))[
+        "jobs"
+    ][0]["script"]
 
 
 def _folder_block(script: str, folder: str) -> str:
@@ -125,13 +127,16 @@ def test_deploy_credentials_live_only_in_the_deploy_folder():
     script = _dsl()
     ids = lambda block: set(re.findall(r"id\('([^']+)'\)", block))  # noqa: E731
     deploy, preview = ids(_folder_block(script, "deploy")), ids(_folder_block(script, "preview"))
+    ephemeral = ids(_folder_block(script, "ephemeral"))
     assert {f"aws-{e}" for e in ("dev", "staging")} | {f"pulumi-{e}" for e in ("dev", "staging")} <= deploy
     # prod's credentials never live on the staging cluster Jenkins runs on (issue 24 review H2)
-    assert not {i for i in deploy | preview if "prod" in i}
-    assert preview == {"aws-ephemeral", "pulumi-ephemeral", "github", "github-comment"}
+    assert not {i for i in deploy | preview | ephemeral if "prod" in i}
+    # the folder of the PR builds holds no cloud credential (review M2: tests/unit/test_ci_fixed_definitions.py)
+    assert preview == {"github", "github-comment"}
+    assert ephemeral == {"aws-ephemeral", "pulumi-ephemeral", "github"}
     # nothing is defined outside a folder (the root store would be visible to every job)
     assert "credentials:" not in jenkins.env_jcasc("https://github.com/acme/mlplatform.git", ["x"])
-    assert script.count("folderCredentialsProperty") == 2
+    assert script.count("folderCredentialsProperty") == 3
 
 
 def test_credential_values_come_base64_from_the_mounted_secret():
@@ -147,7 +152,7 @@ def test_credential_values_come_base64_from_the_mounted_secret():
 
 def test_deploy_job_builds_main_only_from_the_trusted_pipeline():
     script = _dsl()
-    deploy = script[script.index("pipelineJob('deploy/main')") :]
+    deploy = script[script.index("pipelineJob('deploy/main')") :] + "\n"
     deploy = deploy[: deploy.index("\n}\n")]
     assert "branch('refs/heads/main')" in deploy and "scriptPath('ci/deploy.Jenkinsfile')" in deploy
     assert "multibranch" not in deploy.lower()
@@ -379,37 +384,24 @@ def _stage_body(text: str, name: str) -> str:
 
 
 def test_jenkins_binds_no_credential_around_pr_code():
-    """A credential is bound only where no PR code runs (the comment, from the target branch's
-    checkout in a fresh pod) or after a maintainer approved the change (the ephemeral stack)."""
+    """The PR's pipeline binds one credential, the comment-only token, in a fresh pod that runs the
+    target branch's code; its ephemeral stack is another job's (ci/ephemeral.Jenkinsfile, from main)."""
     text = _groovy("Jenkinsfile")
-    order = re.findall(r"stage\('([^']+)'\)", text)
     bindings = [(_stage_at(text, start), body) for start, body in _blocks(text, "withCredentials(")]
-    assert bindings
-    for stage, body in bindings:
-        assert "make venv" not in body, f"{stage}: installs the PR's requirements inside a credential"
-        if stage == "PR comment":
-            comment = _stage_body(text, stage)
-            assert "skipDefaultCheckout()" in comment and "agent {" in text[text.index("stage('PR comment')") :][:400]
-            checkout = comment.index("git url:")
-            assert "branch: env.CHANGE_TARGET" in comment[checkout:].splitlines()[0], "the comment runs the target branch's code"
-            assert checkout < comment.index("unstash 'preview'") < comment.index("make ")
-            continue
-        assert PR_CODE.search(body), stage
-        assert order.index("Approve ephemeral stack") < order.index(stage), f"{stage}: PR code with credentials before any approval"
+    assert [stage for stage, _ in bindings] == ["PR comment"]
+    comment = _stage_body(text, "PR comment")
+    assert "skipDefaultCheckout()" in comment and "agent {" in text[text.index("stage('PR comment')") :][:400]
+    checkout = comment.index("git url:")
+    assert "branch: env.CHANGE_TARGET" in comment[checkout:].splitlines()[0], "the comment runs the target branch's code"
+    assert checkout < comment.index("unstash 'preview'") < comment.index("make ")
+    assert "make venv" not in bindings[0][1], "installs inside a credential"
 
 
-def test_jenkins_unapproved_prs_get_the_offline_preview_only():
+def test_jenkins_pr_pipeline_deploys_nothing_and_binds_no_cloud_credential():
     text = _groovy("Jenkinsfile")
-    approve = _stage_body(text, "Approve ephemeral stack")
-    assert "agent" not in approve  # waiting holds no pod
-    assert re.search(r"input message: .*\n?.*submitter: approvers", approve) and "env.MLPLATFORM_PROD_APPROVERS" in approve
-    assert "timeout(" in approve
-    # what runs before the approval binds nothing but the comment's token
-    order = re.findall(r"stage\('([^']+)'\)", text)
-    before = text[: text.index("stage('Approve ephemeral stack')")]
-    creds = set(re.findall(r"credentialsId: '([a-z0-9-]+)'", before))
+    assert not re.search(r"aws-|pulumi-|ephemeral-(up|destroy)|make smoke|input |build job", text)
+    creds = set(re.findall(r"credentialsId: '([a-z0-9-]+)'", text))
     assert creds == {"github", "github-comment"}, creds  # clone the target branch; comment with the comment-only token
-    assert order.index("PR preview") < order.index("PR comment") < order.index("Approve ephemeral stack") < order.index("Ephemeral stack")
     # the checks and the preview run on an agent that binds nothing
     checks = _stage_body(text, "Checks")
     assert "withCredentials" not in checks and "credentialsId" not in checks
@@ -431,13 +423,18 @@ def _runs_pr_code(job) -> bool:
 def test_github_pr_code_runs_without_secrets_or_a_write_token():
     for name, doc in _workflows().items():
         on = _on(doc)
-        assert "pull_request_target" not in on, f"{name}: pull_request_target runs with the base's secrets"
+        if "pull_request_target" in on:
+            # runs with the base's secrets: only the default branch's code, never the PR's head
+            for job in doc["jobs"].values():
+                if "pull_request_target" not in str(job.get("if", "")):
+                    continue
+                refs = [s.get("with", {}).get("ref") for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout@")]
+                assert refs == ["${{ github.event.repository.default_branch }}"], (name, refs)
         if "pull_request" not in on:
             continue
         assert "secrets." not in yaml.safe_dump(doc.get("env") or {}), f"{name}: workflow-wide secrets reach every step"
         for job_name, job in doc["jobs"].items():
-            if not _runs_pr_code(job) or job.get("environment"):
-                continue  # environment-gated jobs: next test
+            assert not job.get("environment"), f"{name}: {job_name}: a pull_request job in an environment"
             perms = job.get("permissions") or doc.get("permissions") or {}
             assert all(v in ("read", "none") for v in perms.values()), (name, job_name, perms)
             dumped = yaml.safe_dump(job)
@@ -446,16 +443,16 @@ def test_github_pr_code_runs_without_secrets_or_a_write_token():
 
 def test_github_credentialed_pr_jobs_wait_for_a_reviewer_and_install_first():
     ephemeral = _workflows()["ephemeral.yml"]
-    for job_name in ("up", "destroy"):
+    assert "pull_request" not in _on(ephemeral)  # the PR's copy of this file never runs (review M2)
+    for job_name in ("up", "destroy", "reap"):
         job = ephemeral["jobs"][job_name]
-        assert job["environment"] == "preview"  # required reviewers (README "CI/CD")
-        assert "github.event.pull_request.head.repo.full_name == github.repository" in job["if"]  # no forks
         steps = job["steps"]
         venv = next(i for i, s in enumerate(steps) if str(s.get("run", "")).startswith("make venv"))
         assume = next(i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("aws-actions/"))
         assert venv < assume, job_name
         secret_steps = [i for i, s in enumerate(steps) if "secrets." in yaml.safe_dump(s) and i != assume]
         assert all(i > assume for i in secret_steps), job_name
+    assert ephemeral["jobs"]["up"]["environment"] == "preview"  # required reviewers, main only (docs/cicd.md)
 
 
 def test_github_comment_posted_by_a_job_that_runs_no_pr_code():
@@ -489,8 +486,7 @@ def test_gitlab_mr_code_runs_without_credentials_unless_a_maintainer_starts_it()
         mr = any("merge_request_event" in str(r.get("if", "")) for r in job.get("rules") or [])
         if not mr:
             continue
-        if "id_tokens" in job:
-            assert all(r.get("when") == "manual" for r in job["rules"]), f"{name}: MR code with an AWS token, unapproved"
+        assert "id_tokens" not in job, f"{name}: an AWS token in an MR pipeline (review M2: ephemeral pipelines run on main)"
         script = "\n".join(map(str, job["script"]))
         assert "TOKEN" not in script or name == "preview:comment", name
     assert "pr-comment" not in str(doc["preview"]["script"])

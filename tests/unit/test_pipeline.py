@@ -57,8 +57,12 @@ def test_gitlab_ci_parses_and_stops_environments():
 def test_jenkinsfile_stages_in_order():
     text = (ROOT / "Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", text)]
-    assert order == ["Checks", "Set up", "Lint + tests", "Policy", "PR preview", "PR comment", "Approve ephemeral stack", "Ephemeral stack"]
-    assert "post {\n        always {" in text and 'sh "make ephemeral-destroy' in text
+    # the PR's own pipeline ends at the comment: its ephemeral stack is ci/ephemeral.Jenkinsfile's, from main
+    assert order == ["Checks", "Set up", "Lint + tests", "Policy", "PR preview", "PR comment"]
+    ephemeral = (ROOT / "ci" / "ephemeral.Jenkinsfile").read_text()
+    assert re.findall(r"stage\('([^']+)'\)", ephemeral) == ["Check the request", "Ephemeral stack"]
+    # destroyed whatever the smoke test says, once the stack was started
+    assert re.search(r"finally \{\s*ephemeralCredentials \{ sh 'make ephemeral-destroy", ephemeral)
     deploy = (ROOT / "ci" / "deploy.Jenkinsfile").read_text()
     order = [m for m in re.findall(r"stage\('([^']+)'\)", deploy)]
     # prod's credentials never live on the staging cluster's Jenkins (issue 24, H2): prod deploys only
@@ -114,12 +118,12 @@ def test_github_jobs_assume_their_environments_role_by_oidc():
         assert job["permissions"] == {"contents": "read", "id-token": "write"}, (name, job_name)
         assert job["environment"], (name, job_name)  # the role trusts repo:OWNER/NAME:environment:<env> only
         assert step["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
-    # ephemeral jobs: the preview environment (required reviewers), never a deploy one; the reaper
-    # (default branch, schedule) its own environment without reviewers, main only
+    # the PR's stack: the preview environment (main only, required reviewers), never a deploy one; the
+    # destroy on close and the reaper (default branch's code only) their own environment, main only, no reviewers
     jobs = WORKFLOWS["ephemeral.yml"]["jobs"]
     assert {j: jobs[j]["environment"] for j in ("up", "destroy", "reap")} == {
         "up": "preview",
-        "destroy": "preview",
+        "destroy": "preview-reaper",
         "reap": "preview-reaper",
     }
     # id-token is granted nowhere else
@@ -157,14 +161,15 @@ def test_gitlab_jobs_assume_roles_by_oidc_per_environment():
     for k in with_token:
         script = jobs[k]["script"]
         at = script.index(("!reference", [".assume-role", "script"]))
-        assert all(str(line).startswith("make venv") for line in script[:at]), (k, script)
+        # before it: the install, and (ephemeral:up) the checkout of the reviewed commit
+        assert all(str(line).startswith(("make venv", "git ")) for line in script[:at]), (k, script)
         assert all(re.search(r"make (up-ci|ephemeral-|reap|pin|train-wait|deliver|smoke)", str(line)) is None for line in script[:at]), k
     deploy = doc[".deploy"]
     assert deploy["extends"] == ".aws-oidc"
     for env in ("dev", "staging", "prod"):
         job = doc[f"deploy:{env}"]
         assert job["environment"]["name"] == env and job["resource_group"] == env
-        assert job["rules"][0]["if"] == "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
+        assert job["rules"][0]["if"] == "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $EPHEMERAL_MR == null"
     assert doc["deploy:prod"]["rules"][0]["when"] == "manual" and doc["deploy:prod"]["needs"] == ["deploy:staging"]
     for name in ("ephemeral:up", "ephemeral:destroy"):
         assert doc[name]["extends"] == ".aws-oidc" and doc[name]["environment"]["name"].startswith("review/")
