@@ -14,8 +14,8 @@ never pickled weights (``*.bin``, ``*.pt``: loading one runs code) nor repositor
 (training/registry.py: files first, ``MANIFEST.json`` with each file's SHA-256 last, written once;
 aliases, audit, rejection) with one more file, ``llm-version.json``: source, revision, the resolved
 commit, the model's shape (layers, KV heads, head dim, dtype, parameters, weight bytes: llm/fit.py)
-and who imported it when. It becomes the ``candidate``; the canary (or ``--champion`` for a first
-version) makes it the champion.
+and who imported it when. The pipeline adopts it as the ``candidate`` (ops/deliver.py: the import
+Job may not move an alias); the canary (or ``--champion`` for a first version by hand) makes it the champion.
 
 Importing the same source at the same commit again returns the existing version (no second copy).
 Before anything is written, the fit check runs on the snapshot's own config.json when the target GPU
@@ -189,7 +189,10 @@ def import_weights(
             "download_seconds": round(downloaded_s, 3),
         }
         (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        registry.publish(folder, root, name, version, reason=reason, champion=champion, required=REQUIRED)
+        # The import Job (no --champion: every stack that serves an LLM has canaries) adds the version
+        # only; its role may not move an alias and the pipeline adopts it (issue 24 item 8). --champion
+        # (a person's first version by hand) adopts it at once.
+        registry.publish(folder, root, name, version, reason=reason, champion=champion, required=REQUIRED, adopt=champion)
     return {**meta, "version": version, "created": True}
 
 

@@ -7,6 +7,7 @@
     python -m ops.models --store s3://bucket rollback --model mnist [--to VERSION] --reason "..."
     python -m ops.models --store s3://bucket reject --model mnist VERSION --reason "..."
     python -m ops.models --store s3://bucket verify --model mnist [VERSION|ALIAS|--all]
+    python -m ops.models --store s3://bucket adopt --model mnist [--champion] --reason "..."
 
 STORE is a path, file:// or s3:// root (a local store works for every command). --store defaults to
 $MLPLATFORM_STORE (then the older $MLPLATFORM_MODEL_STORE); `mlp models --stack NAME` uses the stack's
@@ -17,6 +18,11 @@ promoted to another store. `list` marks it (tag "rejected", last column: when, b
 `show` prints its record. `rollback` rejects the version it leaves, moves the candidate off it, and
 by default goes to the latest earlier champion that is not rejected (a second rollback goes further
 back). `reject` of the champion rolls it back that way, or refuses when there is nothing to go back to.
+
+`adopt` is what the pipeline does after the training runs (ops/deliver.py, with the deploy identity;
+issue 24 item 8): training Jobs and CronJobs publish versions only, and may not move an alias. The
+newest version newer than the champion whose gate passed on record, not rejected, its files intact,
+becomes the candidate (`--champion`: and the champion, LATEST following: a store no canary judges).
 
 Exit codes: 0 done; 1 refused or failed (one line on stderr), e.g. a rejected version, or no version
 to roll back to; 2 usage; 3 conflict (someone else moved the alias first: nothing changed, look and
@@ -183,6 +189,18 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def cmd_adopt(args) -> int:
+    out = registry.adopt(args.store, args.model, champion=args.champion, reason=args.reason)
+    for version, why in sorted((out or {}).get("skipped", {}).items()):
+        print(f"{args.model}/{version}: not adopted: {why}", file=sys.stderr)
+    if out is None or out["version"] is None:
+        print(f"{args.model}: nothing to adopt (no version newer than the champion{' that qualifies' if out else ''})")
+    else:
+        moved = ", ".join(out["moved"]) or "nothing (the aliases are ahead of it)"
+        print(f"{args.model}: adopted {out['version']} as {moved}{' (LATEST follows)' if 'champion' in out['moved'] else ''}")
+    return EXIT_OK
+
+
 def default_store() -> str | None:
     return os.environ.get("MLPLATFORM_STORE") or os.environ.get("MLPLATFORM_MODEL_STORE")
 
@@ -237,6 +255,12 @@ def parser(prog: str = "python -m ops.models") -> argparse.ArgumentParser:
     s.add_argument("--version", dest="version_flag", metavar="VERSION", help="the same, as a flag (mlp's common --version)")
     s.add_argument("--all", action="store_true", help="every version of the model")
     s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("adopt", help="make the newest published version whose gate passed the candidate (what the pipeline does)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--champion", action="store_true", help="also the champion, LATEST following (a store where no canary judges)")
+    s.add_argument("--reason", required=True, help="why: recorded in the audit log")
+    s.set_defaults(fn=cmd_adopt)
     return p
 
 

@@ -4,6 +4,11 @@
 Exit 0 when the Job succeeded (a model was published), 3 when the quality gate failed (the training
 container exited 3: nothing published), 1 for any other failure, with the last log lines. Uses kubectl
 with the current context (the pipeline's agent service account may only read training Jobs and pods).
+
+A run publishes a version only: its role may not move an alias (issue 24 item 8). The next step,
+``make deliver`` (ops/deliver.py), adopts it with the deploy identity (``registry.adopt``: the newest
+version newer than the champion whose gate passed, not rejected) together with any a scheduled run
+published meanwhile, then canaries it.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def wait(job: str, namespace: str, timeout_s: float, poll_s: float = 10) -> int:
     while True:
         state = outcome(json.loads(kubectl("-n", namespace, "get", "job", job, "-o", "json")))
         if state == "succeeded":
-            print(f"training job {job} succeeded: model published")
+            print(f"training job {job} succeeded: version published (make deliver adopts it)")
             return 0
         if state == "failed":
             pods = json.loads(kubectl("-n", namespace, "get", "pods", "-l", f"batch.kubernetes.io/job-name={job}", "-o", "json"))

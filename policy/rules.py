@@ -686,9 +686,83 @@ def pushgateway_scrape_confined(r: Res) -> list[str]:
     return [] if keeps else ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
 
 
+# An S3 object ARN pattern: bucket and the key prefix before a trailing ``*``.
+_S3_WRITE = re.compile(r"^(arn:aws:s3:::[^/]+)/(.*)\*$")
+_MODEL_FOLDER = re.compile(r"^models/[a-z0-9][a-z0-9-]*/$")
+# The pipeline's own identity on receiving stacks moves candidate/aliases by design
+# (components/lib/promotion_iam.py, role mlplatform-<stack>-model-promoter).
+PIPELINE_POLICY_SUFFIX = "model-promoter-policy"
+
+
+def _policy_statements(r: Res) -> list[dict[str, Any]] | None:
+    doc = r.props.get("policy")
+    if not isinstance(doc, str):
+        return None  # unknown at preview: judged at up
+    try:
+        statements = json.loads(doc).get("Statement", [])
+    except (ValueError, AttributeError):
+        return None
+    return [statements] if isinstance(statements, dict) else statements
+
+
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _puts(s: dict[str, Any]) -> bool:
+    return any(a in ("*", "s3:*", "s3:Put*", "s3:PutObject") for a in _listed(s.get("Action")))
+
+
+def _registry_writes(statements: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(bucket ARN, key prefix) of every allowed put whose resource covers part of ``models/``."""
+    out = []
+    for s in statements:
+        if s.get("Effect") == "Allow" and _puts(s):
+            for m in filter(None, (_S3_WRITE.match(res) for res in _listed(s.get("Resource")))):
+                if m.group(2).startswith("models/") or "models/".startswith(m.group(2)):
+                    out.append((m.group(1), m.group(2)))
+    return out
+
+
+def registry_writers_guarded(r: Res) -> list[str]:
+    """A workload that publishes registry versions (training, the LLM import, fine-tuning) writes only
+    new version files: a role policy that allows puts under ``models/<m>/`` denies puts on ``aliases/``,
+    ``audit/``, ``LATEST`` and ``rejected/`` there, and any put without ``If-None-Match`` (issue 24
+    item 8; components/lib/iam.py ``_registry_guards``). Pointers move only by the pipeline's identity
+    (the promoter on receiving stacks), so a write to the whole registry is refused outright."""
+    if r.type not in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy") or r.name.endswith(PIPELINE_POLICY_SUFFIX):
+        return []
+    statements = _policy_statements(r)
+    if statements is None:
+        return []
+    denied = {
+        (res, json.dumps(s.get("Condition"), sort_keys=True))
+        for s in statements
+        if s.get("Effect") == "Deny" and _puts(s)
+        for res in _listed(s.get("Resource"))
+    }
+    no_condition = json.dumps(None)
+    create_only = json.dumps({"Null": {"s3:if-none-match": "true"}}, sort_keys=True)
+    out = []
+    for bucket, prefix in _registry_writes(statements):
+        if not _MODEL_FOLDER.match(prefix):
+            out.append(f"allows puts on {bucket}/{prefix}*, more than one model's folder of the registry")
+            continue
+        missing = [k for k in ("aliases/*", "audit/*", "LATEST", "rejected/*") if (f"{bucket}/{prefix}{k}", no_condition) not in denied]
+        if (f"{bucket}/{prefix}*", create_only) not in denied:
+            missing.append("puts without If-None-Match")
+        if missing:
+            out.append(f"writes {prefix} of the registry without denying {', '.join(missing)}: pointers move only by the pipeline")
+    return out
+
+
 RESOURCE_RULES: dict[str, tuple[Callable[[Res], list[str]], str]] = {
     "rollouts-plugins-pinned": (rollouts_plugins_pinned, "a plugin the controller downloads runs with the controller's rights"),
     "pushgateway-scrape-confined": (pushgateway_scrape_confined, "what training pushes must not pass for serving or canary metrics"),
+    "registry-writers-guarded": (
+        registry_writers_guarded,
+        "code a run executes must not move what is served: only the pipeline moves pointers",
+    ),
     "no-privileged-containers": (no_privileged, "a privileged container owns the node"),
     "no-host-namespaces-or-paths": (no_host_access, "host network/PID/IPC and hostPath escape the pod sandbox"),
     "helm-host-access-allow-list": (helm_host_access_allowed, "charts may get host access only with a written reason"),

@@ -17,7 +17,8 @@ reads its run from the environment through this library and hands its result bac
     if not run.gate_passes(results, evaluate=score_stored_model):  # threshold, then the champion
         return contract.EXIT_GATE                     # nothing published, exit 3 fails the Job at once
     run.publish(write_files, results, metadata={...}) # the chief alone: write_files(dir) writes
-                                                      # saved_model/ + model.keras; aliases move last
+                                                      # saved_model/ + model.keras; the gate's verdict
+                                                      # goes into metadata.json; the pipeline adopts it
 
 models/diabetes/train.py is the complete example.
 
@@ -36,7 +37,8 @@ Environment (the platform sets these; a local run may set any of them by hand):
 ``TRAIN_PARAMS``            a JSON object of the model's own hyperparameters
 ``TRAIN_GATE_MIN``          the quality gate: minimum of the model's gate metric
 ``TRAIN_CHAMPION_MARGIN``   ... and how much worse than the serving champion it may be (default 0.002)
-``TRAIN_PUBLISH_AS``        ``candidate`` (a canary decides the champion) or ``champion`` (default)
+``TRAIN_PUBLISH_AS``        ``candidate``: the version only; the pipeline adopts it (every platform
+                            Job and CronJob) - or ``champion`` (default): it serves at once (local)
 ``TRAIN_PUSHGATEWAY``       Prometheus Pushgateway host:port for the run's metrics
 ``TRAIN_RUN_ID``/``JOB_NAME``  names the version (default: the Job's name, else random)
 ``TRAIN_WORKERS`` ...       multi-worker runs: see training/cluster.py
@@ -736,9 +738,11 @@ class Run:
         )
 
     def publish(self, write: Callable[[Path], None], results: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> str | None:
-        """The chief writes the version's files with ``write(dir)`` (a SavedModel under
-        ``saved_model/`` and ``model.keras`` at least), then uploads them and moves ``LATEST``
-        (artifacts.publish). Other workers publish nothing and get None."""
+        """The chief writes the version's files with ``write(dir)`` (``saved_model/`` and ``model.keras``
+        at least) and uploads them with ``metadata.json`` (the gate's verdict: ``gate.passed``) as a new
+        version (artifacts.publish). A ``candidate`` run (every platform Job and CronJob) moves no alias:
+        its role may not (issue 24 item 8), the pipeline adopts it (registry.adopt, ops/deliver.py); a
+        ``champion`` run (local) adopts it at once, LATEST following. Other workers get None."""
         from training import artifacts
         from training.metrics import DURATION_SECONDS, GATE_PASSED, LAST_SUCCESS
 
@@ -773,6 +777,8 @@ class Run:
             meta.update(metadata or {})
             if self.verdict:  # both figures of the gate: this run's and the champion's
                 meta["gate"] |= self.verdict.metadata()
+            elif not self.publish_champion:
+                log.warning("no gate verdict (gate_passes was not called): the pipeline will not adopt this version")
             meta["finished_at"] = time.time()
             (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             self.check_signature(out)

@@ -18,8 +18,16 @@ before it is in ``audit/``, so a writer that dies between its alias write and it
 nothing.
 
 Version names sort by time (``YYYYmmddTHHMMSSZ-<run>``): "forward" means a later name. Automated paths
-(training, promotion between stores) only move ``champion``/``candidate`` forward; only ``rollback``
+(adoption, promotion between stores) only move ``champion``/``candidate`` forward; only ``rollback``
 moves the champion back, explicitly.
+
+Who writes what (issue 24 item 8): a workload (a training Job or CronJob, the LLM import Job) adds
+versions only, every file and the manifest as a conditional create (``publish(adopt=False)``); its IAM
+role is denied everything else here: ``aliases/``, ``audit/``, ``LATEST``, ``rejected/``, any overwrite
+and any delete (components/lib/iam.py ``_registry_guards``). The pipeline, with the deploy identity,
+adopts what they published (``adopt``: the newest version newer than the champion whose gate passed on
+record and that is not rejected becomes the candidate, or the champion where no canary judges) and moves
+every alias after that (ops/deliver.py). A local run with a person's identity adopts its own version.
 
 A rejected version (a failed canary, a rollback away from it, ``reject``) is final in its store: it
 never becomes champion or candidate again and is never copied to another store. A rollback rejects
@@ -30,6 +38,7 @@ any file is read, copied or fetched, so a manifest cannot address anything outsi
 
 from __future__ import annotations
 
+import calendar
 import getpass
 import hashlib
 import json
@@ -173,7 +182,14 @@ def add_version(local_dir: Path, root: str, name: str, version: str, required: t
     manifest = manifest_of(local_dir, name, version)
     dest = storage.join(model_root(root, name), version)
     for rel in manifest["files"]:
-        storage.write_bytes(storage.join(dest, rel), (local_dir / rel).read_bytes())
+        # Every file a conditional create, as the manifest: a publishing workload's role may write
+        # nothing else in the registry (components/lib/iam.py ``_registry_guards``).
+        try:
+            storage.write_if(storage.join(dest, rel), (local_dir / rel).read_bytes(), None)
+        except storage.Conflict:
+            raise RegistryError(
+                f"{name}/{version}/{rel} already exists: versions are immutable, publish under a new version name"
+            ) from None
     _write_manifest(root, name, version, manifest)
     return dest
 
@@ -426,11 +442,26 @@ class Published:
 
 
 def publish(
-    local_dir: Path, root: str, name: str, version: str, *, reason: str, champion: bool = True, required: tuple[str, ...] | None = None
+    local_dir: Path,
+    root: str,
+    name: str,
+    version: str,
+    *,
+    reason: str,
+    champion: bool = True,
+    required: tuple[str, ...] | None = None,
+    adopt: bool = True,
 ) -> Published:
-    """Add ``version``, make it the candidate and, with ``champion``, the champion (forward only: a
-    run that finishes after a newer version was published leaves the champion where it is)."""
+    """Add ``version``; with ``adopt``, also make it the candidate and, with ``champion``, the champion
+    (forward only: a run that finishes after a newer version was published leaves the champion where it is).
+
+    ``adopt=False`` is how a workload publishes (a training Job or CronJob, the LLM import Job): the
+    version only. Its role may not move an alias or LATEST (components/lib/iam.py ``_registry_guards``,
+    issue 24 item 8); the pipeline adopts the version afterwards (``adopt``, ops/deliver.py). ``adopt=True``
+    is for an identity that may move aliases: a person's local run, a fixture, a CLI."""
     uri = add_version(local_dir, root, name, version, required)
+    if not adopt:
+        return Published(uri, version, False, "published as a version only: the pipeline adopts it")
     try:
         move(root, name, "candidate", version, reason=reason, forward_only=True)
     except RegistryError as exc:
@@ -443,6 +474,82 @@ def publish(
         log.warning("%s", exc)
         return Published(uri, version, False, str(exc))
     return Published(uri, version, True)
+
+
+# ---- adoption: the pipeline takes what workloads published ----
+
+# Where a version records its gate (training/contract.py Run.publish: ``metadata.json``; llm/lora_gate.py:
+# ``lora-adapter.json``), as ``gate.passed``. Imported LLM weights (llm/importer.py ``llm-version.json``)
+# have no quality gate: their canary (golden prompts included) judges them.
+GATE_RECORDS = ("metadata.json", "lora-adapter.json")
+UNGATED_RECORDS = ("llm-version.json",)
+# Version names sort by time: ``YYYYmmddTHHMMSSZ-<id>`` (training/artifacts.py new_version, llm/importer.py).
+_TIMED_RE = re.compile(r"^(\d{8}T\d{6}Z)-")
+CLOCK_SKEW_S = 300
+
+
+def gate_record(root: str, name: str, version: str) -> str | None:
+    """Why ``version`` has no passing gate on record, or None when it has one (or needs none)."""
+    files = read_manifest(root, name, version)["files"]
+    for record in GATE_RECORDS:
+        if record in files:
+            try:
+                gate = json.loads(storage.read_text(storage.join(model_root(root, name), version, record))).get("gate") or {}
+            except (FileNotFoundError, ValueError, AttributeError):
+                return f"{record} is not readable JSON"
+            return None if gate.get("passed") is True else f"no passing gate recorded in {record} (gate.passed is {gate.get('passed')!r})"
+    if any(record in files for record in UNGATED_RECORDS):
+        return None
+    return f"no gate record ({' or '.join(GATE_RECORDS)})"
+
+
+def adoptable(root: str, name: str, version: str, now: float | None = None) -> str | None:
+    """Why the pipeline must not adopt ``version``, or None: its name carries a time that is not in the
+    future (a name that sorts after every real one would stop every later version: forward only), it
+    is not rejected, and its gate passed on record. (Its files are checked against its manifest by the
+    move itself: ``adopt`` skips a version that fails.)"""
+    m = _TIMED_RE.match(version)
+    if m is None:
+        return "not a time-sorted version name (YYYYmmddTHHMMSSZ-<id>)"
+    try:
+        stamp = calendar.timegm(time.strptime(m.group(1), "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return f"{m.group(1)} is not a time"
+    if stamp > (time.time() if now is None else now) + CLOCK_SKEW_S:
+        return f"named for a time in the future ({m.group(1)})"
+    if mark := rejection(root, name, version):
+        return f"rejected ({describe_rejection(mark)})"
+    return gate_record(root, name, version)
+
+
+def adopt(root: str, name: str, *, champion: bool, reason: str) -> dict | None:
+    """The pipeline's step after the workloads (issue 24 item 8): the newest version that is newer than
+    the champion (and, for the candidate, than the candidate) and ``adoptable`` becomes the candidate
+    and, with ``champion`` (a stack where no canary judges), the champion, which LATEST follows. Every
+    version a run published since the last adoption is considered, so a scheduled run that no pipeline
+    watched is adopted by the next one. Compare-and-swap and forward only, as every move (``move``).
+    Returns ``{"version", "moved": [aliases], "skipped": {version: why}}``, or None when nothing is newer."""
+    reason = _need_reason(reason, "adopt a version")
+    current = {a: d["version"] for a, d in aliases(root, name).items()}
+    floor = max(filter(None, [current.get("champion"), latest(root, name) if champion else current.get("candidate")]), default="")
+    skipped: dict[str, str] = {}
+    for version in reversed([v for v in versions(root, name) if v > floor]):
+        if why := adoptable(root, name, version):
+            skipped[version] = why
+            log.warning("%s/%s not adopted: %s", name, version, why)
+            continue
+        moved = []
+        try:
+            for alias in ("candidate", "champion") if champion else ("candidate",):
+                if current.get(alias) is None or version > current[alias]:
+                    move(root, name, alias, version, reason=reason, forward_only=True, expect=current.get(alias))
+                    moved.append(alias)
+        except VerifyError as exc:  # its files differ from its manifest: nothing moved, an older one may do
+            skipped[version] = str(exc)
+            log.warning("%s/%s not adopted: %s", name, version, exc)
+            continue
+        return {"version": version, "moved": moved, "skipped": skipped}
+    return {"version": None, "moved": [], "skipped": skipped} if skipped else None
 
 
 # ---- promotion between stores ----

@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
         "--publish-as",
         default="champion",
         choices=["candidate", "champion"],
-        help="candidate: the run never moves the champion (a canary does, ops/deliver.py); champion: it serves at once",
+        help="candidate: the version only, no alias moved (the pipeline adopts it, a canary decides: ops/deliver.py); champion: it serves at once",
     )
     flag(
         "--champion-margin",

@@ -122,16 +122,25 @@ def s3_bucket_policy(
 
 def _registry_guards(bucket_arn: str, registry: list[str]) -> list[dict]:
     """What a workload that publishes versions (training, the LLM import) may not do in the registry,
-    whatever else it may write there (issue 24 item 8):
+    whatever else it may write there (issue 24 item 8): it adds new versions, nothing else.
+    - ``aliases/``, ``audit/``, ``LATEST``: which version serves, and the record of who moved it, are
+      the pipeline's (training/registry.py ``adopt``, ops/deliver.py, with the deploy identity): no
+      workload moves the champion or the candidate, nor writes or forges an audit record;
     - ``rejected/``: a rejection is the pipeline's verdict (ops/deliver.py, ops/models.py), written once;
       no workload writes one, so none can overwrite one with garbage either;
-    - a version's ``MANIFEST.json`` only as a conditional create (``If-None-Match: *``, which
-      training/registry.py always sends; S3 "Enforce conditional writes", condition key
-      ``s3:if-none-match``): an existing version's manifest, which the servers verify every file
-      against, is never replaced, so a complete version stays the bytes it was."""
+    - every other key (a version's files and its ``MANIFEST.json``) only as a conditional create
+      (``If-None-Match: *``, which training/registry.py ``add_version`` always sends; S3 "Enforce
+      conditional writes", condition key ``s3:if-none-match``): nothing that exists is replaced, so a
+      complete version stays the bytes it was (and nobody deletes in ``models/``: s3_bucket_policy)."""
     if not registry:
         return []
     return [
+        {
+            "Sid": "NoPointers",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject"],
+            "Resource": [f"{bucket_arn}/{p}{key}" for p in registry for key in ("aliases/*", "audit/*", "LATEST")],
+        },
         {
             "Sid": "NoRejections",
             "Effect": "Deny",
@@ -139,10 +148,10 @@ def _registry_guards(bucket_arn: str, registry: list[str]) -> list[dict]:
             "Resource": [f"{bucket_arn}/{p}rejected/*" for p in registry],
         },
         {
-            "Sid": "ManifestCreateOnly",
+            "Sid": "CreateOnly",
             "Effect": "Deny",
             "Action": ["s3:PutObject"],
-            "Resource": [f"{bucket_arn}/{p}*/MANIFEST.json" for p in registry],
+            "Resource": [f"{bucket_arn}/{p}*" for p in registry],
             "Condition": {"Null": {"s3:if-none-match": "true"}},
         },
     ]

@@ -82,6 +82,9 @@ def test_import_makes_a_verified_candidate_with_the_shape(tmp_path, stores):
         "weights_bytes": len(safetensors_bytes()),
         "quant_bits": None,
     }
+    # The import Job moves no alias (its role may not: issue 24 item 8); the pipeline adopts the version.
+    assert registry.aliases(dev, "chat") == {}
+    assert registry.adopt(dev, "chat", champion=False, reason="pipeline: adopted on dev")["version"] == v
     assert registry.get_alias(dev, "chat", "candidate")["version"] == v
     assert registry.get_alias(dev, "chat", "champion") is None  # the canary decides
 

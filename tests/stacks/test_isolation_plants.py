@@ -82,11 +82,16 @@ def test_the_training_role_renders_the_registry_guards():
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
     bucket = by_sid["List"]["Resource"]
     assert by_sid["NoRejections"]["Resource"] == [f"{bucket}/models/mnist/rejected/*"]
-    assert by_sid["ManifestCreateOnly"] == {
-        "Sid": "ManifestCreateOnly",
+    assert by_sid["NoPointers"]["Effect"] == "Deny" and by_sid["NoPointers"]["Resource"] == [
+        f"{bucket}/models/mnist/aliases/*",
+        f"{bucket}/models/mnist/audit/*",
+        f"{bucket}/models/mnist/LATEST",
+    ]
+    assert by_sid["CreateOnly"] == {
+        "Sid": "CreateOnly",
         "Effect": "Deny",
         "Action": ["s3:PutObject"],
-        "Resource": [f"{bucket}/models/mnist/*/MANIFEST.json"],
+        "Resource": [f"{bucket}/models/mnist/*"],
         "Condition": {"Null": {"s3:if-none-match": "true"}},
     }
     assert "s3:DeleteObject" not in json.dumps(
@@ -196,3 +201,53 @@ def test_planted_pushgateway_keep_that_keeps_everything_is_caught(dev, regex):
     release = _release(dev, "prometheus-pushgateway")
     release.props["values"]["serviceMonitor"]["metricRelabelings"][0]["regex"] = regex
     assert rule(release) == ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
+
+
+def _store_policies(result) -> list[rules.Res]:
+    return [r for r in _res(result) if r.type == "aws:iam/rolePolicy:RolePolicy" and r.name.endswith("-store-policy")]
+
+
+def test_every_rendered_registry_writer_is_guarded(dev):
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    writers = [p for p in _store_policies(dev) if rules._registry_writes(rules._policy_statements(p))]
+    # every workload that publishes on dev: the TF/ONNX trainings and the LLM import
+    assert {p.name for p in writers} >= {"mlplatform-mnist-training-store-policy", "mlplatform-chat-import-store-policy"}
+    assert [(p.name, rule(p)) for p in writers if rule(p)] == []
+
+
+@pytest.mark.parametrize(
+    ("sid", "expected"),
+    [
+        ("NoPointers", "without denying aliases/*, audit/*, LATEST: pointers move only by the pipeline"),
+        ("NoRejections", "without denying rejected/*"),
+        ("CreateOnly", "without denying puts without If-None-Match"),
+    ],
+)
+def test_planted_training_role_that_can_move_pointers_is_caught(dev, sid, expected):
+    """Item 8: without each guard, code a training run executes could move champion/LATEST (what the
+    servers follow), write a rejection, or replace a published version's files."""
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    (policy,) = [p for p in _store_policies(dev) if p.name == "mlplatform-mnist-training-store-policy"]
+    doc = json.loads(policy.props["policy"])
+    doc["Statement"] = [s for s in doc["Statement"] if s.get("Sid") != sid]
+    policy.props["policy"] = json.dumps(doc)
+    (found,) = rule(policy)
+    assert found.startswith("writes models/mnist/ of the registry") and expected in found
+
+
+def test_planted_writer_of_the_whole_registry_is_caught(dev):
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    (policy,) = [p for p in _store_policies(dev) if p.name == "mlplatform-mnist-training-store-policy"]
+    doc = json.loads(policy.props["policy"])
+    bucket = next(s for s in doc["Statement"] if s["Sid"] == "List")["Resource"]
+    doc["Statement"].append({"Effect": "Allow", "Action": "s3:*", "Resource": f"{bucket}/*"})
+    policy.props["policy"] = json.dumps(doc)
+    assert rule(policy) == [f"allows puts on {bucket}/*, more than one model's folder of the registry"]
+
+
+def test_the_pipelines_promoter_may_move_pointers():
+    """The receiving stacks' promoter is the pipeline's identity: it writes candidate and audit there."""
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    (promoter,) = [r for r in _res(mock_engine.run("staging")) if r.name == "mlplatform-model-promoter-policy"]
+    assert rules._registry_writes(rules._policy_statements(promoter))  # it does write the registry
+    assert rule(promoter) == []

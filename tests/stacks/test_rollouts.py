@@ -143,11 +143,12 @@ def test_prod_never_trains_and_serves_what_it_receives(result, stack):
 
 
 def test_training_publishes_candidates_where_canaries_decide(result, stack):
-    """Scheduled retraining (CronJob) and the pipeline's run produce a candidate, never the champion:
-    on a stack with Argo Rollouts only a passed canary moves the champion (ops/deliver.py)."""
+    """Scheduled retraining (CronJob) and the pipeline's run publish a version only, never the champion
+    (issue 24 item 8: their role may not move an alias): the pipeline adopts it as the candidate, and on
+    a stack with Argo Rollouts only a passed canary moves the champion (ops/deliver.py)."""
     runs = [j for j in of_kind(result, "Job") if j.raw["metadata"]["name"].startswith("train-")] + [
         type("R", (), {"raw": {"spec": c.raw["spec"]["jobTemplate"]["spec"]}}) for c in of_kind(result, "CronJob")
     ]
     for run in runs:
         env = {e["name"]: e.get("value") for e in run.raw["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env["TRAIN_PUBLISH_AS"] == ("candidate" if monitored(stack) else "champion")
+        assert env["TRAIN_PUBLISH_AS"] == "candidate"

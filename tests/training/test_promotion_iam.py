@@ -31,12 +31,12 @@ SRC, DST, OTHER = "staging-models", "prod-models", "unrelated-bucket"
 ADMIN = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 
 
-def _version(tmp_path: Path, name: str) -> Path:
+def _version(tmp_path: Path, name: str, passed: bool | None = None) -> Path:
     d = tmp_path / name
     (d / "saved_model").mkdir(parents=True)
     (d / "saved_model" / "saved_model.pb").write_bytes(b"pb")
     (d / "model.keras").write_bytes(b"keras")
-    (d / "metadata.json").write_text("{}")
+    (d / "metadata.json").write_text("{}" if passed is None else json.dumps({"gate": {"passed": passed}}))
     return d
 
 
@@ -106,10 +106,12 @@ def test_only_the_trusted_deploy_identity_may_assume_it(world, monkeypatch):
             pass
 
 
-def test_the_training_role_publishes_and_prunes_checkpoints_but_never_deletes_a_version(monkeypatch, tmp_path):
-    """Issue 24 item 8 (part): ``models/`` is the registry, immutable; the training role, evaluated on
-    moto's IAM with the document the program renders (iam.s3_bucket_policy), publishes a version and
-    prunes its checkpoints, and cannot delete a version, an alias or LATEST."""
+def test_the_training_role_publishes_versions_only_and_the_pipeline_adopts_them(monkeypatch, tmp_path):
+    """Issue 24 item 8: ``models/`` is the registry; the training role, evaluated on moto's IAM with the
+    document the program renders (iam.s3_bucket_policy), publishes a version (files and manifest) and
+    prunes its checkpoints, and cannot move an alias or LATEST, write an audit record or a rejection,
+    nor delete anything there. Planted: a run that tries to move the champion itself is refused, and
+    nothing moved; the pipeline's identity then adopts the version (registry.adopt), LATEST following."""
     from moto import mock_aws
 
     from components.lib.iam import s3_bucket_policy
@@ -125,25 +127,42 @@ def test_the_training_role_publishes_and_prunes_checkpoints_but_never_deletes_a_
         iam.create_user(UserName="train-mnist")
         policy = s3_bucket_policy(f"arn:aws:s3:::{DST}", write=True, prefixes=["models/mnist/", "checkpoints/mnist/"], read_all=True)
         # moto puts no S3 header condition key (s3:if-none-match) in its request context, so the
-        # manifest's create-only guard would refuse every manifest here; that one statement is
-        # evaluated with tools/iam_eval.py instead (tests/unit/test_training_store_iam.py).
+        # create-only guard would refuse every write here; that one statement is evaluated with
+        # tools/iam_eval.py instead (tests/unit/test_training_store_iam.py).
         doc = json.loads(policy)
-        doc["Statement"] = [st for st in doc["Statement"] if st.get("Sid") != "ManifestCreateOnly"]
+        doc["Statement"] = [st for st in doc["Statement"] if st.get("Sid") != "CreateOnly"]
         assert len(doc["Statement"]) == len(json.loads(policy)["Statement"]) - 1
         iam.put_user_policy(UserName="train-mnist", PolicyName="store", PolicyDocument=json.dumps(doc))
         key = iam.create_access_key(UserName="train-mnist")["AccessKey"]
         session = boto3.Session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1")
+        pipeline = boto3.DEFAULT_SESSION
         monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+        root, v2 = f"s3://{DST}", "20260102T000000Z-run2"
         with enable_iam_authentication():
-            registry.publish(_version(tmp_path, "mnist"), f"s3://{DST}", "mnist", V1, reason="trained")
+            out = registry.publish(_version(tmp_path, "mnist", passed=True), root, "mnist", V1, reason="trained", adopt=False)
+            assert out.note == "published as a version only: the pipeline adopts it"
+            # planted: a run that moves the champion itself (registry.publish's default) is refused
+            _denied(lambda: registry.publish(_version(tmp_path, "mnist-2", passed=True), root, "mnist", v2, reason="trained"))
             s3 = boto3.client("s3")
             s3.put_object(Bucket=DST, Key="checkpoints/mnist/run1/epoch-1", Body=b"c")
             s3.delete_object(Bucket=DST, Key="checkpoints/mnist/run1/epoch-1")  # pruning its own checkpoints
             for key_ in (f"models/mnist/{V1}/model.keras", "models/mnist/aliases/champion.json", "models/mnist/LATEST"):
                 _denied(lambda k=key_: s3.delete_object(Bucket=DST, Key=k))
+            for key_ in (
+                "aliases/champion.json",
+                "aliases/candidate.json",
+                "LATEST",
+                "audit/champion/0000000001.json",
+                f"rejected/{V1}.json",
+            ):
+                _denied(lambda k=key_: s3.put_object(Bucket=DST, Key=f"models/mnist/{k}", Body=b"{}"))
             _denied(lambda: s3.put_object(Bucket=DST, Key="models/fraud/LATEST", Body=b"x"))  # another model
-            # a rejection is the pipeline's verdict: the training role cannot write (or overwrite) one
-            _denied(lambda: s3.put_object(Bucket=DST, Key=f"models/mnist/rejected/{V1}.json", Body=b"{}"))
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", pipeline)  # the pipeline's (deploy) identity
+        assert registry.versions(root, "mnist") == [V1, v2]  # both versions published ...
+        assert registry.aliases(root, "mnist") == {} and registry.latest(root, "mnist") is None  # ... no pointer moved
+        adopted = registry.adopt(root, "mnist", champion=True, reason="pipeline: adopted")
+        assert adopted["version"] == v2 and adopted["moved"] == ["candidate", "champion"]
+        assert registry.latest(root, "mnist") == v2
 
 
 def _object_requests(bucket: str) -> list[tuple[str, str]]:
@@ -152,6 +171,7 @@ def _object_requests(bucket: str) -> list[tuple[str, str]]:
         f"models/mnist/{V1}/MANIFEST.json",
         "models/mnist/aliases/champion.json",
         "models/mnist/LATEST",
+        "models/mnist/audit/champion/0000000001.json",
         f"models/mnist/rejected/{V1}.json",
         "models/mnist-v2/LATEST",  # a name sharing the prefix
         "models/fraud/LATEST",
@@ -190,5 +210,5 @@ def test_the_policy_evaluator_agrees_with_moto_on_every_object_request():
                 ours = allowed(Principal("arn:aws:iam::123456789012:role/r", [doc]), Request(action, resource, "123456789012"))
                 assert ours == by_moto, (name, action, resource, ours, by_moto)
                 compared, verdicts = compared + 1, verdicts | {(name, ours)}
-    assert compared == 3 * 3 * 27
+    assert compared == 3 * 3 * 30
     assert verdicts == {(n, v) for n in docs for v in (True, False)}  # each document both allows and refuses

@@ -89,18 +89,18 @@ def test_a_tampered_version_fails_verify_and_cannot_be_aliased(tmp_path, root, t
 def test_an_interrupted_upload_is_not_a_version_and_cannot_be_aliased(tmp_path, root, monkeypatch):
     _add(tmp_path, root, 1)
     registry.move(root, "mnist", "champion", v(1), reason="first")
-    real, calls = storage.write_bytes, []
+    real, calls = storage.write_if, []
 
-    def dying(uri, data):  # the uploader dies after its second file
+    def dying(uri, data, token):  # the uploader dies after its second file (each a conditional create)
         calls.append(uri)
         if len(calls) > 2:
             raise ConnectionError("pod evicted")
-        real(uri, data)
+        real(uri, data, token)
 
-    monkeypatch.setattr(storage, "write_bytes", dying)
+    monkeypatch.setattr(storage, "write_if", dying)
     with pytest.raises(ConnectionError):
         registry.publish(_version_dir(tmp_path, 2), root, "mnist", v(2), reason="run")
-    monkeypatch.setattr(storage, "write_bytes", real)
+    monkeypatch.setattr(storage, "write_if", real)
     assert registry.versions(root, "mnist") == [v(1)]
     with pytest.raises(registry.RegistryError, match="no such complete version"):
         registry.move(root, "mnist", "champion", v(2), reason="try")

@@ -65,8 +65,9 @@ def test_cli_reject_then_promote_is_refused_in_one_line(store):
 
 
 def test_a_run_told_to_publish_a_candidate_never_moves_the_champion(store):
-    """TRAIN_PUBLISH_AS=candidate (set on every training Job and CronJob of a stack with canaries):
-    scheduled retraining produces a candidate; only a passed canary makes it the champion."""
+    """TRAIN_PUBLISH_AS=candidate (set on every training Job and CronJob): scheduled retraining publishes
+    a version and moves no alias (its role may not: issue 24 item 8); the pipeline adopts it as the
+    candidate (registry.adopt, ops/deliver.py), and only a passed canary makes it the champion."""
     from training import contract
 
     env = {"TRAIN_OUTPUT": store, "TRAIN_MODEL_NAME": "mnist", "TRAIN_PUBLISH_AS": "candidate", "TRAIN_RUN_ID": "nightly-3"}
@@ -77,10 +78,15 @@ def test_a_run_told_to_publish_a_candidate_never_moves_the_champion(store):
         (d / "saved_model" / "saved_model.pb").write_bytes(b"pb-nightly")
         (d / "model.keras").write_bytes(b"k-nightly")
 
+    before = registry.aliases(store, "mnist")
+    assert run.gate_passes({"auc": 0.9})
     run.publish(write, {"auc": 0.9})
+    assert registry.aliases(store, "mnist") == before  # the run moved nothing
+    (new,) = [v for v in registry.versions(store, "mnist") if "nightly-3" in v]
+    assert registry.adopt(store, "mnist", champion=False, reason="pipeline: candidate for the canary")["version"] == new
     aliases = registry.aliases(store, "mnist")
     assert aliases["champion"]["version"] == V1 and registry.latest(store, "mnist") == V1
-    assert aliases["candidate"]["version"] not in (V1, V2) and "nightly-3" in aliases["candidate"]["version"]
+    assert aliases["candidate"]["version"] == new
     with pytest.raises(contract.ContractError, match="TRAIN_PUBLISH_AS must be 'candidate' or 'champion'"):
         contract.Run.from_env("mnist", gate=contract.Gate("auc", 0.5), env={"TRAIN_PUBLISH_AS": "prod"})
 
