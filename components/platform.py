@@ -11,14 +11,15 @@ from components.cluster.cluster_autoscaler import ClusterAutoscaler, ClusterAuto
 from components.cluster.gpu_addons import GpuAddons, GpuAddonsArgs
 from components.cluster.gpu_pools import GpuNodePool, GpuNodePoolArgs
 from components.cluster.namespaces import PlatformNamespace, PlatformNamespaceArgs
-from components.config import Settings, serving_reserved_gpus, stack_file
+from components.config import ModelConfig, Settings, serving_reserved_gpus, stack_file
 from components.lib.keda_specs import NAMESPACE as KEDA_NAMESPACE
 from components.lib.network import NAMESPACES
+from components.models import llm_import, lora_job
 from components.models.model import LEGACY_MODEL, Model, ModelArgs, legacy_aliases
 from components.services.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.services.artifact_store import ArtifactStore, ArtifactStoreArgs, store_receivers
 from components.services.gateway import EntryPoint, EntryPointArgs
-from components.services.images import Images, ImagesArgs, model_image
+from components.services.images import LORA_IMAGE, Images, ImagesArgs, model_image
 from components.services.jenkins import Jenkins, JenkinsArgs
 from components.services.keda import Keda, KedaArgs
 from components.services.kueue import Kueue, KueueArgs, QueueQuota
@@ -284,6 +285,8 @@ class Platform(pulumi.ComponentResource):
                     for model, m in cfg.models.items()
                     if m.runtime == "tensorflow" and m.source is None and m.training.code
                 },
+                # An adapter fine-tuned here runs the LoRA image: the pinned vLLM image plus PEFT.
+                lora_base=llm_import.IMAGE if any(lora_job.trains_here(m) for m in cfg.models.values()) else None,
             ),
             opts=self.aws_opts,
         )
@@ -333,7 +336,9 @@ class Platform(pulumi.ComponentResource):
         """Every model's one way in. The load balancer admits the union of the models' networks when
         every model is restricted; each route's SecurityPolicy narrows it to that model's own."""
         cfg, ns = self.settings.config, self.ns
-        restricted = bool(cfg.models) and all(m.serving.allowed_cidrs for m in cfg.models.values())
+        # an adapter has no route of its own (its base's serves it): not one of the entry point's sources
+        routed = [m for m in cfg.models.values() if m.adapter_of is None]
+        restricted = bool(routed) and all(m.serving.allowed_cidrs for m in routed)
         self.entry = EntryPoint(
             f"{self.name}-entry",
             EntryPointArgs(
@@ -342,7 +347,7 @@ class Platform(pulumi.ComponentResource):
                 config=cfg.gateway,
                 eks=cfg.is_eks,
                 proxy_replicas=2 if cfg.environment == "prod" else 1,
-                source_ranges=[c for m in cfg.models.values() for c in m.serving.allowed_cidrs] if restricted else [],
+                source_ranges=[c for m in routed for c in m.serving.allowed_cidrs] if restricted else [],
             ),
             opts=self.in_namespaces,
         )
@@ -364,6 +369,12 @@ class Platform(pulumi.ComponentResource):
                 opts=self.in_namespaces,
             )
 
+    @staticmethod
+    def _training_image(model: str, entry: ModelConfig) -> str:
+        """The image a catalogue entry trains with: an adapter fine-tuned here the LoRA image, a model with
+        its own code its own (both fall back to the training image where the stack builds none)."""
+        return LORA_IMAGE if lora_job.trains_here(entry) else model_image(model)
+
     def _models(self) -> None:
         """One Model per catalogue entry, in catalogue order."""
         cfg = self.settings.config
@@ -375,7 +386,8 @@ class Platform(pulumi.ComponentResource):
                     config=entry,
                     training_namespace=self.ns["training"],
                     serving_namespace=self.ns["serving"],
-                    training_image=self.images.refs.get(model_image(model), self.images.refs["training"]),
+                    training_image=self.images.refs.get(self._training_image(model, entry), self.images.refs["training"]),
+                    training_image_tag=self.images.tags.get(self._training_image(model, entry), self.images.tags["training"]),
                     serving_image=self.images.refs["serving"],
                     store=self.store,
                     entry=self.entry,
@@ -391,6 +403,7 @@ class Platform(pulumi.ComponentResource):
                     hf_token=self.settings.secrets.get("hfToken"),
                     storage_class=self.cluster.storage_class,
                     gpu_ready=self.gpu_ready,
+                    catalogue=dict(cfg.models),
                 ),
                 opts=self.in_namespaces,
             )

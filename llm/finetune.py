@@ -140,10 +140,13 @@ def fetch_base(store: str, name: str, version: str, dest: Path) -> dict:
 # ---- data ----
 
 
-def read_texts(path: Path) -> list[str]:
-    """A text set: ``.jsonl`` with a ``text`` field per line, else one example per non-empty line."""
+def read_texts(path: Path | str) -> list[str]:
+    """A text set: ``.jsonl`` with a ``text`` field per line, else one example per non-empty line. A
+    local file, or a URI of the store (``s3://...``: a set too large to commit with the model)."""
     try:
-        raw = Path(path).read_text()
+        raw = storage.read_text(str(path)) if "://" in str(path) else Path(path).read_text()
+    except FileNotFoundError:
+        raise FinetuneError(f"data {path}: no such file") from None
     except OSError as exc:
         raise FinetuneError(f"data {path}: {exc.strerror}") from None
     if str(path).endswith(".jsonl"):
@@ -368,7 +371,7 @@ def run(
     store: str,
     base: str,
     base_version: str,
-    data: Path,
+    data: Path | str,
     checkpoint: str,
     out: Path,
     params: LoraParams,
@@ -399,6 +402,18 @@ def run(
     return EXIT_OK
 
 
+# What the run imports besides the platform's code: the engine environment (requirements-llm.txt).
+ENGINE_MODULES = ("torch", "transformers", "peft", "safetensors")
+
+
+def missing_modules(names: tuple[str, ...] = ENGINE_MODULES) -> list[str]:
+    """The engine modules this Python lacks: checked before the base is fetched, so that an image
+    without PEFT fails at once, not after minutes of download (and is not retried: exit 2)."""
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
 def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -407,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llm.finetune", description=__doc__.split("\n\n")[0])
     for flag in ("--store", "--base", "--base-version", "--checkpoint"):
         p.add_argument(flag, required=True)
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, help="the training set: a file, or s3://... in the store")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--name", default=os.environ.get("TRAIN_MODEL_NAME", "adapter"), help="the adapter's name (metrics label)")
     p.add_argument(
@@ -430,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         kw = {k: getattr(a, k) for k in asdict(LoraParams())}
         kw["target_modules"] = tuple(m for m in str(kw["target_modules"]).split(",") if m)
         params = LoraParams(**kw)
+        if missing := missing_modules(ENGINE_MODULES):  # before the base's download
+            raise FinetuneError(f"this Python has no {', '.join(missing)} (the engine environment: requirements-llm.txt, peft==0.21.2)")
         return run(a.store, a.base, a.base_version, a.data, a.checkpoint, a.out, params, (a.pushgateway, a.name))
     except (FinetuneError, registry.RegistryError, storage.BadURI) as exc:
         print(f"lora: REFUSED: {exc}", file=sys.stderr)

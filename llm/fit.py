@@ -132,22 +132,42 @@ class Fit:
     weights_gib: float
     kv_gib: float
     max_tokens: int  # the largest max_model_len that fits with the same sequences (0: not even the weights)
+    lora_gib: float = 0.0  # vLLM's LoRA buffers (--enable-lora), all GPUs of the replica
 
     def numbers(self) -> str:
-        return f"weights {self.weights_gib:.1f} GiB + KV cache {self.kv_gib:.1f} GiB = {self.need_gib:.1f} GiB > {self.have_gib:.1f} GiB usable"
+        lora = f" + LoRA buffers {self.lora_gib:.2f} GiB" if self.lora_gib else ""
+        return f"weights {self.weights_gib:.1f} GiB + KV cache {self.kv_gib:.1f} GiB{lora} = {self.need_gib:.1f} GiB > {self.have_gib:.1f} GiB usable"
 
 
 def usable_gib(gpu_mib: int, utilization: float, gpus: int) -> float:
     return max(0.0, gpu_mib / 1024 * utilization - OVERHEAD_GIB) * gpus
 
 
-def check(shape: ModelShape, max_model_len: int, seqs: int, gpu_mib: int, utilization: float, gpus: int) -> Fit:
+def check(shape: ModelShape, max_model_len: int, seqs: int, gpu_mib: int, utilization: float, gpus: int, lora_bytes: int = 0) -> Fit:
+    """``lora_bytes``: the LoRA buffers per GPU (``lora_buffer_bytes``) where the replica serves adapters."""
     weights = shape.weights_bytes / GIB
     kv = shape.kv_bytes_per_token * max_model_len * seqs / GIB
+    lora = lora_bytes * gpus / GIB
     have = usable_gib(gpu_mib, utilization, gpus)
-    room = (have - weights) * GIB
+    room = (have - weights - lora) * GIB
     max_tokens = max(0, int(room // (shape.kv_bytes_per_token * seqs))) if room > 0 else 0
-    return Fit(weights + kv <= have, weights + kv, have, weights, kv, max_tokens)
+    return Fit(weights + kv + lora <= have, weights + kv + lora, have, weights, kv, max_tokens, lora)
+
+
+def lora_buffer_bytes(config: dict, max_rank: int, max_loras: int, tp: int = 1) -> int:
+    """GPU memory vLLM preallocates per GPU for ``--enable-lora`` (what the fit check adds to weights +
+    KV cache): every linear layer gets stacked A (``max_loras x slices x max_rank x input``) and B
+    (``max_loras x slices x output x max_rank``) buffers in the model's dtype (vllm/lora/layers/
+    base_linear.py ``create_lora_weights``, read in the 0.32.0 install); column-parallel layers (q/k/v,
+    gate/up) split their output across ``tp`` GPUs, row-parallel ones (o, down) their input. Independent
+    of the adapters' own ranks: the buffers are sized by ``--max-lora-rank`` and ``--max-loras``."""
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    hd = config.get("head_dim") or h // heads
+    a = 3 * h + heads * hd // tp + 2 * h + inter // tp  # A: qkv (3 slices), o, gate_up (2 slices), down
+    b = (heads * hd + 2 * kv * hd) // tp + h + 2 * inter // tp + h  # B: qkv, o, gate_up, down
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return config["num_hidden_layers"] * max_loras * max_rank * (a + b) * DTYPE_BYTES.get(dtype, 2)
 
 
 def four_bit(shape: ModelShape, config_linear_share: float = 0.85) -> int:
@@ -167,22 +187,24 @@ def suggestions(
     gpus: int,
     gpus_per_node: int,
     catalogue: dict[str, tuple[int, int]],
+    lora_bytes: int = 0,
 ) -> list[str]:
     """What would fit, most local change first: fewer tokens, 4-bit weights, more GPUs of this node,
     another instance type (``catalogue``: type -> (GPU MiB, GPUs per node); the fewest GPUs, then the
     smallest GPU, then the smallest node)."""
     out: list[str] = []
-    f = check(shape, max_model_len, seqs, gpu_mib, utilization, gpus)
+    f = check(shape, max_model_len, seqs, gpu_mib, utilization, gpus, lora_bytes)
     if f.max_tokens >= 256:
         out.append(
             f"maxModelLen <= {f.max_tokens}" + (f" (or maxNumSeqs {max(1, f.max_tokens * seqs // max_model_len)})" if seqs > 1 else "")
         )
     if shape.quant_bits is None:
         q = ModelShape(**{**shape.to_dict(), "weights_bytes": four_bit(shape), "quant_bits": 4})
-        if check(q, max_model_len, seqs, gpu_mib, utilization, gpus).fits:
+        if check(q, max_model_len, seqs, gpu_mib, utilization, gpus, lora_bytes).fits:
             out.append("a 4-bit AWQ/GPTQ checkpoint of the model (quantization: awq_marlin)")
     more = next(
-        (n for n in TP_SIZES if gpus < n <= gpus_per_node and check(shape, max_model_len, seqs, gpu_mib, utilization, n).fits), None
+        (n for n in TP_SIZES if gpus < n <= gpus_per_node and check(shape, max_model_len, seqs, gpu_mib, utilization, n, lora_bytes).fits),
+        None,
     )
     if more:
         out.append(f"gpus: {more} (tensor parallelism on this node)")
@@ -190,7 +212,7 @@ def suggestions(
         (n, mib, per_node, itype)
         for itype, (mib, per_node) in catalogue.items()
         for n in TP_SIZES
-        if n <= per_node and check(shape, max_model_len, seqs, mib, utilization, n).fits
+        if n <= per_node and check(shape, max_model_len, seqs, mib, utilization, n, lora_bytes).fits
     ]
     if fitting:
         n, mib, _, itype = min(fitting)

@@ -19,6 +19,9 @@ The set (YAML in the repository, JSON once rendered into the ConfigMap)::
         messages: [{role: user, content: "What is the capital of France? One word."}]   # chat, or
         # prompt: "The capital of France is"                                             # completion
         maxTokens: 16                    # default 64
+        model: support-bot               # optional: the served model name this prompt is sent with
+        #   (default: the Job's --model). Set by ``with_adapters`` on a LoRA adapter's prompts, which
+        #   the base's canary sends with ``model: <adapter>`` (docs/lora.md "Delivery")
         responseFormat: {...}            # optional, sent as is (e.g. vLLM's json_schema structured output)
         expect:                          # at least one; every one must hold
           regex: "(?i)paris"             # re.search on the answer
@@ -53,7 +56,8 @@ RESULTS = ("pass", "fail", "error")
 MAX_PROMPTS = 100  # each prompt id is a label value: bounded
 PROMPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 EXPECT_KEYS = {"regex", "contains", "notContains", "jsonSchema"}
-PROMPT_KEYS = {"id", "messages", "prompt", "maxTokens", "responseFormat", "expect"}
+PROMPT_KEYS = {"id", "messages", "prompt", "maxTokens", "responseFormat", "expect", "model"}
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 # The JSON Schema keywords checked here (a subset of draft 2020-12); a set using any other is refused
 # when loaded, never silently passed.
 SCHEMA_KEYS = {
@@ -89,10 +93,12 @@ class Prompt:
     prompt: str | None = None
     max_tokens: int = 64
     response_format: dict[str, Any] | None = None
+    model: str | None = None  # the served name to ask (an adapter's); None: the caller's
 
     def body(self, model: str) -> tuple[str, dict[str, Any]]:
-        """(route, request body): temperature 0 and a fixed seed, so an answer depends on the weights only."""
-        common: dict[str, Any] = {"model": model, "temperature": 0, "seed": 0, "max_tokens": self.max_tokens}
+        """(route, request body): temperature 0 and a fixed seed, so an answer depends on the weights only.
+        The prompt's own ``model`` (an adapter's prompts) wins over ``model``."""
+        common: dict[str, Any] = {"model": self.model or model, "temperature": 0, "seed": 0, "max_tokens": self.max_tokens}
         if self.response_format is not None:
             common["response_format"] = self.response_format
         if self.messages is not None:
@@ -140,11 +146,23 @@ def parse(doc: Any, where: str) -> list[Prompt]:
                     prompt=p.get("prompt"),
                     max_tokens=p.get("maxTokens", 64),
                     response_format=p.get("responseFormat"),
+                    model=p.get("model"),
                 )
             )
     if problems:
         raise GoldenSetError("\n".join(problems))
     return prompts
+
+
+def with_adapters(base: list[dict[str, Any]], adapters: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One set for the base's canary: its own prompts, then each LoRA adapter's (``models/<adapter>/
+    golden.yaml``) sent with ``model: <adapter>`` and renamed ``<adapter>_<id>`` (ids stay unique and
+    say whose prompt failed). The base's pods serve their adapters, so its canary judges them too."""
+    out = [dict(p) for p in base]
+    for name, prompts in sorted(adapters.items()):
+        out += [{**p, "id": f"{name}_{p['id']}", "model": name} for p in prompts]
+    parse({"prompts": out}, "golden set with adapters " + ", ".join(sorted(adapters)))  # an id too long, a clash: one line each
+    return out
 
 
 def _prompt_problems(p: Any, key: str) -> list[str]:
@@ -159,6 +177,8 @@ def _prompt_problems(p: Any, key: str) -> list[str]:
         out.append(f"{key}.messages: a list of {{role, content}} with role system, user or assistant")
     elif "prompt" in p and not (isinstance(p["prompt"], str) and p["prompt"]):
         out.append(f"{key}.prompt: a non-empty string")
+    if "model" in p and not (isinstance(p["model"], str) and SERVED_NAME.match(p["model"])):
+        out.append(f"{key}.model: a served model name (got {p['model']!r})")
     mt = p.get("maxTokens", 64)
     if not isinstance(mt, int) or isinstance(mt, bool) or not 1 <= mt <= 4096:
         out.append(f"{key}.maxTokens: an integer 1..4096 (got {mt!r})")

@@ -1,6 +1,6 @@
 """The evaluation gate of a LoRA adapter, and its publication as an immutable registry version.
 
-    python -m llm.lora_gate gate --store ROOT --adapter NAME --run DIR --heldout FILE
+    python -m llm.lora_gate gate --store ROOT --adapter NAME --run DIR --heldout FILE [--golden FILE]
                                  --base NAME --base-version V [--min-improvement F] [--champion-margin F]
                                  [--seq-len N] [--publish-as candidate|champion]
     python -m llm.lora_gate fetch --store ROOT --adapter NAME --version V --base NAME --base-version V --dest DIR
@@ -16,7 +16,13 @@ from the registry (digest-verified) and measures perplexity on the held-out set 
    ppl_champion x (1 + champion_margin)``, the champion loaded beside it on the same base (PEFT's
    multi-adapter model: the base is loaded once). A champion trained on another base version is not
    comparable (it cannot be served on this base either: ``check_base``) and is not compared; the record
-   says so.
+   says so;
+3. **and must answer its golden prompts** (``--golden``: ``models/<adapter>/golden.yaml``, llm/golden.py's
+   format and checker, the set the base's canary later sends with ``model: <adapter>``): base + adapter
+   generate greedily (transformers + PEFT, at most ``golden_max_tokens`` tokens; a chat prompt through the
+   tokenizer's chat template, as vLLM renders it); one failed case refuses the adapter. A prompt with a
+   ``responseFormat`` needs vLLM's structured output: not checked here (the verdict lists it), the
+   canary judges it.
 
 Only a passing adapter is published (``registry.publish``: files first, the SHA-256 manifest last, written
 once), as the candidate (a canary decides) or the champion: ``adapter_config.json``,
@@ -44,12 +50,22 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llm import finetune, fit
+from llm import finetune, fit, golden
 from training import registry, storage
 
 EXIT_OK, EXIT_REFUSED, EXIT_GATE = 0, 2, 3
 META = "lora-adapter.json"
 REQUIRED = (*finetune.ADAPTER_FILES, META)
+
+
+# The base's pod template carries each adapter's served version as ``adapter.mlplatform.io/<adapter>:
+# <version>`` (components/models/llm_service.py renders it beside rollout_specs.VERSION_ANNOTATION):
+# ops/deliver.py reads it back to know that the base's canary serves the adapter version it pinned.
+ANNOTATION_PREFIX = "adapter.mlplatform.io/"
+
+
+def version_annotation(adapter: str) -> str:
+    return ANNOTATION_PREFIX + adapter
 
 
 class AdapterRefused(registry.RegistryError):
@@ -60,6 +76,7 @@ class AdapterRefused(registry.RegistryError):
 class GateConfig:
     min_improvement: float = 0.05  # relative perplexity reduction over the base alone
     champion_margin: float = 0.02  # how much higher than the champion's the perplexity may be
+    golden_max_tokens: int = 64  # a golden prompt's maxTokens, capped (greedy generation on the gate's CPU/GPU)
 
 
 @dataclass
@@ -71,10 +88,80 @@ class Verdict:
     champion_ppl: float | None = None
     champion: str | None = None
     tokens: int = 0
+    golden: dict | None = None  # golden_result(): passed / failed / skipped case ids (None: no set given)
 
     def line(self) -> str:
         champ = f", champion {self.champion} {self.champion_ppl:.3f}" if self.champion_ppl is not None else ""
         return f"lora gate {'PASSED' if self.passed else 'FAILED'}: perplexity base {self.base_ppl:.3f}, adapter {self.adapter_ppl:.3f}{champ}: {self.reason}"
+
+
+# ---- golden prompts ----
+
+
+def golden_result(prompts: list[golden.Prompt], answers: dict[str, str | None]) -> dict:
+    """Each case checked (llm/golden.py ``check``) on base + adapter's answer; an answer of None is a
+    case the gate cannot reproduce (a ``responseFormat``: vLLM's structured output), skipped and listed."""
+    out: dict = {"passed": [], "failed": {}, "skipped": {}}
+    for p in prompts:
+        answer = answers.get(p.id)
+        if answer is None:
+            out["skipped"][p.id] = "responseFormat needs vLLM's structured output: judged by the canary"
+        elif problems := golden.check(p, answer):
+            out["failed"][p.id] = {"problems": problems, "answer": answer[:200]}
+        else:
+            out["passed"].append(p.id)
+    return out
+
+
+def judge_golden(result: dict | None) -> tuple[bool, str]:
+    """Every checked golden case must pass; no set: nothing to judge."""
+    if result is None:
+        return True, "no golden set given"
+    if result["failed"]:
+        cases = ", ".join(f"{i} ({'; '.join(f['problems'])}: answered {f['answer'][:60]!r})" for i, f in result["failed"].items())
+        return False, f"{len(result['failed'])} of {len(result['failed']) + len(result['passed'])} golden prompts failed: {cases}"
+    skipped = f", {len(result['skipped'])} left to the canary" if result["skipped"] else ""
+    return True, f"{len(result['passed'])} golden prompts passed{skipped}"
+
+
+def prompt_ids(tok, p: golden.Prompt):
+    """The prompt's input ids as vLLM builds them: a completion prompt with the tokenizer's special
+    tokens, a chat through the tokenizer's chat template (rendered, then tokenized without adding any).
+    A chat prompt on a tokenizer without a template: None (vLLM refuses it too: a failed case)."""
+    if p.messages is None:
+        return tok(p.prompt, return_tensors="pt").input_ids
+    if not getattr(tok, "chat_template", None):
+        return None
+    text = tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+def golden_answers(model, tok, prompts: list[golden.Prompt], max_tokens: int) -> dict[str, str | None]:
+    """Greedy answers of ``model`` (base + the active adapter) to every prompt; None for a prompt with
+    a ``responseFormat`` (not reproducible here), "" where the base has no chat template for a chat."""
+    import torch
+
+    model.eval()
+    answers: dict[str, str | None] = {}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for p in prompts:
+        if p.response_format is not None:
+            answers[p.id] = None
+            continue
+        ids = prompt_ids(tok, p)
+        if ids is None:
+            answers[p.id] = ""
+            continue
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=min(p.max_tokens, max_tokens),
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        answers[p.id] = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return answers
 
 
 def judge(base_ppl: float, adapter_ppl: float, champion_ppl: float | None, cfg: GateConfig) -> tuple[bool, str]:
@@ -110,8 +197,17 @@ def perplexity(model, data) -> tuple[float, int]:
     return math.exp(total / count), count
 
 
-def evaluate(base_dir: Path, adapter_dir: Path, heldout: list[str], seq_len: int, champion_dir: Path | None = None) -> dict:
-    """Perplexities of the base alone, base + adapter and (given) base + champion adapter."""
+def evaluate(
+    base_dir: Path,
+    adapter_dir: Path,
+    heldout: list[str],
+    seq_len: int,
+    champion_dir: Path | None = None,
+    prompts: list[golden.Prompt] | None = None,
+    max_tokens: int = GateConfig.golden_max_tokens,
+) -> dict:
+    """Perplexities of the base alone, base + adapter and (given) base + champion adapter; with
+    ``prompts``, base + adapter's golden answers (``answers``)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,6 +220,8 @@ def evaluate(base_dir: Path, adapter_dir: Path, heldout: list[str], seq_len: int
         base_ppl, tokens = perplexity(model, data)
     out = {"base_ppl": base_ppl, "tokens": tokens}
     out["adapter_ppl"], _ = perplexity(model, data)
+    if prompts:
+        out["answers"] = golden_answers(model, tok, prompts, max_tokens)
     if champion_dir is not None:
         model.load_adapter(champion_dir, adapter_name="champion")
         model.set_adapter("champion")
@@ -196,19 +294,8 @@ def promote(src: str, dst: str, name: str, version: str, *, reason: str) -> dict
 
 
 def lora_buffer_bytes(config: dict, max_rank: int, max_loras: int, tp: int = 1) -> int:
-    """GPU memory vLLM preallocates per GPU for ``--enable-lora`` (what the fit check adds to weights +
-    KV cache): every linear layer gets stacked A (``max_loras x slices x max_rank x input``) and B
-    (``max_loras x slices x output x max_rank``) buffers in the model's dtype (vllm/lora/layers/
-    base_linear.py ``create_lora_weights``, read in the 0.32.0 install); column-parallel layers (q/k/v,
-    gate/up) split their output across ``tp`` GPUs, row-parallel ones (o, down) their input. Independent
-    of the adapters' own ranks: the buffers are sized by ``--max-lora-rank`` and ``--max-loras``."""
-    h, inter = config["hidden_size"], config["intermediate_size"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
-    hd = config.get("head_dim") or h // heads
-    a = 3 * h + heads * hd // tp + 2 * h + inter // tp  # A: qkv (3 slices), o, gate_up (2 slices), down
-    b = (heads * hd + 2 * kv * hd) // tp + h + 2 * inter // tp + h  # B: qkv, o, gate_up, down
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return config["num_hidden_layers"] * max_loras * max_rank * (a + b) * fit.DTYPE_BYTES.get(dtype, 2)
+    """GPU memory vLLM preallocates per GPU for ``--enable-lora``: llm/fit.py ``lora_buffer_bytes`` (the fit check adds it)."""
+    return fit.lora_buffer_bytes(config, max_rank, max_loras, tp)
 
 
 def serve_args(adapters: dict[str, Path | str], max_rank: int, max_loras: int | None = None) -> list[str]:
@@ -248,19 +335,52 @@ def read_run(run_dir: Path, store: str, base: str, base_version: str) -> dict:
     return run
 
 
-def gate(store: str, name: str, run_dir: Path, heldout: Path, base: str, base_version: str, cfg: GateConfig, seq_len: int) -> Verdict:
-    """Measure the three perplexities and apply the rule (nothing written)."""
+def read_golden(path: Path | None) -> list[golden.Prompt] | None:
+    if path is None:
+        return None
+    try:
+        return golden.load(path)
+    except (golden.GoldenSetError, OSError, ValueError) as exc:
+        raise AdapterRefused(f"golden set {path}: {exc}".replace("\n", "; ")) from None
+
+
+def gate(
+    store: str,
+    name: str,
+    run_dir: Path,
+    heldout: Path,
+    base: str,
+    base_version: str,
+    cfg: GateConfig,
+    seq_len: int,
+    golden_set: Path | None = None,
+) -> Verdict:
+    """Measure the three perplexities and, given ``golden_set``, base + adapter's golden answers, and
+    apply the rule: both must pass (nothing written)."""
     read_run(run_dir, store, base, base_version)
     texts = finetune.read_texts(heldout)
+    prompts = read_golden(golden_set)
     with tempfile.TemporaryDirectory(prefix="lora-gate-") as tmp:
         base_dir = Path(tmp, "base")
         finetune.fetch_base(store, base, base_version, base_dir)
         champ, champ_dir, _note = champion_adapter(store, name, base, base_version, Path(tmp, "champion"))
-        m = evaluate(base_dir, run_dir, texts, seq_len, champ_dir)
+        m = evaluate(base_dir, run_dir, texts, seq_len, champ_dir, prompts, cfg.golden_max_tokens)
     passed, reason = judge(m["base_ppl"], m["adapter_ppl"], m.get("champion_ppl"), cfg)
     if champ is not None and champ_dir is None:
         reason += f" (champion {champ} is on another base: not compared)"
-    return Verdict(passed, reason, m["base_ppl"], m["adapter_ppl"], m.get("champion_ppl"), champ if champ_dir else None, m["tokens"])
+    result = golden_result(prompts, m["answers"]) if prompts else None
+    golden_ok, golden_reason = judge_golden(result)
+    champion = champ if champ_dir else None
+    return Verdict(
+        passed and golden_ok,
+        f"{reason}; {golden_reason}",
+        m["base_ppl"],
+        m["adapter_ppl"],
+        m.get("champion_ppl"),
+        champion,
+        m["tokens"],
+        result,
+    )
 
 
 def publish(store: str, name: str, run_dir: Path, verdict: Verdict, cfg: GateConfig, *, champion: bool) -> str:
@@ -284,7 +404,11 @@ def publish(store: str, name: str, run_dir: Path, verdict: Verdict, cfg: GateCon
             "published_by": registry.actor(),
         }
         (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        registry.publish(out, store, name, version, reason=f"lora gate: {verdict.reason}", champion=champion, required=REQUIRED)
+        # candidate: the Job's publish, a version only (its role may not move aliases; the pipeline adopts:
+        # issue 24 item 8); champion: a person's run, adopted at once
+        registry.publish(
+            out, store, name, version, reason=f"lora gate: {verdict.reason}", champion=champion, required=REQUIRED, adopt=champion
+        )
     return version
 
 
@@ -304,6 +428,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(flag, required=True)
     g.add_argument("--run", required=True, type=Path)
     g.add_argument("--heldout", required=True, type=Path)
+    g.add_argument("--golden", type=Path, help="the adapter's golden set (models/<adapter>/golden.yaml): every case must pass")
+    g.add_argument("--golden-max-tokens", type=int, default=GateConfig.golden_max_tokens)
     g.add_argument("--min-improvement", type=float, default=GateConfig.min_improvement)
     g.add_argument("--champion-margin", type=float, default=GateConfig.champion_margin)
     g.add_argument("--seq-len", type=int, default=finetune.LoraParams.seq_len)
@@ -323,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = fetch_adapter(a.store, a.adapter, a.version, a.base, a.base_version, a.dest)
             print(json.dumps({"fetched": str(a.dest), "version": a.version, "base": rec["base"]}, sort_keys=True))
             return EXIT_OK
-        cfg = GateConfig(a.min_improvement, a.champion_margin)
-        verdict = gate(a.store, a.adapter, a.run, a.heldout, a.base, a.base_version, cfg, a.seq_len)
+        cfg = GateConfig(a.min_improvement, a.champion_margin, a.golden_max_tokens)
+        verdict = gate(a.store, a.adapter, a.run, a.heldout, a.base, a.base_version, cfg, a.seq_len, a.golden)
         print(verdict.line(), file=sys.stderr)
         if not verdict.passed:
             print(json.dumps({"published": None, **asdict(verdict)}, sort_keys=True))

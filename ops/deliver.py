@@ -3,7 +3,7 @@
     python -m ops.deliver --stack prod [--model mnist] [--timeout 3600]   (default: every model of the stack)
 
 Both runtimes take the same path: a TF model's SavedModel versions and a vLLM model's weights
-(``runtime: vllm``: imported by the stack's import Job as a candidate, components/models/llm_import.py)
+(``runtime: vllm``: imported by the stack's import Job, components/models/llm_import.py)
 are registry versions, promoted byte for byte, pinned with ``serving.version``, and judged by their
 Rollout's analysis (``model-server-<name>``: components/lib/rollout_specs.py; ``llm-<name>``:
 components/lib/llm_canary.py - vLLM's 5xx and 4xx ratios, mean TTFT and inter-token latency against the stable pods,
@@ -12,7 +12,9 @@ and the model's golden prompts).
 1. Which version: a stack that receives the model (``models.<name>.source.stack`` in its stack file)
    takes the source stack's champion and copies it into its own store, byte for byte, digests checked
    on arrival, as its *candidate* (``ops.models promote --from --to --candidate``); a stack that
-   trains takes its own candidate (what its training run published). The source is read and the copy
+   trains first adopts what its runs published (their roles may not move an alias: ``registry.adopt``,
+   the newest gated, unrejected version newer than the champion becomes the candidate; the champion
+   where no canary judges) and takes its candidate. The source is read and the copy
    written with the stack's promotion role (stack output ``promotionRole``, components/services/model_promoter.py:
    read on the received models' folders of the source store, read/write on the same folders of its
    own), assumed with STS for this step only; everything else runs with the deploy identity.
@@ -38,6 +40,17 @@ rollback, not a new model: the emergency path. It gets no canary: the registry r
 pin moves, and the Rollout is promoted in full (``status.promoteFull``, what ``kubectl argo rollouts
 promote --full`` sets: every remaining step and the analysis skipped). ``make rollback`` runs
 ``ops.models rollback`` then ``--rollback`` here, which promotes the store's champion in full.
+
+**LoRA adapters** (``adapterOf: <base>``, docs/lora.md) take the same path with three differences:
+their versions are promoted with ``lora_gate.promote`` (the target store must hold the adapter's base
+version with the same digest); a version is delivered only where the stack serves the base version it
+was trained on (the base's champion; otherwise refused before a byte is copied, one line:
+``support-bot/<v> was trained on chat/<b1>; staging serves chat/<b2>``, exit 1); and the pin
+(``models.<adapter>.serving.version``) changes the *base's* pod template, so the base's Rollout
+(``llm-<base>``) canaries it and its analysis judges it - vLLM's metrics on the pods that serve base +
+new adapter, and the adapter's golden prompts, sent with ``model: <adapter>`` (llm/golden.py
+``with_adapters``). Even an adapter's first version is canaried (the base's stable pods are there to
+compare with); if it fails, its pin is removed. Adapters are delivered after every base.
 
 A rejected version is never delivered again; a version that is already the champion is only pinned
 (an idempotent ``pulumi up``). Exit codes: 0 delivered (or nothing new); 1 rejected by a failed
@@ -91,8 +104,33 @@ def tf_models(stack: str, stacks_dir: Path = ROOT / "stacks") -> list[str]:
 
 
 def delivered_models(stack: str, stacks_dir: Path = ROOT / "stacks") -> list[str]:
-    """Every model the pipeline delivers: both runtimes go through the same registry and canary."""
-    return list(runtimes(stack, stacks_dir))
+    """Every model the pipeline delivers: both runtimes go through the same registry and canary; LoRA
+    adapters after every base (an adapter is checked against the base version its stack serves)."""
+    return sorted(runtimes(stack, stacks_dir), key=lambda m: adapter_of(stack, m, stacks_dir) is not None)
+
+
+def adapter_of(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> str | None:
+    """The base a LoRA adapter entry names (``adapterOf``, docs/lora.md), None for any other model."""
+    models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    return (models.get(model) or {}).get("adapterOf")
+
+
+def rollout_of(stack: str, model: str, stacks_dir: Path = ROOT / "stacks") -> str:
+    """The Rollout whose canary judges ``model``'s versions: its own, or for a LoRA adapter its base's
+    (the adapter's version is part of the base's pod template: its canary pods serve base + new adapter)."""
+    base = adapter_of(stack, model, stacks_dir)
+    return rollout_name(base, "vllm") if base else rollout_name(model, runtimes(stack, stacks_dir).get(model, "tensorflow"))
+
+
+def version_key(model: str, obj: str | None) -> str:
+    """The pod-template annotation that says which version of ``model`` Rollout ``obj`` serves: the
+    model's own (rollout_specs.VERSION_ANNOTATION), or on another model's Rollout (an adapter on its
+    base's) the adapter's (lora_gate.version_annotation)."""
+    if obj is None or obj in (rollout_name(model), rollout_name(model, "vllm")):
+        return VERSION_ANNOTATION
+    from llm import lora_gate
+
+    return lora_gate.version_annotation(model)
 
 
 def runtimes(stack: str, stacks_dir: Path = ROOT / "stacks") -> dict[str, str]:
@@ -107,11 +145,18 @@ def _check_llm_pin(stack: str, model: str, store: str, version: str, stacks_dir:
     RegistryError, otherwise: exit 1, a refused copy). TF models and s3:// weights: nothing to check."""
     entry = (yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {})[model] or {}
     llm = entry.get("llm") or {}
-    if entry.get("runtime") != "vllm" or str(llm.get("source", "")).startswith("s3://"):
-        return
+    if entry.get("runtime") != "vllm" or entry.get("adapterOf") or str(llm.get("source", "")).startswith("s3://"):
+        return  # an adapter has no weights of its own to pin: check_adapter_base
     from llm import importer
 
     importer.check_pin(store, model, version, llm["source"], llm.get("revision"))
+
+
+def canaries(stack: str, stacks_dir: Path = ROOT / "stacks") -> bool:
+    """Whether a canary judges the stack's new versions (Argo Rollouts comes with monitoring): where
+    none does, the adopted version is the champion at once, as a training run's was before."""
+    config = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return (config.get("mlplatform:monitoring") or {}).get("enabled", True)
 
 
 def rollout_name(model: str, runtime: str = "tensorflow") -> str:
@@ -180,8 +225,16 @@ def as_role(role_arn: str | None, session: str, assume: Callable[[str, str], dic
         boto3.DEFAULT_SESSION = previous
 
 
-def pin(stack: str, model: str, version: str, sh: Runner) -> None:
-    sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", version, "--stack", stack])
+# ``serving.version: champion``: explicitly unpinned (components/models/model.py UNPINNED). Removing the key
+# would not do: on EKS an ``up`` without a pin renders the version the last ``up`` recorded.
+UNPINNED = "champion"
+
+
+def pin(stack: str, model: str, version: str | None, sh: Runner) -> None:
+    """``serving.version`` set to ``version`` (None: explicitly unpinned - an adapter that never had a
+    champion on this stack goes back to not being served), then ``pulumi up``."""
+    key = f"mlplatform:models.{model}.serving.version"
+    sh(["pulumi", "config", "set", "--path", key, version or UNPINNED, "--stack", stack])
     sh(["pulumi", "up", "--yes", "--non-interactive", "--stack", stack, "--policy-pack", "policy"])
 
 
@@ -233,13 +286,15 @@ def unmeasured(run: dict | None, measured: tuple[str, ...]) -> list[str]:
     return [n for n in measured if n in defined and not succeeded(results.get(n, {}))]
 
 
-def judge(rollout: dict, run: dict | None, version: str, measured: tuple[str, ...] = ()) -> tuple[str, str] | None:
+def judge(
+    rollout: dict, run: dict | None, version: str, measured: tuple[str, ...] = (), key: str = VERSION_ANNOTATION
+) -> tuple[str, str] | None:
     """The canary's outcome from the Rollout and its AnalysisRun, or None while it is still going.
     FAILED only on evidence: a judging metric (rollout_specs.JUDGING_METRICS) Failed. HEALTHY, where
     ``measured`` names metrics (a vLLM canary: llm_canary.JUDGING_METRICS), only once each of them
     that the run defines had a Successful measurement: the pause can end (``stepSeconds``) before the
     analysis measured anything - a canary whose analysis only saw Inconclusive data was never judged,
-    and must not become the champion."""
+    and must not become the champion. ``key``: the annotation naming the version (version_key)."""
     status = rollout.get("status") or {}
     # Right after `pulumi up` changes the template the status still describes the previous generation
     # (Pulumi does not await a custom resource), and it stays so while the controller is down: trust it
@@ -250,7 +305,7 @@ def judge(rollout: dict, run: dict | None, version: str, measured: tuple[str, ..
         return None
     annotations = rollout["spec"]["template"]["metadata"].get("annotations") or {}
     phase, message = status.get("phase"), status.get("message", "")
-    if annotations.get(VERSION_ANNOTATION) == version and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
+    if annotations.get(key) == version and phase == "Healthy" and status.get("stableRS") == status.get("currentPodHash"):
         if missing := unmeasured(run, measured):
             return (
                 NOT_JUDGED,
@@ -301,7 +356,7 @@ def wait(
             with contextlib.suppress(subprocess.CalledProcessError, ValueError):
                 seen = json.loads(sh(["kubectl", "-n", NAMESPACE, "get", "analysisrun", seen["metadata"]["name"], "-o", "json"]))
             run = seen
-        if (verdict := judge(ro, run, version, measured)) is not None:
+        if (verdict := judge(ro, run, version, measured, version_key(model, obj))) is not None:
             return verdict
         if time.monotonic() >= deadline:
             status = ro.get("status") or {}
@@ -322,7 +377,7 @@ def full_promotion(stack: str, model: str, version: str, sh: Runner, timeout_s: 
     """The emergency path: pin ``version`` (bytes that already served as champion here) and promote
     the Rollout in full, no canary; wait until it is stable."""
     pin(stack, model, version, sh)
-    if (judge(rollout_state(model, sh, obj), None, version) or ("",))[0] != HEALTHY:
+    if (judge(rollout_state(model, sh, obj), None, version, key=version_key(model, obj)) or ("",))[0] != HEALTHY:
         promote_full(model, sh, obj)
     outcome, message = wait(model, version, sh, timeout_s, poll_s, obj)
     if outcome != HEALTHY:
@@ -354,13 +409,16 @@ def deliver(
     from training import registry
 
     src_stack = source_stack(stack, model, stacks_dir)
-    obj = rollout_name(model, runtimes(stack, stacks_dir)[model])
+    base = adapter_of(stack, model, stacks_dir)
+    obj = rollout_of(stack, model, stacks_dir)
     store = store_of(stack, sh)
     source = (
         _Source(src_stack, source_store(stack, model, src_stack, sh, stacks_dir), promotion_role(stack, sh), f"deliver-{stack}-{model}")
         if src_stack
         else None
     )
+    if source is None:  # this stack's own runs published versions only: the pipeline adopts them (issue 24 item 8)
+        registry.adopt(store, model, champion=not canaries(stack, stacks_dir), reason=f"pipeline: adopted on {stack}")
     version = _incoming(stack, model, store, source, promoter)
     if version is None:
         return 0
@@ -368,18 +426,15 @@ def deliver(
     current_version = current["version"] if current else None
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
+    if base:
+        check_adapter_base(stack, model, base, version, store, source, promoter)
+    else:
+        check_adapters_follow(stack, model, version, store, stacks_dir)
     if current_version is not None and registry.served_as_champion(store, model, version):
         return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
     if source:
-        with promoter(source.role, source.session):
-            # An LLM version must be what this stack pins (source, revision) before a byte is copied:
-            # the weights init container would refuse it anyway, after a GPU node was paid for.
-            _check_llm_pin(stack, model, source.store, version, stacks_dir)
-            registry.promote_between(
-                source.store, store, model, version, reason=f"pipeline: promote from {source.stack} for a canary", champion=False
-            )
-        print(f"{model}: {version} copied from {source.stack} to {stack} (digests verified), candidate there")
-    if current_version is None:
+        _copy(stack, model, version, store, source, promoter, stacks_dir, adapter=base is not None)
+    if current_version is None and not base:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first
         # revision out at full scale, without steps). It becomes the champion, then the pin follows.
         registry.move(store, model, "champion", version, reason=f"pipeline: first version on {stack} (no stable to canary against)")
@@ -387,6 +442,85 @@ def deliver(
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
         return DELIVERED
     return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
+
+
+def _copy(
+    stack: str, model: str, version: str, store: str, source: _Source, promoter: Promoter, stacks_dir: Path, *, adapter: bool
+) -> None:
+    """The received version into this stack's store as its candidate, byte for byte (each file checked
+    as read and as landed: a flipped byte is refused and nothing lands), as the promotion role."""
+    from training import registry
+
+    reason = f"pipeline: promote from {source.stack} for a canary"
+    with promoter(source.role, source.session):
+        if adapter:
+            from llm import lora_gate
+
+            # Only where this store holds the adapter's base version with the same digest.
+            lora_gate.promote(source.store, store, model, version, reason=reason)
+        else:
+            # An LLM version must be what this stack pins (source, revision) before a byte is copied:
+            # the weights init container would refuse it anyway, after a GPU node was paid for.
+            _check_llm_pin(stack, model, source.store, version, stacks_dir)
+            registry.promote_between(source.store, store, model, version, reason=reason, champion=False)
+    print(f"{model}: {version} copied from {source.stack} to {stack} (digests verified), candidate there")
+
+
+def check_adapter_base(stack: str, model: str, base: str, version: str, store: str, source: _Source | None, promoter: Promoter) -> None:
+    """A LoRA adapter version only fits the exact base weights it was trained on: it is delivered only
+    where ``stack`` serves that base version (the base's champion in its store, what ``up`` pins),
+    checked before a byte is copied; otherwise AdapterRefused, one line (exit 1, a refused copy). Its
+    record is read where the version is: the source store (as the promotion role) or this one."""
+    from llm import lora_gate
+    from training import registry
+
+    if source is not None:
+        with promoter(source.role, source.session):
+            record = lora_gate.adapter_record(source.store, model, version)
+    else:
+        record = lora_gate.adapter_record(store, model, version)
+    b = record.get("base") or {}
+    trained = f"{b.get('model')}/{b.get('version')}"
+    served = registry.get_alias(store, base, "champion")
+    if served is None:
+        raise lora_gate.AdapterRefused(
+            f"{model}/{version} was trained on {trained}; {stack} serves no version of {base} yet: deliver {base} first"
+        )
+    if (b.get("model"), b.get("version")) != (base, served["version"]):
+        raise lora_gate.AdapterRefused(f"{model}/{version} was trained on {trained}; {stack} serves {base}/{served['version']}")
+
+
+def served_adapters(stack: str, base: str, store: str, stacks_dir: Path = ROOT / "stacks") -> dict[str, str]:
+    """The adapters of ``base`` this stack serves -> their version: the pin in the stack file (what
+    ``pulumi config set`` wrote), else the champion (what the last ``up`` recorded); ``champion``: none."""
+    from training import registry
+
+    models = yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+    served = {}
+    for name, entry in sorted(models.items()):
+        if (entry or {}).get("adapterOf") != base:
+            continue
+        pinned = (entry.get("serving") or {}).get("version")
+        version = pinned or (registry.get_alias(store, name, "champion") or {}).get("version")
+        if version and version != UNPINNED:
+            served[name] = version
+    return served
+
+
+def check_adapters_follow(stack: str, model: str, version: str, store: str, stacks_dir: Path) -> None:
+    """A new base version must not strand the adapters the base's pods serve: their fetch refuses an
+    adapter of another base version, so the canary pods would never start. Refused before anything moves,
+    one line saying the way through (unpin the adapters, deliver the base, retrain them on it)."""
+    from llm import lora_gate
+
+    for adapter, adapter_version in served_adapters(stack, model, store, stacks_dir).items():
+        trained = (lora_gate.adapter_record(store, adapter, adapter_version).get("base") or {}).get("version")
+        if trained != version:
+            raise lora_gate.AdapterRefused(
+                f"{model}/{version}: {stack} serves {adapter}/{adapter_version}, trained on {model}/{trained}; unpin it "
+                f"(pulumi config set --path mlplatform:models.{adapter}.serving.version {UNPINNED}), deliver {model}, then "
+                f"retrain {adapter} on it and deliver {adapter}"
+            )
 
 
 def _roll_back_to(
@@ -412,8 +546,7 @@ def roll_back(
     champ = registry.get_alias(store_of(stack, sh), model, "champion")
     if champ is None:
         raise DeliveryError(f"{model}: no champion in {stack}'s store: nothing to roll back to")
-    obj = rollout_name(model, runtimes(stack, stacks_dir).get(model, "tensorflow"))
-    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s, obj)
+    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s, rollout_of(stack, model, stacks_dir))
 
 
 def _incoming(stack: str, model: str, store: str, source: _Source | None, promoter: Promoter) -> str | None:
@@ -458,7 +591,7 @@ def _canary(
     model: str,
     store: str,
     version: str,
-    current_version: str,
+    current_version: str | None,
     sh: Runner,
     timeout_s: float,
     poll_s: float,
@@ -466,8 +599,11 @@ def _canary(
 ) -> int:
     """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion
     (DELIVERED); rejected on a failed analysis (REJECTED); anything else leaves it the candidate
-    (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version``."""
+    (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version`` (None: an
+    adapter's first version on this stack, canaried on its base's pods: the pin is removed)."""
     from training import registry
+
+    keeps = current_version or f"no version of {model}"
 
     replicas = (rollout_state(model, sh, obj).get("spec") or {}).get("replicas", 1)
     if replicas == 0:
@@ -475,28 +611,28 @@ def _canary(
         # would run and no stable side serve, so the analysis could never measure; the pin stays.
         print(
             f"{model}: no canary of {version} on {stack}: its Rollout has spec.replicas 0 (scaled to zero), nothing to compare; "
-            f"{version} stays the candidate, {stack} keeps {current_version}; run again while it serves",
+            f"{version} stays the candidate, {stack} keeps {keeps}; run again while it serves",
             file=sys.stderr,
         )
         return NOT_JUDGED_EXIT
-    print(f"{model}: canary of {version} on {stack} (stable: {current_version})")
+    print(f"{model}: canary of {version} on {stack} (stable: {keeps})")
     pin(stack, model, version, sh)
     measured = llm_canary.JUDGING_METRICS if obj == rollout_name(model, "vllm") else ()
     outcome, message = wait(model, version, sh, timeout_s, poll_s, obj, measured)
     if outcome == HEALTHY:
         registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
-        print(f"{model}: canary passed on {stack}: {version} is the champion (was {current_version})")
+        print(f"{model}: canary passed on {stack}: {version} is the champion (was {keeps})")
         return DELIVERED
     # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps).
     pin(stack, model, current_version, sh)
     if outcome == FAILED:
         reason = f"canary failed its analysis on {stack}: {message}"
         registry.reject(store, model, version, reason=reason)
-        print(f"{model}: {reason}; {version} rejected, {stack} stays on {current_version}", file=sys.stderr)
+        print(f"{model}: {reason}; {version} rejected, {stack} stays on {keeps}", file=sys.stderr)
         return REJECTED
     print(
         f"{model}: canary of {version} on {stack} NOT JUDGED: {message}; {version} stays the candidate (not rejected), "
-        f"{stack} stays on {current_version}; the next run tries again",
+        f"{stack} stays on {keeps}; the next run tries again",
         file=sys.stderr,
     )
     return NOT_JUDGED_EXIT

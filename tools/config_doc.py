@@ -78,11 +78,31 @@ def _sub(ann: Any) -> tuple[type[BaseModel] | None, str]:
     return None, ""
 
 
+def _tagged(ann: Any) -> list[tuple[type[BaseModel], str]]:
+    """The branches of a tagged union (``models.<name>.training``: a TF run or ``kind: lora``), with their tags."""
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return []
+    out = []
+    for arg in typing.get_args(ann):
+        if typing.get_origin(arg) is typing.Annotated:
+            model, *meta = typing.get_args(arg)
+            tag = next((m.tag for m in meta if hasattr(m, "tag")), None)
+            if tag is not None and isinstance(model, type) and issubclass(model, BaseModel):
+                out.append((model, tag))
+    return out
+
+
 def rows(model: type[BaseModel] = schema.PlatformConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key path, type, default, description) of every field, depth first, in declaration order."""
+    """(key path, type, default, description) of every field, depth first, in declaration order. A
+    tagged union's first branch is keyed as the field, the others as ``field(tag)``."""
     out = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{field.alias or name}"
+        if branches := _tagged(field.annotation):
+            out.append((key, "object", _default(field), field.description or ""))
+            for i, (branch, tag) in enumerate(branches):
+                out += rows(branch, f"{key}." if i == 0 else f"{key}({tag}).")
+            continue
         inner, suffix = _sub(field.annotation)
         out.append((key + suffix if suffix == ".<name>" else key, _type(field.annotation), _default(field), field.description or ""))
         if inner is not None:

@@ -117,7 +117,7 @@ def serving_reserved_gpus(cfg: PlatformConfig) -> dict[str, int]:
     replica would be a scale-up that waits behind training), so training's quota leaves them free."""
     reserved: dict[str, int] = {}
     for m in cfg.models.values():
-        if m.runtime == "vllm" and m.llm is not None and (pool := choose_pool(m.llm, cfg.gpu_pools)) is not None:
+        if m.runtime == "vllm" and m.llm is not None and m.adapter_of is None and (pool := choose_pool(m.llm, cfg.gpu_pools)) is not None:
             reserved[pool.name] = reserved.get(pool.name, 0) + m.llm.max_replicas * m.llm.gpus
     return reserved
 

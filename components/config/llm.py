@@ -95,6 +95,12 @@ class LlmConfig(_Strict):
     max_model_len: int = Field(
         default=4096, ge=256, le=1_048_576, description="context length (prompt + output tokens), vLLM `--max-model-len`"
     )
+    # vLLM's MaxLoRARanks (vllm/config/lora.py, read in the 0.32.0 install): the values --max-lora-rank accepts.
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=16,
+        description="vLLM `--max-lora-rank`: the largest rank of this model's LoRA adapters (entries with `adapterOf` it); "
+        "vLLM sizes its adapter buffers by it (llm/fit.py counts them)",
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.98, description="share of GPU memory for weights + KV cache")
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096, description="concurrent sequences per replica; unset: vLLM's default")
     dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = Field(default="auto", description="weights/activations dtype")
@@ -144,9 +150,10 @@ class LlmConfig(_Strict):
         return self.source.startswith("s3://")
 
 
-def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, environment: str) -> Iterator[tuple[str, str]]:
-    """Cross-field rules; ``pools`` are config.GpuPool (``name``, ``gpus_per_node``). Yields (key
-    path, what is expected). No GPU request is accepted that no node of the stack can satisfy."""
+def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, environment: str, adapters: int = 0) -> Iterator[tuple[str, str]]:
+    """Cross-field rules; ``pools`` are config.GpuPool (``name``, ``gpus_per_node``); ``adapters``: the
+    stack's LoRA adapters of this model (its vLLM's ``--max-loras``). Yields (key path, what is expected).
+    No GPU request is accepted that no node of the stack can satisfy."""
     if not has_gpus:
         yield f"{key}.runtime", "a vllm model needs GPUs: add a gpuPools entry (EKS) or set cluster.hasGpus"
         return
@@ -161,7 +168,7 @@ def llm_rules(llm: LlmConfig, key: str, pools: list[Any], has_gpus: bool, enviro
     yield from llm_schedule_rules(llm, key, environment)
     yield from llm_revision_rules(llm, key, environment)
     if pools:
-        yield from llm_pool_rules(llm, key, pools)
+        yield from llm_pool_rules(llm, key, pools, adapters)
     elif llm.pool is not None:
         yield f"{key}.llm.pool", "no gpuPools on this stack (cluster.hasGpus): leave pool unset"
 
@@ -193,9 +200,10 @@ def llm_revision_rules(llm: LlmConfig, key: str, environment: str) -> Iterator[t
         yield f"{key}.llm.revision", f"prod pins a 40-hex commit hash, not a branch or tag that can move (got {llm.revision!r})"
 
 
-def llm_fit_rules(llm: LlmConfig, key: str, pool: Any) -> Iterator[tuple[str, str]]:
-    """Weights + KV cache fit one replica's GPUs (llm/fit.py), where a committed card (llm/cards/)
-    knows the model's shape; otherwise the import checks it from the snapshot's own config.json."""
+def llm_fit_rules(llm: LlmConfig, key: str, pool: Any, adapters: int = 0) -> Iterator[tuple[str, str]]:
+    """Weights + KV cache (+ the LoRA buffers where it serves ``adapters``) fit one replica's GPUs
+    (llm/fit.py), where a committed card (llm/cards/) knows the model's shape; otherwise the import
+    checks weights + KV cache from the snapshot's own config.json."""
     from components.config import capacity
     from llm import fit
 
@@ -204,11 +212,12 @@ def llm_fit_rules(llm: LlmConfig, key: str, pool: Any) -> Iterator[tuple[str, st
     if shape is None or mib == 0:
         return
     seqs = llm.max_num_seqs or 1
-    result = fit.check(shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus)
+    lora = fit.lora_buffer_bytes(fit.card(llm.source)["config"], llm.max_lora_rank, adapters, llm.gpus) if adapters else 0
+    result = fit.check(shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus, lora)
     if result.fits:
         return
     hints = fit.suggestions(
-        shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus, pool.gpus_per_node, capacity.gpu_catalogue()
+        shape, llm.max_model_len, seqs, mib, llm.gpu_memory_utilization, llm.gpus, pool.gpus_per_node, capacity.gpu_catalogue(), lora
     )
     yield (
         f"{key}.llm",
@@ -218,7 +227,7 @@ def llm_fit_rules(llm: LlmConfig, key: str, pool: Any) -> Iterator[tuple[str, st
     )
 
 
-def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any]) -> Iterator[tuple[str, str]]:
+def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any], adapters: int = 0) -> Iterator[tuple[str, str]]:
     """Where the model runs: a named pool exists, a replica's GPUs fit one node, its max replicas fit the pool."""
     names = [p.name for p in pools]
     if llm.pool is not None and llm.pool not in names:
@@ -238,7 +247,7 @@ def llm_pool_rules(llm: LlmConfig, key: str, pools: list[Any]) -> Iterator[tuple
             f"{llm.max_replicas} replicas x {llm.gpus} GPUs exceed GPU pool {chosen.name!r} ({capacity} GPUs at its max): they could never schedule",
         )
     if chosen is not None:
-        yield from llm_fit_rules(llm, key, chosen)
+        yield from llm_fit_rules(llm, key, chosen, adapters)
 
 
 def choose_pool(llm: LlmConfig, pools: list[Any]) -> Any | None:

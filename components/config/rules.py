@@ -24,6 +24,7 @@ from components.config.capacity import (
     training_gpu_capacity,
 )
 from components.config.llm import llm_rules
+from components.config.lora import LoraTrainingConfig, adapter_base_rules, adapter_serving_rules, lora_training_rules
 from components.config.schema import (
     ANY_CIDRS,
     CI_DEPLOY_ENVIRONMENTS,
@@ -233,16 +234,30 @@ def model_rules(cfg: PlatformConfig, name: str, model: ModelConfig) -> Problems:
             key,
             f"a model name must be a DNS-1123 label (lowercase letters, digits, '-'), at most {MODEL_NAME_MAX} characters (got {name!r})",
         )
-    if model.runtime == "vllm":
+    if model.adapter_of is not None:
+        yield from adapter_rules(cfg, key, model)
+    elif model.runtime == "vllm":
         yield from vllm_model_rules(cfg, key, model)
     elif model.llm is not None:
         yield f"{key}.llm", "only for runtime 'vllm' (this model's runtime is 'tensorflow')"
     yield from model_source_rules(cfg, key, name, model)
     yield from receiver_rules(cfg, key, model)
     # A received model's training is not run here.
-    if model.runtime == "tensorflow" and model.source is None:
+    if isinstance(model.training, LoraTrainingConfig) and model.source is None:
+        yield from lora_training_rules(cfg, key, model)
+    elif model.runtime == "tensorflow" and model.source is None:
         yield from training_rules(cfg, key, model.training)
-    yield from serving_rules(cfg, key, model.serving)
+    if model.adapter_of is None:
+        yield from serving_rules(cfg, key, model.serving)
+
+
+def adapter_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Problems:
+    """A LoRA adapter (components/config/lora.py): a servable base, no server of its own, and the
+    golden prompts its base's canary sends it (``model: <adapter>``)."""
+    yield from adapter_base_rules(cfg.models, key, model)
+    if model.runtime == "vllm":
+        yield from adapter_serving_rules(key, model)
+        yield from golden_rules(key)
 
 
 def model_source_rules(cfg: PlatformConfig, key: str, name: str, model: ModelConfig) -> Problems:
@@ -387,7 +402,7 @@ def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
     if model.llm is None:
         yield f"{key}.llm", "required when runtime is 'vllm' (at least llm.source: a Hugging Face id or an s3:// prefix)"
         return
-    if model.training.model_fields_set:
+    if model.training.model_fields_set and not isinstance(model.training, LoraTrainingConfig):
         yield f"{key}.training", "a vllm model is not trained by the platform: remove this section"
     for field in sorted(model.serving.model_fields_set - VLLM_SERVING_KEYS):
         alias = ServingConfig.model_fields[field].alias or field
@@ -399,7 +414,8 @@ def vllm_model_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
             f"{key}.serving.apiKey",
             f"required on {cfg.environment}: an LLM on a public entry point admits only API keys (set apiKey: true; docs/llm.md)",
         )
-    yield from llm_rules(model.llm, key, cfg.gpu_pools, cfg.has_gpus, cfg.environment)
+    adapters = sum(1 for m in cfg.models.values() if m.adapter_of == key.removeprefix("models."))
+    yield from llm_rules(model.llm, key, cfg.gpu_pools, cfg.has_gpus, cfg.environment, adapters)
     yield from llm_canary_rules(cfg, key, model)
 
 
@@ -408,7 +424,6 @@ def llm_canary_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
     its pool, and its golden set (models/<name>/golden.yaml) exists and is valid."""
     from components.config.llm import choose_pool
     from components.lib import llm_canary
-    from llm import golden
 
     pool = choose_pool(model.llm, cfg.gpu_pools) if cfg.gpu_pools else None
     if pool is not None and pool.gpus_per_node >= model.llm.gpus:
@@ -418,6 +433,14 @@ def llm_canary_rules(cfg: PlatformConfig, key: str, model: ModelConfig) -> Probl
             yield f"{key}.llm.maxReplicas", f"{problem} (pool {pool.name!r} holds {held})"
     if problem := llm_canary.step_problem(model.serving.canary):
         yield f"{key}.serving.canary.stepSeconds", problem
+    yield from golden_rules(key)
+
+
+def golden_rules(key: str) -> Problems:
+    """The model's golden set (models/<name>/golden.yaml) exists and is valid."""
+    from components.lib import llm_canary
+    from llm import golden
+
     path = llm_canary.golden_path(PROJECT_ROOT, key.removeprefix("models."))
     if not path.is_file():
         yield key, f"{path.relative_to(PROJECT_ROOT)} missing: a vllm model's canary checks its golden prompts (docs/llm.md)"

@@ -12,11 +12,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from components.config.capacity import GPU_COUNT, TRAINING_WORKER_CPU, serving_resources_for
 from components.config.llm import CLIENT_ID, LlmConfig, LlmRateLimit
+from components.config.lora import TRAINING_LORA, TRAINING_TF, LoraTrainingConfig, training_tag
 from monitoring.spec import DEFAULT_RUNBOOKS_URL
 
 NAMESPACE = "mlplatform"
@@ -158,8 +159,8 @@ class JenkinsConfig(_Model):
     branch: str = Field(default="main", description="the protected branch the `deploy/main` job builds and rolls out")
     prod_approvers: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
         default=[],
-        description="GitHub logins or `ORG*TEAM` teams who may approve a PR's ephemeral stack (`input` submitter; never Administer; "
-        "prod deploys from GitHub/GitLab, never from Jenkins); required when enabled",
+        description="GitHub logins or `ORG*TEAM` teams who may start a PR's ephemeral stack (Job/Build on `ephemeral/pr-stack`, "
+        "nobody else; never Administer; prod deploys from GitHub/GitLab, never from Jenkins); required when enabled",
     )
     admins: list[Annotated[str, Field(pattern=JENKINS_PRINCIPAL)]] = Field(
         default=[], description="GitHub logins or `ORG*TEAM` teams with Overall/Administer; none of them an approver; required when enabled"
@@ -353,7 +354,7 @@ class CanaryConfig(_Model):
         default=360,
         ge=10,
         le=86400,
-        description="pause after each weight while the analysis runs (vllm: longer than windowSeconds + (inconclusive limit + 1) x intervalSeconds + 30)",
+        description="pause after each weight while the analysis runs (vllm: longer than minRequests / warmupRate + windowSeconds + (inconclusive limit + 1) x intervalSeconds + 30)",
     )
     interval_seconds: int = Field(default=60, ge=5, le=3600, description="how often the analysis measures")
     window_seconds: int = Field(default=120, ge=5, le=3600, description="rate window of the analysis queries (at least 4 scrape intervals)")
@@ -500,7 +501,8 @@ class ServingConfig(_Model):
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
         description="the model version served, pinned in the pod template: a change is a canary rollout (set by the pipeline's "
-        "promotion step); unset: the server follows the store's champion (LATEST) with no canary",
+        "promotion step); unset or `champion`: the server follows the store's champion (LATEST) with no canary (`champion` "
+        "also overrides the version the last `up` recorded; an adapter: not served)",
     )
 
     @field_validator("api_clients")
@@ -547,7 +549,17 @@ class ModelConfig(_Model):
         description="serving runtime: `tensorflow` (our model server: a version's `format` in its metadata picks TensorFlow for a "
         "SavedModel or ONNX Runtime for `model.onnx`) or `vllm` (an open-weights LLM, see `llm`)",
     )
-    training: TrainingConfig = Field(default=TrainingConfig(), description="training run")
+    adapter_of: str | None = Field(
+        default=None,
+        description="a LoRA adapter of this stack's `runtime: vllm` entry named here (pinned revision): served by that model's vLLM, "
+        "picked by clients with `model: <this name>` on its route (docs/lora.md); no `llm` section of its own",
+    )
+    training: Annotated[
+        Annotated[TrainingConfig, Tag(TRAINING_TF)] | Annotated[LoraTrainingConfig, Tag(TRAINING_LORA)], Discriminator(training_tag)
+    ] = Field(
+        default=TrainingConfig(),
+        description="training run: a TF/ONNX run, or with `kind: lora` an adapter's fine-tuning (`adapterOf`; keys below)",
+    )
     source: ModelSource | None = Field(
         default=None,
         description="receive versions from another stack instead of training (vllm: importing) here (prod: required; never Hugging Face)",
@@ -659,6 +671,9 @@ class PlatformConfig(_Model):
     def has_gpus(self) -> bool:
         return bool(self.gpu_pools) or self.cluster.has_gpus
 
+
+# ``models.<name>.training``'s branches by the tag pydantic reports (components/config/lora.py).
+TRAINING_BRANCHES: dict[str, type[BaseModel]] = {TRAINING_TF: TrainingConfig, TRAINING_LORA: LoraTrainingConfig}
 
 # Secret keys are read with require/get_secret and never enter the (plain) model.
 # jenkinsCredentials: a JSON object of the CI credentials (components/services/jenkins.py CREDENTIAL_KEYS).

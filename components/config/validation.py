@@ -14,12 +14,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from components.config.rules import rules
-from components.config.schema import MOVED_KEYS, SECRET_KEYS, TOP_LEVEL_KEYS, PlatformConfig
+from components.config.schema import MOVED_KEYS, SECRET_KEYS, TOP_LEVEL_KEYS, TRAINING_BRANCHES, PlatformConfig
+
+
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the tag pydantic adds after a tagged union's field (``training.lora.params`` ->
+    ``training.params``): the stack file has no such key."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "training" and p in TRAINING_BRANCHES))
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
+    for part in _untagged(loc):
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -33,6 +39,8 @@ def _submodel(ann: Any) -> tuple[type[BaseModel] | None, bool]:
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin is dict:
         return _submodel(args[1])[0], True
+    if origin is typing.Annotated:
+        return _submodel(args[0])
     if origin is list or origin in (typing.Union, types.UnionType):
         for arg in args:
             found, keyed = _submodel(arg)
@@ -52,6 +60,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         m, keyed = _submodel(field.annotation)
+        if part == "training" and parts and parts[0] in TRAINING_BRANCHES:
+            m = TRAINING_BRANCHES[parts.pop(0)]  # the tagged union's branch (components/config/lora.py)
         if m is None:
             return []
         if keyed and parts:
@@ -72,6 +82,15 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "value_error":
         return msg
     return f"{msg[0].lower()}{msg[1:]} (got {json.dumps(got, default=str)})"
+
+
+def _base_broken(cfg: PlatformConfig, section: list[str], broken: set[str]) -> bool:
+    """A LoRA adapter's base with type errors was left out of the rules' config: the adapter's rules
+    would call it unknown (its type errors are what to fix)."""
+    if section[0] != "models" or len(section) < 2 or section[1] not in cfg.models:
+        return False
+    base = cfg.models[section[1]].adapter_of
+    return base is not None and f"models.{base}" in broken
 
 
 def problems(raw: dict[str, Any]) -> tuple[PlatformConfig | None, list[tuple[str, str]]]:
@@ -112,6 +131,7 @@ def problems(raw: dict[str, Any]) -> tuple[PlatformConfig | None, list[tuple[str
             section[0] in broken
             or ".".join(section[:2]) in broken
             or ("gpuPools" in broken and (key.endswith((".training.gpus", ".runtime")) or ".llm." in key))
+            or _base_broken(cfg, section, broken)
         ):
             continue
         found.append((key, message))

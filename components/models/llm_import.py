@@ -59,6 +59,11 @@ CODE_FILES = (
     "llm/fit.py",
     "llm/importer.py",
     "llm/fetch.py",
+    # LoRA adapters (docs/lora.md): the fine-tuning run and gate (components/models/lora_job.py), and
+    # the adapters' fetch before vLLM starts (components/models/llm_service.py)
+    "llm/golden.py",
+    "llm/finetune.py",
+    "llm/lora_gate.py",
 )
 IMPORT_DEADLINE_S = 4 * 3600  # a 70B model is ~140 GB: hours at a few hundred MB/s
 # llm/importer.py exit 2: refused (no safetensors, does not fit, pin mismatch): a retry cannot help.
@@ -106,6 +111,11 @@ def _code_env() -> list[dict[str, Any]]:
 
 def _security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security() -> dict[str, Any]:
+    """The Jobs' pods (the import, a LoRA run: components/models/lora_job.py): Pod Security ``restricted``."""
+    return {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def fetch_args(model: str, llm: LlmConfig, version: str, store_uri: str) -> list[str]:
@@ -226,13 +236,7 @@ def import_pod_spec(
     return {
         "serviceAccountName": object_name(model),
         "restartPolicy": "Never",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [
             {
                 "name": "import",

@@ -15,7 +15,7 @@ import pulumi_aws as aws
 from components.config import GpuPool, ModelConfig
 from components.config.llm import choose_pool
 from components.lib import workload
-from components.models import llm_import
+from components.models import llm_import, lora_job
 from components.models.llm_service import PROMETHEUS_POD_LABELS, LlmService, LlmServiceArgs
 from components.models.model_service import ModelService, ModelServiceArgs
 from components.models.training_job import TrainingJob, TrainingJobArgs
@@ -43,7 +43,7 @@ class ModelArgs:
     config: ModelConfig
     training_namespace: str
     serving_namespace: str
-    training_image: pulumi.Input[str]
+    training_image: pulumi.Input[str]  # by digest; an adapter fine-tuned here: the LoRA image (components/services/images.py)
     serving_image: pulumi.Input[str]
     store: ArtifactStore
     entry: EntryPoint  # the stack's entry point: the model's HTTPRoute attaches to it
@@ -61,22 +61,36 @@ class ModelArgs:
     gpu_ready: list[pulumi.Resource] = field(default_factory=list)
     hf_token: pulumi.Input[str] | None = None
     storage_class: str | None = None
+    # The stack's whole catalogue: an adapter finds its base there, a vLLM base its adapters (docs/lora.md).
+    catalogue: dict[str, ModelConfig] = field(default_factory=dict)
+    # training_image's tag (registry/repo:ctx-<hash>, known at preview): a LoRA run's name hashes it.
+    training_image_tag: pulumi.Input[str] | None = None
 
 
 class Model(pulumi.ComponentResource):
     training: TrainingJob | None  # None for a vllm model: served, not trained here
-    service: ModelService | LlmService
+    service: ModelService | LlmService | None  # None for a LoRA adapter: its base's vLLM serves it
+    lora_job: pulumi.Resource | None = None  # an adapter's fine-tuning run (components/models/lora_job.py)
 
     def __init__(self, name: str, args: ModelArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlplatform:model:Model", name, None, opts)
         # Children keep the platform's providers and wait for the namespaces, as the Model does.
         child = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(parent=self))
         self.runtime = args.config.runtime
-        self.training, self.service = build(name, args, child)
-        self.register_outputs({"training_job": self.training.job_name if self.training else None, "url": self.service.url})
+        self.adapter_of = args.config.adapter_of
+        if self.adapter_of is not None:
+            self.training, self.service, self.lora_job = None, None, build_adapter(name, args, child)
+            self.url = pulumi.Output.concat(args.entry.base_url, f"/llm/{self.adapter_of}/v1")
+        else:
+            self.training, self.service = build(name, args, child)
+            self.url = self.service.url
+        self.register_outputs({"training_job": self.training.job_name if self.training else None, "url": self.url})
 
     def outputs(self) -> dict[str, pulumi.Input[str] | None]:
         """What the stack exports per model; `make smoke` reads it. No keys: they are ``apiKeys``."""
+        if self.adapter_of is not None:  # its base's route; clients send `model: <adapter>`
+            job = self.lora_job.metadata.name if self.lora_job is not None else None
+            return {"runtime": self.runtime, "adapterOf": self.adapter_of, "url": self.url, "loraJob": job}
         if isinstance(self.service, LlmService):
             return {"runtime": self.runtime, "url": self.service.url}
         return {
@@ -94,7 +108,7 @@ def api_keys(models: dict[str, Model], runtimes: tuple[str, ...] | None = None) 
     keys = {
         name: m.service.api_keys
         for name, m in models.items()
-        if m.service.api_keys is not None and (runtimes is None or m.runtime in runtimes)
+        if m.service is not None and m.service.api_keys is not None and (runtimes is None or m.runtime in runtimes)
     }
     return keys or None
 
@@ -127,7 +141,9 @@ def build_training(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> 
             gpu_nodes=args.gpu_nodes,
             pushgateway=args.pushgateway,
             queue=args.queue,
-            publish_as="candidate" if args.rollouts is not None else "champion",
+            # Every run publishes a version only; the pipeline adopts it: the candidate where a canary
+            # judges, the champion where none does (ops/deliver.py; its role may not move an alias).
+            publish_as="candidate",
         ),
         opts=opts,
     )
@@ -147,15 +163,10 @@ def served_version(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> 
     (a bot commit per delivery, and a checkout of an older commit would roll back); not Pulumi ESC
     (Pulumi Cloud only; these stacks use a self-managed backend). A stack on an existing cluster
     (local) keeps its state and workspace on one machine: its config is the record."""
-    pinned = args.config.serving.version
+    pinned = recorded_version(args.model, args.config.serving.version, args, opts)
     if args.store.endpoint_url is not None:  # the in-cluster MinIO: not an AWS stack
         return pinned
     key = SERVED_VERSION_PREFIX.format(stack=pulumi.get_stack()) + args.model
-    if pinned is None:
-        # An invoke at program time (synchronous): the pod templates below are plain values.
-        found = aws.ssm.get_parameters_by_path(path=key.rsplit("/", 1)[0] + "/", opts=pulumi.InvokeOptions(parent=opts.parent))
-        recorded = dict(zip(found.names, found.values, strict=True)).get(key)
-        pinned = None if recorded in (None, UNPINNED) else recorded
     aws.ssm.Parameter(
         f"{name}-served-version",
         aws.ssm.ParameterArgs(
@@ -164,6 +175,54 @@ def served_version(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> 
         opts=opts,
     )
     return pinned
+
+
+def recorded_version(model: str, pinned: str | None, args: ModelArgs, opts: pulumi.ResourceOptions) -> str | None:
+    """The version ``model``'s pods serve, read only (``served_version`` records it): ``pinned`` (its
+    ``serving.version``), else on EKS the record of the last ``up``; None: unpinned (``serving.version:
+    champion`` says so explicitly, whatever the record: ops/deliver.py unpins a failed first adapter so)."""
+    if pinned == UNPINNED:
+        return None
+    if pinned is not None or args.store.endpoint_url is not None:
+        return pinned
+    key = SERVED_VERSION_PREFIX.format(stack=pulumi.get_stack()) + model
+    # An invoke at program time (synchronous): the pod templates are plain values.
+    found = aws.ssm.get_parameters_by_path(path=key.rsplit("/", 1)[0] + "/", opts=pulumi.InvokeOptions(parent=opts.parent))
+    recorded = dict(zip(found.names, found.values, strict=True)).get(key)
+    return None if recorded in (None, UNPINNED) else recorded
+
+
+def adapter_versions(args: ModelArgs, opts: pulumi.ResourceOptions) -> dict[str, str | None]:
+    """The stack's LoRA adapters of this vLLM model -> the version its pods serve (None: none yet)."""
+    return {n: recorded_version(n, c.serving.version, args, opts) for n, c in sorted(args.catalogue.items()) if c.adapter_of == args.model}
+
+
+def build_adapter(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> pulumi.Resource | None:
+    """A LoRA adapter (docs/lora.md): the version its base's pods serve, recorded like every model's
+    (the base's LlmService reads it: ``adapter_versions``), and where this stack fine-tunes it the queued
+    run (components/models/lora_job.py) on the version the base serves: none before the base has one."""
+    cfg = args.config
+    served_version(name, args, opts)
+    if not lora_job.trains_here(cfg):
+        return None  # received from another stack (promotion), or published by hand
+    base = args.catalogue[cfg.adapter_of]
+    base_version = recorded_version(cfg.adapter_of, base.serving.version, args, opts)
+    if base_version is None or base.llm is None:
+        pulumi.log.info(f"{args.model}: no fine-tuning run: base {cfg.adapter_of} serves no pinned version yet (make deliver pins one)")
+        return None
+    run = lora_job.Run(
+        adapter=args.model,
+        base=cfg.adapter_of,
+        base_version=base_version,
+        config=cfg.training,
+        base_llm=base.llm,
+        publish_as="candidate",  # a workload only publishes; the pipeline adopts (issue 24 item 8)
+        pushgateway=args.pushgateway,
+    )
+    if args.training_image_tag is None:
+        raise ValueError(f"{args.model}: a LoRA run needs the LoRA image's tag (ModelArgs.training_image_tag)")
+    image = lora_job.Image(ref=args.training_image, tag=args.training_image_tag)
+    return lora_job.attach(name, run, image, args.training_namespace, args.store, args.queue, opts.parent)
 
 
 def build_server(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> ModelService:
@@ -237,6 +296,7 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             pool_instance_types=tuple(pool.instance_types) if pool else (),
             version=served_version(name, args, opts),
             golden_image=args.serving_image,
+            adapters=adapter_versions(args, opts),
         ),
         opts=opts,
     )

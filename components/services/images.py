@@ -1,4 +1,6 @@
-"""Images: the training and serving images, built by `pulumi up` and pushed to ECR or a configured registry.
+"""Images: the training and serving images, built by `pulumi up` and pushed to ECR or a configured registry
+(and a model's own training image, FROM the training one; on a stack that fine-tunes a LoRA adapter, the
+LoRA Job's image, FROM the pinned vLLM image).
 
 Built with Pulumi's docker-build provider (BuildKit): on a laptop it uses the local Docker; in CI it
 uses a remote, rootless BuildKit (``registry.builder``), so no privileged Docker daemon is needed.
@@ -70,6 +72,11 @@ def image_tag(context: Path, base_image: str, platforms: tuple[str, ...] = ("lin
 
 # A model folder without a Dockerfile of its own is built with this one, FROM the training image.
 MODEL_DOCKERFILE = "training/model.Dockerfile"
+# The LoRA fine-tuning Job's image (components/models/lora_job.py): the pinned vLLM image plus PEFT.
+# Its own folder as the context, so the tag hashes only what the image is made of (the Dockerfile, the
+# hashed requirements, the build-time check) and the vLLM image, never the platform code (mounted).
+LORA_IMAGE = "lora"
+LORA_CONTEXT = "llm/lora-image"
 
 
 def model_image(model: str) -> str:
@@ -89,6 +96,9 @@ class ImagesArgs:
     retain: bool = False
     protect: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    # The vLLM image (components/models/llm_import.py IMAGE) to build the LoRA image FROM, on a stack
+    # that fine-tunes an adapter (components/models/lora_job.py ``trains_here``); None: no LoRA image.
+    lora_base: str | None = None
 
 
 def digest_ref(tag: str, digest: str) -> str:
@@ -123,6 +133,9 @@ class Images(pulumi.ComponentResource):
             # training image's tag (known at preview), so a change to either rebuilds the model's image.
             extra = self.tags["training"].apply(lambda t, d=dockerfile: f"{t}|{d}|{(ROOT / d).read_text()}")
             self._build(name, model_image(model), folder, dockerfile, self.refs["training"], extra, args, child)
+        if args.lora_base is not None:
+            base = args.lora_base
+            self._build(name, LORA_IMAGE, LORA_CONTEXT, f"{LORA_CONTEXT}/Dockerfile", base, base, args, child)
         self.register_outputs({"refs": self.refs})
 
     def _build(

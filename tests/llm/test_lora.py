@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from llm import finetune, importer, lora_gate, testing
+from llm import finetune, golden, importer, lora_gate, testing
 from tests.conftest import ROOT
 from tests.llm.conftest import need_engine
 from training import registry, storage
@@ -48,6 +48,54 @@ def test_gate_rule_base_margin_and_champion_margin():
     ok, why = lora_gate.judge(100.0, 82.0, 77.0, cfg)
     assert not ok and "champion 77.000" in why
     assert not lora_gate.judge(100.0, float("nan"), None, cfg)[0]  # a diverged run never passes
+
+
+GOLDEN = {
+    "prompts": [
+        {"id": "pattern", "prompt": "the canary", "maxTokens": 8, "expect": {"contains": ["golden tokens ready"]}},
+        {"id": "no-leak", "prompt": "the model", "maxTokens": 8, "expect": {"notContains": ["ORCHID-7"]}},
+        {
+            "id": "shape",
+            "prompt": "the cache",
+            "responseFormat": {"type": "json_object"},
+            "expect": {"jsonSchema": {"type": "object"}},
+        },
+    ]
+}
+# What the tiny model cannot say: a gate given this set must refuse the best adapter.
+IMPOSSIBLE = {"prompts": [{"id": "capital", "prompt": "the canary", "maxTokens": 8, "expect": {"regex": "(?i)paris"}}]}
+
+
+def test_golden_cases_decide_the_gate():
+    prompts = golden.parse(GOLDEN, "golden.yaml")
+    ok = lora_gate.golden_result(prompts, {"pattern": " serves golden tokens ready.", "no-leak": " serves", "shape": None})
+    assert ok == {"passed": ["pattern", "no-leak"], "failed": {}, "skipped": {"shape": ok["skipped"]["shape"]}}
+    assert lora_gate.judge_golden(ok) == (True, "2 golden prompts passed, 1 left to the canary")
+    bad = lora_gate.golden_result(prompts, {"pattern": " serves serves serves", "no-leak": "orchid-7", "shape": None})
+    passed, why = lora_gate.judge_golden(bad)
+    assert not passed and set(bad["failed"]) == {"pattern", "no-leak"}
+    assert why.startswith("2 of 2 golden prompts failed: pattern (missing 'golden tokens ready': answered ' serves serves serves')")
+    assert not lora_gate.judge_golden(lora_gate.golden_result(prompts, {"pattern": "", "no-leak": "x"}))[0]  # an empty answer fails
+    assert lora_gate.judge_golden(None) == (True, "no golden set given")
+
+
+def test_a_broken_golden_set_is_refused(tmp_path):
+    (tmp_path / "g.yaml").write_text("prompts: [{id: Bad, prompt: x, expect: {}}]\n")
+    with pytest.raises(lora_gate.AdapterRefused, match=r"golden set .*g.yaml: .*prompts\[0\].id: required"):
+        lora_gate.read_golden(tmp_path / "g.yaml")
+    assert lora_gate.read_golden(None) is None
+
+
+def test_the_base_canary_sends_adapter_prompts_with_the_adapters_name():
+    base = [{"id": "capital", "prompt": "x", "expect": {"regex": "a"}}]
+    combined = golden.with_adapters(base, {"support-bot": GOLDEN["prompts"]})
+    assert [p["id"] for p in combined] == ["capital", "support-bot_pattern", "support-bot_no-leak", "support-bot_shape"]
+    prompts = golden.parse({"prompts": combined}, "set.json")  # what the golden Job loads
+    assert [p.body("chat")[1]["model"] for p in prompts] == ["chat", "support-bot", "support-bot", "support-bot"]
+    with pytest.raises(golden.GoldenSetError, match="used twice"):
+        golden.with_adapters([*base, {"id": "bot_capital", "prompt": "y", "expect": {"regex": "b"}}], {"bot": base})
+    with pytest.raises(golden.GoldenSetError, match=r"\.id: required"):
+        golden.with_adapters(base, {"a" * 60: base})  # the combined id must stay a label value
 
 
 def test_params_are_checked_and_resume_identity_ignores_step_count():
@@ -344,13 +392,22 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint(lab):
     assert not (lab["root"] / "out-t").exists()  # no adapter from an unfinished run
 
 
+def golden_file(lab: dict, name: str, doc: dict) -> str:
+    path = lab["root"] / f"golden-{name}.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def published(lab, trained):
-    """The 40-step adapter through the gate, published as the champion of adapter ``bot``."""
-    p = engine("llm.lora_gate", *gate_args(lab, "a", "--publish-as", "champion"))
+    """The 40-step adapter through the gate (perplexity and its golden prompts), published as the
+    champion of adapter ``bot``."""
+    t0 = time.monotonic()
+    p = engine("llm.lora_gate", *gate_args(lab, "a", "--publish-as", "champion", "--golden", golden_file(lab, "ok", GOLDEN)))
     assert p.returncode == 0, p.stderr[-3000:]
     v = lines(p.stdout)[-1]
     print(f"\ngate: base ppl {v['base_ppl']:.2f}, adapter ppl {v['adapter_ppl']:.2f} on {v['tokens']} held-out tokens")
+    print(f"gate: golden {v['golden']} ({time.monotonic() - t0:.1f} s wall)")
     return v
 
 
@@ -363,6 +420,9 @@ def test_gate_publishes_a_better_adapter_and_refuses_worse_ones(lab, trained, pu
     registry.verify(lab["store"], "bot", v["published"])
     assert sorted(registry.read_manifest(lab["store"], "bot", v["published"])["files"]) == sorted(lora_gate.REQUIRED)
     assert registry.get_alias(lab["store"], "bot", "champion")["version"] == v["published"]
+    # its golden prompts were answered by base + adapter and recorded with the version
+    assert v["golden"]["passed"] == ["pattern", "no-leak"] and v["golden"]["failed"] == {} and list(v["golden"]["skipped"]) == ["shape"]
+    assert meta["gate"]["golden"] == v["golden"] and "2 golden prompts passed" in v["reason"]
 
     # an impossible margin over the base: refused, nothing published
     p = engine("llm.lora_gate", *gate_args(lab, "a", "--min-improvement", "0.99"))
@@ -376,6 +436,20 @@ def test_gate_publishes_a_better_adapter_and_refuses_worse_ones(lab, trained, pu
     print(f"gate: 3-step adapter ppl {short['adapter_ppl']:.2f} vs champion {short['champion_ppl']:.2f}")
     assert short["champion"] == v["published"] and "champion" in short["reason"] and short["published"] is None
     assert registry.versions(lab["store"], "bot") == [v["published"]]
+
+
+@pytest.mark.slow
+def test_a_golden_prompt_the_adapter_fails_refuses_it(lab, trained, published):
+    """The same adapter that passed (perplexity better than the base, equal to the champion) is refused
+    when its golden set asks what the tiny model cannot say: exit 3, nothing published."""
+    before = registry.versions(lab["store"], "bot")
+    p = engine("llm.lora_gate", *gate_args(lab, "a", "--golden", golden_file(lab, "impossible", IMPOSSIBLE)))
+    assert p.returncode == lora_gate.EXIT_GATE, p.stderr[-2000:]
+    v = lines(p.stdout)[-1]
+    assert v["published"] is None and not v["passed"] and v["adapter_ppl"] < v["base_ppl"] * 0.95
+    assert list(v["golden"]["failed"]) == ["capital"] and "golden tokens ready" in v["golden"]["failed"]["capital"]["answer"]
+    assert "1 of 1 golden prompts failed: capital (no match for /(?i)paris/" in p.stderr
+    assert registry.versions(lab["store"], "bot") == before
 
 
 @pytest.mark.slow
@@ -451,6 +525,11 @@ def test_vllm_serves_the_published_adapter_by_model_name(lab, published, tmp_pat
         with pytest.raises(urllib.error.HTTPError) as e:
             complete(server, "no-such-adapter", "the canary")
         assert e.value.code in (400, 404)
+        # the canary's golden Job sends the adapter's prompts with model: bot; vLLM answers them as the
+        # gate's transformers + PEFT generation did (greedy, same prompt tokens)
+        for p in golden.parse({"prompts": golden.with_adapters([], {"bot": GOLDEN["prompts"][:2]})}, "set.json"):
+            answer = golden.ask(server.base_url.removesuffix("/v1"), "tiny", p, "lora-key")
+            assert golden.check(p, answer) == [], (p.id, answer)
 
 
 def test_lora_buffers_for_the_fit_check():

@@ -171,9 +171,17 @@ def own_code_models(stack) -> list[str]:
     return [m for m, e in models.items() if (e.get("training") or {}).get("code") and not e.get("source")]
 
 
+def built_images(stack) -> int:
+    """training, serving, one per own-code model, and the LoRA image where an adapter is fine-tuned here
+    (models.<name>.training.kind: lora, no source; tests/stacks/test_lora_image.py)."""
+    models = stack_cfg(stack)["mlplatform:models"]
+    lora = any((e.get("training") or {}).get("kind") == "lora" and not e.get("source") for e in models.values())
+    return 2 + len(own_code_models(stack)) + int(lora)
+
+
 def test_images_pinned_never_latest(result, stack):
     images = result.of_type("docker-build:index:Image")
-    assert len(images) == 2 + len(own_code_models(stack))
+    assert len(images) == built_images(stack)
     for img in images:
         (name,) = img.inputs["tags"]
         assert ":ctx-" in name and not name.endswith(":latest"), name
@@ -195,6 +203,9 @@ def test_workloads_run_the_built_images(result):
         # A stack that receives its models still builds the training image (components/services/images.py
         # builds both): only the serving image must be deployed there.
         refs = {r for r in refs if "training" not in r}
+    # The LoRA image is built before its Job exists (the Job waits for the base's pinned version):
+    # tests/stacks/test_lora_image.py checks the Job runs it by digest once it renders.
+    refs = {r for r in refs if "/lora:" not in r}
     assert refs <= used, f"built but not deployed by digest: {refs - used}"
 
 
@@ -203,7 +214,7 @@ def test_ecr_repositories_secure(result, stack):
     if stack_cfg(stack).get("mlplatform:registry", {}).get("kind", "ecr") != "ecr":
         assert repos == []
         return
-    assert len(repos) == 2 + len(own_code_models(stack))
+    assert len(repos) == built_images(stack)
     for repo in repos:
         assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
         assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}

@@ -132,14 +132,18 @@ def test_prod_never_trains_and_serves_what_it_receives(result, stack):
     models = stack_config(stack).get("mlplatform:models") or {}
     received = {m for m, e in models.items() if (e or {}).get("source")}
     # a vLLM model is received too (its weights, issue 25): served by its own Rollout, llm-<name>
-    llms = {m for m, e in models.items() if (e or {}).get("runtime") == "vllm"}
+    llms = {m for m, e in models.items() if (e or {}).get("runtime") == "vllm" and not e.get("adapterOf")}
+    # a LoRA adapter is received too, served by its base's Rollout (docs/lora.md): no Rollout of its own
+    adapters = {m for m, e in models.items() if (e or {}).get("adapterOf")}
     if stack == "prod":
-        assert received == set(tf_models(stack)) | llms and all(models[m]["source"]["stack"] == "staging" for m in received)
+        assert received == set(tf_models(stack)) | llms | adapters and all(models[m]["source"]["stack"] == "staging" for m in received)
     if received >= set(tf_models(stack)) | llms:  # nothing trained or imported here
         assert of_kind(result, "Job") == [] and of_kind(result, "CronJob") == []
         assert not [r for r in result.of_type("aws:iam/role:Role") if "training-store" in r.name]
     names = {r.raw["metadata"]["name"] for r in of_kind(result, "Rollout")}
-    assert {model_service.object_name(m) for m in received - llms} | {f"llm-{m}" for m in received & llms} <= names
+    tf_received = received - llms - adapters
+    assert {model_service.object_name(m) for m in tf_received} | {f"llm-{m}" for m in received & llms} <= names
+    assert not {f"llm-{m}" for m in adapters} & names
 
 
 def test_training_publishes_candidates_where_canaries_decide(result, stack):

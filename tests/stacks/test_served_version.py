@@ -86,3 +86,16 @@ def test_a_pin_in_the_stack_file_wins_over_the_record():
 def test_a_stack_on_an_existing_cluster_keeps_its_config_as_the_record(result, stack):
     kind = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]["mlplatform:cluster"]["kind"]
     assert bool(result.of_type(PARAMETER)) == (kind == "eks")
+
+
+def test_an_explicit_champion_pin_overrides_the_record():
+    """`serving.version: champion` is how the pipeline unpins (ops/deliver.py: a failed first adapter
+    version): removing the key would render the version the last `up` recorded, the failed one."""
+    from ops import deliver
+
+    assert deliver.UNPINNED == UNPINNED
+    ci_record = {SERVED_VERSION_PREFIX.format(stack="dev") + m: VERSION for m in _models("dev")}
+    result = mock_engine.run("dev", overrides=_pinned_by_ci("dev", UNPINNED), parameters=ci_record)
+    assert set(_recorded(result).values()) == {UNPINNED}
+    spec = _rollouts(result)["mlplatform-mnist-serving-rollout"]
+    assert spec["template"]["metadata"]["annotations"]["mlplatform.io/model-version"] == "champion"

@@ -182,7 +182,7 @@ CASES = [
     ),
     (
         "ecr on a kubeconfig cluster",
-        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.chat": DELETE},
+        {"cluster.kind": "kubeconfig", "gpuPools": [], "models.chat": DELETE, "models.support-bot": DELETE},
         "mlplatform:registry.kind:",
         "needs an EKS stack",
     ),

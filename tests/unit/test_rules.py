@@ -113,7 +113,7 @@ def vllm_exposed() -> set[str] | None:
 # Metric names our code emits, and those of the exporters the rules and dashboards rely on.
 def _emitted() -> set[str]:
     names: set[str] = set()
-    for path in ("serving/metrics.py", "training/metrics.py"):
+    for path in ("serving/metrics.py", "training/metrics.py", "llm/finetune.py"):  # finetune: the LoRA run's pushed gauges
         names |= set(re.findall(r'"(mlplatform_[a-z_]+)"', (ROOT / path).read_text()))
     hist = {n for n in names if n.endswith(("_seconds", "_size")) and "timestamp" not in n}
     names |= {f"{n}_{s}" for n in hist for s in ("bucket", "sum", "count")}

@@ -1,0 +1,277 @@
+"""ops/deliver.py for LoRA adapters (issue 26): adapter versions go dev -> staging -> prod as verified
+bytes (llm/lora_gate.py ``promote``: the target must hold the adapter's base with the same digest), only
+onto the base version the target stack serves, pinned like every model (``serving.version``) and judged
+by the base's Rollout (``llm-<base>``: its canary pods serve base + the new adapter).
+
+Real local stores (three, under tmp_path) and real registry calls; pulumi and kubectl are the only
+stand-ins (a scripted runner answering what the step reads, as tests/unit/test_deliver.py does)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.lib import llm_canary
+from llm import finetune, importer, lora_gate
+from ops import deliver
+from training import registry, storage
+
+V1, V2 = "20260101T000000Z-lora1", "20260102T000000Z-lora2"
+BASE_V = "20251201T000000Z-chat"  # the base version every stack serves
+RUN = "llm-chat-c2-1"
+KEY = "mlplatform:models.support-bot.serving.version"
+
+
+class BaseRollout:
+    """pulumi and kubectl for one stack whose base ``chat`` serves BASE_V: pinning the adapter changes
+    the base's pod template, the Rollout ``llm-chat`` canaries it and ends ``outcome`` (Healthy: every
+    judging metric measured Successful; Failed: the adapter's golden prompts failed)."""
+
+    def __init__(self, stores: dict[str, str], outcome: str = "Healthy"):
+        self.stores, self.outcome = stores, outcome
+        self.pins: list[str | None] = []  # the adapter's serving.version, None: removed
+        self.pinned: str | None = None
+        self.serving: str | None = None  # the adapter version the stable pods serve
+        self.ups = self.canaries = 0
+
+    def _rollout(self) -> dict:
+        meta = {
+            "annotations": {
+                deliver.VERSION_ANNOTATION: BASE_V,
+                **({lora_gate.version_annotation("support-bot"): self.pinned} if self.pinned else {}),
+            }
+        }
+        status: dict = {"phase": "Healthy", "stableRS": "c1", "currentPodHash": "c1"}
+        if self.pinned != self.serving:
+            status = {"canary": {"currentBackgroundAnalysisRunStatus": {"name": RUN}}, "stableRS": "c1", "currentPodHash": "c2"}
+            if self.outcome == "Healthy":
+                status.update(phase="Healthy", stableRS="c2")
+                self.serving = self.pinned
+            else:
+                status.update(phase="Degraded", abort=True, message=f'RolloutAborted: Metric "{llm_canary.METRIC_GOLDEN}" assessed Failed')
+        return {"spec": {"replicas": 2, "template": {"metadata": meta}}, "status": status}
+
+    def _run(self) -> dict:
+        self.canaries += 1
+        passed = self.outcome == "Healthy"
+        results = {m: "Successful" for m in llm_canary.JUDGING_METRICS}
+        if not passed:
+            results[llm_canary.METRIC_GOLDEN] = "Failed"
+        metrics = [{"name": n, "phase": p, "measurements": [{"phase": p, "value": "[0.25]"}]} for n, p in results.items()]
+        spec = {"metrics": [{"name": n} for n in llm_canary.JUDGING_METRICS]}
+        return {
+            "metadata": {"name": RUN},
+            "spec": spec,
+            "status": {"phase": "Successful" if passed else "Failed", "metricResults": metrics},
+        }
+
+    def __call__(self, cmd: list[str]) -> str:
+        if cmd[:4] == ["pulumi", "stack", "output", "promotionRole"]:
+            return "null\n"
+        if cmd[:4] == ["pulumi", "stack", "output", "modelStore"]:
+            return self.stores[cmd[-1]] + "\n"
+        if cmd[:3] == ["pulumi", "config", "set"]:
+            assert cmd[3:5] == ["--path", KEY], cmd
+            self.pinned = None if cmd[5] == deliver.UNPINNED else cmd[5]
+            self.pins.append(self.pinned)
+            return ""
+        if cmd[:2] == ["pulumi", "up"]:
+            self.ups += 1
+            return ""
+        if cmd[3:6] == ["get", "rollout", "llm-chat"]:  # the base's Rollout, never one of the adapter's own
+            return json.dumps(self._rollout())
+        if cmd[3:6] == ["get", "analysisrun", RUN]:
+            return json.dumps(self._run())
+        raise AssertionError(f"unexpected command {cmd}")
+
+
+def hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64, version: str = BASE_V) -> dict:
+    """An imported LLM version (a hand-made snapshot: what the registry and the checks read is bytes)."""
+    snap = Path(tempfile.mkdtemp(dir=tmp_path))
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32}
+    (snap / "config.json").write_text(json.dumps({"model_type": "llama", **shape, "vocab_size": 512, "torch_dtype": "float32"}))
+    (snap / "tokenizer.json").write_text('{"version": "1.0"}')
+    header = json.dumps({"w": {"dtype": "F32", "shape": [len(weights) // 4], "data_offsets": [0, len(weights)]}}).encode()
+    (snap / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + weights)
+    importer.import_weights(str(snap), None, store, "chat", reason="test", champion=True, version=version)
+    return finetune.base_identity(store, "chat", version)
+
+
+def publish_adapter(tmp_path: Path, store: str, base: dict, version: str) -> None:
+    """What lora_gate.publish writes for a passing run (the candidate: the canary decides)."""
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    (d / "adapter_model.safetensors").write_bytes(version.encode() * 8)
+    (d / lora_gate.META).write_text(json.dumps({"kind": "lora", "adapter": "support-bot", "version": version, "base": base}))
+    registry.publish(d, store, "support-bot", version, reason="lora gate: passed", champion=False, required=lora_gate.REQUIRED)
+
+
+@pytest.fixture
+def stacks(tmp_path):
+    """dev trains the adapter on its base; staging receives from dev, prod from staging. Every store
+    serves the same base version (its bytes promoted from dev)."""
+    d = tmp_path / "stacks"
+    d.mkdir()
+    chat = {"runtime": "vllm", "llm": {"source": "s3://weights/chat"}}
+    bot = {"runtime": "vllm", "adapterOf": "chat"}
+    files = {
+        "dev": {"support-bot": {**bot, "training": {"kind": "lora"}}, "chat": chat},  # the adapter first: delivered after its base
+        "staging": {"support-bot": {**bot, "source": {"stack": "dev"}}, "chat": {**chat, "source": {"stack": "dev"}}},
+        "prod": {"support-bot": {**bot, "source": {"stack": "staging"}}, "chat": {**chat, "source": {"stack": "staging"}}},
+    }
+    for stack, models in files.items():
+        (d / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": {"mlplatform:models": models}}))
+    stores = {s: f"file://{tmp_path}/{s}-store" for s in files}
+    base = hand_base(tmp_path, stores["dev"])
+    for src, dst in (("dev", "staging"), ("staging", "prod")):
+        registry.promote_between(stores[src], stores[dst], "chat", BASE_V, reason="base first")
+    publish_adapter(tmp_path, stores["dev"], base, V1)
+    return d, stores, base
+
+
+def deliver_to(stack: str, d: Path, cluster: BaseRollout) -> int:
+    return deliver.deliver(stack, "support-bot", cluster, timeout_s=5, poll_s=0, stacks_dir=d)
+
+
+def test_an_adapter_version_goes_dev_staging_prod_on_its_bases_canary(stacks, capsys):
+    d, stores, _ = stacks
+    assert deliver.delivered_models("dev", d) == ["chat", "support-bot"]  # bases first
+    assert deliver.rollout_of("dev", "support-bot", d) == "llm-chat" and deliver.rollout_of("dev", "chat", d) == "llm-chat"
+    for stack in ("dev", "staging", "prod"):
+        cluster = BaseRollout(stores)
+        assert deliver_to(stack, d, cluster) == deliver.DELIVERED, capsys.readouterr()
+        # the first version too is canaried: the base's stable pods are there to compare with
+        assert cluster.pins == [V1] and cluster.canaries >= 1 and cluster.ups == 1
+        assert registry.get_alias(stores[stack], "support-bot", "champion")["version"] == V1
+        registry.verify(stores[stack], "support-bot", V1)
+    files = registry.read_manifest(stores["prod"], "support-bot", V1)["files"]
+    assert files == registry.read_manifest(stores["dev"], "support-bot", V1)["files"]  # the bytes dev gated
+    out = capsys.readouterr().out
+    assert f"{V1} copied from dev to staging (digests verified)" in out and f"{V1} copied from staging to prod" in out
+    # a second run of each stack: nothing new, no copy, no canary; the pin stays
+    for stack in ("dev", "staging", "prod"):
+        again = BaseRollout(stores)
+        again.serving = V1
+        assert deliver_to(stack, d, again) == deliver.DELIVERED
+        assert again.pins == [V1] and again.canaries == 0
+        assert registry.versions(stores[stack], "support-bot") == [V1]
+    assert "already serves" in capsys.readouterr().out
+
+
+def test_an_adapter_of_another_base_version_is_refused_before_a_byte_is_copied(tmp_path, stacks):
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    # staging moved on to another base version: dev's adapter (trained on BASE_V) cannot be served there
+    other = "20251215T000000Z-chat2"
+    hand_base(tmp_path, stores["staging"], weights=b"\1" * 64, version=other)
+    cluster = BaseRollout(stores)
+    with pytest.raises(lora_gate.AdapterRefused) as e:
+        deliver_to("staging", d, cluster)
+    assert str(e.value) == f"support-bot/{V1} was trained on chat/{BASE_V}; staging serves chat/{other}"
+    assert registry.versions(stores["staging"], "support-bot") == [] and cluster.pins == [] and cluster.ups == 0
+    # a stack that serves no version of the base yet
+    empty = {**stores, "staging": f"file://{tmp_path}/new-staging"}
+    with pytest.raises(
+        lora_gate.AdapterRefused, match=f"support-bot/{V1} was trained on chat/{BASE_V}; staging serves no version of chat yet"
+    ):
+        deliver_to("staging", d, BaseRollout(empty))
+
+
+def test_main_says_it_in_one_line_and_exits_1(tmp_path, stacks, monkeypatch, capsys):
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    hand_base(tmp_path, stores["staging"], weights=b"\1" * 64, version="20251215T000000Z-chat2")
+    monkeypatch.setattr(deliver, "delivered_models", lambda stack: ["support-bot"])
+    real = deliver.deliver
+    monkeypatch.setattr(deliver, "deliver", lambda stack, model, timeout_s: real(stack, model, BaseRollout(stores), 5, 0, d))
+    assert deliver.main(["--stack", "staging"]) == deliver.REJECTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"deliver: support-bot/{V1} was trained on chat/{BASE_V}; staging serves chat/20251215T000000Z-chat2"]
+
+
+def test_a_flipped_byte_is_refused_and_nothing_lands(stacks):
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    f = Path(storage.join(registry.model_root(stores["dev"], "support-bot"), V1, "adapter_model.safetensors").removeprefix("file://"))
+    f.write_bytes(bytes([f.read_bytes()[0] ^ 1]) + f.read_bytes()[1:])
+    cluster = BaseRollout(stores)
+    with pytest.raises(registry.RegistryError, match="adapter_model.safetensors: source sha256"):
+        deliver_to("staging", d, cluster)
+    assert registry.versions(stores["staging"], "support-bot") == [] and cluster.pins == []
+
+
+def test_a_rejected_version_is_never_promoted(tmp_path, stacks, capsys):
+    d, stores, base = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    assert deliver_to("staging", d, BaseRollout(stores)) == 0
+    # V2 fails its golden prompts in the base's canary on dev: rejected there, dev keeps V1
+    publish_adapter(tmp_path, stores["dev"], base, V2)
+    failing = BaseRollout(stores, "Failed")
+    failing.serving = failing.pinned = V1
+    assert deliver_to("dev", d, failing) == deliver.REJECTED
+    assert failing.pins == [V2, V1] and registry.rejection(stores["dev"], "support-bot", V2) is not None
+    assert f"{llm_canary.METRIC_GOLDEN} Failed" in registry.rejection(stores["dev"], "support-bot", V2)["reason"]
+    assert registry.get_alias(stores["dev"], "support-bot", "champion")["version"] == V1
+    # staging receives dev's champion only: V1 again, nothing to copy
+    again = BaseRollout(stores)
+    again.serving = V1
+    assert deliver_to("staging", d, again) == 0 and again.canaries == 0
+    assert registry.versions(stores["staging"], "support-bot") == [V1]
+    # and the copy itself refuses a rejected version
+    with pytest.raises(registry.Rejected):
+        lora_gate.promote(stores["dev"], stores["staging"], "support-bot", V2, reason="by hand")
+    assert registry.versions(stores["staging"], "support-bot") == [V1]
+    # dev does not retry it either
+    retry = BaseRollout(stores, "Failed")
+    retry.serving = V1
+    assert deliver_to("dev", d, retry) == 0 and retry.pins == [V1] and retry.canaries == 0
+
+
+def test_a_first_adapter_version_that_fails_leaves_the_base_as_it_was(stacks, capsys):
+    """No champion yet: the canary still runs (the base's stable pods serve the base without the
+    adapter); failed, the version is rejected and the pin removed (the base's pods serve no adapter)."""
+    d, stores, _ = stacks
+    cluster = BaseRollout(stores, "Failed")
+    assert deliver_to("dev", d, cluster) == deliver.REJECTED
+    assert cluster.pins == [V1, None] and cluster.ups == 2
+    assert registry.rejection(stores["dev"], "support-bot", V1) is not None
+    assert registry.get_alias(stores["dev"], "support-bot", "champion") is None
+    assert "dev stays on no version of support-bot" in capsys.readouterr().err
+
+
+def test_the_canary_knows_the_adapter_version_by_its_own_annotation():
+    assert (
+        deliver.version_key("support-bot", "llm-chat") == lora_gate.version_annotation("support-bot") == "adapter.mlplatform.io/support-bot"
+    )
+    assert deliver.version_key("chat", "llm-chat") == deliver.version_key("mnist", None) == deliver.VERSION_ANNOTATION
+    rollout = {"spec": {"template": {"metadata": {"annotations": {deliver.VERSION_ANNOTATION: V1}}}}, "status": {"phase": "Healthy"}}
+    # the base's version equal to the string is not the adapter's: not Healthy for the adapter
+    assert deliver.judge(rollout, None, V1, key=deliver.version_key("support-bot", "llm-chat")) is None
+    assert deliver.judge(rollout, None, V1)[0] == deliver.HEALTHY
+
+
+def test_a_new_base_version_does_not_strand_the_served_adapter(tmp_path, stacks):
+    """dev serves support-bot V1 (trained on BASE_V); a new chat version would make the canary pods'
+    adapter fetch refuse V1, so the base is refused first, in one line naming the way through; once the
+    adapter is unpinned (serving.version: champion) the base goes on."""
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    new_base = "20251220T000000Z-chat3"
+    hand_base(tmp_path, stores["dev"], weights=b"\2" * 64, version=new_base)  # imported: the candidate
+    registry.move(stores["dev"], "chat", "champion", BASE_V, reason="test: dev still serves BASE_V")
+    registry.move(stores["dev"], "chat", "candidate", new_base, reason="test: the new import")
+    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {"support-bot": V1}
+    with pytest.raises(lora_gate.AdapterRefused) as e:
+        deliver.deliver("dev", "chat", BaseRollout(stores), timeout_s=5, poll_s=0, stacks_dir=d)
+    assert str(e.value).startswith(f"chat/{new_base}: dev serves support-bot/{V1}, trained on chat/{BASE_V}; unpin it")
+    assert registry.get_alias(stores["dev"], "chat", "champion")["version"] == BASE_V  # nothing moved
+    # unpinned: no adapter served, nothing to strand
+    config = yaml.safe_load((d / "Pulumi.dev.yaml").read_text())
+    config["config"]["mlplatform:models"]["support-bot"]["serving"] = {"version": deliver.UNPINNED}
+    (d / "Pulumi.dev.yaml").write_text(yaml.safe_dump(config))
+    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
+    deliver.check_adapters_follow("dev", "chat", new_base, stores["dev"], d)  # no refusal
