@@ -30,6 +30,7 @@ import argparse
 import fnmatch
 import hashlib
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -149,8 +150,9 @@ def find(root: str, name: str, source: str, commit: str) -> str | None:
 
 
 def version_name(commit: str) -> str:
-    # Registry names sort by time (training/registry.py); the commit's head says what it is.
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{commit.removeprefix('tree-')[:12]}"
+    # Registry names sort by time (training/registry.py); the commit's head says what it is; the random
+    # part keeps the next import's name from being guessed (and its folder planted: issue 24 item 8).
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{commit.removeprefix('tree-')[:12]}-{secrets.token_hex(6)}"
 
 
 def import_weights(

@@ -44,6 +44,7 @@ import argparse
 import hashlib
 import json
 import math
+import secrets
 import sys
 import tempfile
 import time
@@ -314,7 +315,8 @@ def serve_args(adapters: dict[str, Path | str], max_rank: int, max_loras: int | 
 
 def version_name(run_dir: Path) -> str:
     h = hashlib.sha256((run_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{h}"
+    # time-sorted; the random part keeps the name from being guessed in advance (issue 24 item 8)
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{h}-{secrets.token_hex(6)}"
 
 
 def read_run(run_dir: Path, store: str, base: str, base_version: str) -> dict:

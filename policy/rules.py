@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from tools import iam_eval
+
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABELS = ("nvidia.com/gpu.present", "mlplatform.io/gpu-pool")
 ENV_LABEL = "mlplatform.io/environment"
@@ -686,12 +688,24 @@ def pushgateway_scrape_confined(r: Res) -> list[str]:
     return [] if keeps else ["the Pushgateway is scraped with honorLabels and no keep of its metric names: a push can forge any series"]
 
 
-# An S3 object ARN pattern: bucket and the key prefix before a trailing ``*``.
-_S3_WRITE = re.compile(r"^(arn:aws:s3:::[^/]+)/(.*)\*$")
-_MODEL_FOLDER = re.compile(r"^models/[a-z0-9][a-z0-9-]*/$")
-# The pipeline's own identity on receiving stacks moves candidate/aliases by design
-# (components/lib/promotion_iam.py, role mlplatform-<stack>-model-promoter).
+# An S3 object ARN: bucket, then key.
+_S3_OBJECT = re.compile(r"^arn:aws:s3:::([^/]+)/(.*)$")
+_NAMED_MODEL = re.compile(r"models/([a-z0-9][a-z0-9-]*)")
+# The pipeline's own identities move candidate/aliases by design: the promoter on receiving stacks
+# (components/lib/promotion_iam.py, role mlplatform-<stack>-model-promoter) and the CI deploy role's
+# own policy (components/cluster/ci_deploy_role.py, resource <platform>-ci-deploy-deploy: `make
+# deliver` adopts and promotes with it; its permission boundary is what bounds it).
 PIPELINE_POLICY_SUFFIX = "model-promoter-policy"
+PIPELINE_POLICY_SUFFIXES = (PIPELINE_POLICY_SUFFIX, "-ci-deploy-deploy")
+# AWS managed policies that allow s3:PutObject on every object of every bucket (AdministratorAccess:
+# * on *; PowerUserAccess: NotAction iam/organizations/account on *; AmazonS3FullAccess: s3:* on *).
+# Another managed ARN is not judged here; a customer-managed one is judged as its own Policy resource.
+S3_WRITING_MANAGED = frozenset({"AdministratorAccess", "PowerUserAccess", "AmazonS3FullAccess"})
+# What a publishing workload may never do under models/<m>/ (components/lib/iam.py _registry_guards).
+_POINTER_KEYS = ("aliases/x.json", "LATEST", "audit/x/1.json", "rejected/x.json")
+_PROBE_ACCOUNT = "000000000000"
+_PROBE_MODEL = "zz-probe-model"
+_CREATE = {"s3:if-none-match": "*"}
 
 
 def _policy_statements(r: Res) -> list[dict[str, Any]] | None:
@@ -709,50 +723,119 @@ def _listed(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def _puts(s: dict[str, Any]) -> bool:
-    return any(a in ("*", "s3:*", "s3:Put*", "s3:PutObject") for a in _listed(s.get("Action")))
-
-
-def _registry_writes(statements: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(bucket ARN, key prefix) of every allowed put whose resource covers part of ``models/``."""
+def _worst_case(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The statements as the rule evaluates them: every Allow as if its condition held, every Deny
+    only where its condition is on ``s3:if-none-match`` alone (the one key the probes set) or absent.
+    So a guard that depends on anything else does not count, and an Allow cannot hide behind one.
+    Condition keys are case-insensitive in AWS: spelled lowercase here, as the probes set them."""
     out = []
     for s in statements:
-        if s.get("Effect") == "Allow" and _puts(s):
-            for m in filter(None, (_S3_WRITE.match(res) for res in _listed(s.get("Resource")))):
-                if m.group(2).startswith("models/") or "models/".startswith(m.group(2)):
-                    out.append((m.group(1), m.group(2)))
+        condition = {op: {k.lower(): v for k, v in pairs.items()} for op, pairs in (s.get("Condition") or {}).items()}
+        keys = {k for pairs in condition.values() for k in pairs}
+        if s.get("Effect") == "Allow":
+            out.append({k: v for k, v in s.items() if k != "Condition"})
+        elif s.get("Effect") == "Deny" and keys <= {"s3:if-none-match"}:
+            out.append({**s, "Condition": condition} if condition else s)
     return out
 
 
-def registry_writers_guarded(r: Res) -> list[str]:
-    """A workload that publishes registry versions (training, the LLM import, fine-tuning) writes only
-    new version files: a role policy that allows puts under ``models/<m>/`` denies puts on ``aliases/``,
-    ``audit/``, ``LATEST`` and ``rejected/`` there, and any put without ``If-None-Match`` (issue 24
-    item 8; components/lib/iam.py ``_registry_guards``). Pointers move only by the pipeline's identity
-    (the promoter on receiving stacks), so a write to the whole registry is refused outright."""
-    if r.type not in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy") or r.name.endswith(PIPELINE_POLICY_SUFFIX):
-        return []
-    statements = _policy_statements(r)
-    if statements is None:
-        return []
-    denied = {
-        (res, json.dumps(s.get("Condition"), sort_keys=True))
-        for s in statements
-        if s.get("Effect") == "Deny" and _puts(s)
-        for res in _listed(s.get("Resource"))
-    }
-    no_condition = json.dumps(None)
-    create_only = json.dumps({"Null": {"s3:if-none-match": "true"}}, sort_keys=True)
+def _probe_buckets(statements: list[dict[str, Any]]) -> set[str]:
+    """The buckets a document names, and an instance of any bucket wildcard an Allow spans
+    (``*``, ``arn:aws:s3:::*``, a ``NotResource``)."""
+    buckets = set()
+    for s in statements:
+        for res in _listed(s.get("Resource")) + _listed(s.get("NotResource")):
+            m = _S3_OBJECT.match(res) or re.match(r"^arn:aws:s3:::([^/]+)$", res)
+            bucket = m.group(1) if m else "*"
+            if s.get("Effect") == "Allow" or not re.search(r"[*?]", bucket):
+                buckets.add(re.sub(r"[*?]", "probe", bucket))
+        if "NotResource" in s:
+            buckets.add("probe")
+    return buckets
+
+
+def _probe_models(statements: list[dict[str, Any]]) -> set[str]:
+    """The models a document names, a name each of them prefixes, and one it does not name: a
+    wildcard that reaches past the named folders (``models/*``, ``models/mnist*``) is seen writing
+    the probe's."""
+    named = {m for s in statements for res in _listed(s.get("Resource")) for m in _NAMED_MODEL.findall(res)}
+    return named | {f"{m}-{_PROBE_MODEL}" for m in named} | {_PROBE_MODEL}
+
+
+def _pointer_keys(statements: list[dict[str, Any]], model: str) -> list[str]:
+    """Keys of the pipeline's under ``models/<model>/``: one of each kind (``aliases/``, ``LATEST``,
+    ``audit/``, ``rejected/``), and every key there an Allow of the document names in one of them (its
+    wildcards filled in), so an exact ``aliases/champion.json`` is probed as written."""
+    keys = list(_POINTER_KEYS)
+    for s in statements:
+        for res in _listed(s.get("Resource")) if s.get("Effect") == "Allow" else []:
+            m = _S3_OBJECT.match(res)
+            key = re.sub(r"[*?]", "x", m.group(2)) if m else ""
+            rest = key.removeprefix(f"models/{model}/")
+            if rest != key and rest.startswith(("aliases/", "audit/", "rejected/", "LATEST")) and rest not in keys:
+                keys.append(rest)
+    return keys
+
+
+def _registry_findings(statements: list[dict[str, Any]]) -> list[str]:
+    """Evaluated with tools/iam_eval.py (the AWS logic: explicit deny wins, actions case-insensitive,
+    wildcards, NotAction/NotResource) on probe puts in every models/<m>/ the document reaches."""
+    principal = iam_eval.Principal(arn=f"arn:aws:iam::{_PROBE_ACCOUNT}:role/probe", policies=[json.dumps({"Statement": statements})])
+
+    def put(bucket: str, key: str, ctx: dict[str, str]) -> bool:
+        req = iam_eval.Request("s3:PutObject", f"arn:aws:s3:::{bucket}/{key}", _PROBE_ACCOUNT, context=dict(ctx))
+        return iam_eval.allowed(principal, req)
+
     out = []
-    for bucket, prefix in _registry_writes(statements):
-        if not _MODEL_FOLDER.match(prefix):
-            out.append(f"allows puts on {bucket}/{prefix}*, more than one model's folder of the registry")
-            continue
-        missing = [k for k in ("aliases/*", "audit/*", "LATEST", "rejected/*") if (f"{bucket}/{prefix}{k}", no_condition) not in denied]
-        if (f"{bucket}/{prefix}*", create_only) not in denied:
-            missing.append("puts without If-None-Match")
-        if missing:
-            out.append(f"writes {prefix} of the registry without denying {', '.join(missing)}: pointers move only by the pipeline")
+    for bucket in sorted(_probe_buckets(statements)):
+        for model in sorted(_probe_models(statements)):
+            folder = f"models/{model}/"
+            if _PROBE_MODEL in model and put(bucket, f"{folder}v/f", _CREATE):
+                out.append(f"allows puts on {bucket}/{folder}: a wildcard reaches models it does not name")
+                continue
+            bad = [k for k in _pointer_keys(statements, model) if put(bucket, folder + k, _CREATE) or put(bucket, folder + k, {})]
+            bad += ["v/f without If-None-Match"] if put(bucket, f"{folder}v/f", {}) else []
+            if bad:
+                out.append(f"allows puts on {bucket}/{folder}{{{', '.join(bad)}}}: pointers move only by the pipeline")
+    return out
+
+
+def _managed_s3_writers(r: Res) -> list[str]:
+    arns: list[Any] = []
+    for key in ADMIN_ATTACHMENTS.get(r.type, ()):
+        arns += _listed(r.props.get(key))
+    return [
+        str(a).rsplit("/", 1)[-1]
+        for a in arns
+        if str(a).startswith("arn:aws:iam::aws:policy/") and str(a).rsplit("/", 1)[-1] in S3_WRITING_MANAGED
+    ]
+
+
+def _is_boundary(r: Res) -> bool:
+    """The deploy boundary (components/lib/iam.py ``deploy_boundary_policy``): a ceiling, no grant
+    (its Allow of * on * lets the roles it bounds keep what their own policies give them)."""
+    return r.type == "aws:iam/policy:Policy" and str(r.props.get("name") or r.name).endswith(BOUNDARY_SUFFIX)
+
+
+def registry_writers_guarded(r: Res) -> list[str]:
+    """No identity but the pipeline's may move what is served: a role policy (inline, managed, or a
+    role's inline/managed list) that allows any put in ``models/<m>/`` must deny puts on its
+    ``aliases/``, ``audit/``, ``LATEST`` and ``rejected/`` and any put without ``If-None-Match``, and
+    may not reach a model's folder it does not name (issue 24 item 8; components/lib/iam.py
+    ``_registry_guards``). Judged by evaluating probe requests, not by matching the guards' text; an
+    attached AWS managed policy that writes every bucket (AmazonS3FullAccess, PowerUserAccess,
+    AdministratorAccess) is refused outright. The pipeline's own identities are exempt."""
+    if r.name.endswith(PIPELINE_POLICY_SUFFIXES) or _is_boundary(r):
+        return []
+    managed = _managed_s3_writers(r)
+    out = [f"attaches {name}: puts anywhere in the registry, pointers included" for name in managed]
+    docs = [r.props.get("policy")] if r.type in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy") else []
+    if r.type == "aws:iam/role:Role":
+        docs += [p.get("policy") for p in r.props.get("inlinePolicies") or [] if isinstance(p, dict)]
+    for doc in docs:
+        statements = _policy_statements(Res(r.type, {"policy": doc}))
+        if statements:
+            out += _registry_findings(_worst_case(statements))
     return out
 
 

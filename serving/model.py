@@ -124,7 +124,7 @@ def fetch_dir(uri: str, dest: Path) -> Path:
             # Dot-files in a local store are its own, not objects (lock files, writes in progress):
             # skipped as training/storage.py list_names skips them.
             names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
-            targets = _targets(uri, dest, names)
+            targets = _targets(uri, dest, _listed_only(uri, names, lambda rel: (src / rel).read_bytes()))
             for rel, target in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src / rel, target)
@@ -136,7 +136,9 @@ def fetch_dir(uri: str, dest: Path) -> Path:
                 for obj in page.get("Contents", [])
                 if not obj["Key"].endswith("/")  # "folder" markers some tools create: no bytes
             ]
-            targets = _targets(uri, dest, [k[len(prefix) :] for k in keys])
+            names = [k[len(prefix) :] for k in keys]
+            read = lambda rel: s3.get_object(Bucket=bucket, Key=prefix + rel)["Body"].read()  # noqa: E731
+            targets = _targets(uri, dest, _listed_only(uri, names, read))
             for rel, target in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, prefix + rel, str(target))
@@ -147,6 +149,24 @@ def fetch_dir(uri: str, dest: Path) -> Path:
     if not targets:
         raise ModelLoadError("download", f"{uri}: no objects", transient=True)
     return dest
+
+
+def _listed_only(uri: str, names: list[str], read) -> list[str]:
+    """The version's files as its manifest lists them (and the manifest): a key added to a complete
+    version's folder afterwards is not part of it (the registry's create-only guard lets a workload add
+    one, not change one: issue 24 item 8), so it is left behind rather than refusing the version. Without
+    a readable manifest, every name: ``integrity.verify_dir`` then says what is wrong."""
+    if integrity.MANIFEST not in names:
+        return names
+    try:
+        files = json.loads(read(integrity.MANIFEST))["files"]
+        if not isinstance(files, dict):
+            return names
+    except (ValueError, KeyError, TypeError, OSError):
+        return names
+    if extra := sorted(set(names) - set(files) - {integrity.MANIFEST}):
+        log.warning("%s: not in its manifest, not fetched: %s", uri, ", ".join(extra[:5]))
+    return [n for n in names if n in files or n == integrity.MANIFEST]
 
 
 def _targets(uri: str, dest: Path, names: list[str]) -> dict[str, Path]:

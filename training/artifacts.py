@@ -5,12 +5,13 @@ manifest next (each a conditional create), then, for a run that serves at once (
 run), the aliases and ``LATEST`` (moved forward only, by compare-and-swap), so a reader that follows
 ``LATEST`` only ever finds complete versions. A run published as a candidate (every platform Job and
 CronJob) adds the version only: the pipeline adopts it (``registry.adopt``, ops/deliver.py), and the
-run's role may not move an alias (issue 24 item 8). Versions sort by time (``YYYYmmddTHHMMSSZ-<id>``).
+run's role may not move an alias (issue 24 item 8). Versions sort by time (``YYYYmmddTHHMMSSZ-<id>-<random>``).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def model_root(root: str, name: str) -> str:
 
 
 def new_version(run_id: str, now: float | None = None) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{run_id[:12]}"
+    """``YYYYmmddTHHMMSSZ-<run>-<random>``: sorts by time; the random part keeps a future name from
+    being guessed (the Job's name and the second are: something planted under a guessed name would
+    collide with the real run's files, issue 24 item 8)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{run_id[:12]}-{secrets.token_hex(6)}"
 
 
 def publish(local_dir: Path, root: str, name: str, version: str, reason: str = "published by training", champion: bool = True) -> str:

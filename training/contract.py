@@ -29,6 +29,7 @@ Environment (the platform sets these; a local run may set any of them by hand):
 ``MLPLATFORM_STORE``        model store root: versions go to <store>/models/<name>/<version>/
                             (``TRAIN_OUTPUT``, then ``MLPLATFORM_MODEL_STORE``, when it is unset)
 ``TRAIN_CHECKPOINT_DIR``    per-run checkpoint directory (path or s3://); a restart resumes
+``JOB_UID``                 the Job's UID: a platform Job's checkpoint directory must end with it
 ``TRAIN_MODEL_NAME``        the model's name in the store (default: the code's own)
 ``TRAIN_EPOCHS``            hyperparameters common to all models ...
 ``TRAIN_BATCH_SIZE``        ... per device: the global batch is this x replicas
@@ -211,6 +212,23 @@ def _store(env: Mapping[str, str]) -> str:
         storage.check_writable(uri)
     except storage.BadURI as exc:
         raise ContractError(f"store: {exc}") from None
+    return uri
+
+
+def checked_checkpoint_dir(uri: str | None, job_uid: str | None) -> str | None:
+    """``uri`` (TRAIN_CHECKPOINT_DIR), checked. A platform Job keys it by its UID (``job_uid``, JOB_UID:
+    components/models/training_job.py), which no earlier run can guess, unlike a CronJob's next Job
+    name: a run that could write a checkpoint where a later run looks would choose the weights it
+    resumes from. A Job whose UID is empty (its pod lacks the label) or not the directory's last part
+    is refused (ContractError); a local run (no JOB_UID) names its directory as it likes."""
+    if not uri or job_uid is None:
+        return uri or None
+    uid = job_uid.strip()
+    if not uid or uri.rstrip("/").rsplit("/", 1)[-1] != uid:
+        raise ContractError(
+            f"TRAIN_CHECKPOINT_DIR {uri!r} is not keyed by this Job's UID ({uid or 'empty: the pod has no controller-uid label'}): "
+            "refusing a checkpoint another run could have written"
+        )
     return uri
 
 
@@ -458,6 +476,7 @@ class Run:
         self.cluster = cluster or clusters.from_env()
         self.cpu_devices = cpu_devices
         self._strategy = None
+        checkpoint_dir = checked_checkpoint_dir(checkpoint_dir, os.environ.get("JOB_UID"))
         self.checkpoint = Checkpoint(checkpoint_dir, writer=self.cluster.is_chief) if checkpoint_dir else None
         self.verdict = None  # the gate's decision (training/gate.py), once gate_passes ran
         from training.metrics import TrainingMetrics, WorkerMetrics
@@ -506,7 +525,7 @@ class Run:
             ),
             output=_store(env),
             data=env.get("TRAIN_DATA") or None,
-            checkpoint_dir=env.get("TRAIN_CHECKPOINT_DIR") or None,
+            checkpoint_dir=checked_checkpoint_dir(env.get("TRAIN_CHECKPOINT_DIR"), env.get("JOB_UID")),
             pushgateway=env.get("TRAIN_PUSHGATEWAY") or None,
             run_id=env.get("TRAIN_RUN_ID") or env.get("JOB_NAME") or None,
             seed=env_int(env, "TRAIN_SEED", 42, ContractError),

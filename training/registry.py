@@ -26,8 +26,11 @@ versions only, every file and the manifest as a conditional create (``publish(ad
 role is denied everything else here: ``aliases/``, ``audit/``, ``LATEST``, ``rejected/``, any overwrite
 and any delete (components/lib/iam.py ``_registry_guards``). The pipeline, with the deploy identity,
 adopts what they published (``adopt``: the newest version newer than the champion whose gate passed on
-record and that is not rejected becomes the candidate, or the champion where no canary judges) and moves
-every alias after that (ops/deliver.py). A local run with a person's identity adopts its own version.
+record, that is not rejected and whose name is no later than its manifest's store-set LastModified becomes
+the candidate, or the champion where no canary judges) and moves every alias after that (ops/deliver.py).
+A local run with a person's identity adopts its own version. A key in a version's folder that its
+manifest does not list is not part of the version: ``verify`` warns, ``fetch`` and ``copy_version``
+never read it.
 
 A rejected version (a failed canary, a rollback away from it, ``reject``) is final in its store: it
 never becomes champion or candidate again and is never copied to another store. A rollback rejects
@@ -195,11 +198,19 @@ def add_version(local_dir: Path, root: str, name: str, version: str, required: t
 
 
 def read_manifest(root: str, name: str, version: str) -> dict:
+    """``version``'s manifest; RegistryError when it has none or one that is not ``{"files": {path:
+    {"sha256": ..., ...}}}`` (whoever may create keys could write a malformed one)."""
     _check_version(version)
     try:
-        return json.loads(storage.read_text(storage.join(model_root(root, name), version, MANIFEST)))
+        manifest = json.loads(storage.read_text(storage.join(model_root(root, name), version, MANIFEST)))
     except FileNotFoundError:
         raise RegistryError(f"{name}/{version}: no such complete version in {root} (no {MANIFEST})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{name}/{version}: {MANIFEST} is not JSON") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(w, dict) and isinstance(w.get("sha256"), str) for w in files.values()):
+        raise RegistryError(f"{name}/{version}: {MANIFEST} lists no files as {{path: {{sha256, size}}}}")
+    return manifest
 
 
 def _files(manifest: dict, where: str) -> dict[str, dict]:
@@ -244,16 +255,23 @@ def _read_checked(root: str, name: str, version: str, problems: list[str]) -> It
         yield rel, data
 
 
-def verify(root: str, name: str, version: str) -> None:
-    """Every file of ``version`` is present with its manifest digest, and nothing was added. Raises VerifyError."""
+def verify(root: str, name: str, version: str) -> list[str]:
+    """Every file of ``version`` is present with its manifest digest; raises VerifyError. Returns the
+    keys in its folder that its manifest does not list, logged as a warning: they are not part of the
+    version (``fetch`` and ``copy_version`` read only listed keys) and must not make it unusable, since
+    a role that may create keys could add one to any version and block a rollback to it (issue 24 item 8)."""
     problems: list[str] = []
     for _ in _read_checked(root, name, version, problems):
         pass
-    listed = set(read_manifest(root, name, version)["files"])
-    extra = sorted(set(storage.list_names(storage.join(model_root(root, name), version))) - listed - {MANIFEST})
-    problems += [f"{rel} not in the manifest" for rel in extra]
     if problems:
         raise VerifyError(f"{name}/{version}", problems)
+    listed = set(read_manifest(root, name, version)["files"])
+    extra = sorted(set(storage.list_names(storage.join(model_root(root, name), version))) - listed - {MANIFEST})
+    if extra:
+        log.warning(
+            "%s/%s: %d key(s) not in the manifest, not part of the version, ignored: %s", name, version, len(extra), ", ".join(extra[:5])
+        )
+    return extra
 
 
 def fetch(root: str, name: str, version: str, dest: Path) -> Path:
@@ -503,11 +521,15 @@ def gate_record(root: str, name: str, version: str) -> str | None:
     return f"no gate record ({' or '.join(GATE_RECORDS)})"
 
 
-def adoptable(root: str, name: str, version: str, now: float | None = None) -> str | None:
-    """Why the pipeline must not adopt ``version``, or None: its name carries a time that is not in the
-    future (a name that sorts after every real one would stop every later version: forward only), it
-    is not rejected, and its gate passed on record. (Its files are checked against its manifest by the
-    move itself: ``adopt`` skips a version that fails.)"""
+def _name_time(root: str, name: str, version: str, now: float | None) -> str | None:
+    """Why ``version``'s name is not an honest time, or None. The time that counts is when the version
+    was completed: its manifest's LastModified, which the store sets and the writer cannot. A name for a
+    time after that (beyond the clock skew) is refused for good, not only while that time is in the
+    future: a workload could otherwise plant a version that the pipeline adopts hours later, after the
+    workload is gone, ahead of every real version published in between. A name earlier than its
+    completion is normal (the name is taken before the upload, which may take minutes)."""
+    if not _VERSION_RE.match(version):
+        return "not a valid version name (letters, digits, '.', '_' and '-' only)"
     m = _TIMED_RE.match(version)
     if m is None:
         return "not a time-sorted version name (YYYYmmddTHHMMSSZ-<id>)"
@@ -517,6 +539,19 @@ def adoptable(root: str, name: str, version: str, now: float | None = None) -> s
         return f"{m.group(1)} is not a time"
     if stamp > (time.time() if now is None else now) + CLOCK_SKEW_S:
         return f"named for a time in the future ({m.group(1)})"
+    completed = storage.modified(storage.join(model_root(root, name), version, MANIFEST))
+    if stamp > completed + CLOCK_SKEW_S:
+        return f"named for {when(stamp)} but completed at {when(completed)} (its {MANIFEST}): a name after its completion is refused"
+    return None
+
+
+def adoptable(root: str, name: str, version: str, now: float | None = None) -> str | None:
+    """Why the pipeline must not adopt ``version``, or None: its name is a time not after its completion
+    (``_name_time``; a name that sorts after every real one would stop every later version: forward
+    only), it is not rejected, and its gate passed on record. (Its files are checked against its
+    manifest by the move itself: ``adopt`` skips a version that fails.)"""
+    if why := _name_time(root, name, version, now):
+        return why
     if mark := rejection(root, name, version):
         return f"rejected ({describe_rejection(mark)})"
     return gate_record(root, name, version)
@@ -534,7 +569,11 @@ def adopt(root: str, name: str, *, champion: bool, reason: str) -> dict | None:
     floor = max(filter(None, [current.get("champion"), latest(root, name) if champion else current.get("candidate")]), default="")
     skipped: dict[str, str] = {}
     for version in reversed([v for v in versions(root, name) if v > floor]):
-        if why := adoptable(root, name, version):
+        try:
+            why = adoptable(root, name, version)
+        except RegistryError as exc:  # e.g. an unreadable manifest: not this one, an older one may do
+            why = str(exc)
+        if why:
             skipped[version] = why
             log.warning("%s/%s not adopted: %s", name, version, why)
             continue
@@ -544,7 +583,9 @@ def adopt(root: str, name: str, *, champion: bool, reason: str) -> dict | None:
                 if current.get(alias) is None or version > current[alias]:
                     move(root, name, alias, version, reason=reason, forward_only=True, expect=current.get(alias))
                     moved.append(alias)
-        except VerifyError as exc:  # its files differ from its manifest: nothing moved, an older one may do
+        except AliasConflict:
+            raise
+        except RegistryError as exc:  # its files differ from its manifest: nothing moved, an older one may do
             skipped[version] = str(exc)
             log.warning("%s/%s not adopted: %s", name, version, exc)
             continue

@@ -216,6 +216,22 @@ def list_names(uri: str) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def modified(uri: str) -> float:
+    """When ``uri`` was last written, as a Unix time, set by the store and not by the writer (S3: the
+    object's LastModified; a local store: the file's mtime). FileNotFoundError when it does not exist."""
+    scheme, bucket, key = parse(uri)
+    if scheme == "s3":
+        from botocore.exceptions import ClientError
+
+        try:
+            return _s3().head_object(Bucket=bucket, Key=key)["LastModified"].timestamp()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from None
+            raise
+    return Path(key).stat().st_mtime
+
+
 def exists(uri: str) -> bool:
     try:
         read_bytes(uri)

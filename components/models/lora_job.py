@@ -47,7 +47,7 @@ from components.config.lora import LoraTrainingConfig
 from components.config.schema import PROJECT_ROOT
 from components.lib import workload
 from components.models import llm_import
-from components.models.training_job import store_prefixes
+from components.models.training_job import JOB_UID_ENV, JOB_UID_LABEL, store_prefixes
 from components.services import kueue
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
 
@@ -98,7 +98,7 @@ def finetune_args(adapter: str, base: str, base_version: str, cfg: LoraTrainingC
     p = cfg.params
     args = ["-m", "llm.finetune", "--store", store_uri, "--base", base, "--base-version", base_version, "--name", adapter]
     args += ["--data", _data_path("data", cfg.data), "--out", RUN_DIR]
-    args += ["--checkpoint", f"{store_uri}/checkpoints/{adapter}/$(JOB_NAME)"]
+    args += ["--checkpoint", f"{store_uri}/checkpoints/{adapter}/$({JOB_UID_ENV})"]
     args += ["--steps", str(p.steps), "--batch-size", str(p.batch_size), "--seq-len", str(p.seq_len)]
     args += ["--learning-rate", f"{p.learning_rate:g}", "--rank", str(p.rank), "--alpha", str(p.alpha), "--dropout", f"{p.dropout:g}"]
     return [*args, "--target-modules", ",".join(p.target_modules)]
@@ -151,6 +151,9 @@ def run_name(run: Run, code_map: str, data_map: str, image_tag: str) -> str:
 def _env(run: Run, store_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     env = [
         {"name": "JOB_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
+        # The checkpoints are keyed by the Job's UID, not its name: a name can be guessed in advance and a
+        # hostile run could plant a checkpoint a later run resumes from (components/models/training_job.py).
+        {"name": JOB_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}},
         {"name": "PYTHONPATH", "value": llm_import.CODE_DIR},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "HOME", "value": "/scratch"},

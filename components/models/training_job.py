@@ -32,6 +32,9 @@ WORKER_PORT = 2222
 # multi-worker run pins its pods' ephemeral range (net.ipv4.ip_local_port_range, a namespaced sysctl Pod
 # Security allows) and its NetworkPolicies open that range between its own workers, nothing else.
 COLLECTIVE_PORTS = (33000, 33999)
+# The Job controller labels each pod with its Job's UID (Kubernetes 1.27+); the pod reads it as JOB_UID.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_UID_ENV = "JOB_UID"
 
 
 def workers_service(model: str) -> str:
@@ -66,12 +69,15 @@ def train_env(
     model: str, cfg: TrainingConfig, store_uri: str, pushgateway: str | None, publish_as: str = "champion"
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        # The run id and checkpoint dir follow the Job that owns the pod (also for CronJob runs).
+        # The run id follows the Job that owns the pod (also for CronJob runs).
         {"name": "JOB_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
+        # The checkpoint dir follows the Job's UID, which no earlier run can know: a CronJob's next Job
+        # name can be guessed, so a run could plant a checkpoint that the next run resumes from.
+        {"name": JOB_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}},
         # The store root; the trainer publishes under <root>/models/<model name>/ (the model's prefix).
         {"name": "TRAIN_OUTPUT", "value": store_uri},
         {"name": "TRAIN_MODEL_NAME", "value": model},
-        {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/{model}/$(JOB_NAME)"},
+        {"name": "TRAIN_CHECKPOINT_DIR", "value": f"{store_uri}/checkpoints/{model}/$({JOB_UID_ENV})"},
         {"name": "TRAIN_EPOCHS", "value": str(cfg.epochs)},
         # candidate: the run never moves the champion; a canary does (ops/deliver.py, README "Model delivery").
         {"name": "TRAIN_PUBLISH_AS", "value": publish_as},

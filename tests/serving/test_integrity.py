@@ -147,16 +147,20 @@ def test_the_server_check_agrees_with_the_registry(bad_store, tmp_path):
         registry.verify(f"file://{root}", "mnist", "v2")
     with pytest.raises(integrity.Unverified, match="variables.data"):
         integrity.verify_dir(fetched("v2"), "v2")
-    # a file added beside the manifest's is refused by both
+    # a file added beside the manifest's: not part of the version, for the registry and the server alike
     shutil.copytree(root / "models" / "mnist" / "v1", root / "models" / "mnist" / "v7")
     (root / "models" / "mnist" / "v7" / "saved_model" / "evil.py").write_text("print('hi')")
     manifest = json.loads((root / "models" / "mnist" / "v7" / registry.MANIFEST).read_text())
     manifest["version"] = "v7"
     (root / "models" / "mnist" / "v7" / registry.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(registry.VerifyError, match="evil.py"):
-        registry.verify(f"file://{root}", "mnist", "v7")
+    # the registry: a key its manifest does not list is not part of the version (a warning, issue 24 item 8)
+    assert registry.verify(f"file://{root}", "mnist", "v7") == ["saved_model/evil.py"]
+    integrity.verify_dir(fetched("v7"), "v7")  # fetched without it (the manifest's keys only)
+    assert not (tmp_path / "v7" / "saved_model" / "evil.py").exists()
+    # a folder that does hold a file its manifest does not list is still refused (what loads is what was listed)
+    (tmp_path / "v7" / "saved_model" / "evil.py").write_text("print('hi')")
     with pytest.raises(integrity.Unverified, match="evil.py not in the manifest"):
-        integrity.verify_dir(fetched("v7"), "v7")
+        integrity.verify_dir(tmp_path / "v7", "v7")
 
 
 @pytest.mark.parametrize("key", ["../escape", "a/../../escape", "/etc/passwd", "a//b", "./a", "a\\..\\b"])
@@ -195,3 +199,32 @@ def test_s3_fetch_refuses_traversal_keys_and_writes_nothing(tmp_path, monkeypatc
             model_lib.fetch_dir("s3://models/root/models/mnist/v9", dest)
     assert info.value.reason == "unsafe_key" and not info.value.transient
     assert list(tmp_path.rglob("*.txt")) == [] and list(tmp_path.rglob("metadata.json")) == []
+
+
+def test_a_key_added_to_a_complete_version_is_left_behind_by_the_server(tmp_path):
+    """A workload may create a new key in a published version's folder (create-only, issue 24 item 8):
+    the server fetches the manifest's files only, so a rollback to that version still serves."""
+    import shutil as _shutil
+
+    from training import registry as _registry
+
+    src = tmp_path / "v"
+    (src / "saved_model").mkdir(parents=True)
+    (src / "saved_model" / "saved_model.pb").write_bytes(b"graph")
+    (src / "model.keras").write_bytes(b"keras")
+    (src / "metadata.json").write_text("{}")
+    root = f"file://{tmp_path / 'store'}"
+    _registry.add_version(src, root, "m", "20260101T000000Z-a-0123456789ab")
+    folder = tmp_path / "store" / "models" / "m" / "20260101T000000Z-a-0123456789ab"
+    (folder / "zz").write_text("planted")
+    (folder / "saved_model" / "evil.py").write_text("print('hi')")
+    got = model_lib.fetch_dir(f"{root.removeprefix('file://')}/models/m/20260101T000000Z-a-0123456789ab", tmp_path / "fetched")
+    assert not (got / "zz").exists() and not (got / "saved_model" / "evil.py").exists()
+    integrity.verify_dir(got, "v")  # exactly the manifest's files
+    # a listed file changed is still refused
+    (folder / "model.keras").write_bytes(b"other")
+    _shutil.rmtree(tmp_path / "fetched2", ignore_errors=True)
+    with pytest.raises(integrity.Unverified, match="model.keras does not match"):
+        integrity.verify_dir(
+            model_lib.fetch_dir(f"{root.removeprefix('file://')}/models/m/20260101T000000Z-a-0123456789ab", tmp_path / "fetched2"), "v"
+        )

@@ -11,7 +11,7 @@ import pytest
 
 from components.lib import iam
 from policy import rules
-from tools import mock_engine
+from tools import iam_eval, mock_engine
 
 GITHUB = "arn:aws:iam::{}:oidc-provider/token.actions.githubusercontent.com"
 
@@ -207,47 +207,153 @@ def _store_policies(result) -> list[rules.Res]:
     return [r for r in _res(result) if r.type == "aws:iam/rolePolicy:RolePolicy" and r.name.endswith("-store-policy")]
 
 
+def _publishes(policy: rules.Res, model: str) -> bool:
+    """Whether the document lets its role create a version file in ``models/<model>/`` (evaluated)."""
+    doc = json.loads(policy.props["policy"])
+    bucket = next(s for s in doc["Statement"] if s.get("Sid") == "List")["Resource"]
+    principal = iam_eval.Principal("arn:aws:iam::000000000000:role/r", [policy.props["policy"]])
+    req = iam_eval.Request("s3:PutObject", f"{bucket}/models/{model}/v1/f", "000000000000", context={"s3:if-none-match": "*"})
+    return iam_eval.allowed(principal, req)
+
+
 def test_every_rendered_registry_writer_is_guarded(dev):
     rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
-    writers = [p for p in _store_policies(dev) if rules._registry_writes(rules._policy_statements(p))]
+    policies = _store_policies(dev)
+    writers = {p.name for p in policies if _publishes(p, p.name.removeprefix("mlplatform-").split("-training")[0].split("-import")[0])}
     # every workload that publishes on dev: the TF/ONNX trainings and the LLM import
-    assert {p.name for p in writers} >= {"mlplatform-mnist-training-store-policy", "mlplatform-chat-import-store-policy"}
-    assert [(p.name, rule(p)) for p in writers if rule(p)] == []
+    assert writers >= {"mlplatform-mnist-training-store-policy", "mlplatform-chat-import-store-policy"}
+    assert [(p.name, rule(p)) for p in policies if rule(p)] == []
+
+
+def _mnist_training(dev) -> tuple[rules.Res, dict, str]:
+    (policy,) = [p for p in _store_policies(dev) if p.name == "mlplatform-mnist-training-store-policy"]
+    doc = json.loads(policy.props["policy"])
+    return policy, doc, next(s for s in doc["Statement"] if s["Sid"] == "List")["Resource"]
 
 
 @pytest.mark.parametrize(
     ("sid", "expected"),
     [
-        ("NoPointers", "without denying aliases/*, audit/*, LATEST: pointers move only by the pipeline"),
-        ("NoRejections", "without denying rejected/*"),
-        ("CreateOnly", "without denying puts without If-None-Match"),
+        ("NoPointers", "{aliases/x.json, LATEST, audit/x/1.json}: pointers move only by the pipeline"),
+        ("NoRejections", "{rejected/x.json}"),
+        ("CreateOnly", "{v/f without If-None-Match}"),
     ],
 )
 def test_planted_training_role_that_can_move_pointers_is_caught(dev, sid, expected):
     """Item 8: without each guard, code a training run executes could move champion/LATEST (what the
     servers follow), write a rejection, or replace a published version's files."""
     rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
-    (policy,) = [p for p in _store_policies(dev) if p.name == "mlplatform-mnist-training-store-policy"]
-    doc = json.loads(policy.props["policy"])
+    policy, doc, bucket = _mnist_training(dev)
     doc["Statement"] = [s for s in doc["Statement"] if s.get("Sid") != sid]
     policy.props["policy"] = json.dumps(doc)
     (found,) = rule(policy)
-    assert found.startswith("writes models/mnist/ of the registry") and expected in found
+    assert found == f"allows puts on {bucket.removeprefix('arn:aws:s3:::')}/models/mnist/{expected}" or (
+        found.startswith(f"allows puts on {bucket.removeprefix('arn:aws:s3:::')}/models/mnist/") and expected in found
+    )
+
+
+def _planted(bucket: str) -> dict[str, list[dict]]:
+    """The review's cases (issue 24 item 8 attack review): each Allow beside the rendered guards (or
+    the guards rewritten) must still be seen, by evaluation, not by the text of the guards."""
+    allow = {"Effect": "Allow", "Resource": f"{bucket}/models/*"}
+    return {
+        "exact alias key": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket}/models/mnist/aliases/champion.json"}],
+        "alias key by wildcard": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket}/models/mnist/alias*"}],
+        "mid wildcard": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket}/*/aliases/*"}],
+        "action wildcard": [{**allow, "Action": "s3:PutObj*"}],
+        "NotAction": [{**allow, "NotAction": "s3:DeleteObject"}],
+        "lowercase action": [{**allow, "Action": "s3:putobject"}],
+        "every bucket": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        "NotResource": [{"Effect": "Allow", "Action": "s3:PutObject", "NotResource": f"{bucket}/checkpoints/*"}],
+        "another model by prefix": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket}/models/mnist*"}],
+        "another named model": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket}/models/mnist-torch/*"}],
+        "allow under a condition": [{**allow, "Action": "s3:PutObject", "Condition": {"StringEquals": {"aws:PrincipalTag/x": "never"}}}],
+    }
+
+
+# Beside the rendered guards these two are denied (an explicit Deny wins): no violation there.
+_DENIED_BESIDE_GUARDS = {"exact alias key", "alias key by wildcard"}
+
+
+@pytest.mark.parametrize("case", list(_planted("b")))
+def test_planted_registry_write_is_caught(dev, case):
+    """Each case as the review planted it (the whole document), and beside the rendered guards."""
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    policy, doc, bucket = _mnist_training(dev)
+    assert rule(policy) == []  # control: the rendered document passes
+    planted = _planted(bucket)[case]
+    assert rule(rules.Res(policy.type, {"policy": json.dumps({"Statement": planted})}, name="planted")), case
+    doc["Statement"] += planted
+    policy.props["policy"] = json.dumps(doc)
+    assert bool(rule(policy)) is (case not in _DENIED_BESIDE_GUARDS), case
+
+
+@pytest.mark.parametrize(
+    ("lost", "condition"),
+    [
+        # a guard that holds only under another key, or spelled in lowercase, is judged as AWS would
+        ("NoPointers", {"StringEquals": {"aws:PrincipalTag/team": "ml"}}),
+        ("CreateOnly", {"Null": {"s3:if-none-match": "false"}}),
+    ],
+)
+def test_planted_guard_that_does_not_apply_is_caught(dev, lost, condition):
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    policy, doc, _ = _mnist_training(dev)
+    for s in doc["Statement"]:
+        if s.get("Sid") == lost:
+            s["Condition"] = condition
+    policy.props["policy"] = json.dumps(doc)
+    assert rule(policy)
+
+
+def test_guards_spelled_otherwise_still_count(dev):
+    """Evaluation, not text: lowercase actions and a wildcard action in the guards deny the same."""
+    rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
+    policy, doc, _ = _mnist_training(dev)
+    for s in doc["Statement"]:
+        if s["Effect"] == "Deny":
+            s["Action"] = ["s3:put*"]
+    policy.props["policy"] = json.dumps(doc)
+    assert rule(policy) == []
+
+
+@pytest.mark.parametrize(
+    ("type_", "props"),
+    [
+        ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", {"role": "r", "policyArn": "arn:aws:iam::aws:policy/AmazonS3FullAccess"}),
+        ("aws:iam/role:Role", {"name": "r", "managedPolicyArns": ["arn:aws:iam::aws:policy/PowerUserAccess"]}),
+        (
+            "aws:iam/role:Role",
+            {
+                "name": "r",
+                "inlinePolicies": [
+                    {"name": "p", "policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})}
+                ],
+            },
+        ),
+    ],
+)
+def test_planted_registry_writer_by_another_route_is_caught(type_, props):
+    assert rules.RESOURCE_RULES["registry-writers-guarded"][0](rules.Res(type_, props, name="planted"))
 
 
 def test_planted_writer_of_the_whole_registry_is_caught(dev):
     rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
-    (policy,) = [p for p in _store_policies(dev) if p.name == "mlplatform-mnist-training-store-policy"]
-    doc = json.loads(policy.props["policy"])
-    bucket = next(s for s in doc["Statement"] if s["Sid"] == "List")["Resource"]
+    policy, doc, bucket = _mnist_training(dev)
     doc["Statement"].append({"Effect": "Allow", "Action": "s3:*", "Resource": f"{bucket}/*"})
     policy.props["policy"] = json.dumps(doc)
-    assert rule(policy) == [f"allows puts on {bucket}/*, more than one model's folder of the registry"]
+    name = bucket.removeprefix("arn:aws:s3:::")
+    assert f"allows puts on {name}/models/zz-probe-model/: a wildcard reaches models it does not name" in rule(policy)
 
 
-def test_the_pipelines_promoter_may_move_pointers():
-    """The receiving stacks' promoter is the pipeline's identity: it writes candidate and audit there."""
+def test_the_pipelines_identities_may_move_pointers(prod_ci):
+    """The receiving stacks' promoter and the CI deploy role are the pipeline's identities: they write
+    candidate, aliases and audit. The exemption is what lets them pass (renamed, they are caught); the
+    deploy boundary grants nothing and is not judged."""
     rule = rules.RESOURCE_RULES["registry-writers-guarded"][0]
     (promoter,) = [r for r in _res(mock_engine.run("staging")) if r.name == "mlplatform-model-promoter-policy"]
-    assert rules._registry_writes(rules._policy_statements(promoter))  # it does write the registry
-    assert rule(promoter) == []
+    (deploy,) = [r for r in _res(prod_ci) if r.type == "aws:iam/rolePolicy:RolePolicy" and r.name.endswith("-ci-deploy-deploy")]
+    for identity in (promoter, deploy):
+        assert rule(identity) == []
+        assert rule(rules.Res(identity.type, identity.props, name="renamed"))
+    assert [(r.name, rule(r)) for r in _res(prod_ci) if rule(r)] == []

@@ -68,7 +68,10 @@ def test_the_fine_tuning_job_is_queued_like_training_on_the_bases_served_version
     assert cmd[:3] == ["python3", "-m", "llm.finetune"]
     assert cmd[cmd.index("--base") + 1] == "chat" and cmd[cmd.index("--base-version") + 1] == BASE_V
     store = cmd[cmd.index("--store") + 1]
-    assert cmd[cmd.index("--checkpoint") + 1] == f"{store}/checkpoints/support-bot/$(JOB_NAME)"  # a retried pod resumes
+    # a retried pod resumes; keyed by the Job's UID, which no earlier run can guess
+    assert cmd[cmd.index("--checkpoint") + 1] == f"{store}/checkpoints/support-bot/$(JOB_UID)"
+    env = {e["name"]: e for e in pod["initContainers"][0]["env"]}
+    assert env["JOB_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
     assert cmd[cmd.index("--rank") + 1] == "8" and cmd[cmd.index("--target-modules") + 1] == "q_proj,k_proj,v_proj,o_proj"
     g = gate["command"]
     assert g[:4] == ["python3", "-m", "llm.lora_gate", "gate"] and g[g.index("--base-version") + 1] == BASE_V

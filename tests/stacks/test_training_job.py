@@ -243,3 +243,27 @@ def test_model_image_tag_follows_its_folder_and_the_training_image(tmp_path, mon
     assert a != images.image_tag(folder, "training:ctx-2|training/model.Dockerfile|FROM")  # a new training image rebuilds it
     (folder / "train.py").write_text("print('v2')\n")
     assert a != images.image_tag(folder, "training:ctx-1|training/model.Dockerfile|FROM")  # so does a change to its code
+
+
+def test_checkpoints_are_keyed_by_the_jobs_uid_not_its_guessable_name():
+    """A CronJob's next Job name can be guessed: a run that planted ``checkpoints/<model>/<that name>/state.json``
+    chose the weights the next run resumed from (issue 24 item 8 review). The directory is the Job's UID,
+    which the Job controller labels every pod with and no earlier run can know."""
+    import re
+    import uuid
+
+    from components.models.training_job import train_env
+
+    env = train_env("mnist", TrainingConfig(schedule="0 3 * * *"), "s3://b", None)
+    names = [e["name"] for e in env]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["JOB_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}
+    assert names.index("JOB_UID") < names.index("TRAIN_CHECKPOINT_DIR")  # Kubernetes expands $(VAR) of earlier entries only
+
+    def pod_dir(job_name: str) -> str:  # what the pod sees: the kubelet expands $(VAR)
+        pod = {"JOB_NAME": job_name, "JOB_UID": str(uuid.uuid4())}
+        return re.sub(r"\$\((\w+)\)", lambda m: pod[m.group(1)], by_name["TRAIN_CHECKPOINT_DIR"]["value"])
+
+    planted = "s3://b/checkpoints/mnist/train-mnist-28999999"  # the next scheduled Job's name, guessed
+    ours = pod_dir("train-mnist-28999999")
+    assert ours.startswith("s3://b/checkpoints/mnist/") and ours != planted and ours != pod_dir("train-mnist-28999999")

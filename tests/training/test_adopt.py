@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,44 @@ def test_a_version_without_a_passing_gate_or_with_a_forged_name_is_not_adopted(t
     out = registry.adopt(root, "mnist", champion=True, reason="pipeline")
     assert out["version"] is None and why in out["skipped"][version]
     assert _aliases(root) == {"candidate": V1, "champion": V1} and registry.latest(root, "mnist") == V1
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def test_a_version_named_after_its_completion_is_never_adopted(tmp_path, root, monkeypatch):
+    """The review's time bomb: a hostile run names its version an hour ahead with a forged gate record.
+    Skipped now as "in the future", it must also be skipped once that hour has passed (the hostile run
+    long gone): its manifest, whose time the store sets, says when it was really completed."""
+    now = time.time()
+    old, bomb, legit = _stamp(now - 7200) + "-legit0", _stamp(now + 3600) + "-evil", _stamp(now) + "-legit1"
+    _publish(tmp_path, root, old, PASSED)
+    registry.adopt(root, "mnist", champion=True, reason="first")
+    _publish(tmp_path, root, bomb, PASSED)
+    _publish(tmp_path, root, legit, PASSED)
+    out = registry.adopt(root, "mnist", champion=True, reason="pipeline")
+    assert out["version"] == legit and "in the future" in out["skipped"][bomb]
+    monkeypatch.setattr(time, "time", lambda: now + 7200)  # two hours later
+    out = registry.adopt(root, "mnist", champion=True, reason="pipeline, later")
+    assert out["version"] is None and "a name after its completion is refused" in out["skipped"][bomb]
+    assert _aliases(root) == {"candidate": legit, "champion": legit, "previous": old} and registry.latest(root, "mnist") == legit
+
+
+def test_a_malformed_version_or_manifest_is_skipped_not_fatal(tmp_path, root):
+    """One bad entry (a name ``_VERSION_RE`` refuses, a manifest that is not one) must not stop adoption,
+    nor the delivery of every model after it (ops/deliver.py)."""
+    _publish(tmp_path, root, V1, PASSED)
+    base = registry.model_root(root, "mnist")
+    bad_name = _stamp(time.time() - 60) + "-a b"
+    storage.write_if(storage.join(base, bad_name, registry.MANIFEST), b"{}", None)
+    bad_manifest = _stamp(time.time() - 30) + "-list"
+    storage.write_if(storage.join(base, bad_manifest, "metadata.json"), json.dumps({"gate": PASSED}).encode(), None)
+    storage.write_if(storage.join(base, bad_manifest, registry.MANIFEST), json.dumps({"files": ["metadata.json"]}).encode(), None)
+    out = registry.adopt(root, "mnist", champion=False, reason="pipeline")
+    assert out["version"] == V1 and set(out["skipped"]) == {bad_name, bad_manifest}
+    assert "not a valid version name" in out["skipped"][bad_name] and "lists no files" in out["skipped"][bad_manifest]
+    assert _aliases(root) == {"candidate": V1}
 
 
 def test_a_version_whose_files_changed_is_not_adopted(tmp_path, root):

@@ -213,3 +213,17 @@ def test_allow_signature_change_from_the_contract_variable():
     assert Run.from_env("m", gate=Gate("acc", 0.5), env={}).allow_signature_change is False
     with pytest.raises(ContractError, match="TRAIN_ALLOW_SIGNATURE_CHANGE must be 1 or 0"):
         Run.from_env("m", gate=Gate("acc", 0.5), env={"TRAIN_ALLOW_SIGNATURE_CHANGE": "maybe"})
+
+
+def test_a_platform_jobs_checkpoint_dir_must_be_keyed_by_its_uid(tmp_path):
+    """A Job's checkpoint directory ends with its UID (components/models/training_job.py): one that does
+    not, or a UID the pod could not read (no label: an empty value), would be a directory an earlier
+    run could have guessed and filled; refused before any training. A local run names its own."""
+    uid = "0f6c1d2e-7a4b-4c3d-9e8f-1a2b3c4d5e6f"
+    env = {"TRAIN_OUTPUT": f"file://{tmp_path}", "TRAIN_CHECKPOINT_DIR": f"{tmp_path}/ckpt/mnist/{uid}", "JOB_UID": uid}
+    assert contract.Run.from_env("m", gate=contract.Gate("auc", 0.5), env=env).checkpoint.uri.endswith(uid)
+    for bad in ({"JOB_UID": ""}, {"TRAIN_CHECKPOINT_DIR": f"{tmp_path}/ckpt/mnist/train-mnist-28999999"}):
+        with pytest.raises(contract.ContractError, match="not keyed by this Job's UID"):
+            contract.Run.from_env("m", gate=contract.Gate("auc", 0.5), env={**env, **bad})
+    local = {"TRAIN_OUTPUT": f"file://{tmp_path}", "TRAIN_CHECKPOINT_DIR": str(tmp_path / "mine")}
+    assert contract.Run.from_env("m", gate=contract.Gate("auc", 0.5), env=local).checkpoint.uri == str(tmp_path / "mine")

@@ -64,7 +64,7 @@ def test_versions_are_immutable(tmp_path, root):
     registry.verify(root, "mnist", v(1))  # the first upload is untouched
 
 
-@pytest.mark.parametrize("tamper", ["modify", "delete", "add"])
+@pytest.mark.parametrize("tamper", ["modify", "delete"])
 def test_a_tampered_version_fails_verify_and_cannot_be_aliased(tmp_path, root, tamper):
     _add(tmp_path, root, 1)
     target = storage.join(registry.model_root(root, "mnist"), v(1), "model.keras")
@@ -76,14 +76,47 @@ def test_a_tampered_version_fails_verify_and_cannot_be_aliased(tmp_path, root, t
             storage._s3().delete_object(Bucket=bucket, Key=key)
         else:
             Path(key).unlink()
-    else:
-        storage.write_bytes(storage.join(registry.model_root(root, "mnist"), v(1), "extra.py"), b"import os")
-    want = {"modify": "model.keras sha256", "delete": "model.keras missing", "add": "extra.py not in the manifest"}[tamper]
+    want = {"modify": "model.keras sha256", "delete": "model.keras missing"}[tamper]
     with pytest.raises(registry.VerifyError, match=want):
         registry.verify(root, "mnist", v(1))
     with pytest.raises(registry.VerifyError):
         registry.move(root, "mnist", "champion", v(1), reason="try")
     assert registry.get_alias(root, "mnist", "champion") is None
+
+
+def test_a_key_planted_beside_a_version_is_not_part_of_it_and_blocks_no_rollback(tmp_path, root, caplog):
+    """Issue 24 item 8 review: a role that may create keys (a training Job's) can add one to any complete
+    version's folder. It is not part of the version: verify names it as a warning, a rollback to that
+    version still works, and neither fetch nor a copy to another store carries it."""
+    _add(tmp_path, root, 1, 2)
+    registry.move(root, "mnist", "champion", v(1), reason="first")
+    registry.move(root, "mnist", "champion", v(2), reason="second")
+    storage.write_if(storage.join(registry.model_root(root, "mnist"), v(1), "zz"), b"x", None)
+    with caplog.at_level("WARNING", logger="training.registry"):
+        assert registry.verify(root, "mnist", v(1)) == ["zz"]
+    assert "not in the manifest" in caplog.text
+    assert registry.rollback(root, "mnist", to=v(1), reason="incident")["version"] == v(1)
+    assert registry.get_alias(root, "mnist", "champion")["version"] == v(1) and artifacts.latest(root, "mnist") == v(1)
+    assert not (registry.fetch(root, "mnist", v(1), tmp_path / "got") / "zz").exists()
+    other = f"file://{tmp_path}/other"
+    registry.copy_version(root, other, "mnist", v(1))
+    assert "zz" not in storage.list_names(storage.join(registry.model_root(other, "mnist"), v(1)))
+    # every listed file stays strict: one altered beside the planted key still fails
+    storage.write_bytes(storage.join(registry.model_root(root, "mnist"), v(1), "model.keras"), b"swapped")
+    with pytest.raises(registry.VerifyError, match="model.keras sha256"):
+        registry.verify(root, "mnist", v(1))
+
+
+def test_new_version_names_sort_by_time_and_cannot_be_guessed():
+    """A Job's name and the second it publishes in can be guessed; a name made of only those let a run
+    plant a key in the next run's version folder before it exists (its publish then collides)."""
+    a, b = (
+        artifacts.new_version("train-mnist-4f3a9c2b1d", now=1_800_000_000),
+        artifacts.new_version("train-mnist-4f3a9c2b1d", now=1_800_000_000),
+    )
+    assert a != b and a.startswith("20270115T080000Z-train-mnist-") and b.startswith("20270115T080000Z-")
+    assert artifacts.new_version("r", now=1_800_000_000) < artifacts.new_version("r", now=1_800_000_001)
+    assert all(registry._VERSION_RE.match(x) for x in (a, b))
 
 
 def test_an_interrupted_upload_is_not_a_version_and_cannot_be_aliased(tmp_path, root, monkeypatch):

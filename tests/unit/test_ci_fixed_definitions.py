@@ -113,8 +113,11 @@ def test_jenkins_pr_stack_deploys_exactly_the_reviewed_commit_installed_first():
     assert "agent" not in text[check : text.index("stage('Ephemeral stack')")]  # checked before any pod
     assert "params.PR ==~ /[1-9][0-9]{0,6}/" in text and "params.COMMIT ==~ /[0-9a-f]{40}/" in text
     assert "branches: [[name: params.COMMIT]]" in text and 'refspec: "+refs/pull/${params.PR}/head:' in text
-    order = [text.index(s) for s in ("checkout([", "git merge-base --is-ancestor", "make venv-lock", "ephemeralCredentials {")]
-    assert order == sorted(order)
+    # the reviewed commit must BE the PR's head (attack review: an ancestor could be a commit a later push reverted)
+    head = 'test "$(git rev-parse refs/remotes/origin/pr-head)" = "$COMMIT"'
+    order = [text.index(s) for s in ("checkout([", head, "make venv-lock", "ephemeralCredentials {")]
+    assert order == sorted(order) and "is-ancestor" not in text
+    assert 'currentBuild.description = "PR ${params.PR} at ${params.COMMIT}"' in text  # what the approver started
     # shell lines take the parameters from the environment, never pasted into Groovy strings
     assert all("${" not in line for line in re.findall(r"sh '([^']*)'", text)) and 'sh "' not in text
     used = set(re.findall(r"credentialsId: '([a-z0-9-]+)'", text))
@@ -186,13 +189,16 @@ def test_gitlab_review_role_is_asked_for_only_in_default_branch_pipelines():
         for rule in doc[name]["rules"]:
             assert rule["if"].startswith("$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && "), (name, rule)
             assert "merge_request" not in rule["if"] and "EPHEMERAL_MR" in rule["if"], (name, rule)
-    # up deploys exactly the reviewed commit of that MR: fetched, checked to be on its head, checked out
+    # up waits for a person (the approval without Premium's protected environments)
+    assert [r.get("when") for r in doc["ephemeral:up"]["rules"]] == ["manual"]
+    # up deploys exactly the reviewed commit of that MR: fetched, checked to BE its head, checked out
     script = doc["ephemeral:up"]["script"]
     steps = [
         "refs/merge-requests/$EPHEMERAL_MR/head",
-        'merge-base --is-ancestor "$EPHEMERAL_SHA"',
+        'test "$(git rev-parse refs/remotes/origin/mr-head)" = "$EPHEMERAL_SHA"',
         'checkout --quiet --detach "$EPHEMERAL_SHA"',
     ]
+    assert "is-ancestor" not in str(script)
     at = [next(i for i, line in enumerate(script) if s in str(line)) for s in steps]
     assert at == sorted(at) and at[-1] < script.index(("!reference", [".assume-role", "script"]))
     # destroy runs the default branch's code: no MR checkout
@@ -267,12 +273,22 @@ def test_github_up_deploys_the_reviewed_commit_and_the_rest_runs_mains_code():
     jobs = _workflows()["ephemeral.yml"]["jobs"]
     up = jobs["up"]
     assert up["if"] == "github.event_name == 'workflow_dispatch'" and up["env"] == {"PR": "${{ inputs.pr }}", "SHA": "${{ inputs.sha }}"}
+    # the approver sees the PR and the commit on the run; the commit must BE the PR's head (an ancestor
+    # could be one a later push reverted), asked of GitHub, then checked on what was checked out
+    assert _workflows()["ephemeral.yml"]["run-name"] == (
+        "${{ github.event_name == 'workflow_dispatch' && format('ephemeral PR #{0} @ {1}', inputs.pr, inputs.sha) || github.workflow }}"
+    )
     runs = [str(s.get("run", "")) for s in up["steps"]]
     check = next(i for i, r in enumerate(runs) if "^[1-9][0-9]*$" in r and "^[0-9a-f]{40}$" in r)
-    verify = next(i for i, r in enumerate(runs) if 'merge-base --is-ancestor "$SHA" HEAD' in r and 'checkout --quiet --detach "$SHA"' in r)
+    head = next(
+        i for i, r in enumerate(runs) if 'gh api "repos/$GITHUB_REPOSITORY/pulls/$PR" --jq .head.sha' in r and '"$head" == "$SHA"' in r
+    )
+    checkout = next(i for i, s in enumerate(up["steps"]) if str(s.get("uses", "")).startswith("actions/checkout@"))
+    verify = next(i for i, r in enumerate(runs) if r.strip() == 'test "$(git rev-parse HEAD)" = "$SHA"')
     install = next(i for i, r in enumerate(runs) if r.startswith("make "))
     assume = next(i for i, s in enumerate(up["steps"]) if str(s.get("uses", "")).startswith("aws-actions/"))
-    assert check < verify < install < assume
+    assert check < head < checkout < verify < install < assume and "is-ancestor" not in str(runs)
+    assert up["steps"][head]["env"] == {"GH_TOKEN": "${{ github.token }}"} and up["permissions"]["pull-requests"] == "read"
     assert all("inputs." not in r for r in runs)  # inputs reach the shell as environment, never as script text
     for name in ("destroy", "reap"):
         checkouts = [s for s in jobs[name]["steps"] if str(s.get("uses", "")).startswith("actions/checkout@")]

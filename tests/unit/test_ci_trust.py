@@ -487,17 +487,28 @@ def test_gitlab_mr_code_runs_without_credentials_unless_a_maintainer_starts_it()
         if not mr:
             continue
         assert "id_tokens" not in job, f"{name}: an AWS token in an MR pipeline (review M2: ephemeral pipelines run on main)"
+        assert "environment" not in job, f"{name}: an MR pipeline's job in an environment (its scoped variables)"
         script = "\n".join(map(str, job["script"]))
-        assert "TOKEN" not in script or name == "preview:comment", name
+        assert "TOKEN" not in script, name
     assert "pr-comment" not in str(doc["preview"]["script"])
+    assert doc["preview"]["artifacts"]["expose_as"]  # the MR shows the preview with no token at all
 
 
-def test_gitlab_comment_job_runs_no_mr_code():
-    job = _gitlab()["preview:comment"]
-    assert job["variables"]["GIT_STRATEGY"] == "none" and job["needs"] == ["preview"] and job["before_script"] == []
-    assert job["environment"]["name"] == "mr-comment"  # MR_COMMENT_TOKEN is scoped to it
-    script = job["script"]
-    clone = next(i for i, line in enumerate(script) if line.startswith("git clone"))
-    assert '--branch "$CI_DEFAULT_BRANCH"' in script[clone]
-    post = next(i for i, line in enumerate(script) if "make pr-comment" in line)
-    assert clone < post and script[post].startswith("cd trusted && ")
+def test_gitlab_comment_job_only_in_a_pipeline_on_main_and_runs_no_mr_code():
+    """Attack review: a job of the MR's own YAML could claim environment mr-comment and print the token.
+    The comment job exists only in a pipeline on the default branch (its YAML is main's), and the token
+    is protected (docs/cicd.md), which no pipeline of an unprotected ref receives."""
+    doc = _gitlab()
+    job = doc["preview:comment"]
+    (rule,) = job["rules"]
+    assert rule["if"].startswith("$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $PREVIEW_MR =~ /^[1-9][0-9]*$/")
+    assert "merge_request" not in rule["if"] and job["needs"] == ["preview"] and job["before_script"] == []
+    assert job["environment"]["name"] == "mr-comment"
+    script = "\n".join(job["script"])
+    assert "GIT_STRATEGY" not in str(job.get("variables")) and "checkout" not in script and "merge-requests" not in script
+    assert "make pr-comment FORGE=gitlab REPO=$CI_PROJECT_ID PR=$PREVIEW_MR" in script
+    # the MR's code (the preview) runs in a job with no environment and no token
+    assert "environment" not in doc["preview"] and "id_tokens" not in doc["preview"]
+    # a comment pipeline deploys and tests nothing
+    for name in ("test", "deploy:dev", "deploy:staging", "deploy:prod"):
+        assert all("$PREVIEW_MR == null" in r["if"] for r in doc[name]["rules"]), name

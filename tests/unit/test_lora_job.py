@@ -37,7 +37,7 @@ def in_pod(args: list[str], tmp: Path) -> list[str]:
     for a in args:
         prefix = next((p for p in mapped if a.startswith(p)), None)
         a = mapped[prefix] + a[len(prefix) :] if prefix else a
-        out.append(a.replace("$(JOB_NAME)", "lora-bot-0123456789"))
+        out.append(a.replace("$(JOB_UID)", "0f6c2a8e-uid"))
     return out
 
 
@@ -63,7 +63,7 @@ def test_the_jobs_commands_train_gate_and_publish_on_the_bases_version(tmp_path)
 
     finetune = engine(in_pod(lora_job.finetune_args("bot", "chat", base_version, cfg, store), tmp_path))
     assert finetune.returncode == 0, finetune.stderr[-3000:]
-    assert (tmp_path / "store" / "checkpoints" / "bot" / "lora-bot-0123456789" / "state.json").is_file()  # where a retry resumes
+    assert (tmp_path / "store" / "checkpoints" / "bot" / "0f6c2a8e-uid" / "state.json").is_file()  # where a retry resumes
 
     gate = engine(in_pod(lora_job.gate_args("bot", "chat", base_version, cfg, store, run.publish_as, golden=False), tmp_path))
     assert gate.returncode == 0, gate.stderr[-3000:]

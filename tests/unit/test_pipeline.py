@@ -115,7 +115,9 @@ def test_github_jobs_assume_their_environments_role_by_oidc():
         ("ephemeral.yml", "reap"),
     }
     for name, job_name, job, step in found:
-        assert job["permissions"] == {"contents": "read", "id-token": "write"}, (name, job_name)
+        # `up` also reads the PR (its head must be the approved commit): nothing that writes
+        extra = {"pull-requests": "read"} if (name, job_name) == ("ephemeral.yml", "up") else {}
+        assert job["permissions"] == {"contents": "read", "id-token": "write", **extra}, (name, job_name)
         assert job["environment"], (name, job_name)  # the role trusts repo:OWNER/NAME:environment:<env> only
         assert step["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
     # the PR's stack: the preview environment (main only, required reviewers), never a deploy one; the
@@ -162,14 +164,14 @@ def test_gitlab_jobs_assume_roles_by_oidc_per_environment():
         script = jobs[k]["script"]
         at = script.index(("!reference", [".assume-role", "script"]))
         # before it: the install, and (ephemeral:up) the checkout of the reviewed commit
-        assert all(str(line).startswith(("make venv", "git ")) for line in script[:at]), (k, script)
+        assert all(str(line).startswith(("make venv", "git ", 'test "$(git rev-parse ')) for line in script[:at]), (k, script)
         assert all(re.search(r"make (up-ci|ephemeral-|reap|pin|train-wait|deliver|smoke)", str(line)) is None for line in script[:at]), k
     deploy = doc[".deploy"]
     assert deploy["extends"] == ".aws-oidc"
     for env in ("dev", "staging", "prod"):
         job = doc[f"deploy:{env}"]
         assert job["environment"]["name"] == env and job["resource_group"] == env
-        assert job["rules"][0]["if"] == "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $EPHEMERAL_MR == null"
+        assert job["rules"][0]["if"] == "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $EPHEMERAL_MR == null && $PREVIEW_MR == null"
     assert doc["deploy:prod"]["rules"][0]["when"] == "manual" and doc["deploy:prod"]["needs"] == ["deploy:staging"]
     for name in ("ephemeral:up", "ephemeral:destroy"):
         assert doc[name]["extends"] == ".aws-oidc" and doc[name]["environment"]["name"].startswith("review/")
