@@ -38,13 +38,28 @@ Inconclusive, never Failed):
 * ``client-error-ratio``: the same for 4xx answers (a canary refusing requests the stable side
   answers);
 * ``ttft-p95``: the canary's p95 time to first token over the stable side's
-  (``vllm:time_to_first_token_seconds``), the stable one floored (``p95_ratio_query``: its known limit);
+  (``vllm:time_to_first_token_seconds``), the stable one floored (``p95_ratio_query``: its resolution on
+  the platform's buckets, components/lib/vllm_buckets.py);
 * ``itl-p95``: the same for the inter-token latency (``vllm:inter_token_latency_seconds``);
 * ``golden``: the canary's share of failed golden answers in the window (llm/golden.py), judged only
   once every golden prompt was answered by the canary in the window (``golden_query``: why windowed).
 
 Every Prometheus metric waits until both sides answered ``minRequests`` completion requests in the
-window; the golden Job (a ``job`` metric) brings that traffic where users do not.
+window *and* had answered a fifth as many before it (``with_data``: the warm-up, never judged); the
+golden Job (a ``job`` metric) brings that traffic where users do not.
+
+**The first window waits for the warm-up.** The run starts at the pause, when the canary pod has
+just become available and has served nothing; the golden Job starts with the run. A first
+measurement whose window holds the canary's first requests (a fresh engine's first batches, the
+Job's own start) judges a cold canary against a warm stable side: on the real vLLM it read one good
+canary Inconclusive and made a one-slot canary look slow only in that window. So a window is judged
+only once each side had answered ``warm_requests`` (a fifth of ``minRequests``, 10 by default; a
+fresh engine's cold requests are its first few) completions *before the window started* (the counter
+``offset`` by the window: a restarted pod is cold again), and the first measurement is scheduled for
+when that is expected: ``initialDelay`` = window + the time the golden Job needs for ``minRequests``
+at ``warmupRate`` (``initial_delay_seconds``, 25 s by default): a fifth of it for the warm-up
+requests, the rest for the Job's pod to start and a scrape interval (15 s) to see the counter. A Job
+later than that only makes the first measurements Inconclusive, within ``inconclusiveLimit``.
 """
 
 from __future__ import annotations
@@ -92,9 +107,10 @@ GOLDEN_PORT = 9102
 GOLDEN_PORT_NAME = "metrics"
 GOLDEN_UID = 10001  # the serving image's user (serving/Dockerfile), whose Python runs the Job
 GOLDEN_DIR = "/golden"
-# Floors of the stable side's p95s: below them a ratio measures noise (a few ms on an idle GPU).
+# Floors of the stable side's p95s: below them a ratio measures noise (a few ms on an idle GPU). Both
+# on a doubling chain of the buckets (vllm_buckets): floor x 1.25, 1.5, 2, 3 are bucket bounds.
 TTFT_FLOOR_S = 0.05
-ITL_FLOOR_S = 0.005
+ITL_FLOOR_S = 0.00625
 
 
 def golden_path(root: Path, model: str) -> Path:
@@ -163,12 +179,28 @@ def canary_split(replicas: int, max_replicas: int, short: bool) -> tuple[int, in
 ANALYSIS_MARGIN_S = 30
 
 
+def warm_requests(canary: CanaryConfig) -> int:
+    """Completions each side must have answered before a window may be judged (module docstring)."""
+    return math.ceil(canary.min_requests / 5)
+
+
+def warm_seconds(canary: CanaryConfig) -> int:
+    """How long the golden Job takes to bring each side ``minRequests`` completions at ``warmupRate``
+    (0 without the Job: the stack's own traffic warms the canary, at a rate the config does not know)."""
+    return math.ceil(canary.min_requests / canary.warmup_rate) if canary.warmup_rate > 0 else 0
+
+
+def initial_delay_seconds(canary: CanaryConfig) -> int:
+    """The first measurement: a warm-up (``warm_seconds``), then a full window of warm traffic."""
+    return warm_seconds(canary) + canary.window_seconds
+
+
 def min_step_seconds(canary: CanaryConfig) -> int:
     """The shortest pause in which the analysis either judges every metric or turns Inconclusive:
-    its first measurement after ``initialDelay`` (the window), then up to ``inconclusiveLimit``
+    its first measurement after ``initialDelay`` (warm-up + window), then up to ``inconclusiveLimit``
     Inconclusive ones tolerated, one more, and a margin. A shorter pause ends with the run still
     Running on no data: Argo completes the rollout unjudged (ops/deliver.py then says "not judged")."""
-    return canary.window_seconds + (inconclusive_limit(canary) + 1) * canary.interval_seconds + ANALYSIS_MARGIN_S
+    return initial_delay_seconds(canary) + (inconclusive_limit(canary) + 1) * canary.interval_seconds + ANALYSIS_MARGIN_S
 
 
 def step_problem(canary: CanaryConfig) -> str | None:
@@ -177,8 +209,9 @@ def step_problem(canary: CanaryConfig) -> str | None:
     if canary.step_seconds > least:
         return None
     return (
-        f"{canary.step_seconds} too short for the analysis: it must exceed windowSeconds + (inconclusive limit + 1) x intervalSeconds + "
-        f"{ANALYSIS_MARGIN_S} = {least} (raise stepSeconds, or lower windowSeconds/intervalSeconds)"
+        f"{canary.step_seconds} too short for the analysis: it must exceed minRequests / warmupRate + windowSeconds + "
+        f"(inconclusive limit + 1) x intervalSeconds + {ANALYSIS_MARGIN_S} = {least} "
+        "(raise stepSeconds or warmupRate, or lower windowSeconds/intervalSeconds/minRequests)"
     )
 
 
@@ -250,10 +283,19 @@ def requests_query(arg: str, window: str) -> str:
     return f"sum(increase(http_requests_total{{{_completions(arg)}}}[{window}]))"
 
 
-def with_data(query: str, window: str, min_requests: int) -> str:
-    """``query`` only while both sides answered ``min_requests`` completion requests in the window."""
-    enough = " and on () ".join(f"({requests_query(arg, window)} >= {min_requests})" for arg in (ARG_CANARY, ARG_STABLE))
-    return f"({query}) and on () {enough}"
+def served_before_query(arg: str, window: str) -> str:
+    """Completion requests one side had answered when the window started (its pods' counters then)."""
+    return f"sum(http_requests_total{{{_completions(arg)}}} offset {window})"
+
+
+def with_data(query: str, window: str, min_requests: int, warm: int) -> str:
+    """``query`` only while both sides answered ``min_requests`` completion requests in the window and
+    had answered ``warm`` before it (their warm-up: module docstring)."""
+    gates = [
+        f"({requests_query(arg, window)} >= {min_requests}) and on () ({served_before_query(arg, window)} >= {warm})"
+        for arg in (ARG_CANARY, ARG_STABLE)
+    ]
+    return f"({query}) and on () " + " and on () ".join(gates)
 
 
 # The instrumentator groups statuses (should_group_status_codes, its default): "2xx", "4xx", "5xx".
@@ -289,13 +331,15 @@ def p95_ratio_query(histogram: str, window: str, floor_s: float) -> str:
     """The canary's p95 of ``histogram`` (a vLLM histogram, without ``_bucket``) over the stable side's,
     the latter at least ``floor_s``.
 
-    Known limit (an attack review, issue 25): vLLM's fixed buckets are coarse (inter-token latency
-    ...0.01, 0.025, 0.05...; time to first token ...0.08, 0.1, 0.25...) and ``histogram_quantile``
-    interpolates inside them, so a ratio near a bucket edge over- or under-reads (10% slower across an
-    edge can read 2.45x; 1.9x slower inside one bucket can read 1.0). Means (``_sum/_count``) are
-    exact but a cold canary's first slow requests dominate them: on the real vLLM CPU build they
-    rejected the good canary (ratios 5.8-41) in tests/llm/test_canary.py, so they are not used. The
-    fix under way is denser buckets for these two histograms (vLLM's ``--custom-histogram-buckets``)."""
+    Resolution: ``histogram_quantile`` interpolates inside a bucket. On vLLM's default buckets
+    (time to first token ...0.1, 0.25...) a 2x regression could read 1.0 and a 10% one 2.4; every pod
+    now runs with components/lib/vllm_buckets.py's (``--custom-histogram-buckets``): steps of at most
+    x1.33 on chains closed under doubling, so a 2x slower canary reads exactly 2.0, 1.5x reads
+    1.27-1.65, 1.25x at most 1.5 and 1.1x at most 1.31 (tests/unit/test_vllm_buckets.py). What is left:
+    a change near the threshold (1.25x-1.65x against 1.5) may fall either side, and a p95 from few
+    requests is noisy (``minRequests``). Means (``_sum/_count``) are exact but a cold canary's first
+    slow requests dominate them (they rejected the good canary on the real vLLM, ratios 5.8-41), so
+    they are not used."""
 
     def p95(arg: str) -> str:
         return f"histogram_quantile(0.95, sum by (le) (rate({histogram}_bucket{{{_sel(arg)}}}[{window}])))"
@@ -456,7 +500,7 @@ def judging_metrics(
     window = f"{canary.window_seconds}s"
     common = {
         "interval": f"{canary.interval_seconds}s",
-        "initialDelay": f"{canary.window_seconds}s",
+        "initialDelay": f"{initial_delay_seconds(canary)}s",
         "failureLimit": canary.failure_limit,
         "inconclusiveLimit": inconclusive_limit(canary),
         "consecutiveErrorLimit": 4,
@@ -464,7 +508,7 @@ def judging_metrics(
 
     def metric(name: str, query: str, bound: float, gated: bool = True) -> dict[str, Any]:
         ok, failed = judged(bound)
-        q = with_data(query, window, canary.min_requests) if gated else query
+        q = with_data(query, window, canary.min_requests, warm_requests(canary)) if gated else query
         return {
             "name": name,
             **common,

@@ -55,7 +55,7 @@ import pulumi_kubernetes as k8s
 from components.cluster.gpu_pools import GPU_PRESENT_LABEL, GPU_RESOURCE, GPU_TOLERATION, POOL_LABEL
 from components.config import CanaryConfig
 from components.config.llm import VLLM_VERSION, LlmConfig
-from components.lib import keda_specs, llm_canary, rollout_specs, workload
+from components.lib import keda_specs, llm_canary, rollout_specs, vllm_buckets, workload
 from components.models import llm_import, route
 from components.services.argo_rollouts import ArgoRollouts
 from components.services.artifact_store import ArtifactStore, client_env, store_service_account
@@ -146,6 +146,8 @@ def vllm_args(model: str, llm: LlmConfig, model_path: str | None = None) -> list
         "--enable-prefix-caching" if llm.enable_prefix_caching else "--no-enable-prefix-caching",
         # Probes and scrapes every few seconds would drown the log.
         *("--disable-access-log-for-endpoints", "/health,/metrics"),
+        # Latency buckets on which the SLO alerts and the canary's p95 ratios are exact (vllm_buckets).
+        *vllm_buckets.args(),
     ]
     if llm.max_num_seqs:
         args += ["--max-num-seqs", str(llm.max_num_seqs)]
@@ -201,7 +203,9 @@ def cache_volume(model: str, llm: LlmConfig, storage_class: str | None) -> dict[
     return {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"metadata": {"labels": labels(model)}, "spec": spec}}}
 
 
-def vllm_container(model: str, llm: LlmConfig, store_env: list, weights: llm_import.WeightsMount | None = None) -> dict[str, Any]:
+def vllm_container(
+    model: str, llm: LlmConfig, store_env: list, weights: llm_import.WeightsMount | None = None, lora: AdapterMount | None = None
+) -> dict[str, Any]:
     r = llm.resources
     health = {"httpGet": {"path": "/health", "port": PORT_NAME}, "timeoutSeconds": 5}
     # A registry version: vLLM reads the verified folder, offline, with no store access (a variable
@@ -213,7 +217,7 @@ def vllm_container(model: str, llm: LlmConfig, store_env: list, weights: llm_imp
         "name": "vllm",
         "image": VLLM_IMAGE,
         "command": ["vllm", "serve"],
-        "args": vllm_args(model, llm, weights.model_path if weights else None),
+        "args": vllm_args(model, llm, weights.model_path if weights else None) + (lora.args if lora else []),
         "ports": [{"name": PORT_NAME, "containerPort": PORT}],
         "env": container_env,
         "resources": {
@@ -245,6 +249,7 @@ def pod_template(
     storage_class: str | None,
     version: str | None = None,
     weights: llm_import.WeightsMount | None = None,
+    lora: AdapterMount | None = None,
 ) -> dict[str, Any]:
     """The vLLM pod: the served version on it (annotation; label where it is a valid label value);
     with ``weights`` (a registry version: every source but raw ``s3://`` weights) the init container
@@ -252,7 +257,7 @@ def pod_template(
     served = served_version(llm, version)
     pod_labels = {**labels(model), **({VERSION_LABEL: served} if LABEL_VALUE.match(served) else {})}
     return {
-        "metadata": {"labels": pod_labels, "annotations": {rollout_specs.VERSION_ANNOTATION: served}},
+        "metadata": {"labels": pod_labels, "annotations": {rollout_specs.VERSION_ANNOTATION: served, **(lora.annotations if lora else {})}},
         "spec": {
             "serviceAccountName": object_name(model),
             "automountServiceAccountToken": False,
@@ -267,8 +272,8 @@ def pod_template(
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             **pod_placement(llm, pool_name),
-            **({"initContainers": [weights.init_container]} if weights else {}),
-            "containers": [vllm_container(model, llm, store_env, weights)],
+            **({"initContainers": [weights.init_container, *(lora.init_containers if lora else [])]} if weights else {}),
+            "containers": [vllm_container(model, llm, store_env, weights, lora)],
             "volumes": [
                 cache_volume(model, llm, storage_class),
                 {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_gi(llm)}Gi"}},
@@ -289,9 +294,10 @@ def rollout_spec(
     storage_class: str | None = None,
     version: str | None = None,
     weights: llm_import.WeightsMount | None = None,
+    lora: AdapterMount | None = None,
 ) -> dict[str, Any]:
     """The Rollout's spec: the pod template, and the one-pod canary (llm_canary.strategy)."""
-    template = pod_template(model, llm, pool_name, store_env or [], storage_class, version, weights)
+    template = pod_template(model, llm, pool_name, store_env or [], storage_class, version, weights, lora)
     return {
         "replicas": llm.replicas,
         "revisionHistoryLimit": 3,
@@ -422,6 +428,8 @@ class LlmServiceArgs:
     version: str | None = None
     golden_image: pulumi.Input[str] | None = None
     pool_instance_types: tuple[str, ...] = ()  # the pool's instance types (empty: unknown)
+    # The stack's LoRA adapters of this model -> the version its pods serve (None: none yet): served_adapters.
+    adapters: dict[str, str | None] = field(default_factory=dict)
 
 
 def _meta(args: LlmServiceArgs, name: str | None = None, extra: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
@@ -471,7 +479,7 @@ class LlmService(pulumi.ComponentResource):
         """The pods' service account (what the Rollout waits for): read-only on this model's prefix of
         the store, where its registry versions (or raw s3:// weights) are. No Hugging Face token."""
         obj = object_name(args.model)
-        prefixes = [f"models/{args.model}/"]
+        prefixes = [f"models/{args.model}/", *(f"models/{a}/" for a in sorted(args.adapters))]  # its adapters' versions too
         return [store_service_account(self, name, args.store, args.namespace, obj, labels(args.model), write=False, prefixes=prefixes)]
 
     def _services(self, name: str, args: LlmServiceArgs) -> tuple[k8s.core.v1.Service, list[pulumi.Resource]]:
@@ -493,7 +501,7 @@ class LlmService(pulumi.ComponentResource):
         """The AnalysisTemplate (what the Rollout's analysis runs), the golden set's ConfigMap, and the
         golden Job's NetworkPolicy and PodMonitor. Returns what the Rollout waits for."""
         model, obj, rollouts = args.model, object_name(args.model), args.rollouts
-        prompts = golden_prompts(model)
+        prompts = adapter_golden_prompts(model, args)
         child = pulumi.ResourceOptions(parent=self)
         from llm import golden  # the runner's source goes into the ConfigMap as is
 
@@ -546,8 +554,9 @@ class LlmService(pulumi.ComponentResource):
             weights = None
             if code_map is not None:
                 weights = llm_import.served_weights(model, llm, weights_version(args.version), store_uri, store_env, code_map)
+            lora = adapter_mount(model, llm, args, store_uri, weights)
             return rollout_spec(
-                model, llm, args.canary, args.pool_name, args.pool_replicas, store_env, args.storage_class, args.version, weights
+                model, llm, args.canary, args.pool_name, args.pool_replicas, store_env, args.storage_class, args.version, weights, lora
             )
 
         if code_map is not None:
@@ -631,3 +640,69 @@ def _env_dict(e: k8s.core.v1.EnvVarArgs) -> dict[str, Any]:
         ref = e.value_from.secret_key_ref
         out["valueFrom"] = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
     return out
+
+
+# ---- LoRA adapters (issue 26, docs/lora.md): served by their base's vLLM ----
+
+ADAPTERS_DIR = f"{CACHE_DIR}/adapters"
+
+
+@dataclass(frozen=True)
+class AdapterMount:
+    """What the base's pod template takes to serve its adapters: one init container per adapter (after
+    the weights), vLLM's LoRA flags, and each adapter's served version as an annotation (a new adapter
+    version is a new pod template, so it reaches traffic through the base's analysed canary)."""
+
+    init_containers: list[dict[str, Any]]
+    args: list[str]
+    annotations: dict[str, str]
+
+
+def served_adapters(base_version: str | None, adapters: dict[str, str | None]) -> dict[str, str]:
+    """The adapters the pods serve: those with a version, on a base that serves a pinned one (an
+    adapter is checked against the exact base version; an unpinned base's is known only at start)."""
+    if base_version is None:
+        return {}
+    return {a: v for a, v in sorted(adapters.items()) if v}
+
+
+def adapter_path(adapter: str, version: str) -> str:
+    return f"{ADAPTERS_DIR}/{adapter}/{version}"
+
+
+def adapter_init_container(model: str, base_version: str, adapter: str, version: str, store_uri: str, weights: Any) -> dict[str, Any]:
+    """``python -m llm.lora_gate fetch``: the adapter version into the pod's volume, every file checked
+    against its manifest; exit 2 (the pod does not start) when it is rejected or was trained on another
+    base version than the one this pod serves (llm/lora_gate.py ``check_base`` names both). Same image,
+    code, env, limits and security as the ``weights`` container."""
+    args = ["-m", "llm.lora_gate", "fetch", "--store", store_uri, "--adapter", adapter, "--version", version]
+    args += ["--base", model, "--base-version", base_version, "--dest", adapter_path(adapter, version)]
+    return {**weights.init_container, "name": f"adapter-{adapter}"[:63], "command": ["python3", *args]}
+
+
+def adapter_mount(model: str, llm: LlmConfig, args: LlmServiceArgs, store_uri: str, weights: Any) -> AdapterMount | None:
+    """The pod template's adapter parts (None: no adapter served). ``--max-loras``: every adapter of the
+    base on the stack (what llm/fit.py counts), ``--max-lora-rank``: ``llm.maxLoraRank``."""
+    from llm import lora_gate
+
+    served = served_adapters(args.version, args.adapters) if weights is not None else {}
+    if not served:
+        return None
+    assert args.version is not None  # served_adapters: only on a pinned base version
+    return AdapterMount(
+        init_containers=[adapter_init_container(model, args.version, a, v, store_uri, weights) for a, v in served.items()],
+        args=lora_gate.serve_args({a: adapter_path(a, v) for a, v in served.items()}, llm.max_lora_rank, len(args.adapters)),
+        annotations={lora_gate.version_annotation(a): v for a, v in served.items()},
+    )
+
+
+def adapter_golden_prompts(model: str, args: LlmServiceArgs) -> list[dict[str, Any]]:
+    """The base's golden set and, after it, each served adapter's (``models/<adapter>/golden.yaml``, sent
+    with ``model: <adapter>``; llm/golden.py ``with_adapters``): the canary pods serve the adapters, so
+    the base's canary judges them too. Only the adapters in the pod template (``served_adapters``)."""
+    from llm import golden
+
+    served = served_adapters(args.version, args.adapters) if not args.config.from_store else {}
+    if not served:
+        return golden_prompts(model)
+    return golden.with_adapters(golden_prompts(model), {a: golden_prompts(a) for a in served})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from components.lib import vllm_buckets
 from llm import testing
 from tests.conftest import unavailable
 
@@ -36,7 +37,8 @@ def vllm_server(tiny_model, tmp_path_factory):
     """One real vLLM OpenAI server on the tiny model for the session: ``.base_url`` (…/v1), ``.url``
     (/health, /metrics), ``.api_key``, ``.served_name``."""
     log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    server = testing.VllmServer(tiny_model, served_name=SERVED, api_key=API_KEY, log_path=log)
+    # with the latency buckets every pod runs (components/lib/vllm_buckets.py): the queries are tested on them
+    server = testing.VllmServer(tiny_model, served_name=SERVED, api_key=API_KEY, log_path=log, extra_args=vllm_buckets.args())
     server.start()
     yield server
     server.stop()

@@ -10,7 +10,11 @@ llm/fetch.py before its server starts, as the ``weights`` init container does.
 
 - good: v2 beside v1, same flags -> the analysis passes (promote);
 - slow: v2 on a server with one sequence slot (``--max-num-seqs 1``, a real misconfiguration) while
-  the stable has two -> requests queue, TTFT p95 far above the stable's -> aborted on ttft-p95;
+  the stable has four -> at the golden Job's rate the one slot cannot keep up, requests queue, TTFT
+  p95 far above the stable's in every window -> aborted on ttft-p95. The rate is measured, not fixed:
+  twice what one slot answers on this machine at that moment (``calibrated_rate``), so the one slot
+  is saturated and the four are not whether the shared machine is idle or loaded (a fixed 12/s
+  saturated every server under a load average of 5, and a 10/s one-slot canary kept up when idle);
 - bad: v3 (other weights) -> its answers miss the golden expectations -> aborted on the golden metric;
 - quiet: the good canary with no traffic at all -> every metric inconclusive: the rollout pauses and
   ``deliver`` calls it not judged, never rejected.
@@ -19,7 +23,14 @@ The golden set is written from the stable's own answers at temperature 0 (random
 person would write down): what a version must still answer, as a real set is. Each server's threads
 are bound to its own core (VLLM_CPU_OMP_THREADS_BIND): two servers on one core would make latency a
 measure of the machine. Thresholds are test config (CanaryConfig fields), wide for a shared 2-core
-machine; windows short (10 s windows, a measurement every 5 s, scrapes every 1 s).
+machine; windows short (10 s windows, a measurement every 5 s, scrapes every 1 s). Every server runs
+with the platform's latency buckets (components/lib/vllm_buckets.py), as the pods do.
+
+The first window waits for the warm-up as in production (llm_canary ``with_data``,
+``initial_delay_seconds``): a window is judged only once each side had answered ``minRequests``
+before it, so a freshly started canary's cold first requests are never judged. (Before that, 2 of 5
+runs under a parallel workload failed on the first window: a good canary with an Inconclusive first
+measurement, a one-slot canary slow only in its cold first window.)
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.lib import llm_canary
+from components.lib import llm_canary, vllm_buckets
 from components.lib.rollout_specs import ARG_CANARY, ARG_STABLE, POD_HASH_TARGET_LABEL
 from llm import golden, testing
 from ops import deliver
@@ -45,18 +56,25 @@ from tests.monitoring.test_e2e_alert import query, start_prometheus, wait_http
 
 pytestmark = [
     pytest.mark.slow,
-    # Quarantined from CI's slow lane (session 6): on 2 shared cores the first analysis window catches
-    # the freshly started canary's cold requests, and 2 of 5 failed under a parallel workload (a good
-    # canary with one Inconclusive first measurement; the one-slot canary slow only in its first
-    # window). Run it on purpose with MLPLATFORM_LLM_CANARY=1 (alone on the machine) until its first
-    # window waits for the canary's warm-up.
-    pytest.mark.skipif(os.environ.get("MLPLATFORM_LLM_CANARY") != "1", reason="load-sensitive: MLPLATFORM_LLM_CANARY=1 runs it"),
+    # Still behind a switch (issue 25 item 2). The first window now waits for the warm-up (product:
+    # llm_canary with_data / initial_delay_seconds; measured: no cold window was judged in 4 runs), but
+    # on this 2-core machine shared with other sessions' CPU-heavy tests the two servers' latencies
+    # swing mid-run when a neighbour takes one core (good canary TTFT ratios 0.07 -> 0.41 -> 45.8
+    # within a minute; a saturated one-slot canary answering under minRequests in some windows): of
+    # the last 3 runs one met every final assertion. Run it alone with MLPLATFORM_LLM_CANARY=1; the slow lane runs
+    # serially, so it may hold there: drop this skipif once it passed a few CI slow-lane runs.
+    pytest.mark.skipif(
+        os.environ.get("MLPLATFORM_LLM_CANARY") != "1", reason="load-sensitive on a shared machine: MLPLATFORM_LLM_CANARY=1 runs it"
+    ),
 ]
 
 NAMESPACE = "ml-serving"
 SERVICE = "llm-tiny"
 SERVED = "tiny"
-MEASUREMENTS = 3
+# Room for the measurements the warm-up gate leaves Inconclusive (the golden process takes up to ~7 s
+# to start sending on a loaded machine; the inconclusive limit is 2), then two that judge (two
+# failures abort: failureLimit 1).
+MEASUREMENTS = 5
 # serving.canary as a stack file would set it, as the CanaryConfig fields the template reads (the
 # config schema needs pydantic, which the test environment does not have).
 CANARY = SimpleNamespace(
@@ -72,10 +90,11 @@ CANARY = SimpleNamespace(
     max_ttft_p95_ratio=2,
     max_itl_p95_ratio=3,
     max_golden_failure_ratio=0.05,
+    # per window (a saturated one-slot canary answers 15-25 in 10 s on a loaded machine); a fifth of
+    # it (2) answered before a window is the warm-up
     min_requests=10,
-    # per side: at 6/s the one-slot canary kept up (measured TTFT ratios 1.0-2.8); at 10/s it cannot,
-    # while the two-slot servers batch (the queueing a real --max-num-seqs misconfiguration causes)
-    warmup_rate=10,
+    # per side: replaced by calibrated_rate before each canary (module docstring)
+    warmup_rate=None,
 )
 PROMPTS = [
     ("greeting", "the model serves"),
@@ -117,6 +136,16 @@ def golden_set(stable: testing.VllmServer, path: Path) -> list[golden.Prompt]:
         doc["prompts"].append({**p, "expect": {"contains": [answer[:12]]}})
     path.write_text(yaml.safe_dump(doc))
     return golden.load(path)
+
+
+def calibrated_rate(stable: testing.VllmServer, prompts: list[golden.Prompt]) -> float:
+    """Requests per second per side for the golden process: twice the rate one sequence slot answers
+    the golden prompts on this machine now (the stable's, one request at a time), within 3-30/s."""
+    asked = prompts * 3
+    t0 = time.monotonic()
+    for p in asked:
+        golden.ask(stable.url, SERVED, p, API_KEY)
+    return min(30.0, max(3.0, round(2 * len(asked) / (time.monotonic() - t0), 1)))
 
 
 def scrape_config(servers: dict[str, int], golden_port: int) -> dict:
@@ -181,7 +210,8 @@ def analyse(template: dict, name: str, prom: str, start_job=None) -> argo.Analys
 
 
 # canary name -> (version, sequence slots); every canary runs on core 1, the stable on core 0
-PLAN = {"good": ("v2", 2), "slow": ("v2", 1), "bad": ("v3", 2)}
+SLOTS = 4
+PLAN = {"good": ("v2", SLOTS), "slow": ("v2", 1), "bad": ("v3", SLOTS)}
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +233,7 @@ def fleet(tiny_model, tmp_path_factory):
             api_key=API_KEY,
             max_num_seqs=seqs,
             port=ports[name],
+            extra_args=vllm_buckets.args(),
             extra_env={"VLLM_CPU_OMP_THREADS_BIND": core},
             log_path=tmp / f"vllm-{name}.log",
         )
@@ -212,18 +243,20 @@ def fleet(tiny_model, tmp_path_factory):
         stack.callback(lambda: (prom_proc.terminate(), prom_proc.wait(20)))
         stack.callback(lambda: [f.close() for f in logs])
         wait_http(f"{prom}/-/ready")
-        stable = stack.enter_context(server("stable", "v1", 2, "0"))
+        stable = stack.enter_context(server("stable", "v1", SLOTS, "0"))
         prompts = golden_set(stable, tmp / "golden.yaml")
         # what the program renders into the golden ConfigMap (JSON), from the YAML
         (tmp / "set.json").write_text(llm_canary.golden_config_map_data("", _doc(tmp / "golden.yaml"))["set.json"])
         for name, (version, seqs) in PLAN.items():
             with server(name, version, seqs, "1") as canary:
+                cfg = SimpleNamespace(**{**vars(CANARY), "warmup_rate": calibrated_rate(stable, prompts)})
+                print(f"canary {name}: golden rate {cfg.warmup_rate}/s per side")
                 g = llm_canary.Golden("python", "cm", stable.url, canary.url, SERVED, len(prompts))
-                template = llm_canary.analysis_template(SERVED, NAMESPACE, SERVICE, CANARY, prometheus_url=prom, golden=g)
+                template = llm_canary.analysis_template(SERVED, NAMESPACE, SERVICE, cfg, prometheus_url=prom, golden=g)
                 if name == "good":
                     # First, this canary with no traffic at all: nothing to judge.
                     time.sleep(CANARY.window_seconds + 2)
-                    quiet = llm_canary.analysis_template(SERVED, NAMESPACE, SERVICE, CANARY, prometheus_url=prom)
+                    quiet = llm_canary.analysis_template(SERVED, NAMESPACE, SERVICE, cfg, prometheus_url=prom)
                     runs["quiet"] = analyse(quiet, name, prom)
                 starter = job_starter(golden_port, {}, tmp / "set.json", logs)
                 runs[name] = analyse(template, name, prom, start_job=starter)
@@ -258,10 +291,14 @@ def test_each_side_was_scraped_with_its_hash_and_the_golden_counts_arrived(fleet
 
 
 def test_good_canary_passes(fleet):
+    """Every measurement of a warm window passes. Only the first ones may be Inconclusive: the warm-up
+    gate while the golden process was starting (a cold canary is never judged)."""
     a = fleet.runs["good"]
     assert a.rollout_decision() == "promote", explain(fleet, "good")
-    judged = [p for m, r in a.results.items() if m in llm_canary.JUDGING_METRICS for p in r.phases]
-    assert judged and set(judged) == {"Successful"}, explain(fleet, "good")
+    for m in llm_canary.JUDGING_METRICS:
+        phases = a.results[m].phases
+        judged = phases[next((i for i, p in enumerate(phases) if p != "Inconclusive"), len(phases)) :]
+        assert len(judged) >= 2 and set(judged) == {"Successful"}, explain(fleet, "good")
 
 
 def test_slow_canary_is_aborted_on_time_to_first_token(fleet):

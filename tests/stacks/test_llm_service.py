@@ -24,7 +24,8 @@ def stack_doc(stack: str) -> dict:
 
 def llm_models(stack: str) -> dict[str, dict]:
     models = stack_doc(stack).get("mlplatform:models") or {}
-    return {name: m for name, m in models.items() if (m or {}).get("runtime") == "vllm"}
+    # LoRA adapters (adapterOf) are served by their base's Rollout: tests/stacks/test_lora.py
+    return {name: m for name, m in models.items() if (m or {}).get("runtime") == "vllm" and not m.get("adapterOf")}
 
 
 LLM_STACKS = [s for s in STACKS if llm_models(s)]

@@ -14,7 +14,7 @@ import yaml
 
 from components.config import CanaryConfig
 from components.config.validation import problems
-from components.lib import llm_canary, rollout_specs
+from components.lib import llm_canary, rollout_specs, vllm_buckets
 from tests.conftest import ROOT
 from tools import manifests, reference
 
@@ -183,15 +183,15 @@ def test_a_one_replica_model_on_a_full_pool_is_refused_in_one_line():
 
 
 def test_a_pause_shorter_than_the_analysis_needs_is_refused_in_one_line():
-    """stepSeconds <= window + (inconclusiveLimit + 1) x interval + margin: the pause could end with
-    every metric still unmeasured and Argo would complete the rollout unjudged."""
-    assert llm_canary.min_step_seconds(CanaryConfig()) == 120 + 3 * 60 + 30 < CanaryConfig().step_seconds
+    """stepSeconds <= warm-up + window + (inconclusiveLimit + 1) x interval + margin: the pause could
+    end with every metric still unmeasured and Argo would complete the rollout unjudged."""
+    assert llm_canary.min_step_seconds(CanaryConfig()) == 50 // 2 + 120 + 3 * 60 + 30 < CanaryConfig().step_seconds  # 355
 
     def short_pause(raw):
         raw["mlplatform:models"]["chat"].setdefault("serving", {})["canary"] = {"stepSeconds": 300}
 
     found = prod_problems(short_pause)
-    assert [k for k, m in found if "too short for the analysis" in m and "= 330" in m] == ["models.chat.serving.canary.stepSeconds"], found
+    assert [k for k, m in found if "too short for the analysis" in m and "= 355" in m] == ["models.chat.serving.canary.stepSeconds"], found
 
     def longer_window(raw):
         raw["mlplatform:models"]["chat"].setdefault("serving", {})["canary"] = {"stepSeconds": 400, "windowSeconds": 240}
@@ -218,6 +218,20 @@ def test_the_canary_settings_are_allowed_on_a_vllm_model():
     assert prod_problems(tuned) == []
 
 
+def test_the_first_window_waits_for_the_warm_up():
+    """A window is judged only once each side had answered a fifth of minRequests before it (the
+    offset counter), and the first measurement comes when the golden Job should have sent minRequests."""
+    canary = CanaryConfig()  # minRequests 50, warmupRate 2/s, window 120 s
+    assert llm_canary.warm_requests(canary) == 10 and llm_canary.initial_delay_seconds(canary) == 25 + 120
+    assert llm_canary.initial_delay_seconds(CanaryConfig(warmupRate=0, minRequests=1)) == 120  # no Job: users' traffic
+    for m in template()["spec"]["metrics"]:
+        if m["name"] in (llm_canary.METRIC_ERRORS, llm_canary.METRIC_TTFT):
+            q = m["provider"]["prometheus"]["query"]
+            assert m["initialDelay"] == "145s"
+            for arg in (llm_canary.ARG_CANARY, llm_canary.ARG_STABLE):
+                assert f"({llm_canary.served_before_query(arg, '120s')} >= 10)" in q, q
+
+
 def test_warmup_rate_is_per_side():
     """The golden Job sends ``warmupRate`` requests per second to each side for the canary's length."""
     canary = SimpleNamespace(**CanaryConfig(warmupRate=3).model_dump())
@@ -230,34 +244,42 @@ def test_warmup_rate_is_per_side():
 # ---------------------------------------------------------------- the rendered queries on promtool
 
 _LABELS = 'namespace="ml-serving",service="llm-chat",rollouts_pod_template_hash="{h}"'
-ITL_BUCKETS = ("0.01", "0.025", "0.05", "0.075", "0.1")  # vLLM 0.33's, around tens of ms
-TTFT_BUCKETS = ("0.04", "0.06", "0.08", "0.1", "0.25", "0.5")
+# the bounds every vLLM pod exposes (vllm_buckets), around tens of ms
+ITL_BUCKETS = tuple(vllm_buckets.le(b) for b in vllm_buckets.BUCKETS["inter_token_latency"] if 0.01 <= b <= 0.1)
+TTFT_BUCKETS = tuple(vllm_buckets.le(b) for b in vllm_buckets.BUCKETS["time_to_first_token"] if 0.04 <= b <= 0.5)
 PROMPTS = ("a", "b", "c")
 
 
-def _counter(per_step: float, steps: int = 40) -> str:
-    return f"0+{per_step:g}x{steps}"
+def _counter(per_step: float, steps: int = 40, start: int = 0) -> str:
+    """A counter growing ``per_step`` per 15 s scrape, its series present from step ``start`` on."""
+    return (f"_x{start} " if start else "") + f"0+{per_step:g}x{steps - start}"
 
 
-def _histogram(name: str, side: str, edges: tuple[str, ...], seconds: float, per_step: int) -> list[dict]:
+def _histogram(name: str, side: str, edges: tuple[str, ...], seconds: float, per_step: int, start: int = 0) -> list[dict]:
     """``per_step`` observations of ``seconds`` each per scrape, as vLLM exposes them."""
     labels = _LABELS.format(h=side)
-    out = [{"series": f'{name}_bucket{{{labels},le="{le}"}}', "values": _counter(per_step if seconds <= float(le) else 0)} for le in edges]
-    out.append({"series": f'{name}_bucket{{{labels},le="+Inf"}}', "values": _counter(per_step)})
-    out.append({"series": f"{name}_sum{{{labels}}}", "values": _counter(per_step * seconds)})
-    out.append({"series": f"{name}_count{{{labels}}}", "values": _counter(per_step)})
+
+    def c(n: float) -> str:
+        return _counter(n, start=start)
+
+    out = [{"series": f'{name}_bucket{{{labels},le="{le}"}}', "values": c(per_step if seconds <= float(le) else 0)} for le in edges]
+    out.append({"series": f'{name}_bucket{{{labels},le="+Inf"}}', "values": c(per_step)})
+    out.append({"series": f"{name}_sum{{{labels}}}", "values": c(per_step * seconds)})
+    out.append({"series": f"{name}_count{{{labels}}}", "values": c(per_step)})
     return out
 
 
-def _vllm_side(side: str, itl: float, ttft: float, status: str = "2xx", golden: str = "pass") -> list[dict]:
+def _vllm_side(side: str, itl: float, ttft: float, status: str = "2xx", golden: str = "pass", start: int = 0) -> list[dict]:
+    """One side's series; ``start``: the scrape from which its pod exists (a freshly started canary)."""
     labels = _LABELS.format(h=side)
     served = status == "2xx"
-    series = [{"series": f'http_requests_total{{{labels},handler="/v1/chat/completions",status="{status}"}}', "values": _counter(30)}]
-    series += _histogram("vllm:inter_token_latency_seconds", side, ITL_BUCKETS, itl, 300 if served else 0)
-    series += _histogram("vllm:time_to_first_token_seconds", side, TTFT_BUCKETS, ttft, 30 if served else 0)
+    handler = f'http_requests_total{{{labels},handler="/v1/chat/completions",status="{status}"}}'
+    series = [{"series": handler, "values": _counter(30, start=start)}]
+    series += _histogram("vllm:inter_token_latency_seconds", side, ITL_BUCKETS, itl, 300 if served else 0, start)
+    series += _histogram("vllm:time_to_first_token_seconds", side, TTFT_BUCKETS, ttft, 30 if served else 0, start)
     gold = 'mlplatform_llm_golden_answers_total{{namespace="ml-serving",model="chat",rollouts_pod_template_hash="{h}",prompt="{p}",result="{r}"}}'
     series += [
-        {"series": gold.format(h=side, p=p, r=r), "values": _counter(1 if r == golden else 0)}
+        {"series": gold.format(h=side, p=p, r=r), "values": _counter(1 if r == golden else 0, start=start)}
         for p in PROMPTS
         for r in ("pass", "fail", "error")
     ]
@@ -286,6 +308,12 @@ LLM_SCENARIOS = {
     # The golden Job reached nothing: no answer is no verdict.
     "golden answers only errors": (_vllm_side("c", itl=0.024, ttft=0.095, golden="error") + STABLE, {llm_canary.METRIC_GOLDEN: None}),
     "no canary traffic": (STABLE, {m: None for m in llm_canary.JUDGING_METRICS}),
+    # A canary whose pod started 1 min before the measurement (scrape 28 of 32): plenty of requests in
+    # the 2 min window, 2x slower, but none served before the window - its cold start is not judged.
+    "canary still warming up": (
+        _vllm_side("c", itl=0.05, ttft=0.2, start=28) + STABLE,
+        {m: None for m in (llm_canary.METRIC_ITL, llm_canary.METRIC_TTFT, llm_canary.METRIC_ERRORS, llm_canary.METRIC_CLIENT_ERRORS)},
+    ),
 }
 
 
