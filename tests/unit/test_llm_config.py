@@ -21,6 +21,9 @@ STACK_FILE = "stacks/Pulumi.prod.yaml"
 def prod_chat(**llm) -> dict:
     """The prod stack with its chat model's llm section changed (None removes a key)."""
     cfg = copy.deepcopy(PROD)
+    # without chat's LoRA adapters: these tests are about chat's own section (an adapter's rules and its
+    # LoRA buffers in the fit: tests/unit/test_lora_config.py)
+    cfg["models"] = {m: e for m, e in cfg["models"].items() if not (e or {}).get("adapterOf")}
     section = cfg["models"]["chat"]["llm"]
     for k, v in llm.items():
         if v is None:
