@@ -360,11 +360,14 @@ def ask(base_url: str, model: str, prompt: Prompt, api_key: str | None = None, t
 @dataclass
 class Counts:
     """``METRIC`` per (pod template hash, prompt, result), every combination from 0: a prompt never
-    answered is a 0, not a missing series."""
+    answered is a 0, not a missing series. Label ``served``: the served name the prompt asks (``model``,
+    or an adapter's: ``with_adapters``), so the canary judges each served model's share apart
+    (components/lib/llm_canary.py ``golden_query``): an adapter's failures are not diluted by its base's."""
 
     model: str
     sides: dict[str, str]  # side name -> its pod template hash (the label value)
     prompts: list[str]
+    served: dict[str, str] = field(default_factory=dict)  # prompt id -> the served name it asks (default: model)
     values: dict[tuple[str, str, str], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -385,7 +388,9 @@ class Counts:
         ]
         with self.lock:
             for (h, p, r), v in sorted(self.values.items()):
-                lines.append(f'{METRIC}{{model="{self.model}",rollouts_pod_template_hash="{h}",prompt="{p}",result="{r}"}} {v}')
+                served = self.served.get(p, self.model)
+                labels = f'model="{self.model}",served="{served}",rollouts_pod_template_hash="{h}",prompt="{p}",result="{r}"'
+                lines.append(f"{METRIC}{{{labels}}} {v}")
         return "\n".join(lines) + "\n"
 
 
@@ -495,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             bad += bool(failures)
             print(f"{prompt.id}: {'FAIL ' + '; '.join(failures) if failures else 'pass'}")
         return 1 if bad else 0
-    counts = Counts(a.label_model or a.model, {"canary": a.canary_hash, "stable": a.stable_hash}, [q.id for q in prompts])
+    sides = {"canary": a.canary_hash, "stable": a.stable_hash}
+    counts = Counts(a.label_model or a.model, sides, [q.id for q in prompts], {q.id: q.model or a.model for q in prompts})
     serve_metrics(counts, a.metrics_port)
     run(prompts, {"canary": a.canary, "stable": a.stable}, counts, a.model, a.rate, a.duration, api_key)
     # Not the judge (the analysis' Prometheus metric is): the Job completes whatever the answers were.

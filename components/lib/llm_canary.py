@@ -365,7 +365,9 @@ def golden_query(prompts: int, window: str) -> str:
     def answers(results: str, by: str = "") -> str:
         return f'sum{by} (increase({GOLDEN_METRIC}{{{sel},result=~"{results}"}}[{window}]))'
 
-    ratio = f"({answers('fail')} / {answers('pass|fail')})"
+    # The worst served model's share (the base's, each LoRA adapter's: label ``served``, llm/golden.py):
+    # one adapter's failed prompts are judged against its own set, not diluted by its base's.
+    ratio = f"max({answers('fail', ' by (served)')} / {answers('pass|fail', ' by (served)')})"
     return f"{ratio} and on () (count({answers('pass|fail', ' by (prompt)')} > 0) >= {prompts})"
 
 

@@ -142,8 +142,16 @@ def test_counts_expose_every_series_from_zero():
     text = counts.exposition()
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     assert len(lines) == 2 * 2 * 3
-    assert 'mlplatform_llm_golden_answers_total{model="chat",rollouts_pod_template_hash="h1",prompt="a",result="fail"} 1' in lines
-    assert 'mlplatform_llm_golden_answers_total{model="chat",rollouts_pod_template_hash="h2",prompt="b",result="pass"} 0' in lines
+    assert (
+        'mlplatform_llm_golden_answers_total{model="chat",served="chat",rollouts_pod_template_hash="h1",prompt="a",result="fail"} 1'
+        in lines
+    )
+    assert (
+        'mlplatform_llm_golden_answers_total{model="chat",served="chat",rollouts_pod_template_hash="h2",prompt="b",result="pass"} 0'
+        in lines
+    )
+    adapters = golden.Counts("chat", {"canary": "h1"}, ["a", "bot_a"], {"bot_a": "bot"})
+    assert 'served="bot",rollouts_pod_template_hash="h1",prompt="bot_a",result="pass"} 0' in adapters.exposition()
     assert "# TYPE mlplatform_llm_golden_answers_total counter" in text
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -371,3 +373,43 @@ def test_latencies_judge_only_on_a_pool_of_one_instance_type():
     assert {m["name"] for m in mixed["spec"]["metrics"]} == {llm_canary.METRIC_ERRORS, llm_canary.METRIC_CLIENT_ERRORS}
     one = llm_canary.analysis_template("chat", "ml-serving", "llm-chat", CanaryConfig())
     assert {llm_canary.METRIC_TTFT, llm_canary.METRIC_ITL} <= {m["name"] for m in one["spec"]["metrics"]}
+
+
+def _golden_ratio_reads(tmp_path, answers: dict[tuple[str, str], str], value: float) -> subprocess.CompletedProcess:
+    """Whether golden_query over the canary's answers reads ``value`` at 2m, by the real engine
+    (``promtool test rules``): ``answers`` (served, prompt) -> "pass"/"fail", one answer every 15 s."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
+    query = llm_canary.golden_query(len(answers), "1m")
+    for name, arg in {rollout_specs.ARG_NAMESPACE: "ml-serving", rollout_specs.ARG_MODEL: "chat", rollout_specs.ARG_CANARY: "c1"}.items():
+        query = query.replace(f"{{{{args.{name}}}}}", arg)
+    series = []
+    for (served, prompt), result in answers.items():
+        for r in ("pass", "fail"):
+            labels = f'namespace="ml-serving",model="chat",served="{served}",rollouts_pod_template_hash="c1",prompt="{prompt}",result="{r}"'
+            series.append({"series": f"{llm_canary.GOLDEN_METRIC}{{{labels}}}", "values": "0+1x8" if r == result else "0x8"})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "golden_ratio", "expr": query}]}]}))
+    test = {"expr": "golden_ratio", "eval_time": "2m", "exp_samples": [{"labels": "golden_ratio", "value": value}]}
+    doc = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "15s",
+        "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": [test]}],
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
+    return subprocess.run([promtool, "test", "rules", "t.yaml"], cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_an_adapters_failed_golden_prompt_is_not_diluted_by_its_bases(tmp_path):
+    """20 base prompts pass and the adapter's one prompt fails: the worst served model's share (1.0) is
+    judged, not the share over all 21 (0.048, under the default maxGoldenFailureRatio 0.05)."""
+    answers = {("chat", f"p{i}"): "pass" for i in range(20)}
+    ok = _golden_ratio_reads(tmp_path / "base", answers, 0.0)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    answers[("support-bot", "support-bot_p0")] = "fail"
+    assert 1.0 > CanaryConfig().max_golden_failure_ratio
+    judged = _golden_ratio_reads(tmp_path / "adapter", answers, 1.0)
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    diluted = _golden_ratio_reads(tmp_path / "diluted", answers, 1 / 21)  # what the query read before
+    assert diluted.returncode != 0
