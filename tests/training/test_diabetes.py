@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -136,7 +137,7 @@ def test_trains_passes_its_gate_and_publishes_a_multi_input_model(tmp_path, push
     proc = run(env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     version = artifacts.latest(store, "diabetes")
-    assert version and version.endswith("-t1")
+    assert version and re.fullmatch(r"\d{8}T\d{6}Z-t1-[0-9a-f]{12}", version), version  # time, run, random part
     meta = artifacts.read_metadata(store, "diabetes", version)
     assert {k: meta["gate"][k] for k in ("metric", "threshold", "higher_is_better", "passed")} == {
         "metric": "test_r2",
@@ -172,7 +173,7 @@ def test_a_retrain_is_gated_against_the_champion(tmp_path):
     second = run({**env, "TRAIN_RUN_ID": "b"})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     meta = artifacts.read_metadata(store, "diabetes", artifacts.latest(store, "diabetes"))
-    assert meta["version"].endswith("-b") and meta["gate"]["champion_version"].endswith("-a")
+    assert re.search(r"-b-[0-9a-f]{12}$", meta["version"]) and re.search(r"-a-[0-9a-f]{12}$", meta["gate"]["champion_version"])
     assert meta["gate"]["champion_value"] == pytest.approx(meta["metrics"]["test_r2"], abs=1e-4)
     assert meta["gate"]["margin"] == 0.02
 

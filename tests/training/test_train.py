@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_trains_gates_and_publishes(tmp_path, small_mnist):
     proc = train("--data", str(small_mnist), "--output", store, "--epochs", "2", "--min-accuracy", "0.5", "--run-id", "test1")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     version = artifacts.latest(store, "mnist")
-    assert version and version.endswith("-test1")
+    assert version and re.fullmatch(r"\d{8}T\d{6}Z-test1-[0-9a-f]{12}", version), version  # time, run, random part
     vdir = tmp_path / "store" / "models" / "mnist" / version
     for f in ("model.keras", "metadata.json", "training_curve.png", "saved_model/saved_model.pb"):
         assert (vdir / f).exists(), f
