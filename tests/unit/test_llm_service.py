@@ -36,6 +36,7 @@ def need_reference():
 
 
 def serve_flags() -> set[str]:
+    need_reference()
     path = reference.reference_dir() / "vllm" / llm_service.VLLM_VERSION / "serve-flags.txt"
     if not path.exists():
         unavailable(f"{path} missing: no flag list for vLLM {llm_service.VLLM_VERSION}")
