@@ -6,14 +6,10 @@ scraped with honor_labels): each panel shows one line per adapter, the run's lat
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-
-import pytest
-import yaml
 
 from llm import finetune
 from monitoring import spec
+from tests import promql
 
 PANELS = {  # panel title -> the metric it must show
     "LoRA training loss (last logged step)": finetune.LOSS_METRIC,
@@ -42,9 +38,6 @@ def test_the_lora_panels_show_each_adapters_latest_value(tmp_path):
     """Two adapters: ``support-bot`` pushed every minute (loss falling, steps rising), ``faq`` from a
     second Pushgateway replica too (the same group seen twice: one line, not two). What each panel
     shows at 3m is the last pushed value per adapter."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
     pushed = {
         finetune.LOSS_METRIC: ("5.3 5.1 4.9 4.8", "2.0 1.9 1.8 1.7"),
         finetune.TOKENS_METRIC: ("2200 2300 2350 2400", "900 910 920 930"),
@@ -69,7 +62,5 @@ def test_the_lora_panels_show_each_adapters_latest_value(tmp_path):
                 ],
             }
         )
-    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{"interval": "1m", "input_series": inputs, "promql_expr_test": cases}]}
-    (tmp_path / "lora.test.yaml").write_text(yaml.safe_dump(test))
-    proc = subprocess.run([promtool, "test", "rules", "lora.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    proc = promql.run_tests(tmp_path, [{"interval": "1m", "input_series": inputs, "promql_expr_test": cases}], interval="1m")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ import yaml
 from components.config import CanaryConfig
 from components.config.validation import problems
 from components.lib import llm_canary, rollout_specs, vllm_buckets
+from tests import promql
 from tests.conftest import ROOT
 from tools import manifests, reference
 
@@ -323,14 +323,9 @@ def test_rendered_queries_on_promtool_judge_latencies_statuses_and_golden(tmp_pa
     """`promtool test rules` evaluates each rendered query (args substituted as the AnalysisRun does)
     over each scenario: a canary as fast passes, one 2x slower fails on both latencies, a 4xx canary
     fails, no data is empty (Inconclusive)."""
-    import shutil
-    import subprocess
 
     from tests.monitoring import argo_analysis as argo
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
     canary = CanaryConfig(windowSeconds=120, minRequests=10)
     tpl = llm_canary.analysis_template(
         "chat", "ml-serving", "llm-chat", canary, golden=llm_canary.Golden("i", "m", "http://s", "http://c", "chat", len(PROMPTS))
@@ -356,11 +351,7 @@ def test_rendered_queries_on_promtool_judge_latencies_statuses_and_golden(tmp_pa
             for metric, value in expected.items()
         ]
         tests.append({"name": name, "interval": "15s", "input_series": series, "promql_expr_test": exprs})
-    (tmp_path / "none.yaml").write_text("groups: []\n")
-    (tmp_path / "q.test.yaml").write_text(
-        yaml.safe_dump({"rule_files": ["none.yaml"], "evaluation_interval": "15s", "tests": tests}, width=100000)
-    )
-    proc = subprocess.run([promtool, "test", "rules", "q.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    proc = promql.run_tests(tmp_path, tests)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
@@ -378,9 +369,6 @@ def test_latencies_judge_only_on_a_pool_of_one_instance_type():
 def _golden_ratio_reads(tmp_path, answers: dict[tuple[str, str], str], value: float) -> subprocess.CompletedProcess:
     """Whether golden_query over the canary's answers reads ``value`` at 2m, by the real engine
     (``promtool test rules``): ``answers`` (served, prompt) -> "pass"/"fail", one answer every 15 s."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
     query = llm_canary.golden_query(len(answers), "1m")
     for name, arg in {rollout_specs.ARG_NAMESPACE: "ml-serving", rollout_specs.ARG_MODEL: "chat", rollout_specs.ARG_CANARY: "c1"}.items():
         query = query.replace(f"{{{{args.{name}}}}}", arg)
@@ -389,16 +377,10 @@ def _golden_ratio_reads(tmp_path, answers: dict[tuple[str, str], str], value: fl
         for r in ("pass", "fail"):
             labels = f'namespace="ml-serving",model="chat",served="{served}",rollouts_pod_template_hash="c1",prompt="{prompt}",result="{r}"'
             series.append({"series": f"{llm_canary.GOLDEN_METRIC}{{{labels}}}", "values": "0+1x8" if r == result else "0x8"})
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "golden_ratio", "expr": query}]}]}))
     test = {"expr": "golden_ratio", "eval_time": "2m", "exp_samples": [{"labels": "golden_ratio", "value": value}]}
-    doc = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "15s",
-        "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": [test]}],
-    }
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
-    return subprocess.run([promtool, "test", "rules", "t.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    return promql.run_tests(
+        tmp_path, [{"interval": "15s", "input_series": series, "promql_expr_test": [test]}], [{"record": "golden_ratio", "expr": query}]
+    )
 
 
 def test_an_adapters_failed_golden_prompt_is_not_diluted_by_its_bases(tmp_path):

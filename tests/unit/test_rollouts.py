@@ -14,6 +14,7 @@ from components.config import CanaryConfig, ServingConfig
 from components.lib import helm, rollout_specs
 from components.models import model_service
 from components.services import argo_rollouts
+from tests import promql
 from tests.conftest import unavailable
 from tests.monitoring import argo_analysis as argo
 from tools import manifests, reference
@@ -430,12 +431,6 @@ def test_rendered_queries_on_promtool_judge_only_with_data(tmp_path):
     """`promtool test rules` evaluates each rendered query (args substituted as the AnalysisRun does)
     at 5 min over each scenario: empty (-> Inconclusive) without enough data on both sides, else
     above its bound (1, Failed) exactly where the canary is bad."""
-    import shutil
-    import subprocess
-
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
     _, tpl = rendered(PROM_CANARY)
     args = argo.resolve_args(tpl, {rollout_specs.ARG_CANARY: "c", rollout_specs.ARG_STABLE: "s"})
     queries = {m["name"]: argo.substitute(m["provider"]["prometheus"]["query"], args) for m in prometheus_metrics(tpl)}
@@ -450,7 +445,5 @@ def test_rendered_queries_on_promtool_judge_only_with_data(tmp_path):
             for metric, value in expected.items()
         ]
         tests.append({"name": name, "interval": "15s", "input_series": series, "promql_expr_test": exprs})
-    (tmp_path / "none.yaml").write_text("groups: []\n")
-    (tmp_path / "queries.test.yaml").write_text(yaml.safe_dump({"rule_files": ["none.yaml"], "evaluation_interval": "15s", "tests": tests}))
-    proc = subprocess.run([promtool, "test", "rules", "queries.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    proc = promql.run_tests(tmp_path, tests)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 from statistics import NormalDist
 
 import pytest
@@ -20,6 +18,7 @@ from components.config import CanaryConfig, validate
 from components.lib import llm_canary, vllm_buckets
 from components.models import llm_import, llm_service
 from monitoring import spec
+from tests import promql
 from tests.conftest import ROOT, unavailable
 from tools import reference
 
@@ -199,9 +198,6 @@ def test_p95_ratios_resolve_1_5x_and_2x_on_the_rendered_buckets():
 
 
 def test_the_quantile_port_agrees_with_prometheus(tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not installed: apt-get install prometheus (.ci/run does)")
     bounds = vllm_buckets.BUCKETS["time_to_first_token"]
     cases = [(0.07, 0.05), (0.3, 0.2), (1.9, 0.1), (0.6, 0.4)]
     tests, exprs = [], []
@@ -216,7 +212,5 @@ def test_the_quantile_port_agrees_with_prometheus(tmp_path):
             {"expr": f"abs({p95} / {expected!r} - 1) < bool 1e-9", "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 1}]}
         )
     tests.append({"interval": "1m", "input_series": series, "promql_expr_test": exprs})
-    (tmp_path / "none.yaml").write_text("groups: []\n")
-    (tmp_path / "q.test.yaml").write_text(yaml.safe_dump({"rule_files": ["none.yaml"], "tests": tests}, width=100000))
-    proc = subprocess.run([promtool, "test", "rules", "q.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    proc = promql.run_tests(tmp_path, tests, interval="1m")
     assert proc.returncode == 0, re.sub(r"\s+", " ", proc.stdout[-4000:] + proc.stderr[-1000:])
