@@ -4,9 +4,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# The ML lane imports TensorFlow and PyTorch into one pytest process; no product process does (a TF
+# run, a PyTorch run, the server and the LoRA Job each import one of them). PyPI's Linux torch is the
+# CUDA build and brings Triton, whose LLVM registers the same command-line options as TensorFlow's: the
+# first torch call that imports Triton (use_deterministic_algorithms, torch.onnx.export, dynamo) kills
+# the whole run ("LLVM ERROR: inconsistency in registered CommandLine options", or a segfault; the CPU
+# build on these machines has no Triton, a fresh machine's does). Triton compiles GPU kernels only and
+# torch never uses it on a CPU, so the tests' process goes without it (`import triton` -> ImportError).
+sys.modules.setdefault("triton", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
