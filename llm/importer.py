@@ -2,7 +2,7 @@
 
     python -m llm.importer import --store ROOT --model NAME --source SOURCE [--revision REV]
                                   [--reason TEXT] [--champion] [--gpu-mib N --gpus N --utilization F
-                                  --max-model-len N --max-num-seqs N]
+                                  --max-model-len N --max-num-seqs N --max-lora-rank N --max-loras N]
     python -m llm.importer promote --from ROOT --to ROOT --model NAME --version V --source S --revision R
     python -m llm.importer show --store ROOT --model NAME
 
@@ -19,7 +19,8 @@ Job may not move an alias); the canary (or ``--champion`` for a first version by
 
 Importing the same source at the same commit again returns the existing version (no second copy).
 Before anything is written, the fit check runs on the snapshot's own config.json when the target GPU
-is given (the Job passes the pool's), so a model that cannot fit fails here in one line, before any GPU
+is given (the Job passes the pool's, and where the stack serves LoRA adapters of the model the rank and
+count its vLLM sizes their buffers by), so a model that cannot fit fails here in one line, before any GPU
 node starts. ``promote`` checks the version's recorded source and commit against the target stack's pin
 first (``check_pin``), then copies the bytes (``registry.promote_between``, candidate only).
 """
@@ -62,6 +63,21 @@ class FitTarget:
     utilization: float = 0.9
     max_model_len: int = 4096
     max_num_seqs: int | None = None
+    # Where the stack serves LoRA adapters of the model: vLLM's --max-lora-rank and --max-loras (the
+    # Job passes its pods' own, components/models/llm_service.py lora_limits); 0 adapters: no buffers.
+    max_lora_rank: int = 0
+    max_loras: int = 0
+
+    def lora_bytes(self, config: dict) -> int:
+        """The LoRA buffers per GPU vLLM preallocates for this target (llm/fit.py ``lora_buffer_bytes``)."""
+        if not self.max_loras:
+            return 0
+        try:
+            return fit.lora_buffer_bytes(config, self.max_lora_rank, self.max_loras, self.gpus)
+        except KeyError as exc:
+            raise ImportRefused(
+                f"config.json has no {exc}: the LoRA buffers of {self.max_loras} adapters cannot be sized: nothing imported"
+            ) from None
 
 
 def is_local(source: str) -> bool:
@@ -118,14 +134,17 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
 
-def fit_problem(shape: fit.ModelShape, target: FitTarget, source: str) -> str | None:
+def fit_problem(shape: fit.ModelShape, target: FitTarget, source: str, lora_bytes: int = 0) -> str | None:
+    """``lora_bytes``: ``target.lora_bytes`` of the snapshot's config.json (the config-time check's sum,
+    components/config/llm.py ``llm_fit_rules``)."""
     seqs = target.max_num_seqs or 1
-    f = fit.check(shape, target.max_model_len, seqs, target.gpu_mib, target.utilization, target.gpus)
+    f = fit.check(shape, target.max_model_len, seqs, target.gpu_mib, target.utilization, target.gpus, lora_bytes)
     if f.fits:
         return None
+    adapters = f", {target.max_loras} LoRA adapters of rank <= {target.max_lora_rank}" if lora_bytes else ""
     return (
         f"{source} does not fit {target.gpus} x {target.gpu_mib / 1024:.1f} GiB GPU(s) x {target.utilization:g}: {f.numbers()} "
-        f"({target.max_model_len} tokens x {seqs} sequences); at most {f.max_tokens} tokens fit"
+        f"({target.max_model_len} tokens x {seqs} sequences{adapters}); at most {f.max_tokens} tokens fit"
     )
 
 
@@ -175,8 +194,9 @@ def import_weights(
         downloaded_s = time.monotonic() - t0
         if problems := check_snapshot(folder, source):
             raise ImportRefused("; ".join(problems) + ": nothing imported")
-        shape = fit.shape_of(json.loads((folder / "config.json").read_text()), weights_bytes(folder))
-        if target is not None and (problem := fit_problem(shape, target, source)):
+        config = json.loads((folder / "config.json").read_text())
+        shape = fit.shape_of(config, weights_bytes(folder))
+        if target is not None and (problem := fit_problem(shape, target, source, target.lora_bytes(config))):
             raise ImportRefused(f"{problem}: nothing imported")
         if existing := find(root, name, source, commit):
             return {**record(root, name, existing), "version": existing, "created": False}
@@ -232,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--utilization", type=float, default=0.9)
     i.add_argument("--max-model-len", type=int, default=4096)
     i.add_argument("--max-num-seqs", type=int)
+    i.add_argument("--max-lora-rank", type=int, default=0, help="vLLM's --max-lora-rank where adapters are served (fit check)")
+    i.add_argument("--max-loras", type=int, default=0, help="vLLM's --max-loras: the adapters served on the model (fit check)")
     pr = sub.add_parser("promote", help="copy a version to another store as its candidate, checked against that stack's pin")
     pr.add_argument("--from", dest="src", required=True)
     pr.add_argument("--to", dest="dst", required=True)
@@ -250,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "import":
-            target = FitTarget(a.gpu_mib, a.gpus, a.utilization, a.max_model_len, a.max_num_seqs) if a.gpu_mib else None
+            target = None
+            if a.gpu_mib:
+                target = FitTarget(a.gpu_mib, a.gpus, a.utilization, a.max_model_len, a.max_num_seqs, a.max_lora_rank, a.max_loras)
             out = import_weights(a.source, a.revision, a.store, a.model, reason=a.reason, target=target, champion=a.champion)
         elif a.cmd == "promote":
             out = promote(a.src, a.dst, a.model, a.version, source=a.source, revision=a.revision, reason=a.reason)

@@ -84,14 +84,21 @@ def _key_statement(key_arn: str | None, write: bool) -> list[dict]:
 
 
 def s3_bucket_policy(
-    bucket_arn: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False, key_arn: str | None = None
+    bucket_arn: str,
+    write: bool,
+    prefixes: list[str] | None = None,
+    read_all: bool = False,
+    key_arn: str | None = None,
+    read_prefixes: list[str] | None = None,
 ) -> str:
     """Access to one bucket only: read (list + get) and, when ``write``, put/delete objects.
 
     ``prefixes`` (e.g. ``models/mnist/``) confine it to those key prefixes: one model's role cannot
-    read or overwrite another model's versions. ``read_all`` keeps reads bucket-wide (a training
-    run's data may live anywhere in it) while writes stay under ``prefixes``. ``key_arn``: the
-    store's KMS key, which S3 uses with the caller's rights.
+    read or overwrite another model's versions. ``read_prefixes`` are read (listed and got) beside
+    them, never written (a LoRA run reads its base's versions: components/models/lora_job.py).
+    ``read_all`` keeps reads bucket-wide instead (a TF training run's data may live anywhere in it)
+    while writes stay under ``prefixes``. ``key_arn``: the store's KMS key, which S3 uses with the
+    caller's rights.
     """
     actions = ["s3:GetObject"] + (["s3:PutObject", "s3:DeleteObject"] if write else [])
     key = _key_statement(key_arn, write)
@@ -102,13 +109,12 @@ def s3_bucket_policy(
             *key,
         )
     scoped = [f"{bucket_arn}/{p}*" for p in prefixes]
+    readable = [*prefixes, *(p for p in read_prefixes or [] if p not in prefixes)]
     listing: dict = {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn}
     if not read_all:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}}
-    statements = [
-        listing,
-        {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{bucket_arn}/*"] if read_all else scoped},
-    ]
+        listing["Condition"] = {"StringLike": {"s3:prefix": [f"{p}*" for p in readable]}}
+    reads = [f"{bucket_arn}/*"] if read_all else [f"{bucket_arn}/{p}*" for p in readable]
+    statements = [listing, {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": reads}]
     if write:
         statements.append({"Sid": "Write", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": scoped})
         # ``models/`` is the registry: versions are immutable and nobody deletes there (training/registry.py

@@ -4,8 +4,9 @@
   any training run (created suspended, label ``kueue.x-k8s.io/queue-name``), runs ``python -m
   llm.importer import`` (llm/importer.py): downloads ``llm.source`` at the pinned ``revision`` into the
   stack's store as an immutable version with a SHA-256 manifest and the model's shape, after the fit
-  check against the pool's GPU. Named ``import-<model>-<hash>`` of source, revision, fit target and
-  code, so an unchanged `up` runs nothing and a new revision is a new run. Only on stacks that import:
+  check against the pool's GPU (with the LoRA buffers its vLLM holds where the stack has adapters of
+  it). Named ``import-<model>-<hash>`` of source, revision, fit target and code, so an unchanged `up`
+  runs nothing and a new revision (or adapter count) is a new run. Only on stacks that import:
   a stack that receives the model (``models.<name>.source``, prod) never has it, and so never talks to
   Hugging Face: its versions arrive by promotion (bytes copied and checked, training/registry.py).
 * **Load** (``served_weights``, for the vLLM pod template, components/models/llm_service.py): an init
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +186,10 @@ class ImportTarget:
     utilization: float
     max_model_len: int
     max_num_seqs: int | None
+    # vLLM's LoRA buffers where the base serves adapters (llm_service.lora_limits: the pods' own
+    # --max-lora-rank/--max-loras); 0: none. In the run's name: a new adapter re-checks the fit.
+    max_lora_rank: int = 0
+    max_loras: int = 0
 
 
 def object_name(model: str) -> str:
@@ -206,6 +212,8 @@ def import_args(model: str, llm: LlmConfig, store_uri: str, target: ImportTarget
         args += ["--max-model-len", str(target.max_model_len)]
         if target.max_num_seqs:
             args += ["--max-num-seqs", str(target.max_num_seqs)]
+        if target.max_loras:
+            args += ["--max-lora-rank", str(target.max_lora_rank), "--max-loras", str(target.max_loras)]
     return args
 
 
@@ -354,12 +362,14 @@ def attach_import(name: str, args: ImportArgs, parent: pulumi.Resource) -> k8s.b
     )
 
 
-def for_model(name: str, args: Any, opts: pulumi.ResourceOptions) -> k8s.batch.v1.Job | None:
+def for_model(name: str, args: Any, opts: pulumi.ResourceOptions, adapters: Collection[str] = ()) -> k8s.batch.v1.Job | None:
     """The import of a catalogue entry (components/models/model.py ModelArgs), where this stack imports:
     not where the model is received from another stack (``source``: prod), whose versions arrive by
-    promotion and which so never reaches Hugging Face. The fit target is the model's pool's smallest GPU."""
+    promotion and which so never reaches Hugging Face. The fit target is the model's pool's smallest GPU,
+    with the LoRA buffers of ``adapters`` (the stack's adapters of this base) as its vLLM will hold them."""
     from components.config import capacity
     from components.config.llm import choose_pool
+    from components.models.llm_service import lora_limits
 
     cfg = args.config
     if cfg.source is not None or cfg.llm is None or cfg.llm.from_store:
@@ -368,7 +378,16 @@ def for_model(name: str, args: Any, opts: pulumi.ResourceOptions) -> k8s.batch.v
     pool = choose_pool(llm, args.gpu_pools) if args.gpu_pools else None
     target = None
     if pool is not None:
-        target = ImportTarget(capacity.pool_gpu_memory_mib(pool), llm.gpus, llm.gpu_memory_utilization, llm.max_model_len, llm.max_num_seqs)
+        lora = lora_limits(llm, adapters)
+        target = ImportTarget(
+            capacity.pool_gpu_memory_mib(pool),
+            llm.gpus,
+            llm.gpu_memory_utilization,
+            llm.max_model_len,
+            llm.max_num_seqs,
+            max_lora_rank=lora.max_rank if lora else 0,
+            max_loras=lora.max_loras if lora else 0,
+        )
     import_args = ImportArgs(
         model=args.model,
         namespace=args.training_namespace,

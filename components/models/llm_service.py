@@ -45,6 +45,7 @@ runs the analysis queries in tests/llm/.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -680,18 +681,34 @@ def adapter_init_container(model: str, base_version: str, adapter: str, version:
     return {**weights.init_container, "name": f"adapter-{adapter}"[:63], "command": ["python3", *args]}
 
 
+@dataclass(frozen=True)
+class LoraLimits:
+    """vLLM's ``--max-lora-rank`` and ``--max-loras`` for a base: what sizes its LoRA buffers
+    (llm/fit.py ``lora_buffer_bytes``). One source for the pods' flags (``adapter_mount``) and the
+    import Job's fit check (components/models/llm_import.py ``for_model``)."""
+
+    max_rank: int
+    max_loras: int
+
+
+def lora_limits(llm: LlmConfig, adapters: Collection[str]) -> LoraLimits | None:
+    """``adapters``: every adapter of the base on the stack (served or not yet: what the config's fit
+    check counts too); ``--max-lora-rank``: ``llm.maxLoraRank``. None: the base has no adapter."""
+    return LoraLimits(llm.max_lora_rank, len(adapters)) if adapters else None
+
+
 def adapter_mount(model: str, llm: LlmConfig, args: LlmServiceArgs, store_uri: str, weights: Any) -> AdapterMount | None:
-    """The pod template's adapter parts (None: no adapter served). ``--max-loras``: every adapter of the
-    base on the stack (what llm/fit.py counts), ``--max-lora-rank``: ``llm.maxLoraRank``."""
+    """The pod template's adapter parts (None: no adapter served), with the base's ``lora_limits``."""
     from llm import lora_gate
 
     served = served_adapters(args.version, args.adapters) if weights is not None else {}
-    if not served:
+    limits = lora_limits(llm, args.adapters)
+    if not served or limits is None:
         return None
     assert args.version is not None  # served_adapters: only on a pinned base version
     return AdapterMount(
         init_containers=[adapter_init_container(model, args.version, a, v, store_uri, weights) for a, v in served.items()],
-        args=lora_gate.serve_args({a: adapter_path(a, v) for a, v in served.items()}, llm.max_lora_rank, len(args.adapters)),
+        args=lora_gate.serve_args({a: adapter_path(a, v) for a, v in served.items()}, limits.max_rank, limits.max_loras),
         annotations={lora_gate.version_annotation(a): v for a, v in served.items()},
     )
 

@@ -20,8 +20,9 @@ adapter entry with ``training: {kind: lora}`` on a stack that trains it (not whe
   adapter's prefix of the store.
 * **Identity**: its own ServiceAccount whose IRSA role writes only ``models/<adapter>/`` (with the
   registry guards of components/lib/iam.py: create-only, no aliases, no rejections) and
-  ``checkpoints/<adapter>/``; reads the bucket (the base's version is under ``models/<base>/``), as
-  the TF training runs do.
+  ``checkpoints/<adapter>/``, and reads only those and ``models/<base>/`` (the base's version it
+  trains on; the champion adapter and an ``s3://`` data set are under ``models/<adapter>/``), where a
+  TF training run reads the whole bucket (its data may live anywhere in it).
 * **Image**: the LoRA image (llm/lora-image/Dockerfile), built and pushed by ``pulumi up``
   (components/services/images.py, on a stack that fine-tunes an adapter: ``trains_here``) FROM the
   pinned vLLM image (``BASE_IMAGE``: torch, transformers, accelerate) plus ``peft==0.21.2``
@@ -244,6 +245,12 @@ def network_policy_spec(adapter: str) -> dict[str, Any]:
     }
 
 
+def read_prefixes(run: Run) -> list[str]:
+    """What the run reads beside what it writes (``store_prefixes``: the adapter's versions, its champion
+    and data, its checkpoints): its base's versions (the pinned one it trains on and gates against)."""
+    return [f"models/{run.base}/"]
+
+
 def _env_dicts(store: ArtifactStore) -> list[dict[str, Any]]:
     return [llm_import._env_dict(e) for e in client_env(store)]
 
@@ -258,7 +265,7 @@ def attach(
         return k8s.meta.v1.ObjectMetaArgs(name=n, namespace=namespace, labels=lab)
 
     sa = store_service_account(
-        parent, f"{name}-lora", store, namespace, obj, lab, write=True, prefixes=store_prefixes(adapter), read_all=True
+        parent, f"{name}-lora", store, namespace, obj, lab, write=True, prefixes=store_prefixes(adapter), read_prefixes=read_prefixes(run)
     )
     code_map = llm_import.code_configmap_name("lora-code")
     code = k8s.core.v1.ConfigMap(f"{name}-lora-code", metadata=meta(code_map), immutable=True, data=llm_import.code_files(), opts=child)

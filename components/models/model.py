@@ -256,7 +256,8 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
     assert cfg.llm is not None  # config validation requires it for runtime vllm
     # Not awaited and not a dependency of the Rollout: its pods wait (the weights init container)
     # until the import and the first delivery made a champion.
-    llm_import.for_model(name, args, opts)
+    adapters = adapter_versions(args, opts)
+    llm_import.for_model(name, args, opts, adapters)  # its fit check counts the adapters' LoRA buffers
     pool = choose_pool(cfg.llm, args.gpu_pools) if args.gpu_pools else None
     return LlmService(
         f"{name}-llm",
@@ -296,7 +297,7 @@ def build_llm(name: str, args: ModelArgs, opts: pulumi.ResourceOptions) -> LlmSe
             pool_instance_types=tuple(pool.instance_types) if pool else (),
             version=served_version(name, args, opts),
             golden_image=args.serving_image,
-            adapters=adapter_versions(args, opts),
+            adapters=adapters,
         ),
         opts=opts,
     )

@@ -179,11 +179,18 @@ class ArtifactStore(pulumi.ComponentResource):
         )
 
     def irsa_role(
-        self, name: str, namespace: str, service_account: str, write: bool, prefixes: list[str] | None = None, read_all: bool = False
+        self,
+        name: str,
+        namespace: str,
+        service_account: str,
+        write: bool,
+        prefixes: list[str] | None = None,
+        read_all: bool = False,
+        read_prefixes: list[str] | None = None,
     ) -> pulumi.Output[str] | None:
         """An IAM role that only ``namespace/service_account`` can assume, with read (or read-write)
-        access to this bucket only, under ``prefixes`` when given (iam.s3_bucket_policy). None on
-        the local stack (MinIO credentials instead)."""
+        access to this bucket only, under ``prefixes`` when given, reading ``read_prefixes`` too
+        (iam.s3_bucket_policy). None on the local stack (MinIO credentials instead)."""
         args = self._args
         if not args.eks:
             return None
@@ -203,7 +210,7 @@ class ArtifactStore(pulumi.ComponentResource):
             aws.iam.RolePolicyArgs(
                 role=role.id,
                 policy=pulumi.Output.all(self.bucket_arn, self.key_arn).apply(
-                    lambda a: iam.s3_bucket_policy(a[0], write, prefixes, read_all, a[1])
+                    lambda a: iam.s3_bucket_policy(a[0], write, prefixes, read_all, a[1], read_prefixes)
                 ),
             ),
             opts=child,
@@ -326,11 +333,14 @@ def store_service_account(
     write: bool,
     prefixes: list[str] | None = None,
     read_all: bool = False,
+    read_prefixes: list[str] | None = None,
 ) -> k8s.core.v1.ServiceAccount:
     """The workload's ServiceAccount: on EKS annotated with an IRSA role limited to the store's bucket
-    (read, or read-write; under ``prefixes`` when given); never mounting an API token (our workloads
-    do not talk to Kubernetes)."""
-    role_arn = store.irsa_role(f"{name}-store", namespace, account, write=write, prefixes=prefixes, read_all=read_all)
+    (read, or read-write; under ``prefixes`` when given, and reading ``read_prefixes``); never mounting
+    an API token (our workloads do not talk to Kubernetes)."""
+    role_arn = store.irsa_role(
+        f"{name}-store", namespace, account, write=write, prefixes=prefixes, read_all=read_all, read_prefixes=read_prefixes
+    )
     return k8s.core.v1.ServiceAccount(
         f"{name}-sa",
         metadata=k8s.meta.v1.ObjectMetaArgs(

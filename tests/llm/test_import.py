@@ -44,9 +44,9 @@ def safetensors_bytes(n: int = 16) -> bytes:
     return struct.pack("<Q", len(header)) + header + struct.pack(f"<{n}f", *range(n))
 
 
-def make_snapshot(path, weights: bytes | None = None, pickle: bool = False):
+def make_snapshot(path, weights: bytes | None = None, pickle: bool = False, config: dict | None = None):
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (path / "config.json").write_text(json.dumps(config or TINY_CONFIG))
     (path / "tokenizer.json").write_text('{"version": "1.0"}')
     (path / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
     (path / "README.md").write_text("not served")  # not taken
@@ -113,6 +113,36 @@ def test_a_model_that_does_not_fit_is_refused_at_import(tmp_path, stores):
     with pytest.raises(importer.ImportRefused, match=r"does not fit 1 x 1.0 GiB GPU\(s\) x 0.9: weights .* GiB usable"):
         importer.import_weights(str(snap), "main", dev, "chat", reason="r", target=target)
     assert registry.versions(dev, "chat") == []
+
+
+# An 8B-like shape (32 layers, 8 KV heads of 128, fp16): 4096 tokens of KV cache are 0.5 GiB; vLLM's
+# buffers for 4 adapters of rank <= 64 are 1.1 GiB (llm/fit.py lora_buffer_bytes). The weights file is tiny.
+LORA_BASE = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 512,
+    "torch_dtype": "float16",
+}
+
+
+def test_a_model_that_fits_only_without_its_adapters_buffers_is_refused_at_import(tmp_path, stores, capsys):
+    """The Job passes the LoRA rank and count its base's vLLM serves (components/models/llm_import.py):
+    a 2 GiB GPU x 0.9 less vLLM's overhead leaves 0.8 GiB, room for the KV cache but not the buffers."""
+    dev, _ = stores
+    snap = make_snapshot(tmp_path / "snap", config=LORA_BASE)
+    cli = ["import", "--store", dev, "--model", "chat", "--source", str(snap), "--gpu-mib", "2048", "--max-model-len", "4096"]
+    assert importer.main([*cli, "--max-lora-rank", "64", "--max-loras", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "REFUSED" in err and "KV cache 0.5 GiB + LoRA buffers 1.10 GiB = 1.6 GiB > 0.8 GiB usable" in err, err
+    assert "(4096 tokens x 1 sequences, 4 LoRA adapters of rank <= 64)" in err and err.rstrip().endswith("nothing imported"), err
+    assert registry.versions(dev, "chat") == []
+    assert importer.main(cli) == 0  # the same GPU without adapters: imported
+    assert len(registry.versions(dev, "chat")) == 1
 
 
 def test_promotion_copies_the_bytes_when_the_pin_matches(tmp_path, stores):
