@@ -230,11 +230,12 @@ def as_role(role_arn: str | None, session: str, assume: Callable[[str, str], dic
 UNPINNED = "champion"
 
 
-def pin(stack: str, model: str, version: str | None, sh: Runner) -> None:
+def pin(stack: str, model: str, version: str | None, sh: Runner, also: dict[str, str | None] | None = None) -> None:
     """``serving.version`` set to ``version`` (None: explicitly unpinned - an adapter that never had a
-    champion on this stack goes back to not being served), then ``pulumi up``."""
-    key = f"mlplatform:models.{model}.serving.version"
-    sh(["pulumi", "config", "set", "--path", key, version or UNPINNED, "--stack", stack])
+    champion on this stack goes back to not being served), and to each of ``also`` (adapters that move
+    with their base), then one ``pulumi up``: one pod template change, one canary."""
+    for name, v in {model: version, **(also or {})}.items():
+        sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{name}.serving.version", v or UNPINNED, "--stack", stack])
     sh(["pulumi", "up", "--yes", "--non-interactive", "--stack", stack, "--policy-pack", "policy"])
 
 
@@ -426,14 +427,17 @@ def deliver(
     current_version = current["version"] if current else None
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
+    follow: dict[str, tuple[str, str]] = {}
     if base:
         check_adapter_base(stack, model, base, version, store, source, promoter)
     else:
-        check_adapters_follow(stack, model, version, store, stacks_dir)
+        follow = adapters_to_follow(stack, model, version, store, source, promoter, stacks_dir)
     if current_version is not None and registry.served_as_champion(store, model, version):
         return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
     if source:
         _copy(stack, model, version, store, source, promoter, stacks_dir, adapter=base is not None)
+        for adapter, (new, _) in follow.items():  # after their base: the copy checks the base is here
+            _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
     if current_version is None and not base:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first
         # revision out at full scale, without steps). It becomes the champion, then the pin follows.
@@ -441,7 +445,7 @@ def deliver(
         pin(stack, model, version, sh)
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
         return DELIVERED
-    return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
+    return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj, follow)
 
 
 def _copy(
@@ -507,20 +511,48 @@ def served_adapters(stack: str, base: str, store: str, stacks_dir: Path = ROOT /
     return served
 
 
-def check_adapters_follow(stack: str, model: str, version: str, store: str, stacks_dir: Path) -> None:
+def adapters_to_follow(
+    stack: str, model: str, version: str, store: str, source: _Source | None, promoter: Promoter, stacks_dir: Path
+) -> dict[str, tuple[str, str]]:
     """A new base version must not strand the adapters the base's pods serve: their fetch refuses an
-    adapter of another base version, so the canary pods would never start. Refused before anything moves,
-    one line saying the way through (unpin the adapters, deliver the base, retrain them on it)."""
+    adapter of another base version, so the canary pods would never start. On a stack that receives its
+    models, each such adapter moves with its base, in the same canary: the source stack's champion of
+    the adapter when it was trained on this very base version (returned: adapter -> (new, served)).
+    Otherwise, and on the stack that trains them, refused before anything moves, in one line saying the
+    way through."""
     from llm import lora_gate
 
-    for adapter, adapter_version in served_adapters(stack, model, store, stacks_dir).items():
-        trained = (lora_gate.adapter_record(store, adapter, adapter_version).get("base") or {}).get("version")
-        if trained != version:
-            raise lora_gate.AdapterRefused(
-                f"{model}/{version}: {stack} serves {adapter}/{adapter_version}, trained on {model}/{trained}; unpin it "
-                f"(pulumi config set --path mlplatform:models.{adapter}.serving.version {UNPINNED}), deliver {model}, then "
-                f"retrain {adapter} on it and deliver {adapter}"
-            )
+    follow = {}
+    for adapter, served in served_adapters(stack, model, store, stacks_dir).items():
+        trained = (lora_gate.adapter_record(store, adapter, served).get("base") or {}).get("version")
+        if trained == version:
+            continue
+        if source is not None and (new := _trained_on(adapter, model, version, store, source, promoter)):
+            follow[adapter] = (new, served)
+            continue
+        way = (
+            f"deliver {adapter} on {source.stack} first (it moves with {model} there), or unpin it here"
+            if source is not None
+            else f"unpin it (pulumi config set --path mlplatform:models.{adapter}.serving.version {UNPINNED}), deliver {model}, then "
+            f"retrain {adapter} on it and deliver {adapter}"
+        )
+        raise lora_gate.AdapterRefused(f"{model}/{version}: {stack} serves {adapter}/{served}, trained on {model}/{trained}; {way}")
+    return follow
+
+
+def _trained_on(adapter: str, model: str, version: str, store: str, source: _Source, promoter: Promoter) -> str | None:
+    """The source stack's champion of ``adapter`` when it was trained on ``model``/``version`` and was
+    not rejected on this stack; None otherwise."""
+    from llm import lora_gate
+    from training import registry
+
+    with promoter(source.role, source.session):
+        champ = registry.get_alias(source.store, adapter, "champion")
+        record = lora_gate.adapter_record(source.store, adapter, champ["version"]) if champ else {}
+    b = record.get("base") or {}
+    if champ is None or (b.get("model"), b.get("version")) != (model, version):
+        return None
+    return None if registry.rejection(store, adapter, champ["version"]) else champ["version"]
 
 
 def _roll_back_to(
@@ -596,13 +628,17 @@ def _canary(
     timeout_s: float,
     poll_s: float,
     obj: str | None = None,
+    follow: dict[str, tuple[str, str]] | None = None,
 ) -> int:
     """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion
     (DELIVERED); rejected on a failed analysis (REJECTED); anything else leaves it the candidate
     (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version`` (None: an
-    adapter's first version on this stack, canaried on its base's pods: the pin is removed)."""
+    adapter's first version on this stack, canaried on its base's pods: the pin is removed).
+    ``follow``: adapters that move with this base version (adapter -> (new, served)), pinned in the
+    same ``up`` and judged by the same canary (their golden prompts are among its measurements)."""
     from training import registry
 
+    follow = follow or {}
     keeps = current_version or f"no version of {model}"
 
     replicas = (rollout_state(model, sh, obj).get("spec") or {}).get("replicas", 1)
@@ -615,16 +651,20 @@ def _canary(
             file=sys.stderr,
         )
         return NOT_JUDGED_EXIT
-    print(f"{model}: canary of {version} on {stack} (stable: {keeps})")
-    pin(stack, model, version, sh)
+    with_adapters = "".join(f", with {a}/{new}" for a, (new, _) in follow.items())
+    print(f"{model}: canary of {version}{with_adapters} on {stack} (stable: {keeps})")
+    pin(stack, model, version, sh, also={a: new for a, (new, _) in follow.items()})
     measured = llm_canary.JUDGING_METRICS if obj == rollout_name(model, "vllm") else ()
     outcome, message = wait(model, version, sh, timeout_s, poll_s, obj, measured)
     if outcome == HEALTHY:
         registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
-        print(f"{model}: canary passed on {stack}: {version} is the champion (was {keeps})")
+        for a, (new, _) in follow.items():
+            registry.move(store, a, "champion", new, reason=f"pipeline: canary passed on {stack} with {model}/{version}", forward_only=True)
+        print(f"{model}: canary passed on {stack}: {version}{with_adapters} is the champion (was {keeps})")
         return DELIVERED
-    # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps).
-    pin(stack, model, current_version, sh)
+    # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps). The
+    # adapters that moved with it stay candidates: trained on this base version, they serve with no other.
+    pin(stack, model, current_version, sh, also={a: served for a, (_, served) in follow.items()})
     if outcome == FAILED:
         reason = f"canary failed its analysis on {stack}: {message}"
         registry.reject(store, model, version, reason=reason)

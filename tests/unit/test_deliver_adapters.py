@@ -274,4 +274,102 @@ def test_a_new_base_version_does_not_strand_the_served_adapter(tmp_path, stacks)
     config["config"]["mlplatform:models"]["support-bot"]["serving"] = {"version": deliver.UNPINNED}
     (d / "Pulumi.dev.yaml").write_text(yaml.safe_dump(config))
     assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
-    deliver.check_adapters_follow("dev", "chat", new_base, stores["dev"], d)  # no refusal
+    assert deliver.adapters_to_follow("dev", "chat", new_base, stores["dev"], None, deliver.as_role, d) == {}  # no refusal
+
+
+class JointRollout(BaseRollout):
+    """pulumi and kubectl for a stack whose base ``chat`` moves to a new version: the base's pin and the
+    adapter's are both read (one pod template: the base version and the adapter version annotations)."""
+
+    def __init__(self, stores: dict[str, str], base: str, adapter: str, outcome: str = "Healthy"):
+        super().__init__(stores, outcome)
+        self.base = self.base_serving = base
+        self.pinned = self.serving = adapter
+        self.sets: list[tuple[str, str | None]] = []
+
+    def _rollout(self) -> dict:
+        r = super()._rollout() if self.pinned != self.serving or self.base == self.base_serving else self._canary_of_base()
+        r["spec"]["template"]["metadata"]["annotations"][deliver.VERSION_ANNOTATION] = self.base
+        if r["status"].get("stableRS") == "c2":
+            self.base_serving = self.base
+        return r
+
+    def _canary_of_base(self) -> dict:
+        self.serving = None  # a new pod template: the canary runs whatever the adapter pin is
+        return super()._rollout()
+
+    def __call__(self, cmd: list[str]) -> str:
+        if cmd[:3] == ["pulumi", "config", "set"]:
+            name = cmd[4].split(".")[1]
+            value = None if cmd[5] == deliver.UNPINNED else cmd[5]
+            self.sets.append((name, value))
+            if name == "chat":
+                self.base = value
+            else:
+                self.pinned = value
+                self.pins.append(value)
+            return ""
+        return super().__call__(cmd)
+
+
+def staging_on_a_new_base(tmp_path, stacks):
+    """dev and staging serve chat BASE_V with support-bot V1; dev then moved to chat NEW (a new import,
+    canaried there) and support-bot V2 retrained on it (canaried there): both dev's champions."""
+    d, stores, _ = stacks
+    for stack in ("dev", "staging"):
+        assert deliver_to(stack, d, BaseRollout(stores)) == 0
+    new = hand_base(tmp_path, stores["dev"], weights=b"\2" * 64, version=NEW_BASE)
+    publish_adapter(tmp_path, stores["dev"], new, V2)
+    registry.move(stores["dev"], "support-bot", "champion", V2, reason="test: canaried on dev with chat NEW")
+    return d, stores
+
+
+NEW_BASE = "20251220T000000Z-chat3"
+
+
+def deliver_chat(stack: str, d: Path, cluster: BaseRollout) -> int:
+    return deliver.deliver(stack, "chat", cluster, timeout_s=5, poll_s=0, stacks_dir=d)
+
+
+def test_on_a_receiving_stack_the_served_adapter_moves_with_its_new_base_in_one_canary(tmp_path, stacks, capsys):
+    """staging never stops serving support-bot across a base upgrade: dev's adapter champion trained
+    on the incoming base version is copied after the base and pinned in the same up; one canary judges
+    both; passed, both are champions; a second run changes nothing."""
+    d, stores = staging_on_a_new_base(tmp_path, stacks)
+    cluster = JointRollout(stores, BASE_V, V1)
+    assert deliver_chat("staging", d, cluster) == deliver.DELIVERED, capsys.readouterr()
+    assert cluster.sets == [("chat", NEW_BASE), ("support-bot", V2)] and cluster.ups == 1 and cluster.canaries >= 1
+    assert registry.get_alias(stores["staging"], "chat", "champion")["version"] == NEW_BASE
+    assert registry.get_alias(stores["staging"], "support-bot", "champion")["version"] == V2
+    registry.verify(stores["staging"], "support-bot", V2)
+    assert f"canary of {NEW_BASE}, with support-bot/{V2} on staging" in capsys.readouterr().out
+    # the adapter's own step then finds it served: no copy, no canary
+    again = JointRollout(stores, NEW_BASE, V2)
+    assert deliver_to("staging", d, again) == deliver.DELIVERED and again.canaries == 0
+    assert registry.versions(stores["staging"], "support-bot") == [V1, V2]
+
+
+def test_a_failed_joint_canary_puts_both_pins_back_and_rejects_the_base_only(tmp_path, stacks, capsys):
+    d, stores = staging_on_a_new_base(tmp_path, stacks)
+    cluster = JointRollout(stores, BASE_V, V1, outcome="Failed")
+    assert deliver_chat("staging", d, cluster) == deliver.REJECTED
+    assert cluster.sets == [("chat", NEW_BASE), ("support-bot", V2), ("chat", BASE_V), ("support-bot", V1)] and cluster.ups == 2
+    assert registry.rejection(stores["staging"], "chat", NEW_BASE) is not None
+    assert registry.rejection(stores["staging"], "support-bot", V2) is None  # a candidate: it serves with no other base
+    assert registry.get_alias(stores["staging"], "chat", "champion")["version"] == BASE_V
+    assert registry.get_alias(stores["staging"], "support-bot", "champion")["version"] == V1
+
+
+def test_a_base_whose_adapter_has_not_followed_on_the_source_is_refused_before_a_byte_is_copied(tmp_path, stacks):
+    d, stores, _ = stacks
+    for stack in ("dev", "staging"):
+        assert deliver_to(stack, d, BaseRollout(stores)) == 0
+    hand_base(tmp_path, stores["dev"], weights=b"\2" * 64, version=NEW_BASE)  # dev's champion; support-bot not retrained
+    cluster = JointRollout(stores, BASE_V, V1)
+    with pytest.raises(lora_gate.AdapterRefused) as e:
+        deliver_chat("staging", d, cluster)
+    assert str(e.value) == (
+        f"chat/{NEW_BASE}: staging serves support-bot/{V1}, trained on chat/{BASE_V}; "
+        "deliver support-bot on dev first (it moves with chat there), or unpin it here"
+    )
+    assert registry.versions(stores["staging"], "chat") == [BASE_V] and cluster.sets == [] and cluster.ups == 0
