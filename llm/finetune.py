@@ -194,15 +194,44 @@ def batch_indices(n_blocks: int, batch_size: int, seed: int, step: int) -> list[
 # ---- model and checkpoint ----
 
 
-def load_model(base_dir: Path, params: LoraParams):
-    """The frozen base (float32, CPU or the run's GPU) with a fresh LoRA adapter, and its tokenizer."""
+def train_dtype(device: str):
+    """The frozen base's dtype: float32 on the CPU (the tests' tiny Llama, bit for bit as before); on a GPU
+    half precision, bfloat16 (the dtype of the platform's bases, Qwen2.5/Llama-3.1) or float16 where the
+    GPU has no bf16 (a T4): a 7B in float32 is 30 GB, more than a 24 GB A10G/L4 holds."""
+    import torch
+
+    if device == "cpu":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_model(base_dir: Path, params: LoraParams, device: str | None = None):
+    """The frozen base with a fresh LoRA adapter, and its tokenizer, on ``device`` (default: the GPU
+    when there is one). On a GPU the base is loaded straight onto it in half precision (``train_dtype``;
+    not through host RAM: the pod's memory is sized for vLLM, below a 7B's 15 GB), with gradient
+    checkpointing (each decoder layer's activations recomputed in the backward pass: llm/fit.py
+    ``lora_training_memory`` counts what remains) and no KV cache. The adapter's weights stay float32:
+    peft 0.21.2's ``get_peft_model(autocast_adapter_dtype=True)`` (its default) upcasts bf16/fp16
+    adapter weights "as this is typically required for stable training" (tuners_utils.py
+    ``cast_adapter_dtype``), and LoRA's forward casts its input to them and its output back to the
+    base's dtype (lora/layer.py ``Linear.forward``). No GradScaler: bf16 needs none; on an fp16 GPU the
+    float32 adapter still trains, but tiny gradients may underflow (prefer a bf16 GPU). The loss is
+    transformers' causal-LM loss: one float32 copy of the logits, nothing more kept."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(params.seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if device == "cpu":
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=train_dtype(device), device_map={"": device})
+        base.config.use_cache = False
+        # non-reentrant: the checkpointed layers' inputs need no grad of their own (torch's recommended mode)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
     cfg = LoraConfig(
         r=params.rank,
         lora_alpha=params.alpha,
@@ -319,10 +348,11 @@ def emit(state: State, seconds: float, gateway: str | None = None, name: str = "
 def train_loop(model, opt, data, params: LoraParams, state: State, ckpt: Checkpoint, push: tuple[str | None, str] = (None, "")) -> bool:
     """Steps from ``state.step`` to ``params.steps``; False when stopped by SIGTERM (checkpointed)."""
     model.train()
+    device = next(model.parameters()).device
     t0 = time.monotonic()
     while state.step < params.steps:
         idx = batch_indices(len(data), params.batch_size, params.seed, state.step)
-        batch = data[idx]
+        batch = data[idx].to(device)
         t = time.monotonic()
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()

@@ -234,3 +234,107 @@ def card(source: str) -> dict | None:
 def card_shape(source: str) -> ModelShape | None:
     c = card(source)
     return shape_of(c["config"]) if c else None
+
+
+# ---- a LoRA fine-tuning run on one GPU (llm/finetune.py): its peak memory ----
+
+# The CUDA context, cuBLAS workspaces and the caching allocator's fragmentation: outside the tensors
+# the terms below count. An estimate (the context alone is ~0.3-0.5 GiB on an A10G/L4/H100), stated.
+TRAIN_OVERHEAD_GIB = 1.5
+HALF = 2  # bytes of a bf16/fp16 value: the frozen base and the activations (llm/finetune.py load_model)
+FP32 = 4
+
+
+def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
+    """(in, out) features of a dense decoder layer's linear modules, by their transformers name
+    (Llama/Mistral/Qwen2: the names LoRA's ``targetModules`` use)."""
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    hd = config.get("head_dim") or h // heads
+    q, kv = heads * hd, (config.get("num_key_value_heads") or heads) * hd
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
+
+
+def lora_param_count(config: dict, rank: int, target_modules: list[str] | tuple[str, ...]) -> int:
+    """LoRA's trainable parameters: A (rank x in) + B (out x rank) on every target module of every
+    layer (a name the model does not have adds nothing: PEFT refuses it at the run's start)."""
+    shapes = linear_shapes(config)
+    return config["num_hidden_layers"] * rank * sum(i + o for m, (i, o) in shapes.items() if m in target_modules)
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """A LoRA run's peak GPU memory, by term (bytes); ``lora_training_memory`` says what each is."""
+
+    weights: int
+    lora: int
+    checkpoints: int
+    layer: int
+    logits: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.checkpoints + self.layer + self.logits + self.overhead
+
+    def numbers(self) -> str:
+        g = [x / GIB for x in (self.weights, self.lora, self.checkpoints + self.layer, self.logits, self.overhead, self.total)]
+        return (
+            f"weights {g[0]:.1f} + LoRA, gradients and Adam {g[1]:.2f} + activations {g[2]:.1f} + logits and loss {g[3]:.1f} "
+            f"+ overhead {g[4]:.1f} = {g[5]:.1f} GiB"
+        )
+
+
+def lora_training_memory(
+    config: dict, batch_size: int, seq_len: int, rank: int, target_modules: list[str] | tuple[str, ...]
+) -> TrainingMemory:
+    """Peak GPU memory of llm/finetune.py's run on one GPU, from the base's ``config.json`` (a card's) and
+    the run's parameters; ``T`` = batch_size x seq_len tokens a step:
+
+    * **frozen weights**: the parameter count (``param_counts``) x 2 bytes: the run loads the base in
+      bf16 (fp16 on a GPU without bf16), never in the checkpoint's float32 (llm/finetune.py load_model);
+      a quantized checkpoint is refused for training (components/config/lora.py), not estimated;
+    * **LoRA, its gradients and AdamW's two moments**: 4 fp32 values a trainable parameter (16 bytes):
+      PEFT keeps the adapter in float32 on a half-precision base (peft 0.21.2
+      ``get_peft_model(autocast_adapter_dtype=True)``, tuners_utils.py ``cast_adapter_dtype``), and
+      torch's AdamW keeps ``exp_avg`` and ``exp_avg_sq`` like the parameter;
+    * **activations, with gradient checkpointing** (transformers checkpoints each decoder layer): every
+      layer's input is kept, ``layers x hidden x T x 2`` bytes; and one layer at a time is recomputed
+      in the backward pass with its autograd activations: per token, in bf16, the two RMSNorm outputs
+      (2 x hidden), q/k/v and their rotary copies, the attention output (SDPA/flash: no T x T matrix),
+      gate, up, SiLU(gate) and their product (4 x intermediate); in fp32, the two RMSNorms' upcast inputs
+      (Qwen2/Llama RMSNorm computes in float32) and each LoRA target's input (PEFT casts ``x`` to the
+      adapter's float32 before ``lora_A``: lora/layer.py ``Linear.forward``); plus the gradients of the
+      three MLP intermediates (bf16) while that layer back-propagates;
+    * **logits and loss**: ``T x vocab x (2 + 4 + 4)`` bytes: the bf16 logits of the last hidden state,
+      their float32 upcast (transformers' ``ForCausalLMLoss`` calls ``logits.float()``) and
+      cross-entropy's float32 log-softmax, which its backward turns into the logits' gradient (same size);
+      no other full-vocabulary tensor is kept (the loop keeps only ``.loss``);
+    * **overhead**: ``TRAIN_OVERHEAD_GIB`` (CUDA context, cuBLAS workspaces, allocator fragmentation).
+
+    Checked against the Qwen-7B LoRA profile its authors published (tests/llm/test_fit.py), not measured
+    here (no GPU on this machine).
+    """
+    h, vocab, layers = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
+    shapes = linear_shapes(config)
+    tokens = batch_size * seq_len
+    q, kv, inter = shapes["q_proj"][1], shapes["k_proj"][1], shapes["gate_proj"][1]
+    half = 2 * h + (q + 2 * kv) + (q + kv) + q + 4 * inter
+    fp32 = 2 * h + sum(i for m, (i, _) in shapes.items() if m in target_modules)
+    per_token = HALF * half + FP32 * fp32 + HALF * 3 * inter
+    return TrainingMemory(
+        weights=sum(param_counts(config)) * HALF,
+        lora=lora_param_count(config, rank, target_modules) * 4 * FP32,
+        checkpoints=layers * h * tokens * HALF,
+        layer=per_token * tokens,
+        logits=tokens * vocab * (HALF + FP32 + FP32),
+        overhead=int(TRAIN_OVERHEAD_GIB * GIB),
+    )

@@ -153,6 +153,7 @@ def golden_answers(model, tok, prompts: list[golden.Prompt], max_tokens: int) ->
         if ids is None:
             answers[p.id] = ""
             continue
+        ids = ids.to(model.device)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -191,7 +192,7 @@ def perplexity(model, data) -> tuple[float, int]:
     total, count = 0.0, 0
     with torch.no_grad():
         for row in data:
-            ids = row.unsqueeze(0)
+            ids = row.unsqueeze(0).to(model.device)
             n = ids.shape[1] - 1
             total += float(model(input_ids=ids, labels=ids).loss) * n
             count += n
@@ -215,7 +216,10 @@ def evaluate(
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     data = finetune.blocks(tok, heldout, seq_len)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # the run's device and dtype (finetune.train_dtype): a 7B in float32 fits neither a 24 GB GPU nor the pod's memory
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_gpu = {} if device == "cpu" else {"device_map": {"": device}}
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=finetune.train_dtype(device), **on_gpu)
     model = PeftModel.from_pretrained(base, adapter_dir, adapter_name="candidate")
     with model.disable_adapter():
         base_ppl, tokens = perplexity(model, data)

@@ -159,7 +159,8 @@ def adapter_serving_rules(key: str, model: Any) -> Problems:
 
 def lora_training_rules(cfg: Any, key: str, model: Any) -> Problems:
     """A fine-tuning run this stack does: on an adapter, not on prod, a rank the base's vLLM serves,
-    GPUs that fit a node and the queue (``lora_gpu_rules``), data in the adapter's own prefix of the store."""
+    GPUs that fit a node and the queue (``lora_gpu_rules``), an unquantized base and a run that fits one GPU
+    (``lora_base_rules``), data in the adapter's own prefix of the store."""
     t = model.training
     name = key.removeprefix("models.")
     if model.adapter_of is None:
@@ -175,6 +176,8 @@ def lora_training_rules(cfg: Any, key: str, model: Any) -> Problems:
             f"models.{model.adapter_of}): lower the rank or raise maxLoraRank",
         )
     yield from lora_gpu_rules(cfg, key, t.gpus)
+    if base is not None and base.llm is not None and not base.llm.from_store:
+        yield from lora_base_rules(cfg, key, model.adapter_of, base.llm, t)
     for field in ("data", "heldout"):
         uri = getattr(t, field)
         if uri.startswith("s3://") and f"/models/{name}/" not in uri:
@@ -209,6 +212,61 @@ def lora_gpu_rules(cfg: Any, key: str, gpus: int) -> Problems:
         )
     elif cfg.queue.gpu_quota is not None and gpus > cfg.queue.gpu_quota:
         yield f"{key}.training.gpus", f"{gpus} GPUs, more than queue.gpuQuota ({cfg.queue.gpu_quota}): it would wait forever"
+
+
+def quantization_of(llm: Any) -> str | None:
+    """The quantization of an LLM entry's weights: its ``llm.quantization``, else its committed card's
+    ``quantization_config`` (llm/fit.py reads the same card); None for an unquantized checkpoint."""
+    from llm import fit
+
+    if llm.quantization is not None:
+        return llm.quantization
+    card = fit.card(llm.source)
+    q = (card or {}).get("config", {}).get("quantization_config")
+    if not q:
+        return None
+    bits = fit.shape_of(card["config"]).quant_bits
+    return str(q.get("quant_method", "quantized")) + (f" {bits}-bit" if bits else "")
+
+
+def lora_base_rules(cfg: Any, key: str, base_name: str, llm: Any, t: LoraTrainingConfig) -> Problems:
+    """The run trains on an unquantized base (the LoRA image loads it with transformers + PEFT: no AWQ/GPTQ
+    kernels, and an adapter is served on the very weights it was trained on), and its peak GPU memory
+    (llm/fit.py ``lora_training_memory``, from the base's card) fits one GPU of every pool it may land on."""
+    from components.config import capacity
+    from llm import fit
+
+    if (quant := quantization_of(llm)) is not None:
+        yield (
+            f"{key}.adapterOf",
+            f"base {base_name!r} is a quantized checkpoint ({llm.source}, {quant}): LoRA trains on an unquantized base "
+            f"(transformers + PEFT in the LoRA image, no {quant.split()[0]} kernels): serve the unquantized model on "
+            f"models.{base_name}.llm.source, or this adapter cannot be trained here (remove its training)",
+        )
+        return
+    card = fit.card(llm.source)
+    pools = [p for p in cfg.gpu_pools if p.gpus_per_node >= t.gpus and all(it in capacity.GPU_COUNT for it in p.instance_types)]
+    if card is None or not pools:
+        return
+    pool = min(pools, key=capacity.pool_gpu_memory_mib)
+    have = capacity.pool_gpu_memory_mib(pool) * 2**20
+    p = t.params
+    need = fit.lora_training_memory(card["config"], p.batch_size, p.seq_len, p.rank, p.target_modules)
+    if need.total <= have:
+        return
+    fits = [b for b in range(p.batch_size - 1, 0, -1) if _run_bytes(card, p, b) <= have]
+    hint = f"batchSize {fits[0]} fits" if fits else "not even batchSize 1 fits: lower seqLen"
+    yield (
+        f"{key}.training.params",
+        f"the run on {llm.source} needs ~{need.total / fit.GIB:.1f} GiB of GPU memory, more than one GPU of pool {pool.name!r} "
+        f"({have / fit.GIB:.1f} GiB): {need.numbers()} (batchSize {p.batch_size} x seqLen {p.seq_len}): lower batchSize or seqLen ({hint})",
+    )
+
+
+def _run_bytes(card: dict, p: LoraParams, batch_size: int) -> int:
+    from llm import fit
+
+    return fit.lora_training_memory(card["config"], batch_size, p.seq_len, p.rank, p.target_modules).total
 
 
 def _project_file(rel: str) -> Any:

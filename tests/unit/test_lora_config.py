@@ -161,14 +161,55 @@ def test_an_adapter_has_no_server_or_route_of_its_own():
 
 
 def test_the_fit_check_counts_the_adapters_lora_buffers():
-    """Qwen2.5-7B-AWQ on dev's smallest GPU (T4, 15 GiB) with 23 full contexts fits alone, not with
+    """Qwen2.5-7B (bf16) on dev's GPUs (A10G/L4, 19.2 GiB usable) with 20 full contexts fits alone, not with
     vLLM's LoRA buffers at --max-lora-rank 512 for one adapter (2.41 GiB, llm/fit.py lora_buffer_bytes)."""
     chat = copy.deepcopy(DEV["models"]["chat"])
-    chat["llm"].update(maxNumSeqs=23, maxLoraRank=512)
+    chat["llm"].update(maxNumSeqs=20, maxLoraRank=512)
     validate(dev(chat=chat, **{"support-bot": None}), STACK_FILE)
     message = one_error(dev(chat=chat))
-    assert message.startswith(f"{PREFIX}models.chat.llm: Qwen/Qwen2.5-7B-Instruct-AWQ does not fit GPU pool 'gpu-spot'"), message
-    assert "weights 5.2 GiB + KV cache 5.0 GiB + LoRA buffers 2.41 GiB = 12.6 GiB > 12.5 GiB usable" in message
+    assert message.startswith(f"{PREFIX}models.chat.llm: Qwen/Qwen2.5-7B-Instruct does not fit GPU pool 'gpu-spot'"), message
+    assert "weights 14.2 GiB + KV cache 4.4 GiB + LoRA buffers 2.41 GiB = 21.0 GiB > 19.2 GiB usable" in message
+
+
+def with_chat(**llm) -> dict:
+    chat = copy.deepcopy(DEV["models"]["chat"])
+    chat["llm"].update(llm)
+    return chat
+
+
+def test_a_quantized_base_is_refused_for_training():
+    """LoRA trains on an unquantized base: the LoRA image's transformers + PEFT have no AWQ/GPTQ kernels, and
+    the adapter is served on the weights it was trained on. A quantized checkpoint is known by its card's
+    quantization_config or by llm.quantization; still a valid base to serve an adapter trained elsewhere."""
+    message = one_error(dev(chat=with_chat(source="Qwen/Qwen2.5-7B-Instruct-AWQ")))
+    assert message == (
+        f"{PREFIX}models.support-bot.adapterOf: base 'chat' is a quantized checkpoint (Qwen/Qwen2.5-7B-Instruct-AWQ, awq 4-bit): "
+        "LoRA trains on an unquantized base (transformers + PEFT in the LoRA image, no awq kernels): serve the unquantized "
+        "model on models.chat.llm.source, or this adapter cannot be trained here (remove its training)"
+    )
+    message = one_error(dev(chat=with_chat(source="someorg/some-7b-gptq", quantization="gptq_marlin")))  # no card: the flag says it
+    assert message.startswith(
+        f"{PREFIX}models.support-bot.adapterOf: base 'chat' is a quantized checkpoint (someorg/some-7b-gptq, gptq_marlin)"
+    )
+    received = bot(training=None, source={"stack": "staging", "account": "222222222222", "bucket": "mlplatform-staging-store-692093e"})
+    validate(dev(chat=with_chat(source="Qwen/Qwen2.5-7B-Instruct-AWQ"), **{"support-bot": received}), STACK_FILE)  # served, not trained
+
+
+def test_a_run_that_does_not_fit_one_gpu():
+    """llm/fit.py lora_training_memory against one GPU of dev's pool (A10G 22.5 GiB): dev's batchSize 4 x 512
+    tokens fit (~19.8 GiB); 8 x 512 do not (~23.8: the logits alone 5.8), and the message names the largest
+    batch that fits; 32 x 8192 tokens do not fit at any batch size."""
+    params = {**DEV["models"]["support-bot"]["training"]["params"], "batchSize": 8}
+    message = one_error(dev(**{"support-bot": bot(training=lora_training(params=params))}))
+    assert message == (
+        f"{PREFIX}models.support-bot.training.params: the run on Qwen/Qwen2.5-7B-Instruct needs ~23.8 GiB of GPU memory, more "
+        "than one GPU of pool 'gpu-spot' (22.5 GiB): weights 14.2 + LoRA, gradients and Adam 0.08 + activations 2.3 + logits and "
+        "loss 5.8 + overhead 1.5 = 23.8 GiB (batchSize 8 x seqLen 512): lower batchSize or seqLen (batchSize 6 fits)"
+    )
+    params = {**params, "batchSize": 32, "seqLen": 8192}
+    message = one_error(dev(**{"support-bot": bot(training=lora_training(params=params))}))
+    assert message.startswith(f"{PREFIX}models.support-bot.training.params: the run on Qwen/Qwen2.5-7B-Instruct needs ~"), message
+    assert message.endswith("(batchSize 32 x seqLen 8192): lower batchSize or seqLen (not even batchSize 1 fits: lower seqLen)"), message
 
 
 def test_lora_buffers_per_gpu_follow_vllms_create_lora_weights():
