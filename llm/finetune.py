@@ -134,7 +134,24 @@ def fetch_base(store: str, name: str, version: str, dest: Path) -> dict:
         raise FinetuneError(f"base {name}/{version} is rejected in {store} ({registry.describe_rejection(mark)}): not fine-tuned")
     ident = base_identity(store, name, version)
     registry.fetch(store, name, version, dest)
+    refuse_quantized(dest, f"{name}/{version}")
     return ident
+
+
+def refuse_quantized(base_dir: Path, what: str) -> None:
+    """A quantized checkpoint (``quantization_config`` in its config.json: AWQ, GPTQ, ...) is not trained
+    here: transformers loads it only with kernels the LoRA image lacks, and an adapter must be trained on
+    the weights it serves with (the config rule refuses it at preview where a card knows the model; this
+    catches a model no card knows)."""
+    try:
+        quant = json.loads((base_dir / "config.json").read_text()).get("quantization_config")
+    except (OSError, ValueError):
+        return  # transformers says what is wrong with the snapshot
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+        raise FinetuneError(
+            f"base {what} is a quantized checkpoint ({method}): LoRA trains on the unquantized model; import that one as the base"
+        )
 
 
 # ---- data ----
@@ -202,7 +219,8 @@ def train_dtype(device: str):
 
     if device == "cpu":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # including_emulation=False: torch reports bf16 "supported" on a T4 (sm75) by emulation otherwise
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def load_model(base_dir: Path, params: LoraParams, device: str | None = None):

@@ -374,10 +374,12 @@ def promote_full(model: str, sh: Runner, obj: str | None = None) -> None:
     sh(["kubectl", "-n", NAMESPACE, "patch", "rollout", obj or rollout_name(model), "--subresource=status", "--type=merge", "-p", patch])
 
 
-def full_promotion(stack: str, model: str, version: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None = None) -> int:
+def full_promotion(
+    stack: str, model: str, version: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None = None, also: Follow | None = None
+) -> int:
     """The emergency path: pin ``version`` (bytes that already served as champion here) and promote
-    the Rollout in full, no canary; wait until it is stable."""
-    pin(stack, model, version, sh)
+    the Rollout in full, no canary; wait until it is stable. ``also``: a base's adapters going back with it."""
+    pin(stack, model, version, sh, also={a: to for a, (to, _) in (also or {}).items()})
     if (judge(rollout_state(model, sh, obj), None, version, key=version_key(model, obj)) or ("",))[0] != HEALTHY:
         promote_full(model, sh, obj)
     outcome, message = wait(model, version, sh, timeout_s, poll_s, obj)
@@ -427,17 +429,22 @@ def deliver(
     current_version = current["version"] if current else None
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
-    follow: dict[str, tuple[str, str]] = {}
+    if current_version is not None and registry.served_as_champion(store, model, version):
+        if base:
+            check_adapter_base(stack, model, base, version, store, source, promoter)
+        return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj, stacks_dir)
+    follow: Follow = {}
     if base:
         check_adapter_base(stack, model, base, version, store, source, promoter)
+        if current_version is not None and not on_served_base(store, model, current_version, base):
+            current_version = None  # trained on a base version no longer served: nothing to go back to
     else:
         follow = adapters_to_follow(stack, model, version, store, source, promoter, stacks_dir)
-    if current_version is not None and registry.served_as_champion(store, model, version):
-        return _roll_back_to(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj)
     if source:
         _copy(stack, model, version, store, source, promoter, stacks_dir, adapter=base is not None)
         for adapter, (new, _) in follow.items():  # after their base: the copy checks the base is here
-            _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
+            if new:
+                _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
     if current_version is None and not base:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first
         # revision out at full scale, without steps). It becomes the champion, then the pin follows.
@@ -511,32 +518,76 @@ def served_adapters(stack: str, base: str, store: str, stacks_dir: Path = ROOT /
     return served
 
 
-def adapters_to_follow(
-    stack: str, model: str, version: str, store: str, source: _Source | None, promoter: Promoter, stacks_dir: Path
-) -> dict[str, tuple[str, str]]:
-    """A new base version must not strand the adapters the base's pods serve: their fetch refuses an
-    adapter of another base version, so the canary pods would never start. On a stack that receives its
-    models, each such adapter moves with its base, in the same canary: the source stack's champion of
-    the adapter when it was trained on this very base version (returned: adapter -> (new, served)).
-    Otherwise, and on the stack that trains them, refused before anything moves, in one line saying the
-    way through."""
+# adapter -> (the version it serves with the base's new version, None: not served until retrained on
+# it; the version it serves now)
+Follow = dict[str, tuple[str | None, str]]
+
+
+def _entries(stack: str, stacks_dir: Path) -> dict:
+    return yaml.safe_load((stacks_dir / f"Pulumi.{stack}.yaml").read_text())["config"].get("mlplatform:models") or {}
+
+
+def trained_base(store: str, adapter: str, version: str) -> str | None:
+    """The base version an adapter version was trained on (its lora-adapter.json)."""
     from llm import lora_gate
 
-    follow = {}
+    return (lora_gate.adapter_record(store, adapter, version).get("base") or {}).get("version")
+
+
+def on_served_base(store: str, adapter: str, version: str, base: str) -> bool:
+    """Whether ``adapter``/``version`` was trained on the base version this store's champion names."""
+    from training import registry
+
+    served = registry.get_alias(store, base, "champion")
+    return served is not None and trained_base(store, adapter, version) == served["version"]
+
+
+def adapters_to_follow(
+    stack: str, model: str, version: str, store: str, source: _Source | None, promoter: Promoter, stacks_dir: Path
+) -> Follow:
+    """A new base version must not strand the adapters the base's pods serve: their fetch refuses an
+    adapter of another base version, so the canary pods would never start. Each such adapter moves with
+    the base, in the same canary: one this stack trains stops being served (its Job, keyed by the base
+    version served, retrains it on the new one at the next ``up``; then it is delivered); one received
+    from the base's source stack becomes that stack's champion of it when that was trained on this very
+    base version. Anything else is refused before anything moves, in one line saying the way through."""
+    from llm import lora_gate
+
+    entries = _entries(stack, stacks_dir)
+    follow: Follow = {}
     for adapter, served in served_adapters(stack, model, store, stacks_dir).items():
-        trained = (lora_gate.adapter_record(store, adapter, served).get("base") or {}).get("version")
+        trained = trained_base(store, adapter, served)
         if trained == version:
             continue
-        if source is not None and (new := _trained_on(adapter, model, version, store, source, promoter)):
+        entry = entries.get(adapter) or {}
+        if "source" not in entry and (entry.get("training") or {}).get("kind") == "lora":
+            follow[adapter] = (None, served)
+            continue
+        same_source = source is not None and entry.get("source") == entries[model].get("source")
+        if same_source and (new := _trained_on(adapter, model, version, store, source, promoter)):
             follow[adapter] = (new, served)
             continue
         way = (
             f"deliver {adapter} on {source.stack} first (it moves with {model} there), or unpin it here"
-            if source is not None
-            else f"unpin it (pulumi config set --path mlplatform:models.{adapter}.serving.version {UNPINNED}), deliver {model}, then "
-            f"retrain {adapter} on it and deliver {adapter}"
+            if same_source
+            else f"unpin it in stacks/Pulumi.{stack}.yaml (models.{adapter}.serving.version: {UNPINNED}) and deliver {model} again"
         )
         raise lora_gate.AdapterRefused(f"{model}/{version}: {stack} serves {adapter}/{served}, trained on {model}/{trained}; {way}")
+    return follow
+
+
+def adapters_back_to(stack: str, base: str, version: str, store: str, stacks_dir: Path) -> Follow:
+    """Rolling ``base`` back to ``version``: each served adapter trained on another base version goes
+    back to its latest earlier champion trained on ``version`` (not rejected), or with none stops being
+    served (the emergency path has no refusal: the base goes back either way)."""
+    from training import registry
+
+    follow: Follow = {}
+    for adapter, served in served_adapters(stack, base, store, stacks_dir).items():
+        if trained_base(store, adapter, served) == version:
+            continue
+        earlier = [v for v in reversed(registry.champions(store, adapter)) if v != served and not registry.rejection(store, adapter, v)]
+        follow[adapter] = (next((v for v in earlier if trained_base(store, adapter, v) == version), None), served)
     return follow
 
 
@@ -556,7 +607,16 @@ def _trained_on(adapter: str, model: str, version: str, store: str, source: _Sou
 
 
 def _roll_back_to(
-    stack: str, model: str, store: str, version: str, current: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None = None
+    stack: str,
+    model: str,
+    store: str,
+    version: str,
+    current: str,
+    sh: Runner,
+    timeout_s: float,
+    poll_s: float,
+    obj: str | None = None,
+    stacks_dir: Path = ROOT / "stacks",
 ) -> int:
     """``version`` already served as champion here (e.g. the source stack rolled back to it): the
     emergency path. The registry rolls back first (``current`` rejected, audited, candidate moved
@@ -565,20 +625,40 @@ def _roll_back_to(
 
     registry.rollback(store, model, to=version, reason=f"pipeline: {version} already served as {stack}'s champion: rollback from {current}")
     print(f"{model}: {version} already served as {stack}'s champion: rollback from {current} (rejected), full promotion, no canary")
-    return full_promotion(stack, model, version, sh, timeout_s, poll_s, obj)
+    return _base_back_with_adapters(stack, model, store, version, sh, timeout_s, poll_s, obj, stacks_dir)
+
+
+def _base_back_with_adapters(
+    stack: str, model: str, store: str, version: str, sh: Runner, timeout_s: float, poll_s: float, obj: str | None, stacks_dir: Path
+) -> int:
+    """The full promotion of a model's rolled-back ``version``; for an LLM base, its served adapters go
+    back with it (``adapters_back_to``: registry first, then one pin for all)."""
+    from training import registry
+
+    also = {} if adapter_of(stack, model, stacks_dir) else adapters_back_to(stack, model, version, store, stacks_dir)
+    for adapter, (to, served) in also.items():
+        if to:
+            registry.rollback(store, adapter, to=to, reason=f"pipeline: rolled back with {model}/{version} on {stack}")
+            print(f"{adapter}: back to {to} with {model}/{version} ({served} rejected)")
+        else:
+            print(f"{adapter}: no earlier version trained on {model}/{version}: not served until retrained on it", file=sys.stderr)
+    return full_promotion(stack, model, version, sh, timeout_s, poll_s, obj, also)
 
 
 def roll_back(
     stack: str, model: str, sh: Runner = run, timeout_s: float = 3600, poll_s: float = 10, stacks_dir: Path = ROOT / "stacks"
 ) -> int:
     """``make rollback``, after ``ops.models rollback`` moved the store's champion back: serve that
-    champion at once (full promotion, no canary: the emergency path)."""
+    champion at once (full promotion, no canary: the emergency path), a base with its adapters."""
     from training import registry
 
-    champ = registry.get_alias(store_of(stack, sh), model, "champion")
+    store = store_of(stack, sh)
+    champ = registry.get_alias(store, model, "champion")
     if champ is None:
         raise DeliveryError(f"{model}: no champion in {stack}'s store: nothing to roll back to")
-    return full_promotion(stack, model, champ["version"], sh, timeout_s, poll_s, rollout_of(stack, model, stacks_dir))
+    return _base_back_with_adapters(
+        stack, model, store, champ["version"], sh, timeout_s, poll_s, rollout_of(stack, model, stacks_dir), stacks_dir
+    )
 
 
 def _incoming(stack: str, model: str, store: str, source: _Source | None, promoter: Promoter) -> str | None:
@@ -618,6 +698,19 @@ def _settled(stack: str, model: str, store: str, version: str, current_version: 
     return False
 
 
+def _asleep(stack: str, model: str, version: str, keeps: str, sh: Runner, obj: str | None) -> bool:
+    """Scaled to zero (asleep outside its awake window, or KEDA at minReplicas 0): no canary pod would
+    run and no stable side serve, so the analysis could never measure; the pin stays (a line says so)."""
+    if (rollout_state(model, sh, obj).get("spec") or {}).get("replicas", 1) != 0:
+        return False
+    print(
+        f"{model}: no canary of {version} on {stack}: its Rollout has spec.replicas 0 (scaled to zero), nothing to compare; "
+        f"{version} stays the candidate, {stack} keeps {keeps}; run again while it serves",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _canary(
     stack: str,
     model: str,
@@ -628,46 +721,44 @@ def _canary(
     timeout_s: float,
     poll_s: float,
     obj: str | None = None,
-    follow: dict[str, tuple[str, str]] | None = None,
+    follow: Follow | None = None,
 ) -> int:
     """Pin ``version``, wait for the Rollout's analysed canary, and record its outcome: champion
     (DELIVERED); rejected on a failed analysis (REJECTED); anything else leaves it the candidate
     (NOT_JUDGED). Unless it became champion, the pin goes back to ``current_version`` (None: an
     adapter's first version on this stack, canaried on its base's pods: the pin is removed).
-    ``follow``: adapters that move with this base version (adapter -> (new, served)), pinned in the
-    same ``up`` and judged by the same canary (their golden prompts are among its measurements)."""
+    ``follow``: adapters that move with this base version (``adapters_to_follow``), pinned in the same
+    ``up`` and judged by the same canary (their golden prompts are among its measurements): passed, they
+    are champions with it; failed, the pair is rejected (the canary cannot say which of them failed,
+    and a rejected pair leaves the stack on what it served, the next runs settled)."""
     from training import registry
 
     follow = follow or {}
     keeps = current_version or f"no version of {model}"
 
-    replicas = (rollout_state(model, sh, obj).get("spec") or {}).get("replicas", 1)
-    if replicas == 0:
-        # Scaled to zero (asleep outside its awake window, or KEDA at minReplicas 0): no canary pod
-        # would run and no stable side serve, so the analysis could never measure; the pin stays.
-        print(
-            f"{model}: no canary of {version} on {stack}: its Rollout has spec.replicas 0 (scaled to zero), nothing to compare; "
-            f"{version} stays the candidate, {stack} keeps {keeps}; run again while it serves",
-            file=sys.stderr,
-        )
+    if _asleep(stack, model, version, keeps, sh, obj):
         return NOT_JUDGED_EXIT
-    with_adapters = "".join(f", with {a}/{new}" for a, (new, _) in follow.items())
+    moved = {a: new for a, (new, _) in follow.items() if new}
+    with_adapters = "".join(
+        f", with {a}/{new}" if new else f", without {a} (retrained on it by the next up)" for a, (new, _) in follow.items()
+    )
     print(f"{model}: canary of {version}{with_adapters} on {stack} (stable: {keeps})")
     pin(stack, model, version, sh, also={a: new for a, (new, _) in follow.items()})
     measured = llm_canary.JUDGING_METRICS if obj == rollout_name(model, "vllm") else ()
     outcome, message = wait(model, version, sh, timeout_s, poll_s, obj, measured)
     if outcome == HEALTHY:
-        registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
-        for a, (new, _) in follow.items():
+        for a, new in moved.items():  # the adapters first: a base champion never names stale adapters
             registry.move(store, a, "champion", new, reason=f"pipeline: canary passed on {stack} with {model}/{version}", forward_only=True)
+        registry.move(store, model, "champion", version, reason=f"pipeline: canary passed on {stack}", forward_only=True)
         print(f"{model}: canary passed on {stack}: {version}{with_adapters} is the champion (was {keeps})")
         return DELIVERED
-    # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps). The
-    # adapters that moved with it stay candidates: trained on this base version, they serve with no other.
+    # The desired state back on what serves (Argo returns to the stable ReplicaSet without steps).
     pin(stack, model, current_version, sh, also={a: served for a, (_, served) in follow.items()})
     if outcome == FAILED:
         reason = f"canary failed its analysis on {stack}: {message}"
         registry.reject(store, model, version, reason=reason)
+        for a, new in moved.items():
+            registry.reject(store, a, new, reason=f"{reason} (judged with {model}/{version})")
         print(f"{model}: {reason}; {version} rejected, {stack} stays on {keeps}", file=sys.stderr)
         return REJECTED
     print(
@@ -690,11 +781,24 @@ def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stack
     except DeliveryError:
         print(f"{stack}: no modelStore output yet (first up): nothing to pin")
         return
+    entries = _entries(stack, stacks_dir)
     for model in delivered_models(stack, stacks_dir):
+        if ((entries.get(model) or {}).get("serving") or {}).get("version") == UNPINNED:
+            print(f"{model}: unpinned in stacks/Pulumi.{stack}.yaml (serving.version: {UNPINNED}): left unpinned")
+            continue
         champ = registry.get_alias(store, model, "champion") if store else None
-        if champ:
-            sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", champ["version"], "--stack", stack])
-            print(f"{model}: pinned to {stack}'s champion {champ['version']}")
+        if not champ:
+            continue
+        version, base = champ["version"], adapter_of(stack, model, stacks_dir)
+        if base and not on_served_base(store, model, version, base):
+            # its base moved on (a base delivered without it): the pods' fetch would refuse it
+            print(
+                f"{model}: champion {version} was trained on {base}/{trained_base(store, model, version)}, not the {base} served: unpinned"
+            )
+            version = UNPINNED
+        sh(["pulumi", "config", "set", "--path", f"mlplatform:models.{model}.serving.version", version, "--stack", stack])
+        if version != UNPINNED:
+            print(f"{model}: pinned to {stack}'s champion {version}")
 
 
 def main(argv: list[str] | None = None) -> int:

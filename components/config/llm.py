@@ -83,7 +83,7 @@ class LlmConfig(_Strict):
     """One open-weights model on vLLM. Defaults fit a 1-GPU 24 GB node (g5/g6.xlarge)."""
 
     source: str = Field(
-        description="Hugging Face id (`Qwen/Qwen2.5-7B-Instruct-AWQ`: imported into the store as a registry version where the stack imports, "
+        description="Hugging Face id (`Qwen/Qwen2.5-7B-Instruct`: imported into the store as a registry version where the stack imports, "
         "served from that version) or `s3://<store bucket>/models/<name>/...` with raw weights (streamed by vLLM)"
     )
     revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,100}$", description="Hugging Face branch, tag or commit to pin")

@@ -166,10 +166,10 @@ def test_rejected_adapter_is_not_served(tmp_path):
         lora_gate.fetch_adapter(store, "bot", v, "chat", "V1", tmp_path / "x")
 
 
-def _hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64) -> dict:
+def _hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64, **extra) -> dict:
     """An imported LLM version from a hand-made snapshot (what the registry and the checks read: bytes)."""
     snap = Path(tempfile.mkdtemp(dir=tmp_path))
-    cfg = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2}
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, **extra}
     (snap / "config.json").write_text(json.dumps({**cfg, "head_dim": 32, "vocab_size": 512, "torch_dtype": "float32"}))
     (snap / "tokenizer.json").write_text('{"version": "1.0"}')
     header = json.dumps({"w": {"dtype": "F32", "shape": [len(weights) // 4], "data_offsets": [0, len(weights)]}}).encode()
@@ -569,3 +569,14 @@ def test_cli_exit_codes(tmp_path, capsys):
     ft = ["--store", dev, "--base", "chat", "--base-version", "missing", "--data", str(tmp_path / "t.txt")]
     assert finetune.main([*ft, "--checkpoint", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--rank", "0"]) == finetune.EXIT_USAGE
     assert "rank must be >= 1" in capsys.readouterr().err
+
+
+def test_a_quantized_base_no_card_knows_is_refused_before_torch_loads(tmp_path):
+    """The config rule refuses a quantized base at preview where a card knows the model; a model no card
+    knows (an AWQ/GPTQ checkpoint by another name) is refused by the run itself, after the verified fetch."""
+    store = str(tmp_path / "dev")
+    base = _hand_base(tmp_path, store, quantization_config={"quant_method": "gptq", "bits": 4})
+    with pytest.raises(finetune.FinetuneError, match=r"is a quantized checkpoint \(gptq\): LoRA trains on the unquantized model"):
+        finetune.fetch_base(store, "chat", base["version"], tmp_path / "b")
+    plain = _hand_base(tmp_path, str(tmp_path / "other"))
+    finetune.fetch_base(str(tmp_path / "other"), "chat", plain["version"], tmp_path / "p")  # not refused

@@ -89,7 +89,7 @@ class BaseRollout:
         raise AssertionError(f"unexpected command {cmd}")
 
 
-def hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64, version: str = BASE_V) -> dict:
+def hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64, version: str = BASE_V, champion: bool = True) -> dict:
     """An imported LLM version (a hand-made snapshot: what the registry and the checks read is bytes)."""
     snap = Path(tempfile.mkdtemp(dir=tmp_path))
     shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32}
@@ -97,7 +97,7 @@ def hand_base(tmp_path: Path, store: str, weights: bytes = b"\0" * 64, version: 
     (snap / "tokenizer.json").write_text('{"version": "1.0"}')
     header = json.dumps({"w": {"dtype": "F32", "shape": [len(weights) // 4], "data_offsets": [0, len(weights)]}}).encode()
     (snap / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + weights)
-    importer.import_weights(str(snap), None, store, "chat", reason="test", champion=True, version=version)
+    importer.import_weights(str(snap), None, store, "chat", reason="test", champion=champion, version=version)
     return finetune.base_identity(store, "chat", version)
 
 
@@ -254,29 +254,6 @@ def test_the_canary_knows_the_adapter_version_by_its_own_annotation():
     assert deliver.judge(rollout, None, V1)[0] == deliver.HEALTHY
 
 
-def test_a_new_base_version_does_not_strand_the_served_adapter(tmp_path, stacks):
-    """dev serves support-bot V1 (trained on BASE_V); a new chat version would make the canary pods'
-    adapter fetch refuse V1, so the base is refused first, in one line naming the way through; once the
-    adapter is unpinned (serving.version: champion) the base goes on."""
-    d, stores, _ = stacks
-    assert deliver_to("dev", d, BaseRollout(stores)) == 0
-    new_base = "20251220T000000Z-chat3"
-    hand_base(tmp_path, stores["dev"], weights=b"\2" * 64, version=new_base)  # imported: the candidate
-    registry.move(stores["dev"], "chat", "champion", BASE_V, reason="test: dev still serves BASE_V")
-    registry.move(stores["dev"], "chat", "candidate", new_base, reason="test: the new import")
-    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {"support-bot": V1}
-    with pytest.raises(lora_gate.AdapterRefused) as e:
-        deliver.deliver("dev", "chat", BaseRollout(stores), timeout_s=5, poll_s=0, stacks_dir=d)
-    assert str(e.value).startswith(f"chat/{new_base}: dev serves support-bot/{V1}, trained on chat/{BASE_V}; unpin it")
-    assert registry.get_alias(stores["dev"], "chat", "champion")["version"] == BASE_V  # nothing moved
-    # unpinned: no adapter served, nothing to strand
-    config = yaml.safe_load((d / "Pulumi.dev.yaml").read_text())
-    config["config"]["mlplatform:models"]["support-bot"]["serving"] = {"version": deliver.UNPINNED}
-    (d / "Pulumi.dev.yaml").write_text(yaml.safe_dump(config))
-    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
-    assert deliver.adapters_to_follow("dev", "chat", new_base, stores["dev"], None, deliver.as_role, d) == {}  # no refusal
-
-
 class JointRollout(BaseRollout):
     """pulumi and kubectl for a stack whose base ``chat`` moves to a new version: the base's pin and the
     adapter's are both read (one pod template: the base version and the adapter version annotations)."""
@@ -349,15 +326,22 @@ def test_on_a_receiving_stack_the_served_adapter_moves_with_its_new_base_in_one_
     assert registry.versions(stores["staging"], "support-bot") == [V1, V2]
 
 
-def test_a_failed_joint_canary_puts_both_pins_back_and_rejects_the_base_only(tmp_path, stacks, capsys):
+def test_a_failed_joint_canary_puts_both_pins_back_rejects_the_pair_and_the_next_runs_are_settled(tmp_path, stacks, capsys):
+    """The canary judges the pair and cannot say which one failed (the worst served model's golden
+    share): both are rejected, staging stays on what it served, and the following runs are green
+    (each settled on its rejection), not refused until dev imports another base."""
     d, stores = staging_on_a_new_base(tmp_path, stacks)
     cluster = JointRollout(stores, BASE_V, V1, outcome="Failed")
     assert deliver_chat("staging", d, cluster) == deliver.REJECTED
     assert cluster.sets == [("chat", NEW_BASE), ("support-bot", V2), ("chat", BASE_V), ("support-bot", V1)] and cluster.ups == 2
     assert registry.rejection(stores["staging"], "chat", NEW_BASE) is not None
-    assert registry.rejection(stores["staging"], "support-bot", V2) is None  # a candidate: it serves with no other base
+    assert f"judged with chat/{NEW_BASE}" in registry.rejection(stores["staging"], "support-bot", V2)["reason"]
     assert registry.get_alias(stores["staging"], "chat", "champion")["version"] == BASE_V
     assert registry.get_alias(stores["staging"], "support-bot", "champion")["version"] == V1
+    again = JointRollout(stores, BASE_V, V1)
+    assert deliver_chat("staging", d, again) == deliver.DELIVERED
+    assert deliver_to("staging", d, again) == deliver.DELIVERED
+    assert again.sets == [("chat", BASE_V), ("support-bot", V1)] and again.canaries == 0
 
 
 def test_a_base_whose_adapter_has_not_followed_on_the_source_is_refused_before_a_byte_is_copied(tmp_path, stacks):
@@ -373,3 +357,136 @@ def test_a_base_whose_adapter_has_not_followed_on_the_source_is_refused_before_a
         "deliver support-bot on dev first (it moves with chat there), or unpin it here"
     )
     assert registry.versions(stores["staging"], "chat") == [BASE_V] and cluster.sets == [] and cluster.ups == 0
+
+
+class PatchingRollout(JointRollout):
+    """JointRollout that also takes the emergency path's full promotion (a kubectl patch)."""
+
+    def __call__(self, cmd: list[str]) -> str:
+        if cmd[:4] == ["kubectl", "-n", deliver.NAMESPACE, "patch"]:
+            return ""
+        return super().__call__(cmd)
+
+
+def with_file(d: Path, stack: str, change) -> None:
+    f = d / f"Pulumi.{stack}.yaml"
+    cfg = yaml.safe_load(f.read_text())
+    change(cfg["config"]["mlplatform:models"])
+    f.write_text(yaml.safe_dump(cfg))
+
+
+def pinning(d: Path, stack: str, store: str):
+    """What ``make pin`` runs against: ``pulumi config set`` writes the stack file, as the CLI does."""
+
+    def sh(cmd: list[str]) -> str:
+        if cmd[:4] == ["pulumi", "stack", "output", "modelStore"]:
+            return store
+        assert cmd[:3] == ["pulumi", "config", "set"], cmd
+        with_file(d, stack, lambda m: m[cmd[4].split(".")[1]].setdefault("serving", {}).update(version=cmd[5]))
+        return ""
+
+    return sh
+
+
+def dev_with_a_new_import(tmp_path, stacks):
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0  # dev serves chat BASE_V + support-bot V1
+    hand_base(tmp_path, stores["dev"], weights=b"\2" * 64, version=NEW_BASE, champion=False)
+    registry.move(stores["dev"], "chat", "candidate", NEW_BASE, reason="test: the new import")
+    return d, stores
+
+
+def test_on_dev_a_new_base_goes_without_the_adapter_it_trains_and_make_pin_keeps_the_stale_one_off(tmp_path, stacks, capsys):
+    """The stack that trains the adapter cannot have it on the new base before the base serves (its Job
+    trains on the base version served): the base's canary runs without it, then ``make pin`` leaves the
+    stale champion unpinned until the retrained version is delivered."""
+    d, stores = dev_with_a_new_import(tmp_path, stacks)
+    cluster = JointRollout(stores, BASE_V, V1)
+    assert deliver_chat("dev", d, cluster) == deliver.DELIVERED, capsys.readouterr()
+    assert cluster.sets == [("chat", NEW_BASE), ("support-bot", None)]
+    assert "without support-bot (retrained on it by the next up)" in capsys.readouterr().out
+    assert registry.get_alias(stores["dev"], "chat", "champion")["version"] == NEW_BASE
+    assert registry.get_alias(stores["dev"], "support-bot", "champion")["version"] == V1  # not moved, not rejected
+    deliver.pin_champions("dev", pinning(d, "dev", stores["dev"]), d)
+    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
+    assert f"champion {V1} was trained on chat/{BASE_V}, not the chat served: unpinned" in capsys.readouterr().out
+    # retrained on NEW and gated (a candidate): its canary on the base's pods; a failure goes back to no adapter
+    publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", NEW_BASE), V2)
+    failing = BaseRollout(stores, "Failed")
+    assert deliver_to("dev", d, failing) == deliver.REJECTED and failing.pins == [V2, None]
+    publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", NEW_BASE), "20260103T000000Z-lora3")
+    assert deliver_to("dev", d, BaseRollout(stores)) == deliver.DELIVERED
+    with_file(d, "dev", lambda m: m["support-bot"].pop("serving"))  # the next CI run: a fresh checkout
+    deliver.pin_champions("dev", pinning(d, "dev", stores["dev"]), d)
+    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {"support-bot": "20260103T000000Z-lora3"}
+
+
+def test_an_unpin_in_the_stack_file_survives_make_pin(stacks):
+    d, stores, _ = stacks
+    assert deliver_to("dev", d, BaseRollout(stores)) == 0
+    with_file(d, "dev", lambda m: m["support-bot"].update(serving={"version": deliver.UNPINNED}))
+    deliver.pin_champions("dev", pinning(d, "dev", stores["dev"]), d)
+    assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
+    assert yaml.safe_load((d / "Pulumi.dev.yaml").read_text())["config"]["mlplatform:models"]["chat"]["serving"] == {"version": BASE_V}
+
+
+def test_an_adapter_a_receiving_stack_trains_itself_is_not_replaced_by_the_sources(tmp_path, stacks):
+    """staging trains its own support-bot and receives chat from dev: a new chat does not bring dev's
+    support-bot; staging's goes off until staging retrains it on the new base."""
+    d, stores = staging_on_a_new_base(tmp_path, stacks)
+    with_file(d, "staging", lambda m: m.update({"support-bot": {"runtime": "vllm", "adapterOf": "chat", "training": {"kind": "lora"}}}))
+    cluster = JointRollout(stores, BASE_V, V1)
+    assert deliver_chat("staging", d, cluster) == deliver.DELIVERED
+    assert cluster.sets == [("chat", NEW_BASE), ("support-bot", None)]
+    assert registry.versions(stores["staging"], "support-bot") == [V1]
+
+
+def test_an_adapter_received_from_another_stack_than_its_base_is_refused(tmp_path, stacks):
+    d, stores = staging_on_a_new_base(tmp_path, stacks)
+    with_file(d, "staging", lambda m: m["support-bot"].update(source={"stack": "elsewhere"}))
+    cluster = JointRollout(stores, BASE_V, V1)
+    with pytest.raises(lora_gate.AdapterRefused) as e:
+        deliver_chat("staging", d, cluster)
+    assert str(e.value) == (
+        f"chat/{NEW_BASE}: staging serves support-bot/{V1}, trained on chat/{BASE_V}; unpin it in stacks/Pulumi.staging.yaml "
+        f"(models.support-bot.serving.version: {deliver.UNPINNED}) and deliver chat again"
+    )
+    assert cluster.sets == [] and registry.versions(stores["staging"], "chat") == [BASE_V]
+
+
+def staging_on_the_new_pair(tmp_path, stacks):
+    d, stores = staging_on_a_new_base(tmp_path, stacks)
+    assert deliver_chat("staging", d, JointRollout(stores, BASE_V, V1)) == deliver.DELIVERED
+    with_file(d, "staging", lambda m: (m["chat"].update(serving={"version": NEW_BASE}), m["support-bot"].update(serving={"version": V2})))
+    return d, stores
+
+
+def test_a_base_rolled_back_on_the_source_takes_its_adapter_back_with_it(tmp_path, stacks, capsys):
+    """dev rolls chat back (the emergency path); staging's next delivery is a rollback to bytes that
+    served: the adapter goes back to its earlier champion trained on that base, in the same pin."""
+    d, stores = staging_on_the_new_pair(tmp_path, stacks)
+    registry.rollback(stores["dev"], "chat", to=BASE_V, reason="test: bad base")
+    cluster = PatchingRollout(stores, NEW_BASE, V2)
+    assert deliver_chat("staging", d, cluster) == deliver.DELIVERED, capsys.readouterr()
+    assert cluster.sets == [("chat", BASE_V), ("support-bot", V1)]
+    assert registry.get_alias(stores["staging"], "support-bot", "champion")["version"] == V1
+    assert registry.rejection(stores["staging"], "support-bot", V2) is not None  # rolled back with its base
+
+
+def test_make_rollback_of_a_base_takes_its_adapters_back_or_off(tmp_path, stacks, capsys):
+    d, stores = staging_on_the_new_pair(tmp_path, stacks)
+    registry.rollback(stores["staging"], "chat", to=BASE_V, reason="test: ops.models rollback")
+    cluster = PatchingRollout(stores, NEW_BASE, V2)
+    assert deliver.roll_back("staging", "chat", cluster, timeout_s=5, poll_s=0, stacks_dir=d) == deliver.DELIVERED
+    assert cluster.sets == [("chat", BASE_V), ("support-bot", V1)]
+    lora_gate.fetch_adapter(stores["staging"], "support-bot", V1, "chat", BASE_V, tmp_path / "served")  # what the pods fetch
+
+
+def test_make_rollback_of_a_base_with_no_earlier_adapter_for_it_takes_the_adapter_off(tmp_path, stacks, capsys):
+    d, stores = staging_on_the_new_pair(tmp_path, stacks)
+    registry.reject(stores["staging"], "support-bot", V1, reason="test: no good adapter on BASE_V")
+    registry.rollback(stores["staging"], "chat", to=BASE_V, reason="test: ops.models rollback")
+    cluster = PatchingRollout(stores, NEW_BASE, V2)
+    assert deliver.roll_back("staging", "chat", cluster, timeout_s=5, poll_s=0, stacks_dir=d) == deliver.DELIVERED
+    assert cluster.sets == [("chat", BASE_V), ("support-bot", None)]
+    assert f"support-bot: no earlier version trained on chat/{BASE_V}: not served until retrained on it" in capsys.readouterr().err
