@@ -17,7 +17,8 @@ commit, the model's shape (layers, KV heads, head dim, dtype, parameters, weight
 and who imported it when. The pipeline adopts it as the ``candidate`` (ops/deliver.py: the import
 Job may not move an alias); the canary (or ``--champion`` for a first version by hand) makes it the champion.
 
-Importing the same source at the same commit again returns the existing version (no second copy).
+Importing the same source at the same commit again returns the existing version, found from the resolved
+commit before any download (no second copy, no second download; its fit checked from its record).
 Before anything is written, the fit check runs on the snapshot's own config.json when the target GPU
 is given (the Job passes the pool's, and where the stack serves LoRA adapters of the model the rank and
 count its vLLM sizes their buffers by), so a model that cannot fit fails here in one line, before any GPU
@@ -99,9 +100,18 @@ def tree_digest(folder: Path) -> str:
     return "tree-" + h.hexdigest()
 
 
-def snapshot(source: str, revision: str | None, dest: Path) -> str:
-    """The wanted files of ``source`` at ``revision`` into ``dest``; returns the commit they are
-    (a Hugging Face commit hash, or a local folder's ``tree_digest``)."""
+def resolve(source: str, revision: str | None) -> str:
+    """The commit ``source`` is at ``revision`` now (a Hugging Face commit hash: one small API call; a
+    local folder's ``tree_digest``), known before any weight is downloaded."""
+    if is_local(source):
+        return tree_digest(Path(source.removeprefix("file://")))
+    from huggingface_hub import HfApi  # the import Job's image has it; prod never runs this
+
+    return HfApi().model_info(source, revision=revision).sha  # a branch or tag -> the commit it is now
+
+
+def snapshot(source: str, commit: str, dest: Path) -> None:
+    """The wanted files of ``source`` at ``commit`` into ``dest``."""
     if is_local(source):
         src = Path(source.removeprefix("file://"))
         for p in sorted(src.rglob("*")):
@@ -109,13 +119,13 @@ def snapshot(source: str, revision: str | None, dest: Path) -> str:
             if p.is_file() and _wanted(rel):
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(p, dest / rel)
-        return tree_digest(src)
-    from huggingface_hub import HfApi, snapshot_download  # the import Job's image has it; prod never runs this
+        if tree_digest(src) != commit:
+            raise ImportRefused(f"{source} changed while it was read: nothing imported")
+        return
+    from huggingface_hub import snapshot_download
 
-    commit = HfApi().model_info(source, revision=revision).sha  # a branch or tag -> the commit it is now
     snapshot_download(source, revision=commit, local_dir=dest, allow_patterns=list(ALLOW))
     shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping, not the model
-    return commit
 
 
 def check_snapshot(folder: Path, source: str) -> list[str]:
@@ -187,10 +197,20 @@ def import_weights(
 ) -> dict:
     """Import ``source`` at ``revision`` into ``root`` as model ``name``; returns its record (with ``version``
     and ``created``: False when that commit was already imported). Raises ImportRefused."""
+    commit = resolve(source, revision)
+    if existing := find(root, name, source, commit):
+        # Already imported (an import Job re-run: new LoRA limits, a new image): checked against the target
+        # from the version's own record and config.json, no download.
+        rec = record(root, name, existing)
+        config = json.loads(storage.read_text(storage.join(registry.model_root(root, name), existing, "config.json")))
+        shape = fit.ModelShape.from_dict(rec["shape"])
+        if target is not None and (problem := fit_problem(shape, target, source, target.lora_bytes(config))):
+            raise ImportRefused(f"{problem} (version {existing}, already imported)")
+        return {**rec, "version": existing, "created": False}
     with tempfile.TemporaryDirectory(prefix="llm-import-") as tmp:
         folder = Path(tmp)
         t0 = time.monotonic()
-        commit = snapshot(source, revision, folder)
+        snapshot(source, commit, folder)
         downloaded_s = time.monotonic() - t0
         if problems := check_snapshot(folder, source):
             raise ImportRefused("; ".join(problems) + ": nothing imported")
@@ -198,8 +218,6 @@ def import_weights(
         shape = fit.shape_of(config, weights_bytes(folder))
         if target is not None and (problem := fit_problem(shape, target, source, target.lora_bytes(config))):
             raise ImportRefused(f"{problem}: nothing imported")
-        if existing := find(root, name, source, commit):
-            return {**record(root, name, existing), "version": existing, "created": False}
         version = version or version_name(commit)
         meta = {
             "source": source,

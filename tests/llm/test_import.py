@@ -145,6 +145,39 @@ def test_a_model_that_fits_only_without_its_adapters_buffers_is_refused_at_impor
     assert len(registry.versions(dev, "chat")) == 1
 
 
+def test_a_second_import_of_the_same_commit_downloads_nothing_and_still_checks_the_fit(tmp_path, stores, monkeypatch, capsys):
+    """An import Job re-runs when its name changes (new LoRA limits, a new image) at the same commit: the
+    version is found from the resolved commit before any download, and the fit is checked against its
+    recorded shape and stored config.json: 15 GB are not fetched to find what the store holds."""
+    dev, _ = stores
+    snap = make_snapshot(tmp_path / "snap", config=LORA_BASE)
+    cli = ["import", "--store", dev, "--model", "chat", "--source", str(snap), "--gpu-mib", "2048", "--max-model-len", "4096"]
+    assert importer.main(cli) == 0
+    (v,) = registry.versions(dev, "chat")
+
+    def no_download(*_):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(importer, "snapshot", no_download)
+    assert importer.main(cli) == 0 and registry.versions(dev, "chat") == [v]
+    capsys.readouterr()
+    assert importer.main([*cli, "--max-lora-rank", "64", "--max-loras", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "LoRA buffers 1.10 GiB" in err and f"(version {v}, already imported)" in err, err
+    assert registry.versions(dev, "chat") == [v]
+
+
+def test_a_folder_that_changes_while_it_is_read_is_not_imported(tmp_path, stores, monkeypatch):
+    dev, _ = stores
+    snap = make_snapshot(tmp_path / "snap")
+    real = importer.tree_digest
+    digests = iter([real(snap), "0" * 64])
+    monkeypatch.setattr(importer, "tree_digest", lambda folder: next(digests))
+    with pytest.raises(importer.ImportRefused, match="changed while it was read: nothing imported"):
+        importer.import_weights(str(snap), "main", dev, "chat", reason="r")
+    assert registry.versions(dev, "chat") == []
+
+
 def test_promotion_copies_the_bytes_when_the_pin_matches(tmp_path, stores):
     dev, prod = stores
     snap = make_snapshot(tmp_path / "snap")
