@@ -400,6 +400,14 @@ class _Source:
     session: str
 
 
+def _source_of(stack: str, model: str, sh: Runner, stacks_dir: Path) -> _Source | None:
+    """Where a received model comes from (None: this stack's own runs publish it)."""
+    src_stack = source_stack(stack, model, stacks_dir)
+    if not src_stack:
+        return None
+    return _Source(src_stack, source_store(stack, model, src_stack, sh, stacks_dir), promotion_role(stack, sh), f"deliver-{stack}-{model}")
+
+
 def deliver(
     stack: str,
     model: str,
@@ -411,15 +419,10 @@ def deliver(
 ) -> int:
     from training import registry
 
-    src_stack = source_stack(stack, model, stacks_dir)
     base = adapter_of(stack, model, stacks_dir)
     obj = rollout_of(stack, model, stacks_dir)
     store = store_of(stack, sh)
-    source = (
-        _Source(src_stack, source_store(stack, model, src_stack, sh, stacks_dir), promotion_role(stack, sh), f"deliver-{stack}-{model}")
-        if src_stack
-        else None
-    )
+    source = _source_of(stack, model, sh, stacks_dir)
     if source is None:  # this stack's own runs published versions only: the pipeline adopts them (issue 24 item 8)
         registry.adopt(store, model, champion=not canaries(stack, stacks_dir), reason=f"pipeline: adopted on {stack}")
     version = _incoming(stack, model, store, source, promoter)
@@ -427,6 +430,10 @@ def deliver(
         return 0
     current = registry.get_alias(store, model, "champion")
     current_version = current["version"] if current else None
+    if base and current_version is not None and not on_served_base(store, model, current_version, base):
+        if _left_behind(stack, model, base, store, version, current_version, sh):
+            return DELIVERED
+        current_version = None  # nothing to go back to
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
     if current_version is not None and registry.served_as_champion(store, model, version):
@@ -436,15 +443,11 @@ def deliver(
     follow: Follow = {}
     if base:
         check_adapter_base(stack, model, base, version, store, source, promoter)
-        if current_version is not None and not on_served_base(store, model, current_version, base):
-            current_version = None  # trained on a base version no longer served: nothing to go back to
     else:
         follow = adapters_to_follow(stack, model, version, store, source, promoter, stacks_dir)
     if source:
         _copy(stack, model, version, store, source, promoter, stacks_dir, adapter=base is not None)
-        for adapter, (new, _) in follow.items():  # after their base: the copy checks the base is here
-            if new:
-                _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
+        _copy_followers(stack, follow, store, source, promoter, stacks_dir)
     if current_version is None and not base:
         # The stack's first version: there are no stable pods to compare with (Argo rolls a first
         # revision out at full scale, without steps). It becomes the champion, then the pin follows.
@@ -453,6 +456,25 @@ def deliver(
         print(f"{model}: {version} is {stack}'s first version: champion, served without a canary")
         return DELIVERED
     return _canary(stack, model, store, version, current_version, sh, timeout_s, poll_s, obj, follow)
+
+
+def _copy_followers(stack: str, follow: Follow, store: str, source: _Source, promoter: Promoter, stacks_dir: Path) -> None:
+    """The adapter versions that move with a base, copied after it (the copy checks the base is here)."""
+    for adapter, (new, _) in follow.items():
+        if new:
+            _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
+
+
+def _left_behind(stack: str, model: str, base: str, store: str, version: str, champion: str, sh: Runner) -> bool:
+    """An adapter whose champion was trained on another base version than the one served (its base moved
+    on without it: ``adapters_to_follow``) can serve no more. True (unpinned, nothing more to do) when
+    that champion is also what is delivered: nothing has been retrained on the base served yet."""
+    print(f"{model}: champion {champion} was trained on {base}/{trained_base(store, model, champion)}, not the {base} served")
+    if version != champion:
+        return False
+    print(f"{model}: nothing retrained on the {base} {stack} serves yet: not served until it is (its Job trains on that version)")
+    pin(stack, model, None, sh)
+    return True
 
 
 def _copy(

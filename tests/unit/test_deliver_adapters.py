@@ -410,6 +410,11 @@ def test_on_dev_a_new_base_goes_without_the_adapter_it_trains_and_make_pin_keeps
     deliver.pin_champions("dev", pinning(d, "dev", stores["dev"]), d)
     assert deliver.served_adapters("dev", "chat", stores["dev"], d) == {}
     assert f"champion {V1} was trained on chat/{BASE_V}, not the chat served: unpinned" in capsys.readouterr().out
+    # the same pipeline's deliver of the adapter, before its Job has retrained it: nothing to canary, and
+    # the stale champion is not pinned back onto the new base (its pods would refuse it)
+    idle = BaseRollout(stores)
+    assert deliver_to("dev", d, idle) == deliver.DELIVERED and idle.pins == [None] and idle.canaries == 0
+    assert "nothing retrained on the chat dev serves yet" in capsys.readouterr().out
     # retrained on NEW and gated (a candidate): its canary on the base's pods; a failure goes back to no adapter
     publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", NEW_BASE), V2)
     failing = BaseRollout(stores, "Failed")
