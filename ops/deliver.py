@@ -430,10 +430,10 @@ def deliver(
         return 0
     current = registry.get_alias(store, model, "champion")
     current_version = current["version"] if current else None
-    if base and current_version is not None and not on_served_base(store, model, current_version, base):
-        if _left_behind(stack, model, base, store, version, current_version, sh):
+    if base:
+        done, current_version = _adapter_precheck(stack, model, base, version, current_version, store, source, promoter, stacks_dir, sh)
+        if done:
             return DELIVERED
-        current_version = None  # nothing to go back to
     if _settled(stack, model, store, version, current_version, sh):
         return DELIVERED
     if current_version is not None and registry.served_as_champion(store, model, version):
@@ -465,16 +465,70 @@ def _copy_followers(stack: str, follow: Follow, store: str, source: _Source, pro
             _copy(stack, adapter, new, store, source, promoter, stacks_dir, adapter=True)
 
 
-def _left_behind(stack: str, model: str, base: str, store: str, version: str, champion: str, sh: Runner) -> bool:
-    """An adapter whose champion was trained on another base version than the one served (its base moved
-    on without it: ``adapters_to_follow``) can serve no more. True (unpinned, nothing more to do) when
-    that champion is also what is delivered: nothing has been retrained on the base served yet."""
-    print(f"{model}: champion {champion} was trained on {base}/{trained_base(store, model, champion)}, not the {base} served")
-    if version != champion:
-        return False
-    print(f"{model}: nothing retrained on the {base} {stack} serves yet: not served until it is (its Job trains on that version)")
-    pin(stack, model, None, sh)
-    return True
+def _adapter_precheck(
+    stack: str,
+    model: str,
+    base: str,
+    version: str,
+    champion: str | None,
+    store: str,
+    source: _Source | None,
+    promoter: Promoter,
+    stacks_dir: Path,
+    sh: Runner,
+) -> tuple[bool, str | None]:
+    """What an adapter's delivery does before anything moves, where its base moved (returns: done?, the
+    version to go back to). A champion trained on another base version than the one served (its base
+    moved on without it: ``adapters_to_follow``) can serve no more: nothing to go back to, and when it
+    is also what is delivered, it is unpinned and that is all (nothing retrained on the base served yet).
+    An incoming version trained on another base version than the one served is held, not refused, where
+    that base version was rejected here or this stack trains the adapter (its next run trains on the
+    base served): the stack keeps what it serves, the run stays green."""
+    stale = champion is not None and not on_served_base(store, model, champion, base)
+    if stale:
+        print(f"{model}: champion {champion} was trained on {base}/{trained_base(store, model, champion)}, not the {base} served")
+    trained = (_adapter_record(model, version, store, source, promoter).get("base") or {}).get("version")
+    served = (registry_alias(store, base) or {}).get("version")
+    if served is None or trained == served:
+        return False, None if stale else champion
+    entry = _entries(stack, stacks_dir).get(model) or {}
+    trains_here = "source" not in entry and (entry.get("training") or {}).get("kind") == "lora"
+    if not (trains_here or version == champion or _rejected(store, base, trained)):
+        return False, None if stale else champion  # refused by check_adapter_base, one line
+    why = "rejected here" if _rejected(store, base, trained) else f"not the {base}/{served} {stack} serves"
+    print(
+        f"{model}: {version} was trained on {base}/{trained} ({why}): not delivered; "
+        + (
+            f"not served until a version trained on {base}/{served} is (the adapter's fine-tuning Job trains on it)"
+            if stale
+            else f"{stack} keeps {champion or 'no version of ' + model}"
+        )
+    )
+    if stale:
+        pin(stack, model, None, sh)
+    return True, None
+
+
+def registry_alias(store: str, model: str, alias: str = "champion") -> dict | None:
+    from training import registry
+
+    return registry.get_alias(store, model, alias)
+
+
+def _rejected(store: str, model: str, version: str | None) -> bool:
+    from training import registry
+
+    return version is not None and registry.rejection(store, model, version) is not None
+
+
+def _adapter_record(model: str, version: str, store: str, source: _Source | None, promoter: Promoter) -> dict:
+    """An adapter version's record, read where the version is: the source store (as the promotion role) or this one."""
+    from llm import lora_gate
+
+    if source is not None:
+        with promoter(source.role, source.session):
+            return lora_gate.adapter_record(source.store, model, version)
+    return lora_gate.adapter_record(store, model, version)
 
 
 def _copy(
@@ -507,12 +561,7 @@ def check_adapter_base(stack: str, model: str, base: str, version: str, store: s
     from llm import lora_gate
     from training import registry
 
-    if source is not None:
-        with promoter(source.role, source.session):
-            record = lora_gate.adapter_record(source.store, model, version)
-    else:
-        record = lora_gate.adapter_record(store, model, version)
-    b = record.get("base") or {}
+    b = _adapter_record(model, version, store, source, promoter).get("base") or {}
     trained = f"{b.get('model')}/{b.get('version')}"
     served = registry.get_alias(store, base, "champion")
     if served is None:
@@ -678,6 +727,12 @@ def roll_back(
     champ = registry.get_alias(store, model, "champion")
     if champ is None:
         raise DeliveryError(f"{model}: no champion in {stack}'s store: nothing to roll back to")
+    if (base := adapter_of(stack, model, stacks_dir)) and not on_served_base(store, model, champ["version"], base):
+        # ops.models rollback picks a version on the served base (adapter_rollback_target); a champion moved by hand may not be
+        raise DeliveryError(
+            f"{model}: champion {champ['version']} was trained on {base}/{trained_base(store, model, champ['version'])}, not the {base} "
+            f"{stack} serves: its pods would refuse it; nothing pinned"
+        )
     return _base_back_with_adapters(
         stack, model, store, champ["version"], sh, timeout_s, poll_s, rollout_of(stack, model, stacks_dir), stacks_dir
     )
@@ -823,6 +878,19 @@ def pin_champions(stack: str, sh: Runner = run, stacks_dir: Path = ROOT / "stack
             print(f"{model}: pinned to {stack}'s champion {version}")
 
 
+def committed_unpins(stack: str, root: Path = ROOT) -> set[str]:
+    """The models a person took off in the committed stack file (``serving.version: champion``): read
+    from git's HEAD, not the working copy, where this run's own ``pulumi config set`` (``make pin``, a
+    canary's pins) also write ``champion`` for an adapter left behind by its base. No git: the file."""
+    rel = f"stacks/Pulumi.{stack}.yaml"
+    try:
+        text = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{rel}"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = (root / rel).read_text()
+    models = (yaml.safe_load(text) or {}).get("config", {}).get("mlplatform:models") or {}
+    return {name for name, entry in models.items() if ((entry or {}).get("serving") or {}).get("version") == UNPINNED}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ops.deliver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stack", required=True)
@@ -842,7 +910,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback:
             return roll_back(args.stack, args.model, timeout_s=args.timeout)
         # One model after the other: each canary is analysed alone; the first failure fails the step.
+        held = committed_unpins(args.stack)
         for model in [args.model] if args.model else delivered_models(args.stack):
+            if model in held:
+                print(f"{model}: serving.version: {UNPINNED} in the committed stacks/Pulumi.{args.stack}.yaml: not served, not delivered")
+                continue
             if code := deliver(args.stack, model, timeout_s=args.timeout):
                 return code
         return DELIVERED

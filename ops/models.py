@@ -159,8 +159,41 @@ def cmd_reject(args) -> int:
     return EXIT_OK
 
 
+def adapter_rollback_target(store: str, model: str, to: str | None) -> str | None:
+    """For a LoRA adapter (its champion has a lora-adapter.json), where a rollback may go: only to a
+    version trained on the base version its base's champion names (what the base's pods serve: they
+    refuse any other); by default the latest earlier such champion, not rejected. Any other model: ``to``."""
+    from llm import lora_gate
+
+    champ = registry.get_alias(store, model, "champion")
+    try:
+        base = (lora_gate.adapter_record(store, model, champ["version"]).get("base") or {}).get("model") if champ else None
+    except registry.RegistryError:
+        return to  # not an adapter
+    served = registry.get_alias(store, base, "champion") if base else None
+    if served is None:
+        return to
+
+    def on_base(v: str) -> bool:
+        return (lora_gate.adapter_record(store, model, v).get("base") or {}).get("version") == served["version"]
+
+    if to is not None:
+        if not on_base(to):
+            raise registry.RegistryError(f"{model}/{to} was not trained on {base}/{served['version']}, the {base} served: its pods would refuse it; nothing changed")
+        return to
+    rejected = registry.rejections(store, model)
+    for v in reversed(registry.champions(store, model)):
+        if v != champ["version"] and v not in rejected and on_base(v):
+            return v
+    raise registry.RegistryError(
+        f"{model}: no earlier champion trained on {base}/{served['version']}, the {base} served: nothing to roll back to; "
+        f"take it off instead (serving.version: champion in the stack file); nothing changed"
+    )
+
+
 def cmd_rollback(args) -> int:
-    doc = registry.rollback(args.store, args.model, args.to, reason=args.reason)
+    to = adapter_rollback_target(args.store, args.model, args.to)
+    doc = registry.rollback(args.store, args.model, to, reason=args.reason)
     print(
         f"{args.model}:champion rolled back {doc['from']} -> {doc['version']} (LATEST follows); {doc['from']} rejected, never delivered again"
     )

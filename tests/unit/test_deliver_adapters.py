@@ -9,6 +9,7 @@ stand-ins (a scripted runner answering what the step reads, as tests/unit/test_d
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from llm import finetune, importer, lora_gate
 from ops import deliver
 from training import registry, storage
 
-V1, V2 = "20260101T000000Z-lora1", "20260102T000000Z-lora2"
+V1, V2, V3 = "20260101T000000Z-lora1", "20260102T000000Z-lora2", "20260103T000000Z-lora3"
 BASE_V = "20251201T000000Z-chat"  # the base version every stack serves
 RUN = "llm-chat-c2-1"
 KEY = "mlplatform:models.support-bot.serving.version"
@@ -341,7 +342,14 @@ def test_a_failed_joint_canary_puts_both_pins_back_rejects_the_pair_and_the_next
     again = JointRollout(stores, BASE_V, V1)
     assert deliver_chat("staging", d, again) == deliver.DELIVERED
     assert deliver_to("staging", d, again) == deliver.DELIVERED
-    assert again.sets == [("chat", BASE_V), ("support-bot", V1)] and again.canaries == 0
+    assert again.sets == [("chat", BASE_V)] and again.canaries == 0  # the adapter keeps its pin (make pin's)
+    # dev retrains the adapter on the same base (a data change): held on staging too, still green
+    publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", NEW_BASE), V3)
+    registry.move(stores["dev"], "support-bot", "champion", V3, reason="test: canaried on dev")
+    held = JointRollout(stores, BASE_V, V1)
+    assert deliver_to("staging", d, held) == deliver.DELIVERED and held.sets == [] and held.ups == 0
+    assert f"{V3} was trained on chat/{NEW_BASE} (rejected here): not delivered; staging keeps {V1}" in capsys.readouterr().out
+    assert registry.versions(stores["staging"], "support-bot") == [V1, V2]
 
 
 def test_a_base_whose_adapter_has_not_followed_on_the_source_is_refused_before_a_byte_is_copied(tmp_path, stacks):
@@ -414,7 +422,9 @@ def test_on_dev_a_new_base_goes_without_the_adapter_it_trains_and_make_pin_keeps
     # the stale champion is not pinned back onto the new base (its pods would refuse it)
     idle = BaseRollout(stores)
     assert deliver_to("dev", d, idle) == deliver.DELIVERED and idle.pins == [None] and idle.canaries == 0
-    assert "nothing retrained on the chat dev serves yet" in capsys.readouterr().out
+    assert (
+        f"not served until a version trained on chat/{NEW_BASE} is (the adapter's fine-tuning Job trains on it)" in capsys.readouterr().out
+    )
     # retrained on NEW and gated (a candidate): its canary on the base's pods; a failure goes back to no adapter
     publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", NEW_BASE), V2)
     failing = BaseRollout(stores, "Failed")
@@ -495,3 +505,76 @@ def test_make_rollback_of_a_base_with_no_earlier_adapter_for_it_takes_the_adapte
     assert deliver.roll_back("staging", "chat", cluster, timeout_s=5, poll_s=0, stacks_dir=d) == deliver.DELIVERED
     assert cluster.sets == [("chat", BASE_V), ("support-bot", None)]
     assert f"support-bot: no earlier version trained on chat/{BASE_V}: not served until retrained on it" in capsys.readouterr().err
+
+
+def test_on_dev_an_adapter_version_trained_on_the_base_it_left_is_held_not_refused(tmp_path, stacks, capsys):
+    """dev moved chat to NEW without the adapter; a run of the adapter's Job still on BASE_V (started
+    before the move) publishes V2 on BASE_V: held (the stack trains it; its next run trains on NEW), the
+    stale champion stays off, the run green."""
+    d, stores = dev_with_a_new_import(tmp_path, stacks)
+    assert deliver_chat("dev", d, JointRollout(stores, BASE_V, V1)) == deliver.DELIVERED
+    publish_adapter(tmp_path, stores["dev"], finetune.base_identity(stores["dev"], "chat", BASE_V), V2)
+    cluster = BaseRollout(stores)
+    assert deliver_to("dev", d, cluster) == deliver.DELIVERED and cluster.pins == [None] and cluster.canaries == 0
+    out = capsys.readouterr().out
+    assert f"{V2} was trained on chat/{BASE_V} (not the chat/{NEW_BASE} dev serves): not delivered; not served until" in out
+    assert registry.get_alias(stores["dev"], "support-bot", "champion")["version"] == V1  # nothing moved
+
+
+def test_a_committed_unpin_is_read_from_git_not_from_this_runs_pins(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "stacks").mkdir(parents=True)
+    f = repo / "stacks" / "Pulumi.dev.yaml"
+    models = {"chat": {"runtime": "vllm"}, "support-bot": {"adapterOf": "chat", "serving": {"version": deliver.UNPINNED}}}
+    f.write_text(yaml.safe_dump({"config": {"mlplatform:models": models}}))
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "unpin support-bot"]):
+        subprocess.run(git + cmd, check=True)
+    # this run's `make pin` writes into the working copy: it does not count
+    models["chat"]["serving"] = {"version": deliver.UNPINNED}
+    f.write_text(yaml.safe_dump({"config": {"mlplatform:models": models}}))
+    assert deliver.committed_unpins("dev", repo) == {"support-bot"}
+    # outside git (a copy of the tree), the working file is all there is
+    plain = tmp_path / "plain"
+    (plain / "stacks").mkdir(parents=True)
+    (plain / "stacks" / "Pulumi.dev.yaml").write_text(f.read_text())
+    assert deliver.committed_unpins("dev", plain) == {"chat", "support-bot"}
+
+
+def test_main_leaves_a_committed_unpin_alone(stacks, monkeypatch, capsys):
+    d, stores, _ = stacks
+    monkeypatch.setattr(deliver, "committed_unpins", lambda stack: {"support-bot"})
+    monkeypatch.setattr(deliver, "delivered_models", lambda stack: ["support-bot"])
+    monkeypatch.setattr(deliver, "deliver", lambda *a, **k: pytest.fail("delivered an unpinned adapter"))
+    assert deliver.main(["--stack", "dev"]) == deliver.DELIVERED
+    assert (
+        "support-bot: serving.version: champion in the committed stacks/Pulumi.dev.yaml: not served, not delivered"
+        in capsys.readouterr().out
+    )
+
+
+def test_an_adapter_rolls_back_only_onto_the_base_served(tmp_path, stacks):
+    """ops.models rollback of an adapter: by default the latest earlier champion trained on the base
+    version served (its pods refuse any other); refused, nothing changed, where there is none or --to
+    names another; deliver's --rollback refuses a champion moved by hand onto another base."""
+    from ops import models
+
+    d, stores = staging_on_the_new_pair(tmp_path, stacks)
+    store = stores["staging"]
+    with pytest.raises(registry.RegistryError, match=f"support-bot: no earlier champion trained on chat/{NEW_BASE}, the chat served"):
+        models.adapter_rollback_target(store, "support-bot", None)
+    with pytest.raises(registry.RegistryError, match=f"support-bot/{V1} was not trained on chat/{NEW_BASE}"):
+        models.adapter_rollback_target(store, "support-bot", V1)
+    assert registry.get_alias(store, "support-bot", "champion")["version"] == V2
+    assert models.adapter_rollback_target(store, "chat", None) is None  # not an adapter: the registry's default
+    registry.rollback(store, "chat", to=BASE_V, reason="test: the base first")
+    assert models.adapter_rollback_target(store, "support-bot", None) == V1
+
+
+def test_deliver_refuses_to_roll_an_adapter_back_onto_another_base(tmp_path, stacks):
+    d, stores = staging_on_the_new_pair(tmp_path, stacks)
+    registry.rollback(stores["staging"], "support-bot", to=V1, reason="test: by hand, past ops.models' guard")
+    cluster = PatchingRollout(stores, NEW_BASE, V2)
+    with pytest.raises(deliver.DeliveryError, match=f"champion {V1} was trained on chat/{BASE_V}, not the chat staging serves"):
+        deliver.roll_back("staging", "support-bot", cluster, timeout_s=5, poll_s=0, stacks_dir=d)
+    assert cluster.sets == [] and cluster.ups == 0
