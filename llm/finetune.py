@@ -425,10 +425,18 @@ def run(
     params: LoraParams,
     push: tuple[str | None, str] = (None, ""),
 ) -> int:
-    """The whole run: fetch + verify the base, resume or start, train, write the adapter. Returns an exit code."""
+    """The whole run: fetch + verify the base, resume or start, train, write the adapter. Returns an exit code.
+    A run whose inputs (base version, params, data) already made a version of the adapter (``push[1]``,
+    its name) trains nothing: the same seeded run again would make the same adapter (the Job is created
+    anew when its base's pin moves and back, e.g. around a base canary that fails)."""
     started = time.time()
     Stop.install()
     texts = read_texts(data)
+    if push[1] and (done := already_trained(store, push[1], base, base_version, params, data_digest(texts))):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ALREADY).write_text(json.dumps(done, sort_keys=True))
+        print(json.dumps({"already_trained": done}), flush=True)
+        return EXIT_OK
     with tempfile.TemporaryDirectory(prefix="lora-base-") as tmp:
         ident = fetch_base(store, base, base_version, Path(tmp))  # before torch loads: a bad base costs nothing
         import torch
@@ -448,6 +456,28 @@ def run(
         ckpt.save(model, opt, state)
         write_adapter(model, out, state, params, started)
     return EXIT_OK
+
+
+ALREADY = "already-trained.json"  # in the run's output instead of an adapter: the gate has nothing to do
+ADAPTER_RECORD = "lora-adapter.json"  # a published adapter version's record (llm/lora_gate.py META)
+
+
+def already_trained(store: str, name: str, base: str, base_version: str, params: LoraParams, digest: str) -> dict | None:
+    """The version of ``name`` a run with these inputs published before (rejected or not: the same run
+    again would be judged the same), or None. Read from each version's lora-adapter.json."""
+    wanted = json.loads(json.dumps(asdict(params)))  # as the record holds them (lists, not tuples)
+    for version in reversed(registry.versions(store, name)):
+        try:
+            meta = json.loads(storage.read_text(storage.join(registry.model_root(store, name), version, ADAPTER_RECORD)))
+        except (FileNotFoundError, ValueError):
+            continue
+        run = meta.get("run") or {}
+        b = run.get("base") or {}
+        same = (b.get("model"), b.get("version"), run.get("params"), run.get("data_digest")) == (base, base_version, wanted, digest)
+        if same:
+            rejected = registry.rejection(store, name, version) is not None
+            return {"version": version, "rejected": rejected}
+    return None
 
 
 # What the run imports besides the platform's code: the engine environment (requirements-llm.txt).

@@ -55,7 +55,7 @@ from llm import finetune, fit, golden
 from training import registry, storage
 
 EXIT_OK, EXIT_REFUSED, EXIT_GATE = 0, 2, 3
-META = "lora-adapter.json"
+META = finetune.ADAPTER_RECORD
 REQUIRED = (*finetune.ADAPTER_FILES, META)
 
 
@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "fetch":
             rec = fetch_adapter(a.store, a.adapter, a.version, a.base, a.base_version, a.dest)
             print(json.dumps({"fetched": str(a.dest), "version": a.version, "base": rec["base"]}, sort_keys=True))
+            return EXIT_OK
+        if (already := Path(a.run) / finetune.ALREADY).exists():
+            print(f"lora gate: nothing to gate: these inputs already made {already.read_text().strip()}", file=sys.stderr)
             return EXIT_OK
         cfg = GateConfig(a.min_improvement, a.champion_margin, a.golden_max_tokens)
         verdict = gate(a.store, a.adapter, a.run, a.heldout, a.base, a.base_version, cfg, a.seq_len, a.golden)

@@ -15,6 +15,7 @@ published); an adapter gated for another base version, or fetched by a server of
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -580,3 +581,38 @@ def test_a_quantized_base_no_card_knows_is_refused_before_torch_loads(tmp_path):
         finetune.fetch_base(store, "chat", base["version"], tmp_path / "b")
     plain = _hand_base(tmp_path, str(tmp_path / "other"))
     finetune.fetch_base(str(tmp_path / "other"), "chat", plain["version"], tmp_path / "p")  # not refused
+
+
+def test_a_run_whose_inputs_already_made_a_version_trains_nothing(tmp_path, capsys):
+    """The Job is created anew when its base's pin moves and back (a base canary that fails on dev): the
+    same seeded run would make the same adapter, so it finds the version its inputs made and the gate
+    has nothing to do; other data, params or base version train."""
+    store = str(tmp_path / "dev")
+    base = _hand_base(tmp_path, store)
+    data = tmp_path / "train.txt"
+    data.write_text("the adapter learns this line\n")
+    params = finetune.LoraParams()
+    digest = finetune.data_digest(finetune.read_texts(data))
+    run = {"base": base, "params": dataclasses.asdict(params), "data_digest": digest}
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    (d / "adapter_model.safetensors").write_bytes(os.urandom(256))
+    (d / lora_gate.META).write_text(json.dumps({"kind": "lora", "base": base, "run": run}))
+    registry.publish(d, store, "bot", "20260101T000000Z-a", reason="test", champion=False, required=lora_gate.REQUIRED)
+    out = tmp_path / "out"
+    code = finetune.run(store, "chat", base["version"], data, str(tmp_path / "ckpt"), out, params, (None, "bot"))
+    assert code == finetune.EXIT_OK and json.loads((out / finetune.ALREADY).read_text()) == {
+        "version": "20260101T000000Z-a",
+        "rejected": False,
+    }
+    assert not (out / "adapter_model.safetensors").exists() and not (tmp_path / "ckpt").exists()  # nothing trained
+    gate = ["gate", "--store", store, "--adapter", "bot", "--base", "chat", "--base-version", base["version"], "--run", str(out)]
+    assert lora_gate.main([*gate, "--heldout", str(data)]) == lora_gate.EXIT_OK
+    assert "nothing to gate: these inputs already made" in capsys.readouterr().err
+    assert registry.versions(store, "bot") == ["20260101T000000Z-a"]
+    # a rejected version counts too (the same run would be judged the same); other inputs do not
+    registry.reject(store, "bot", "20260101T000000Z-a", reason="test: canary failed")
+    assert finetune.already_trained(store, "bot", "chat", base["version"], params, digest)["rejected"] is True
+    assert finetune.already_trained(store, "bot", "chat", base["version"], params, "sha256:other") is None
+    assert finetune.already_trained(store, "bot", "chat", "another-version", params, digest) is None
+    assert finetune.already_trained(store, "bot", "chat", base["version"], dataclasses.replace(params, rank=16), digest) is None
