@@ -484,16 +484,16 @@ def _adapter_precheck(
     An incoming version trained on another base version than the one served is held, not refused, where
     that base version was rejected here or this stack trains the adapter (its next run trains on the
     base served): the stack keeps what it serves, the run stays green."""
+    from training import registry
+
     stale = champion is not None and not on_served_base(store, model, champion, base)
     if stale:
         print(f"{model}: champion {champion} was trained on {base}/{trained_base(store, model, champion)}, not the {base} served")
     trained = (_adapter_record(model, version, store, source, promoter).get("base") or {}).get("version")
-    served = (registry_alias(store, base) or {}).get("version")
+    served = (registry.get_alias(store, base, "champion") or {}).get("version")
     if served is None or trained == served:
         return False, None if stale else champion
-    entry = _entries(stack, stacks_dir).get(model) or {}
-    trains_here = "source" not in entry and (entry.get("training") or {}).get("kind") == "lora"
-    if not (trains_here or version == champion or _rejected(store, base, trained)):
+    if not (trains_here(_entries(stack, stacks_dir).get(model)) or version == champion or _rejected(store, base, trained)):
         return False, None if stale else champion  # refused by check_adapter_base, one line
     why = "rejected here" if _rejected(store, base, trained) else f"not the {base}/{served} {stack} serves"
     print(
@@ -507,12 +507,6 @@ def _adapter_precheck(
     if stale:
         pin(stack, model, None, sh)
     return True, None
-
-
-def registry_alias(store: str, model: str, alias: str = "champion") -> dict | None:
-    from training import registry
-
-    return registry.get_alias(store, model, alias)
 
 
 def _rejected(store: str, model: str, version: str | None) -> bool:
@@ -605,6 +599,12 @@ def trained_base(store: str, adapter: str, version: str) -> str | None:
     return (lora_gate.adapter_record(store, adapter, version).get("base") or {}).get("version")
 
 
+def trains_here(entry: dict | None) -> bool:
+    """Whether a stack file's adapter entry is fine-tuned on that stack (not received from another)."""
+    entry = entry or {}
+    return "source" not in entry and (entry.get("training") or {}).get("kind") == "lora"
+
+
 def on_served_base(store: str, adapter: str, version: str, base: str) -> bool:
     """Whether ``adapter``/``version`` was trained on the base version this store's champion names."""
     from training import registry
@@ -631,7 +631,7 @@ def adapters_to_follow(
         if trained == version:
             continue
         entry = entries.get(adapter) or {}
-        if "source" not in entry and (entry.get("training") or {}).get("kind") == "lora":
+        if trains_here(entry):
             follow[adapter] = (None, served)
             continue
         same_source = source is not None and entry.get("source") == entries[model].get("source")
