@@ -179,7 +179,9 @@ def adapter_rollback_target(store: str, model: str, to: str | None) -> str | Non
 
     if to is not None:
         if not on_base(to):
-            raise registry.RegistryError(f"{model}/{to} was not trained on {base}/{served['version']}, the {base} served: its pods would refuse it; nothing changed")
+            raise registry.RegistryError(
+                f"{model}/{to} was not trained on {base}/{served['version']}, the {base} served: its pods would refuse it; nothing changed"
+            )
         return to
     rejected = registry.rejections(store, model)
     for v in reversed(registry.champions(store, model)):
