@@ -335,7 +335,9 @@ def test_a_failed_joint_canary_puts_both_pins_back_rejects_the_pair_and_the_next
     cluster = JointRollout(stores, BASE_V, V1, outcome="Failed")
     assert deliver_chat("staging", d, cluster) == deliver.REJECTED
     assert cluster.sets == [("chat", NEW_BASE), ("support-bot", V2), ("chat", BASE_V), ("support-bot", V1)] and cluster.ups == 2
-    assert registry.rejection(stores["staging"], "chat", NEW_BASE) is not None
+    assert registry.rejection(stores["staging"], "chat", NEW_BASE)["reason"].startswith(
+        f"canary failed its analysis on staging: {llm_canary.METRIC_GOLDEN} Failed"
+    )
     assert f"judged with chat/{NEW_BASE}" in registry.rejection(stores["staging"], "support-bot", V2)["reason"]
     assert registry.get_alias(stores["staging"], "chat", "champion")["version"] == BASE_V
     assert registry.get_alias(stores["staging"], "support-bot", "champion")["version"] == V1
