@@ -55,9 +55,20 @@ def run(image, *args, env=(), entrypoint=None):
 def test_runs_the_models_entrypoint_non_root(model_image):
     inspect = docker("inspect", "--format", "{{.Config.User}} {{json .Config.Env}}", model_image)
     assert inspect.stdout.startswith("10001 ") and "TRAIN_ENTRYPOINT=/app/model/train.py" in inspect.stdout
-    proc = run(model_image, env=["TRAIN_DATA=/data/missing.csv"])
+    # as a platform Job runs it: the Job names the store (TRAIN_OUTPUT); here a writable tmpfs
+    proc = run(model_image, env=["TRAIN_DATA=/data/missing.csv", "TRAIN_OUTPUT=file:///tmp/artifacts"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "/data/missing.csv: no such file" in proc.stderr
+
+
+def test_an_unwritable_store_is_refused_before_training(model_image):
+    """No store named on a read-only root: the default (./artifacts under /app) cannot be written, and
+    the run says so in one line with exit 2 before it reads data or trains (issue 27: a run must not
+    train for minutes to fail at publish)."""
+    proc = run(model_image, env=["TRAIN_DATA=/data/missing.csv"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and "file://./artifacts" in lines[0], proc.stderr
 
 
 def test_bundled_data_set_loads_offline(model_image):
