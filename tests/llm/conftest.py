@@ -38,7 +38,10 @@ def vllm_server(tiny_model, tmp_path_factory):
     (/health, /metrics), ``.api_key``, ``.served_name``."""
     log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
     # with the latency buckets every pod runs (components/lib/vllm_buckets.py): the queries are tested on them
-    server = testing.VllmServer(tiny_model, served_name=SERVED, api_key=API_KEY, log_path=log, extra_args=vllm_buckets.args())
+    # 512 tokens (the tiny model's positions): test_canary_and_slo_queries queues requests behind long generations
+    server = testing.VllmServer(
+        tiny_model, served_name=SERVED, api_key=API_KEY, log_path=log, extra_args=vllm_buckets.args(), max_model_len=512
+    )
     server.start()
     yield server
     server.stop()
