@@ -50,7 +50,7 @@ SERVICE = "llm-tiny"
 # queue's p95 sat at the alert's 5 s and CI saw it under (time to first token 5.6 s); 300 tokens queue a
 # request ~8 s. Not longer: at 380 the first token's p95 reached the wide 19.2-40 s bucket, where the
 # two scrapes of one server read p95s 1.5x apart. More clients instead (24) starved vLLM's API server
-# on 2 cores: most of Prometheus' scrapes timed out and the canary queries had no data.
+# on 2 cores (its engine's queue emptied while they looped) and the canary queries had no data.
 CLIENTS = 12
 MAX_TOKENS = 300
 LOAD_SECONDS = 45
